@@ -1,0 +1,307 @@
+//! Typed configuration of a node, one section per tier, with defaults and
+//! validation. Loading (TOML file, `DUPLEX_*` environment, flags) happens in
+//! the binary; this module only describes and checks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{Limits, MAX_NESTING_LIMIT};
+
+/// HS256 secret used when none is configured. Accepted only while every
+/// listener is on a loopback address, so it can never guard a reachable node.
+pub const DEV_SECRET: &str = "duplex-development-secret-do-not-deploy";
+
+/// A configuration that cannot be used, naming the field at fault.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid `{field}`: {message}")]
+    Invalid { field: String, message: String },
+    #[error("cannot load configuration: {0}")]
+    Load(String),
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Whole-node configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Unique id of this node in routes and the registry. Default: `n-` and 8 random hex digits.
+    pub node_id: Option<String>,
+    /// Redis URL (`redis://host:port/db`). Unset: the in-memory store, single node only.
+    pub redis_url: Option<String>,
+    /// Prefix of every store key, so several deployments can share one Redis. Default `dx:`.
+    pub key_prefix: String,
+    pub access: AccessConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: None,
+            redis_url: None,
+            key_prefix: "dx:".into(),
+            access: AccessConfig::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks every field and fills in what depends on others (the
+    /// development secret on loopback-only nodes).
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.node_id {
+            if !crate::protocol::valid_client_id(id) || id.contains('|') {
+                return Err(invalid("node_id", "use 1..=128 of [A-Za-z0-9._:-]"));
+            }
+        }
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
+                return Err(invalid("redis_url", "must start with redis://, rediss:// or redis+unix://"));
+            }
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
+            return Err(invalid("key_prefix", "must be non-empty and hold no braces"));
+        }
+        self.access.validate()?;
+        let loopback_only = self.access.all_loopback();
+        self.auth.resolve(loopback_only)?;
+        Ok(())
+    }
+
+    /// The configured node id, or a fresh random one.
+    pub fn node_id_or_random(&self) -> String {
+        self.node_id
+            .clone()
+            .unwrap_or_else(|| format!("n-{:08x}", rand::random::<u32>()))
+    }
+}
+
+/// Access tier: client listeners and per-connection limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Private TCP protocol listener. Default `127.0.0.1:7070`.
+    pub tcp_listen: SocketAddr,
+    /// WebSocket listener (binary messages, path `/`). Default `127.0.0.1:7071`.
+    pub ws_listen: SocketAddr,
+    /// Listen backlog of both listeners. Default 4096 (tokio's 128 drops SYNs under connect bursts).
+    pub listen_backlog: u32,
+    /// Set `SO_REUSEPORT` so several processes can share the ports. Default false.
+    pub reuse_port: bool,
+    /// Most concurrent client connections; extra ones get `server_full`. Default 100000.
+    pub max_connections: usize,
+    /// Largest frame body accepted, bytes. Default 65536.
+    pub max_frame_bytes: u32,
+    /// Deepest MessagePack nesting accepted (the frame map counts 1). Default 16.
+    pub max_nesting: usize,
+    /// Time allowed for the transport handshake plus `Connect`, ms. Default 10000.
+    pub auth_timeout_ms: u64,
+    /// Heartbeat interval advised to clients, ms; silence for 3 intervals closes. Default 30000.
+    pub heartbeat_ms: u64,
+    /// Route lease lifetime, ms; renewed every third of it while connected. Default 90000.
+    pub route_ttl_ms: u64,
+    /// Frames queued for one connection before it counts as a slow consumer and is closed. Default 256.
+    pub outbound_queue: usize,
+    /// Longest a write to a client may stall before the connection is closed, ms. Default 10000.
+    pub write_timeout_ms: u64,
+    /// Sustained frames per second a client may send. Default 100.
+    pub frame_rate_per_s: u32,
+    /// Burst of frames allowed above the sustained rate. Default 200.
+    pub frame_burst: u32,
+    /// Reconnect backoff advised to clients: first delay, ms. Default 1000.
+    pub reconnect_min_ms: u64,
+    /// Reconnect backoff advised to clients: largest delay, ms. Default 60000.
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            tcp_listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            ws_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            listen_backlog: 4096,
+            reuse_port: false,
+            max_connections: 100_000,
+            max_frame_bytes: 64 * 1024,
+            max_nesting: 16,
+            auth_timeout_ms: 10_000,
+            heartbeat_ms: 30_000,
+            route_ttl_ms: 90_000,
+            outbound_queue: 256,
+            write_timeout_ms: 10_000,
+            frame_rate_per_s: 100,
+            frame_burst: 200,
+            reconnect_min_ms: 1_000,
+            reconnect_max_ms: 60_000,
+        }
+    }
+}
+
+impl AccessConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let f = "access.";
+        if self.max_connections == 0 {
+            return Err(invalid(&format!("{f}max_connections"), "must be at least 1"));
+        }
+        self.limits()
+            .validate()
+            .map_err(|m| invalid(&format!("{f}max_frame_bytes/max_nesting"), m))?;
+        if self.max_frame_bytes > 16 * 1024 * 1024 {
+            return Err(invalid(&format!("{f}max_frame_bytes"), "must be at most 16 MiB"));
+        }
+        if self.max_nesting > MAX_NESTING_LIMIT {
+            return Err(invalid(&format!("{f}max_nesting"), format!("must be at most {MAX_NESTING_LIMIT}")));
+        }
+        for (name, v) in [
+            ("auth_timeout_ms", self.auth_timeout_ms),
+            ("heartbeat_ms", self.heartbeat_ms),
+            ("write_timeout_ms", self.write_timeout_ms),
+            ("reconnect_min_ms", self.reconnect_min_ms),
+        ] {
+            if !(10..=3_600_000).contains(&v) {
+                return Err(invalid(&format!("{f}{name}"), "must be within 10..=3600000 ms"));
+            }
+        }
+        if self.route_ttl_ms < 2 * self.heartbeat_ms {
+            return Err(invalid(&format!("{f}route_ttl_ms"), "must be at least twice heartbeat_ms"));
+        }
+        if self.reconnect_max_ms < self.reconnect_min_ms {
+            return Err(invalid(&format!("{f}reconnect_max_ms"), "must be >= reconnect_min_ms"));
+        }
+        if !(1..=65_536).contains(&self.outbound_queue) {
+            return Err(invalid(&format!("{f}outbound_queue"), "must be within 1..=65536"));
+        }
+        if self.frame_rate_per_s == 0 || self.frame_burst == 0 {
+            return Err(invalid(&format!("{f}frame_rate_per_s"), "rate and burst must be at least 1"));
+        }
+        if !(1..=65_535).contains(&self.listen_backlog) {
+            return Err(invalid(&format!("{f}listen_backlog"), "must be within 1..=65535"));
+        }
+        Ok(())
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_depth: self.max_nesting,
+        }
+    }
+
+    pub fn all_loopback(&self) -> bool {
+        self.tcp_listen.ip().is_loopback() && self.ws_listen.ip().is_loopback()
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+}
+
+/// Accepted JWT signature algorithms; the configured one is the only one accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+/// Client token verification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The only algorithm accepted. Default `HS256`.
+    pub algorithm: JwtAlgorithm,
+    /// HS256 shared secret, at least 32 bytes. Unset: a development secret, loopback only.
+    pub secret: Option<String>,
+    /// RS256/ES256 public key as PEM text.
+    pub public_key: Option<String>,
+    /// RS256/ES256 public key read from this PEM file (instead of `public_key`).
+    pub public_key_file: Option<PathBuf>,
+    /// Required `aud` claim, if set.
+    pub audience: Option<String>,
+    /// Required `iss` claim, if set.
+    pub issuer: Option<String>,
+    /// Clock skew tolerated on `exp`/`nbf`, seconds. Default 30.
+    pub leeway_s: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            algorithm: JwtAlgorithm::HS256,
+            secret: None,
+            public_key: None,
+            public_key_file: None,
+            audience: None,
+            issuer: None,
+            leeway_s: 30,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Fills in the development secret where allowed and checks keys.
+    pub fn resolve(&mut self, loopback_only: bool) -> Result<(), ConfigError> {
+        match self.algorithm {
+            JwtAlgorithm::HS256 => match &self.secret {
+                Some(s) if s.len() < 32 => {
+                    return Err(invalid("auth.secret", "must be at least 32 bytes"));
+                }
+                Some(_) => {}
+                None if loopback_only => self.secret = Some(DEV_SECRET.to_owned()),
+                None => {
+                    return Err(invalid(
+                        "auth.secret",
+                        "required when listening beyond loopback (set DUPLEX_AUTH__SECRET)",
+                    ))
+                }
+            },
+            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                self.public_key_pem()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The PEM text of the public key, from `public_key` or `public_key_file`.
+    pub fn public_key_pem(&self) -> Result<String, ConfigError> {
+        match (&self.public_key, &self.public_key_file) {
+            (Some(pem), None) => Ok(pem.clone()),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| invalid("auth.public_key_file", format!("{}: {e}", path.display()))),
+            (Some(_), Some(_)) => Err(invalid("auth.public_key", "set public_key or public_key_file, not both")),
+            (None, None) => Err(invalid("auth.public_key", "required for RS256/ES256")),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`. Default `text`.
+    pub format: String,
+    /// `tracing` filter directives, e.g. `info,duplex_access=debug`. Default `info`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            filter: "info".into(),
+        }
+    }
+}

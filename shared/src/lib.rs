@@ -1,0 +1,16 @@
+//! Code every Duplex tier shares.
+//!
+//! # Layout
+//! - [`protocol`]: the wire protocol, sans-IO (frames, structural check, codec).
+//! - [`config`]: typed, validated configuration of every tier.
+//! - [`auth`]: JWT verification with a pinned algorithm.
+//! - [`store`]: the `Store` trait with memory and Redis implementations.
+//! - [`links`]: traits through which tiers call each other.
+//! - [`net`]: listener setup (backlog, `SO_REUSEPORT`).
+
+pub mod auth;
+pub mod config;
+pub mod links;
+pub mod net;
+pub mod protocol;
+pub mod store;

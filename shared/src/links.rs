@@ -1,0 +1,67 @@
+//! The traits through which tiers reach each other. All-in-one mode wires
+//! them in process; split mode puts a network hop behind the same traits, so
+//! tier code never asks which deployment it runs in.
+
+use async_trait::async_trait;
+
+use crate::protocol::{Frame, Request, Upload, UploadAck};
+use crate::store::Route;
+
+/// Who sent a frame: fixed at authentication, passed along with every forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientContext {
+    pub client_id: String,
+    pub user_id: String,
+    pub route: Route,
+}
+
+/// A link call that failed, naming the side at fault and whether to retry.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkError {
+    /// No node or backend could take the call now; retrying later may succeed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The target node does not hold this client (stale route); the caller retries via a fresh route.
+    #[error("client not connected here")]
+    NotHere,
+    /// The client's outbound queue is full; it is being disconnected as a slow consumer.
+    #[error("client outbound queue full")]
+    QueueFull,
+    /// The frame was refused and repeating it will not help.
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+impl LinkError {
+    pub fn retryable(&self) -> bool {
+        !matches!(self, LinkError::Rejected(_))
+    }
+}
+
+/// Access -> upstream: client frames bound for backends.
+#[async_trait]
+pub trait UpstreamLink: Send + Sync + 'static {
+    /// Forwards an upload; resolves once the backend accepted it or it was spooled.
+    async fn upload(&self, from: &ClientContext, upload: Upload) -> Result<UploadAck, LinkError>;
+
+    /// Accepts a request; its reply travels back later through downstream delivery.
+    async fn request(&self, from: &ClientContext, request: Request) -> Result<(), LinkError>;
+}
+
+/// Downstream/access -> an access node: deliver frames to, or kick, a connection.
+#[async_trait]
+pub trait NodeLink: Send + Sync + 'static {
+    /// Hands `frame` to the connection of `client_id` on `node_id`. With
+    /// `conn_epoch`, only that exact connection qualifies.
+    async fn deliver(
+        &self,
+        node_id: &str,
+        client_id: &str,
+        conn_epoch: Option<u64>,
+        frame: Frame,
+    ) -> Result<(), LinkError>;
+
+    /// Closes the connection `route` of `client_id` with a `Kicked` frame.
+    /// Succeeds when that connection is gone afterwards (also if it already was).
+    async fn kick(&self, client_id: &str, route: &Route, reason: &str) -> Result<(), LinkError>;
+}

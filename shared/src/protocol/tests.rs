@@ -1,0 +1,167 @@
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::*;
+
+fn limits() -> Limits {
+    Limits::default()
+}
+
+fn tcp_roundtrip(frame: &Frame) -> Frame {
+    let mut out = Vec::new();
+    encode_tcp(frame, &mut out);
+    let mut dec = TcpDecoder::new();
+    dec.feed(&out);
+    let got = dec.next_frame(&limits()).expect("decodes").expect("complete");
+    assert_eq!(dec.buffered(), 0);
+    got
+}
+
+#[test]
+fn connect_roundtrips_on_tcp_and_ws() {
+    let f = Frame::Connect(Connect {
+        id: 1,
+        version: PROTOCOL_VERSION,
+        token: "t".into(),
+        client_id: "dev-1".into(),
+        last_seq: 42,
+    });
+    assert_eq!(tcp_roundtrip(&f), f);
+    let mut body = Vec::new();
+    encode_body(&f, &mut body);
+    assert_eq!(decode_body(&body, &limits()).expect("decodes"), f);
+}
+
+#[test]
+fn incomplete_input_waits_byte_by_byte() {
+    let f = Frame::Ping(Ping { id: 9 });
+    let mut out = Vec::new();
+    encode_tcp(&f, &mut out);
+    encode_tcp(&f, &mut out);
+    let mut dec = TcpDecoder::new();
+    let mut got = Vec::new();
+    for b in &out {
+        dec.feed(std::slice::from_ref(b));
+        while let Some(frame) = dec.next_frame(&limits()).expect("valid") {
+            got.push(frame);
+        }
+    }
+    assert_eq!(got, vec![f.clone(), f]);
+}
+
+#[test]
+fn huge_length_prefix_is_refused_before_the_body_arrives() {
+    let err = tcp_frame_len(&[0xff, 0xff, 0xff, 0xff], &limits()).expect_err("too large");
+    assert_eq!(err.code(), ErrorCode::FrameTooLarge);
+    assert!(err.must_close());
+    let err = tcp_frame_len(&(65 * 1024u32).to_be_bytes(), &limits()).expect_err("too large");
+    assert!(matches!(err, DecodeError::TooLarge { len: 66560, .. }));
+}
+
+#[test]
+fn malformed_unknown_and_deep_bodies_have_distinct_codes() {
+    let l = limits();
+    assert_eq!(decode_body(&[0xc1], &l).expect_err("bad").code(), ErrorCode::Malformed);
+    assert_eq!(decode_body(b"", &l).expect_err("bad").code(), ErrorCode::Malformed);
+    let unknown = rmp_serde::to_vec_named(&serde_json::json!({"type": "teleport", "id": 1})).expect("enc");
+    assert_eq!(decode_body(&unknown, &l).expect_err("bad").code(), ErrorCode::UnknownFrameType);
+    let wrong_field = rmp_serde::to_vec_named(&serde_json::json!({"type": "ping", "id": "x"})).expect("enc");
+    assert_eq!(decode_body(&wrong_field, &l).expect_err("bad").code(), ErrorCode::Malformed);
+    let no_type = rmp_serde::to_vec_named(&serde_json::json!({"id": 1})).expect("enc");
+    assert_eq!(decode_body(&no_type, &l).expect_err("bad").code(), ErrorCode::Malformed);
+    let mut deep = serde_json::json!(0);
+    for _ in 0..100 {
+        deep = serde_json::json!({ "k": deep });
+    }
+    let deep = rmp_serde::to_vec_named(&serde_json::json!({"type": "upload", "x": deep})).expect("enc");
+    assert_eq!(decode_body(&deep, &l).expect_err("bad").code(), ErrorCode::NestingTooDeep);
+}
+
+#[test]
+fn bad_body_is_consumed_and_the_stream_continues() {
+    let mut out = Vec::new();
+    out.extend_from_slice(&1u32.to_be_bytes());
+    out.push(0xc1);
+    encode_tcp(&Frame::Ping(Ping { id: 3 }), &mut out);
+    let mut dec = TcpDecoder::new();
+    dec.feed(&out);
+    let err = dec.next_frame(&limits()).expect_err("malformed");
+    assert!(!err.must_close());
+    assert_eq!(dec.next_frame(&limits()).expect("ok"), Some(Frame::Ping(Ping { id: 3 })));
+}
+
+#[test]
+fn client_ids_are_restricted_to_key_safe_bytes() {
+    assert!(valid_client_id("ios:ABCD-12.x_y"));
+    for bad in ["", "a b", "x{y}", "é", &"a".repeat(129)] {
+        assert!(!valid_client_id(bad), "{bad:?}");
+    }
+}
+
+fn text() -> impl Strategy<Value = String> {
+    ".{0,24}"
+}
+
+fn bytes() -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)
+}
+
+fn headers() -> impl Strategy<Value = Headers> {
+    proptest::collection::btree_map(text(), text(), 0..4)
+}
+
+fn any_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (any::<u64>(), any::<u32>(), text(), text(), any::<u64>()).prop_map(|(id, version, token, client_id, last_seq)| {
+            Frame::Connect(Connect { id, version, token, client_id, last_seq })
+        }),
+        (any::<u64>(), text(), text(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
+            |(id, session_id, node_id, heartbeat_ms, reconnect_min_ms, reconnect_max_ms, max_frame_bytes)| {
+                Frame::Connected(Connected { id, session_id, node_id, heartbeat_ms, reconnect_min_ms, reconnect_max_ms, max_frame_bytes })
+            }
+        ),
+        (proptest::option::of(any::<u64>()), text(), text(), any::<bool>(), any::<bool>())
+            .prop_map(|(id, code, message, retry, close)| Frame::Error(ErrorFrame { id, code, message, retry, close })),
+        any::<u64>().prop_map(|id| Frame::Ping(Ping { id })),
+        any::<u64>().prop_map(|id| Frame::Pong(Pong { id })),
+        (any::<u64>(), text(), text(), headers(), bytes())
+            .prop_map(|(id, service, path, headers, body)| Frame::Upload(Upload { id, service, path, headers, body })),
+        (any::<u64>(), any::<u16>(), any::<bool>()).prop_map(|(id, status, spooled)| Frame::UploadAck(UploadAck { id, status, spooled })),
+        (any::<u64>(), text(), text(), text(), headers(), bytes(), any::<u64>()).prop_map(
+            |(id, service, method, path, headers, body, timeout_ms)| Frame::Request(Request { id, service, method, path, headers, body, timeout_ms })
+        ),
+        (any::<u64>(), any::<u16>(), headers(), bytes(), any::<u64>())
+            .prop_map(|(id, status, headers, body, seq)| Frame::Reply(Reply { id, status, headers, body, seq })),
+        (any::<u64>(), text(), headers(), bytes()).prop_map(|(seq, msg_id, headers, payload)| Frame::Push(Push { seq, msg_id, headers, payload })),
+        (any::<u64>(), any::<u64>()).prop_map(|(id, seq)| Frame::Ack(Ack { id, seq })),
+        (any::<u64>(), any::<u64>(), text()).prop_map(|(from, to, reason)| Frame::Gap(Gap { from, to, reason })),
+        (text(), text()).prop_map(|(reason, message)| Frame::Kicked(Kicked { reason, message })),
+        (any::<u64>(), proptest::collection::vec(text(), 0..3))
+            .prop_map(|(reconnect_after_ms, endpoints)| Frame::GoAway(GoAway { reconnect_after_ms, endpoints })),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn every_frame_roundtrips(frame in any_frame()) {
+        prop_assert_eq!(tcp_roundtrip(&frame), frame.clone());
+        let mut body = Vec::new();
+        encode_body(&frame, &mut body);
+        prop_assert_eq!(decode_body(&body, &limits()).expect("decodes"), frame);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode_body(&data, &limits());
+        let mut dec = TcpDecoder::new();
+        dec.feed(&data);
+        for _ in 0..data.len() + 1 {
+            match dec.next_frame(&limits()) {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) if e.must_close() => break,
+                Err(_) => {}
+            }
+        }
+    }
+}

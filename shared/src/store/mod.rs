@@ -1,0 +1,132 @@
+//! The shared state of a deployment, behind one trait with two
+//! implementations: `MemoryStore` (single node) and `RedisStore`.
+//!
+//! Routes are leases: `client_id -> (node_id, conn_epoch)` with a TTL. A newer
+//! connection overwrites the route and learns which one it replaced; removal
+//! and renewal compare the whole value atomically, so a stale connection can
+//! never delete or prolong the route of the one that replaced it.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+mod memory;
+mod redis_store;
+
+pub use memory::MemoryStore;
+pub use redis_store::RedisStore;
+
+/// Where a client is connected: which node, and which connection on it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    pub node_id: String,
+    /// Unique per connection within its node; tells two connections of one client apart.
+    pub conn_epoch: u64,
+}
+
+impl Route {
+    /// Store encoding: `node_id|conn_epoch` (node ids hold no `|`).
+    pub fn encode(&self) -> String {
+        format!("{}|{}", self.node_id, self.conn_epoch)
+    }
+
+    pub fn decode(s: &str) -> Result<Route, StoreError> {
+        let (node, epoch) = s
+            .rsplit_once('|')
+            .ok_or_else(|| StoreError::Corrupt(format!("route value {s:?}")))?;
+        let conn_epoch = epoch
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("route epoch in {s:?}")))?;
+        Ok(Route {
+            node_id: node.to_owned(),
+            conn_epoch,
+        })
+    }
+}
+
+/// A store operation that failed. The store is the peer at fault.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or answered in time; retrying may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store holds a value this build cannot read; retrying will not help.
+    #[error("store holds corrupt data: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub fn retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// How long a user's client set lives after its last connect.
+pub const USER_CLIENTS_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Writes `client_id`'s route lease (and records the client under its user);
+    /// returns the route it replaced, if one was live.
+    async fn claim_route(
+        &self,
+        client_id: &str,
+        user_id: &str,
+        route: &Route,
+        ttl: Duration,
+    ) -> Result<Option<Route>, StoreError>;
+
+    /// The live route of `client_id`, if any.
+    async fn get_route(&self, client_id: &str) -> Result<Option<Route>, StoreError>;
+
+    /// Deletes the route only if it is still exactly `route`; returns whether it did.
+    async fn release_route(&self, client_id: &str, route: &Route) -> Result<bool, StoreError>;
+
+    /// Renews each lease still owned by its route; returns how many were renewed.
+    async fn refresh_routes(&self, routes: &[(String, Route)], ttl: Duration) -> Result<usize, StoreError>;
+
+    /// Client ids that have connected as `user_id`.
+    async fn user_clients(&self, user_id: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Key names, hash-tagged so all keys of one client (or one user) share a Cluster slot.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn route(&self, client_id: &str) -> String {
+        format!("{}{{c:{client_id}}}:route", self.prefix)
+    }
+
+    pub fn user_clients(&self, user_id: &str) -> String {
+        format!("{}{{u:{user_id}}}:clients", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_encoding_roundtrips_and_keys_are_hash_tagged() {
+        let r = Route {
+            node_id: "n-1".into(),
+            conn_epoch: 77,
+        };
+        assert_eq!(Route::decode(&r.encode()).expect("decodes"), r);
+        assert!(Route::decode("garbage").is_err());
+        assert_eq!(Keys::new("dx:").route("abc"), "dx:{c:abc}:route");
+        assert_eq!(Keys::new("dx:").user_clients("u1"), "dx:{u:u1}:clients");
+    }
+}
