@@ -1,0 +1,172 @@
+//! Duplex client SDK.
+//!
+//! # Layout
+//! - [`Connection`]: one connection over TCP or WebSocket that sends and
+//!   receives frames, plus the `Connect` handshake. Reconnects, resume and
+//!   request tracking build on it.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use duplex_shared::protocol::{
+    decode_body, encode_body, encode_tcp, Connect, Connected, DecodeError, ErrorFrame, Frame, Limits, TcpDecoder,
+    PROTOCOL_VERSION,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("network: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("websocket: {0}")]
+    WebSocket(#[from] Box<tokio_tungstenite::tungstenite::Error>),
+    #[error("server sent an undecodable frame: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("server refused: {} ({})", .0.code, .0.message)]
+    Refused(ErrorFrame),
+    #[error("server closed the connection")]
+    Closed,
+    #[error("unexpected frame from server: {0}")]
+    Unexpected(&'static str),
+}
+
+enum Transport {
+    Tcp {
+        stream: TcpStream,
+        decoder: TcpDecoder,
+    },
+    Ws(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
+}
+
+/// One connection to an access node.
+pub struct Connection {
+    transport: Transport,
+    limits: Limits,
+}
+
+impl Connection {
+    /// Opens a TCP connection speaking the length-prefixed protocol.
+    pub async fn tcp(addr: SocketAddr) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect(addr).await?;
+        Ok(Self::from_tcp(stream))
+    }
+
+    /// Wraps an already connected TCP stream (e.g. bound to a chosen source address).
+    pub fn from_tcp(stream: TcpStream) -> Self {
+        let _ = stream.set_nodelay(true);
+        Connection {
+            transport: Transport::Tcp {
+                stream,
+                decoder: TcpDecoder::new(),
+            },
+            limits: client_limits(),
+        }
+    }
+
+    /// Opens a WebSocket connection (`ws://host:port/`).
+    pub async fn ws(url: &str) -> Result<Self, ClientError> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.map_err(Box::new)?;
+        Ok(Connection {
+            transport: Transport::Ws(Box::new(ws)),
+            limits: client_limits(),
+        })
+    }
+
+    /// Sends one frame.
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), ClientError> {
+        match &mut self.transport {
+            Transport::Tcp { stream, .. } => {
+                let mut out = Vec::new();
+                encode_tcp(frame, &mut out);
+                stream.write_all(&out).await?;
+            }
+            Transport::Ws(ws) => {
+                let mut out = Vec::new();
+                encode_body(frame, &mut out);
+                ws.send(Message::Binary(out.into())).await.map_err(Box::new)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends raw bytes: on TCP as they are, on WebSocket as one binary message.
+    /// For tests of how the server treats broken input.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        match &mut self.transport {
+            Transport::Tcp { stream, .. } => stream.write_all(bytes).await?,
+            Transport::Ws(ws) => ws
+                .send(Message::Binary(Bytes::copy_from_slice(bytes)))
+                .await
+                .map_err(Box::new)?,
+        }
+        Ok(())
+    }
+
+    /// Receives the next frame; `Ok(None)` when the server closed the connection.
+    pub async fn recv(&mut self) -> Result<Option<Frame>, ClientError> {
+        match &mut self.transport {
+            Transport::Tcp { stream, decoder } => loop {
+                if let Some(frame) = decoder.next_frame(&self.limits)? {
+                    return Ok(Some(frame));
+                }
+                let mut chunk = [0u8; 8192];
+                let n = match stream.read(&mut chunk).await {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+                    Err(e) => return Err(e.into()),
+                };
+                if n == 0 {
+                    return Ok(None);
+                }
+                decoder.feed(&chunk[..n]);
+            },
+            Transport::Ws(ws) => loop {
+                match ws.next().await {
+                    None => return Ok(None),
+                    Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed))
+                    | Some(Err(tokio_tungstenite::tungstenite::Error::Protocol(_))) => return Ok(None),
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Io(e)))
+                        if e.kind() == std::io::ErrorKind::ConnectionReset =>
+                    {
+                        return Ok(None)
+                    }
+                    Some(Err(e)) => return Err(Box::new(e).into()),
+                    Some(Ok(Message::Binary(body))) => return Ok(Some(decode_body(&body, &self.limits)?)),
+                    Some(Ok(Message::Close(_))) => return Ok(None),
+                    Some(Ok(_)) => continue,
+                }
+            },
+        }
+    }
+
+    /// Sends `Connect` and waits for `Connected`; an `Error` answer becomes `Refused`.
+    pub async fn handshake(&mut self, token: &str, client_id: &str, last_seq: u64) -> Result<Connected, ClientError> {
+        self.send(&Frame::Connect(Connect {
+            id: 1,
+            version: PROTOCOL_VERSION,
+            token: token.to_owned(),
+            client_id: client_id.to_owned(),
+            last_seq,
+        }))
+        .await?;
+        match self.recv().await? {
+            Some(Frame::Connected(c)) => Ok(c),
+            Some(Frame::Error(e)) => Err(ClientError::Refused(e)),
+            Some(other) => Err(ClientError::Unexpected(other.type_name())),
+            None => Err(ClientError::Closed),
+        }
+    }
+}
+
+fn client_limits() -> Limits {
+    // The client accepts whatever a server may legitimately send: up to 16 MiB.
+    Limits {
+        max_frame_bytes: 16 * 1024 * 1024,
+        max_depth: 32,
+    }
+}

@@ -14,3 +14,6 @@ pub mod links;
 pub mod net;
 pub mod protocol;
 pub mod store;
+
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -8,11 +8,12 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use super::{Route, Store, StoreError, USER_CLIENTS_TTL};
+use super::{Claim, Renewal, Route, Store, StoreError, USER_CLIENTS_TTL};
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     routes: DashMap<String, (Route, Instant)>,
+    epochs: DashMap<String, u64>,
     users: DashMap<String, (HashSet<String>, Instant)>,
 }
 
@@ -28,15 +29,25 @@ impl Store for MemoryStore {
         &self,
         client_id: &str,
         user_id: &str,
-        route: &Route,
+        node_id: &str,
         ttl: Duration,
-    ) -> Result<Option<Route>, StoreError> {
+    ) -> Result<Claim, StoreError> {
         let now = Instant::now();
-        let previous = self
+        // The route entry's lock makes epoch assignment and the write one step.
+        let mut slot = self
             .routes
-            .insert(client_id.to_owned(), (route.clone(), now + ttl))
-            .filter(|(_, expires)| *expires > now)
-            .map(|(r, _)| r);
+            .entry(client_id.to_owned())
+            .or_insert_with(|| (Route { node_id: String::new(), conn_epoch: 0 }, now));
+        let mut epoch = self.epochs.entry(client_id.to_owned()).or_insert(0);
+        *epoch += 1;
+        let route = Route {
+            node_id: node_id.to_owned(),
+            conn_epoch: *epoch,
+        };
+        drop(epoch);
+        let (old, expires) = std::mem::replace(&mut *slot, (route.clone(), now + ttl));
+        drop(slot);
+        let previous = (expires > now).then_some(old);
         let mut user = self
             .users
             .entry(user_id.to_owned())
@@ -46,7 +57,7 @@ impl Store for MemoryStore {
         }
         user.0.insert(client_id.to_owned());
         user.1 = now + USER_CLIENTS_TTL;
-        Ok(previous)
+        Ok(Claim { route, previous })
     }
 
     async fn get_route(&self, client_id: &str) -> Result<Option<Route>, StoreError> {
@@ -65,20 +76,29 @@ impl Store for MemoryStore {
             .is_some())
     }
 
-    async fn refresh_routes(&self, routes: &[(String, Route)], ttl: Duration) -> Result<usize, StoreError> {
+    async fn refresh_routes(&self, routes: &[(String, Route)], ttl: Duration) -> Result<Vec<Renewal>, StoreError> {
         let now = Instant::now();
-        let mut renewed = 0;
-        for (client_id, route) in routes {
-            if let Some(mut entry) = self.routes.get_mut(client_id) {
-                if entry.0 == *route && entry.1 > now {
-                    entry.1 = now + ttl;
-                    renewed += 1;
-                }
-            }
-        }
-        // Expired leases are dropped here too, so the map does not keep dead clients.
+        // Expired leases are dropped first, so the map does not keep dead clients.
         self.routes.retain(|_, (_, expires)| *expires > now);
-        Ok(renewed)
+        let mut out = Vec::with_capacity(routes.len());
+        for (client_id, route) in routes {
+            let mut slot = self
+                .routes
+                .entry(client_id.clone())
+                .or_insert_with(|| (route.clone(), now));
+            out.push(if slot.0 == *route {
+                let restored = slot.1 <= now;
+                slot.1 = now + ttl;
+                if restored {
+                    Renewal::Restored
+                } else {
+                    Renewal::Renewed
+                }
+            } else {
+                Renewal::Replaced
+            });
+        }
+        Ok(out)
     }
 
     async fn user_clients(&self, user_id: &str) -> Result<Vec<String>, StoreError> {

@@ -16,11 +16,31 @@ mod redis_store;
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
 
+/// The outcome of writing a route: the new route (with its store-assigned
+/// epoch) and the live one it replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub route: Route,
+    pub previous: Option<Route>,
+}
+
+/// What a lease renewal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// The lease still named this connection and was extended.
+    Renewed,
+    /// The lease had vanished (expired, or the store lost it) and was written again.
+    Restored,
+    /// Another connection owns the route now; this one must go.
+    Replaced,
+}
+
 /// Where a client is connected: which node, and which connection on it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Route {
     pub node_id: String,
-    /// Unique per connection within its node; tells two connections of one client apart.
+    /// Assigned by the store from a per-client counter: a larger epoch is a
+    /// newer connection, wherever it sits.
     pub conn_epoch: u64,
 }
 
@@ -61,20 +81,16 @@ impl StoreError {
     }
 }
 
-/// How long a user's client set lives after its last connect.
+/// How long a user's client set, and a client's epoch counter, live after its last connect.
 pub const USER_CLIENTS_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Writes `client_id`'s route lease (and records the client under its user);
-    /// returns the route it replaced, if one was live.
-    async fn claim_route(
-        &self,
-        client_id: &str,
-        user_id: &str,
-        route: &Route,
-        ttl: Duration,
-    ) -> Result<Option<Route>, StoreError>;
+    /// Gives `client_id` a new connection epoch and writes its route lease to
+    /// `node_id` (and records the client under its user); returns the new
+    /// route and the live route it replaced.
+    async fn claim_route(&self, client_id: &str, user_id: &str, node_id: &str, ttl: Duration)
+        -> Result<Claim, StoreError>;
 
     /// The live route of `client_id`, if any.
     async fn get_route(&self, client_id: &str) -> Result<Option<Route>, StoreError>;
@@ -82,8 +98,10 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the route only if it is still exactly `route`; returns whether it did.
     async fn release_route(&self, client_id: &str, route: &Route) -> Result<bool, StoreError>;
 
-    /// Renews each lease still owned by its route; returns how many were renewed.
-    async fn refresh_routes(&self, routes: &[(String, Route)], ttl: Duration) -> Result<usize, StoreError>;
+    /// Renews each lease still owned by its route, writes back leases that
+    /// vanished, and reports routes now owned by another connection; one
+    /// answer per input, in order.
+    async fn refresh_routes(&self, routes: &[(String, Route)], ttl: Duration) -> Result<Vec<Renewal>, StoreError>;
 
     /// Client ids that have connected as `user_id`.
     async fn user_clients(&self, user_id: &str) -> Result<Vec<String>, StoreError>;
@@ -107,6 +125,10 @@ impl Keys {
 
     pub fn route(&self, client_id: &str) -> String {
         format!("{}{{c:{client_id}}}:route", self.prefix)
+    }
+
+    pub fn epoch(&self, client_id: &str) -> String {
+        format!("{}{{c:{client_id}}}:epoch", self.prefix)
     }
 
     pub fn user_clients(&self, user_id: &str) -> String {

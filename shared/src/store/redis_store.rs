@@ -8,17 +8,28 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError};
 
-use super::{Keys, Route, Store, StoreError, USER_CLIENTS_TTL};
+use super::{Claim, Keys, Renewal, Route, Store, StoreError, USER_CLIENTS_TTL};
 
 /// Deletes KEYS[1] only while it still holds ARGV[1].
 const RELEASE_IF_OWNED: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 
-/// Renews KEYS[1] for ARGV[2] ms only while it still holds ARGV[1].
+/// Renews KEYS[1] (a route) for ARGV[2] ms while it holds ARGV[1]; writes it
+/// back if it vanished; 1 renewed, 2 restored, 0 owned by another connection.
 const RENEW_IF_OWNED: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
 return 0";
+
+/// KEYS[1] route, KEYS[2] epoch counter (same slot). Takes the next epoch and
+/// writes the route `ARGV[1]|epoch` for ARGV[2] ms; returns {epoch, previous}.
+const CLAIM: &str = r"
+local e = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local prev = redis.call('SET', KEYS[1], ARGV[1] .. '|' .. e, 'PX', ARGV[2], 'GET')
+return {e, prev}";
 
 /// Renewals sent per pipeline, so one refresh round never builds a huge request.
 const REFRESH_BATCH: usize = 512;
@@ -69,24 +80,21 @@ fn millis(d: Duration) -> u64 {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn claim_route(
-        &self,
-        client_id: &str,
-        user_id: &str,
-        route: &Route,
-        ttl: Duration,
-    ) -> Result<Option<Route>, StoreError> {
+    async fn claim_route(&self, client_id: &str, user_id: &str, node_id: &str, ttl: Duration)
+        -> Result<Claim, StoreError> {
         let mut conn = self.conn.clone();
         let user_key = self.keys.user_clients(user_id);
         // Route and user set live in different slots, so this is a pipeline,
         // not a transaction: the route is authoritative, the set only a hint.
-        let (previous, (), ()): (Option<String>, (), ()) = redis::pipe()
-            .cmd("SET")
+        let ((epoch, previous),): ((u64, Option<String>),) = redis::pipe()
+            .cmd("EVAL")
+            .arg(CLAIM)
+            .arg(2)
             .arg(self.keys.route(client_id))
-            .arg(route.encode())
-            .arg("PX")
+            .arg(self.keys.epoch(client_id))
+            .arg(node_id)
             .arg(millis(ttl))
-            .arg("GET")
+            .arg(millis(USER_CLIENTS_TTL))
             .cmd("SADD")
             .arg(&user_key)
             .arg(client_id)
@@ -95,11 +103,16 @@ impl Store for RedisStore {
             .arg(&user_key)
             .arg(millis(USER_CLIENTS_TTL))
             .ignore()
-            .query_async::<(Option<String>,)>(&mut conn)
+            .query_async(&mut conn)
             .await
-            .map(|(p,)| (p, (), ()))
             .map_err(unavailable)?;
-        previous.as_deref().map(Route::decode).transpose()
+        Ok(Claim {
+            route: Route {
+                node_id: node_id.to_owned(),
+                conn_epoch: epoch,
+            },
+            previous: previous.as_deref().map(Route::decode).transpose()?,
+        })
     }
 
     async fn get_route(&self, client_id: &str) -> Result<Option<Route>, StoreError> {
@@ -121,9 +134,9 @@ impl Store for RedisStore {
         Ok(deleted == 1)
     }
 
-    async fn refresh_routes(&self, routes: &[(String, Route)], ttl: Duration) -> Result<usize, StoreError> {
+    async fn refresh_routes(&self, routes: &[(String, Route)], ttl: Duration) -> Result<Vec<Renewal>, StoreError> {
         let mut conn = self.conn.clone();
-        let mut renewed = 0;
+        let mut out = Vec::with_capacity(routes.len());
         for chunk in routes.chunks(REFRESH_BATCH) {
             let mut pipe = redis::pipe();
             for (client_id, route) in chunk {
@@ -135,9 +148,13 @@ impl Store for RedisStore {
                     .arg(millis(ttl));
             }
             let results: Vec<i64> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
-            renewed += results.iter().filter(|&&r| r == 1).count();
+            out.extend(results.into_iter().map(|r| match r {
+                1 => Renewal::Renewed,
+                2 => Renewal::Restored,
+                _ => Renewal::Replaced,
+            }));
         }
-        Ok(renewed)
+        Ok(out)
     }
 
     async fn user_clients(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
