@@ -1,0 +1,116 @@
+//! Access tier: holds client connections over the private TCP protocol and
+//! WebSocket, authenticates them, keeps heartbeats, and owns their routes.
+//!
+//! # Layout
+//! - [`run`]: the tier's entry point, given its context, bound listeners and a shutdown token.
+//! - `listen`: accept loops, the connection limit and refusals.
+//! - `conn`: the task that owns one connection (auth, serving loop, goodbye).
+//! - `transport`: TCP and WebSocket behind one read/write interface.
+//! - [`hub`]: the session table, local delivery and kicks, `LocalNodes`.
+//! - `leases`: batched renewal of this node's route leases.
+//! - `rate`: per-connection frame rate limit.
+
+use std::io;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duplex_shared::auth::TokenVerifier;
+use duplex_shared::config::AccessConfig;
+use duplex_shared::links::{NodeLink, UpstreamLink};
+use duplex_shared::net::bind_listener;
+use duplex_shared::protocol::Limits;
+use duplex_shared::store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+mod conn;
+pub mod hub;
+mod leases;
+mod listen;
+mod rate;
+mod transport;
+
+pub use hub::{Hub, LocalNodes};
+pub use transport::TransportKind;
+
+/// What the access tier needs from the rest of the node.
+#[derive(Clone)]
+pub struct AccessContext {
+    pub config: AccessConfig,
+    pub node_id: String,
+    pub verifier: Arc<TokenVerifier>,
+    pub store: Arc<dyn Store>,
+    /// Reaches access nodes (this one included) to deliver and kick.
+    pub nodes: Arc<dyn NodeLink>,
+    pub upstream: Arc<dyn UpstreamLink>,
+    pub hub: Arc<Hub>,
+}
+
+/// The tier's listeners, bound by the caller (so tests can use port 0).
+#[derive(Debug)]
+pub struct AccessListeners {
+    pub tcp: TcpListener,
+    pub ws: TcpListener,
+}
+
+impl AccessListeners {
+    /// Binds both listeners as configured (backlog, `SO_REUSEPORT`).
+    pub fn bind(config: &AccessConfig) -> io::Result<Self> {
+        Ok(AccessListeners {
+            tcp: bind_listener(config.tcp_listen, config.listen_backlog, config.reuse_port)?,
+            ws: bind_listener(config.ws_listen, config.listen_backlog, config.reuse_port)?,
+        })
+    }
+}
+
+pub(crate) struct Shared {
+    config: AccessConfig,
+    limits: Limits,
+    node_id: String,
+    verifier: Arc<TokenVerifier>,
+    store: Arc<dyn Store>,
+    nodes: Arc<dyn NodeLink>,
+    upstream: Arc<dyn UpstreamLink>,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+    permits: Arc<Semaphore>,
+    refusing: Arc<Semaphore>,
+    next_conn_id: AtomicU64,
+    tracker: TaskTracker,
+}
+
+/// Serves clients until `shutdown` is cancelled; then tells every client to
+/// go away (with a jittered reconnect delay), releases routes, and returns
+/// once connections are closed or the shutdown grace period ends.
+pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: CancellationToken) {
+    let shared = Arc::new(Shared {
+        limits: ctx.config.limits(),
+        permits: Arc::new(Semaphore::new(ctx.config.max_connections)),
+        refusing: Arc::new(Semaphore::new(listen::MAX_REFUSING)),
+        config: ctx.config,
+        node_id: ctx.node_id,
+        verifier: ctx.verifier,
+        store: ctx.store,
+        nodes: ctx.nodes,
+        upstream: ctx.upstream,
+        hub: ctx.hub,
+        shutdown: shutdown.clone(),
+        next_conn_id: AtomicU64::new(1),
+        tracker: TaskTracker::new(),
+    });
+    let tcp = tokio::spawn(listen::accept_loop(shared.clone(), listeners.tcp, TransportKind::Tcp));
+    let ws = tokio::spawn(listen::accept_loop(shared.clone(), listeners.ws, TransportKind::WebSocket));
+    let renew = tokio::spawn(leases::renew_forever(shared.clone()));
+    shutdown.cancelled().await;
+    let _ = tokio::join!(tcp, ws, renew);
+    shared.tracker.close();
+    let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
+    info!(connections = shared.hub.len(), "access draining");
+    if tokio::time::timeout(grace, shared.tracker.wait()).await.is_err() {
+        warn!(left = shared.hub.len(), "shutdown grace period ended with connections open");
+    }
+}

@@ -125,6 +125,11 @@ pub struct AccessConfig {
     pub reconnect_min_ms: u64,
     /// Reconnect backoff advised to clients: largest delay, ms. Default 60000.
     pub reconnect_max_ms: u64,
+    /// On shutdown, clients are told to reconnect after a random delay within this window, ms,
+    /// so the remaining nodes see a spread of reconnects instead of a storm. Default 10000.
+    pub goaway_window_ms: u64,
+    /// Longest wait for connections to close on shutdown before they are dropped, ms. Default 15000.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for AccessConfig {
@@ -146,6 +151,8 @@ impl Default for AccessConfig {
             frame_burst: 200,
             reconnect_min_ms: 1_000,
             reconnect_max_ms: 60_000,
+            goaway_window_ms: 10_000,
+            shutdown_grace_ms: 15_000,
         }
     }
 }

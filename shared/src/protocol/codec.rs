@@ -188,8 +188,9 @@ impl TcpDecoder {
         };
         let result = decode_body(&self.buf[LENGTH_PREFIX..LENGTH_PREFIX + len], limits);
         self.buf.drain(..LENGTH_PREFIX + len);
-        if self.buf.is_empty() && self.buf.capacity() > 4096 {
-            // Idle connections should not keep the memory of their largest frame.
+        if self.buf.is_empty() {
+            // Idle connections keep no buffer: memory per idle connection is what
+            // bounds how many one node can hold.
             self.buf = Vec::new();
         }
         result.map(Some)

@@ -233,6 +233,8 @@ pub enum ErrorCode {
     RateLimited,
     StoreUnavailable,
     UpstreamUnavailable,
+    /// The backend side refused the frame; repeating it will not help.
+    Rejected,
     Internal,
 }
 
@@ -257,6 +259,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::Rejected => "rejected",
             ErrorCode::Internal => "internal",
         }
     }

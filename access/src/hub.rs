@@ -1,0 +1,249 @@
+//! The session table of one access node.
+//!
+//! It maps `client_id` to a handle holding only metadata, a bounded sender and
+//! a close signal; the socket stays with its connection task. Deliveries are
+//! encoded once and handed over with `try_send`, so a slow client can never
+//! block the caller.
+//!
+//! Outbound overflow policy: when a connection's queue is full, the delivery
+//! fails with `LinkError::QueueFull` (a stored message stays stored and is
+//! retried) and the connection is closed as a slow consumer; the client
+//! reconnects and resumes from its `last_seq`. Memory per connection stays
+//! bounded by `outbound_queue` frames.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use duplex_shared::links::{LinkError, NodeLink};
+use duplex_shared::protocol::{encode_body, Frame};
+use duplex_shared::store::Route;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+/// Why the server ends a connection on its own initiative.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Closed with a `Kicked` frame (`replaced`, `admin`, ...).
+    Kicked(String),
+    /// The outbound queue overflowed.
+    SlowConsumer,
+}
+
+/// Tells a connection task to close; the first reason given wins.
+#[derive(Debug, Default)]
+pub struct CloseSignal {
+    reason: OnceLock<CloseReason>,
+    notify: Notify,
+}
+
+impl CloseSignal {
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+        // notify_one stores a permit, so a close sent before the task waits is not lost.
+        self.notify.notify_one();
+    }
+
+    pub async fn closed(&self) -> CloseReason {
+        loop {
+            if let Some(r) = self.reason.get() {
+                return r.clone();
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// What the table holds for one connection.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    pub conn_epoch: u64,
+    pub user_id: Arc<str>,
+    /// Encoded frame bodies for the connection task to write; bounded.
+    pub outbound: mpsc::Sender<Bytes>,
+    pub close: Arc<CloseSignal>,
+    /// Wall-clock connect time, ms since the Unix epoch.
+    pub connected_at_ms: u64,
+}
+
+/// A connection lost the race for its client id to a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Superseded;
+
+/// How long a kick is remembered for connections that have not registered yet.
+const KICK_MEMORY: Duration = Duration::from_secs(120);
+
+/// All sessions of this node.
+#[derive(Debug)]
+pub struct Hub {
+    node_id: String,
+    sessions: DashMap<String, SessionHandle>,
+    /// Kicks that arrived before their connection registered (it claimed its
+    /// route, then a newer connection elsewhere claimed it and kicked it, all
+    /// before the first one reached `register`): client -> highest epoch kicked.
+    kicked: DashMap<String, (u64, Instant)>,
+}
+
+impl Hub {
+    pub fn new(node_id: impl Into<String>) -> Self {
+        Hub {
+            node_id: node_id.into(),
+            sessions: DashMap::new(),
+            kicked: DashMap::new(),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Number of registered sessions.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Adds a session; a present older session of the same client is told to
+    /// close as replaced. Refused when a newer session (or a kick) already won.
+    pub fn register(&self, client_id: &str, handle: SessionHandle) -> Result<(), Superseded> {
+        if let Some(k) = self.kicked.get(client_id) {
+            if k.0 >= handle.conn_epoch {
+                return Err(Superseded);
+            }
+        }
+        match self.sessions.entry(client_id.to_owned()) {
+            Entry::Occupied(mut e) => {
+                if e.get().conn_epoch > handle.conn_epoch {
+                    return Err(Superseded);
+                }
+                let old = e.insert(handle);
+                old.close.close(CloseReason::Kicked("replaced".into()));
+            }
+            Entry::Vacant(e) => {
+                e.insert(handle);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the session only if it is still connection `conn_epoch`.
+    pub fn unregister(&self, client_id: &str, conn_epoch: u64) {
+        self.sessions.remove_if(client_id, |_, h| h.conn_epoch == conn_epoch);
+    }
+
+    /// The current session of `client_id`, if any.
+    pub fn get(&self, client_id: &str) -> Option<SessionHandle> {
+        self.sessions.get(client_id).map(|h| h.clone())
+    }
+
+    /// Closes connections of `client_id` up to `conn_epoch` with `Kicked`, and
+    /// remembers the kick for a connection that has not registered yet.
+    pub fn kick_local(&self, client_id: &str, conn_epoch: u64, reason: &str) {
+        self.kicked
+            .entry(client_id.to_owned())
+            .and_modify(|k| {
+                k.0 = k.0.max(conn_epoch);
+                k.1 = Instant::now();
+            })
+            .or_insert((conn_epoch, Instant::now()));
+        if let Some(h) = self.sessions.get(client_id) {
+            if h.conn_epoch <= conn_epoch {
+                h.close.close(CloseReason::Kicked(reason.to_owned()));
+            }
+        }
+    }
+
+    /// Queues `frame` for the session of `client_id` (exactly `conn_epoch`, if given).
+    pub fn deliver_local(&self, client_id: &str, conn_epoch: Option<u64>, frame: &Frame) -> Result<(), LinkError> {
+        let handle = self.get(client_id).ok_or(LinkError::NotHere)?;
+        if conn_epoch.is_some_and(|e| e != handle.conn_epoch) {
+            return Err(LinkError::NotHere);
+        }
+        let mut body = Vec::new();
+        encode_body(frame, &mut body);
+        match handle.outbound.try_send(Bytes::from(body)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                handle.close.close(CloseReason::SlowConsumer);
+                Err(LinkError::QueueFull)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(LinkError::NotHere),
+        }
+    }
+
+    /// Every session's route, for lease renewal.
+    pub fn routes(&self) -> Vec<(String, Route)> {
+        self.sessions
+            .iter()
+            .map(|e| {
+                (
+                    e.key().clone(),
+                    Route {
+                        node_id: self.node_id.clone(),
+                        conn_epoch: e.conn_epoch,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Forgets kicks old enough that their connection can no longer register.
+    pub fn prune_kicks(&self) {
+        let now = Instant::now();
+        self.kicked.retain(|_, (_, at)| now.duration_since(*at) < KICK_MEMORY);
+    }
+
+    /// Tells every session to close (used by tests and admin tooling).
+    pub fn close_all(&self, reason: CloseReason) {
+        for e in self.sessions.iter() {
+            e.close.close(reason.clone());
+        }
+    }
+}
+
+/// `NodeLink` for a process that holds the only access node: calls to this
+/// node go to its hub; any other node id is unreachable from here.
+#[derive(Debug, Clone)]
+pub struct LocalNodes {
+    hub: Arc<Hub>,
+}
+
+impl LocalNodes {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        LocalNodes { hub }
+    }
+
+    fn check(&self, node_id: &str) -> Result<(), LinkError> {
+        if node_id == self.hub.node_id() {
+            Ok(())
+        } else {
+            Err(LinkError::Unavailable(format!("node {node_id} is not reachable from this process")))
+        }
+    }
+}
+
+#[async_trait]
+impl NodeLink for LocalNodes {
+    async fn deliver(
+        &self,
+        node_id: &str,
+        client_id: &str,
+        conn_epoch: Option<u64>,
+        frame: Frame,
+    ) -> Result<(), LinkError> {
+        self.check(node_id)?;
+        self.hub.deliver_local(client_id, conn_epoch, &frame)
+    }
+
+    async fn kick(&self, client_id: &str, route: &Route, reason: &str) -> Result<(), LinkError> {
+        self.check(&route.node_id)?;
+        self.hub.kick_local(client_id, route.conn_epoch, reason);
+        Ok(())
+    }
+}

@@ -1,0 +1,107 @@
+//! Accept loops for the TCP and WebSocket listeners.
+//!
+//! The connection limit is a semaphore taken right after accept: a client
+//! over the limit gets a `server_full` error frame (retryable) instead of a
+//! silent drop or an unbounded wait in the backlog. Refusals themselves are
+//! bounded: beyond `MAX_REFUSING` in progress, extra sockets are just closed.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duplex_shared::protocol::{encode_tcp, ErrorCode, Frame};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tracing::{debug, warn, Instrument};
+
+use crate::conn::{body, serve};
+use crate::transport::{ws_config, Transport, TransportKind};
+use crate::Shared;
+
+/// Refusals (over-limit WebSocket handshakes) handled at once.
+pub(crate) const MAX_REFUSING: usize = 256;
+
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: TransportKind) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors or a transient error: back off briefly
+                // rather than spin on a listener that keeps failing.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+            refuse(&shared, stream, kind);
+            continue;
+        };
+        let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let auth_deadline = Instant::now() + Duration::from_millis(shared.config.auth_timeout_ms);
+        let span = tracing::debug_span!("conn", conn_id, %peer, transport = ?kind);
+        let task_shared = shared.clone();
+        shared.tracker.spawn(
+            async move {
+                let io = match kind {
+                    TransportKind::Tcp => Transport::tcp(stream),
+                    TransportKind::WebSocket => {
+                        let _ = stream.set_nodelay(true);
+                        let handshake = tokio_tungstenite::accept_async_with_config(
+                            stream,
+                            Some(ws_config(&task_shared.limits)),
+                        );
+                        match tokio::time::timeout_at(auth_deadline, handshake).await {
+                            Ok(Ok(ws)) => Transport::Ws(Box::new(ws)),
+                            Ok(Err(e)) => {
+                                debug!(error = %e, "websocket handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!("websocket handshake timed out");
+                                return;
+                            }
+                        }
+                    }
+                };
+                serve(task_shared, io, auth_deadline, conn_id, permit).await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+fn server_full() -> Frame {
+    ErrorCode::ServerFull.frame(None, "this node is at its connection limit; try again later or another node", true)
+}
+
+fn refuse(shared: &Arc<Shared>, stream: TcpStream, kind: TransportKind) {
+    debug!("refusing connection over the limit");
+    match kind {
+        TransportKind::Tcp => {
+            // The socket's send buffer is empty, so a small frame fits without waiting.
+            let mut out = Vec::new();
+            encode_tcp(&server_full(), &mut out);
+            let _ = stream.try_write(&out);
+        }
+        TransportKind::WebSocket => {
+            let Ok(slot) = shared.refusing.clone().try_acquire_owned() else {
+                return;
+            };
+            let limits = shared.limits;
+            tokio::spawn(async move {
+                let _slot = slot;
+                let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(&limits)));
+                if let Ok(Ok(ws)) = tokio::time::timeout(Duration::from_secs(2), handshake).await {
+                    let mut io = Transport::Ws(Box::new(ws));
+                    let _ = tokio::time::timeout(Duration::from_secs(2), io.write(&[body(&server_full())])).await;
+                    io.shutdown().await;
+                }
+            });
+        }
+    }
+}

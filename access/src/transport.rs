@@ -1,0 +1,161 @@
+//! The two client transports behind one interface: the length-prefixed TCP
+//! protocol and WebSocket binary messages. Both carry the same frame bodies.
+//!
+//! Reads are cancel-safe (used inside `select!`): the TCP side waits for
+//! readability and then reads without awaiting, into a stack buffer, so an
+//! idle connection holds no read buffer at all.
+
+use std::io;
+
+use bytes::Bytes;
+use duplex_shared::protocol::{decode_body, DecodeError, Frame, Limits, TcpDecoder, LENGTH_PREFIX};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// One read from a client.
+#[derive(Debug)]
+pub enum ReadEvent {
+    Frame(Frame),
+    /// Bytes that are not a valid frame; the error says whether to close.
+    Invalid(DecodeError),
+    /// The client closed the connection.
+    Closed,
+    /// The connection failed.
+    Failed(String),
+}
+
+/// Which transport a connection uses (for logs and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Tcp,
+    WebSocket,
+}
+
+pub enum Transport {
+    Tcp { stream: TcpStream, decoder: TcpDecoder },
+    Ws(Box<WebSocketStream<TcpStream>>),
+}
+
+/// WebSocket limits: tungstenite's defaults (64 MiB messages, 128 KiB read
+/// buffer, unbounded write buffer) would let one client cost megabytes.
+pub fn ws_config(limits: &Limits) -> WebSocketConfig {
+    let max = limits.max_frame_bytes as usize;
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * max + 64 * 1024)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+impl Transport {
+    pub fn tcp(stream: TcpStream) -> Self {
+        let _ = stream.set_nodelay(true);
+        Transport::Tcp {
+            stream,
+            decoder: TcpDecoder::new(),
+        }
+    }
+
+    /// Waits for the next frame. Cancel-safe.
+    pub async fn read(&mut self, limits: &Limits) -> ReadEvent {
+        match self {
+            Transport::Tcp { stream, decoder } => loop {
+                match decoder.next_frame(limits) {
+                    Ok(Some(frame)) => return ReadEvent::Frame(frame),
+                    Ok(None) => {}
+                    Err(e) => return ReadEvent::Invalid(e),
+                }
+                if let Err(e) = stream.readable().await {
+                    return ReadEvent::Failed(e.to_string());
+                }
+                let mut chunk = [0u8; 4096];
+                match stream.try_read(&mut chunk) {
+                    Ok(0) => return ReadEvent::Closed,
+                    Ok(n) => decoder.feed(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return ReadEvent::Closed,
+                    Err(e) => return ReadEvent::Failed(e.to_string()),
+                }
+            },
+            Transport::Ws(ws) => loop {
+                match ws.next().await {
+                    None => return ReadEvent::Closed,
+                    Some(Ok(Message::Binary(body))) => {
+                        return match decode_body(&body, limits) {
+                            Ok(f) => ReadEvent::Frame(f),
+                            Err(e) => ReadEvent::Invalid(e),
+                        }
+                    }
+                    Some(Ok(Message::Text(_))) => {
+                        return ReadEvent::Invalid(DecodeError::Malformed(
+                            "text message: frames travel as binary messages".into(),
+                        ))
+                    }
+                    Some(Ok(Message::Close(_))) => return ReadEvent::Closed,
+                    // Pings are answered by tungstenite on the next write/flush.
+                    Some(Ok(_)) => continue,
+                    // tungstenite stops reading an oversized message before buffering it.
+                    Some(Err(tungstenite::Error::Capacity(e))) => {
+                        let len = match e {
+                            tungstenite::error::CapacityError::MessageTooLong { size, .. } => size as u64,
+                            _ => u64::from(limits.max_frame_bytes) + 1,
+                        };
+                        return ReadEvent::Invalid(DecodeError::TooLarge {
+                            len,
+                            max: limits.max_frame_bytes,
+                        });
+                    }
+                    Some(Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)) => {
+                        return ReadEvent::Closed
+                    }
+                    Some(Err(e)) => return ReadEvent::Failed(e.to_string()),
+                }
+            },
+        }
+    }
+
+    /// Writes encoded frame bodies in one go (one syscall on TCP when it fits).
+    pub async fn write(&mut self, bodies: &[Bytes]) -> io::Result<()> {
+        match self {
+            Transport::Tcp { stream, .. } => {
+                let total: usize = bodies.iter().map(|b| b.len() + LENGTH_PREFIX).sum();
+                let mut out = Vec::with_capacity(total);
+                for b in bodies {
+                    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                    out.extend_from_slice(b);
+                }
+                stream.write_all(&out).await
+            }
+            Transport::Ws(ws) => {
+                for b in bodies {
+                    ws.feed(Message::Binary(b.clone())).await.map_err(ws_io)?;
+                }
+                ws.flush().await.map_err(ws_io)
+            }
+        }
+    }
+
+    /// Closes gracefully: TCP half-close after pending writes, WebSocket close frame.
+    pub async fn shutdown(&mut self) {
+        match self {
+            Transport::Tcp { stream, .. } => {
+                let _ = stream.shutdown().await;
+            }
+            Transport::Ws(ws) => {
+                let _ = SinkExt::close(ws).await;
+            }
+        }
+    }
+}
+
+fn ws_io(e: tungstenite::Error) -> io::Error {
+    match e {
+        tungstenite::Error::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}

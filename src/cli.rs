@@ -1,0 +1,99 @@
+//! Command line and configuration loading: defaults, then the TOML file
+//! (`--config`), then `DUPLEX_*` environment variables (`__` separates
+//! sections: `DUPLEX_ACCESS__TCP_LISTEN`), then flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use duplex_shared::config::{Config, ConfigError};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+
+#[derive(Debug, Parser)]
+#[command(name = "duplex", version, about = "Duplex: a duplex message-channel gateway for mobile apps")]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: ConfigFlags,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every tier in this process (the default when no command is given).
+    Run,
+    /// Mint a development token (HS256) from the configured secret and print it.
+    Token(TokenArgs),
+    /// Load generators; they only ever target 127.0.0.0/8.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// User id (`sub` claim).
+    #[arg(long)]
+    pub sub: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub ttl: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigFlags {
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "DUPLEX_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Redis URL; switches from the in-memory store to Redis.
+    #[arg(long, global = true)]
+    pub redis: Option<String>,
+    /// Node id (default: random).
+    #[arg(long, global = true)]
+    pub node_id: Option<String>,
+    /// Address of the private TCP protocol listener.
+    #[arg(long, global = true)]
+    pub tcp_listen: Option<SocketAddr>,
+    /// Address of the WebSocket listener.
+    #[arg(long, global = true)]
+    pub ws_listen: Option<SocketAddr>,
+    /// Log format: text or json.
+    #[arg(long, global = true)]
+    pub log_format: Option<String>,
+}
+
+/// Builds and validates the configuration.
+pub fn load_config(flags: &ConfigFlags) -> Result<Config, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = &flags.config {
+        if !path.is_file() {
+            return Err(ConfigError::Load(format!("config file {} does not exist", path.display())));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    figment = figment.merge(Env::prefixed("DUPLEX_").ignore(&["CONFIG"]).split("__"));
+    if let Some(v) = &flags.redis {
+        figment = figment.merge(("redis_url", v));
+    }
+    if let Some(v) = &flags.node_id {
+        figment = figment.merge(("node_id", v));
+    }
+    if let Some(v) = &flags.tcp_listen {
+        figment = figment.merge(("access.tcp_listen", v.to_string()));
+    }
+    if let Some(v) = &flags.ws_listen {
+        figment = figment.merge(("access.ws_listen", v.to_string()));
+    }
+    if let Some(v) = &flags.log_format {
+        figment = figment.merge(("log.format", v));
+    }
+    let mut config: Config = figment.extract().map_err(|e| ConfigError::Load(e.to_string()))?;
+    config.validate()?;
+    if !matches!(config.log.format.as_str(), "text" | "json") {
+        return Err(ConfigError::Invalid {
+            field: "log.format".into(),
+            message: "must be text or json".into(),
+        });
+    }
+    Ok(config)
+}

@@ -1,0 +1,150 @@
+//! Wiring of a node: the store, the links between tiers, and every tier in
+//! one process (all-in-one mode).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use duplex_access::{AccessContext, AccessListeners, Hub, LocalNodes};
+use duplex_shared::auth::{dev_claims, mint_hs256, TokenVerifier};
+use duplex_shared::config::{Config, JwtAlgorithm, LogConfig, DEV_SECRET};
+use duplex_shared::store::{MemoryStore, RedisStore, Store};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::cli::TokenArgs;
+
+pub fn init_tracing(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[allow(clippy::print_stdout)]
+pub fn print_token(config: &Config, args: &TokenArgs) -> ExitCode {
+    if config.auth.algorithm != JwtAlgorithm::HS256 {
+        eprintln!("duplex: `duplex token` mints HS256 tokens; the configured algorithm is {:?}", config.auth.algorithm);
+        return ExitCode::from(64);
+    }
+    let secret = config.auth.secret.as_deref().unwrap_or(DEV_SECRET);
+    match mint_hs256(secret, &dev_claims(&args.sub, args.ttl)) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("duplex: cannot mint token: {e}");
+            ExitCode::from(70)
+        }
+    }
+}
+
+pub fn run_all_in_one(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("duplex: cannot start the runtime: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    runtime.block_on(all_in_one(config))
+}
+
+#[allow(clippy::print_stdout)]
+async fn all_in_one(config: Config) -> ExitCode {
+    let node_id = config.node_id_or_random();
+    let verifier = match TokenVerifier::new(&config.auth) {
+        Ok(v) => Arc::new(v),
+        Err(e) => {
+            eprintln!("duplex: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let store: Arc<dyn Store> = match &config.redis_url {
+        Some(url) => match RedisStore::connect(url, &config.key_prefix).await {
+            Ok(s) => match duplex_shared::store::Store::ping(&s).await {
+                Ok(()) => Arc::new(s),
+                Err(e) => {
+                    eprintln!("duplex: Redis at {url} does not answer: {e}");
+                    return ExitCode::from(69);
+                }
+            },
+            Err(e) => {
+                eprintln!("duplex: cannot connect to Redis at {url}: {e}");
+                return ExitCode::from(69);
+            }
+        },
+        None => Arc::new(MemoryStore::new()),
+    };
+    let listeners = match AccessListeners::bind(&config.access) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "duplex: cannot listen on {} / {}: {e}",
+                config.access.tcp_listen, config.access.ws_listen
+            );
+            return ExitCode::from(71);
+        }
+    };
+    let tcp = listeners.tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let ws = listeners.ws.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    if config.auth.secret.as_deref() == Some(DEV_SECRET) {
+        warn!("using the built-in development secret; set auth.secret before exposing this node");
+    }
+    let hub = Arc::new(Hub::new(node_id.clone()));
+    let ctx = AccessContext {
+        config: config.access.clone(),
+        node_id: node_id.clone(),
+        verifier,
+        store,
+        nodes: Arc::new(LocalNodes::new(hub.clone())),
+        upstream: Arc::new(duplex_upstream::NoBackends),
+        hub,
+    };
+    let shutdown = CancellationToken::new();
+    let store_kind = if config.redis_url.is_some() { "redis" } else { "memory" };
+    println!("duplex node {node_id} (all tiers, {store_kind} store)");
+    println!("  client tcp:       {tcp}");
+    println!("  client websocket: ws://{ws}/");
+    println!("  mint a token:     duplex token --sub alice");
+    info!(%node_id, %tcp, %ws, store = store_kind, "duplex started");
+    let access = tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone()));
+    let upstream = tokio::spawn(duplex_upstream::run(
+        Default::default(),
+        Default::default(),
+        shutdown.clone(),
+    ));
+    let downstream = tokio::spawn(duplex_downstream::run(
+        Default::default(),
+        Default::default(),
+        shutdown.clone(),
+    ));
+    wait_for_signal().await;
+    info!("shutting down");
+    shutdown.cancel();
+    let (a, u, d) = tokio::join!(access, upstream, downstream);
+    if a.is_err() || u.is_err() || d.is_err() {
+        error!("a tier ended abnormally during shutdown");
+        return ExitCode::from(70);
+    }
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
