@@ -1,0 +1,161 @@
+//! Test harness: an access node on 127.0.0.1:0 with either store, clients
+//! over either transport, and bounded polling for asynchronous state.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duplex_access::{AccessContext, AccessListeners, Hub, LocalNodes};
+use duplex_client::Connection;
+use duplex_shared::auth::{dev_claims, mint_hs256, TokenVerifier};
+use duplex_shared::config::{AccessConfig, AuthConfig};
+use duplex_shared::protocol::{ErrorFrame, Frame};
+use duplex_shared::store::{MemoryStore, RedisStore, Store};
+use duplex_shared::testing::{random_prefix, TestRedis};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "access-tests-secret-with-32-bytes-or-more";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Tcp,
+    Ws,
+}
+
+pub struct TestNode {
+    pub node_id: String,
+    pub tcp: SocketAddr,
+    pub ws: SocketAddr,
+    pub hub: Arc<Hub>,
+    pub store: Arc<dyn Store>,
+    pub shutdown: CancellationToken,
+    pub task: Option<JoinHandle<()>>,
+    _redis: Option<TestRedis>,
+}
+
+pub fn test_config() -> AccessConfig {
+    AccessConfig {
+        tcp_listen: "127.0.0.1:0".parse().expect("addr"),
+        ws_listen: "127.0.0.1:0".parse().expect("addr"),
+        ..AccessConfig::default()
+    }
+}
+
+pub async fn start_node(kind: StoreKind, tweak: impl FnOnce(&mut AccessConfig)) -> TestNode {
+    let (store, redis): (Arc<dyn Store>, _) = match kind {
+        StoreKind::Memory => (Arc::new(MemoryStore::new()), None),
+        StoreKind::Redis => {
+            let server = TestRedis::start().expect("redis-server");
+            let store = RedisStore::connect(&server.url(), &random_prefix()).await.expect("redis");
+            (Arc::new(store), Some(server))
+        }
+    };
+    start_node_with_store(store, redis, tweak).await
+}
+
+pub async fn start_node_with_store(
+    store: Arc<dyn Store>,
+    redis: Option<TestRedis>,
+    tweak: impl FnOnce(&mut AccessConfig),
+) -> TestNode {
+    let mut config = test_config();
+    tweak(&mut config);
+    config.validate().expect("valid test config");
+    let mut auth = AuthConfig { secret: Some(SECRET.into()), ..AuthConfig::default() };
+    auth.resolve(true).expect("auth");
+    let node_id = format!("t-{:06x}", rand::random::<u32>() & 0xffffff);
+    let hub = Arc::new(Hub::new(node_id.clone()));
+    let listeners = AccessListeners::bind(&config).expect("bind");
+    let tcp = listeners.tcp.local_addr().expect("addr");
+    let ws = listeners.ws.local_addr().expect("addr");
+    let ctx = AccessContext {
+        config,
+        node_id: node_id.clone(),
+        verifier: Arc::new(TokenVerifier::new(&auth).expect("verifier")),
+        store: store.clone(),
+        nodes: Arc::new(LocalNodes::new(hub.clone())),
+        upstream: Arc::new(duplex_upstream::NoBackends),
+        hub: hub.clone(),
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone()));
+    TestNode { node_id, tcp, ws, hub, store, shutdown, task: Some(task), _redis: redis }
+}
+
+impl TestNode {
+    pub async fn open(&self, via: Via) -> Connection {
+        match via {
+            Via::Tcp => Connection::tcp(self.tcp).await.expect("tcp connect"),
+            Via::Ws => Connection::ws(&format!("ws://{}/", self.ws)).await.expect("ws connect"),
+        }
+    }
+
+    /// Opens and authenticates as `user` with `client_id`.
+    pub async fn login(&self, via: Via, user: &str, client_id: &str) -> Connection {
+        let mut conn = self.open(via).await;
+        conn.handshake(&token(user), client_id, 0).await.expect("handshake");
+        conn
+    }
+
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), t).await.expect("stops in time").expect("no panic");
+        }
+    }
+}
+
+pub fn token(user: &str) -> String {
+    mint_hs256(SECRET, &dev_claims(user, 3600)).expect("mint")
+}
+
+/// Next frame within 5 s (real time); `None` when the server closed.
+pub async fn recv(conn: &mut Connection) -> Option<Frame> {
+    tokio::time::timeout(Duration::from_secs(5), conn.recv())
+        .await
+        .expect("a frame or a close within 5 s")
+        .expect("readable")
+}
+
+pub async fn expect_error(conn: &mut Connection) -> ErrorFrame {
+    match recv(conn).await {
+        Some(Frame::Error(e)) => e,
+        other => panic!("expected an Error frame, got {other:?}"),
+    }
+}
+
+pub async fn expect_closed(conn: &mut Connection) {
+    for _ in 0..16 {
+        match recv(conn).await {
+            None => return,
+            Some(Frame::Pong(_)) => continue,
+            Some(other) => panic!("expected close, got {other:?}"),
+        }
+    }
+    panic!("connection not closed");
+}
+
+/// Polls `check` every 10 ms for up to 5 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}

@@ -1,0 +1,182 @@
+//! Connecting, authenticating and bad input, over TCP and WebSocket.
+
+mod common;
+
+use common::*;
+use duplex_shared::auth::{dev_claims, mint_hs256, unix_now};
+use duplex_shared::protocol::{encode_tcp, Frame, Ping, Upload, PROTOCOL_VERSION};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+
+async fn connects_and_authenticates(via: Via) {
+    let node = start_node(StoreKind::Memory, |_| {}).await;
+    let mut conn = node.open(via).await;
+    let connected = conn.handshake(&token("alice"), "phone-1", 0).await.expect("connected");
+    assert_eq!(connected.node_id, node.node_id);
+    assert_eq!(connected.max_frame_bytes, 64 * 1024);
+    assert!(connected.heartbeat_ms > 0 && connected.reconnect_min_ms <= connected.reconnect_max_ms);
+    conn.send(&Frame::Ping(Ping { id: 5 })).await.expect("send");
+    assert!(matches!(recv(&mut conn).await, Some(Frame::Pong(p)) if p.id == 5));
+}
+
+async fn rejects(via: Via, token: &str, code: &str) {
+    let node = start_node(StoreKind::Memory, |_| {}).await;
+    let mut conn = node.open(via).await;
+    let err = conn.handshake(token, "phone-1", 0).await.expect_err("rejected");
+    match err {
+        duplex_client::ClientError::Refused(e) => {
+            assert_eq!(e.code, code, "{e:?}");
+            assert!(e.close);
+            assert_eq!(e.id, Some(1));
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+    expect_closed(&mut conn).await;
+    assert!(node.hub.is_empty());
+}
+
+async fn bad_tokens_are_rejected_with_their_code(via: Via) {
+    rejects(via, "garbage", "token_invalid").await;
+    let mut expired = dev_claims("alice", 0);
+    expired.exp = unix_now() - 3600;
+    rejects(via, &mint_hs256(SECRET, &expired).expect("mint"), "token_expired").await;
+    let hs384 = encode(&Header::new(Algorithm::HS384), &dev_claims("a", 60), &EncodingKey::from_secret(SECRET.as_bytes()))
+        .expect("mint");
+    rejects(via, &hs384, "token_wrong_algorithm").await;
+}
+
+async fn malformed_and_unknown_frames_get_error_frames_and_the_connection_survives(via: Via) {
+    let node = start_node(StoreKind::Memory, |_| {}).await;
+    let mut conn = node.login(via, "alice", "phone-1").await;
+    let garbage: &[u8] = &[0xc1, 0x00, 0xff];
+    match via {
+        Via::Tcp => {
+            let mut raw = (garbage.len() as u32).to_be_bytes().to_vec();
+            raw.extend_from_slice(garbage);
+            conn.send_raw(&raw).await.expect("send");
+        }
+        Via::Ws => conn.send_raw(garbage).await.expect("send"),
+    }
+    let e = expect_error(&mut conn).await;
+    assert_eq!(e.code, "malformed_frame");
+    assert!(!e.close);
+    let unknown = rmp_serde::to_vec_named(&serde_json::json!({"type": "teleport", "id": 1})).expect("enc");
+    match via {
+        Via::Tcp => {
+            let mut raw = (unknown.len() as u32).to_be_bytes().to_vec();
+            raw.extend_from_slice(&unknown);
+            conn.send_raw(&raw).await.expect("send");
+        }
+        Via::Ws => conn.send_raw(&unknown).await.expect("send"),
+    }
+    assert_eq!(expect_error(&mut conn).await.code, "unknown_frame_type");
+    conn.send(&Frame::Ping(Ping { id: 2 })).await.expect("send");
+    assert!(matches!(recv(&mut conn).await, Some(Frame::Pong(_))));
+}
+
+async fn uploads_without_a_backend_get_a_retryable_error(via: Via) {
+    let node = start_node(StoreKind::Memory, |_| {}).await;
+    let mut conn = node.login(via, "alice", "phone-1").await;
+    conn.send(&Frame::Upload(Upload {
+        id: 77,
+        service: "orders".into(),
+        path: "/v1/x".into(),
+        headers: Default::default(),
+        body: "{}".into(),
+    }))
+    .await
+    .expect("send");
+    let e = expect_error(&mut conn).await;
+    assert_eq!((e.id, e.code.as_str(), e.retry), (Some(77), "upstream_unavailable", true));
+}
+
+async fn first_frame_must_be_connect_with_a_valid_client_id(via: Via) {
+    let node = start_node(StoreKind::Memory, |_| {}).await;
+    let mut conn = node.open(via).await;
+    conn.send(&Frame::Ping(Ping { id: 1 })).await.expect("send");
+    assert_eq!(expect_error(&mut conn).await.code, "unexpected_frame");
+    expect_closed(&mut conn).await;
+
+    let mut conn = node.open(via).await;
+    let err = conn.handshake(&token("a"), "bad id with spaces", 0).await.expect_err("refused");
+    assert!(matches!(err, duplex_client::ClientError::Refused(e) if e.code == "invalid_client_id"));
+
+    let mut conn = node.open(via).await;
+    conn.send(&Frame::Connect(duplex_shared::protocol::Connect {
+        id: 1,
+        version: PROTOCOL_VERSION + 1,
+        token: token("a"),
+        client_id: "c".into(),
+        last_seq: 0,
+    }))
+    .await
+    .expect("send");
+    assert_eq!(expect_error(&mut conn).await.code, "unsupported_version");
+}
+
+#[tokio::test]
+async fn huge_length_prefix_closes_the_tcp_connection() {
+    let node = start_node(StoreKind::Memory, |_| {}).await;
+    let mut conn = node.login(Via::Tcp, "alice", "phone-1").await;
+    conn.send_raw(&u32::MAX.to_be_bytes()).await.expect("send");
+    let e = expect_error(&mut conn).await;
+    assert_eq!(e.code, "frame_too_large");
+    assert!(e.close);
+    expect_closed(&mut conn).await;
+    // Before authentication too.
+    let mut conn = node.open(Via::Tcp).await;
+    conn.send_raw(&u32::MAX.to_be_bytes()).await.expect("send");
+    assert_eq!(expect_error(&mut conn).await.code, "frame_too_large");
+    expect_closed(&mut conn).await;
+}
+
+#[tokio::test]
+async fn oversized_websocket_message_closes_the_connection() {
+    let node = start_node(StoreKind::Memory, |c| c.max_frame_bytes = 1024).await;
+    let mut conn = node.login(Via::Ws, "alice", "phone-1").await;
+    conn.send_raw(&vec![0x90; 4096]).await.expect("send");
+    assert_eq!(expect_error(&mut conn).await.code, "frame_too_large");
+    expect_closed(&mut conn).await;
+}
+
+#[tokio::test]
+async fn frame_rate_limit_closes_a_flooding_client() {
+    let node = start_node(StoreKind::Memory, |c| {
+        c.frame_rate_per_s = 1;
+        c.frame_burst = 5;
+    })
+    .await;
+    let mut conn = node.login(Via::Tcp, "alice", "phone-1").await;
+    let mut out = Vec::new();
+    for id in 0..20 {
+        encode_tcp(&Frame::Ping(Ping { id }), &mut out);
+    }
+    conn.send_raw(&out).await.expect("send");
+    let mut pongs = 0;
+    loop {
+        match recv(&mut conn).await {
+            Some(Frame::Pong(_)) => pongs += 1,
+            Some(Frame::Error(e)) => {
+                assert_eq!(e.code, "rate_limited");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pongs <= 6, "burst of 5 (+1 refill at most), got {pongs}");
+    expect_closed(&mut conn).await;
+}
+
+macro_rules! both_transports {
+    ($($name:ident),* $(,)?) => {
+        mod tcp { $( #[tokio::test] async fn $name() { super::$name(super::Via::Tcp).await } )* }
+        mod ws { $( #[tokio::test] async fn $name() { super::$name(super::Via::Ws).await } )* }
+    };
+}
+
+both_transports!(
+    connects_and_authenticates,
+    bad_tokens_are_rejected_with_their_code,
+    malformed_and_unknown_frames_get_error_frames_and_the_connection_survives,
+    uploads_without_a_backend_get_a_retryable_error,
+    first_frame_must_be_connect_with_a_valid_client_id,
+);
