@@ -1,0 +1,221 @@
+//! Session lifecycle: timeouts (paused clock), routes on both stores, kicks,
+//! limits, slow consumers and shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use duplex_shared::links::LinkError;
+use duplex_shared::protocol::{Frame, Ping, Push};
+use tokio::time::Instant;
+
+#[tokio::test(start_paused = true)]
+async fn no_connect_within_the_auth_timeout_is_closed() {
+    for via in [Via::Tcp, Via::Ws] {
+        let node = start_node(StoreKind::Memory, |c| c.auth_timeout_ms = 10_000).await;
+        let mut conn = node.open(via).await;
+        let started = Instant::now();
+        let e = match conn.recv().await.expect("readable") {
+            Some(Frame::Error(e)) => e,
+            other => panic!("{via:?}: expected auth_timeout, got {other:?}"),
+        };
+        assert_eq!(e.code, "auth_timeout");
+        assert!(conn.recv().await.expect("readable").is_none(), "closed after the error");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(9_900) && waited < Duration::from_secs(11), "{via:?}: {waited:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_connection_is_closed_after_three_heartbeat_intervals() {
+    for via in [Via::Tcp, Via::Ws] {
+        let node = start_node(StoreKind::Memory, |c| {
+            c.heartbeat_ms = 1_000;
+            c.route_ttl_ms = 3_000;
+        })
+        .await;
+        // A client that pings every interval stays connected well past 3 intervals.
+        let mut lively = node.login(via, "alice", "lively").await;
+        let mut silent = node.login(via, "bob", "silent").await;
+        let started = Instant::now();
+        let silent_closed = tokio::spawn(async move {
+            assert!(silent.recv().await.expect("readable").is_none(), "silent connection closed");
+            started.elapsed()
+        });
+        for id in 0..5 {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            lively.send(&Frame::Ping(Ping { id })).await.expect("ping");
+            assert!(matches!(lively.recv().await.expect("readable"), Some(Frame::Pong(_))));
+        }
+        let closed_after = silent_closed.await.expect("silent task");
+        assert!(closed_after >= Duration::from_millis(3_000), "{via:?}: {closed_after:?}");
+        assert!(closed_after < Duration::from_millis(4_500), "{via:?}: {closed_after:?}");
+        assert!(node.hub.get("lively").is_some());
+        assert!(node.hub.get("silent").is_none());
+    }
+}
+
+async fn route_exists_while_connected_and_is_gone_after_disconnect(kind: StoreKind, via: Via) {
+    let node = start_node(kind, |_| {}).await;
+    let conn = node.login(via, "alice", "phone-1").await;
+    let route = node.store.get_route("phone-1").await.expect("store").expect("route while connected");
+    assert_eq!(route.node_id, node.node_id);
+    assert_eq!(node.hub.get("phone-1").expect("session").conn_epoch, route.conn_epoch);
+    assert_eq!(node.store.user_clients("alice").await.expect("store"), vec!["phone-1".to_owned()]);
+    drop(conn);
+    let store = node.store.clone();
+    eventually("route released after disconnect", || {
+        let store = store.clone();
+        async move { store.get_route("phone-1").await.expect("store").is_none() }
+    })
+    .await;
+    assert!(node.hub.get("phone-1").is_none());
+}
+
+async fn a_second_login_kicks_the_first_whose_late_disconnect_keeps_the_new_route(kind: StoreKind, via: Via) {
+    let node = start_node(kind, |_| {}).await;
+    let mut first = node.login(via, "alice", "phone-1").await;
+    let first_route = node.store.get_route("phone-1").await.expect("store").expect("route");
+    let mut second = node.login(via, "alice", "phone-1").await;
+    match recv(&mut first).await {
+        Some(Frame::Kicked(k)) => assert_eq!(k.reason, "replaced"),
+        other => panic!("expected Kicked, got {other:?}"),
+    }
+    expect_closed(&mut first).await;
+    drop(first);
+    let route = node.store.get_route("phone-1").await.expect("store").expect("route");
+    assert!(route.conn_epoch > first_route.conn_epoch);
+    // The first connection's cleanup ran (or runs now): the route must stay the second's.
+    let hub = node.hub.clone();
+    eventually("only the second session left", || {
+        let ok = hub.len() == 1 && hub.get("phone-1").is_some_and(|h| h.conn_epoch == route.conn_epoch);
+        async move { ok }
+    })
+    .await;
+    assert!(!node.store.release_route("phone-1", &first_route).await.expect("store"));
+    assert_eq!(node.store.get_route("phone-1").await.expect("store"), Some(route.clone()));
+    second.send(&Frame::Ping(Ping { id: 1 })).await.expect("send");
+    assert!(matches!(recv(&mut second).await, Some(Frame::Pong(_))));
+}
+
+async fn a_kick_from_another_node_for_an_unregistered_connection_is_not_lost(kind: StoreKind, via: Via) {
+    // A newer connection elsewhere claimed the route and kicked ours before ours registered:
+    // the hub remembers the kick and the late registration is refused.
+    let node = start_node(kind, |_| {}).await;
+    node.hub.kick_local("phone-9", 1_000_000, "replaced");
+    let mut conn = node.open(via).await;
+    // Our claim gets a small epoch, below the remembered kick: we are the
+    // stale one, and Connect is answered with Kicked instead of Connected.
+    let err = conn.handshake(&token("alice"), "phone-9", 0).await.expect_err("kicked");
+    assert!(matches!(err, duplex_client::ClientError::Unexpected("kicked")), "{err}");
+    expect_closed(&mut conn).await;
+    assert!(node.hub.get("phone-9").is_none());
+    let _ = kind;
+}
+
+#[tokio::test]
+async fn the_connection_limit_refuses_extra_connections_cleanly() {
+    for via in [Via::Tcp, Via::Ws] {
+        let node = start_node(StoreKind::Memory, |c| c.max_connections = 2).await;
+        let _a = node.login(via, "u", "c-a").await;
+        let _b = node.login(via, "u", "c-b").await;
+        let mut c = node.open(via).await;
+        let e = expect_error(&mut c).await;
+        assert_eq!((e.code.as_str(), e.retry), ("server_full", true), "{via:?}");
+        expect_closed(&mut c).await;
+        drop(_a);
+        let hub = node.hub.clone();
+        eventually("slot freed", || {
+            let n = hub.len();
+            async move { n == 1 }
+        })
+        .await;
+        // The freed slot is usable again (the permit goes with the task, which may lag the hub a little).
+        let mut ok = false;
+        for _ in 0..100 {
+            let mut d = node.open(via).await;
+            if d.handshake(&token("u"), "c-d", 0).await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(ok, "{via:?}: a slot frees up after a disconnect");
+    }
+}
+
+fn push(seq: u64) -> Frame {
+    Frame::Push(Push { seq, msg_id: format!("m{seq}"), headers: Default::default(), payload: vec![7u8; 100].into() })
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_consumer_is_disconnected_without_blocking_others() {
+    let node = start_node(StoreKind::Memory, |c| c.outbound_queue = 4).await;
+    let mut slow = node.login(Via::Tcp, "u", "slow").await;
+    let mut fast = node.login(Via::Tcp, "u", "fast").await;
+    // On a current-thread runtime the connection task cannot drain between
+    // these calls, so the fifth delivery finds the queue full.
+    let results: Vec<_> = (1..=6).map(|s| node.hub.deliver_local("slow", None, &push(s))).collect();
+    assert!(results[..4].iter().all(Result::is_ok), "{results:?}");
+    assert!(matches!(results[4], Err(LinkError::QueueFull)), "{results:?}");
+    node.hub.deliver_local("fast", None, &push(1)).expect("others unaffected");
+    assert!(matches!(recv(&mut fast).await, Some(Frame::Push(p)) if p.seq == 1));
+    loop {
+        match recv(&mut slow).await {
+            Some(Frame::Push(_)) => continue,
+            Some(Frame::Kicked(k)) => {
+                assert_eq!(k.reason, "slow_consumer");
+                break;
+            }
+            other => panic!("expected Kicked slow_consumer, got {other:?}"),
+        }
+    }
+    expect_closed(&mut slow).await;
+    assert!(matches!(node.hub.deliver_local("slow", None, &push(9)), Err(LinkError::NotHere)));
+}
+
+#[tokio::test]
+async fn delivery_checks_the_connection_epoch() {
+    let node = start_node(StoreKind::Memory, |_| {}).await;
+    let mut conn = node.login(Via::Ws, "u", "c1").await;
+    let epoch = node.hub.get("c1").expect("session").conn_epoch;
+    assert!(matches!(node.hub.deliver_local("c1", Some(epoch + 1), &push(1)), Err(LinkError::NotHere)));
+    node.hub.deliver_local("c1", Some(epoch), &push(2)).expect("delivered");
+    assert!(matches!(recv(&mut conn).await, Some(Frame::Push(p)) if p.seq == 2));
+}
+
+#[tokio::test]
+async fn shutdown_sends_go_away_and_releases_routes() {
+    for kind in [StoreKind::Memory, StoreKind::Redis] {
+        let mut node = start_node(kind, |c| c.goaway_window_ms = 5_000).await;
+        let mut tcp = node.login(Via::Tcp, "u", "c-tcp").await;
+        let mut ws = node.login(Via::Ws, "u", "c-ws").await;
+        let store = node.store.clone();
+        node.stop().await;
+        for conn in [&mut tcp, &mut ws] {
+            match recv(conn).await {
+                Some(Frame::GoAway(g)) => assert!(g.reconnect_after_ms < 5_000),
+                other => panic!("expected GoAway, got {other:?}"),
+            }
+            expect_closed(conn).await;
+        }
+        assert_eq!(store.get_route("c-tcp").await.expect("store"), None);
+        assert_eq!(store.get_route("c-ws").await.expect("store"), None);
+    }
+}
+
+macro_rules! stores_and_transports {
+    ($($name:ident),* $(,)?) => {
+        mod memory_tcp { $( #[tokio::test] async fn $name() { super::$name(super::StoreKind::Memory, super::Via::Tcp).await } )* }
+        mod memory_ws { $( #[tokio::test] async fn $name() { super::$name(super::StoreKind::Memory, super::Via::Ws).await } )* }
+        mod redis_tcp { $( #[tokio::test] async fn $name() { super::$name(super::StoreKind::Redis, super::Via::Tcp).await } )* }
+        mod redis_ws { $( #[tokio::test] async fn $name() { super::$name(super::StoreKind::Redis, super::Via::Ws).await } )* }
+    };
+}
+
+stores_and_transports!(
+    route_exists_while_connected_and_is_gone_after_disconnect,
+    a_second_login_kicks_the_first_whose_late_disconnect_keeps_the_new_route,
+    a_kick_from_another_node_for_an_unregistered_connection_is_not_lost,
+);
