@@ -11,7 +11,11 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 
 #[derive(Debug, Parser)]
-#[command(name = "duplex", version, about = "Duplex: a duplex message-channel gateway for mobile apps")]
+#[command(
+    name = "duplex",
+    version,
+    about = "Duplex: a duplex message-channel gateway for mobile apps"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub config: ConfigFlags,
@@ -67,7 +71,10 @@ pub fn load_config(flags: &ConfigFlags) -> Result<Config, ConfigError> {
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
     if let Some(path) = &flags.config {
         if !path.is_file() {
-            return Err(ConfigError::Load(format!("config file {} does not exist", path.display())));
+            return Err(ConfigError::Load(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
         }
         figment = figment.merge(Toml::file(path));
     }

@@ -16,7 +16,9 @@ use crate::cli::TokenArgs;
 pub fn init_tracing(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if log.format == "json" {
         builder.json().init();
     } else {
@@ -27,7 +29,10 @@ pub fn init_tracing(log: &LogConfig) {
 #[allow(clippy::print_stdout)]
 pub fn print_token(config: &Config, args: &TokenArgs) -> ExitCode {
     if config.auth.algorithm != JwtAlgorithm::HS256 {
-        eprintln!("duplex: `duplex token` mints HS256 tokens; the configured algorithm is {:?}", config.auth.algorithm);
+        eprintln!(
+            "duplex: `duplex token` mints HS256 tokens; the configured algorithm is {:?}",
+            config.auth.algorithm
+        );
         return ExitCode::from(64);
     }
     let secret = config.auth.secret.as_deref().unwrap_or(DEV_SECRET);

@@ -59,7 +59,12 @@ pub(crate) async fn serve(
         Err(e) => {
             warn!(conn_id, error = %e, "route write failed, refusing connection");
             let msg = "the route store is unavailable, try again later";
-            let _ = send_now(&shared, &mut io, &ErrorCode::StoreUnavailable.frame(Some(connect.id), msg, true)).await;
+            let _ = send_now(
+                &shared,
+                &mut io,
+                &ErrorCode::StoreUnavailable.frame(Some(connect.id), msg, true),
+            )
+            .await;
             io.shutdown().await;
             return;
         }
@@ -91,7 +96,11 @@ async fn authenticate(
     let frame = match tokio::time::timeout_at(deadline, io.read(&shared.limits)).await {
         Err(_) => {
             debug!("no Connect within the auth timeout");
-            let f = refuse(ErrorCode::AuthTimeout, None, "no Connect frame within the auth timeout".into());
+            let f = refuse(
+                ErrorCode::AuthTimeout,
+                None,
+                "no Connect frame within the auth timeout".into(),
+            );
             let _ = send_now(shared, io, &f).await;
             return None;
         }
@@ -115,7 +124,10 @@ async fn authenticate(
         Some(refuse(
             ErrorCode::UnsupportedVersion,
             id,
-            format!("protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}", connect.version),
+            format!(
+                "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+                connect.version
+            ),
         ))
     } else if !valid_client_id(&connect.client_id) {
         Some(refuse(
@@ -206,7 +218,9 @@ impl Session {
     fn kick_previous(&self) {
         let Some(prev) = self.previous.clone() else { return };
         if prev.node_id == self.shared.node_id {
-            self.shared.hub.kick_local(&self.client.client_id, prev.conn_epoch, "replaced");
+            self.shared
+                .hub
+                .kick_local(&self.client.client_id, prev.conn_epoch, "replaced");
             return;
         }
         let nodes = self.shared.nodes.clone();

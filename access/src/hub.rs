@@ -223,7 +223,9 @@ impl LocalNodes {
         if node_id == self.hub.node_id() {
             Ok(())
         } else {
-            Err(LinkError::Unavailable(format!("node {node_id} is not reachable from this process")))
+            Err(LinkError::Unavailable(format!(
+                "node {node_id} is not reachable from this process"
+            )))
         }
     }
 }

@@ -33,7 +33,12 @@ pub(crate) async fn renew_once(shared: &Shared) {
         return;
     }
     let ttl = shared.route_ttl();
-    let renewals = match tokio::time::timeout(ttl / 3 + Duration::from_secs(1), shared.store.refresh_routes(&routes, ttl)).await {
+    let renewals = match tokio::time::timeout(
+        ttl / 3 + Duration::from_secs(1),
+        shared.store.refresh_routes(&routes, ttl),
+    )
+    .await
+    {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             warn!(error = %e, routes = routes.len(), "route renewal failed; retrying next period");
@@ -55,7 +60,10 @@ pub(crate) async fn renew_once(shared: &Shared) {
         }
     }
     if restored > 0 {
-        warn!(restored, "route leases had vanished from the store and were written back");
+        warn!(
+            restored,
+            "route leases had vanished from the store and were written back"
+        );
     }
     debug!(routes = routes.len(), "route leases renewed");
 }

@@ -103,7 +103,11 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
         tracker: TaskTracker::new(),
     });
     let tcp = tokio::spawn(listen::accept_loop(shared.clone(), listeners.tcp, TransportKind::Tcp));
-    let ws = tokio::spawn(listen::accept_loop(shared.clone(), listeners.ws, TransportKind::WebSocket));
+    let ws = tokio::spawn(listen::accept_loop(
+        shared.clone(),
+        listeners.ws,
+        TransportKind::WebSocket,
+    ));
     let renew = tokio::spawn(leases::renew_forever(shared.clone()));
     shutdown.cancelled().await;
     let _ = tokio::join!(tcp, ws, renew);
@@ -111,6 +115,9 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
     let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
     info!(connections = shared.hub.len(), "access draining");
     if tokio::time::timeout(grace, shared.tracker.wait()).await.is_err() {
-        warn!(left = shared.hub.len(), "shutdown grace period ended with connections open");
+        warn!(
+            left = shared.hub.len(),
+            "shutdown grace period ended with connections open"
+        );
     }
 }

@@ -51,10 +51,8 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind
                     TransportKind::Tcp => Transport::tcp(stream),
                     TransportKind::WebSocket => {
                         let _ = stream.set_nodelay(true);
-                        let handshake = tokio_tungstenite::accept_async_with_config(
-                            stream,
-                            Some(ws_config(&task_shared.limits)),
-                        );
+                        let handshake =
+                            tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(&task_shared.limits)));
                         match tokio::time::timeout_at(auth_deadline, handshake).await {
                             Ok(Ok(ws)) => Transport::Ws(Box::new(ws)),
                             Ok(Err(e)) => {
@@ -76,7 +74,11 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind
 }
 
 fn server_full() -> Frame {
-    ErrorCode::ServerFull.frame(None, "this node is at its connection limit; try again later or another node", true)
+    ErrorCode::ServerFull.frame(
+        None,
+        "this node is at its connection limit; try again later or another node",
+        true,
+    )
 }
 
 fn refuse(shared: &Arc<Shared>, stream: TcpStream, kind: TransportKind) {

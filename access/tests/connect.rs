@@ -39,8 +39,12 @@ async fn bad_tokens_are_rejected_with_their_code(via: Via) {
     let mut expired = dev_claims("alice", 0);
     expired.exp = unix_now() - 3600;
     rejects(via, &mint_hs256(SECRET, &expired).expect("mint"), "token_expired").await;
-    let hs384 = encode(&Header::new(Algorithm::HS384), &dev_claims("a", 60), &EncodingKey::from_secret(SECRET.as_bytes()))
-        .expect("mint");
+    let hs384 = encode(
+        &Header::new(Algorithm::HS384),
+        &dev_claims("a", 60),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("mint");
     rejects(via, &hs384, "token_wrong_algorithm").await;
 }
 
@@ -86,7 +90,10 @@ async fn uploads_without_a_backend_get_a_retryable_error(via: Via) {
     .await
     .expect("send");
     let e = expect_error(&mut conn).await;
-    assert_eq!((e.id, e.code.as_str(), e.retry), (Some(77), "upstream_unavailable", true));
+    assert_eq!(
+        (e.id, e.code.as_str(), e.retry),
+        (Some(77), "upstream_unavailable", true)
+    );
 }
 
 async fn first_frame_must_be_connect_with_a_valid_client_id(via: Via) {
@@ -97,7 +104,10 @@ async fn first_frame_must_be_connect_with_a_valid_client_id(via: Via) {
     expect_closed(&mut conn).await;
 
     let mut conn = node.open(via).await;
-    let err = conn.handshake(&token("a"), "bad id with spaces", 0).await.expect_err("refused");
+    let err = conn
+        .handshake(&token("a"), "bad id with spaces", 0)
+        .await
+        .expect_err("refused");
     assert!(matches!(err, duplex_client::ClientError::Refused(e) if e.code == "invalid_client_id"));
 
     let mut conn = node.open(via).await;

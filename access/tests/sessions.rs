@@ -23,7 +23,10 @@ async fn no_connect_within_the_auth_timeout_is_closed() {
         assert_eq!(e.code, "auth_timeout");
         assert!(conn.recv().await.expect("readable").is_none(), "closed after the error");
         let waited = started.elapsed();
-        assert!(waited >= Duration::from_millis(9_900) && waited < Duration::from_secs(11), "{via:?}: {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(9_900) && waited < Duration::from_secs(11),
+            "{via:?}: {waited:?}"
+        );
     }
 }
 
@@ -40,7 +43,10 @@ async fn a_silent_connection_is_closed_after_three_heartbeat_intervals() {
         let mut silent = node.login(via, "bob", "silent").await;
         let started = Instant::now();
         let silent_closed = tokio::spawn(async move {
-            assert!(silent.recv().await.expect("readable").is_none(), "silent connection closed");
+            assert!(
+                silent.recv().await.expect("readable").is_none(),
+                "silent connection closed"
+            );
             started.elapsed()
         });
         for id in 0..5 {
@@ -49,7 +55,10 @@ async fn a_silent_connection_is_closed_after_three_heartbeat_intervals() {
             assert!(matches!(lively.recv().await.expect("readable"), Some(Frame::Pong(_))));
         }
         let closed_after = silent_closed.await.expect("silent task");
-        assert!(closed_after >= Duration::from_millis(3_000), "{via:?}: {closed_after:?}");
+        assert!(
+            closed_after >= Duration::from_millis(3_000),
+            "{via:?}: {closed_after:?}"
+        );
         assert!(closed_after < Duration::from_millis(4_500), "{via:?}: {closed_after:?}");
         assert!(node.hub.get("lively").is_some());
         assert!(node.hub.get("silent").is_none());
@@ -59,10 +68,18 @@ async fn a_silent_connection_is_closed_after_three_heartbeat_intervals() {
 async fn route_exists_while_connected_and_is_gone_after_disconnect(kind: StoreKind, via: Via) {
     let node = start_node(kind, |_| {}).await;
     let conn = node.login(via, "alice", "phone-1").await;
-    let route = node.store.get_route("phone-1").await.expect("store").expect("route while connected");
+    let route = node
+        .store
+        .get_route("phone-1")
+        .await
+        .expect("store")
+        .expect("route while connected");
     assert_eq!(route.node_id, node.node_id);
     assert_eq!(node.hub.get("phone-1").expect("session").conn_epoch, route.conn_epoch);
-    assert_eq!(node.store.user_clients("alice").await.expect("store"), vec!["phone-1".to_owned()]);
+    assert_eq!(
+        node.store.user_clients("alice").await.expect("store"),
+        vec!["phone-1".to_owned()]
+    );
     drop(conn);
     let store = node.store.clone();
     eventually("route released after disconnect", || {
@@ -94,7 +111,10 @@ async fn a_second_login_kicks_the_first_whose_late_disconnect_keeps_the_new_rout
     })
     .await;
     assert!(!node.store.release_route("phone-1", &first_route).await.expect("store"));
-    assert_eq!(node.store.get_route("phone-1").await.expect("store"), Some(route.clone()));
+    assert_eq!(
+        node.store.get_route("phone-1").await.expect("store"),
+        Some(route.clone())
+    );
     second.send(&Frame::Ping(Ping { id: 1 })).await.expect("send");
     assert!(matches!(recv(&mut second).await, Some(Frame::Pong(_))));
 }
@@ -146,7 +166,12 @@ async fn the_connection_limit_refuses_extra_connections_cleanly() {
 }
 
 fn push(seq: u64) -> Frame {
-    Frame::Push(Push { seq, msg_id: format!("m{seq}"), headers: Default::default(), payload: vec![7u8; 100].into() })
+    Frame::Push(Push {
+        seq,
+        msg_id: format!("m{seq}"),
+        headers: Default::default(),
+        payload: vec![7u8; 100].into(),
+    })
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -156,10 +181,14 @@ async fn a_slow_consumer_is_disconnected_without_blocking_others() {
     let mut fast = node.login(Via::Tcp, "u", "fast").await;
     // On a current-thread runtime the connection task cannot drain between
     // these calls, so the fifth delivery finds the queue full.
-    let results: Vec<_> = (1..=6).map(|s| node.hub.deliver_local("slow", None, &push(s))).collect();
+    let results: Vec<_> = (1..=6)
+        .map(|s| node.hub.deliver_local("slow", None, &push(s)))
+        .collect();
     assert!(results[..4].iter().all(Result::is_ok), "{results:?}");
     assert!(matches!(results[4], Err(LinkError::QueueFull)), "{results:?}");
-    node.hub.deliver_local("fast", None, &push(1)).expect("others unaffected");
+    node.hub
+        .deliver_local("fast", None, &push(1))
+        .expect("others unaffected");
     assert!(matches!(recv(&mut fast).await, Some(Frame::Push(p)) if p.seq == 1));
     loop {
         match recv(&mut slow).await {
@@ -172,7 +201,10 @@ async fn a_slow_consumer_is_disconnected_without_blocking_others() {
         }
     }
     expect_closed(&mut slow).await;
-    assert!(matches!(node.hub.deliver_local("slow", None, &push(9)), Err(LinkError::NotHere)));
+    assert!(matches!(
+        node.hub.deliver_local("slow", None, &push(9)),
+        Err(LinkError::NotHere)
+    ));
 }
 
 #[tokio::test]
@@ -180,7 +212,10 @@ async fn delivery_checks_the_connection_epoch() {
     let node = start_node(StoreKind::Memory, |_| {}).await;
     let mut conn = node.login(Via::Ws, "u", "c1").await;
     let epoch = node.hub.get("c1").expect("session").conn_epoch;
-    assert!(matches!(node.hub.deliver_local("c1", Some(epoch + 1), &push(1)), Err(LinkError::NotHere)));
+    assert!(matches!(
+        node.hub.deliver_local("c1", Some(epoch + 1), &push(1)),
+        Err(LinkError::NotHere)
+    ));
     node.hub.deliver_local("c1", Some(epoch), &push(2)).expect("delivered");
     assert!(matches!(recv(&mut conn).await, Some(Frame::Push(p)) if p.seq == 2));
 }

@@ -36,10 +36,7 @@ pub enum ClientError {
 }
 
 enum Transport {
-    Tcp {
-        stream: TcpStream,
-        decoder: TcpDecoder,
-    },
+    Tcp { stream: TcpStream, decoder: TcpDecoder },
     Ws(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
 }
 

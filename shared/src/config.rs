@@ -69,7 +69,10 @@ impl Config {
         }
         if let Some(url) = &self.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
-                return Err(invalid("redis_url", "must start with redis://, rediss:// or redis+unix://"));
+                return Err(invalid(
+                    "redis_url",
+                    "must start with redis://, rediss:// or redis+unix://",
+                ));
             }
         }
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
@@ -170,7 +173,10 @@ impl AccessConfig {
             return Err(invalid(&format!("{f}max_frame_bytes"), "must be at most 16 MiB"));
         }
         if self.max_nesting > MAX_NESTING_LIMIT {
-            return Err(invalid(&format!("{f}max_nesting"), format!("must be at most {MAX_NESTING_LIMIT}")));
+            return Err(invalid(
+                &format!("{f}max_nesting"),
+                format!("must be at most {MAX_NESTING_LIMIT}"),
+            ));
         }
         for (name, v) in [
             ("auth_timeout_ms", self.auth_timeout_ms),
@@ -183,7 +189,10 @@ impl AccessConfig {
             }
         }
         if self.route_ttl_ms < 2 * self.heartbeat_ms {
-            return Err(invalid(&format!("{f}route_ttl_ms"), "must be at least twice heartbeat_ms"));
+            return Err(invalid(
+                &format!("{f}route_ttl_ms"),
+                "must be at least twice heartbeat_ms",
+            ));
         }
         if self.reconnect_max_ms < self.reconnect_min_ms {
             return Err(invalid(&format!("{f}reconnect_max_ms"), "must be >= reconnect_min_ms"));
@@ -192,7 +201,10 @@ impl AccessConfig {
             return Err(invalid(&format!("{f}outbound_queue"), "must be within 1..=65536"));
         }
         if self.frame_rate_per_s == 0 || self.frame_burst == 0 {
-            return Err(invalid(&format!("{f}frame_rate_per_s"), "rate and burst must be at least 1"));
+            return Err(invalid(
+                &format!("{f}frame_rate_per_s"),
+                "rate and burst must be at least 1",
+            ));
         }
         if !(1..=65_535).contains(&self.listen_backlog) {
             return Err(invalid(&format!("{f}listen_backlog"), "must be within 1..=65535"));
@@ -288,7 +300,10 @@ impl AuthConfig {
             (Some(pem), None) => Ok(pem.clone()),
             (None, Some(path)) => std::fs::read_to_string(path)
                 .map_err(|e| invalid("auth.public_key_file", format!("{}: {e}", path.display()))),
-            (Some(_), Some(_)) => Err(invalid("auth.public_key", "set public_key or public_key_file, not both")),
+            (Some(_), Some(_)) => Err(invalid(
+                "auth.public_key",
+                "set public_key or public_key_file, not both",
+            )),
             (None, None) => Err(invalid("auth.public_key", "required for RS256/ES256")),
         }
     }

@@ -28,6 +28,8 @@ impl TestRedis {
     }
 
     /// Starts `redis-server` on `port` (e.g. to restart one on the same address).
+    // Synchronous on purpose (usable from any test); the sleep paces readiness polling.
+    #[allow(clippy::disallowed_methods)]
     pub fn start_on(port: u16) -> Result<Self, String> {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])

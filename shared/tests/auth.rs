@@ -12,7 +12,10 @@ const ES_PRIVATE: &str = include_str!("keys/es256-private.pem");
 const ES_PUBLIC: &str = include_str!("keys/es256-public.pem");
 
 fn hs_verifier() -> TokenVerifier {
-    let mut cfg = AuthConfig { secret: Some(SECRET.into()), ..AuthConfig::default() };
+    let mut cfg = AuthConfig {
+        secret: Some(SECRET.into()),
+        ..AuthConfig::default()
+    };
     cfg.resolve(false).expect("valid");
     TokenVerifier::new(&cfg).expect("verifier")
 }
@@ -29,22 +32,35 @@ fn hs256_accepts_valid_and_rejects_expired_future_garbage_and_other_algorithms()
 
     let mut expired = dev_claims("alice", 0);
     expired.exp = unix_now() - 3600;
-    assert_eq!(code(&v, &mint_hs256(SECRET, &expired).expect("mint")), ErrorCode::TokenExpired);
+    assert_eq!(
+        code(&v, &mint_hs256(SECRET, &expired).expect("mint")),
+        ErrorCode::TokenExpired
+    );
 
     let mut future = dev_claims("alice", 7200);
     future.nbf = Some(unix_now() + 3600);
-    assert_eq!(code(&v, &mint_hs256(SECRET, &future).expect("mint")), ErrorCode::TokenNotYetValid);
+    assert_eq!(
+        code(&v, &mint_hs256(SECRET, &future).expect("mint")),
+        ErrorCode::TokenNotYetValid
+    );
 
     assert_eq!(code(&v, "not-a-jwt"), ErrorCode::TokenInvalid);
     let wrong_key = mint_hs256("another-secret-another-secret-another", &dev_claims("a", 60)).expect("mint");
     assert_eq!(code(&v, &wrong_key), ErrorCode::TokenInvalid);
 
-    let hs512 = encode(&Header::new(Algorithm::HS512), &dev_claims("a", 60), &EncodingKey::from_secret(SECRET.as_bytes()))
-        .expect("mint");
+    let hs512 = encode(
+        &Header::new(Algorithm::HS512),
+        &dev_claims("a", 60),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("mint");
     assert_eq!(code(&v, &hs512), ErrorCode::TokenWrongAlgorithm);
     // alg "none": header {"alg":"none","typ":"JWT"}, no signature.
     let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
-    assert!(matches!(code(&v, none), ErrorCode::TokenInvalid | ErrorCode::TokenWrongAlgorithm));
+    assert!(matches!(
+        code(&v, none),
+        ErrorCode::TokenInvalid | ErrorCode::TokenWrongAlgorithm
+    ));
 }
 
 #[test]
@@ -57,16 +73,36 @@ fn audience_and_issuer_are_enforced_when_configured() {
     };
     cfg.resolve(false).expect("valid");
     let v = TokenVerifier::new(&cfg).expect("verifier");
-    let good = Claims { aud: Some("duplex".into()), iss: Some("https://auth.example".into()), ..dev_claims("u", 60) };
+    let good = Claims {
+        aud: Some("duplex".into()),
+        iss: Some("https://auth.example".into()),
+        ..dev_claims("u", 60)
+    };
     assert!(v.verify(&mint_hs256(SECRET, &good).expect("mint")).is_ok());
-    let bad_aud = Claims { aud: Some("other".into()), ..good.clone() };
-    assert_eq!(code(&v, &mint_hs256(SECRET, &bad_aud).expect("mint")), ErrorCode::TokenBadAudience);
-    let bad_iss = Claims { iss: Some("https://evil".into()), ..good };
-    assert_eq!(code(&v, &mint_hs256(SECRET, &bad_iss).expect("mint")), ErrorCode::TokenBadIssuer);
+    let bad_aud = Claims {
+        aud: Some("other".into()),
+        ..good.clone()
+    };
+    assert_eq!(
+        code(&v, &mint_hs256(SECRET, &bad_aud).expect("mint")),
+        ErrorCode::TokenBadAudience
+    );
+    let bad_iss = Claims {
+        iss: Some("https://evil".into()),
+        ..good
+    };
+    assert_eq!(
+        code(&v, &mint_hs256(SECRET, &bad_iss).expect("mint")),
+        ErrorCode::TokenBadIssuer
+    );
 }
 
 fn public_key_verifier(alg: JwtAlgorithm, pem: &str) -> TokenVerifier {
-    let mut cfg = AuthConfig { algorithm: alg, public_key: Some(pem.into()), ..AuthConfig::default() };
+    let mut cfg = AuthConfig {
+        algorithm: alg,
+        public_key: Some(pem.into()),
+        ..AuthConfig::default()
+    };
     cfg.resolve(false).expect("valid");
     TokenVerifier::new(&cfg).expect("verifier")
 }
@@ -99,12 +135,18 @@ fn rs256_and_es256_verify_with_public_keys_and_refuse_key_confusion() {
 
 #[test]
 fn configuration_refuses_short_secrets_and_dev_secret_beyond_loopback() {
-    let mut short = AuthConfig { secret: Some("short".into()), ..AuthConfig::default() };
+    let mut short = AuthConfig {
+        secret: Some("short".into()),
+        ..AuthConfig::default()
+    };
     assert!(short.resolve(true).is_err());
     let mut none = AuthConfig::default();
     assert!(none.resolve(false).is_err(), "no secret on a public address");
     let mut dev = AuthConfig::default();
     dev.resolve(true).expect("loopback may use the dev secret");
-    let mut rs = AuthConfig { algorithm: JwtAlgorithm::RS256, ..AuthConfig::default() };
+    let mut rs = AuthConfig {
+        algorithm: JwtAlgorithm::RS256,
+        ..AuthConfig::default()
+    };
     assert!(rs.resolve(true).is_err(), "RS256 needs a public key");
 }

@@ -17,7 +17,10 @@ async fn routes_are_leases_owned_by_one_connection(store: Arc<dyn Store>) {
     assert_eq!(store.get_route("c1").await.expect("get"), Some(first.route.clone()));
 
     let second = store.claim_route("c1", "u1", "node-b", TTL).await.expect("claim");
-    assert!(second.route.conn_epoch > first.route.conn_epoch, "newer connection gets a larger epoch");
+    assert!(
+        second.route.conn_epoch > first.route.conn_epoch,
+        "newer connection gets a larger epoch"
+    );
     assert_eq!(second.previous, Some(first.route.clone()));
 
     // The replaced connection's late disconnect must not remove the new route.
@@ -30,12 +33,25 @@ async fn routes_are_leases_owned_by_one_connection(store: Arc<dyn Store>) {
 async fn refresh_renews_restores_and_reports_replaced(store: Arc<dyn Store>) {
     let a = store.claim_route("r1", "u", "n", TTL).await.expect("claim").route;
     let b = store.claim_route("r2", "u", "n", TTL).await.expect("claim").route;
-    let stale = Route { node_id: "n".into(), conn_epoch: b.conn_epoch };
-    store.claim_route("r2", "u", "m", TTL).await.expect("claim r2 elsewhere");
-    let gone = Route { node_id: "n".into(), conn_epoch: 99 };
+    let stale = Route {
+        node_id: "n".into(),
+        conn_epoch: b.conn_epoch,
+    };
+    store
+        .claim_route("r2", "u", "m", TTL)
+        .await
+        .expect("claim r2 elsewhere");
+    let gone = Route {
+        node_id: "n".into(),
+        conn_epoch: 99,
+    };
     let got = store
         .refresh_routes(
-            &[("r1".into(), a.clone()), ("r2".into(), stale), ("r3".into(), gone.clone())],
+            &[
+                ("r1".into(), a.clone()),
+                ("r2".into(), stale),
+                ("r3".into(), gone.clone()),
+            ],
             TTL,
         )
         .await
@@ -45,7 +61,10 @@ async fn refresh_renews_restores_and_reports_replaced(store: Arc<dyn Store>) {
 }
 
 async fn leases_expire(store: Arc<dyn Store>) {
-    store.claim_route("e1", "u", "n", Duration::from_millis(50)).await.expect("claim");
+    store
+        .claim_route("e1", "u", "n", Duration::from_millis(50))
+        .await
+        .expect("claim");
     let mut gone = false;
     for _ in 0..100 {
         if store.get_route("e1").await.expect("get").is_none() {
@@ -75,7 +94,10 @@ async fn concurrent_claims_get_distinct_ordered_epochs(store: Arc<dyn Store>) {
     for i in 0..16 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            store.claim_route("busy", "u", &format!("n{i}"), TTL).await.expect("claim")
+            store
+                .claim_route("busy", "u", &format!("n{i}"), TTL)
+                .await
+                .expect("claim")
         }));
     }
     let mut claims = Vec::new();

@@ -56,7 +56,9 @@ pub async fn start_node(kind: StoreKind, tweak: impl FnOnce(&mut AccessConfig)) 
         StoreKind::Memory => (Arc::new(MemoryStore::new()), None),
         StoreKind::Redis => {
             let server = TestRedis::start().expect("redis-server");
-            let store = RedisStore::connect(&server.url(), &random_prefix()).await.expect("redis");
+            let store = RedisStore::connect(&server.url(), &random_prefix())
+                .await
+                .expect("redis");
             (Arc::new(store), Some(server))
         }
     };
@@ -71,7 +73,10 @@ pub async fn start_node_with_store(
     let mut config = test_config();
     tweak(&mut config);
     config.validate().expect("valid test config");
-    let mut auth = AuthConfig { secret: Some(SECRET.into()), ..AuthConfig::default() };
+    let mut auth = AuthConfig {
+        secret: Some(SECRET.into()),
+        ..AuthConfig::default()
+    };
     auth.resolve(true).expect("auth");
     let node_id = format!("t-{:06x}", rand::random::<u32>() & 0xffffff);
     let hub = Arc::new(Hub::new(node_id.clone()));
@@ -89,7 +94,16 @@ pub async fn start_node_with_store(
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone()));
-    TestNode { node_id, tcp, ws, hub, store, shutdown, task: Some(task), _redis: redis }
+    TestNode {
+        node_id,
+        tcp,
+        ws,
+        hub,
+        store,
+        shutdown,
+        task: Some(task),
+        _redis: redis,
+    }
 }
 
 impl TestNode {
@@ -110,7 +124,10 @@ impl TestNode {
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(20), t).await.expect("stops in time").expect("no panic");
+            tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .expect("stops in time")
+                .expect("no panic");
         }
     }
 }

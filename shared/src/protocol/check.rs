@@ -87,10 +87,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn be(&mut self, n: usize) -> Result<u64, CheckError> {
-        Ok(self
-            .take(n)?
-            .iter()
-            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+        Ok(self.take(n)?.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
     }
 
     /// Reads a string value if the next value is a string; otherwise leaves the cursor unmoved.
@@ -225,9 +222,15 @@ mod tests {
         // map of one entry whose value claims an array of 2^32-1 elements.
         let lying = [0x81, 0xa1, b'x', 0xdd, 0xff, 0xff, 0xff, 0xff];
         assert!(matches!(check_body(&lying, 16), Err(CheckError::Malformed(_))));
-        assert!(matches!(check_body(&[0x81, 0xa4, b't'], 16), Err(CheckError::Malformed(_))));
+        assert!(matches!(
+            check_body(&[0x81, 0xa4, b't'], 16),
+            Err(CheckError::Malformed(_))
+        ));
         assert!(matches!(check_body(&[0x80, 0x00], 16), Err(CheckError::Malformed(_))));
-        assert!(matches!(check_body(&[0x93, 1, 2, 3], 16), Err(CheckError::Malformed(_))));
+        assert!(matches!(
+            check_body(&[0x93, 1, 2, 3], 16),
+            Err(CheckError::Malformed(_))
+        ));
         assert!(matches!(check_body(&[0xc1], 16), Err(CheckError::Malformed(_))));
     }
 }

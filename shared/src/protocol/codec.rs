@@ -125,11 +125,7 @@ pub fn decode_body(body: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
     let frame_type = match check_body(body, limits.max_depth) {
         Ok(Some(t)) => t,
         Ok(None) => return Err(DecodeError::Malformed("missing `type` field".into())),
-        Err(CheckError::TooDeep) => {
-            return Err(DecodeError::TooDeep {
-                max: limits.max_depth,
-            })
-        }
+        Err(CheckError::TooDeep) => return Err(DecodeError::TooDeep { max: limits.max_depth }),
         Err(CheckError::Malformed(why)) => return Err(DecodeError::Malformed(why.into())),
     };
     Ok(match frame_type {

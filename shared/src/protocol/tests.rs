@@ -64,9 +64,15 @@ fn malformed_unknown_and_deep_bodies_have_distinct_codes() {
     assert_eq!(decode_body(&[0xc1], &l).expect_err("bad").code(), ErrorCode::Malformed);
     assert_eq!(decode_body(b"", &l).expect_err("bad").code(), ErrorCode::Malformed);
     let unknown = rmp_serde::to_vec_named(&serde_json::json!({"type": "teleport", "id": 1})).expect("enc");
-    assert_eq!(decode_body(&unknown, &l).expect_err("bad").code(), ErrorCode::UnknownFrameType);
+    assert_eq!(
+        decode_body(&unknown, &l).expect_err("bad").code(),
+        ErrorCode::UnknownFrameType
+    );
     let wrong_field = rmp_serde::to_vec_named(&serde_json::json!({"type": "ping", "id": "x"})).expect("enc");
-    assert_eq!(decode_body(&wrong_field, &l).expect_err("bad").code(), ErrorCode::Malformed);
+    assert_eq!(
+        decode_body(&wrong_field, &l).expect_err("bad").code(),
+        ErrorCode::Malformed
+    );
     let no_type = rmp_serde::to_vec_named(&serde_json::json!({"id": 1})).expect("enc");
     assert_eq!(decode_body(&no_type, &l).expect_err("bad").code(), ErrorCode::Malformed);
     let mut deep = serde_json::json!(0);
@@ -74,7 +80,10 @@ fn malformed_unknown_and_deep_bodies_have_distinct_codes() {
         deep = serde_json::json!({ "k": deep });
     }
     let deep = rmp_serde::to_vec_named(&serde_json::json!({"type": "upload", "x": deep})).expect("enc");
-    assert_eq!(decode_body(&deep, &l).expect_err("bad").code(), ErrorCode::NestingTooDeep);
+    assert_eq!(
+        decode_body(&deep, &l).expect_err("bad").code(),
+        ErrorCode::NestingTooDeep
+    );
 }
 
 #[test]
@@ -87,7 +96,10 @@ fn bad_body_is_consumed_and_the_stream_continues() {
     dec.feed(&out);
     let err = dec.next_frame(&limits()).expect_err("malformed");
     assert!(!err.must_close());
-    assert_eq!(dec.next_frame(&limits()).expect("ok"), Some(Frame::Ping(Ping { id: 3 })));
+    assert_eq!(
+        dec.next_frame(&limits()).expect("ok"),
+        Some(Frame::Ping(Ping { id: 3 }))
+    );
 }
 
 #[test]
@@ -112,32 +124,104 @@ fn headers() -> impl Strategy<Value = Headers> {
 
 fn any_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u64>(), any::<u32>(), text(), text(), any::<u64>()).prop_map(|(id, version, token, client_id, last_seq)| {
-            Frame::Connect(Connect { id, version, token, client_id, last_seq })
-        }),
-        (any::<u64>(), text(), text(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
-            |(id, session_id, node_id, heartbeat_ms, reconnect_min_ms, reconnect_max_ms, max_frame_bytes)| {
-                Frame::Connected(Connected { id, session_id, node_id, heartbeat_ms, reconnect_min_ms, reconnect_max_ms, max_frame_bytes })
+        (any::<u64>(), any::<u32>(), text(), text(), any::<u64>()).prop_map(
+            |(id, version, token, client_id, last_seq)| {
+                Frame::Connect(Connect {
+                    id,
+                    version,
+                    token,
+                    client_id,
+                    last_seq,
+                })
             }
         ),
-        (proptest::option::of(any::<u64>()), text(), text(), any::<bool>(), any::<bool>())
-            .prop_map(|(id, code, message, retry, close)| Frame::Error(ErrorFrame { id, code, message, retry, close })),
+        (
+            any::<u64>(),
+            text(),
+            text(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>()
+        )
+            .prop_map(
+                |(id, session_id, node_id, heartbeat_ms, reconnect_min_ms, reconnect_max_ms, max_frame_bytes)| {
+                    Frame::Connected(Connected {
+                        id,
+                        session_id,
+                        node_id,
+                        heartbeat_ms,
+                        reconnect_min_ms,
+                        reconnect_max_ms,
+                        max_frame_bytes,
+                    })
+                }
+            ),
+        (
+            proptest::option::of(any::<u64>()),
+            text(),
+            text(),
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(|(id, code, message, retry, close)| Frame::Error(ErrorFrame {
+                id,
+                code,
+                message,
+                retry,
+                close
+            })),
         any::<u64>().prop_map(|id| Frame::Ping(Ping { id })),
         any::<u64>().prop_map(|id| Frame::Pong(Pong { id })),
-        (any::<u64>(), text(), text(), headers(), bytes())
-            .prop_map(|(id, service, path, headers, body)| Frame::Upload(Upload { id, service, path, headers, body })),
-        (any::<u64>(), any::<u16>(), any::<bool>()).prop_map(|(id, status, spooled)| Frame::UploadAck(UploadAck { id, status, spooled })),
-        (any::<u64>(), text(), text(), text(), headers(), bytes(), any::<u64>()).prop_map(
-            |(id, service, method, path, headers, body, timeout_ms)| Frame::Request(Request { id, service, method, path, headers, body, timeout_ms })
+        (any::<u64>(), text(), text(), headers(), bytes()).prop_map(
+            |(id, service, path, headers, body)| Frame::Upload(Upload {
+                id,
+                service,
+                path,
+                headers,
+                body
+            })
         ),
-        (any::<u64>(), any::<u16>(), headers(), bytes(), any::<u64>())
-            .prop_map(|(id, status, headers, body, seq)| Frame::Reply(Reply { id, status, headers, body, seq })),
-        (any::<u64>(), text(), headers(), bytes()).prop_map(|(seq, msg_id, headers, payload)| Frame::Push(Push { seq, msg_id, headers, payload })),
+        (any::<u64>(), any::<u16>(), any::<bool>()).prop_map(|(id, status, spooled)| Frame::UploadAck(UploadAck {
+            id,
+            status,
+            spooled
+        })),
+        (any::<u64>(), text(), text(), text(), headers(), bytes(), any::<u64>()).prop_map(
+            |(id, service, method, path, headers, body, timeout_ms)| Frame::Request(Request {
+                id,
+                service,
+                method,
+                path,
+                headers,
+                body,
+                timeout_ms
+            })
+        ),
+        (any::<u64>(), any::<u16>(), headers(), bytes(), any::<u64>()).prop_map(|(id, status, headers, body, seq)| {
+            Frame::Reply(Reply {
+                id,
+                status,
+                headers,
+                body,
+                seq,
+            })
+        }),
+        (any::<u64>(), text(), headers(), bytes()).prop_map(|(seq, msg_id, headers, payload)| Frame::Push(Push {
+            seq,
+            msg_id,
+            headers,
+            payload
+        })),
         (any::<u64>(), any::<u64>()).prop_map(|(id, seq)| Frame::Ack(Ack { id, seq })),
         (any::<u64>(), any::<u64>(), text()).prop_map(|(from, to, reason)| Frame::Gap(Gap { from, to, reason })),
         (text(), text()).prop_map(|(reason, message)| Frame::Kicked(Kicked { reason, message })),
-        (any::<u64>(), proptest::collection::vec(text(), 0..3))
-            .prop_map(|(reconnect_after_ms, endpoints)| Frame::GoAway(GoAway { reconnect_after_ms, endpoints })),
+        (any::<u64>(), proptest::collection::vec(text(), 0..3)).prop_map(|(reconnect_after_ms, endpoints)| {
+            Frame::GoAway(GoAway {
+                reconnect_after_ms,
+                endpoints,
+            })
+        }),
     ]
 }
 

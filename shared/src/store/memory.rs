@@ -34,10 +34,15 @@ impl Store for MemoryStore {
     ) -> Result<Claim, StoreError> {
         let now = Instant::now();
         // The route entry's lock makes epoch assignment and the write one step.
-        let mut slot = self
-            .routes
-            .entry(client_id.to_owned())
-            .or_insert_with(|| (Route { node_id: String::new(), conn_epoch: 0 }, now));
+        let mut slot = self.routes.entry(client_id.to_owned()).or_insert_with(|| {
+            (
+                Route {
+                    node_id: String::new(),
+                    conn_epoch: 0,
+                },
+                now,
+            )
+        });
         let mut epoch = self.epochs.entry(client_id.to_owned()).or_insert(0);
         *epoch += 1;
         let route = Route {
@@ -62,11 +67,7 @@ impl Store for MemoryStore {
 
     async fn get_route(&self, client_id: &str) -> Result<Option<Route>, StoreError> {
         let now = Instant::now();
-        Ok(self
-            .routes
-            .get(client_id)
-            .filter(|e| e.1 > now)
-            .map(|e| e.0.clone()))
+        Ok(self.routes.get(client_id).filter(|e| e.1 > now).map(|e| e.0.clone()))
     }
 
     async fn release_route(&self, client_id: &str, route: &Route) -> Result<bool, StoreError> {

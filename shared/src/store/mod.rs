@@ -89,8 +89,13 @@ pub trait Store: Send + Sync + 'static {
     /// Gives `client_id` a new connection epoch and writes its route lease to
     /// `node_id` (and records the client under its user); returns the new
     /// route and the live route it replaced.
-    async fn claim_route(&self, client_id: &str, user_id: &str, node_id: &str, ttl: Duration)
-        -> Result<Claim, StoreError>;
+    async fn claim_route(
+        &self,
+        client_id: &str,
+        user_id: &str,
+        node_id: &str,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError>;
 
     /// The live route of `client_id`, if any.
     async fn get_route(&self, client_id: &str) -> Result<Option<Route>, StoreError>;

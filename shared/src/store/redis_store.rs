@@ -42,7 +42,9 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("keys", &self.keys).finish_non_exhaustive()
+        f.debug_struct("RedisStore")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,8 +82,13 @@ fn millis(d: Duration) -> u64 {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn claim_route(&self, client_id: &str, user_id: &str, node_id: &str, ttl: Duration)
-        -> Result<Claim, StoreError> {
+    async fn claim_route(
+        &self,
+        client_id: &str,
+        user_id: &str,
+        node_id: &str,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
         let mut conn = self.conn.clone();
         let user_key = self.keys.user_clients(user_id);
         // Route and user set live in different slots, so this is a pipeline,
@@ -159,7 +166,9 @@ impl Store for RedisStore {
 
     async fn user_clients(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn.clone();
-        conn.smembers(self.keys.user_clients(user_id)).await.map_err(unavailable)
+        conn.smembers(self.keys.user_clients(user_id))
+            .await
+            .map_err(unavailable)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,0 +1,180 @@
+//! End-to-end: the `duplex` binary as users run it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use duplex_client::Connection;
+use duplex_shared::protocol::{Frame, Ping};
+use duplex_shared::store::{RedisStore, Store};
+use duplex_shared::testing::TestRedis;
+
+const BIN: &str = env!("CARGO_BIN_EXE_duplex");
+
+struct Running {
+    child: Child,
+    tcp: SocketAddr,
+    ws: SocketAddr,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `duplex` on ephemeral ports and reads the addresses it prints.
+fn start(extra: &[&str]) -> Running {
+    let mut child = Command::new(BIN)
+        .args(["--tcp-listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn duplex");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut tcp, mut ws) = (None, None);
+    for _ in 0..10 {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(a) = line.trim().strip_prefix("client tcp:") {
+            tcp = Some(a.trim().parse().expect("tcp addr"));
+        }
+        if let Some(a) = line.trim().strip_prefix("client websocket:") {
+            ws = Some(
+                a.trim()
+                    .trim_start_matches("ws://")
+                    .trim_end_matches('/')
+                    .parse()
+                    .expect("ws addr"),
+            );
+        }
+        if tcp.is_some() && ws.is_some() {
+            break;
+        }
+    }
+    Running {
+        child,
+        tcp: tcp.expect("printed tcp address"),
+        ws: ws.expect("printed ws address"),
+    }
+}
+
+fn mint(sub: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "--sub", sub])
+        .output()
+        .expect("duplex token");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
+}
+
+async fn ping_pong(conn: &mut Connection) {
+    conn.send(&Frame::Ping(Ping { id: 1 })).await.expect("send");
+    let got = tokio::time::timeout(Duration::from_secs(5), conn.recv())
+        .await
+        .expect("in time")
+        .expect("ok");
+    assert!(matches!(got, Some(Frame::Pong(_))), "{got:?}");
+}
+
+async fn terminate(run: &mut Running) -> std::process::ExitStatus {
+    let pid = run.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    for _ in 0..200 {
+        if let Some(status) = run.child.try_wait().expect("wait") {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("duplex did not exit within 10 s of SIGTERM");
+}
+
+#[tokio::test]
+async fn all_in_one_with_memory_store_serves_tcp_and_websocket_with_a_minted_token() {
+    let mut run = start(&[]);
+    let token = mint("alice");
+    let mut tcp = Connection::tcp(run.tcp).await.expect("tcp");
+    let hello = tcp.handshake(&token, "phone-1", 0).await.expect("tcp handshake");
+    assert!(hello.node_id.starts_with("n-"));
+    ping_pong(&mut tcp).await;
+    let mut ws = Connection::ws(&format!("ws://{}/", run.ws)).await.expect("ws");
+    ws.handshake(&token, "tablet-1", 0).await.expect("ws handshake");
+    ping_pong(&mut ws).await;
+    let status = terminate(&mut run).await;
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    for conn in [&mut tcp, &mut ws] {
+        let frame = tokio::time::timeout(Duration::from_secs(5), conn.recv())
+            .await
+            .expect("in time")
+            .expect("ok");
+        assert!(matches!(frame, Some(Frame::GoAway(_)) | None), "{frame:?}");
+    }
+}
+
+#[tokio::test]
+async fn redis_url_switches_to_the_redis_store() {
+    let redis = TestRedis::start().expect("redis-server");
+    let mut run = start(&["--redis", &redis.url(), "--node-id", "e2e-node"]);
+    let mut conn = Connection::tcp(run.tcp).await.expect("tcp");
+    conn.handshake(&mint("bob"), "phone-2", 0).await.expect("handshake");
+    let store = RedisStore::connect(&redis.url(), "dx:").await.expect("redis");
+    let route = store
+        .get_route("phone-2")
+        .await
+        .expect("get")
+        .expect("route written to Redis");
+    assert_eq!(route.node_id, "e2e-node");
+    assert!(terminate(&mut run).await.success());
+    assert_eq!(
+        store.get_route("phone-2").await.expect("get"),
+        None,
+        "route released on shutdown"
+    );
+}
+
+#[test]
+fn invalid_configuration_exits_64_with_a_readable_message() {
+    let out = Command::new(BIN)
+        .env("DUPLEX_ACCESS__HEARTBEAT_MS", "soon")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HEARTBEAT_MS"), "{err}");
+
+    let out = Command::new(BIN)
+        .args(["--tcp-listen", "0.0.0.0:0"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth.secret"));
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("duplex.toml");
+    std::fs::write(&path, "[access]\nmax_conections = 5\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["--config", path.to_str().expect("utf8")])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_conections"));
+}
+
+#[test]
+fn unreachable_redis_exits_69() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let out = Command::new(BIN)
+        .args(["--tcp-listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0"])
+        .args(["--redis", &format!("redis://127.0.0.1:{port}/")])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stderr));
+}
