@@ -1,6 +1,7 @@
 //! Wiring of a node: the store, the links between tiers, and every tier in
 //! one process (all-in-one mode).
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -59,7 +60,6 @@ pub fn run_all_in_one(config: Config) -> ExitCode {
     runtime.block_on(all_in_one(config))
 }
 
-#[allow(clippy::print_stdout)]
 async fn all_in_one(config: Config) -> ExitCode {
     let node_id = config.node_id_or_random();
     let verifier = match TokenVerifier::new(&config.auth) {
@@ -112,10 +112,11 @@ async fn all_in_one(config: Config) -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     let store_kind = if config.redis_url.is_some() { "redis" } else { "memory" };
-    println!("duplex node {node_id} (all tiers, {store_kind} store)");
-    println!("  client tcp:       {tcp}");
-    println!("  client websocket: ws://{ws}/");
-    println!("  mint a token:     duplex token --sub alice");
+    // Whoever started us may have stopped reading stdout; that must not end the node.
+    let _ = writeln!(
+        std::io::stdout(),
+        "duplex node {node_id} (all tiers, {store_kind} store)\n  client tcp:       {tcp}\n  client websocket: ws://{ws}/\n  mint a token:     duplex token --sub alice"
+    );
     info!(%node_id, %tcp, %ws, store = store_kind, "duplex started");
     let access = tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone()));
     let upstream = tokio::spawn(duplex_upstream::run(

@@ -15,6 +15,7 @@ use duplex_shared::protocol::{
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -68,6 +69,20 @@ impl Connection {
     /// Opens a WebSocket connection (`ws://host:port/`).
     pub async fn ws(url: &str) -> Result<Self, ClientError> {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.map_err(Box::new)?;
+        Ok(Connection {
+            transport: Transport::Ws(Box::new(ws)),
+            limits: client_limits(),
+        })
+    }
+
+    /// Runs the WebSocket handshake for `url` over an already connected TCP
+    /// stream (e.g. bound to a chosen source address), with small buffers.
+    pub async fn ws_over(stream: TcpStream, url: &str) -> Result<Self, ClientError> {
+        let _ = stream.set_nodelay(true);
+        let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(stream), Some(config))
+            .await
+            .map_err(Box::new)?;
         Ok(Connection {
             transport: Transport::Ws(Box::new(ws)),
             limits: client_limits(),

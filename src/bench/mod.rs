@@ -1,0 +1,40 @@
+//! Load generators (`duplex bench ...`). Every load is bounded in count and
+//! time and only ever targets 127.0.0.0/8.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+mod connect;
+mod procfs;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Open N idle authenticated connections against freshly started duplex
+    /// servers and report server RSS per connection and the connect rate.
+    Connect(connect::ConnectArgs),
+    /// Internal: one generator process of `bench connect`.
+    #[command(hide = true)]
+    ConnectWorker(connect::WorkerArgs),
+}
+
+pub fn run(cmd: BenchCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("duplex bench: cannot start the runtime: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    let result = match cmd {
+        BenchCommand::Connect(args) => runtime.block_on(connect::run(args)),
+        BenchCommand::ConnectWorker(args) => runtime.block_on(connect::worker(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("duplex bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
