@@ -240,6 +240,9 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     if !args.target.ip().is_loopback() || !IpAddr::V4(args.source).is_loopback() {
         bail!("bench targets and sources must be on 127.0.0.0/8");
     }
+    if args.count > 19_000 {
+        bail!("a generator holds at most 19,000 connections");
+    }
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..args.count {
@@ -250,7 +253,9 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             let _permit = sem.acquire_owned().await.ok()?;
             let attempt = async {
                 let socket = TcpSocket::new_v4().ok()?;
-                socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).ok()?;
+                // An explicit port: bind() to port 0 on a fixed address searches the
+                // port space on every call, which turns 100k connects quadratic.
+                socket.bind(SocketAddr::new(IpAddr::V4(source), 20_000 + i as u16)).ok()?;
                 let stream = socket.connect(target).await.ok()?;
                 let mut conn = if ws {
                     Connection::ws_over(stream, &format!("ws://{target}/")).await.ok()?
