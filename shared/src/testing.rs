@@ -53,6 +53,10 @@ impl TestRedis {
         Err(format!("redis-server on port {port} did not answer within 10 s"))
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

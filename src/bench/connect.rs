@@ -45,9 +45,12 @@ pub struct ConnectArgs {
     /// Seconds to hold the connections once all are up (RSS is measured again at the end).
     #[arg(long, default_value_t = 5)]
     pub hold: u64,
-    /// Redis URL for the servers (default: their in-memory store).
-    #[arg(long)]
+    /// Redis URL for the servers (default: their in-memory store). Keys use the `dx:` prefix.
+    #[arg(long, conflicts_with = "private_redis")]
     pub redis: Option<String>,
+    /// Start a private `redis-server` on a free loopback port for the servers, and stop it after.
+    #[arg(long)]
+    pub private_redis: bool,
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +106,12 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         bail!("--connections must be positive and --per-worker within 1..=19000");
     }
     let exe = std::env::current_exe().context("locating the duplex binary")?;
+    let private = if args.private_redis {
+        Some(duplex_shared::testing::TestRedis::start().map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
+    let redis_url = args.redis.clone().or(private.as_ref().map(|r| r.url()));
     let servers_n = args.servers.unwrap_or(args.connections.div_ceil(PER_SERVER)).max(1);
     let (tcp_port, ws_port) = free_ports()?;
     println!("{}", machine_line());
@@ -111,7 +120,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         args.connections,
         args.transport,
         servers_n,
-        if args.redis.is_some() { "redis" } else { "memory" }
+        if redis_url.is_some() { "redis" } else { "memory" }
     );
     let mut servers = Vec::new();
     for i in 0..servers_n {
@@ -127,7 +136,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if let Some(url) = &args.redis {
+        if let Some(url) = &redis_url {
             cmd.env("DUPLEX_REDIS_URL", url);
         }
         let mut child = cmd.spawn().context("starting a duplex server")?;
@@ -224,6 +233,16 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         args.hold
     );
     println!("server CPU for connect + hold: {cpu:.2} s ({:.1} us per connection)", cpu * 1e6 / ok.max(1) as f64);
+    let gen_rss: u64 = workers.iter().filter_map(|w| rss_kib(w.id())).sum();
+    let gen_cpu: f64 = workers.iter().filter_map(|w| cpu_seconds(w.id())).sum();
+    println!("generators ({} processes): RSS {gen_rss} KiB, CPU {gen_cpu:.2} s", workers.len());
+    if let Some(r) = &private {
+        println!(
+            "private redis-server: RSS {} KiB, CPU {:.2} s",
+            rss_kib(r.pid()).unwrap_or(0),
+            cpu_seconds(r.pid()).unwrap_or(0.0)
+        );
+    }
     for mut w in workers {
         drop(w.stdin.take());
         let _ = w.wait();
