@@ -7,6 +7,8 @@ use clap::Subcommand;
 
 mod connect;
 mod procfs;
+mod servers;
+mod worker;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -15,7 +17,7 @@ pub enum BenchCommand {
     Connect(connect::ConnectArgs),
     /// Internal: one generator process of `bench connect`.
     #[command(hide = true)]
-    ConnectWorker(connect::WorkerArgs),
+    ConnectWorker(worker::WorkerArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> ExitCode {
@@ -28,7 +30,7 @@ pub fn run(cmd: BenchCommand) -> ExitCode {
     };
     let result = match cmd {
         BenchCommand::Connect(args) => runtime.block_on(connect::run(args)),
-        BenchCommand::ConnectWorker(args) => runtime.block_on(connect::worker(args)),
+        BenchCommand::ConnectWorker(args) => runtime.block_on(worker::worker(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -249,3 +249,42 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_documented_ping_bytes_are_the_wire_format() {
+    // docs/PROTOCOL.md, "Transports and framing".
+    let mut wire = vec![0x00, 0x00, 0x00, 0x0f, 0x82, 0xa4];
+    wire.extend_from_slice(b"type");
+    wire.push(0xa4);
+    wire.extend_from_slice(b"ping");
+    wire.push(0xa2);
+    wire.extend_from_slice(b"id");
+    wire.push(0x07);
+    let mut encoded = Vec::new();
+    encode_tcp(&Frame::Ping(Ping { id: 7 }), &mut encoded);
+    assert_eq!(encoded, wire);
+    let mut dec = TcpDecoder::new();
+    dec.feed(&wire);
+    assert_eq!(
+        dec.next_frame(&limits()).expect("valid"),
+        Some(Frame::Ping(Ping { id: 7 }))
+    );
+}
+
+#[test]
+fn optional_fields_take_their_documented_defaults() {
+    let body = rmp_serde::to_vec_named(&serde_json::json!({
+        "type": "connect", "id": 1, "version": 1, "token": "t", "client_id": "c", "future_field": [1, 2]
+    }))
+    .expect("enc");
+    match decode_body(&body, &limits()).expect("decodes") {
+        Frame::Connect(c) => assert_eq!(c.last_seq, 0),
+        other => panic!("{other:?}"),
+    }
+    let body = rmp_serde::to_vec_named(&serde_json::json!({"type": "request", "id": 2, "service": "s", "path": "/p"}))
+        .expect("enc");
+    match decode_body(&body, &limits()).expect("decodes") {
+        Frame::Request(r) => assert_eq!((r.method.as_str(), r.timeout_ms, r.body.len()), ("POST", 0, 0)),
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,109 @@
+//! Servers under test, started as child processes: duplex itself (several
+//! processes on one port with `SO_REUSEPORT`) or a peer such as Mosquitto.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// A child server process, stopped with SIGTERM (then SIGKILL) on drop.
+pub struct Server {
+    pub child: Child,
+}
+
+impl Drop for Server {
+    // Synchronous on purpose: it runs in Drop.
+    #[allow(clippy::disallowed_methods)]
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two distinct free loopback ports (both held while choosing, so they differ).
+pub fn free_ports() -> anyhow::Result<(u16, u16)> {
+    let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+}
+
+/// Starts `count` duplex processes sharing `tcp_port` and `ws_port`.
+pub fn start_duplex(
+    exe: &Path,
+    count: usize,
+    (tcp_port, ws_port): (u16, u16),
+    redis_url: Option<&str>,
+) -> anyhow::Result<Vec<Server>> {
+    let mut servers = Vec::new();
+    for i in 0..count {
+        let mut cmd = Command::new(exe);
+        cmd.args(["--tcp-listen", &format!("127.0.0.1:{tcp_port}")])
+            .args(["--ws-listen", &format!("127.0.0.1:{ws_port}")])
+            .args(["--node-id", &format!("bench-{i}")])
+            .env("DUPLEX_ACCESS__REUSE_PORT", "true")
+            .env("DUPLEX_ACCESS__MAX_CONNECTIONS", "19500")
+            // Generators stay silent while holding; keep them inside the heartbeat window.
+            .env("DUPLEX_ACCESS__HEARTBEAT_MS", "600000")
+            .env("DUPLEX_ACCESS__ROUTE_TTL_MS", "1800000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(url) = redis_url {
+            cmd.env("DUPLEX_REDIS_URL", url);
+        }
+        let mut child = cmd.spawn().context("starting a duplex server")?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let server = Server { child };
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = lines
+            .by_ref()
+            .take(10)
+            .any(|l| l.is_ok_and(|l| l.contains("client websocket:")));
+        // Keep draining the server's stdout so it never writes into a closed pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        if !ready {
+            bail!("duplex server {i} did not start");
+        }
+        servers.push(server);
+    }
+    Ok(servers)
+}
+
+/// Starts Mosquitto (Debian package `mosquitto`) on `port` with a throwaway config.
+pub async fn start_mosquitto(port: u16, dir: &Path) -> anyhow::Result<Server> {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\npersistence false\n\
+             log_dest stderr\nlog_type error\nset_tcp_nodelay true\n"
+        ),
+    )?;
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting mosquitto (apt-get install mosquitto)")?;
+    let server = Server { child };
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(server);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("mosquitto did not listen on {port}")
+}

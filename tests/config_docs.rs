@@ -1,0 +1,61 @@
+//! The documented configuration cannot rot: the example file loads, and every
+//! key of the real configuration appears in docs/CONFIG.md and in the example.
+
+use duplex_shared::config::Config;
+
+fn keys(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+    if let serde_json::Value::Object(map) = value {
+        for (k, v) in map {
+            if v.is_object() {
+                keys(&format!("{prefix}{k}."), v, out);
+            } else {
+                out.push(format!("{prefix}{k}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn every_config_key_is_documented_and_in_the_example() {
+    let docs = include_str!("../docs/CONFIG.md");
+    let example = include_str!("../deploy/duplex.example.toml");
+    let mut all = Vec::new();
+    keys(
+        "",
+        &serde_json::to_value(Config::default()).expect("serialize"),
+        &mut all,
+    );
+    assert!(all.len() > 20, "{all:?}");
+    for key in &all {
+        let leaf = key.rsplit('.').next().expect("leaf");
+        assert!(
+            docs.contains(&format!("`{leaf}`")),
+            "docs/CONFIG.md does not document `{key}`"
+        );
+        let optional = [
+            "auth.public_key",
+            "auth.public_key_file",
+            "auth.audience",
+            "auth.issuer",
+        ];
+        if !optional.contains(&key.as_str()) {
+            assert!(
+                example.contains(&format!("{leaf} =")),
+                "deploy/duplex.example.toml lacks `{key}`"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_example_config_loads_and_validates() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/duplex.example.toml"),
+        ])
+        .args(["token", "--sub", "someone"])
+        .output()
+        .expect("run duplex");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
