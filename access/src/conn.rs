@@ -1,9 +1,10 @@
 //! One task per client connection: authenticate, register, then serve until
 //! the client leaves, goes silent, is kicked, or the node shuts down.
 //!
-//! The task owns the socket. It `select!`s over socket reads, its outbound
-//! queue, finished backend calls, the silence deadline, its close signal and
-//! node shutdown; every write is bounded by the write timeout.
+//! The task owns the socket. It `select!`s over socket reads, its outbox
+//! (deliveries, answers of finished backend calls, and the close signal),
+//! the silence deadline and node shutdown; every write is bounded by the
+//! write timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +16,12 @@ use duplex_shared::protocol::{
     PROTOCOL_VERSION,
 };
 use duplex_shared::store::Route;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use tokio::task::JoinSet;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::hub::{CloseReason, CloseSignal, SessionHandle};
+use crate::hub::SessionHandle;
+use crate::outbox::{CloseReason, Next, Outbox};
 use crate::rate::TokenBucket;
 use crate::transport::{ReadEvent, Transport};
 use crate::Shared;
@@ -179,13 +180,11 @@ enum End {
 impl Session {
     async fn run(mut self) {
         let shared = self.shared.clone();
-        let (tx, mut rx) = mpsc::channel(shared.config.outbound_queue);
-        let close = Arc::new(CloseSignal::default());
+        let outbox = Arc::new(Outbox::new(shared.config.outbound_queue));
         let handle = SessionHandle {
             conn_epoch: self.client.route.conn_epoch,
             user_id: Arc::from(self.client.user_id.as_str()),
-            outbound: tx,
-            close: close.clone(),
+            outbox: outbox.clone(),
             connected_at_ms: duplex_shared::auth::unix_now() * 1000,
         };
         if shared.hub.register(&self.client.client_id, handle).is_err() {
@@ -208,7 +207,7 @@ impl Session {
             End::Failed
         } else {
             debug!(user_id = %self.client.user_id, "connected");
-            self.serve(&mut rx, &close).await
+            self.serve(&outbox).await
         };
         self.say_goodbye(end).await;
         self.finish().await;
@@ -234,38 +233,28 @@ impl Session {
         });
     }
 
-    async fn serve(&mut self, rx: &mut mpsc::Receiver<Bytes>, close: &CloseSignal) -> End {
+    async fn serve(&mut self, outbox: &Arc<Outbox>) -> End {
         let shared = self.shared.clone();
         let silence_limit = 3 * shared.config.heartbeat();
         let silence = sleep_until(Instant::now() + silence_limit);
         tokio::pin!(silence);
         let mut bucket = TokenBucket::new(shared.config.frame_rate_per_s, shared.config.frame_burst);
-        let mut calls: JoinSet<Option<Frame>> = JoinSet::new();
         let mut batch = Vec::new();
         loop {
             tokio::select! {
                 biased;
-                reason = close.closed() => return End::Closed(reason),
                 _ = shared.shutdown.cancelled() => return End::Shutdown,
-                Some(first) = rx.recv() => {
-                    batch.push(first);
-                    while batch.len() < WRITE_BATCH {
-                        match rx.try_recv() {
-                            Ok(b) => batch.push(b),
-                            Err(_) => break,
-                        }
+                next = outbox.next(&mut batch, WRITE_BATCH) => {
+                    if let Next::Close(reason) = next {
+                        return End::Closed(reason);
                     }
                     let written = timeout(shared.write_timeout(), self.io.write(&batch)).await;
                     batch.clear();
+                    if batch.capacity() > WRITE_BATCH {
+                        batch = Vec::new();
+                    }
                     if !matches!(written, Ok(Ok(()))) {
                         return End::Failed;
-                    }
-                }
-                Some(done) = calls.join_next(), if !calls.is_empty() => {
-                    if let Ok(Some(frame)) = done {
-                        if send_now(&shared, &mut self.io, &frame).await.is_err() {
-                            return End::Failed;
-                        }
                     }
                 }
                 event = self.io.read(&shared.limits) => {
@@ -292,7 +281,7 @@ impl Session {
                         let _ = send_now(&shared, &mut self.io, &f).await;
                         return End::Protocol;
                     }
-                    if let Some(reply) = self.handle(frame, &mut calls) {
+                    if let Some(reply) = self.handle(frame, outbox) {
                         if send_now(&shared, &mut self.io, &reply).await.is_err() {
                             return End::Failed;
                         }
@@ -304,7 +293,7 @@ impl Session {
     }
 
     /// Acts on one client frame; returns an immediate answer, if any.
-    fn handle(&self, frame: Frame, calls: &mut JoinSet<Option<Frame>>) -> Option<Frame> {
+    fn handle(&self, frame: Frame, outbox: &Arc<Outbox>) -> Option<Frame> {
         match frame {
             Frame::Ping(p) => Some(Frame::Pong(Pong { id: p.id })),
             Frame::Pong(_) => None,
@@ -313,27 +302,34 @@ impl Session {
             Frame::Ack(_) => None,
             Frame::Upload(upload) => {
                 let id = upload.id;
-                if calls.len() >= MAX_IN_FLIGHT {
+                if !outbox.start_call(MAX_IN_FLIGHT) {
                     return Some(too_many_in_flight(id));
                 }
-                let upstream = self.shared.upstream.clone();
-                let from = self.client.clone();
-                calls.spawn(async move {
-                    Some(match upstream.upload(&from, upload).await {
+                let (upstream, from, outbox) = (self.shared.upstream.clone(), self.client.clone(), outbox.clone());
+                // The call outlives a disconnect on purpose: the backend still gets
+                // the upload, and the client's resend carries the same idempotency key.
+                tokio::spawn(async move {
+                    let answer = match upstream.upload(&from, upload).await {
                         Ok(ack) => Frame::UploadAck(UploadAck { id, ..ack }),
                         Err(e) => link_error(id, &e),
-                    })
+                    };
+                    outbox.push_answer(body(&answer));
+                    outbox.end_call();
                 });
                 None
             }
             Frame::Request(request) => {
                 let id = request.id;
-                if calls.len() >= MAX_IN_FLIGHT {
+                if !outbox.start_call(MAX_IN_FLIGHT) {
                     return Some(too_many_in_flight(id));
                 }
-                let upstream = self.shared.upstream.clone();
-                let from = self.client.clone();
-                calls.spawn(async move { upstream.request(&from, request).await.err().map(|e| link_error(id, &e)) });
+                let (upstream, from, outbox) = (self.shared.upstream.clone(), self.client.clone(), outbox.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = upstream.request(&from, request).await {
+                        outbox.push_answer(body(&link_error(id, &e)));
+                    }
+                    outbox.end_call();
+                });
                 None
             }
             Frame::Connect(c) => Some(ErrorCode::UnexpectedFrame.frame(Some(c.id), "already connected", false)),

@@ -1,17 +1,12 @@
 //! The session table of one access node.
 //!
-//! It maps `client_id` to a handle holding only metadata, a bounded sender and
-//! a close signal; the socket stays with its connection task. Deliveries are
-//! encoded once and handed over with `try_send`, so a slow client can never
-//! block the caller.
-//!
-//! Outbound overflow policy: when a connection's queue is full, the delivery
-//! fails with `LinkError::QueueFull` (a stored message stays stored and is
-//! retried) and the connection is closed as a slow consumer; the client
-//! reconnects and resumes from its `last_seq`. Memory per connection stays
-//! bounded by `outbound_queue` frames.
+//! It maps `client_id` to a handle holding only metadata and the connection's
+//! `Outbox` (bounded queue plus close signal); the socket stays with its
+//! connection task. Deliveries are encoded once and queued without waiting,
+//! so a slow client can never block the caller; see `outbox` for the
+//! overflow policy.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,50 +16,17 @@ use dashmap::DashMap;
 use duplex_shared::links::{LinkError, NodeLink};
 use duplex_shared::protocol::{encode_body, Frame};
 use duplex_shared::store::Route;
-use tokio::sync::{mpsc, Notify};
+
+pub use crate::outbox::{CloseReason, Outbox};
 use tokio::time::Instant;
-
-/// Why the server ends a connection on its own initiative.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Closed with a `Kicked` frame (`replaced`, `admin`, ...).
-    Kicked(String),
-    /// The outbound queue overflowed.
-    SlowConsumer,
-}
-
-/// Tells a connection task to close; the first reason given wins.
-#[derive(Debug, Default)]
-pub struct CloseSignal {
-    reason: OnceLock<CloseReason>,
-    notify: Notify,
-}
-
-impl CloseSignal {
-    pub fn close(&self, reason: CloseReason) {
-        let _ = self.reason.set(reason);
-        // notify_one stores a permit, so a close sent before the task waits is not lost.
-        self.notify.notify_one();
-    }
-
-    pub async fn closed(&self) -> CloseReason {
-        loop {
-            if let Some(r) = self.reason.get() {
-                return r.clone();
-            }
-            self.notify.notified().await;
-        }
-    }
-}
 
 /// What the table holds for one connection.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     pub conn_epoch: u64,
     pub user_id: Arc<str>,
-    /// Encoded frame bodies for the connection task to write; bounded.
-    pub outbound: mpsc::Sender<Bytes>,
-    pub close: Arc<CloseSignal>,
+    /// Encoded frames for the connection task to write, and its close signal.
+    pub outbox: Arc<Outbox>,
     /// Wall-clock connect time, ms since the Unix epoch.
     pub connected_at_ms: u64,
 }
@@ -123,7 +85,7 @@ impl Hub {
                     return Err(Superseded);
                 }
                 let old = e.insert(handle);
-                old.close.close(CloseReason::Kicked("replaced".into()));
+                old.outbox.close(CloseReason::Kicked("replaced".into()));
             }
             Entry::Vacant(e) => {
                 e.insert(handle);
@@ -154,7 +116,7 @@ impl Hub {
             .or_insert((conn_epoch, Instant::now()));
         if let Some(h) = self.sessions.get(client_id) {
             if h.conn_epoch <= conn_epoch {
-                h.close.close(CloseReason::Kicked(reason.to_owned()));
+                h.outbox.close(CloseReason::Kicked(reason.to_owned()));
             }
         }
     }
@@ -167,14 +129,7 @@ impl Hub {
         }
         let mut body = Vec::new();
         encode_body(frame, &mut body);
-        match handle.outbound.try_send(Bytes::from(body)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                handle.close.close(CloseReason::SlowConsumer);
-                Err(LinkError::QueueFull)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(LinkError::NotHere),
-        }
+        handle.outbox.push(Bytes::from(body))
     }
 
     /// Every session's route, for lease renewal.
@@ -202,7 +157,7 @@ impl Hub {
     /// Tells every session to close (used by tests and admin tooling).
     pub fn close_all(&self, reason: CloseReason) {
         for e in self.sessions.iter() {
-            e.close.close(reason.clone());
+            e.outbox.close(reason.clone());
         }
     }
 }

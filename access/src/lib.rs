@@ -7,6 +7,7 @@
 //! - `conn`: the task that owns one connection (auth, serving loop, goodbye).
 //! - `transport`: TCP and WebSocket behind one read/write interface.
 //! - [`hub`]: the session table, local delivery and kicks, `LocalNodes`.
+//! - `outbox`: a connection's bounded outbound queue and close signal (overflow policy).
 //! - `leases`: batched renewal of this node's route leases.
 //! - `rate`: per-connection frame rate limit.
 
@@ -31,6 +32,7 @@ mod conn;
 pub mod hub;
 mod leases;
 mod listen;
+mod outbox;
 mod rate;
 mod transport;
 

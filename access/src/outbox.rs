@@ -1,0 +1,194 @@
+//! The outbound side of one connection: a bounded queue of encoded frames and
+//! the close signal, shared between the session table and the connection task.
+//!
+//! Overflow policy (disconnect the slow consumer): a delivery that finds
+//! `capacity` frames already queued is refused with `LinkError::QueueFull`,
+//! so a stored message stays stored and is retried, and the connection is
+//! closed with `kicked(slow_consumer)`; the client reconnects and resumes from
+//! its `last_seq`. Answers to the client's own uploads and requests bypass the
+//! capacity: they are bounded by the per-connection in-flight limit instead.
+//!
+//! An idle connection's queue holds no allocation: it is released whenever it
+//! drains, which keeps memory per idle connection small.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use duplex_shared::links::LinkError;
+use tokio::sync::Notify;
+
+/// Why the server ends a connection on its own initiative.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Closed with a `Kicked` frame (`replaced`, `admin`, ...).
+    Kicked(String),
+    /// The outbound queue overflowed.
+    SlowConsumer,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Bytes>,
+    close: Option<CloseReason>,
+}
+
+/// What the connection task should do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Frames were moved into the caller's batch: write them.
+    Write,
+    /// Close with this reason (queued frames are dropped; stored ones are redelivered later).
+    Close(CloseReason),
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    capacity: usize,
+    calls_in_flight: AtomicUsize,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Self {
+        Outbox {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            capacity,
+            calls_in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent
+        // (every critical section is a single push, drain or assignment).
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a delivery; a full queue closes the connection as a slow consumer.
+    pub fn push(&self, frame: Bytes) -> Result<(), LinkError> {
+        let mut state = self.state();
+        if state.close.is_some() {
+            return Err(LinkError::NotHere);
+        }
+        if state.frames.len() >= self.capacity {
+            state.close = Some(CloseReason::SlowConsumer);
+            drop(state);
+            self.notify.notify_one();
+            return Err(LinkError::QueueFull);
+        }
+        state.frames.push_back(frame);
+        drop(state);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Queues the answer to one of the client's own uploads or requests.
+    pub fn push_answer(&self, frame: Bytes) {
+        let mut state = self.state();
+        if state.close.is_none() {
+            state.frames.push_back(frame);
+        }
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// Asks the connection to close; the first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        let mut state = self.state();
+        if state.close.is_none() {
+            state.close = Some(reason);
+        }
+        drop(state);
+        // notify_one stores a permit, so a close sent before the task waits is not lost.
+        self.notify.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state().close.is_some()
+    }
+
+    /// Waits until there is something to do; moves up to `max` frames into `batch`.
+    /// Cancel-safe: frames are only taken in the poll that returns.
+    pub async fn next(&self, batch: &mut Vec<Bytes>, max: usize) -> Next {
+        loop {
+            {
+                let mut state = self.state();
+                if let Some(reason) = &state.close {
+                    return Next::Close(reason.clone());
+                }
+                if !state.frames.is_empty() {
+                    let n = state.frames.len().min(max);
+                    batch.extend(state.frames.drain(..n));
+                    if state.frames.is_empty() {
+                        state.frames = VecDeque::new();
+                    }
+                    return Next::Write;
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Reserves a slot for a backend call; `false` when `limit` are in flight.
+    pub fn start_call(&self, limit: usize) -> bool {
+        self.calls_in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .is_ok()
+    }
+
+    pub fn end_call(&self) {
+        self.calls_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_queue_refuses_and_closes_as_slow_consumer() {
+        let outbox = Outbox::new(2);
+        outbox.push(Bytes::from_static(b"a")).expect("queued");
+        outbox.push(Bytes::from_static(b"b")).expect("queued");
+        assert!(matches!(
+            outbox.push(Bytes::from_static(b"c")),
+            Err(LinkError::QueueFull)
+        ));
+        let mut batch = Vec::new();
+        assert_eq!(
+            outbox.next(&mut batch, 64).await,
+            Next::Close(CloseReason::SlowConsumer)
+        );
+        assert!(matches!(outbox.push(Bytes::from_static(b"d")), Err(LinkError::NotHere)));
+    }
+
+    #[tokio::test]
+    async fn drains_in_order_in_batches_and_first_close_reason_wins() {
+        let outbox = Outbox::new(10);
+        for i in 0..5u8 {
+            outbox.push(Bytes::from(vec![i])).expect("queued");
+        }
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next(&mut batch, 3).await, Next::Write);
+        assert_eq!(outbox.next(&mut batch, 3).await, Next::Write);
+        assert_eq!(batch.iter().map(|b| b[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        outbox.close(CloseReason::Kicked("replaced".into()));
+        outbox.close(CloseReason::SlowConsumer);
+        assert_eq!(
+            outbox.next(&mut batch, 3).await,
+            Next::Close(CloseReason::Kicked("replaced".into()))
+        );
+    }
+
+    #[test]
+    fn in_flight_calls_are_bounded() {
+        let outbox = Outbox::new(1);
+        assert!(outbox.start_call(2) && outbox.start_call(2));
+        assert!(!outbox.start_call(2));
+        outbox.end_call();
+        assert!(outbox.start_call(2));
+    }
+}
