@@ -46,7 +46,7 @@ pub(crate) async fn serve(
     conn_id: u64,
     _permit: OwnedSemaphorePermit,
 ) {
-    let Some((connect, claims)) = authenticate(&shared, &mut io, auth_deadline).await else {
+    let Some((connect, claims)) = Box::pin(authenticate(&shared, &mut io, auth_deadline)).await else {
         io.shutdown().await;
         return;
     };
@@ -71,7 +71,9 @@ pub(crate) async fn serve(
         }
     };
     let span = tracing::info_span!("session", conn_id, epoch = claim.route.conn_epoch);
-    Session {
+    // Boxed so the serving phase's state is one allocation that does not
+    // also carry the (dead) authentication phase's locals.
+    let session = Box::new(Session {
         shared,
         io,
         client: ClientContext {
@@ -81,10 +83,8 @@ pub(crate) async fn serve(
         },
         connect_id: connect.id,
         previous: claim.previous,
-    }
-    .run()
-    .instrument(span)
-    .await;
+    });
+    Box::pin(session.run().instrument(span)).await;
 }
 
 /// Reads and checks `Connect`; on failure the client has been told why.
@@ -152,12 +152,21 @@ async fn authenticate(
 }
 
 /// Writes one frame immediately, bounded by the write timeout.
-async fn send_now(shared: &Shared, io: &mut Transport, frame: &Frame) -> Result<(), ()> {
-    match timeout(shared.write_timeout(), io.write(&[body(frame)])).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
-    }
+///
+/// Boxed, like every transient await of a connection task: an async fn's
+/// state is as large as its largest await, and idle connections would carry
+/// that size for their whole life.
+fn send_now<'a>(shared: &Shared, io: &'a mut Transport, frame: &Frame) -> BoxFuture<'a, Result<(), ()>> {
+    let write = timeout(shared.write_timeout(), io.write_owned(vec![body(frame)]));
+    Box::pin(async move {
+        match write.await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    })
 }
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 struct Session {
     shared: Arc<Shared>,
@@ -178,7 +187,7 @@ enum End {
 }
 
 impl Session {
-    async fn run(mut self) {
+    async fn run(mut self: Box<Self>) {
         let shared = self.shared.clone();
         let outbox = Arc::new(Outbox::new(shared.config.outbound_queue));
         let handle = SessionHandle {
@@ -194,7 +203,7 @@ impl Session {
             return;
         }
         self.kick_previous();
-        let connected = Frame::Connected(Connected {
+        let connected = &Frame::Connected(Connected {
             id: self.connect_id,
             session_id: self.client.route.encode(),
             node_id: shared.node_id.clone(),
@@ -203,14 +212,15 @@ impl Session {
             reconnect_max_ms: shared.config.reconnect_max_ms,
             max_frame_bytes: shared.limits.max_frame_bytes,
         });
-        let end = if send_now(&shared, &mut self.io, &connected).await.is_err() {
+        let sent = send_now(&shared, &mut self.io, connected);
+        let end = if sent.await.is_err() {
             End::Failed
         } else {
             debug!(user_id = %self.client.user_id, "connected");
             self.serve(&outbox).await
         };
-        self.say_goodbye(end).await;
-        self.finish().await;
+        Box::pin(self.say_goodbye(end)).await;
+        Box::pin(self.finish()).await;
     }
 
     /// Closes the connection this one replaced, wherever it is.
@@ -248,11 +258,8 @@ impl Session {
                     if let Next::Close(reason) = next {
                         return End::Closed(reason);
                     }
-                    let written = timeout(shared.write_timeout(), self.io.write(&batch)).await;
-                    batch.clear();
-                    if batch.capacity() > WRITE_BATCH {
-                        batch = Vec::new();
-                    }
+                    let frames = std::mem::take(&mut batch);
+                    let written = Box::pin(timeout(shared.write_timeout(), self.io.write_owned(frames))).await;
                     if !matches!(written, Ok(Ok(()))) {
                         return End::Failed;
                     }

@@ -53,7 +53,8 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind
                         let _ = stream.set_nodelay(true);
                         let handshake =
                             tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(&task_shared.limits)));
-                        match tokio::time::timeout_at(auth_deadline, handshake).await {
+                        // Boxed: the handshake is transient and its state is large.
+                        match Box::pin(tokio::time::timeout_at(auth_deadline, handshake)).await {
                             Ok(Ok(ws)) => Transport::Ws(Box::new(ws)),
                             Ok(Err(e)) => {
                                 debug!(error = %e, "websocket handshake failed");

@@ -119,6 +119,11 @@ impl Transport {
         }
     }
 
+    /// Like `write`, taking the frames by value (so the future borrows only the transport).
+    pub async fn write_owned(&mut self, bodies: Vec<Bytes>) -> io::Result<()> {
+        self.write(&bodies).await
+    }
+
     /// Writes encoded frame bodies in one go (one syscall on TCP when it fits).
     pub async fn write(&mut self, bodies: &[Bytes]) -> io::Result<()> {
         match self {
