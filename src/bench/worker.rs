@@ -54,6 +54,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             let _permit = sem.acquire_owned().await.ok()?;
             let attempt = async {
                 let socket = TcpSocket::new_v4().ok()?;
+                // A port of an earlier run may still be in TIME_WAIT on this address.
+                socket.set_reuseaddr(true).ok()?;
                 // An explicit port: bind() to port 0 on a fixed address searches the
                 // port space on every call, which turns 100k connects quadratic.
                 socket
