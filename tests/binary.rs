@@ -120,32 +120,30 @@ async fn all_in_one_with_memory_store_serves_tcp_and_websocket_with_a_minted_tok
     }
 }
 
+/// Connects `client_id` to `run` and checks Redis holds its route to `node_id`.
+async fn connect_and_check_route(run: &Running, store: &RedisStore, client_id: &str, node_id: &str) {
+    let mut conn = Connection::tcp(run.tcp).await.expect("tcp");
+    conn.handshake(&mint("bob"), client_id, 0).await.expect("handshake");
+    let route = store
+        .get_route(client_id)
+        .await
+        .expect("get")
+        .expect("route written to Redis");
+    assert_eq!(route.node_id, node_id);
+}
+
 #[tokio::test]
 async fn redis_url_switches_to_the_redis_store() {
     let redis = TestRedis::start().expect("redis-server");
+    let store = RedisStore::connect(&redis.url(), "dx:").await.expect("redis");
     // The environment variable works like the flag.
     let mut by_env = start_with_env(&["--node-id", "e2e-env"], &[("DUPLEX_REDIS_URL", &redis.url())]);
-    let mut conn = Connection::tcp(by_env.tcp).await.expect("tcp");
-    conn.handshake(&mint("bob"), "phone-env", 0).await.expect("handshake");
-    let store = RedisStore::connect(&redis.url(), "dx:").await.expect("redis");
-    let route = store
-        .get_route("phone-env")
-        .await
-        .expect("get")
-        .expect("route written to Redis");
-    assert_eq!(route.node_id, "e2e-env");
+    connect_and_check_route(&by_env, &store, "phone-env", "e2e-env").await;
     assert!(terminate(&mut by_env).await.success());
 
-    let mut run = start(&["--redis", &redis.url(), "--node-id", "e2e-node"]);
-    let mut conn = Connection::tcp(run.tcp).await.expect("tcp");
-    conn.handshake(&mint("bob"), "phone-2", 0).await.expect("handshake");
-    let route = store
-        .get_route("phone-2")
-        .await
-        .expect("get")
-        .expect("route written to Redis");
-    assert_eq!(route.node_id, "e2e-node");
-    assert!(terminate(&mut run).await.success());
+    let mut by_flag = start(&["--redis", &redis.url(), "--node-id", "e2e-node"]);
+    connect_and_check_route(&by_flag, &store, "phone-2", "e2e-node").await;
+    assert!(terminate(&mut by_flag).await.success());
     assert_eq!(
         store.get_route("phone-2").await.expect("get"),
         None,

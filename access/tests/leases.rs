@@ -9,6 +9,14 @@ use std::time::Duration;
 use common::*;
 use duplex_shared::protocol::{Frame, Ping};
 
+async fn ping_every_second(conn: &mut duplex_client::Connection, times: u64) {
+    for id in 0..times {
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        conn.send(&Frame::Ping(Ping { id })).await.expect("ping");
+        assert!(matches!(conn.recv().await.expect("readable"), Some(Frame::Pong(_))));
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn leases_are_renewed_restored_and_yield_to_a_newer_owner() {
     let node = start_node(StoreKind::Memory, |c| {
@@ -20,11 +28,7 @@ async fn leases_are_renewed_restored_and_yield_to_a_newer_owner() {
     let route = node.store.get_route("phone-1").await.expect("store").expect("route");
 
     // Ten lease lifetimes pass; heartbeats keep the connection and renewals the route.
-    for id in 0..30 {
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
-        conn.send(&Frame::Ping(Ping { id })).await.expect("ping");
-        assert!(matches!(conn.recv().await.expect("readable"), Some(Frame::Pong(_))));
-    }
+    ping_every_second(&mut conn, 30).await;
     assert_eq!(
         node.store.get_route("phone-1").await.expect("store"),
         Some(route.clone())
@@ -32,11 +36,7 @@ async fn leases_are_renewed_restored_and_yield_to_a_newer_owner() {
 
     // The store loses the lease (e.g. a Redis restart without persistence): it is written back.
     assert!(node.store.release_route("phone-1", &route).await.expect("store"));
-    for id in 100..103 {
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
-        conn.send(&Frame::Ping(Ping { id })).await.expect("ping");
-        assert!(matches!(conn.recv().await.expect("readable"), Some(Frame::Pong(_))));
-    }
+    ping_every_second(&mut conn, 3).await;
     assert_eq!(
         node.store.get_route("phone-1").await.expect("store"),
         Some(route.clone())
