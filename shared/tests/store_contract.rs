@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use duplex_shared::store::{MemoryStore, RedisStore, Renewal, Route, Store};
+use duplex_shared::store::{
+    Enqueued, MemoryStore, MessageRecord, MessageState, NewMessage, QueueLimits, RedisStore, Renewal, Route, Store,
+};
 use duplex_shared::testing::{random_prefix, TestRedis};
 
 const TTL: Duration = Duration::from_secs(30);
@@ -114,6 +116,224 @@ async fn concurrent_claims_get_distinct_ordered_epochs(store: Arc<dyn Store>) {
     assert_eq!(store.get_route("busy").await.expect("get"), Some(newest.route.clone()));
 }
 
+const NOW: u64 = 1_800_000_000_000;
+const LIMITS: QueueLimits = QueueLimits {
+    max_messages: 100,
+    max_bytes: 10_000,
+};
+
+fn msg(payload: &str, ttl_ms: u64, key: Option<&str>) -> NewMessage {
+    NewMessage {
+        record: MessageRecord {
+            nonce: rand::random(),
+            headers: Default::default(),
+            payload: payload.as_bytes().to_vec().into(),
+            created_ms: NOW,
+            expires_ms: NOW + ttl_ms,
+        },
+        idempotency_key: key.map(str::to_owned),
+        idempotency_ttl_ms: 60_000,
+    }
+}
+
+fn stored(e: Enqueued) -> (u64, String) {
+    match e {
+        Enqueued::Stored { seq, msg_id } => (seq, msg_id),
+        other => panic!("expected Stored, got {other:?}"),
+    }
+}
+
+async fn messages_get_ordered_seqs_and_cumulative_acks(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for i in 1..=5u64 {
+        let (seq, id) = stored(
+            store
+                .enqueue("q1", &msg(&format!("m{i}"), 60_000, None), LIMITS, NOW)
+                .await
+                .expect("enqueue"),
+        );
+        assert_eq!(seq, i);
+        ids.push(id);
+    }
+    let p = store.pending("q1", 2, 10, NOW).await.expect("pending");
+    assert_eq!(p.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+    assert_eq!(p.messages[0].record.payload.as_ref(), b"m3");
+    assert_eq!(p.messages[0].msg_id, ids[2]);
+    assert_eq!(store.pending("q1", 0, 2, NOW).await.expect("pending").messages.len(), 2);
+
+    let (client, seq, nonce) = duplex_shared::store::parse_message_id(&ids[3]).expect("our id");
+    let status = |s: Arc<dyn Store>| async move {
+        s.message_status(client, seq, nonce, NOW + 1)
+            .await
+            .expect("status")
+            .expect("known")
+    };
+    assert_eq!(status(store.clone()).await.state, MessageState::Queued);
+    store.mark_sent("q1", 4, NOW + 1).await.expect("sent");
+    assert_eq!(status(store.clone()).await.state, MessageState::Sent);
+    assert_eq!(
+        store.message_status(client, seq, nonce ^ 1, NOW).await.expect("status"),
+        None,
+        "wrong nonce"
+    );
+
+    assert_eq!(store.ack("q1", 4, false, NOW + 2).await.expect("ack"), 4);
+    let st = status(store.clone()).await;
+    assert_eq!(
+        (st.state, st.acked_at, st.sent_at),
+        (MessageState::Acked, Some(NOW + 2), Some(NOW + 1))
+    );
+    let p = store.pending("q1", 0, 10, NOW).await.expect("pending");
+    assert_eq!((p.messages.len(), p.messages[0].seq, p.acked), (1, 5, 4));
+    assert_eq!(
+        store.ack("q1", 2, false, NOW).await.expect("ack"),
+        0,
+        "acks are cumulative and never go back"
+    );
+    let info = store.queue_info("q1", NOW).await.expect("info");
+    assert_eq!((info.pending, info.pending_bytes, info.last_acked_seq), (1, 2, 4));
+}
+
+async fn idempotency_keys_store_once_per_client(store: Arc<dyn Store>) {
+    let (seq, id) = stored(
+        store
+            .enqueue("i1", &msg("a", 60_000, Some("k1")), LIMITS, NOW)
+            .await
+            .expect("enqueue"),
+    );
+    match store
+        .enqueue("i1", &msg("a", 60_000, Some("k1")), LIMITS, NOW)
+        .await
+        .expect("enqueue")
+    {
+        Enqueued::Duplicate { seq: s, msg_id } => assert_eq!((s, msg_id), (seq, id)),
+        other => panic!("expected Duplicate, got {other:?}"),
+    }
+    stored(
+        store
+            .enqueue("i2", &msg("a", 60_000, Some("k1")), LIMITS, NOW)
+            .await
+            .expect("other client"),
+    );
+    assert_eq!(store.queue_info("i1", NOW).await.expect("info").pending, 1);
+}
+
+async fn caps_refuse_new_messages_and_store_nothing(store: Arc<dyn Store>) {
+    let limits = QueueLimits {
+        max_messages: 2,
+        max_bytes: 10,
+    };
+    stored(
+        store
+            .enqueue("c1", &msg("12345", 60_000, None), limits, NOW)
+            .await
+            .expect("enqueue"),
+    );
+    assert!(matches!(
+        store
+            .enqueue("c1", &msg("1234567", 60_000, None), limits, NOW)
+            .await
+            .expect("enqueue"),
+        Enqueued::Full { messages: 1, bytes: 5 }
+    ));
+    stored(
+        store
+            .enqueue("c1", &msg("12345", 60_000, None), limits, NOW)
+            .await
+            .expect("enqueue"),
+    );
+    assert!(matches!(
+        store
+            .enqueue("c1", &msg("1", 60_000, None), limits, NOW)
+            .await
+            .expect("enqueue"),
+        Enqueued::Full { .. }
+    ));
+    let info = store.queue_info("c1", NOW).await.expect("info");
+    assert_eq!((info.pending, info.pending_bytes), (2, 10));
+    store.ack("c1", 2, false, NOW).await.expect("ack");
+    stored(
+        store
+            .enqueue("c1", &msg("1", 60_000, None), limits, NOW)
+            .await
+            .expect("room again after ack"),
+    );
+}
+
+async fn expired_messages_leave_and_say_so(store: Arc<dyn Store>) {
+    let (_, short) = stored(
+        store
+            .enqueue("t1", &msg("short", 1_000, None), LIMITS, NOW)
+            .await
+            .expect("enqueue"),
+    );
+    stored(
+        store
+            .enqueue("t1", &msg("long", 60_000, None), LIMITS, NOW)
+            .await
+            .expect("enqueue"),
+    );
+    let later = NOW + 5_000;
+    let p = store.pending("t1", 0, 10, later).await.expect("pending");
+    assert_eq!(
+        p.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![2],
+        "seq 1 expired"
+    );
+    let (client, seq, nonce) = duplex_shared::store::parse_message_id(&short).expect("id");
+    let st = store
+        .message_status(client, seq, nonce, later)
+        .await
+        .expect("status")
+        .expect("known");
+    assert_eq!(st.state, MessageState::Expired);
+    let info = store.queue_info("t1", later).await.expect("info");
+    assert_eq!((info.pending, info.expired, info.pending_bytes), (1, 1, 4));
+}
+
+async fn resume_keeps_new_seqs_above_what_the_client_has_seen(store: Arc<dyn Store>) {
+    // The store lost this client's data, but the client remembers seq 100.
+    store.ack("r1", 100, true, NOW).await.expect("resume");
+    let (seq, _) = stored(
+        store
+            .enqueue("r1", &msg("x", 60_000, None), LIMITS, NOW)
+            .await
+            .expect("enqueue"),
+    );
+    assert_eq!(seq, 101);
+    assert_eq!(store.pending("r1", 0, 10, NOW).await.expect("pending").acked, 100);
+}
+
+async fn concurrent_enqueues_get_unique_consecutive_seqs(store: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for _ in 0..25 {
+                seqs.push(
+                    stored(
+                        store
+                            .enqueue("cc", &msg("x", 60_000, None), LIMITS, NOW)
+                            .await
+                            .expect("enqueue"),
+                    )
+                    .0,
+                );
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let seqs = t.await.expect("join");
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "each caller sees increasing seqs");
+        all.extend(seqs);
+    }
+    all.sort();
+    assert_eq!(all, (1..=100).collect::<Vec<u64>>());
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -145,4 +365,10 @@ contract!(
     leases_expire,
     users_list_their_clients,
     concurrent_claims_get_distinct_ordered_epochs,
+    messages_get_ordered_seqs_and_cumulative_acks,
+    idempotency_keys_store_once_per_client,
+    caps_refuse_new_messages_and_store_nothing,
+    expired_messages_leave_and_say_so,
+    resume_keeps_new_seqs_above_what_the_client_has_seen,
+    concurrent_enqueues_get_unique_consecutive_seqs,
 );

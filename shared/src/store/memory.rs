@@ -8,18 +8,27 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use super::{Claim, Renewal, Route, Store, StoreError, USER_CLIENTS_TTL};
+use super::memory_queue::ClientQueue;
+use super::{
+    Claim, Enqueued, MessageStatus, NewMessage, Pending, QueueInfo, QueueLimits, Renewal, Route, Store, StoreError,
+    USER_CLIENTS_TTL,
+};
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     routes: DashMap<String, (Route, Instant)>,
     epochs: DashMap<String, u64>,
+    queues: DashMap<String, ClientQueue>,
     users: DashMap<String, (HashSet<String>, Instant)>,
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn queue(&self, client_id: &str) -> dashmap::mapref::one::RefMut<'_, String, ClientQueue> {
+        self.queues.entry(client_id.to_owned()).or_default()
     }
 }
 
@@ -114,5 +123,49 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn enqueue(
+        &self,
+        client_id: &str,
+        msg: &NewMessage,
+        limits: QueueLimits,
+        now_ms: u64,
+    ) -> Result<Enqueued, StoreError> {
+        Ok(self.queue(client_id).enqueue(client_id, msg, limits, now_ms))
+    }
+
+    async fn pending(&self, client_id: &str, after: u64, max: usize, now_ms: u64) -> Result<Pending, StoreError> {
+        Ok(self.queue(client_id).pending(client_id, after, max, now_ms))
+    }
+
+    async fn ack(&self, client_id: &str, seq: u64, resume: bool, now_ms: u64) -> Result<u64, StoreError> {
+        Ok(self.queue(client_id).ack(seq, resume, now_ms))
+    }
+
+    async fn mark_sent(&self, client_id: &str, seq: u64, now_ms: u64) -> Result<(), StoreError> {
+        self.queue(client_id).mark_sent(seq, now_ms);
+        Ok(())
+    }
+
+    async fn message_status(
+        &self,
+        client_id: &str,
+        seq: u64,
+        nonce: u32,
+        now_ms: u64,
+    ) -> Result<Option<MessageStatus>, StoreError> {
+        Ok(self
+            .queues
+            .get_mut(client_id)
+            .and_then(|mut q| q.status(client_id, seq, nonce, now_ms)))
+    }
+
+    async fn queue_info(&self, client_id: &str, now_ms: u64) -> Result<QueueInfo, StoreError> {
+        Ok(self
+            .queues
+            .get_mut(client_id)
+            .map(|mut q| q.info(now_ms))
+            .unwrap_or_default())
     }
 }

@@ -11,9 +11,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 mod memory;
+mod memory_queue;
+mod messages;
+mod redis_scripts;
 mod redis_store;
 
 pub use memory::MemoryStore;
+pub use messages::*;
 pub use redis_store::RedisStore;
 
 /// The outcome of writing a route: the new route (with its store-assigned
@@ -113,6 +117,40 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stores a message for `client_id` with its next seq, unless a cap or
+    /// the idempotency key says otherwise. Expired messages are removed first.
+    async fn enqueue(
+        &self,
+        client_id: &str,
+        msg: &NewMessage,
+        limits: QueueLimits,
+        now_ms: u64,
+    ) -> Result<Enqueued, StoreError>;
+
+    /// Up to `max` pending messages with seq > `after`, in seq order (expired ones are removed first).
+    async fn pending(&self, client_id: &str, after: u64, max: usize, now_ms: u64) -> Result<Pending, StoreError>;
+
+    /// Cumulative ack: removes every message with seq <= `seq` and marks it acked.
+    /// With `resume` (the client's `last_seq` on connect), later messages are also
+    /// guaranteed seqs above `seq`, even if the store lost its counter.
+    /// Returns how many messages were removed.
+    async fn ack(&self, client_id: &str, seq: u64, resume: bool, now_ms: u64) -> Result<u64, StoreError>;
+
+    /// Records that message `seq` was handed to the client's access node.
+    async fn mark_sent(&self, client_id: &str, seq: u64, now_ms: u64) -> Result<(), StoreError>;
+
+    /// Status of message `seq` of `client_id` whose id carries `nonce`.
+    async fn message_status(
+        &self,
+        client_id: &str,
+        seq: u64,
+        nonce: u32,
+        now_ms: u64,
+    ) -> Result<Option<MessageStatus>, StoreError>;
+
+    /// Pending count and bytes, ack watermark and expiry count of one client.
+    async fn queue_info(&self, client_id: &str, now_ms: u64) -> Result<QueueInfo, StoreError>;
 }
 
 /// Key names, hash-tagged so all keys of one client (or one user) share a Cluster slot.
@@ -134,6 +172,11 @@ impl Keys {
 
     pub fn epoch(&self, client_id: &str) -> String {
         format!("{}{{c:{client_id}}}:epoch", self.prefix)
+    }
+
+    /// Prefix of every key of one client's queue (`...:q`, `...:seq`, `...:m:<seq>`, ...).
+    pub fn client(&self, client_id: &str) -> String {
+        format!("{}{{c:{client_id}}}:", self.prefix)
     }
 
     pub fn user_clients(&self, user_id: &str) -> String {

@@ -8,7 +8,47 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError};
 
-use super::{Claim, Keys, Renewal, Route, Store, StoreError, USER_CLIENTS_TTL};
+use std::sync::LazyLock;
+
+use redis::{Script, Value};
+
+use super::redis_scripts;
+use super::{
+    message_id, Claim, Enqueued, Keys, MessageRecord, MessageState, MessageStatus, NewMessage, Pending, QueueInfo,
+    QueueLimits, Renewal, Route, Store, StoreError, StoredMessage, STATUS_RETENTION_MS, USER_CLIENTS_TTL,
+};
+
+static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::ENQUEUE));
+static PENDING: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::PENDING));
+static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::ACK));
+static MARK_SENT: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::MARK_SENT));
+static INFO: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::INFO));
+
+/// The five queue keys of one client, in script order (q exp b meta seq), and the status prefix.
+fn queue_keys(keys: &Keys, client_id: &str) -> ([String; 5], String) {
+    let p = keys.client(client_id);
+    (
+        [
+            format!("{p}q"),
+            format!("{p}exp"),
+            format!("{p}b"),
+            format!("{p}meta"),
+            format!("{p}seq"),
+        ],
+        format!("{p}m:"),
+    )
+}
+
+fn int(v: &Value) -> Result<u64, StoreError> {
+    match v {
+        Value::Int(i) => Ok((*i).max(0) as u64),
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| StoreError::Corrupt("expected a number".into())),
+        other => Err(StoreError::Corrupt(format!("expected a number, got {other:?}"))),
+    }
+}
 
 /// Deletes KEYS[1] only while it still holds ARGV[1].
 const RELEASE_IF_OWNED: &str = r"
@@ -175,5 +215,181 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn enqueue(
+        &self,
+        client_id: &str,
+        msg: &NewMessage,
+        limits: QueueLimits,
+        now_ms: u64,
+    ) -> Result<Enqueued, StoreError> {
+        let mut conn = self.conn.clone();
+        let (keys, mprefix) = queue_keys(&self.keys, client_id);
+        let idem_key = format!(
+            "{}i:{}",
+            self.keys.client(client_id),
+            msg.idempotency_key.as_deref().unwrap_or("")
+        );
+        let r = &msg.record;
+        let idem_ttl = if msg.idempotency_key.is_some() {
+            msg.idempotency_ttl_ms.max(1)
+        } else {
+            0
+        };
+        let mut inv = ENQUEUE.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        inv.key(&idem_key)
+            .arg(r.encode())
+            .arg(r.nonce)
+            .arg(r.created_ms)
+            .arg(r.expires_ms)
+            .arg(now_ms)
+            .arg(limits.max_messages)
+            .arg(limits.max_bytes)
+            .arg(r.size())
+            .arg(idem_ttl)
+            .arg(&mprefix)
+            .arg(STATUS_RETENTION_MS);
+        let reply: Vec<Value> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        match reply.as_slice() {
+            [code, seq] if int(code)? == 1 => {
+                let seq = int(seq)?;
+                Ok(Enqueued::Stored {
+                    seq,
+                    msg_id: message_id(client_id, seq, r.nonce),
+                })
+            }
+            [code, Value::BulkString(v)] if int(code)? == 2 => {
+                let v = String::from_utf8_lossy(v);
+                let (seq, nonce) = v
+                    .split_once('~')
+                    .and_then(|(s, n)| Some((s.parse().ok()?, n.parse().ok()?)))
+                    .ok_or_else(|| StoreError::Corrupt(format!("idempotency value {v:?}")))?;
+                Ok(Enqueued::Duplicate {
+                    seq,
+                    msg_id: message_id(client_id, seq, nonce),
+                })
+            }
+            [code, n, bytes] if int(code)? == 3 => Ok(Enqueued::Full {
+                messages: int(n)?,
+                bytes: int(bytes)?,
+            }),
+            other => Err(StoreError::Corrupt(format!("enqueue reply {other:?}"))),
+        }
+    }
+
+    async fn pending(&self, client_id: &str, after: u64, max: usize, now_ms: u64) -> Result<Pending, StoreError> {
+        let mut conn = self.conn.clone();
+        let (keys, mprefix) = queue_keys(&self.keys, client_id);
+        let mut inv = PENDING.prepare_invoke();
+        for k in &keys[..4] {
+            inv.key(k);
+        }
+        inv.arg(now_ms).arg(after).arg(max).arg(&mprefix);
+        let reply: Vec<Value> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let (acked, rest) = reply
+            .split_first()
+            .ok_or_else(|| StoreError::Corrupt("empty pending reply".into()))?;
+        let mut messages = Vec::with_capacity(rest.len() / 2);
+        for pair in rest.chunks(2) {
+            let [seq, Value::BulkString(record)] = pair else {
+                return Err(StoreError::Corrupt("pending message without record".into()));
+            };
+            let seq = int(seq)?;
+            let record = MessageRecord::decode(record)?;
+            messages.push(StoredMessage {
+                seq,
+                msg_id: message_id(client_id, seq, record.nonce),
+                record,
+            });
+        }
+        Ok(Pending {
+            messages,
+            acked: int(acked)?,
+        })
+    }
+
+    async fn ack(&self, client_id: &str, seq: u64, resume: bool, now_ms: u64) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let (keys, mprefix) = queue_keys(&self.keys, client_id);
+        let mut inv = ACK.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        inv.arg(seq)
+            .arg(now_ms)
+            .arg(u8::from(resume))
+            .arg(&mprefix)
+            .arg(STATUS_RETENTION_MS);
+        inv.invoke_async(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn mark_sent(&self, client_id: &str, seq: u64, now_ms: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let key = format!("{}m:{seq}", self.keys.client(client_id));
+        let _: i64 = MARK_SENT
+            .key(key)
+            .arg(now_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn message_status(
+        &self,
+        client_id: &str,
+        seq: u64,
+        nonce: u32,
+        now_ms: u64,
+    ) -> Result<Option<MessageStatus>, StoreError> {
+        let mut conn = self.conn.clone();
+        let key = format!("{}m:{seq}", self.keys.client(client_id));
+        let fields: std::collections::HashMap<String, String> = conn.hgetall(key).await.map_err(unavailable)?;
+        if fields.get("nonce").and_then(|n| n.parse::<u32>().ok()) != Some(nonce) {
+            return Ok(None);
+        }
+        let num = |f: &str| fields.get(f).and_then(|v| v.parse::<u64>().ok());
+        let state = fields
+            .get("state")
+            .and_then(|s| MessageState::parse(s))
+            .ok_or_else(|| StoreError::Corrupt("message status without state".into()))?;
+        Ok(Some(
+            MessageStatus {
+                message_id: message_id(client_id, seq, nonce),
+                client_id: client_id.to_owned(),
+                seq,
+                state,
+                created_at: num("created").unwrap_or(0),
+                expires_at: num("expires").unwrap_or(0),
+                sent_at: num("sent"),
+                acked_at: num("acked"),
+                expired_at: num("expired"),
+            }
+            .as_of(now_ms),
+        ))
+    }
+
+    async fn queue_info(&self, client_id: &str, now_ms: u64) -> Result<QueueInfo, StoreError> {
+        let mut conn = self.conn.clone();
+        let (keys, mprefix) = queue_keys(&self.keys, client_id);
+        let mut inv = INFO.prepare_invoke();
+        for k in &keys[..4] {
+            inv.key(k);
+        }
+        inv.arg(now_ms).arg(&mprefix);
+        let reply: Vec<Value> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        match reply.as_slice() {
+            [pending, bytes, acked, expired] => Ok(QueueInfo {
+                pending: int(pending)?,
+                pending_bytes: int(bytes)?,
+                last_acked_seq: int(acked)?,
+                expired: int(expired)?,
+            }),
+            other => Err(StoreError::Corrupt(format!("info reply {other:?}"))),
+        }
     }
 }

@@ -1,0 +1,170 @@
+//! One client's message queue in memory: the same rules as the Redis scripts
+//! (`redis_scripts.rs`), written once in Rust.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::messages::*;
+
+#[derive(Debug, Clone)]
+struct Status {
+    nonce: u32,
+    state: MessageState,
+    created: u64,
+    expires: u64,
+    sent: Option<u64>,
+    acked: Option<u64>,
+    expired: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct ClientQueue {
+    last_seq: u64,
+    acked: u64,
+    bytes: u64,
+    expired: u64,
+    messages: BTreeMap<u64, MessageRecord>,
+    statuses: HashMap<u64, Status>,
+    idempotency: HashMap<String, (u64, u32, u64)>,
+}
+
+impl ClientQueue {
+    /// Expires due messages and forgets statuses and keys past their retention.
+    fn tidy(&mut self, now: u64) {
+        let due: Vec<u64> = self
+            .messages
+            .iter()
+            .filter(|(_, m)| m.expires_ms <= now)
+            .map(|(&s, _)| s)
+            .collect();
+        for seq in due {
+            if let Some(m) = self.messages.remove(&seq) {
+                self.bytes = self.bytes.saturating_sub(m.size());
+                self.expired += 1;
+                if let Some(st) = self.statuses.get_mut(&seq) {
+                    st.state = MessageState::Expired;
+                    st.expired = Some(now);
+                }
+            }
+        }
+        self.statuses.retain(|_, st| st.expires + STATUS_RETENTION_MS > now);
+        self.idempotency.retain(|_, (_, _, until)| *until > now);
+    }
+
+    pub fn enqueue(&mut self, client_id: &str, msg: &NewMessage, limits: QueueLimits, now: u64) -> Enqueued {
+        self.tidy(now);
+        if let Some(key) = &msg.idempotency_key {
+            if let Some(&(seq, nonce, _)) = self.idempotency.get(key) {
+                return Enqueued::Duplicate {
+                    seq,
+                    msg_id: message_id(client_id, seq, nonce),
+                };
+            }
+        }
+        let size = msg.record.size();
+        if self.messages.len() as u64 + 1 > limits.max_messages || self.bytes + size > limits.max_bytes {
+            return Enqueued::Full {
+                messages: self.messages.len() as u64,
+                bytes: self.bytes,
+            };
+        }
+        self.last_seq += 1;
+        let seq = self.last_seq;
+        let r = &msg.record;
+        self.statuses.insert(
+            seq,
+            Status {
+                nonce: r.nonce,
+                state: MessageState::Queued,
+                created: r.created_ms,
+                expires: r.expires_ms,
+                sent: None,
+                acked: None,
+                expired: None,
+            },
+        );
+        self.messages.insert(seq, r.clone());
+        self.bytes += size;
+        if let Some(key) = &msg.idempotency_key {
+            self.idempotency
+                .insert(key.clone(), (seq, r.nonce, now + msg.idempotency_ttl_ms));
+        }
+        Enqueued::Stored {
+            seq,
+            msg_id: message_id(client_id, seq, r.nonce),
+        }
+    }
+
+    pub fn pending(&mut self, client_id: &str, after: u64, max: usize, now: u64) -> Pending {
+        self.tidy(now);
+        let messages = self
+            .messages
+            .range(after.saturating_add(1)..)
+            .take(max)
+            .map(|(&seq, r)| StoredMessage {
+                seq,
+                msg_id: message_id(client_id, seq, r.nonce),
+                record: r.clone(),
+            })
+            .collect();
+        Pending {
+            messages,
+            acked: self.acked,
+        }
+    }
+
+    pub fn ack(&mut self, seq: u64, resume: bool, now: u64) -> u64 {
+        self.tidy(now);
+        self.acked = self.acked.max(seq);
+        if resume && self.last_seq < seq {
+            self.last_seq = seq;
+        }
+        let keep = self.messages.split_off(&seq.saturating_add(1));
+        let done = std::mem::replace(&mut self.messages, keep);
+        for (s, m) in &done {
+            self.bytes = self.bytes.saturating_sub(m.size());
+            if let Some(st) = self.statuses.get_mut(s) {
+                st.state = MessageState::Acked;
+                st.acked = Some(now);
+            }
+        }
+        done.len() as u64
+    }
+
+    pub fn mark_sent(&mut self, seq: u64, now: u64) {
+        if let Some(st) = self.statuses.get_mut(&seq) {
+            if st.state == MessageState::Queued {
+                st.state = MessageState::Sent;
+                st.sent = Some(now);
+            }
+        }
+    }
+
+    pub fn status(&mut self, client_id: &str, seq: u64, nonce: u32, now: u64) -> Option<MessageStatus> {
+        self.tidy(now);
+        let st = self.statuses.get(&seq).filter(|st| st.nonce == nonce)?;
+        Some(
+            MessageStatus {
+                message_id: message_id(client_id, seq, nonce),
+                client_id: client_id.to_owned(),
+                seq,
+                state: st.state,
+                created_at: st.created,
+                expires_at: st.expires,
+                sent_at: st.sent,
+                acked_at: st.acked,
+                expired_at: st.expired,
+            }
+            .as_of(now),
+        )
+    }
+
+    pub fn info(&mut self, now: u64) -> QueueInfo {
+        self.tidy(now);
+        QueueInfo {
+            pending: self.messages.len() as u64,
+            pending_bytes: self.bytes,
+            last_acked_seq: self.acked,
+            expired: self.expired,
+        }
+    }
+}

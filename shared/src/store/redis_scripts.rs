@@ -1,0 +1,131 @@
+//! Lua scripts of the Redis message queue. Each runs atomically on keys that
+//! share the client's hash slot (`dx:{c:<client>}:...`), so the queue works
+//! on Redis Cluster. Layout per client, under prefix `P`:
+//!
+//! - `P seq`: last seq given out (string counter)
+//! - `P q`: sorted set of pending seqs (score = seq)
+//! - `P exp`: sorted set of pending seqs by expiry time (score = ms)
+//! - `P b`: hash seq -> message record (MessagePack)
+//! - `P meta`: hash `bytes` (pending), `acked` (watermark), `expired` (count)
+//! - `P m:<seq>`: hash with the status of message seq
+//! - `P i:<key>`: idempotency key -> `seq~nonce`
+//!
+//! Every key expires `STATUS_RETENTION_MS` after the last message in it would
+//! expire, so an abandoned client leaves nothing behind.
+
+/// Shared prelude: `tidy` expires due messages; `keep` extends a key's life.
+/// Queue scripts take KEYS = q, exp, b, meta, seq and the status prefix `P m:`.
+macro_rules! prelude {
+    () => {
+        r"
+local function tidy(q, exp, b, meta, mprefix, now)
+  local due = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
+  for _, s in ipairs(due) do
+    if redis.call('ZREM', q, s) == 1 then
+      local size = tonumber(redis.call('HGET', mprefix .. s, 'size') or '0')
+      redis.call('HINCRBY', meta, 'bytes', -size)
+      redis.call('HINCRBY', meta, 'expired', 1)
+      redis.call('HSET', mprefix .. s, 'state', 'expired', 'expired', now)
+    end
+    redis.call('HDEL', b, s)
+  end
+  if #due > 0 then redis.call('ZREMRANGEBYSCORE', exp, '-inf', now) end
+end
+local function keep(key, until_ms)
+  local t = redis.call('PEXPIRETIME', key)
+  if t ~= -2 and t < until_ms then redis.call('PEXPIREAT', key, until_ms) end
+end
+"
+    };
+}
+
+/// KEYS: q exp b meta seq idem. ARGV: record nonce created expires now
+/// max_msgs max_bytes size idem_ttl_ms mprefix retention_ms.
+/// Returns {1, seq} stored, {2, "seq~nonce"} duplicate, {3, count, bytes} full.
+pub const ENQUEUE: &str = concat!(
+    prelude!(),
+    r"
+local now = tonumber(ARGV[5])
+tidy(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[10], now)
+if ARGV[9] ~= '0' then
+  local v = redis.call('GET', KEYS[6])
+  if v then return {2, v} end
+end
+local n = redis.call('ZCARD', KEYS[1])
+local bytes = tonumber(redis.call('HGET', KEYS[4], 'bytes') or '0')
+local size = tonumber(ARGV[8])
+if n + 1 > tonumber(ARGV[6]) or bytes + size > tonumber(ARGV[7]) then return {3, n, bytes} end
+local seq = redis.call('INCR', KEYS[5])
+redis.call('ZADD', KEYS[1], seq, seq)
+redis.call('ZADD', KEYS[2], ARGV[4], seq)
+redis.call('HSET', KEYS[3], seq, ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'bytes', size)
+local m = ARGV[10] .. seq
+redis.call('HSET', m, 'state', 'queued', 'nonce', ARGV[2], 'size', size, 'created', ARGV[3], 'expires', ARGV[4])
+local until_ms = tonumber(ARGV[4]) + tonumber(ARGV[11])
+redis.call('PEXPIREAT', m, until_ms)
+if ARGV[9] ~= '0' then redis.call('SET', KEYS[6], seq .. '~' .. ARGV[2], 'PX', ARGV[9]) end
+for i = 1, 5 do keep(KEYS[i], until_ms) end
+return {1, seq}"
+);
+
+/// KEYS: q exp b meta. ARGV: now after max mprefix.
+/// Returns {acked, seq1, record1, seq2, record2, ...}.
+pub const PENDING: &str = concat!(
+    prelude!(),
+    r"
+tidy(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], tonumber(ARGV[1]))
+local seqs = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {tonumber(redis.call('HGET', KEYS[4], 'acked') or '0')}
+for _, s in ipairs(seqs) do
+  out[#out + 1] = tonumber(s)
+  out[#out + 1] = redis.call('HGET', KEYS[3], s)
+end
+return out"
+);
+
+/// KEYS: q exp b meta seq. ARGV: seq now resume mprefix retention_ms. Returns removed count.
+pub const ACK: &str = concat!(
+    prelude!(),
+    r"
+local now = tonumber(ARGV[2])
+tidy(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], now)
+local a = tonumber(ARGV[1])
+if a > tonumber(redis.call('HGET', KEYS[4], 'acked') or '0') then
+  redis.call('HSET', KEYS[4], 'acked', a)
+end
+if ARGV[3] == '1' and tonumber(redis.call('GET', KEYS[5]) or '0') < a then
+  redis.call('SET', KEYS[5], a, 'KEEPTTL')
+end
+local done = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', a)
+for _, s in ipairs(done) do
+  local m = ARGV[4] .. s
+  redis.call('HINCRBY', KEYS[4], 'bytes', -tonumber(redis.call('HGET', m, 'size') or '0'))
+  redis.call('HSET', m, 'state', 'acked', 'acked', now)
+  redis.call('HDEL', KEYS[3], s)
+  redis.call('ZREM', KEYS[2], s)
+end
+if #done > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', a) end
+-- A watermark written to a fresh key must not live forever.
+for i = 4, 5 do
+  if redis.call('PTTL', KEYS[i]) == -1 then redis.call('PEXPIREAT', KEYS[i], now + tonumber(ARGV[5])) end
+end
+return #done"
+);
+
+/// KEYS: m. ARGV: now. Queued -> sent.
+pub const MARK_SENT: &str = r"
+if redis.call('HGET', KEYS[1], 'state') == 'queued' then
+  redis.call('HSET', KEYS[1], 'state', 'sent', 'sent', ARGV[1])
+  return 1
+end
+return 0";
+
+/// KEYS: q exp b meta. ARGV: now mprefix. Returns {pending, bytes, acked, expired}.
+pub const INFO: &str = concat!(
+    prelude!(),
+    r"
+tidy(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], tonumber(ARGV[1]))
+local meta = redis.call('HMGET', KEYS[4], 'bytes', 'acked', 'expired')
+return {redis.call('ZCARD', KEYS[1]), tonumber(meta[1] or '0'), tonumber(meta[2] or '0'), tonumber(meta[3] or '0')}"
+);
