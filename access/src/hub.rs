@@ -17,7 +17,7 @@ use duplex_shared::links::{LinkError, NodeLink};
 use duplex_shared::protocol::{encode_body, Frame};
 use duplex_shared::store::Route;
 
-pub use crate::outbox::{CloseReason, Outbox};
+pub use crate::outbox::{CloseReason, Outbox, Outgoing};
 use tokio::time::Instant;
 
 /// What the table holds for one connection.
@@ -127,9 +127,17 @@ impl Hub {
         if conn_epoch.is_some_and(|e| e != handle.conn_epoch) {
             return Err(LinkError::NotHere);
         }
+        let seq = match frame {
+            Frame::Push(p) => p.seq,
+            Frame::Reply(r) => r.seq,
+            _ => 0,
+        };
         let mut body = Vec::new();
         encode_body(frame, &mut body);
-        handle.outbox.push(Bytes::from(body))
+        handle.outbox.push(Outgoing {
+            seq,
+            body: Bytes::from(body),
+        })
     }
 
     /// Every session's route, for lease renewal.

@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`run`]: the tier's entry point, given its context, bound listeners and a shutdown token.
 //! - `listen`: accept loops, the connection limit and refusals.
-//! - `conn`: the task that owns one connection (auth, serving loop, goodbye).
+//! - `conn`: the task that owns one connection: authentication and route claim.
+//! - `session`: the authenticated connection: serving loop, acks, goodbye, cleanup.
+//! - `sequencer`: stored messages in seq order: replay, hole filling, gap frames.
 //! - `transport`: TCP and WebSocket behind one read/write interface.
 //! - [`hub`]: the session table, local delivery and kicks, `LocalNodes`.
 //! - `outbox`: a connection's bounded outbound queue and close signal (overflow policy).
@@ -34,6 +36,8 @@ mod leases;
 mod listen;
 mod outbox;
 mod rate;
+mod sequencer;
+mod session;
 mod transport;
 
 pub use hub::{Hub, LocalNodes};

@@ -28,9 +28,17 @@ pub enum CloseReason {
     SlowConsumer,
 }
 
+/// One encoded frame waiting to be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The stored message's seq, or 0 for frames outside the stored sequence.
+    pub seq: u64,
+    pub body: Bytes,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Outgoing>,
     close: Option<CloseReason>,
 }
 
@@ -68,7 +76,7 @@ impl Outbox {
     }
 
     /// Queues a delivery; a full queue closes the connection as a slow consumer.
-    pub fn push(&self, frame: Bytes) -> Result<(), LinkError> {
+    pub fn push(&self, frame: Outgoing) -> Result<(), LinkError> {
         let mut state = self.state();
         if state.close.is_some() {
             return Err(LinkError::NotHere);
@@ -86,10 +94,10 @@ impl Outbox {
     }
 
     /// Queues the answer to one of the client's own uploads or requests.
-    pub fn push_answer(&self, frame: Bytes) {
+    pub fn push_answer(&self, body: Bytes) {
         let mut state = self.state();
         if state.close.is_none() {
-            state.frames.push_back(frame);
+            state.frames.push_back(Outgoing { seq: 0, body });
         }
         drop(state);
         self.notify.notify_one();
@@ -112,7 +120,7 @@ impl Outbox {
 
     /// Waits until there is something to do; moves up to `max` frames into `batch`.
     /// Cancel-safe: frames are only taken in the poll that returns.
-    pub async fn next(&self, batch: &mut Vec<Bytes>, max: usize) -> Next {
+    pub async fn next(&self, batch: &mut Vec<Outgoing>, max: usize) -> Next {
         loop {
             {
                 let mut state = self.state();
@@ -148,13 +156,20 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn item(b: &'static [u8]) -> Outgoing {
+        Outgoing {
+            seq: 0,
+            body: Bytes::from_static(b),
+        }
+    }
+
     #[tokio::test]
     async fn full_queue_refuses_and_closes_as_slow_consumer() {
         let outbox = Outbox::new(2);
-        outbox.push(Bytes::from_static(b"a")).expect("queued");
-        outbox.push(Bytes::from_static(b"b")).expect("queued");
+        outbox.push(item(b"a")).expect("queued");
+        outbox.push(item(b"b")).expect("queued");
         assert!(matches!(
-            outbox.push(Bytes::from_static(b"c")),
+            outbox.push(item(b"c")),
             Err(LinkError::QueueFull)
         ));
         let mut batch = Vec::new();
@@ -162,19 +177,24 @@ mod tests {
             outbox.next(&mut batch, 64).await,
             Next::Close(CloseReason::SlowConsumer)
         );
-        assert!(matches!(outbox.push(Bytes::from_static(b"d")), Err(LinkError::NotHere)));
+        assert!(matches!(outbox.push(item(b"d")), Err(LinkError::NotHere)));
     }
 
     #[tokio::test]
     async fn drains_in_order_in_batches_and_first_close_reason_wins() {
         let outbox = Outbox::new(10);
         for i in 0..5u8 {
-            outbox.push(Bytes::from(vec![i])).expect("queued");
+            outbox
+                .push(Outgoing {
+                    seq: 0,
+                    body: Bytes::from(vec![i]),
+                })
+                .expect("queued");
         }
         let mut batch = Vec::new();
         assert_eq!(outbox.next(&mut batch, 3).await, Next::Write);
         assert_eq!(outbox.next(&mut batch, 3).await, Next::Write);
-        assert_eq!(batch.iter().map(|b| b[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(batch.iter().map(|o| o.body[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
         outbox.close(CloseReason::Kicked("replaced".into()));
         outbox.close(CloseReason::SlowConsumer);
         assert_eq!(

@@ -1,0 +1,361 @@
+//! A connection after authentication: registered in the hub, serving frames
+//! in both directions until it ends, then saying why and cleaning up.
+//!
+//! The task owns the socket. It `select!`s over socket reads, its outbox
+//! (deliveries, answers of finished backend calls, and the close signal),
+//! the silence deadline and node shutdown; every write is bounded by the
+//! write timeout. Stored messages go through the `Sequencer`, which keeps
+//! them in seq order and replays what the client missed.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use duplex_shared::links::{ClientContext, LinkError};
+use duplex_shared::protocol::{Ack, Connected, ErrorCode, Frame, GoAway, Kicked, Pong, UploadAck};
+use duplex_shared::store::Route;
+use tokio::time::{sleep_until, timeout, Instant};
+use tracing::{debug, info, warn};
+
+use crate::conn::{body, send_now};
+use crate::hub::SessionHandle;
+use crate::outbox::{CloseReason, Next, Outbox, Outgoing};
+use crate::rate::TokenBucket;
+use crate::sequencer::{now_ms, Sequencer};
+use crate::transport::{ReadEvent, Transport};
+use crate::Shared;
+
+/// Backend calls (uploads, requests) one connection may have in flight.
+const MAX_IN_FLIGHT: usize = 32;
+/// Frames written per batch when the outbound queue has several waiting.
+const WRITE_BATCH: usize = 64;
+
+pub(crate) struct Session {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) io: Transport,
+    pub(crate) client: ClientContext,
+    pub(crate) connect_id: u64,
+    pub(crate) previous: Option<Route>,
+    pub(crate) sequencer: Sequencer,
+}
+
+/// Why the serving loop ended.
+enum End {
+    ClientLeft,
+    Failed,
+    Silent,
+    Closed(CloseReason),
+    Shutdown,
+    Protocol,
+}
+
+impl Session {
+    pub(crate) async fn run(mut self: Box<Self>) {
+        let shared = self.shared.clone();
+        let outbox = Arc::new(Outbox::new(shared.config.outbound_queue));
+        let handle = SessionHandle {
+            conn_epoch: self.client.route.conn_epoch,
+            user_id: Arc::from(self.client.user_id.as_str()),
+            outbox: outbox.clone(),
+            connected_at_ms: duplex_shared::auth::unix_now() * 1000,
+        };
+        if shared.hub.register(&self.client.client_id, handle).is_err() {
+            debug!("a newer connection of this client already won");
+            let _ = self.send_kicked("replaced").await;
+            self.finish().await;
+            return;
+        }
+        self.kick_previous();
+        let connected = &Frame::Connected(Connected {
+            id: self.connect_id,
+            session_id: self.client.route.encode(),
+            node_id: shared.node_id.clone(),
+            heartbeat_ms: shared.config.heartbeat_ms,
+            reconnect_min_ms: shared.config.reconnect_min_ms,
+            reconnect_max_ms: shared.config.reconnect_max_ms,
+            max_frame_bytes: shared.limits.max_frame_bytes,
+        });
+        let sent = send_now(&shared, &mut self.io, connected);
+        let end = if sent.await.is_err() {
+            End::Failed
+        } else {
+            debug!(user_id = %self.client.user_id, "connected");
+            match Box::pin(self.resume()).await {
+                Ok(()) => self.serve(&outbox).await,
+                Err(end) => end,
+            }
+        };
+        Box::pin(self.say_goodbye(end)).await;
+        Box::pin(self.finish()).await;
+    }
+
+    /// Closes the connection this one replaced, wherever it is.
+    fn kick_previous(&self) {
+        let Some(prev) = self.previous.clone() else { return };
+        if prev.node_id == self.shared.node_id {
+            self.shared
+                .hub
+                .kick_local(&self.client.client_id, prev.conn_epoch, "replaced");
+            return;
+        }
+        let nodes = self.shared.nodes.clone();
+        let client_id = self.client.client_id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = nodes.kick(&client_id, &prev, "replaced").await {
+                // The old node is gone or unreachable; its connection (if any)
+                // lost its route and cannot receive deliveries any more.
+                warn!(node = %prev.node_id, error = %e, "could not kick the replaced connection");
+            }
+        });
+    }
+
+    async fn serve(&mut self, outbox: &Arc<Outbox>) -> End {
+        let shared = self.shared.clone();
+        let silence_limit = 3 * shared.config.heartbeat();
+        let silence = sleep_until(Instant::now() + silence_limit);
+        tokio::pin!(silence);
+        let mut bucket = TokenBucket::new(shared.config.frame_rate_per_s, shared.config.frame_burst);
+        let mut batch: Vec<Outgoing> = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shared.shutdown.cancelled() => return End::Shutdown,
+                next = outbox.next(&mut batch, WRITE_BATCH) => {
+                    if let Next::Close(reason) = next {
+                        return End::Closed(reason);
+                    }
+                    if let Err(end) = Box::pin(self.deliver(std::mem::take(&mut batch))).await {
+                        return end;
+                    }
+                }
+                event = self.io.read(&shared.limits) => {
+                    silence.as_mut().reset(Instant::now() + silence_limit);
+                    let frame = match event {
+                        ReadEvent::Frame(f) => f,
+                        ReadEvent::Closed => return End::ClientLeft,
+                        ReadEvent::Failed(e) => {
+                            debug!(error = %e, "read failed");
+                            return End::Failed;
+                        }
+                        ReadEvent::Invalid(e) => {
+                            debug!(error = %e, "invalid frame");
+                            let close_after = e.must_close();
+                            let f = e.code().frame(None, e.to_string(), close_after);
+                            if send_now(&shared, &mut self.io, &f).await.is_err() || close_after {
+                                return End::Protocol;
+                            }
+                            continue;
+                        }
+                    };
+                    if !bucket.take(Instant::now()) {
+                        let f = ErrorCode::RateLimited.frame(None, "frame rate limit exceeded", true);
+                        let _ = send_now(&shared, &mut self.io, &f).await;
+                        return End::Protocol;
+                    }
+                    if let Frame::Ack(ack) = frame {
+                        if let Err(end) = Box::pin(self.ack(ack)).await {
+                            return end;
+                        }
+                        continue;
+                    }
+                    if let Some(reply) = self.handle(frame, outbox) {
+                        if send_now(&shared, &mut self.io, &reply).await.is_err() {
+                            return End::Failed;
+                        }
+                    }
+                }
+                _ = &mut silence => return End::Silent,
+            }
+        }
+    }
+
+    /// Treats everything up to `last_seq` as acked, then replays what is
+    /// stored after it, in order, before any new delivery is written.
+    async fn resume(&mut self) -> Result<(), End> {
+        let store = self.shared.store.clone();
+        let client_id = self.client.client_id.clone();
+        let last_seq = self.sequencer.cursor;
+        if last_seq > 0 {
+            if let Err(e) = store.ack(&client_id, last_seq, true, now_ms()).await {
+                return Err(self.store_failed(None, &e).await);
+            }
+        }
+        // Bounded by the queue cap; a full batch means more may follow.
+        for _ in 0..10_000 {
+            let mut bodies = Vec::new();
+            let more = match self.sequencer.catch_up(&*store, &client_id, None, &mut bodies).await {
+                Ok(more) => more,
+                Err(e) => return Err(self.store_failed(None, &e).await),
+            };
+            self.write(bodies).await?;
+            if !more {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a batch from the outbox, stored messages in seq order.
+    async fn deliver(&mut self, items: Vec<Outgoing>) -> Result<(), End> {
+        let store = self.shared.store.clone();
+        let mut bodies = Vec::with_capacity(items.len());
+        if let Err(e) = self
+            .sequencer
+            .prepare(&*store, &self.client.client_id, items, &mut bodies)
+            .await
+        {
+            return Err(self.store_failed(None, &e).await);
+        }
+        self.write(bodies).await
+    }
+
+    async fn write(&mut self, bodies: Vec<Bytes>) -> Result<(), End> {
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        match timeout(self.shared.write_timeout(), self.io.write_owned(bodies)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Failed),
+        }
+    }
+
+    /// A cumulative ack; clamped to what was sent, so a client cannot remove unseen messages.
+    async fn ack(&mut self, ack: Ack) -> Result<(), End> {
+        let seq = ack.seq.min(self.sequencer.cursor);
+        if seq == 0 {
+            return Ok(());
+        }
+        match self
+            .shared
+            .store
+            .ack(&self.client.client_id, seq, false, now_ms())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // The client keeps its state and acks again later (acks are cumulative).
+                let f = ErrorCode::StoreUnavailable.frame(Some(ack.id), e.to_string(), false);
+                send_now(&self.shared, &mut self.io, &f).await.map_err(|()| End::Failed)
+            }
+        }
+    }
+
+    /// Tells the client the store failed and ends the connection; it reconnects and resumes.
+    async fn store_failed(&mut self, id: Option<u64>, e: &duplex_shared::store::StoreError) -> End {
+        warn!(error = %e, "store failed while delivering");
+        let f = ErrorCode::StoreUnavailable.frame(id, "the message store is unavailable, reconnect later", true);
+        let _ = send_now(&self.shared, &mut self.io, &f).await;
+        End::Protocol
+    }
+
+    /// Acts on one client frame; returns an immediate answer, if any.
+    fn handle(&self, frame: Frame, outbox: &Arc<Outbox>) -> Option<Frame> {
+        match frame {
+            Frame::Ping(p) => Some(Frame::Pong(Pong { id: p.id })),
+            Frame::Pong(_) => None,
+            Frame::Ack(_) => None,
+            Frame::Upload(upload) => {
+                let id = upload.id;
+                if !outbox.start_call(MAX_IN_FLIGHT) {
+                    return Some(too_many_in_flight(id));
+                }
+                let (upstream, from, outbox) = (self.shared.upstream.clone(), self.client.clone(), outbox.clone());
+                // The call outlives a disconnect on purpose: the backend still gets
+                // the upload, and the client's resend carries the same idempotency key.
+                tokio::spawn(async move {
+                    let answer = match upstream.upload(&from, upload).await {
+                        Ok(ack) => Frame::UploadAck(UploadAck { id, ..ack }),
+                        Err(e) => link_error(id, &e),
+                    };
+                    outbox.push_answer(body(&answer));
+                    outbox.end_call();
+                });
+                None
+            }
+            Frame::Request(request) => {
+                let id = request.id;
+                if !outbox.start_call(MAX_IN_FLIGHT) {
+                    return Some(too_many_in_flight(id));
+                }
+                let (upstream, from, outbox) = (self.shared.upstream.clone(), self.client.clone(), outbox.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = upstream.request(&from, request).await {
+                        outbox.push_answer(body(&link_error(id, &e)));
+                    }
+                    outbox.end_call();
+                });
+                None
+            }
+            Frame::Connect(c) => Some(ErrorCode::UnexpectedFrame.frame(Some(c.id), "already connected", false)),
+            other => Some(ErrorCode::UnexpectedFrame.frame(
+                None,
+                format!("{} frames are sent by the server, not the client", other.type_name()),
+                false,
+            )),
+        }
+    }
+
+    async fn send_kicked(&mut self, reason: &str) -> Result<(), ()> {
+        let frame = Frame::Kicked(Kicked {
+            reason: reason.to_owned(),
+            message: match reason {
+                "replaced" => "the same client_id connected again".to_owned(),
+                "slow_consumer" => "the connection did not read its messages fast enough".to_owned(),
+                _ => format!("closed by the server: {reason}"),
+            },
+        });
+        send_now(&self.shared, &mut self.io, &frame).await
+    }
+
+    /// Tells the client why the server ends the connection (if it does).
+    async fn say_goodbye(&mut self, end: End) {
+        match end {
+            End::Closed(CloseReason::Kicked(reason)) => {
+                info!(reason = %reason, "kicked");
+                let _ = self.send_kicked(&reason).await;
+            }
+            End::Closed(CloseReason::SlowConsumer) => {
+                info!("closing slow consumer");
+                let _ = self.send_kicked("slow_consumer").await;
+            }
+            End::Shutdown => {
+                let window = self.shared.config.goaway_window_ms.max(1);
+                let frame = Frame::GoAway(GoAway {
+                    reconnect_after_ms: rand::random::<u64>() % window,
+                    endpoints: Vec::new(),
+                });
+                let _ = send_now(&self.shared, &mut self.io, &frame).await;
+            }
+            End::Silent => debug!("closing silent connection after 3 heartbeat intervals"),
+            End::ClientLeft => debug!("client disconnected"),
+            End::Failed | End::Protocol => debug!("connection ended on error"),
+        }
+    }
+
+    /// Leaves the session table, releases the route if it is still ours, closes.
+    async fn finish(&mut self) {
+        let client_id = &self.client.client_id;
+        self.shared.hub.unregister(client_id, self.client.route.conn_epoch);
+        match self.shared.store.release_route(client_id, &self.client.route).await {
+            Ok(_) => {}
+            // The lease expires on its own; nothing else depends on this delete.
+            Err(e) => warn!(error = %e, "route release failed"),
+        }
+        self.io.shutdown().await;
+    }
+}
+
+fn too_many_in_flight(id: u64) -> Frame {
+    ErrorCode::RateLimited.frame(
+        Some(id),
+        format!("at most {MAX_IN_FLIGHT} uploads and requests may be in flight per connection"),
+        false,
+    )
+}
+
+fn link_error(id: u64, e: &LinkError) -> Frame {
+    let code = match e {
+        LinkError::Rejected(_) => ErrorCode::Rejected,
+        _ => ErrorCode::UpstreamUnavailable,
+    };
+    code.frame(Some(id), e.to_string(), false)
+}
