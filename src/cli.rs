@@ -61,6 +61,9 @@ pub struct ConfigFlags {
     /// Address of the WebSocket listener.
     #[arg(long, global = true)]
     pub ws_listen: Option<SocketAddr>,
+    /// Address of the push API (HTTP) listener.
+    #[arg(long, global = true)]
+    pub http_listen: Option<SocketAddr>,
     /// Log format: text or json.
     #[arg(long, global = true)]
     pub log_format: Option<String>,
@@ -90,6 +93,9 @@ pub fn load_config(flags: &ConfigFlags) -> Result<Config, ConfigError> {
     }
     if let Some(v) = &flags.ws_listen {
         figment = figment.merge(("access.ws_listen", v.to_string()));
+    }
+    if let Some(v) = &flags.http_listen {
+        figment = figment.merge(("downstream.http_listen", v.to_string()));
     }
     if let Some(v) = &flags.log_format {
         figment = figment.merge(("log.format", v));

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use duplex_access::{AccessContext, AccessListeners, Hub, LocalNodes};
+use duplex_downstream::{DownstreamContext, DownstreamListeners};
 use duplex_shared::auth::{dev_claims, mint_hs256, TokenVerifier};
-use duplex_shared::config::{Config, JwtAlgorithm, LogConfig, DEV_SECRET};
+use duplex_shared::config::{Config, JwtAlgorithm, LogConfig, DEV_API_KEY, DEV_SECRET};
 use duplex_shared::store::{MemoryStore, RedisStore, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -95,29 +96,50 @@ async fn all_in_one(config: Config) -> ExitCode {
             return ExitCode::from(71);
         }
     };
+    let push_listener = match duplex_shared::net::bind_listener(
+        config.downstream.http_listen,
+        config.access.listen_backlog,
+        config.access.reuse_port,
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("duplex: cannot listen on {}: {e}", config.downstream.http_listen);
+            return ExitCode::from(71);
+        }
+    };
+    let push_api = push_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let tcp = listeners.tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let ws = listeners.ws.local_addr().map(|a| a.to_string()).unwrap_or_default();
     if config.auth.secret.as_deref() == Some(DEV_SECRET) {
         warn!("using the built-in development secret; set auth.secret before exposing this node");
     }
     let hub = Arc::new(Hub::new(node_id.clone()));
+    let nodes = Arc::new(LocalNodes::new(hub.clone()));
     let ctx = AccessContext {
         config: config.access.clone(),
         node_id: node_id.clone(),
         verifier,
-        store,
-        nodes: Arc::new(LocalNodes::new(hub.clone())),
+        store: store.clone(),
+        nodes: nodes.clone(),
         upstream: Arc::new(duplex_upstream::NoBackends),
         hub,
     };
+    let downstream_ctx = DownstreamContext {
+        config: config.downstream.clone(),
+        store,
+        nodes,
+    };
+    if config.downstream.api_keys.iter().any(|k| k == DEV_API_KEY) {
+        warn!("using the built-in development API key; set downstream.api_keys before exposing this node");
+    }
     let shutdown = CancellationToken::new();
     let store_kind = if config.redis_url.is_some() { "redis" } else { "memory" };
     // Whoever started us may have stopped reading stdout; that must not end the node.
     let _ = writeln!(
         std::io::stdout(),
-        "duplex node {node_id} (all tiers, {store_kind} store)\n  client tcp:       {tcp}\n  client websocket: ws://{ws}/\n  mint a token:     duplex token --sub alice"
+        "duplex node {node_id} (all tiers, {store_kind} store)\n  client tcp:       {tcp}\n  client websocket: ws://{ws}/\n  push API:         http://{push_api}/v1/push\n  mint a token:     duplex token --sub alice"
     );
-    info!(%node_id, %tcp, %ws, store = store_kind, "duplex started");
+    info!(%node_id, %tcp, %ws, %push_api, store = store_kind, "duplex started");
     let access = tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone()));
     let upstream = tokio::spawn(duplex_upstream::run(
         Default::default(),
@@ -125,8 +147,8 @@ async fn all_in_one(config: Config) -> ExitCode {
         shutdown.clone(),
     ));
     let downstream = tokio::spawn(duplex_downstream::run(
-        Default::default(),
-        Default::default(),
+        downstream_ctx,
+        DownstreamListeners { http: push_listener },
         shutdown.clone(),
     ));
     wait_for_signal().await;

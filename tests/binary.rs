@@ -16,6 +16,7 @@ struct Running {
     child: Child,
     tcp: SocketAddr,
     ws: SocketAddr,
+    push: SocketAddr,
 }
 
 impl Drop for Running {
@@ -32,7 +33,14 @@ fn start(extra: &[&str]) -> Running {
 
 fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(BIN)
-        .args(["--tcp-listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0"])
+        .args([
+            "--tcp-listen",
+            "127.0.0.1:0",
+            "--ws-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .args(extra)
         .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
@@ -42,7 +50,7 @@ fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Running {
         .expect("spawn duplex");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let (mut tcp, mut ws) = (None, None);
+    let (mut tcp, mut ws, mut push) = (None, None, None);
     for _ in 0..10 {
         let Some(Ok(line)) = lines.next() else { break };
         if let Some(a) = line.trim().strip_prefix("client tcp:") {
@@ -57,14 +65,21 @@ fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Running {
                     .expect("ws addr"),
             );
         }
-        if tcp.is_some() && ws.is_some() {
+        if let Some(a) = line.trim().strip_prefix("push API:") {
+            let a = a.trim().trim_start_matches("http://").trim_end_matches("/v1/push");
+            push = Some(a.parse().expect("push addr"));
+        }
+        if tcp.is_some() && ws.is_some() && push.is_some() {
             break;
         }
     }
+    // Keep reading stdout so the server never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     Running {
         child,
         tcp: tcp.expect("printed tcp address"),
         ws: ws.expect("printed ws address"),
+        push: push.expect("printed push API address"),
     }
 }
 
@@ -187,9 +202,55 @@ fn unreachable_redis_exits_69() {
         .expect("addr")
         .port();
     let out = Command::new(BIN)
-        .args(["--tcp-listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0"])
+        .args([
+            "--tcp-listen",
+            "127.0.0.1:0",
+            "--ws-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .args(["--redis", &format!("redis://127.0.0.1:{port}/")])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn a_push_acknowledged_with_202_survives_sigkill_with_the_redis_store() {
+    let redis = TestRedis::start().expect("redis-server");
+    let key = "binary-test-api-key-0123456789";
+    let env = [("DUPLEX_DOWNSTREAM__API_KEYS", "[\"binary-test-api-key-0123456789\"]")];
+    let mut first = start_with_env(&["--redis", &redis.url()], &env);
+    let mut conn = Connection::tcp(first.tcp).await.expect("tcp");
+    conn.handshake(&mint("zoe"), "zoe-phone", 0).await.expect("handshake");
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/push", first.push))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"client_ids": ["zoe-phone"], "payload": {"n": 1}}))
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(resp.status().as_u16(), 202);
+    // No grace: SIGKILL right after the 202.
+    first.child.kill().expect("sigkill");
+    first.child.wait().expect("reaped");
+    drop(conn);
+    let second = start_with_env(&["--redis", &redis.url()], &env);
+    let mut conn = Connection::tcp(second.tcp).await.expect("tcp");
+    conn.handshake(&mint("zoe"), "zoe-phone", 0).await.expect("handshake");
+    let got = tokio::time::timeout(Duration::from_secs(5), conn.recv())
+        .await
+        .expect("in time")
+        .expect("ok");
+    match got {
+        Some(Frame::Push(p)) => {
+            assert_eq!(p.seq, 1);
+            assert_eq!(
+                serde_json::from_slice::<serde_json::Value>(&p.payload).expect("json"),
+                serde_json::json!({"n": 1})
+            );
+        }
+        other => panic!("expected the pushed message after restart, got {other:?}"),
+    }
 }

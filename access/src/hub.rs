@@ -140,6 +140,25 @@ impl Hub {
         })
     }
 
+    /// Queues `frame` (unsequenced) for every session; returns how many took it.
+    /// A full queue closes that session as a slow consumer, as for any delivery.
+    pub fn broadcast_local(&self, frame: &Frame) -> u64 {
+        let mut body = Vec::new();
+        encode_body(frame, &mut body);
+        let body = Bytes::from(body);
+        let handles: Vec<Arc<Outbox>> = self.sessions.iter().map(|e| e.outbox.clone()).collect();
+        handles
+            .iter()
+            .filter(|o| {
+                o.push(Outgoing {
+                    seq: 0,
+                    body: body.clone(),
+                })
+                .is_ok()
+            })
+            .count() as u64
+    }
+
     /// Every session's route, for lease renewal.
     pub fn routes(&self) -> Vec<(String, Route)> {
         self.sessions
@@ -210,5 +229,18 @@ impl NodeLink for LocalNodes {
         self.check(&route.node_id)?;
         self.hub.kick_local(client_id, route.conn_epoch, reason);
         Ok(())
+    }
+
+    async fn broadcast(&self, frame: Frame) -> Result<u64, LinkError> {
+        Ok(self.hub.broadcast_local(&frame))
+    }
+
+    async fn connected_since(&self, client_id: &str, route: &Route) -> Result<Option<u64>, LinkError> {
+        self.check(&route.node_id)?;
+        Ok(self
+            .hub
+            .get(client_id)
+            .filter(|h| h.conn_epoch == route.conn_epoch)
+            .map(|h| h.connected_at_ms))
     }
 }

@@ -168,10 +168,7 @@ mod tests {
         let outbox = Outbox::new(2);
         outbox.push(item(b"a")).expect("queued");
         outbox.push(item(b"b")).expect("queued");
-        assert!(matches!(
-            outbox.push(item(b"c")),
-            Err(LinkError::QueueFull)
-        ));
+        assert!(matches!(outbox.push(item(b"c")), Err(LinkError::QueueFull)));
         let mut batch = Vec::new();
         assert_eq!(
             outbox.next(&mut batch, 64).await,

@@ -1,22 +1,81 @@
 //! Downstream tier: the push API for backends and delivery to access nodes.
 //!
 //! # Layout
-//! - [`run`]: the tier's entry point.
-//!
-//! The push API, offline hold and retries are not built yet; access already
-//! exposes delivery through `duplex_shared::links::NodeLink`.
+//! - [`run`]: the tier's entry point (HTTP listener, retries, shutdown).
+//! - `api`: routes, API-key check, handlers.
+//! - `request`: push request types and validation (nothing is stored before it passes).
+//! - `push`: storing and delivering a push; waiting for acks.
+//! - `retry`: per-client redelivery with backoff and full jitter.
+//! - `error`: failures as `{code, message}` JSON responses.
 
+use std::sync::Arc;
+
+use duplex_shared::config::DownstreamConfig;
+use duplex_shared::links::NodeLink;
+use duplex_shared::store::Store;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Downstream configuration (no fields yet).
-#[derive(Debug, Clone, Default)]
-pub struct DownstreamConfig {}
+mod api;
+mod error;
+mod push;
+mod request;
+mod retry;
 
-/// Listeners of the downstream tier (none yet).
-#[derive(Debug, Default)]
-pub struct DownstreamListeners {}
+pub use error::ApiError;
 
-/// Runs the tier until `shutdown` is cancelled.
-pub async fn run(_config: DownstreamConfig, _listeners: DownstreamListeners, shutdown: CancellationToken) {
-    shutdown.cancelled().await;
+/// What the downstream tier needs from the rest of the node.
+#[derive(Clone)]
+pub struct DownstreamContext {
+    pub config: DownstreamConfig,
+    pub store: Arc<dyn Store>,
+    /// Reaches access nodes to deliver, kick and broadcast.
+    pub nodes: Arc<dyn NodeLink>,
+}
+
+/// The tier's listener, bound by the caller.
+#[derive(Debug)]
+pub struct DownstreamListeners {
+    pub http: TcpListener,
+}
+
+pub(crate) struct Shared {
+    config: DownstreamConfig,
+    store: Arc<dyn Store>,
+    nodes: Arc<dyn NodeLink>,
+    retrier: retry::Retrier,
+}
+
+/// Wall clock, ms since the Unix epoch (message times are wall-clock times).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Serves the push API until `shutdown` is cancelled, then finishes the
+/// requests in flight. Stored messages need no draining: they are in the store.
+pub async fn run(ctx: DownstreamContext, listeners: DownstreamListeners, shutdown: CancellationToken) {
+    let retrier = retry::Retrier::new(
+        ctx.store.clone(),
+        ctx.nodes.clone(),
+        ctx.config.retry_min_ms,
+        ctx.config.retry_max_ms,
+    );
+    let shared = Arc::new(Shared {
+        config: ctx.config,
+        store: ctx.store,
+        nodes: ctx.nodes,
+        retrier: retrier.clone(),
+    });
+    let app = api::router(shared);
+    let stop = shutdown.clone();
+    if let Err(e) = axum::serve(listeners.http, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+    {
+        tracing::error!(error = %e, "push API server failed");
+    }
+    retrier.shutdown();
 }

@@ -64,4 +64,12 @@ pub trait NodeLink: Send + Sync + 'static {
     /// Closes the connection `route` of `client_id` with a `Kicked` frame.
     /// Succeeds when that connection is gone afterwards (also if it already was).
     async fn kick(&self, client_id: &str, route: &Route, reason: &str) -> Result<(), LinkError>;
+
+    /// Hands `frame` to every connection on every access node (qos 0, never
+    /// stored); returns how many connections took it.
+    async fn broadcast(&self, frame: Frame) -> Result<u64, LinkError>;
+
+    /// When connection `route` of `client_id` was accepted (ms since the Unix epoch),
+    /// if it is still connected.
+    async fn connected_since(&self, client_id: &str, route: &Route) -> Result<Option<u64>, LinkError>;
 }

@@ -121,7 +121,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     if args.peer.is_some() {
         let dir = std::env::temp_dir().join(format!("duplex-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let port = free_ports()?.0;
+        let port = free_ports()?.0; // mosquitto needs one
         let server = start_mosquitto(port, &dir).await?;
         let peer = measure(&exe, &args, std::slice::from_ref(&server), port, "mqtt").await;
         drop(server);

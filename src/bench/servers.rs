@@ -32,26 +32,28 @@ impl Drop for Server {
     }
 }
 
-/// Two distinct free loopback ports (both held while choosing, so they differ).
-pub fn free_ports() -> anyhow::Result<(u16, u16)> {
+/// Three distinct free loopback ports (all held while choosing, so they differ).
+pub fn free_ports() -> anyhow::Result<(u16, u16, u16)> {
     let a = std::net::TcpListener::bind("127.0.0.1:0")?;
     let b = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+    let c = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port(), c.local_addr()?.port()))
 }
 
 /// Starts `count` duplex processes sharing `tcp_port` and `ws_port`.
 pub fn start_duplex(
     exe: &Path,
     count: usize,
-    (tcp_port, ws_port): (u16, u16),
+    ports: (u16, u16, u16),
     redis_url: Option<&str>,
 ) -> anyhow::Result<Vec<Server>> {
     let mut servers = Vec::new();
     for i in 0..count {
         let mut cmd = Command::new(exe);
-        cmd.args(["--tcp-listen", &format!("127.0.0.1:{tcp_port}")])
-            .args(["--ws-listen", &format!("127.0.0.1:{ws_port}")])
+        cmd.args(["--tcp-listen", &format!("127.0.0.1:{}", ports.0)])
+            .args(["--ws-listen", &format!("127.0.0.1:{}", ports.1)])
             .args(["--node-id", &format!("bench-{i}")])
+            .args(["--http-listen", &format!("127.0.0.1:{}", ports.2)])
             .env("DUPLEX_ACCESS__REUSE_PORT", "true")
             .env("DUPLEX_ACCESS__MAX_CONNECTIONS", "19500")
             // Generators stay silent while holding; keep them inside the heartbeat window.

@@ -1,0 +1,201 @@
+//! The HTTP API for backends (see `docs/API.md`): push, batch push, message
+//! status, client lookup and kick. Every route needs an API key.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use duplex_shared::protocol::valid_client_id;
+use duplex_shared::store::parse_message_id;
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::request::{parse_json, BatchRequest, PushRequest};
+use crate::{now_ms, Shared};
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    let limit = shared.config.max_body_bytes as usize;
+    Router::new()
+        .route("/v1/push", post(push))
+        .route("/v1/push/batch", post(push_batch))
+        .route("/v1/messages/{id}", get(message_status))
+        .route("/v1/clients/{client_id}", get(client_info).delete(kick_client))
+        .fallback(|| async { ApiError::not_found("no_route", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(shared)
+}
+
+/// Constant-time comparison, so response timing does not reveal key prefixes.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(ApiError::unauthorized)?;
+    // Every key is compared, so the time taken does not depend on which one matches.
+    let ok = shared
+        .config
+        .api_keys
+        .iter()
+        .fold(false, |acc, k| acc | same(k.as_bytes(), presented.as_bytes()));
+    ok.then_some(()).ok_or_else(ApiError::unauthorized)
+}
+
+fn body_too_large(body: &Bytes, shared: &Shared) -> Result<(), ApiError> {
+    if body.len() > shared.config.max_body_bytes as usize {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "request body too large",
+        ));
+    }
+    Ok(())
+}
+
+async fn push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authorize(&shared, &headers)?;
+    body_too_large(&body, &shared)?;
+    let request: PushRequest = parse_json(&body)?;
+    let valid = request.validate(&shared.config)?;
+    let response = shared.push(valid).await?;
+    Ok((StatusCode::ACCEPTED, Json(response)).into_response())
+}
+
+#[derive(Serialize)]
+struct BatchItem {
+    status: u16,
+    #[serde(flatten)]
+    body: serde_json::Value,
+}
+
+async fn push_batch(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authorize(&shared, &headers)?;
+    body_too_large(&body, &shared)?;
+    let batch: BatchRequest = parse_json(&body)?;
+    if batch.pushes.is_empty() || batch.pushes.len() > shared.config.max_batch {
+        return Err(ApiError::bad(
+            "bad_batch",
+            format!("a batch holds 1..={} pushes", shared.config.max_batch),
+        ));
+    }
+    // All items are validated first: one bad item stores nothing at all.
+    let valid = batch
+        .pushes
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.validate(&shared.config).map_err(|e| ApiError {
+                message: format!("pushes[{i}]: {}", e.message),
+                ..e
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let results = futures_util::future::join_all(valid.into_iter().map(|p| shared.push(p))).await;
+    let items: Vec<BatchItem> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(resp) => BatchItem {
+                status: 202,
+                body: serde_json::to_value(resp).unwrap_or_default(),
+            },
+            Err(e) => BatchItem {
+                status: e.status.as_u16(),
+                body: serde_json::json!({"code": e.code, "message": e.message}),
+            },
+        })
+        .collect();
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "results": items }))).into_response())
+}
+
+async fn message_status(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&shared, &headers)?;
+    let (client_id, seq, nonce) =
+        parse_message_id(&id).ok_or_else(|| ApiError::not_found("unknown_message", "no message has this id"))?;
+    let status = shared
+        .store
+        .message_status(client_id, seq, nonce, now_ms())
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown_message", "no message has this id (or its status expired)"))?;
+    Ok(Json(status).into_response())
+}
+
+#[derive(Serialize)]
+struct ClientInfo {
+    client_id: String,
+    online: bool,
+    node_id: Option<String>,
+    connected_since: Option<u64>,
+    pending: u64,
+    pending_bytes: u64,
+    last_acked_seq: u64,
+    expired: u64,
+}
+
+fn check_client_id(id: &str) -> Result<(), ApiError> {
+    if valid_client_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            "bad_client_id",
+            "client ids are 1..=128 of [A-Za-z0-9._:-]",
+        ))
+    }
+}
+
+async fn client_info(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(client_id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&shared, &headers)?;
+    check_client_id(&client_id)?;
+    let route = shared.store.get_route(&client_id).await?;
+    let since = match &route {
+        Some(r) => shared.nodes.connected_since(&client_id, r).await.ok().flatten(),
+        None => None,
+    };
+    let queue = shared.store.queue_info(&client_id, now_ms()).await?;
+    Ok(Json(ClientInfo {
+        online: route.is_some(),
+        node_id: route.map(|r| r.node_id),
+        connected_since: since,
+        pending: queue.pending,
+        pending_bytes: queue.pending_bytes,
+        last_acked_seq: queue.last_acked_seq,
+        expired: queue.expired,
+        client_id,
+    })
+    .into_response())
+}
+
+async fn kick_client(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(client_id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&shared, &headers)?;
+    check_client_id(&client_id)?;
+    let route = shared
+        .store
+        .get_route(&client_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("not_connected", "the client is not connected"))?;
+    shared
+        .nodes
+        .kick(&client_id, &route, "admin")
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "node_unavailable", e.to_string()))?;
+    Ok(Json(serde_json::json!({"client_id": client_id, "kicked": true, "node_id": route.node_id})).into_response())
+}

@@ -1,0 +1,273 @@
+//! End-to-end harness: a whole node (access + downstream) in process on
+//! 127.0.0.1:0 with either store, clients over TCP or WebSocket, and an HTTP
+//! client for the push API.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duplex_access::{AccessContext, AccessListeners, Hub, LocalNodes};
+use duplex_client::Connection;
+use duplex_downstream::{DownstreamContext, DownstreamListeners};
+use duplex_shared::auth::{dev_claims, mint_hs256, TokenVerifier};
+use duplex_shared::config::{AccessConfig, AuthConfig, DownstreamConfig};
+use duplex_shared::links::{LinkError, NodeLink};
+use duplex_shared::protocol::{Ack, Frame, Push};
+use duplex_shared::store::Route;
+use duplex_shared::store::{MemoryStore, RedisStore, Store};
+use duplex_shared::testing::{random_prefix, TestRedis};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "end-to-end-tests-secret-with-32-bytes+";
+pub const API_KEY: &str = "end-to-end-api-key-0123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Redis,
+}
+
+pub struct Node {
+    pub tcp: SocketAddr,
+    pub ws: SocketAddr,
+    pub api: String,
+    pub store: Arc<dyn Store>,
+    pub hub: Arc<Hub>,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    _redis: Option<TestRedis>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn start(kind: StoreKind, tweak: impl FnOnce(&mut DownstreamConfig)) -> Node {
+    start_with(kind, tweak, 0).await
+}
+
+/// A `NodeLink` whose first `failures` deliveries fail as if the node were unreachable.
+struct FlakyNodes {
+    inner: Arc<LocalNodes>,
+    failures: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl NodeLink for FlakyNodes {
+    async fn deliver(&self, node_id: &str, client_id: &str, epoch: Option<u64>, frame: Frame) -> Result<(), LinkError> {
+        let left = self.failures.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err(LinkError::Unavailable("injected failure".into()));
+        }
+        self.inner.deliver(node_id, client_id, epoch, frame).await
+    }
+    async fn kick(&self, client_id: &str, route: &Route, reason: &str) -> Result<(), LinkError> {
+        self.inner.kick(client_id, route, reason).await
+    }
+    async fn broadcast(&self, frame: Frame) -> Result<u64, LinkError> {
+        self.inner.broadcast(frame).await
+    }
+    async fn connected_since(&self, client_id: &str, route: &Route) -> Result<Option<u64>, LinkError> {
+        self.inner.connected_since(client_id, route).await
+    }
+}
+
+/// Like `start`, with the first `failing_deliveries` downstream deliveries failing.
+pub async fn start_with(kind: StoreKind, tweak: impl FnOnce(&mut DownstreamConfig), failing_deliveries: usize) -> Node {
+    let (store, redis): (Arc<dyn Store>, _) = match kind {
+        StoreKind::Memory => (Arc::new(MemoryStore::new()), None),
+        StoreKind::Redis => {
+            let server = TestRedis::start().expect("redis-server");
+            let store = RedisStore::connect(&server.url(), &random_prefix())
+                .await
+                .expect("redis");
+            (Arc::new(store), Some(server))
+        }
+    };
+    let access = AccessConfig {
+        tcp_listen: "127.0.0.1:0".parse().expect("addr"),
+        ws_listen: "127.0.0.1:0".parse().expect("addr"),
+        ..AccessConfig::default()
+    };
+    let mut downstream = DownstreamConfig {
+        http_listen: "127.0.0.1:0".parse().expect("addr"),
+        api_keys: vec![API_KEY.into()],
+        retry_min_ms: 20,
+        retry_max_ms: 200,
+        ..DownstreamConfig::default()
+    };
+    tweak(&mut downstream);
+    downstream
+        .resolve(true, access.max_frame_bytes)
+        .expect("valid downstream config");
+    let mut auth = AuthConfig {
+        secret: Some(SECRET.into()),
+        ..AuthConfig::default()
+    };
+    auth.resolve(true).expect("auth");
+    let hub = Arc::new(Hub::new("e2e-node"));
+    let nodes = Arc::new(LocalNodes::new(hub.clone()));
+    let listeners = AccessListeners::bind(&access).expect("bind");
+    let (tcp, ws) = (
+        listeners.tcp.local_addr().expect("addr"),
+        listeners.ws.local_addr().expect("addr"),
+    );
+    let http = duplex_shared::net::bind_listener(downstream.http_listen, 128, false).expect("bind");
+    let api = format!("http://{}", http.local_addr().expect("addr"));
+    let shutdown = CancellationToken::new();
+    let ctx = AccessContext {
+        config: access,
+        node_id: "e2e-node".into(),
+        verifier: Arc::new(TokenVerifier::new(&auth).expect("verifier")),
+        store: store.clone(),
+        nodes: nodes.clone(),
+        upstream: Arc::new(duplex_upstream::NoBackends),
+        hub: hub.clone(),
+    };
+    tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone()));
+    let flaky = Arc::new(FlakyNodes {
+        inner: nodes,
+        failures: failing_deliveries.into(),
+    });
+    let dctx = DownstreamContext {
+        config: downstream,
+        store: store.clone(),
+        nodes: flaky,
+    };
+    tokio::spawn(duplex_downstream::run(
+        dctx,
+        DownstreamListeners { http },
+        shutdown.clone(),
+    ));
+    Node {
+        tcp,
+        ws,
+        api,
+        store,
+        hub,
+        http: reqwest::Client::new(),
+        shutdown,
+        _redis: redis,
+    }
+}
+
+impl Node {
+    /// Connects `client_id` of `user` over TCP, resuming after `last_seq`.
+    pub async fn connect(&self, user: &str, client_id: &str, last_seq: u64) -> Connection {
+        let mut conn = Connection::tcp(self.tcp).await.expect("tcp");
+        let token = mint_hs256(SECRET, &dev_claims(user, 3600)).expect("mint");
+        conn.handshake(&token, client_id, last_seq).await.expect("handshake");
+        conn
+    }
+
+    pub async fn connect_ws(&self, user: &str, client_id: &str, last_seq: u64) -> Connection {
+        let mut conn = Connection::ws(&format!("ws://{}/", self.ws)).await.expect("ws");
+        let token = mint_hs256(SECRET, &dev_claims(user, 3600)).expect("mint");
+        conn.handshake(&token, client_id, last_seq).await.expect("handshake");
+        conn
+    }
+
+    /// POSTs `body` to `path` with the API key; returns status and JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .bearer_auth(API_KEY)
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_raw(&self, path: &str, body: &str, key: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.post(format!("{}{path}", self.api)).body(body.to_owned());
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.api))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .delete(format!("{}{path}", self.api))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Pushes a JSON payload to one client; asserts 202 and returns the item.
+    pub async fn push_to(&self, client_id: &str, payload: Value) -> Value {
+        let (status, body) = self
+            .post(
+                "/v1/push",
+                &serde_json::json!({"client_ids": [client_id], "payload": payload}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body["messages"][0].clone()
+    }
+}
+
+/// Next frame within 5 s; `None` when the server closed.
+pub async fn recv(conn: &mut Connection) -> Option<Frame> {
+    tokio::time::timeout(Duration::from_secs(5), conn.recv())
+        .await
+        .expect("a frame within 5 s")
+        .expect("readable")
+}
+
+pub async fn recv_push(conn: &mut Connection) -> Push {
+    match recv(conn).await {
+        Some(Frame::Push(p)) => p,
+        other => panic!("expected a push, got {other:?}"),
+    }
+}
+
+pub async fn ack(conn: &mut Connection, seq: u64) {
+    conn.send(&Frame::Ack(Ack { id: seq, seq })).await.expect("ack");
+}
+
+/// Polls `check` every 10 ms for up to 5 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+pub fn json_payload(p: &Push) -> Value {
+    serde_json::from_slice(&p.payload).expect("json payload")
+}

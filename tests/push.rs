@@ -1,0 +1,392 @@
+//! The push API and at-least-once delivery, on both stores.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use duplex_shared::protocol::Frame;
+use serde_json::json;
+
+async fn online_push_arrives_and_its_ack_is_recorded(kind: StoreKind) {
+    let node = start(kind, |_| {}).await;
+    let mut conn = node.connect("alice", "phone-1", 0).await;
+    let item = node.push_to("phone-1", json!({"hello": "world"})).await;
+    assert_eq!(item["state"], "delivered_to_node");
+    assert_eq!(item["seq"], 1);
+    let push = recv_push(&mut conn).await;
+    assert_eq!((push.seq, json_payload(&push)), (1, json!({"hello": "world"})));
+    assert_eq!(push.msg_id, item["message_id"].as_str().expect("id"));
+    let id = push.msg_id.clone();
+    let (_, status) = node.get(&format!("/v1/messages/{id}")).await;
+    assert!(status["state"] == "sent", "{status}");
+    ack(&mut conn, 1).await;
+    eventually("status acked", || async {
+        node.get(&format!("/v1/messages/{id}")).await.1["state"] == "acked"
+    })
+    .await;
+    let (_, client) = node.get("/v1/clients/phone-1").await;
+    assert_eq!(
+        (
+            client["online"].clone(),
+            client["pending"].clone(),
+            client["last_acked_seq"].clone()
+        ),
+        (json!(true), json!(0), json!(1))
+    );
+    assert!(client["connected_since"].as_u64().is_some(), "{client}");
+}
+
+async fn offline_push_arrives_after_connect_and_unacked_ones_come_again(kind: StoreKind) {
+    let node = start(kind, |_| {}).await;
+    for i in 1..=3 {
+        let item = node.push_to("phone-2", json!(i)).await;
+        assert_eq!(item["state"], "queued");
+    }
+    let mut conn = node.connect_ws("bob", "phone-2", 0).await;
+    let first: Vec<_> = [
+        recv_push(&mut conn).await,
+        recv_push(&mut conn).await,
+        recv_push(&mut conn).await,
+    ]
+    .to_vec();
+    assert_eq!(first.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    ack(&mut conn, 1).await;
+    // Make sure the ack landed before leaving.
+    eventually("ack stored", || async {
+        node.get("/v1/clients/phone-2").await.1["last_acked_seq"] == 1
+    })
+    .await;
+    drop(conn);
+    // Reconnect without last_seq: seq 1 was acked, 2 and 3 come again, same ids.
+    let mut conn = node.connect("bob", "phone-2", 0).await;
+    let again = [recv_push(&mut conn).await, recv_push(&mut conn).await];
+    assert_eq!(
+        again.iter().map(|p| (p.seq, p.msg_id.clone())).collect::<Vec<_>>(),
+        first[1..].iter().map(|p| (p.seq, p.msg_id.clone())).collect::<Vec<_>>()
+    );
+    drop(conn);
+    // With last_seq 3, nothing is replayed; a new push follows as seq 4.
+    let mut conn = node.connect("bob", "phone-2", 3).await;
+    node.push_to("phone-2", json!("four")).await;
+    assert_eq!(recv_push(&mut conn).await.seq, 4);
+}
+
+async fn order_holds_under_eight_concurrent_pushers(kind: StoreKind) {
+    let node = std::sync::Arc::new(start(kind, |_| {}).await);
+    let mut conn = node.connect("carol", "phone-3", 0).await;
+    let mut pushers = Vec::new();
+    for p in 0..8 {
+        let node = node.clone();
+        pushers.push(tokio::spawn(async move {
+            for i in 0..25 {
+                node.push_to("phone-3", json!({"p": p, "i": i})).await;
+            }
+        }));
+    }
+    let mut last_seq = 0;
+    let mut last_by_pusher: HashMap<u64, i64> = HashMap::new();
+    for _ in 0..200 {
+        let push = match recv(&mut conn).await {
+            Some(Frame::Push(p)) => p,
+            other => panic!("expected push, got {other:?}"),
+        };
+        assert_eq!(push.seq, last_seq + 1, "seqs arrive in order without holes");
+        last_seq = push.seq;
+        let v = json_payload(&push);
+        let (p, i) = (v["p"].as_u64().expect("p"), v["i"].as_i64().expect("i"));
+        assert!(
+            i > *last_by_pusher.get(&p).unwrap_or(&-1),
+            "each pusher's messages stay in its order"
+        );
+        last_by_pusher.insert(p, i);
+    }
+    for t in pushers {
+        t.await.expect("pusher");
+    }
+}
+
+async fn user_push_reaches_every_client_of_the_user(kind: StoreKind) {
+    let node = start(kind, |_| {}).await;
+    let mut phone = node.connect("dave", "dave-phone", 0).await;
+    let mut tablet = node.connect_ws("dave", "dave-tablet", 0).await;
+    let _other = node.connect("erin", "erin-phone", 0).await;
+    let (status, body) = node
+        .post("/v1/push", &json!({"user_ids": ["dave"], "payload": "hi"}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let mut targets: Vec<_> = body["messages"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|m| m["client_id"].as_str().expect("id").to_owned())
+        .collect();
+    targets.sort();
+    assert_eq!(targets, vec!["dave-phone", "dave-tablet"]);
+    assert_eq!(json_payload(&recv_push(&mut phone).await), json!("hi"));
+    assert_eq!(json_payload(&recv_push(&mut tablet).await), json!("hi"));
+}
+
+async fn qos0_reaches_online_clients_and_is_never_stored(kind: StoreKind) {
+    let node = start(kind, |_| {}).await;
+    let mut online = node.connect("f", "online-1", 0).await;
+    let (status, body) = node
+        .post(
+            "/v1/push",
+            &json!({"client_ids": ["online-1", "offline-1"], "payload": 1, "qos": 0}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let states: HashMap<String, String> = body["messages"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|m| {
+            (
+                m["client_id"].as_str().expect("c").to_owned(),
+                m["state"].as_str().expect("s").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(states["online-1"], "delivered_to_node");
+    assert_eq!(states["offline-1"], "offline");
+    assert_eq!(recv_push(&mut online).await.seq, 0);
+    assert_eq!(node.get("/v1/clients/offline-1").await.1["pending"], 0);
+    let mut later = node.connect("f", "offline-1", 0).await;
+    ack(&mut later, 0).await; // nothing to receive; the ping proves the line is idle
+    later
+        .send(&Frame::Ping(duplex_shared::protocol::Ping { id: 9 }))
+        .await
+        .expect("ping");
+    assert!(
+        matches!(recv(&mut later).await, Some(Frame::Pong(_))),
+        "no stored qos-0 message is replayed"
+    );
+    // `all` is qos 0 only and reaches every connected client.
+    let (status, body) = node
+        .post("/v1/push", &json!({"all": true, "payload": "all", "qos": 0}))
+        .await;
+    assert_eq!((status, body["delivered"].clone()), (202, json!(2)));
+    assert_eq!(json_payload(&recv_push(&mut online).await), json!("all"));
+}
+
+async fn idempotent_retry_stores_once(kind: StoreKind) {
+    let node = start(kind, |_| {}).await;
+    let push = json!({"client_ids": ["g1"], "payload": "x", "idempotency_key": "order-42"});
+    let (s1, b1) = node.post("/v1/push", &push).await;
+    let (s2, b2) = node.post("/v1/push", &push).await;
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(b1["messages"][0]["message_id"], b2["messages"][0]["message_id"]);
+    assert_eq!(b2["messages"][0]["duplicate"], true);
+    assert_eq!(node.get("/v1/clients/g1").await.1["pending"], 1);
+}
+
+async fn expired_messages_show_as_expired_and_the_client_hears_of_the_gap(kind: StoreKind) {
+    let node = start(kind, |_| {}).await;
+    let (_, short) = node
+        .post("/v1/push", &json!({"client_ids": ["h1"], "payload": "short", "ttl": 1}))
+        .await;
+    node.push_to("h1", json!("long")).await;
+    let id = short["messages"][0]["message_id"].as_str().expect("id").to_owned();
+    eventually("short message expired", || async {
+        node.get(&format!("/v1/messages/{id}")).await.1["state"] == "expired"
+    })
+    .await;
+    let mut conn = node.connect("h", "h1", 0).await;
+    match recv(&mut conn).await {
+        Some(Frame::Gap(g)) => assert_eq!((g.from, g.to, g.reason.as_str()), (1, 1, "expired")),
+        other => panic!("expected a gap, got {other:?}"),
+    }
+    assert_eq!(recv_push(&mut conn).await.seq, 2);
+    assert_eq!(node.get("/v1/clients/h1").await.1["expired"], 1);
+}
+
+async fn cap_overflow_refuses_new_pushes_with_429(kind: StoreKind) {
+    let node = start(kind, |c| c.queue_max_messages = 2).await;
+    node.push_to("i1", json!(1)).await;
+    node.push_to("i1", json!(2)).await;
+    let (status, body) = node
+        .post("/v1/push", &json!({"client_ids": ["i1"], "payload": 3}))
+        .await;
+    assert_eq!((status, body["code"].clone()), (429, json!("queue_full")), "{body}");
+    let mut conn = node.connect("i", "i1", 0).await;
+    assert_eq!(
+        json_payload(&recv_push(&mut conn).await),
+        json!(1),
+        "the oldest are kept"
+    );
+    assert_eq!(json_payload(&recv_push(&mut conn).await), json!(2));
+    ack(&mut conn, 2).await;
+    eventually("room after ack", || async {
+        node.post("/v1/push", &json!({"client_ids": ["i1"], "payload": 4}))
+            .await
+            .0
+            == 202
+    })
+    .await;
+}
+
+async fn bad_input_gets_4xx_and_stores_nothing(kind: StoreKind) {
+    let node = start(kind, |c| c.max_payload_bytes = 1024).await;
+    let cases: Vec<(&str, Option<&str>, u16, &str)> = vec![
+        ("{not json", Some(API_KEY), 400, "bad_json"),
+        (
+            r#"{"client_ids":["j1"],"payload":1,"colour":"red"}"#,
+            Some(API_KEY),
+            400,
+            "unknown_field",
+        ),
+        (r#"{"payload":1}"#, Some(API_KEY), 400, "empty_targets"),
+        (
+            r#"{"client_ids":[],"user_ids":[],"payload":1}"#,
+            Some(API_KEY),
+            400,
+            "empty_targets",
+        ),
+        (r#"{"client_ids":["j1"]}"#, Some(API_KEY), 400, "bad_payload"),
+        (
+            r#"{"client_ids":["j1"],"payload_base64":"!!!"}"#,
+            Some(API_KEY),
+            400,
+            "bad_base64",
+        ),
+        (
+            r#"{"client_ids":["j1"],"payload":1,"ttl":0}"#,
+            Some(API_KEY),
+            400,
+            "bad_ttl",
+        ),
+        (
+            r#"{"client_ids":["j1"],"payload":1,"ttl":99999999}"#,
+            Some(API_KEY),
+            400,
+            "bad_ttl",
+        ),
+        (
+            r#"{"client_ids":["j 1"],"payload":1}"#,
+            Some(API_KEY),
+            400,
+            "bad_client_id",
+        ),
+        (
+            r#"{"client_ids":["j1"],"payload":1,"qos":2}"#,
+            Some(API_KEY),
+            400,
+            "bad_qos",
+        ),
+        (r#"{"all":true,"payload":1}"#, Some(API_KEY), 400, "bad_target"),
+        (r#"{"client_ids":["j1"],"payload":1}"#, None, 401, "unauthorized"),
+        (
+            r#"{"client_ids":["j1"],"payload":1}"#,
+            Some("wrong-key-wrong-key-wrong"),
+            401,
+            "unauthorized",
+        ),
+    ];
+    for (body, key, status, code) in cases {
+        let (got, resp) = node.post_raw("/v1/push", body, key).await;
+        assert_eq!(
+            (got, resp["code"].as_str().unwrap_or("")),
+            (status, code),
+            "{body}: {resp}"
+        );
+        assert!(resp["message"].as_str().is_some_and(|m| !m.is_empty()), "{resp}");
+    }
+    let big = json!({"client_ids": ["j1"], "payload": "x".repeat(2000)});
+    let (got, resp) = node.post("/v1/push", &big).await;
+    assert_eq!((got, resp["code"].clone()), (413, json!("payload_too_large")));
+    // A batch with one bad item stores none of its items.
+    let batch =
+        json!({"pushes": [{"client_ids": ["j1"], "payload": 1}, {"client_ids": ["j1"], "payload": 1, "ttl": 0}]});
+    let (got, resp) = node.post("/v1/push/batch", &batch).await;
+    assert_eq!((got, resp["code"].clone()), (400, json!("bad_ttl")), "{resp}");
+    assert_eq!(node.get("/v1/clients/j1").await.1["pending"], 0, "nothing was stored");
+    assert_eq!(node.get("/v1/messages/j1~1~00000000").await.0, 404);
+    assert_eq!(node.get("/v1/messages/garbage").await.0, 404);
+    assert_eq!(node.get("/v1/nowhere").await.0, 404);
+}
+
+async fn batch_wait_ack_and_kick(kind: StoreKind) {
+    let node = std::sync::Arc::new(start(kind, |_| {}).await);
+    let mut conn = node.connect("k", "k1", 0).await;
+    let batch = json!({"pushes": [{"client_ids": ["k1"], "payload": 1}, {"client_ids": ["k1"], "payload": 2}]});
+    let (status, body) = node.post("/v1/push/batch", &batch).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["results"].as_array().expect("results").len(), 2);
+    let a = recv_push(&mut conn).await;
+    let b = recv_push(&mut conn).await;
+    assert_eq!((a.seq, b.seq), (1, 2));
+    // wait_ack_ms: the call returns once the client acked.
+    let waiter = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            node.post(
+                "/v1/push",
+                &json!({"client_ids": ["k1"], "payload": 3, "wait_ack_ms": 5000}),
+            )
+            .await
+        })
+    };
+    let third = recv_push(&mut conn).await;
+    ack(&mut conn, third.seq).await;
+    let (status, body) = waiter.await.expect("waiter");
+    assert_eq!(
+        (status, body["messages"][0]["acked"].clone()),
+        (202, json!(true)),
+        "{body}"
+    );
+    let (status, _) = node
+        .post(
+            "/v1/push",
+            &json!({"client_ids": ["nobody"], "payload": 1, "wait_ack_ms": 50}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let (status, body) = node.delete("/v1/clients/k1").await;
+    assert_eq!((status, body["kicked"].clone()), (200, json!(true)));
+    match recv(&mut conn).await {
+        Some(Frame::Kicked(k)) => assert_eq!(k.reason, "admin"),
+        other => panic!("expected kicked, got {other:?}"),
+    }
+    eventually("offline after kick", || async {
+        node.get("/v1/clients/k1").await.1["online"] == false
+    })
+    .await;
+    assert_eq!(node.delete("/v1/clients/k1").await.0, 404);
+}
+
+async fn a_failed_delivery_stays_stored_and_is_retried(kind: StoreKind) {
+    // The first three deliveries fail as if the access node were unreachable.
+    let node = start_with(kind, |_| {}, 3).await;
+    let mut conn = node.connect("l", "l1", 0).await;
+    let item = node.push_to("l1", json!("retry me")).await;
+    assert_eq!(item["state"], "queued", "{item}");
+    let push = recv_push(&mut conn).await;
+    assert_eq!((push.seq, json_payload(&push)), (1, json!("retry me")));
+    let id = push.msg_id.clone();
+    eventually("status sent", || async {
+        node.get(&format!("/v1/messages/{id}")).await.1["state"] == "sent"
+    })
+    .await;
+}
+
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory { $( #[tokio::test] async fn $name() { super::$name(super::StoreKind::Memory).await } )* }
+        mod redis { $( #[tokio::test] async fn $name() { super::$name(super::StoreKind::Redis).await } )* }
+    };
+}
+
+both_stores!(
+    online_push_arrives_and_its_ack_is_recorded,
+    offline_push_arrives_after_connect_and_unacked_ones_come_again,
+    order_holds_under_eight_concurrent_pushers,
+    user_push_reaches_every_client_of_the_user,
+    qos0_reaches_online_clients_and_is_never_stored,
+    idempotent_retry_stores_once,
+    expired_messages_show_as_expired_and_the_client_hears_of_the_gap,
+    cap_overflow_refuses_new_pushes_with_429,
+    bad_input_gets_4xx_and_stores_nothing,
+    batch_wait_ack_and_kick,
+    a_failed_delivery_stays_stored_and_is_retried,
+);
