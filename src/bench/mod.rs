@@ -7,6 +7,7 @@ use clap::Subcommand;
 
 mod connect;
 mod procfs;
+mod push;
 mod servers;
 mod worker;
 
@@ -15,6 +16,9 @@ pub enum BenchCommand {
     /// Open N idle authenticated connections against freshly started duplex
     /// servers and report server RSS per connection and the connect rate.
     Connect(connect::ConnectArgs),
+    /// Push qos-1 messages through the HTTP API to connected clients and report
+    /// delivered msgs/s and end-to-end latency.
+    Push(push::PushArgs),
     /// Internal: one generator process of `bench connect`.
     #[command(hide = true)]
     ConnectWorker(worker::WorkerArgs),
@@ -30,6 +34,7 @@ pub fn run(cmd: BenchCommand) -> ExitCode {
     };
     let result = match cmd {
         BenchCommand::Connect(args) => runtime.block_on(connect::run(args)),
+        BenchCommand::Push(args) => runtime.block_on(push::run(args)),
         BenchCommand::ConnectWorker(args) => runtime.block_on(worker::worker(args)),
     };
     match result {

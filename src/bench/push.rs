@@ -1,0 +1,222 @@
+//! `duplex bench push`: qos-1 pushes through the HTTP API to connected
+//! clients, end to end (push call to client receipt), acked by the clients.
+//!
+//! A fresh duplex server (memory store, or Redis with `--private-redis` /
+//! `--redis`) runs as a child process; N clients connect over TCP from this
+//! process and ack every push. Each payload carries its send time, so the
+//! latency is measured at receipt. Loads are bounded by `--messages`, and
+//! open-loop when `--rate` is given.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use duplex_client::Connection;
+use duplex_shared::auth::{dev_claims, mint_hs256};
+use duplex_shared::config::{DEV_API_KEY, DEV_SECRET};
+use duplex_shared::protocol::{Ack, Frame};
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use super::procfs::{cpu_seconds, machine_line, rss_kib};
+use super::servers::{free_ports, start_duplex};
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Connected clients (pushes go round-robin to distinct clients).
+    #[arg(long, default_value_t = 1_000)]
+    pub clients: usize,
+    /// Pushes to send.
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: usize,
+    /// Pushes per HTTP call: 1 uses `POST /v1/push`, more use `POST /v1/push/batch`.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// HTTP calls in flight at once (closed loop).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Open loop: start this many pushes per second regardless of completions.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Redis URL for the server (default: its in-memory store).
+    #[arg(long, conflicts_with = "private_redis")]
+    pub redis: Option<String>,
+    /// Start a private `redis-server` on a free loopback port, and stop it after.
+    #[arg(long)]
+    pub private_redis: bool,
+}
+
+fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+#[allow(clippy::print_stdout)]
+pub async fn run(args: PushArgs) -> anyhow::Result<()> {
+    if args.clients == 0 || args.clients > 15_000 || args.batch == 0 || args.batch > 100 || args.messages == 0 {
+        bail!("--clients within 1..=15000, --batch within 1..=100, --messages positive");
+    }
+    let exe = std::env::current_exe().context("locating the duplex binary")?;
+    let private = if args.private_redis {
+        Some(duplex_shared::testing::TestRedis::start().map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
+    let redis_url = args.redis.clone().or(private.as_ref().map(|r| r.url()));
+    let ports = free_ports()?;
+    let servers = start_duplex(&exe, 1, ports, redis_url.as_deref())?;
+    let pid = servers[0].child.id();
+    println!("{}", machine_line());
+    println!(
+        "bench push: {} qos-1 messages to {} clients, {} per call, {}, {} store",
+        args.messages,
+        args.clients,
+        args.batch,
+        args.rate
+            .map_or(format!("{} calls in flight", args.concurrency), |r| format!(
+                "open loop at {r} msgs/s"
+            )),
+        if redis_url.is_some() { "redis" } else { "memory" }
+    );
+
+    let received = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let token = mint_hs256(DEV_SECRET, &dev_claims("bench", 3600)).map_err(anyhow::Error::msg)?;
+    let tcp = std::net::SocketAddr::from(([127, 0, 0, 1], ports.0));
+    let mut readers = Vec::new();
+    for i in 0..args.clients {
+        let mut conn = Connection::tcp(tcp).await.context("connecting a client")?;
+        conn.handshake(&token, &format!("bp-{i}"), 0)
+            .await
+            .context("client handshake")?;
+        let (received, hist) = (received.clone(), hist.clone());
+        readers.push(tokio::spawn(async move {
+            while let Ok(Some(frame)) = conn.recv().await {
+                if let Frame::Push(p) = frame {
+                    let now = wall_us();
+                    let sent = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                        .ok()
+                        .and_then(|v| v["t"].as_u64())
+                        .unwrap_or(now);
+                    if let Ok(mut h) = hist.lock() {
+                        let _ = h.record(now.saturating_sub(sent).max(1));
+                    }
+                    received.fetch_add(1, Ordering::Relaxed);
+                    if conn.send(&Frame::Ack(Ack { id: p.seq, seq: p.seq })).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let api = format!("http://127.0.0.1:{}", ports.2);
+    let calls = args.messages.div_ceil(args.batch);
+    let errors = Arc::new(AtomicU64::new(0));
+    let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let base_cpu = cpu_seconds(pid).unwrap_or(0.0);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..calls {
+        if let Some(rate) = args.rate {
+            let due = started + Duration::from_secs_f64((c * args.batch) as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        } else {
+            let permit = sem.clone().acquire_owned().await?;
+            let (http, api, errors) = (http.clone(), api.clone(), errors.clone());
+            let (batch, clients, messages) = (args.batch, args.clients, args.messages);
+            tasks.spawn(async move {
+                send(&http, &api, c, batch, clients, messages, &errors).await;
+                drop(permit);
+            });
+            continue;
+        }
+        let (http, api, errors) = (http.clone(), api.clone(), errors.clone());
+        let (batch, clients, messages) = (args.batch, args.clients, args.messages);
+        tasks.spawn(async move { send(&http, &api, c, batch, clients, messages, &errors).await });
+    }
+    while tasks.join_next().await.is_some() {}
+    let accepted_secs = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received.load(Ordering::Relaxed) < args.messages as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total_secs = started.elapsed().as_secs_f64();
+    let got = received.load(Ordering::Relaxed);
+    let cpu = cpu_seconds(pid).unwrap_or(0.0) - base_cpu;
+    let h = hist
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
+        .clone();
+    println!(
+        "accepted {} pushes in {accepted_secs:.2} s ({:.0}/s); delivered {got} in {total_secs:.2} s = {:.0} msgs/s; {} HTTP errors",
+        args.messages,
+        args.messages as f64 / accepted_secs,
+        got as f64 / total_secs,
+        errors.load(Ordering::Relaxed)
+    );
+    println!(
+        "latency push call -> client receipt: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    );
+    println!(
+        "server: CPU {cpu:.2} s ({:.1} us per message), RSS {} KiB",
+        cpu * 1e6 / got.max(1) as f64,
+        rss_kib(pid).unwrap_or(0)
+    );
+    if let Some(r) = &private {
+        println!(
+            "private redis-server: CPU {:.2} s, RSS {} KiB",
+            cpu_seconds(r.pid()).unwrap_or(0.0),
+            rss_kib(r.pid()).unwrap_or(0)
+        );
+    }
+    for r in readers {
+        r.abort();
+    }
+    drop(servers);
+    if got < args.messages as u64 {
+        bail!(
+            "{} of {} pushes were not delivered within 60 s",
+            args.messages as u64 - got,
+            args.messages
+        );
+    }
+    Ok(())
+}
+
+/// Sends call number `c`: one push, or a batch of `batch` pushes to consecutive clients.
+async fn send(
+    http: &reqwest::Client,
+    api: &str,
+    c: usize,
+    batch: usize,
+    clients: usize,
+    messages: usize,
+    errors: &AtomicU64,
+) {
+    let first = c * batch;
+    let items: Vec<_> = (first..(first + batch).min(messages))
+        .map(|k| json!({"client_ids": [format!("bp-{}", k % clients)], "payload": {"t": wall_us()}}))
+        .collect();
+    let (url, body) = if batch == 1 {
+        (format!("{api}/v1/push"), items[0].clone())
+    } else {
+        (format!("{api}/v1/push/batch"), json!({ "pushes": items }))
+    };
+    match http.post(url).bearer_auth(DEV_API_KEY).json(&body).send().await {
+        Ok(r) if r.status().as_u16() == 202 => {}
+        _ => {
+            errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
