@@ -10,7 +10,9 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use duplex_shared::links::NodeLink;
 use duplex_shared::protocol::{Frame, Push};
-use duplex_shared::store::{parse_message_id, Enqueued, MessageRecord, MessageState, NewMessage, QueueLimits, Store};
+use duplex_shared::store::{
+    parse_message_id, Enqueued, MessageRecord, MessageState, NewMessage, QueueLimits, Route, Store,
+};
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
@@ -158,9 +160,9 @@ impl Shared {
             max_messages: self.config.queue_max_messages,
             max_bytes: self.config.queue_max_bytes,
         };
-        let (seq, msg_id, duplicate) = match self.store.enqueue(client_id, &msg, limits, now).await? {
-            Enqueued::Stored { seq, msg_id } => (seq, msg_id, false),
-            Enqueued::Duplicate { seq, msg_id } => (seq, msg_id, true),
+        let (seq, msg_id, fresh_route) = match self.store.enqueue(client_id, &msg, limits, now).await? {
+            Enqueued::Stored { seq, msg_id, route } => (seq, msg_id, Some(route)),
+            Enqueued::Duplicate { seq, msg_id } => (seq, msg_id, None),
             Enqueued::Full { messages, bytes } => {
                 let mut r = item(client_id, "rejected");
                 r.error = Some(ItemError {
@@ -175,8 +177,24 @@ impl Shared {
         };
         let mut r = item(client_id, "queued");
         r.seq = seq;
-        r.duplicate = duplicate;
-        if duplicate {
+        r.duplicate = fresh_route.is_none();
+        if let Some(route) = fresh_route {
+            let frame = Frame::Push(Push {
+                seq,
+                msg_id: msg_id.clone(),
+                headers: msg.record.headers,
+                payload: msg.record.payload,
+            });
+            match deliver_via(&*self.nodes, client_id, route, frame).await {
+                Delivery::Delivered => {
+                    // Status bookkeeping only: the message is stored either way.
+                    let _ = self.store.mark_sent(client_id, seq, now_ms()).await;
+                    r.state = "delivered_to_node";
+                }
+                Delivery::Failed => self.retrier.schedule(client_id, seq),
+                Delivery::NoRoute => {}
+            }
+        } else {
             // The first call delivered (or queued) it; report where it is now.
             let status = match parse_message_id(&msg_id) {
                 Some((c, s, n)) => self.store.message_status(c, s, n, now).await?,
@@ -186,22 +204,6 @@ impl Shared {
                 Some(MessageState::Sent | MessageState::Acked) => "delivered_to_node",
                 _ => "queued",
             };
-        } else {
-            let frame = Frame::Push(Push {
-                seq,
-                msg_id: msg_id.clone(),
-                headers: msg.record.headers,
-                payload: msg.record.payload,
-            });
-            match deliver(&*self.store, &*self.nodes, client_id, frame).await {
-                Delivery::Delivered => {
-                    // Status bookkeeping only: the message is stored either way.
-                    let _ = self.store.mark_sent(client_id, seq, now_ms()).await;
-                    r.state = "delivered_to_node";
-                }
-                Delivery::Failed => self.retrier.schedule(client_id, seq),
-                Delivery::NoRoute => {}
-            }
         }
         r.message_id = Some(msg_id);
         Ok(r)
@@ -269,13 +271,19 @@ pub enum Delivery {
 
 /// Hands `frame` to the node holding `client_id` now.
 pub async fn deliver(store: &dyn Store, nodes: &dyn NodeLink, client_id: &str, frame: Frame) -> Delivery {
-    let route = match store.get_route(client_id).await {
-        Ok(Some(route)) => route,
-        Ok(None) => return Delivery::NoRoute,
+    match store.get_route(client_id).await {
+        Ok(route) => deliver_via(nodes, client_id, route, frame).await,
         Err(e) => {
             tracing::warn!(error = %e, "route lookup failed");
-            return Delivery::Failed;
+            Delivery::Failed
         }
+    }
+}
+
+/// Hands `frame` to the connection named by `route`, already read.
+pub async fn deliver_via(nodes: &dyn NodeLink, client_id: &str, route: Option<Route>, frame: Frame) -> Delivery {
+    let Some(route) = route else {
+        return Delivery::NoRoute;
     };
     match nodes
         .deliver(&route.node_id, client_id, Some(route.conn_epoch), frame)

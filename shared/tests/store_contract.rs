@@ -138,7 +138,7 @@ fn msg(payload: &str, ttl_ms: u64, key: Option<&str>) -> NewMessage {
 
 fn stored(e: Enqueued) -> (u64, String) {
     match e {
-        Enqueued::Stored { seq, msg_id } => (seq, msg_id),
+        Enqueued::Stored { seq, msg_id, .. } => (seq, msg_id),
         other => panic!("expected Stored, got {other:?}"),
     }
 }
@@ -192,6 +192,26 @@ async fn messages_get_ordered_seqs_and_cumulative_acks(store: Arc<dyn Store>) {
     );
     let info = store.queue_info("q1", NOW).await.expect("info");
     assert_eq!((info.pending, info.pending_bytes, info.last_acked_seq), (1, 2, 4));
+}
+
+async fn enqueue_reports_the_route_read_in_the_same_step(store: Arc<dyn Store>) {
+    match store
+        .enqueue("rt1", &msg("a", 60_000, None), LIMITS, NOW)
+        .await
+        .expect("enqueue")
+    {
+        Enqueued::Stored { route, .. } => assert_eq!(route, None),
+        other => panic!("{other:?}"),
+    }
+    let claim = store.claim_route("rt1", "u", "node-x", TTL).await.expect("claim");
+    match store
+        .enqueue("rt1", &msg("b", 60_000, None), LIMITS, NOW)
+        .await
+        .expect("enqueue")
+    {
+        Enqueued::Stored { route, .. } => assert_eq!(route, Some(claim.route)),
+        other => panic!("{other:?}"),
+    }
 }
 
 async fn idempotency_keys_store_once_per_client(store: Arc<dyn Store>) {
@@ -367,6 +387,7 @@ contract!(
     concurrent_claims_get_distinct_ordered_epochs,
     messages_get_ordered_seqs_and_cumulative_acks,
     idempotency_keys_store_once_per_client,
+    enqueue_reports_the_route_read_in_the_same_step,
     caps_refuse_new_messages_and_store_nothing,
     expired_messages_leave_and_say_so,
     resume_keeps_new_seqs_above_what_the_client_has_seen,

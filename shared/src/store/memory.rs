@@ -132,7 +132,11 @@ impl Store for MemoryStore {
         limits: QueueLimits,
         now_ms: u64,
     ) -> Result<Enqueued, StoreError> {
-        Ok(self.queue(client_id).enqueue(client_id, msg, limits, now_ms))
+        let mut outcome = self.queue(client_id).enqueue(client_id, msg, limits, now_ms);
+        if let Enqueued::Stored { route, .. } = &mut outcome {
+            *route = self.get_route(client_id).await?;
+        }
+        Ok(outcome)
     }
 
     async fn pending(&self, client_id: &str, after: u64, max: usize, now_ms: u64) -> Result<Pending, StoreError> {

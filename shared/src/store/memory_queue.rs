@@ -91,6 +91,7 @@ impl ClientQueue {
         Enqueued::Stored {
             seq,
             msg_id: message_id(client_id, seq, r.nonce),
+            route: None,
         }
     }
 

@@ -81,20 +81,17 @@ pub struct NewMessage {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
+    /// Stored with `seq`; `route` is the client's route read in the same
+    /// atomic step (saving the deliverer a round trip).
     Stored {
         seq: u64,
         msg_id: String,
+        route: Option<super::Route>,
     },
     /// The idempotency key was seen: this is the message stored the first time.
-    Duplicate {
-        seq: u64,
-        msg_id: String,
-    },
+    Duplicate { seq: u64, msg_id: String },
     /// The queue is at a cap; nothing was stored.
-    Full {
-        messages: u64,
-        bytes: u64,
-    },
+    Full { messages: u64, bytes: u64 },
 }
 
 /// Pending messages after a seq, in seq order.

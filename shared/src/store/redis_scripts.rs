@@ -31,17 +31,29 @@ local function tidy(q, exp, b, meta, mprefix, now)
   end
   if #due > 0 then redis.call('ZREMRANGEBYSCORE', exp, '-inf', now) end
 end
-local function keep(key, until_ms)
-  local t = redis.call('PEXPIRETIME', key)
-  if t ~= -2 and t < until_ms then redis.call('PEXPIREAT', key, until_ms) end
+-- Extends the life of KEYS[1..n] to at least until_ms. The horizon already
+-- granted is kept in meta, and extended an hour beyond what is needed, so most
+-- calls cost one HGET instead of a PEXPIREAT per key.
+-- `fresh`: the queue was empty, so q, exp and b (KEYS[1..3]) were just
+-- recreated without a TTL and get the granted horizon.
+local function keep(meta, n, until_ms, fresh)
+  local granted = tonumber(redis.call('HGET', meta, 'until') or '0')
+  if until_ms > granted then
+    granted = until_ms + 3600000
+    redis.call('HSET', meta, 'until', granted)
+    for i = 1, n do redis.call('PEXPIREAT', KEYS[i], granted) end
+  elseif fresh then
+    for i = 1, 3 do redis.call('PEXPIREAT', KEYS[i], granted) end
+  end
 end
 "
     };
 }
 
-/// KEYS: q exp b meta seq idem. ARGV: record nonce created expires now
+/// KEYS: q exp b meta seq idem route. ARGV: record nonce created expires now
 /// max_msgs max_bytes size idem_ttl_ms mprefix retention_ms.
-/// Returns {1, seq} stored, {2, "seq~nonce"} duplicate, {3, count, bytes} full.
+/// Returns {1, seq, route} stored (route read in the same step), {2, "seq~nonce"}
+/// duplicate, {3, count, bytes} full.
 pub const ENQUEUE: &str = concat!(
     prelude!(),
     r"
@@ -65,8 +77,8 @@ redis.call('HSET', m, 'state', 'queued', 'nonce', ARGV[2], 'size', size, 'create
 local until_ms = tonumber(ARGV[4]) + tonumber(ARGV[11])
 redis.call('PEXPIREAT', m, until_ms)
 if ARGV[9] ~= '0' then redis.call('SET', KEYS[6], seq .. '~' .. ARGV[2], 'PX', ARGV[9]) end
-for i = 1, 5 do keep(KEYS[i], until_ms) end
-return {1, seq}"
+keep(KEYS[4], 5, until_ms, n == 0)
+return {1, seq, redis.call('GET', KEYS[7])}"
 );
 
 /// KEYS: q exp b meta. ARGV: now after max mprefix.

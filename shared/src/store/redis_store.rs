@@ -242,6 +242,7 @@ impl Store for RedisStore {
             inv.key(k);
         }
         inv.key(&idem_key)
+            .key(self.keys.route(client_id))
             .arg(r.encode())
             .arg(r.nonce)
             .arg(r.created_ms)
@@ -255,11 +256,16 @@ impl Store for RedisStore {
             .arg(STATUS_RETENTION_MS);
         let reply: Vec<Value> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
         match reply.as_slice() {
-            [code, seq] if int(code)? == 1 => {
+            [code, seq, route] if int(code)? == 1 => {
                 let seq = int(seq)?;
+                let route = match route {
+                    Value::BulkString(v) => Some(Route::decode(&String::from_utf8_lossy(v))?),
+                    _ => None,
+                };
                 Ok(Enqueued::Stored {
                     seq,
                     msg_id: message_id(client_id, seq, r.nonce),
+                    route,
                 })
             }
             [code, Value::BulkString(v)] if int(code)? == 2 => {
