@@ -18,8 +18,10 @@ async fn online_push_arrives_and_its_ack_is_recorded(kind: StoreKind) {
     assert_eq!((push.seq, json_payload(&push)), (1, json!({"hello": "world"})));
     assert_eq!(push.msg_id, item["message_id"].as_str().expect("id"));
     let id = push.msg_id.clone();
-    let (_, status) = node.get(&format!("/v1/messages/{id}")).await;
-    assert!(status["state"] == "sent", "{status}");
+    eventually("status sent", || async {
+        node.get(&format!("/v1/messages/{id}")).await.1["state"] == "sent"
+    })
+    .await;
     ack(&mut conn, 1).await;
     eventually("status acked", || async {
         node.get(&format!("/v1/messages/{id}")).await.1["state"] == "acked"

@@ -6,6 +6,7 @@
 //! - `request`: push request types and validation (nothing is stored before it passes).
 //! - `push`: storing and delivering a push; waiting for acks.
 //! - `retry`: per-client redelivery with backoff and full jitter.
+//! - `sent`: batched, best-effort `sent` status marks.
 //! - `error`: failures as `{code, message}` JSON responses.
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ mod error;
 mod push;
 mod request;
 mod retry;
+mod sent;
 
 pub use error::ApiError;
 
@@ -44,6 +46,7 @@ pub(crate) struct Shared {
     store: Arc<dyn Store>,
     nodes: Arc<dyn NodeLink>,
     retrier: retry::Retrier,
+    sent_marks: sent::SentMarks,
 }
 
 /// Wall clock, ms since the Unix epoch (message times are wall-clock times).
@@ -63,11 +66,14 @@ pub async fn run(ctx: DownstreamContext, listeners: DownstreamListeners, shutdow
         ctx.config.retry_min_ms,
         ctx.config.retry_max_ms,
     );
+    let marks_stop = CancellationToken::new();
+    let sent_marks = sent::SentMarks::start(ctx.store.clone(), marks_stop.clone());
     let shared = Arc::new(Shared {
         config: ctx.config,
         store: ctx.store,
         nodes: ctx.nodes,
         retrier: retrier.clone(),
+        sent_marks,
     });
     let app = api::router(shared);
     let stop = shutdown.clone();
@@ -78,4 +84,5 @@ pub async fn run(ctx: DownstreamContext, listeners: DownstreamListeners, shutdow
         tracing::error!(error = %e, "push API server failed");
     }
     retrier.shutdown();
+    marks_stop.cancel();
 }

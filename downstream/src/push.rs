@@ -187,8 +187,7 @@ impl Shared {
             });
             match deliver_via(&*self.nodes, client_id, route, frame).await {
                 Delivery::Delivered => {
-                    // Status bookkeeping only: the message is stored either way.
-                    let _ = self.store.mark_sent(client_id, seq, now_ms()).await;
+                    self.sent_marks.mark(client_id, seq);
                     r.state = "delivered_to_node";
                 }
                 Delivery::Failed => self.retrier.schedule(client_id, seq),

@@ -140,6 +140,14 @@ pub trait Store: Send + Sync + 'static {
     /// Records that message `seq` was handed to the client's access node.
     async fn mark_sent(&self, client_id: &str, seq: u64, now_ms: u64) -> Result<(), StoreError>;
 
+    /// `mark_sent` for many messages in one round trip where the store allows.
+    async fn mark_sent_many(&self, items: &[(String, u64)], now_ms: u64) -> Result<(), StoreError> {
+        for (client_id, seq) in items {
+            self.mark_sent(client_id, *seq, now_ms).await?;
+        }
+        Ok(())
+    }
+
     /// Status of message `seq` of `client_id` whose id carries `nonce`.
     async fn message_status(
         &self,

@@ -345,6 +345,23 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn mark_sent_many(&self, items: &[(String, u64)], now_ms: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        for chunk in items.chunks(REFRESH_BATCH) {
+            let mut pipe = redis::pipe();
+            for (client_id, seq) in chunk {
+                pipe.cmd("EVAL")
+                    .arg(redis_scripts::MARK_SENT)
+                    .arg(1)
+                    .arg(format!("{}m:{seq}", self.keys.client(client_id)))
+                    .arg(now_ms)
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
     async fn message_status(
         &self,
         client_id: &str,
