@@ -64,6 +64,9 @@ pub struct ConfigFlags {
     /// Address of the push API (HTTP) listener.
     #[arg(long, global = true)]
     pub http_listen: Option<SocketAddr>,
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, global = true)]
+    pub admin_listen: Option<SocketAddr>,
     /// Log format: text or json.
     #[arg(long, global = true)]
     pub log_format: Option<String>,
@@ -96,6 +99,9 @@ pub fn load_config(flags: &ConfigFlags) -> Result<Config, ConfigError> {
     }
     if let Some(v) = &flags.http_listen {
         figment = figment.merge(("downstream.http_listen", v.to_string()));
+    }
+    if let Some(v) = &flags.admin_listen {
+        figment = figment.merge(("admin.listen", v.to_string()));
     }
     if let Some(v) = &flags.log_format {
         figment = figment.merge(("log.format", v));

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod admin;
 mod bench;
 mod cli;
 mod node;

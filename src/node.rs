@@ -9,6 +9,7 @@ use duplex_access::{AccessContext, AccessListeners, Hub, LocalNodes};
 use duplex_downstream::{DownstreamContext, DownstreamListeners};
 use duplex_shared::auth::{dev_claims, mint_hs256, TokenVerifier};
 use duplex_shared::config::{Config, JwtAlgorithm, LogConfig, DEV_API_KEY, DEV_SECRET};
+use duplex_shared::metrics::Metrics;
 use duplex_shared::store::{MemoryStore, RedisStore, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -108,6 +109,15 @@ async fn all_in_one(config: Config) -> ExitCode {
         }
     };
     let push_api = push_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let admin_listener = match duplex_shared::net::bind_listener(config.admin.listen, 128, false) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("duplex: cannot listen on {}: {e}", config.admin.listen);
+            return ExitCode::from(71);
+        }
+    };
+    let admin_addr = admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let metrics = Arc::new(Metrics::new());
     let tcp = listeners.tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let ws = listeners.ws.local_addr().map(|a| a.to_string()).unwrap_or_default();
     if config.auth.secret.as_deref() == Some(DEV_SECRET) {
@@ -123,11 +133,13 @@ async fn all_in_one(config: Config) -> ExitCode {
         nodes: nodes.clone(),
         upstream: Arc::new(duplex_upstream::NoBackends),
         hub,
+        metrics: metrics.clone(),
     };
     let downstream_ctx = DownstreamContext {
         config: config.downstream.clone(),
-        store,
+        store: store.clone(),
         nodes,
+        metrics: metrics.clone(),
     };
     if config.downstream.api_keys.iter().any(|k| k == DEV_API_KEY) {
         warn!("using the built-in development API key; set downstream.api_keys before exposing this node");
@@ -137,7 +149,7 @@ async fn all_in_one(config: Config) -> ExitCode {
     // Whoever started us may have stopped reading stdout; that must not end the node.
     let _ = writeln!(
         std::io::stdout(),
-        "duplex node {node_id} (all tiers, {store_kind} store)\n  client tcp:       {tcp}\n  client websocket: ws://{ws}/\n  push API:         http://{push_api}/v1/push\n  mint a token:     duplex token --sub alice"
+        "duplex node {node_id} (all tiers, {store_kind} store)\n  client tcp:       {tcp}\n  client websocket: ws://{ws}/\n  push API:         http://{push_api}/v1/push\n  admin:            http://{admin_addr}/metrics\n  mint a token:     duplex token --sub alice"
     );
     info!(%node_id, %tcp, %ws, %push_api, store = store_kind, "duplex started");
     let access = tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone()));
@@ -151,10 +163,20 @@ async fn all_in_one(config: Config) -> ExitCode {
         DownstreamListeners { http: push_listener },
         shutdown.clone(),
     ));
+    let admin_stop = CancellationToken::new();
+    let admin = tokio::spawn(crate::admin::serve(
+        admin_listener,
+        metrics,
+        store,
+        shutdown.clone(),
+        admin_stop.clone(),
+    ));
     wait_for_signal().await;
     info!("shutting down");
     shutdown.cancel();
     let (a, u, d) = tokio::join!(access, upstream, downstream);
+    admin_stop.cancel();
+    let _ = admin.await;
     if a.is_err() || u.is_err() || d.is_err() {
         error!("a tier ended abnormally during shutdown");
         return ExitCode::from(70);

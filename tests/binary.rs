@@ -17,6 +17,7 @@ struct Running {
     tcp: SocketAddr,
     ws: SocketAddr,
     push: SocketAddr,
+    admin: SocketAddr,
 }
 
 impl Drop for Running {
@@ -40,6 +41,8 @@ fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Running {
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
         ])
         .args(extra)
         .envs(env.iter().copied())
@@ -50,7 +53,7 @@ fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Running {
         .expect("spawn duplex");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let (mut tcp, mut ws, mut push) = (None, None, None);
+    let (mut tcp, mut ws, mut push, mut admin) = (None, None, None, None);
     for _ in 0..10 {
         let Some(Ok(line)) = lines.next() else { break };
         if let Some(a) = line.trim().strip_prefix("client tcp:") {
@@ -69,7 +72,11 @@ fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Running {
             let a = a.trim().trim_start_matches("http://").trim_end_matches("/v1/push");
             push = Some(a.parse().expect("push addr"));
         }
-        if tcp.is_some() && ws.is_some() && push.is_some() {
+        if let Some(a) = line.trim().strip_prefix("admin:") {
+            let a = a.trim().trim_start_matches("http://").trim_end_matches("/metrics");
+            admin = Some(a.parse().expect("admin addr"));
+        }
+        if tcp.is_some() && ws.is_some() && push.is_some() && admin.is_some() {
             break;
         }
     }
@@ -80,6 +87,7 @@ fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Running {
         tcp: tcp.expect("printed tcp address"),
         ws: ws.expect("printed ws address"),
         push: push.expect("printed push API address"),
+        admin: admin.expect("printed admin address"),
     }
 }
 
@@ -253,4 +261,130 @@ async fn a_push_acknowledged_with_202_survives_sigkill_with_the_redis_store() {
         }
         other => panic!("expected the pushed message after restart, got {other:?}"),
     }
+}
+
+fn metric(text: &str, series: &str) -> i64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn metrics_move_with_traffic_and_readiness_follows_redis() {
+    let mut redis = TestRedis::start().expect("redis-server");
+    let port = redis.port();
+    let run = start(&["--redis", &redis.url()]);
+    let http = reqwest::Client::new();
+    let admin = format!("http://{}", run.admin);
+    let get_text = |path: &'static str| {
+        let (http, admin) = (http.clone(), admin.clone());
+        async move {
+            http.get(format!("{admin}{path}"))
+                .send()
+                .await
+                .expect("admin")
+                .text()
+                .await
+                .expect("text")
+        }
+    };
+    assert_eq!(
+        http.get(format!("{admin}/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{admin}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status(),
+        200
+    );
+
+    let mut conn = Connection::tcp(run.tcp).await.expect("tcp");
+    conn.handshake(&mint("mia"), "mia-phone", 0).await.expect("handshake");
+    let mut bad = Connection::tcp(run.tcp).await.expect("tcp");
+    assert!(bad.handshake("not-a-token", "x", 0).await.is_err());
+    let resp = http
+        .post(format!("http://{}/v1/push", run.push))
+        .bearer_auth("duplex-dev-api-key")
+        .json(&serde_json::json!({"client_ids": ["mia-phone"], "payload": 1}))
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(resp.status(), 202);
+    let push = match tokio::time::timeout(Duration::from_secs(5), conn.recv())
+        .await
+        .expect("in time")
+        .expect("ok")
+    {
+        Some(Frame::Push(p)) => p,
+        other => panic!("{other:?}"),
+    };
+    conn.send(&Frame::Ack(duplex_shared::protocol::Ack { id: 1, seq: push.seq }))
+        .await
+        .expect("ack");
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = get_text("/metrics").await;
+        if metric(&text, "duplex_messages_acked_total") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metric(&text, "duplex_connections{transport=\"tcp\"}"), 1, "{text}");
+    assert_eq!(metric(&text, "duplex_connects_total{transport=\"tcp\"}"), 1);
+    assert_eq!(metric(&text, "duplex_auth_failures_total{code=\"token_invalid\"}"), 1);
+    assert_eq!(metric(&text, "duplex_pushes_accepted_total{qos=\"1\"}"), 1);
+    assert_eq!(metric(&text, "duplex_pushes_delivered_total"), 1);
+    assert_eq!(metric(&text, "duplex_messages_acked_total"), 1, "{text}");
+    assert!(!text.contains("mia"), "no client ids in metric labels");
+
+    // Admin endpoints are not on the public ports.
+    assert_eq!(
+        http.get(format!("http://{}/metrics", run.push))
+            .send()
+            .await
+            .expect("push port")
+            .status(),
+        404
+    );
+
+    // Redis stops: not ready. Redis returns: ready again.
+    drop(redis);
+    let mut status = 0;
+    for _ in 0..200 {
+        status = http
+            .get(format!("{admin}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status()
+            .as_u16();
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, 503, "not ready while Redis is down");
+    redis = TestRedis::start_on(port).expect("redis again");
+    for _ in 0..400 {
+        status = http
+            .get(format!("{admin}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, 200, "ready again once Redis is back");
+    drop(redis);
 }

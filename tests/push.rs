@@ -201,6 +201,9 @@ async fn expired_messages_show_as_expired_and_the_client_hears_of_the_gap(kind: 
     }
     assert_eq!(recv_push(&mut conn).await.seq, 2);
     assert_eq!(node.get("/v1/clients/h1").await.1["expired"], 1);
+    let text = node.metrics.render();
+    assert!(text.contains("duplex_gaps_total 1"), "{text}");
+    assert!(text.contains("duplex_gap_messages_total 1"), "{text}");
 }
 
 async fn cap_overflow_refuses_new_pushes_with_429(kind: StoreKind) {

@@ -58,6 +58,7 @@ pub(crate) async fn serve(
     let span = tracing::info_span!("session", conn_id, epoch = claim.route.conn_epoch);
     // Boxed so the serving phase's state is one allocation that does not
     // also carry the (dead) authentication phase's locals.
+    let metrics = shared.metrics.clone();
     let session = Box::new(Session {
         shared,
         io,
@@ -68,7 +69,7 @@ pub(crate) async fn serve(
         },
         connect_id: connect.id,
         previous: claim.previous,
-        sequencer: Sequencer::new(connect.last_seq),
+        sequencer: Sequencer::new(connect.last_seq, metrics),
     });
     Box::pin(session.run().instrument(span)).await;
 }
@@ -88,12 +89,12 @@ async fn authenticate(
                 None,
                 "no Connect frame within the auth timeout".into(),
             );
-            let _ = send_now(shared, io, &f).await;
+            let _ = send_refusal(shared, io, &f).await;
             return None;
         }
         Ok(ReadEvent::Frame(f)) => f,
         Ok(ReadEvent::Invalid(e)) => {
-            let _ = send_now(shared, io, &e.code().frame(None, e.to_string(), true)).await;
+            let _ = send_refusal(shared, io, &e.code().frame(None, e.to_string(), true)).await;
             return None;
         }
         Ok(ReadEvent::Closed | ReadEvent::Failed(_)) => return None,
@@ -102,7 +103,7 @@ async fn authenticate(
         Frame::Connect(c) => c,
         other => {
             let msg = format!("the first frame must be connect, got {}", other.type_name());
-            let _ = send_now(shared, io, &refuse(ErrorCode::UnexpectedFrame, None, msg)).await;
+            let _ = send_refusal(shared, io, &refuse(ErrorCode::UnexpectedFrame, None, msg)).await;
             return None;
         }
     };
@@ -132,9 +133,17 @@ async fn authenticate(
         }
     };
     if let Some(f) = failure {
-        let _ = send_now(shared, io, &f).await;
+        let _ = send_refusal(shared, io, &f).await;
     }
     None
+}
+
+/// Sends the error frame refusing a connection, and counts it by code.
+async fn send_refusal(shared: &Shared, io: &mut Transport, frame: &Frame) -> Result<(), ()> {
+    if let Frame::Error(e) = frame {
+        shared.metrics.inc("duplex_auth_failures_total", &[("code", &e.code)]);
+    }
+    send_now(shared, io, frame).await
 }
 
 /// Writes one frame immediately, bounded by the write timeout.

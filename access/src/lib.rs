@@ -21,6 +21,7 @@ use std::time::Duration;
 use duplex_shared::auth::TokenVerifier;
 use duplex_shared::config::AccessConfig;
 use duplex_shared::links::{NodeLink, UpstreamLink};
+use duplex_shared::metrics::Metrics;
 use duplex_shared::net::bind_listener;
 use duplex_shared::protocol::Limits;
 use duplex_shared::store::Store;
@@ -54,6 +55,8 @@ pub struct AccessContext {
     pub nodes: Arc<dyn NodeLink>,
     pub upstream: Arc<dyn UpstreamLink>,
     pub hub: Arc<Hub>,
+    /// Where the tier counts what it does (rendered by the node's admin endpoint).
+    pub metrics: Arc<Metrics>,
 }
 
 /// The tier's listeners, bound by the caller (so tests can use port 0).
@@ -87,6 +90,7 @@ pub(crate) struct Shared {
     refusing: Arc<Semaphore>,
     next_conn_id: AtomicU64,
     tracker: TaskTracker,
+    metrics: Arc<Metrics>,
 }
 
 /// Serves clients until `shutdown` is cancelled; then tells every client to
@@ -107,6 +111,7 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
         shutdown: shutdown.clone(),
         next_conn_id: AtomicU64::new(1),
         tracker: TaskTracker::new(),
+        metrics: ctx.metrics,
     });
     let tcp = tokio::spawn(listen::accept_loop(shared.clone(), listeners.tcp, TransportKind::Tcp));
     let ws = tokio::spawn(listen::accept_loop(

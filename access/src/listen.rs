@@ -84,6 +84,10 @@ fn server_full() -> Frame {
 
 fn refuse(shared: &Arc<Shared>, stream: TcpStream, kind: TransportKind) {
     debug!("refusing connection over the limit");
+    shared.metrics.inc(
+        "duplex_auth_failures_total",
+        &[("code", ErrorCode::ServerFull.as_str())],
+    );
     match kind {
         TransportKind::Tcp => {
             // The socket's send buffer is empty, so a small frame fits without waiting.

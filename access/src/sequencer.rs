@@ -8,7 +8,10 @@
 //! beyond it first pulls the missing seqs from the store. Seqs that are
 //! neither pending nor acknowledged expired: the client gets a `gap` frame.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use duplex_shared::metrics::Metrics;
 use duplex_shared::protocol::{Frame, Gap, Push};
 use duplex_shared::store::{Store, StoreError, StoredMessage};
 
@@ -21,6 +24,7 @@ pub(crate) const FETCH_BATCH: usize = 256;
 #[derive(Debug)]
 pub(crate) struct Sequencer {
     pub cursor: u64,
+    metrics: Arc<Metrics>,
 }
 
 /// Wall clock, ms since the Unix epoch (message expiry is wall-clock time).
@@ -41,12 +45,19 @@ pub(crate) fn push_frame(m: &StoredMessage) -> Frame {
 }
 
 impl Sequencer {
-    pub fn new(last_seq: u64) -> Self {
-        Sequencer { cursor: last_seq }
+    pub fn new(last_seq: u64, metrics: Arc<Metrics>) -> Self {
+        Sequencer {
+            cursor: last_seq,
+            metrics,
+        }
     }
 
     fn gap_to(&mut self, seq: u64, out: &mut Vec<Bytes>) {
         if seq > self.cursor + 1 {
+            self.metrics.inc("duplex_gaps_total", &[]);
+            self.metrics
+                .counter("duplex_gap_messages_total", &[])
+                .add((seq - self.cursor - 1) as i64);
             out.push(body(&Frame::Gap(Gap {
                 from: self.cursor + 1,
                 to: seq - 1,

@@ -48,6 +48,20 @@ enum End {
     Protocol,
 }
 
+impl End {
+    fn label(&self) -> &'static str {
+        match self {
+            End::ClientLeft => "client_left",
+            End::Failed => "network",
+            End::Silent => "heartbeat_timeout",
+            End::Closed(CloseReason::Kicked(_)) => "kicked",
+            End::Closed(CloseReason::SlowConsumer) => "slow_consumer",
+            End::Shutdown => "shutdown",
+            End::Protocol => "protocol_error",
+        }
+    }
+}
+
 impl Session {
     pub(crate) async fn run(mut self: Box<Self>) {
         let shared = self.shared.clone();
@@ -65,6 +79,12 @@ impl Session {
             return;
         }
         self.kick_previous();
+        let transport = self.io.kind().label();
+        let open = shared
+            .metrics
+            .counter("duplex_connections", &[("transport", transport)]);
+        open.inc();
+        shared.metrics.inc("duplex_connects_total", &[("transport", transport)]);
         let connected = &Frame::Connected(Connected {
             id: self.connect_id,
             session_id: self.client.route.encode(),
@@ -84,8 +104,12 @@ impl Session {
                 Err(end) => end,
             }
         };
+        shared
+            .metrics
+            .inc("duplex_disconnects_total", &[("reason", end.label())]);
         Box::pin(self.say_goodbye(end)).await;
         Box::pin(self.finish()).await;
+        open.dec();
     }
 
     /// Closes the connection this one replaced, wherever it is.
@@ -151,6 +175,7 @@ impl Session {
                         let _ = send_now(&shared, &mut self.io, &f).await;
                         return End::Protocol;
                     }
+                    shared.metrics.inc("duplex_frames_in_total", &[("type", frame.type_name())]);
                     if let Frame::Ack(ack) = frame {
                         if let Err(end) = Box::pin(self.ack(ack)).await {
                             return end;
@@ -224,14 +249,24 @@ impl Session {
         if seq == 0 {
             return Ok(());
         }
+        self.shared.metrics.inc("duplex_acks_total", &[]);
         match self
             .shared
             .store
             .ack(&self.client.client_id, seq, false, now_ms())
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(removed) => {
+                self.shared
+                    .metrics
+                    .counter("duplex_messages_acked_total", &[])
+                    .add(removed as i64);
+                Ok(())
+            }
             Err(e) => {
+                self.shared
+                    .metrics
+                    .inc("duplex_store_errors_total", &[("tier", "access")]);
                 // The client keeps its state and acks again later (acks are cumulative).
                 let f = ErrorCode::StoreUnavailable.frame(Some(ack.id), e.to_string(), false);
                 send_now(&self.shared, &mut self.io, &f).await.map_err(|()| End::Failed)
@@ -242,6 +277,12 @@ impl Session {
     /// Tells the client the store failed and ends the connection; it reconnects and resumes.
     async fn store_failed(&mut self, id: Option<u64>, e: &duplex_shared::store::StoreError) -> End {
         warn!(error = %e, "store failed while delivering");
+        self.shared
+            .metrics
+            .inc("duplex_store_errors_total", &[("tier", "access")]);
+        self.shared
+            .metrics
+            .inc("duplex_store_errors_total", &[("tier", "access")]);
         let f = ErrorCode::StoreUnavailable.frame(id, "the message store is unavailable, reconnect later", true);
         let _ = send_now(&self.shared, &mut self.io, &f).await;
         End::Protocol

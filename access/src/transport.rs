@@ -35,6 +35,15 @@ pub enum TransportKind {
     WebSocket,
 }
 
+impl TransportKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::WebSocket => "ws",
+        }
+    }
+}
+
 pub enum Transport {
     Tcp { stream: TcpStream, decoder: TcpDecoder },
     Ws(Box<WebSocketStream<TcpStream>>),
@@ -61,6 +70,13 @@ impl Transport {
         Transport::Tcp {
             stream,
             decoder: TcpDecoder::new(),
+        }
+    }
+
+    pub fn kind(&self) -> TransportKind {
+        match self {
+            Transport::Tcp { .. } => TransportKind::Tcp,
+            Transport::Ws(_) => TransportKind::WebSocket,
         }
     }
 

@@ -60,10 +60,28 @@ fn body_too_large(body: &Bytes, shared: &Shared) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Counts a failed push call by code (and store failures as store errors).
+fn count_failure<T>(shared: &Shared, result: Result<T, ApiError>) -> Result<T, ApiError> {
+    if let Err(e) = &result {
+        shared.metrics.inc("duplex_pushes_rejected_total", &[("code", e.code)]);
+        if e.code == "store_unavailable" {
+            shared
+                .metrics
+                .inc("duplex_store_errors_total", &[("tier", "downstream")]);
+        }
+    }
+    result
+}
+
 async fn push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authorize(&shared, &headers)?;
-    body_too_large(&body, &shared)?;
-    let request: PushRequest = parse_json(&body)?;
+    let result = push_inner(&shared, &headers, &body).await;
+    count_failure(&shared, result)
+}
+
+async fn push_inner(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<Response, ApiError> {
+    authorize(shared, headers)?;
+    body_too_large(body, shared)?;
+    let request: PushRequest = parse_json(body)?;
     let valid = request.validate(&shared.config)?;
     let response = shared.push(valid).await?;
     Ok((StatusCode::ACCEPTED, Json(response)).into_response())
@@ -77,8 +95,13 @@ struct BatchItem {
 }
 
 async fn push_batch(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authorize(&shared, &headers)?;
-    body_too_large(&body, &shared)?;
+    let result = push_batch_inner(&shared, &headers, body).await;
+    count_failure(&shared, result)
+}
+
+async fn push_batch_inner(shared: &Shared, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authorize(shared, headers)?;
+    body_too_large(&body, shared)?;
     let batch: BatchRequest = parse_json(&body)?;
     if batch.pushes.is_empty() || batch.pushes.len() > shared.config.max_batch {
         return Err(ApiError::bad(

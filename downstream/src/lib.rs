@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use duplex_shared::config::DownstreamConfig;
 use duplex_shared::links::NodeLink;
+use duplex_shared::metrics::Metrics;
 use duplex_shared::store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,7 @@ pub struct DownstreamContext {
     pub store: Arc<dyn Store>,
     /// Reaches access nodes to deliver, kick and broadcast.
     pub nodes: Arc<dyn NodeLink>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The tier's listener, bound by the caller.
@@ -47,6 +49,7 @@ pub(crate) struct Shared {
     nodes: Arc<dyn NodeLink>,
     retrier: retry::Retrier,
     sent_marks: sent::SentMarks,
+    metrics: Arc<Metrics>,
 }
 
 /// Wall clock, ms since the Unix epoch (message times are wall-clock times).
@@ -65,6 +68,7 @@ pub async fn run(ctx: DownstreamContext, listeners: DownstreamListeners, shutdow
         ctx.nodes.clone(),
         ctx.config.retry_min_ms,
         ctx.config.retry_max_ms,
+        ctx.metrics.clone(),
     );
     let marks_stop = CancellationToken::new();
     let sent_marks = sent::SentMarks::start(ctx.store.clone(), marks_stop.clone());
@@ -74,6 +78,7 @@ pub async fn run(ctx: DownstreamContext, listeners: DownstreamListeners, shutdow
         nodes: ctx.nodes,
         retrier: retrier.clone(),
         sent_marks,
+        metrics: ctx.metrics,
     });
     let app = api::router(shared);
     let stop = shutdown.clone();

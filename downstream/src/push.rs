@@ -164,6 +164,8 @@ impl Shared {
             Enqueued::Stored { seq, msg_id, route } => (seq, msg_id, Some(route)),
             Enqueued::Duplicate { seq, msg_id } => (seq, msg_id, None),
             Enqueued::Full { messages, bytes } => {
+                self.metrics
+                    .inc("duplex_pushes_rejected_total", &[("code", "queue_full")]);
                 let mut r = item(client_id, "rejected");
                 r.error = Some(ItemError {
                     code: "queue_full",
@@ -179,6 +181,7 @@ impl Shared {
         r.seq = seq;
         r.duplicate = fresh_route.is_none();
         if let Some(route) = fresh_route {
+            self.metrics.inc("duplex_pushes_accepted_total", &[("qos", "1")]);
             let frame = Frame::Push(Push {
                 seq,
                 msg_id: msg_id.clone(),
@@ -187,6 +190,7 @@ impl Shared {
             });
             match deliver_via(&*self.nodes, client_id, route, frame).await {
                 Delivery::Delivered => {
+                    self.metrics.inc("duplex_pushes_delivered_total", &[]);
                     self.sent_marks.mark(client_id, seq);
                     r.state = "delivered_to_node";
                 }
@@ -219,7 +223,9 @@ impl Shared {
         if let Frame::Push(push) = &frame {
             r.message_id = Some(push.msg_id.clone());
         }
+        self.metrics.inc("duplex_pushes_accepted_total", &[("qos", "0")]);
         if deliver(&*self.store, &*self.nodes, client_id, frame).await == Delivery::Delivered {
+            self.metrics.inc("duplex_pushes_delivered_total", &[]);
             r.state = "delivered_to_node";
         }
         r

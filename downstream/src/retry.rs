@@ -15,6 +15,7 @@ use std::time::Duration;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use duplex_shared::links::NodeLink;
+use duplex_shared::metrics::{Counter, Metrics};
 use duplex_shared::store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -39,10 +40,17 @@ struct Inner {
     /// client -> highest failed seq.
     active: DashMap<String, u64>,
     shutdown: CancellationToken,
+    attempts: Counter,
 }
 
 impl Retrier {
-    pub fn new(store: Arc<dyn Store>, nodes: Arc<dyn NodeLink>, min_ms: u64, max_ms: u64) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        nodes: Arc<dyn NodeLink>,
+        min_ms: u64,
+        max_ms: u64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Retrier {
             inner: Arc::new(Inner {
                 store,
@@ -51,6 +59,7 @@ impl Retrier {
                 max: Duration::from_millis(max_ms),
                 active: DashMap::new(),
                 shutdown: CancellationToken::new(),
+                attempts: metrics.counter("duplex_delivery_retries_total", &[]),
             }),
         }
     }
@@ -103,6 +112,7 @@ impl Inner {
             let Some(seq) = self.active.get(&client_id).map(|v| *v) else {
                 return;
             };
+            self.attempts.inc();
             let next = match self.store.pending(&client_id, seq.saturating_sub(1), 1, now_ms()).await {
                 Ok(p) => p.messages.into_iter().next(),
                 Err(e) => {

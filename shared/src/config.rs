@@ -42,6 +42,7 @@ pub struct Config {
     pub key_prefix: String,
     pub access: AccessConfig,
     pub downstream: DownstreamConfig,
+    pub admin: AdminConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
 }
@@ -54,6 +55,7 @@ impl Default for Config {
             key_prefix: "dx:".into(),
             access: AccessConfig::default(),
             downstream: DownstreamConfig::default(),
+            admin: AdminConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
         }
@@ -425,6 +427,23 @@ impl AuthConfig {
                 "set public_key or public_key_file, not both",
             )),
             (None, None) => Err(invalid("auth.public_key", "required for RS256/ES256")),
+        }
+    }
+}
+
+/// The node's operator endpoints: `/metrics`, `/healthz`, `/readyz`. Never
+/// served on a client or backend port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Admin listener (HTTP). Default `127.0.0.1:7090`; keep it off public networks.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7090)),
         }
     }
 }

@@ -6,11 +6,13 @@
 //! - [`auth`]: JWT verification with a pinned algorithm.
 //! - [`store`]: the `Store` trait with memory and Redis implementations.
 //! - [`links`]: traits through which tiers call each other.
+//! - [`metrics`]: counters and gauges in the Prometheus text format.
 //! - [`net`]: listener setup (backlog, `SO_REUSEPORT`).
 
 pub mod auth;
 pub mod config;
 pub mod links;
+pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod store;

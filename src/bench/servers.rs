@@ -54,6 +54,7 @@ pub fn start_duplex(
             .args(["--ws-listen", &format!("127.0.0.1:{}", ports.1)])
             .args(["--node-id", &format!("bench-{i}")])
             .args(["--http-listen", &format!("127.0.0.1:{}", ports.2)])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .env("DUPLEX_ACCESS__REUSE_PORT", "true")
             .env("DUPLEX_ACCESS__MAX_CONNECTIONS", "19500")
             // Generators stay silent while holding; keep them inside the heartbeat window.

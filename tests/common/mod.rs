@@ -14,6 +14,7 @@ use duplex_downstream::{DownstreamContext, DownstreamListeners};
 use duplex_shared::auth::{dev_claims, mint_hs256, TokenVerifier};
 use duplex_shared::config::{AccessConfig, AuthConfig, DownstreamConfig};
 use duplex_shared::links::{LinkError, NodeLink};
+use duplex_shared::metrics::Metrics;
 use duplex_shared::protocol::{Ack, Frame, Push};
 use duplex_shared::store::Route;
 use duplex_shared::store::{MemoryStore, RedisStore, Store};
@@ -37,6 +38,7 @@ pub struct Node {
     pub store: Arc<dyn Store>,
     pub hub: Arc<Hub>,
     pub http: reqwest::Client,
+    pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     _redis: Option<TestRedis>,
 }
@@ -121,6 +123,7 @@ pub async fn start_with(kind: StoreKind, tweak: impl FnOnce(&mut DownstreamConfi
     let http = duplex_shared::net::bind_listener(downstream.http_listen, 128, false).expect("bind");
     let api = format!("http://{}", http.local_addr().expect("addr"));
     let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
     let ctx = AccessContext {
         config: access,
         node_id: "e2e-node".into(),
@@ -129,6 +132,7 @@ pub async fn start_with(kind: StoreKind, tweak: impl FnOnce(&mut DownstreamConfi
         nodes: nodes.clone(),
         upstream: Arc::new(duplex_upstream::NoBackends),
         hub: hub.clone(),
+        metrics: metrics.clone(),
     };
     tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone()));
     let flaky = Arc::new(FlakyNodes {
@@ -139,6 +143,7 @@ pub async fn start_with(kind: StoreKind, tweak: impl FnOnce(&mut DownstreamConfi
         config: downstream,
         store: store.clone(),
         nodes: flaky,
+        metrics: metrics.clone(),
     };
     tokio::spawn(duplex_downstream::run(
         dctx,
@@ -152,6 +157,7 @@ pub async fn start_with(kind: StoreKind, tweak: impl FnOnce(&mut DownstreamConfi
         store,
         hub,
         http: reqwest::Client::new(),
+        metrics,
         shutdown,
         _redis: redis,
     }

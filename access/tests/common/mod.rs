@@ -91,6 +91,7 @@ pub async fn start_node_with_store(
         nodes: Arc::new(LocalNodes::new(hub.clone())),
         upstream: Arc::new(duplex_upstream::NoBackends),
         hub: hub.clone(),
+        metrics: Default::default(),
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone()));
