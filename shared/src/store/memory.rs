@@ -140,7 +140,12 @@ impl Store for MemoryStore {
     }
 
     async fn pending(&self, client_id: &str, after: u64, max: usize, now_ms: u64) -> Result<Pending, StoreError> {
-        Ok(self.queue(client_id).pending(client_id, after, max, now_ms))
+        // A client that never had a message gets no queue entry just for asking.
+        Ok(self
+            .queues
+            .get_mut(client_id)
+            .map(|mut q| q.pending(client_id, after, max, now_ms))
+            .unwrap_or_default())
     }
 
     async fn ack(&self, client_id: &str, seq: u64, resume: bool, now_ms: u64) -> Result<u64, StoreError> {
