@@ -214,6 +214,57 @@ async fn enqueue_reports_the_route_read_in_the_same_step(store: Arc<dyn Store>) 
     }
 }
 
+async fn sent_marks_in_bulk_record_sent_and_never_undo_acks(store: Arc<dyn Store>) {
+    let (_, id1) = stored(
+        store
+            .enqueue("sm", &msg("a", 60_000, None), LIMITS, NOW)
+            .await
+            .expect("enqueue"),
+    );
+    let (_, id2) = stored(
+        store
+            .enqueue("sm", &msg("b", 60_000, None), LIMITS, NOW)
+            .await
+            .expect("enqueue"),
+    );
+    store.ack("sm", 2, false, NOW + 1).await.expect("ack");
+    // On a fresh Redis the script is not loaded yet: the bulk path must load it.
+    store
+        .mark_sent_many(&[("sm".to_owned(), 1), ("sm".to_owned(), 2)], NOW + 2)
+        .await
+        .expect("marks");
+    for id in [id1, id2] {
+        let (c, s, n) = duplex_shared::store::parse_message_id(&id).expect("id");
+        let st = store
+            .message_status(c, s, n, NOW + 3)
+            .await
+            .expect("status")
+            .expect("known");
+        assert_eq!(
+            st.state,
+            MessageState::Acked,
+            "a late sent mark never overwrites an ack"
+        );
+    }
+    let (_, id3) = stored(
+        store
+            .enqueue("sm", &msg("c", 60_000, None), LIMITS, NOW)
+            .await
+            .expect("enqueue"),
+    );
+    store
+        .mark_sent_many(&[("sm".to_owned(), 3)], NOW + 4)
+        .await
+        .expect("marks");
+    let (c, s, n) = duplex_shared::store::parse_message_id(&id3).expect("id");
+    let st = store
+        .message_status(c, s, n, NOW + 5)
+        .await
+        .expect("status")
+        .expect("known");
+    assert_eq!((st.state, st.sent_at), (MessageState::Sent, Some(NOW + 4)));
+}
+
 async fn idempotency_keys_store_once_per_client(store: Arc<dyn Store>) {
     let (seq, id) = stored(
         store
@@ -387,6 +438,7 @@ contract!(
     concurrent_claims_get_distinct_ordered_epochs,
     messages_get_ordered_seqs_and_cumulative_acks,
     idempotency_keys_store_once_per_client,
+    sent_marks_in_bulk_record_sent_and_never_undo_acks,
     enqueue_reports_the_route_read_in_the_same_step,
     caps_refuse_new_messages_and_store_nothing,
     expired_messages_leave_and_say_so,

@@ -114,7 +114,7 @@ impl ClientQueue {
     }
 
     pub fn ack(&mut self, seq: u64, resume: bool, now: u64) -> u64 {
-        self.tidy(now);
+        // No expiry sweep: a message at or below an ack reached the client.
         self.acked = self.acked.max(seq);
         if resume && self.last_seq < seq {
             self.last_seq = seq;

@@ -36,8 +36,7 @@ end
 -- calls cost one HGET instead of a PEXPIREAT per key.
 -- `fresh`: the queue was empty, so q, exp and b (KEYS[1..3]) were just
 -- recreated without a TTL and get the granted horizon.
-local function keep(meta, n, until_ms, fresh)
-  local granted = tonumber(redis.call('HGET', meta, 'until') or '0')
+local function keep(meta, n, until_ms, fresh, granted)
   if until_ms > granted then
     granted = until_ms + 3600000
     redis.call('HSET', meta, 'until', granted)
@@ -64,7 +63,8 @@ if ARGV[9] ~= '0' then
   if v then return {2, v} end
 end
 local n = redis.call('ZCARD', KEYS[1])
-local bytes = tonumber(redis.call('HGET', KEYS[4], 'bytes') or '0')
+local meta = redis.call('HMGET', KEYS[4], 'bytes', 'until')
+local bytes = tonumber(meta[1] or '0')
 local size = tonumber(ARGV[8])
 if n + 1 > tonumber(ARGV[6]) or bytes + size > tonumber(ARGV[7]) then return {3, n, bytes} end
 local seq = redis.call('INCR', KEYS[5])
@@ -77,7 +77,7 @@ redis.call('HSET', m, 'state', 'queued', 'nonce', ARGV[2], 'size', size, 'create
 local until_ms = tonumber(ARGV[4]) + tonumber(ARGV[11])
 redis.call('PEXPIREAT', m, until_ms)
 if ARGV[9] ~= '0' then redis.call('SET', KEYS[6], seq .. '~' .. ARGV[2], 'PX', ARGV[9]) end
-keep(KEYS[4], 5, until_ms, n == 0)
+keep(KEYS[4], 5, until_ms, n == 0, tonumber(meta[2] or '0'))
 return {1, seq, redis.call('GET', KEYS[7])}"
 );
 
@@ -100,14 +100,20 @@ return out"
 pub const ACK: &str = concat!(
     prelude!(),
     r"
+-- No expiry sweep here: a message at or below an ack reached the client, so
+-- it is acked even if its TTL ran out meanwhile.
 local now = tonumber(ARGV[2])
-tidy(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], now)
+local retention = tonumber(ARGV[5])
 local a = tonumber(ARGV[1])
 if a > tonumber(redis.call('HGET', KEYS[4], 'acked') or '0') then
-  redis.call('HSET', KEYS[4], 'acked', a)
+  -- A watermark written to a fresh key must not live forever.
+  if redis.call('HSET', KEYS[4], 'acked', a) == 1 and redis.call('PTTL', KEYS[4]) == -1 then
+    redis.call('PEXPIREAT', KEYS[4], now + retention)
+  end
 end
 if ARGV[3] == '1' and tonumber(redis.call('GET', KEYS[5]) or '0') < a then
   redis.call('SET', KEYS[5], a, 'KEEPTTL')
+  if redis.call('PTTL', KEYS[5]) == -1 then redis.call('PEXPIREAT', KEYS[5], now + retention) end
 end
 local done = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', a)
 for _, s in ipairs(done) do
@@ -118,10 +124,6 @@ for _, s in ipairs(done) do
   redis.call('ZREM', KEYS[2], s)
 end
 if #done > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', a) end
--- A watermark written to a fresh key must not live forever.
-for i = 4, 5 do
-  if redis.call('PTTL', KEYS[i]) == -1 then redis.call('PEXPIREAT', KEYS[i], now + tonumber(ARGV[5])) end
-end
 return #done"
 );
 

@@ -348,16 +348,32 @@ impl Store for RedisStore {
     async fn mark_sent_many(&self, items: &[(String, u64)], now_ms: u64) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         for chunk in items.chunks(REFRESH_BATCH) {
-            let mut pipe = redis::pipe();
-            for (client_id, seq) in chunk {
-                pipe.cmd("EVAL")
-                    .arg(redis_scripts::MARK_SENT)
-                    .arg(1)
-                    .arg(format!("{}m:{seq}", self.keys.client(client_id)))
-                    .arg(now_ms)
-                    .ignore();
+            let build = || {
+                let mut pipe = redis::pipe();
+                for (client_id, seq) in chunk {
+                    pipe.cmd("EVALSHA")
+                        .arg(MARK_SENT.get_hash())
+                        .arg(1)
+                        .arg(format!("{}m:{seq}", self.keys.client(client_id)))
+                        .arg(now_ms)
+                        .ignore();
+                }
+                pipe
+            };
+            let sent: Result<(), RedisError> = build().query_async(&mut conn).await;
+            match sent {
+                // Redis forgot the script (restart, SCRIPT FLUSH): load it, send again.
+                Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                    let _: String = redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(redis_scripts::MARK_SENT)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(unavailable)?;
+                    let () = build().query_async(&mut conn).await.map_err(unavailable)?;
+                }
+                other => other.map_err(unavailable)?,
             }
-            let () = pipe.query_async(&mut conn).await.map_err(unavailable)?;
         }
         Ok(())
     }
