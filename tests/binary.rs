@@ -263,6 +263,25 @@ async fn a_push_acknowledged_with_202_survives_sigkill_with_the_redis_store() {
     }
 }
 
+/// Polls `/readyz` (up to 10 s) until it answers `want`; returns the last status.
+async fn wait_for_readyz(http: &reqwest::Client, admin: &str, want: u16) -> u16 {
+    let mut status = 0;
+    for _ in 0..400 {
+        status = http
+            .get(format!("{admin}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status()
+            .as_u16();
+        if status == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    status
+}
+
 fn metric(text: &str, series: &str) -> i64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
@@ -356,35 +375,16 @@ async fn metrics_move_with_traffic_and_readiness_follows_redis() {
 
     // Redis stops: not ready. Redis returns: ready again.
     drop(redis);
-    let mut status = 0;
-    for _ in 0..200 {
-        status = http
-            .get(format!("{admin}/readyz"))
-            .send()
-            .await
-            .expect("readyz")
-            .status()
-            .as_u16();
-        if status == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(status, 503, "not ready while Redis is down");
+    assert_eq!(
+        wait_for_readyz(&http, &admin, 503).await,
+        503,
+        "not ready while Redis is down"
+    );
     redis = TestRedis::start_on(port).expect("redis again");
-    for _ in 0..400 {
-        status = http
-            .get(format!("{admin}/readyz"))
-            .send()
-            .await
-            .expect("readyz")
-            .status()
-            .as_u16();
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(status, 200, "ready again once Redis is back");
+    assert_eq!(
+        wait_for_readyz(&http, &admin, 200).await,
+        200,
+        "ready again once Redis is back"
+    );
     drop(redis);
 }

@@ -27,13 +27,7 @@ pub(crate) struct Sequencer {
     metrics: Arc<Metrics>,
 }
 
-/// Wall clock, ms since the Unix epoch (message expiry is wall-clock time).
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use duplex_shared::store::now_ms;
 
 pub(crate) fn push_frame(m: &StoredMessage) -> Frame {
     Frame::Push(Push {

@@ -52,13 +52,7 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
 }
 
-/// Wall clock, ms since the Unix epoch (message times are wall-clock times).
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use duplex_shared::store::now_ms;
 
 /// Serves the push API until `shutdown` is cancelled, then finishes the
 /// requests in flight. Stored messages need no draining: they are in the store.

@@ -20,7 +20,7 @@ use duplex_shared::auth::{dev_claims, mint_hs256};
 use duplex_shared::config::DEV_SECRET;
 
 use super::procfs::{cpu_seconds, machine_line, rss_kib};
-use super::servers::{free_ports, start_duplex, start_mosquitto, Server};
+use super::servers::{free_ports, redis_for, start_duplex, start_mosquitto, Server};
 
 /// Connections one server process is asked to hold at most (fd limit 20,000).
 const PER_SERVER: usize = 18_000;
@@ -88,12 +88,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         }
     }
     let exe = std::env::current_exe().context("locating the duplex binary")?;
-    let private = if args.private_redis {
-        Some(duplex_shared::testing::TestRedis::start().map_err(anyhow::Error::msg)?)
-    } else {
-        None
-    };
-    let redis_url = args.redis.clone().or(private.as_ref().map(|r| r.url()));
+    let (private, redis_url) = redis_for(args.private_redis, &args.redis)?;
     let servers_n = args.servers.unwrap_or(args.connections.div_ceil(PER_SERVER)).max(1);
     println!("{}", machine_line());
     println!(

@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use super::procfs::{cpu_seconds, machine_line, rss_kib};
-use super::servers::{free_ports, start_duplex};
+use super::servers::{free_ports, redis_for, start_duplex};
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
@@ -61,12 +61,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         bail!("--clients within 1..=15000, --batch within 1..=100, --messages positive");
     }
     let exe = std::env::current_exe().context("locating the duplex binary")?;
-    let private = if args.private_redis {
-        Some(duplex_shared::testing::TestRedis::start().map_err(anyhow::Error::msg)?)
-    } else {
-        None
-    };
-    let redis_url = args.redis.clone().or(private.as_ref().map(|r| r.url()));
+    let (private, redis_url) = redis_for(args.private_redis, &args.redis)?;
     let ports = free_ports()?;
     let servers = start_duplex(&exe, 1, ports, redis_url.as_deref())?;
     let pid = servers[0].child.id();

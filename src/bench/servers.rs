@@ -32,6 +32,20 @@ impl Drop for Server {
     }
 }
 
+/// The Redis the servers should use: a private `redis-server` started here
+/// (kept alive by the returned handle), the given URL, or none (memory store).
+pub fn redis_for(
+    private: bool,
+    url: &Option<String>,
+) -> anyhow::Result<(Option<duplex_shared::testing::TestRedis>, Option<String>)> {
+    if private {
+        let server = duplex_shared::testing::TestRedis::start().map_err(anyhow::Error::msg)?;
+        let url = server.url();
+        return Ok((Some(server), Some(url)));
+    }
+    Ok((None, url.clone()))
+}
+
 /// Three distinct free loopback ports (all held while choosing, so they differ).
 pub fn free_ports() -> anyhow::Result<(u16, u16, u16)> {
     let a = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -198,33 +198,15 @@ impl Node {
         if let Some(k) = key {
             req = req.bearer_auth(k);
         }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        answer(req).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.api))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .expect("request");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        answer(self.http.get(format!("{}{path}", self.api)).bearer_auth(API_KEY)).await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
-        let resp = self
-            .http
-            .delete(format!("{}{path}", self.api))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .expect("request");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        answer(self.http.delete(format!("{}{path}", self.api)).bearer_auth(API_KEY)).await
     }
 
     /// Pushes a JSON payload to one client; asserts 202 and returns the item.
@@ -238,6 +220,13 @@ impl Node {
         assert_eq!(status, 202, "{body}");
         body["messages"][0].clone()
     }
+}
+
+/// Sends `req`; returns the status and the JSON body (null if none).
+async fn answer(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// Next frame within 5 s; `None` when the server closed.

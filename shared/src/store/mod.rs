@@ -85,6 +85,15 @@ impl StoreError {
     }
 }
 
+/// Wall clock, ms since the Unix epoch: message times (creation, expiry, status)
+/// are wall-clock times shared by every node, unlike `tokio::time` instants.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// How long a user's client set, and a client's epoch counter, live after its last connect.
 pub const USER_CLIENTS_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
