@@ -2,10 +2,15 @@
 //!
 //! # Layout
 //! - [`Connection`]: one connection over TCP or WebSocket that sends and
-//!   receives frames, plus the `Connect` handshake. Reconnects, resume and
-//!   request tracking build on it.
+//!   receives frames, plus the `Connect` handshake.
+//! - [`reconnecting`]: [`Client`], which reconnects with backoff, resumes,
+//!   drops duplicates, acks and keeps the heartbeat.
 
 use std::net::SocketAddr;
+
+pub mod reconnecting;
+
+pub use reconnecting::{Client, ClientOptions, Endpoint, Event};
 
 use bytes::Bytes;
 use duplex_shared::protocol::{

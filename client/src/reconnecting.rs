@@ -1,0 +1,288 @@
+//! A client that behaves like one reliable connection: it reconnects with
+//! exponential backoff and full jitter (honouring the server's advice and
+//! `go_away` delays), resumes from the highest seq it delivered, drops
+//! duplicates, acks what the application received, and keeps a heartbeat.
+//!
+//! The application reads `Event`s from a bounded channel; a push is acked
+//! once it has been handed over (the channel gives backpressure instead of
+//! unbounded buffering).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duplex_shared::protocol::{Ack, Frame, Gap, Ping, Push};
+use tokio::sync::mpsc;
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::{ClientError, Connection};
+
+/// Where to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    /// `ws://host:port/`
+    Ws(String),
+}
+
+impl Endpoint {
+    /// Parses `tcp://host:port` or `ws://host:port/`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(rest) = s.strip_prefix("tcp://") {
+            rest.parse().map(Endpoint::Tcp).map_err(|e| format!("{s}: {e}"))
+        } else if s.starts_with("ws://") {
+            Ok(Endpoint::Ws(s.to_owned()))
+        } else {
+            Err(format!("{s}: use tcp://host:port or ws://host:port/"))
+        }
+    }
+}
+
+/// Produces a fresh token for each connection attempt.
+pub type TokenProvider = Arc<dyn Fn() -> String + Send + Sync>;
+
+#[derive(Clone)]
+pub struct ClientOptions {
+    pub endpoints: Vec<Endpoint>,
+    pub client_id: String,
+    pub token: TokenProvider,
+    /// Highest seq the application already processed (persist it across app restarts).
+    pub last_seq: u64,
+    /// Backoff bounds until the server advises its own.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// A connection that lasted this long resets the backoff.
+    pub stable_after: Duration,
+}
+
+impl ClientOptions {
+    pub fn new(endpoints: Vec<Endpoint>, client_id: impl Into<String>, token: TokenProvider) -> Self {
+        ClientOptions {
+            endpoints,
+            client_id: client_id.into(),
+            token,
+            last_seq: 0,
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            stable_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the application sees.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Connected {
+        node_id: String,
+        session_id: String,
+    },
+    Disconnected {
+        reason: String,
+    },
+    /// A push, each stored one exactly once (duplicates are dropped by seq).
+    Push(Push),
+    /// Pushes `from..=to` expired before they could be delivered.
+    Gap(Gap),
+    /// Closed for good: another instance of this client connected.
+    Replaced,
+}
+
+/// Delay before reconnect attempt `attempt` (0-based): uniform in
+/// `[0, min(max, min_delay * 2^attempt)]` ("full jitter"). `unit` is a random
+/// number in `[0, 1)`.
+pub fn backoff_delay(attempt: u32, min: Duration, max: Duration, unit: f64) -> Duration {
+    let cap = min.saturating_mul(1u32 << attempt.min(20)).min(max);
+    cap.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// A running client; dropping it stops the connection.
+pub struct Client {
+    events: mpsc::Receiver<Event>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    pub fn start(options: ClientOptions) -> Self {
+        let (tx, events) = mpsc::channel(256);
+        let task = tokio::spawn(drive(options, tx));
+        Client { events, task }
+    }
+
+    /// Next event; `None` once the client stopped (after `Replaced`).
+    pub async fn next(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn connect(endpoint: &Endpoint) -> Result<Connection, ClientError> {
+    match endpoint {
+        Endpoint::Tcp(addr) => Connection::tcp(*addr).await,
+        Endpoint::Ws(url) => Connection::ws(url).await,
+    }
+}
+
+/// How one connection ended.
+enum Ended {
+    Lost(String),
+    GoAway(Duration),
+    Replaced,
+    AppGone,
+}
+
+async fn drive(options: ClientOptions, events: mpsc::Sender<Event>) {
+    let mut last_seq = options.last_seq;
+    let (mut min, mut max) = (options.backoff_min, options.backoff_max);
+    let mut attempt: u32 = 0;
+    let mut next_endpoint = 0usize;
+    loop {
+        let endpoint = &options.endpoints[next_endpoint % options.endpoints.len().max(1)];
+        let started = Instant::now();
+        let ended = match connect(endpoint).await {
+            Ok(mut conn) => match conn.handshake(&(options.token)(), &options.client_id, last_seq).await {
+                Ok(hello) => {
+                    min = Duration::from_millis(hello.reconnect_min_ms.max(1));
+                    max = Duration::from_millis(hello.reconnect_max_ms.max(hello.reconnect_min_ms).max(1));
+                    let connected = Event::Connected {
+                        node_id: hello.node_id,
+                        session_id: hello.session_id,
+                    };
+                    if events.send(connected).await.is_err() {
+                        return;
+                    }
+                    let heartbeat = Duration::from_millis(hello.heartbeat_ms.max(100));
+                    serve(&mut conn, heartbeat, &mut last_seq, &events).await
+                }
+                Err(ClientError::Unexpected("kicked")) => Ended::Replaced,
+                Err(e) => Ended::Lost(e.to_string()),
+            },
+            Err(e) => Ended::Lost(e.to_string()),
+        };
+        let delay = match ended {
+            Ended::AppGone => return,
+            Ended::Replaced => {
+                let _ = events.send(Event::Replaced).await;
+                return;
+            }
+            Ended::GoAway(after) => {
+                let _ = events
+                    .send(Event::Disconnected {
+                        reason: "go_away".into(),
+                    })
+                    .await;
+                next_endpoint += 1;
+                attempt = 0;
+                after
+            }
+            Ended::Lost(reason) => {
+                if events.send(Event::Disconnected { reason }).await.is_err() {
+                    return;
+                }
+                if started.elapsed() >= options.stable_after {
+                    attempt = 0;
+                }
+                next_endpoint += 1;
+                let d = backoff_delay(attempt, min, max, rand_unit());
+                attempt = attempt.saturating_add(1);
+                d
+            }
+        };
+        sleep(delay).await;
+    }
+}
+
+fn rand_unit() -> f64 {
+    // Spread reconnects of many clients; quality needs are modest.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    f64::from(nanos % 1_000_000) / 1_000_000.0
+}
+
+async fn serve(conn: &mut Connection, heartbeat: Duration, last_seq: &mut u64, events: &mpsc::Sender<Event>) -> Ended {
+    let mut next_ping = Instant::now() + heartbeat;
+    let mut ping_id = 0u64;
+    loop {
+        let frame = match timeout(next_ping.saturating_duration_since(Instant::now()), conn.recv()).await {
+            Err(_) => {
+                ping_id += 1;
+                if let Err(e) = conn.send(&Frame::Ping(Ping { id: ping_id })).await {
+                    return Ended::Lost(e.to_string());
+                }
+                next_ping = Instant::now() + heartbeat;
+                continue;
+            }
+            Ok(Ok(Some(f))) => f,
+            Ok(Ok(None)) => return Ended::Lost("server closed the connection".into()),
+            Ok(Err(e)) => return Ended::Lost(e.to_string()),
+        };
+        match frame {
+            Frame::Push(p) if p.seq == 0 => {
+                if events.send(Event::Push(p)).await.is_err() {
+                    return Ended::AppGone;
+                }
+            }
+            Frame::Push(p) => {
+                if p.seq <= *last_seq {
+                    continue;
+                }
+                let seq = p.seq;
+                if events.send(Event::Push(p)).await.is_err() {
+                    return Ended::AppGone;
+                }
+                *last_seq = seq;
+                if let Err(e) = conn.send(&Frame::Ack(Ack { id: seq, seq })).await {
+                    return Ended::Lost(e.to_string());
+                }
+            }
+            Frame::Gap(g) => {
+                *last_seq = (*last_seq).max(g.to);
+                if events.send(Event::Gap(g)).await.is_err() {
+                    return Ended::AppGone;
+                }
+            }
+            Frame::Kicked(k) if k.reason == "replaced" => return Ended::Replaced,
+            Frame::Kicked(k) => return Ended::Lost(format!("kicked: {}", k.reason)),
+            Frame::GoAway(g) => return Ended::GoAway(Duration::from_millis(g.reconnect_after_ms)),
+            Frame::Error(e) if e.close => return Ended::Lost(format!("{}: {}", e.code, e.message)),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_full_jitter_up_to_the_cap() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(5));
+        assert_eq!(
+            backoff_delay(0, min, max, 0.999_999),
+            Duration::from_millis(100).mul_f64(0.999_999)
+        );
+        assert_eq!(backoff_delay(3, min, max, 0.5), Duration::from_millis(400));
+        assert_eq!(backoff_delay(30, min, max, 1.0), max);
+        assert_eq!(backoff_delay(5, min, max, 0.0), Duration::ZERO);
+        for attempt in 0..10 {
+            let d = backoff_delay(attempt, min, max, 0.7);
+            assert!(d <= max && d <= min * 2u32.pow(attempt));
+        }
+    }
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            Endpoint::parse("tcp://127.0.0.1:7070"),
+            Ok(Endpoint::Tcp("127.0.0.1:7070".parse().expect("addr")))
+        );
+        assert_eq!(Endpoint::parse("ws://h:1/"), Ok(Endpoint::Ws("ws://h:1/".into())));
+        assert!(Endpoint::parse("http://x").is_err());
+    }
+}

@@ -1,0 +1,79 @@
+//! The reconnecting SDK client against a real node.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use duplex_client::{Client, ClientOptions, Endpoint, Event};
+use duplex_shared::auth::{dev_claims, mint_hs256};
+use serde_json::json;
+
+async fn next_event(client: &mut Client) -> Event {
+    tokio::time::timeout(Duration::from_secs(10), client.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("client running")
+}
+
+async fn next_push_seq(client: &mut Client) -> u64 {
+    loop {
+        match next_event(client).await {
+            Event::Push(p) => return p.seq,
+            Event::Connected { .. } | Event::Disconnected { .. } => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_client_reconnects_resumes_and_delivers_each_push_once() {
+    for kind in [StoreKind::Memory, StoreKind::Redis] {
+        let node = start(kind, |_| {}).await;
+        let token = Arc::new(|| mint_hs256(SECRET, &dev_claims("sam", 3600)).expect("mint"));
+        let options = ClientOptions::new(vec![Endpoint::Tcp(node.tcp)], "sam-phone", token);
+        let mut client = Client::start(options);
+        assert!(matches!(next_event(&mut client).await, Event::Connected { .. }));
+        node.push_to("sam-phone", json!(1)).await;
+        node.push_to("sam-phone", json!(2)).await;
+        assert_eq!(next_push_seq(&mut client).await, 1);
+        assert_eq!(next_push_seq(&mut client).await, 2);
+        // Wait until the acks landed, then drop the connection from the server side.
+        eventually("acks stored", || async {
+            node.get("/v1/clients/sam-phone").await.1["last_acked_seq"] == 2
+        })
+        .await;
+        assert_eq!(node.delete("/v1/clients/sam-phone").await.0, 200);
+        match next_event(&mut client).await {
+            Event::Disconnected { reason } => assert!(reason.contains("admin"), "{reason}"),
+            other => panic!("expected a disconnect, got {other:?}"),
+        }
+        // A push while the client is away arrives once it is back, exactly once.
+        node.push_to("sam-phone", json!(3)).await;
+        assert!(matches!(next_event(&mut client).await, Event::Connected { .. }));
+        assert_eq!(next_push_seq(&mut client).await, 3);
+        node.push_to("sam-phone", json!(4)).await;
+        assert_eq!(
+            next_push_seq(&mut client).await,
+            4,
+            "no duplicates of 1..3 after the reconnect"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_second_instance_replaces_the_first_for_good() {
+    let node = start(StoreKind::Memory, |_| {}).await;
+    let token = Arc::new(|| mint_hs256(SECRET, &dev_claims("sam", 3600)).expect("mint"));
+    let mut first = Client::start(ClientOptions::new(vec![Endpoint::Tcp(node.tcp)], "dup", token.clone()));
+    assert!(matches!(next_event(&mut first).await, Event::Connected { .. }));
+    let mut second = Client::start(ClientOptions::new(
+        vec![Endpoint::Ws(format!("ws://{}/", node.ws))],
+        "dup",
+        token,
+    ));
+    assert!(matches!(next_event(&mut second).await, Event::Connected { .. }));
+    assert_eq!(next_event(&mut first).await, Event::Replaced);
+    assert_eq!(first.next().await, None, "the replaced client stops");
+}
