@@ -223,22 +223,20 @@ async fn serve(conn: &mut Connection, heartbeat: Duration, last_seq: &mut u64, e
             Ok(Err(e)) => return Ended::Lost(e.to_string()),
         };
         match frame {
-            Frame::Push(p) if p.seq == 0 => {
-                if events.send(Event::Push(p)).await.is_err() {
-                    return Ended::AppGone;
-                }
-            }
             Frame::Push(p) => {
-                if p.seq <= *last_seq {
+                // seq 0: qos 0, never stored, nothing to dedupe or ack.
+                let seq = p.seq;
+                if seq != 0 && seq <= *last_seq {
                     continue;
                 }
-                let seq = p.seq;
                 if events.send(Event::Push(p)).await.is_err() {
                     return Ended::AppGone;
                 }
-                *last_seq = seq;
-                if let Err(e) = conn.send(&Frame::Ack(Ack { id: seq, seq })).await {
-                    return Ended::Lost(e.to_string());
+                if seq != 0 {
+                    *last_seq = seq;
+                    if let Err(e) = conn.send(&Frame::Ack(Ack { id: seq, seq })).await {
+                        return Ended::Lost(e.to_string());
+                    }
                 }
             }
             Frame::Gap(g) => {
