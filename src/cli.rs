@@ -29,6 +29,8 @@ pub enum Command {
     Run,
     /// Mint a development token (HS256) from the configured secret and print it.
     Token(TokenArgs),
+    /// Connect like an app and print pushes as JSON lines.
+    Client(crate::client_cli::ClientArgs),
     /// Load generators; they only ever target 127.0.0.0/8.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
@@ -84,7 +86,7 @@ pub fn load_config(flags: &ConfigFlags) -> Result<Config, ConfigError> {
         }
         figment = figment.merge(Toml::file(path));
     }
-    figment = figment.merge(Env::prefixed("DUPLEX_").ignore(&["CONFIG"]).split("__"));
+    figment = figment.merge(Env::prefixed("DUPLEX_").ignore(&["CONFIG", "TOKEN"]).split("__"));
     if let Some(v) = &flags.redis {
         figment = figment.merge(("redis_url", v));
     }

@@ -14,6 +14,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 mod admin;
 mod bench;
 mod cli;
+mod client_cli;
 mod node;
 
 use cli::{Cli, Command};
@@ -36,5 +37,6 @@ fn main() -> ExitCode {
             node::run_all_in_one(config)
         }
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Client(args) => client_cli::run(args),
     }
 }

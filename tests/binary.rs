@@ -388,3 +388,49 @@ async fn metrics_move_with_traffic_and_readiness_follows_redis() {
     );
     drop(redis);
 }
+
+#[tokio::test]
+async fn the_cli_client_prints_a_push_sent_with_http_and_refuses_bad_tokens() {
+    let run = start(&[]);
+    let mut cli = Command::new(BIN)
+        .args(["client", "--url", &format!("tcp://{}", run.tcp), "--client-id", "cli-1"])
+        .env("DUPLEX_TOKEN", mint("cleo"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("duplex client");
+    // The client reports its connection on stderr; wait for it before pushing.
+    let stderr = cli.stderr.take().expect("stderr");
+    let mut err_lines = BufReader::new(stderr).lines();
+    let first = err_lines.next().expect("a line").expect("utf8");
+    assert!(first.starts_with("connected to"), "{first}");
+    std::thread::spawn(move || err_lines.for_each(drop));
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/push", run.push))
+        .bearer_auth("duplex-dev-api-key")
+        .json(&serde_json::json!({"client_ids": ["cli-1"], "payload": {"hello": "cli"}}))
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(resp.status(), 202);
+    let stdout = cli.stdout.take().expect("stdout");
+    let line = std::thread::spawn(move || BufReader::new(stdout).lines().next())
+        .join()
+        .expect("reader")
+        .expect("a line")
+        .expect("utf8");
+    let _ = cli.kill();
+    let _ = cli.wait();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json line");
+    assert_eq!(
+        (v["seq"].clone(), v["payload"].clone()),
+        (serde_json::json!(1), serde_json::json!({"hello": "cli"}))
+    );
+
+    let out = Command::new(BIN)
+        .args(["client", "--url", &format!("tcp://{}", run.tcp), "--token", "bad-token"])
+        .output()
+        .expect("duplex client");
+    assert_eq!(out.status.code(), Some(77));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token_invalid"));
+}
