@@ -77,3 +77,39 @@ async fn a_second_instance_replaces_the_first_for_good() {
     assert_eq!(next_event(&mut first).await, Event::Replaced);
     assert_eq!(first.next().await, None, "the replaced client stops");
 }
+
+#[tokio::test]
+async fn go_away_moves_the_client_to_another_endpoint_and_nothing_is_lost() {
+    let (store, redis) = new_store(StoreKind::Redis).await;
+    let a = start_on_store(store.clone(), redis, "node-a", |_| {}, 0).await;
+    let b = start_on_store(store, None, "node-b", |_| {}, 0).await;
+    let token = Arc::new(|| mint_hs256(SECRET, &dev_claims("gus", 3600)).expect("mint"));
+    let endpoints = vec![Endpoint::Tcp(a.tcp), Endpoint::Tcp(b.tcp)];
+    let mut client = Client::start(ClientOptions::new(endpoints, "gus-phone", token));
+    match next_event(&mut client).await {
+        Event::Connected { node_id, .. } => assert_eq!(node_id, "node-a"),
+        other => panic!("{other:?}"),
+    }
+    a.push_to("gus-phone", json!(1)).await;
+    assert_eq!(next_push_seq(&mut client).await, 1);
+    a.stop();
+    assert_eq!(
+        next_event(&mut client).await,
+        Event::Disconnected {
+            reason: "go_away".into()
+        }
+    );
+    // Pushed through node B's API while the client moves over.
+    b.push_to("gus-phone", json!(2)).await;
+    loop {
+        match next_event(&mut client).await {
+            Event::Connected { node_id, .. } => {
+                assert_eq!(node_id, "node-b", "the next endpoint is tried after go_away");
+                break;
+            }
+            Event::Disconnected { .. } => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(next_push_seq(&mut client).await, 2);
+}

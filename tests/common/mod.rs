@@ -82,7 +82,13 @@ impl NodeLink for FlakyNodes {
 
 /// Like `start`, with the first `failing_deliveries` downstream deliveries failing.
 pub async fn start_with(kind: StoreKind, tweak: impl FnOnce(&mut DownstreamConfig), failing_deliveries: usize) -> Node {
-    let (store, redis): (Arc<dyn Store>, _) = match kind {
+    let (store, redis) = new_store(kind).await;
+    start_on_store(store, redis, "e2e-node", tweak, failing_deliveries).await
+}
+
+/// A fresh store of `kind` (and the private redis-server behind it).
+pub async fn new_store(kind: StoreKind) -> (Arc<dyn Store>, Option<TestRedis>) {
+    match kind {
         StoreKind::Memory => (Arc::new(MemoryStore::new()), None),
         StoreKind::Redis => {
             let server = TestRedis::start().expect("redis-server");
@@ -91,10 +97,22 @@ pub async fn start_with(kind: StoreKind, tweak: impl FnOnce(&mut DownstreamConfi
                 .expect("redis");
             (Arc::new(store), Some(server))
         }
-    };
+    }
+}
+
+/// A node named `node_id` on an existing store (several nodes may share one).
+pub async fn start_on_store(
+    store: Arc<dyn Store>,
+    redis: Option<TestRedis>,
+    node_id: &str,
+    tweak: impl FnOnce(&mut DownstreamConfig),
+    failing_deliveries: usize,
+) -> Node {
     let access = AccessConfig {
         tcp_listen: "127.0.0.1:0".parse().expect("addr"),
         ws_listen: "127.0.0.1:0".parse().expect("addr"),
+        // Clients told to go away come back within half a second (tests wait 10 s at most).
+        goaway_window_ms: 500,
         ..AccessConfig::default()
     };
     let mut downstream = DownstreamConfig {
@@ -113,7 +131,7 @@ pub async fn start_with(kind: StoreKind, tweak: impl FnOnce(&mut DownstreamConfi
         ..AuthConfig::default()
     };
     auth.resolve(true).expect("auth");
-    let hub = Arc::new(Hub::new("e2e-node"));
+    let hub = Arc::new(Hub::new(node_id));
     let nodes = Arc::new(LocalNodes::new(hub.clone()));
     let listeners = AccessListeners::bind(&access).expect("bind");
     let (tcp, ws) = (
@@ -126,7 +144,7 @@ pub async fn start_with(kind: StoreKind, tweak: impl FnOnce(&mut DownstreamConfi
     let metrics = Arc::new(Metrics::new());
     let ctx = AccessContext {
         config: access,
-        node_id: "e2e-node".into(),
+        node_id: node_id.into(),
         verifier: Arc::new(TokenVerifier::new(&auth).expect("verifier")),
         store: store.clone(),
         nodes: nodes.clone(),
@@ -164,6 +182,11 @@ pub async fn start_with(kind: StoreKind, tweak: impl FnOnce(&mut DownstreamConfi
 }
 
 impl Node {
+    /// Shuts the node down (clients get `go_away`).
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Connects `client_id` of `user` over TCP, resuming after `last_seq`.
     pub async fn connect(&self, user: &str, client_id: &str, last_seq: u64) -> Connection {
         let mut conn = Connection::tcp(self.tcp).await.expect("tcp");
