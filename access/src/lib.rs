@@ -21,7 +21,7 @@ use std::time::Duration;
 use duplex_shared::auth::TokenVerifier;
 use duplex_shared::config::AccessConfig;
 use duplex_shared::links::{NodeLink, UpstreamLink};
-use duplex_shared::metrics::Metrics;
+use duplex_shared::metrics::{Counter, Metrics};
 use duplex_shared::net::bind_listener;
 use duplex_shared::protocol::Limits;
 use duplex_shared::store::Store;
@@ -91,6 +91,16 @@ pub(crate) struct Shared {
     next_conn_id: AtomicU64,
     tracker: TaskTracker,
     metrics: Arc<Metrics>,
+    /// `duplex_frames_in_total` per frame type, resolved once: it is counted per frame.
+    frames_in: Vec<(&'static str, Counter)>,
+}
+
+impl Shared {
+    pub(crate) fn count_frame_in(&self, type_name: &str) {
+        if let Some((_, c)) = self.frames_in.iter().find(|(t, _)| *t == type_name) {
+            c.inc();
+        }
+    }
 }
 
 /// Serves clients until `shutdown` is cancelled; then tells every client to
@@ -111,6 +121,10 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
         shutdown: shutdown.clone(),
         next_conn_id: AtomicU64::new(1),
         tracker: TaskTracker::new(),
+        frames_in: duplex_shared::protocol::FRAME_TYPES
+            .iter()
+            .map(|t| (*t, ctx.metrics.counter("duplex_frames_in_total", &[("type", t)])))
+            .collect(),
         metrics: ctx.metrics,
     });
     let tcp = tokio::spawn(listen::accept_loop(shared.clone(), listeners.tcp, TransportKind::Tcp));

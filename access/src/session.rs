@@ -175,7 +175,7 @@ impl Session {
                         let _ = send_now(&shared, &mut self.io, &f).await;
                         return End::Protocol;
                     }
-                    shared.metrics.inc("duplex_frames_in_total", &[("type", frame.type_name())]);
+                    shared.count_frame_in(frame.type_name());
                     if let Frame::Ack(ack) = frame {
                         if let Err(end) = Box::pin(self.ack(ack)).await {
                             return end;

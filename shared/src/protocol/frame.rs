@@ -12,6 +12,24 @@ use serde::{Deserialize, Serialize};
 /// Protocol version spoken by this build; `Connect.version` must equal it.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The wire name of every frame type.
+pub const FRAME_TYPES: [&str; 14] = [
+    "connect",
+    "connected",
+    "error",
+    "ping",
+    "pong",
+    "upload",
+    "upload_ack",
+    "request",
+    "reply",
+    "push",
+    "ack",
+    "gap",
+    "kicked",
+    "go_away",
+];
+
 /// Header map carried by uploads, requests, replies and pushes.
 pub type Headers = BTreeMap<String, String>;
 

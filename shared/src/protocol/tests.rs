@@ -288,3 +288,12 @@ fn optional_fields_take_their_documented_defaults() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn every_listed_frame_type_is_known_to_the_decoder() {
+    for name in FRAME_TYPES {
+        let body = rmp_serde::to_vec_named(&serde_json::json!({"type": name})).expect("enc");
+        let code = decode_body(&body, &limits()).err().map(|e| e.code());
+        assert_ne!(code, Some(ErrorCode::UnknownFrameType), "{name}");
+    }
+}
