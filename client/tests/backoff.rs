@@ -1,0 +1,73 @@
+//! Reconnect timing on tokio's paused clock: delays grow with full jitter and
+//! follow the server's advice rather than the client's defaults.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use duplex_client::{Client, ClientOptions, Endpoint, Event};
+use duplex_shared::protocol::{encode_tcp, Connected, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+#[tokio::test(start_paused = true)]
+async fn reconnect_delays_follow_the_servers_advice_with_jitter() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // The fake server: the first connection gets `connected` advising 2..8 s and
+    // is then closed; every later one is closed at once. It records accept times.
+    let accepts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = accepts.clone();
+    tokio::spawn(async move {
+        for i in 0..8 {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            seen.lock().expect("lock").push(Instant::now());
+            if i == 0 {
+                let mut buf = [0u8; 1024];
+                let _ = sock.read(&mut buf).await;
+                let mut out = Vec::new();
+                encode_tcp(
+                    &Frame::Connected(Connected {
+                        id: 1,
+                        session_id: "s".into(),
+                        node_id: "fake".into(),
+                        heartbeat_ms: 600_000,
+                        reconnect_min_ms: 2_000,
+                        reconnect_max_ms: 8_000,
+                        max_frame_bytes: 65_536,
+                    }),
+                    &mut out,
+                );
+                let _ = sock.write_all(&out).await;
+            }
+            drop(sock);
+        }
+    });
+    let mut options = ClientOptions::new(vec![Endpoint::Tcp(addr)], "c", Arc::new(|| "token".to_owned()));
+    // Client defaults far above the advice: if they were used, delays would exceed 8 s.
+    options.backoff_min = Duration::from_secs(60);
+    options.backoff_max = Duration::from_secs(600);
+    let mut client = Client::start(options);
+    assert!(matches!(client.next().await, Some(Event::Connected { .. })));
+    for _ in 0..7 {
+        assert!(matches!(client.next().await, Some(Event::Disconnected { .. })));
+    }
+    let times = accepts.lock().expect("lock").clone();
+    assert!(times.len() >= 7, "{}", times.len());
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    for (attempt, gap) in gaps.iter().enumerate() {
+        let cap = Duration::from_millis(2_000 * (1u64 << attempt)).min(Duration::from_millis(8_000));
+        assert!(
+            *gap <= cap + Duration::from_millis(50),
+            "attempt {attempt}: {gap:?} > {cap:?}"
+        );
+    }
+    let distinct: std::collections::HashSet<_> = gaps.iter().map(|g| g.as_millis() / 10).collect();
+    assert!(distinct.len() > 1, "delays are jittered: {gaps:?}");
+    assert!(
+        gaps.iter().any(|g| *g > Duration::from_millis(100)),
+        "delays are not all zero: {gaps:?}"
+    );
+}
