@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use duplex_shared::protocol::{Ack, Frame, Gap, Ping, Push};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::{ClientError, Connection};
@@ -99,13 +99,21 @@ pub fn backoff_delay(attempt: u32, min: Duration, max: Duration, unit: f64) -> D
 pub struct Client {
     events: mpsc::Receiver<Event>,
     task: tokio::task::JoinHandle<()>,
+    wake: Arc<Notify>,
 }
 
 impl Client {
     pub fn start(options: ClientOptions) -> Self {
         let (tx, events) = mpsc::channel(256);
-        let task = tokio::spawn(drive(options, tx));
-        Client { events, task }
+        let wake = Arc::new(Notify::new());
+        let task = tokio::spawn(drive(options, tx, wake.clone()));
+        Client { events, task, wake }
+    }
+
+    /// Ends a reconnect backoff that is under way now (for apps that know the
+    /// network just came back). Does nothing while connected.
+    pub fn reconnect_now(&self) {
+        self.wake.notify_waiters();
     }
 
     /// Next event; `None` once the client stopped (after `Replaced`).
@@ -135,7 +143,7 @@ enum Ended {
     AppGone,
 }
 
-async fn drive(options: ClientOptions, events: mpsc::Sender<Event>) {
+async fn drive(options: ClientOptions, events: mpsc::Sender<Event>, wake: Arc<Notify>) {
     let mut last_seq = options.last_seq;
     let (mut min, mut max) = (options.backoff_min, options.backoff_max);
     let mut attempt: u32 = 0;
@@ -192,7 +200,10 @@ async fn drive(options: ClientOptions, events: mpsc::Sender<Event>) {
                 d
             }
         };
-        sleep(delay).await;
+        tokio::select! {
+            _ = sleep(delay) => {}
+            _ = wake.notified() => {}
+        }
     }
 }
 

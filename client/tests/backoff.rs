@@ -71,3 +71,33 @@ async fn reconnect_delays_follow_the_servers_advice_with_jitter() {
         "delays are not all zero: {gaps:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn reconnect_now_cuts_a_long_backoff_short() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = accepts.clone();
+    // Every connection is closed at once: the client keeps backing off.
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            seen.lock().expect("lock").push(Instant::now());
+            drop(sock);
+        }
+    });
+    let mut options = ClientOptions::new(vec![Endpoint::Tcp(addr)], "c", Arc::new(|| "token".to_owned()));
+    options.backoff_min = Duration::from_secs(600);
+    options.backoff_max = Duration::from_secs(600);
+    let mut client = Client::start(options);
+    assert!(matches!(client.next().await, Some(Event::Disconnected { .. })));
+    // Let the client enter its (up to 10 minute) backoff, then wake it.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let woke_at = Instant::now();
+    client.reconnect_now();
+    assert!(matches!(client.next().await, Some(Event::Disconnected { .. })));
+    let times = accepts.lock().expect("lock").clone();
+    assert_eq!(times.len(), 2);
+    assert!(times[1] - woke_at < Duration::from_secs(1), "{:?}", times[1] - woke_at);
+}
