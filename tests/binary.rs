@@ -27,6 +27,18 @@ impl Drop for Running {
     }
 }
 
+/// Every listener on an ephemeral loopback port.
+const EPHEMERAL_LISTENERS: [&str; 8] = [
+    "--tcp-listen",
+    "127.0.0.1:0",
+    "--ws-listen",
+    "127.0.0.1:0",
+    "--http-listen",
+    "127.0.0.1:0",
+    "--admin-listen",
+    "127.0.0.1:0",
+];
+
 /// Starts `duplex` on ephemeral ports and reads the addresses it prints.
 fn start(extra: &[&str]) -> Running {
     start_with_env(extra, &[])
@@ -34,16 +46,7 @@ fn start(extra: &[&str]) -> Running {
 
 fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(BIN)
-        .args([
-            "--tcp-listen",
-            "127.0.0.1:0",
-            "--ws-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
+        .args(EPHEMERAL_LISTENERS)
         .args(extra)
         .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
@@ -210,14 +213,7 @@ fn unreachable_redis_exits_69() {
         .expect("addr")
         .port();
     let out = Command::new(BIN)
-        .args([
-            "--tcp-listen",
-            "127.0.0.1:0",
-            "--ws-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
+        .args(EPHEMERAL_LISTENERS)
         .args(["--redis", &format!("redis://127.0.0.1:{port}/")])
         .output()
         .expect("run");

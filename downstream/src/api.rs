@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use duplex_shared::protocol::valid_client_id;
-use duplex_shared::store::parse_message_id;
+use duplex_shared::store::{parse_message_id, Route};
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -177,14 +177,19 @@ fn check_client_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The common start of the client endpoints: key, client id, current route.
+async fn client_route(shared: &Shared, headers: &HeaderMap, client_id: &str) -> Result<Option<Route>, ApiError> {
+    authorize(shared, headers)?;
+    check_client_id(client_id)?;
+    Ok(shared.store.get_route(client_id).await?)
+}
+
 async fn client_info(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     Path(client_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&shared, &headers)?;
-    check_client_id(&client_id)?;
-    let route = shared.store.get_route(&client_id).await?;
+    let route = client_route(&shared, &headers, &client_id).await?;
     let since = match &route {
         Some(r) => shared.nodes.connected_since(&client_id, r).await.ok().flatten(),
         None => None,
@@ -208,11 +213,7 @@ async fn kick_client(
     headers: HeaderMap,
     Path(client_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&shared, &headers)?;
-    check_client_id(&client_id)?;
-    let route = shared
-        .store
-        .get_route(&client_id)
+    let route = client_route(&shared, &headers, &client_id)
         .await?
         .ok_or_else(|| ApiError::not_found("not_connected", "the client is not connected"))?;
     shared

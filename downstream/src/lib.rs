@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use duplex_shared::config::DownstreamConfig;
 use duplex_shared::links::NodeLink;
-use duplex_shared::metrics::Metrics;
+use duplex_shared::metrics::{Counter, Metrics};
 use duplex_shared::store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +50,14 @@ pub(crate) struct Shared {
     retrier: retry::Retrier,
     sent_marks: sent::SentMarks,
     metrics: Arc<Metrics>,
+    /// Per-message counters, resolved once (they are counted on the push hot path).
+    counts: Counts,
+}
+
+pub(crate) struct Counts {
+    accepted_qos0: Counter,
+    accepted_qos1: Counter,
+    delivered: Counter,
 }
 
 pub(crate) use duplex_shared::store::now_ms;
@@ -72,6 +80,11 @@ pub async fn run(ctx: DownstreamContext, listeners: DownstreamListeners, shutdow
         nodes: ctx.nodes,
         retrier: retrier.clone(),
         sent_marks,
+        counts: Counts {
+            accepted_qos0: ctx.metrics.counter("duplex_pushes_accepted_total", &[("qos", "0")]),
+            accepted_qos1: ctx.metrics.counter("duplex_pushes_accepted_total", &[("qos", "1")]),
+            delivered: ctx.metrics.counter("duplex_pushes_delivered_total", &[]),
+        },
         metrics: ctx.metrics,
     });
     let app = api::router(shared);

@@ -181,7 +181,7 @@ impl Shared {
         r.seq = seq;
         r.duplicate = fresh_route.is_none();
         if let Some(route) = fresh_route {
-            self.metrics.inc("duplex_pushes_accepted_total", &[("qos", "1")]);
+            self.counts.accepted_qos1.inc();
             let frame = Frame::Push(Push {
                 seq,
                 msg_id: msg_id.clone(),
@@ -190,7 +190,7 @@ impl Shared {
             });
             match deliver_via(&*self.nodes, client_id, route, frame).await {
                 Delivery::Delivered => {
-                    self.metrics.inc("duplex_pushes_delivered_total", &[]);
+                    self.counts.delivered.inc();
                     self.sent_marks.mark(client_id, seq);
                     r.state = "delivered_to_node";
                 }
@@ -223,9 +223,9 @@ impl Shared {
         if let Frame::Push(push) = &frame {
             r.message_id = Some(push.msg_id.clone());
         }
-        self.metrics.inc("duplex_pushes_accepted_total", &[("qos", "0")]);
+        self.counts.accepted_qos0.inc();
         if deliver(&*self.store, &*self.nodes, client_id, frame).await == Delivery::Delivered {
-            self.metrics.inc("duplex_pushes_delivered_total", &[]);
+            self.counts.delivered.inc();
             r.state = "delivered_to_node";
         }
         r
