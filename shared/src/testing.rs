@@ -91,3 +91,32 @@ fn ping(port: u16) -> bool {
 pub fn random_prefix() -> String {
     format!("test{:08x}:", rand::random::<u32>())
 }
+
+/// Runs each named `async fn(Arc<dyn Store>)` twice: on a `MemoryStore` and on a
+/// `RedisStore` (fresh key prefix) on a private `redis-server`, so both stores
+/// answer to one contract.
+#[macro_export]
+macro_rules! store_contract {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(std::sync::Arc::new($crate::store::MemoryStore::new())).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let server = $crate::testing::TestRedis::start().expect("redis-server");
+                    let store = $crate::store::RedisStore::connect(&server.url(), &$crate::testing::random_prefix())
+                        .await
+                        .expect("connect");
+                    super::$name(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+    };
+}

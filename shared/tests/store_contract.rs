@@ -4,10 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use duplex_shared::store::{
-    Enqueued, MemoryStore, MessageRecord, MessageState, NewMessage, QueueLimits, RedisStore, Renewal, Route, Store,
-};
-use duplex_shared::testing::{random_prefix, TestRedis};
+use duplex_shared::store::{Enqueued, MessageRecord, MessageState, NewMessage, QueueLimits, Renewal, Route, Store};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -405,32 +402,7 @@ async fn concurrent_enqueues_get_unique_consecutive_seqs(store: Arc<dyn Store>) 
     assert_eq!(all, (1..=100).collect::<Vec<u64>>());
 }
 
-macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(std::sync::Arc::new(super::MemoryStore::new())).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let server = super::TestRedis::start().expect("redis-server");
-                    let store = super::RedisStore::connect(&server.url(), &super::random_prefix())
-                        .await
-                        .expect("connect");
-                    super::$name(std::sync::Arc::new(store)).await;
-                }
-            )*
-        }
-    };
-}
-
-contract!(
+duplex_shared::store_contract!(
     routes_are_leases_owned_by_one_connection,
     refresh_renews_restores_and_reports_replaced,
     leases_expire,

@@ -20,6 +20,7 @@ pub struct MemoryStore {
     epochs: DashMap<String, u64>,
     queues: DashMap<String, ClientQueue>,
     users: DashMap<String, (HashSet<String>, Instant)>,
+    pub(super) upstream: super::memory_upstream::MemoryUpstream,
 }
 
 impl MemoryStore {

@@ -12,13 +12,17 @@ use async_trait::async_trait;
 
 mod memory;
 mod memory_queue;
+mod memory_upstream;
 mod messages;
 mod redis_scripts;
 mod redis_store;
+mod redis_upstream;
+mod upstream_state;
 
 pub use memory::MemoryStore;
 pub use messages::*;
 pub use redis_store::RedisStore;
+pub use upstream_state::{FrameClaim, SpoolItem, UpstreamState};
 
 /// The outcome of writing a route: the new route (with its store-assigned
 /// epoch) and the live one it replaced.
@@ -98,7 +102,7 @@ pub fn now_ms() -> u64 {
 pub const USER_CLIENTS_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: UpstreamState + Send + Sync + 'static {
     /// Gives `client_id` a new connection epoch and writes its route lease to
     /// `node_id` (and records the client under its user); returns the new
     /// route and the live route it replaced.
@@ -181,6 +185,10 @@ impl Keys {
         Keys {
             prefix: prefix.to_owned(),
         }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     pub fn route(&self, client_id: &str) -> String {

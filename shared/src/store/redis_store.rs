@@ -114,6 +114,10 @@ impl RedisStore {
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
+
+    pub(super) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
 }
 
 fn millis(d: Duration) -> u64 {

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::{Limits, MAX_NESTING_LIMIT};
 
+mod upstream;
+
+pub use upstream::{EndpointConfig, ServiceConfig, UpstreamConfig};
+
 /// HS256 secret used when none is configured. Accepted only while every
 /// listener is on a loopback address, so it can never guard a reachable node.
 pub const DEV_SECRET: &str = "duplex-development-secret-do-not-deploy";
@@ -41,6 +45,7 @@ pub struct Config {
     /// Prefix of every store key, so several deployments can share one Redis. Default `dx:`.
     pub key_prefix: String,
     pub access: AccessConfig,
+    pub upstream: UpstreamConfig,
     pub downstream: DownstreamConfig,
     pub admin: AdminConfig,
     pub auth: AuthConfig,
@@ -54,6 +59,7 @@ impl Default for Config {
             redis_url: None,
             key_prefix: "dx:".into(),
             access: AccessConfig::default(),
+            upstream: UpstreamConfig::default(),
             downstream: DownstreamConfig::default(),
             admin: AdminConfig::default(),
             auth: AuthConfig::default(),
@@ -86,6 +92,17 @@ impl Config {
         let loopback_only = self.access.all_loopback() && self.downstream.http_listen.ip().is_loopback();
         self.auth.resolve(loopback_only)?;
         self.downstream.resolve(loopback_only, self.access.max_frame_bytes)?;
+        self.upstream.validate()?;
+        match &self.admin.token {
+            Some(t) if t.len() < 16 => return Err(invalid("admin.token", "at least 16 bytes")),
+            None if !self.admin.listen.ip().is_loopback() => {
+                return Err(invalid(
+                    "admin.token",
+                    "required when admin.listen is not a loopback address",
+                ))
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -438,12 +455,16 @@ impl AuthConfig {
 pub struct AdminConfig {
     /// Admin listener (HTTP). Default `127.0.0.1:7090`; keep it off public networks.
     pub listen: SocketAddr,
+    /// Bearer token the admin API's changing calls (isolate, recover) require, at least 16
+    /// bytes. Required when `listen` is not a loopback address; unset on loopback: no token.
+    pub token: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7090)),
+            token: None,
         }
     }
 }

@@ -1,0 +1,145 @@
+//! `UpstreamState` of the in-memory store. Expiry uses `tokio::time`, so tests
+//! can pause the clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::upstream_state::{FrameClaim, SpoolItem, UpstreamState};
+use super::{MemoryStore, StoreError};
+
+/// Upstream tier state of one `MemoryStore`.
+#[derive(Debug, Default)]
+pub(super) struct MemoryUpstream {
+    /// (client, key) -> (outcome, `None` while in flight; expiry).
+    frames: dashmap::DashMap<(String, String), (Option<String>, Instant)>,
+    /// service -> (next id, items by id).
+    spools: dashmap::DashMap<String, (u64, BTreeMap<u64, Vec<u8>>)>,
+    leases: dashmap::DashMap<String, (String, Instant)>,
+    isolated: std::sync::Mutex<BTreeSet<String>>,
+    finished: std::sync::atomic::AtomicU64,
+}
+
+/// Finished frames between two sweeps of expired claims.
+const SWEEP_EVERY: u64 = 4096;
+
+fn after(ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis(ms)
+}
+
+#[async_trait]
+impl UpstreamState for MemoryStore {
+    async fn begin_frame(&self, client_id: &str, key: &str, ttl_ms: u64) -> Result<FrameClaim, StoreError> {
+        let mut e = self
+            .upstream
+            .frames
+            .entry((client_id.to_owned(), key.to_owned()))
+            .or_insert((None, Instant::now()));
+        if e.1 > Instant::now() {
+            return Ok(match &e.0 {
+                Some(outcome) => FrameClaim::Done(outcome.clone()),
+                None => FrameClaim::InFlight,
+            });
+        }
+        *e = (None, after(ttl_ms));
+        Ok(FrameClaim::New)
+    }
+
+    async fn finish_frame(&self, client_id: &str, key: &str, outcome: &str, ttl_ms: u64) -> Result<(), StoreError> {
+        self.upstream.frames.insert(
+            (client_id.to_owned(), key.to_owned()),
+            (Some(outcome.to_owned()), after(ttl_ms)),
+        );
+        let finished = self
+            .upstream
+            .finished
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if finished % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            let now = Instant::now();
+            self.upstream.frames.retain(|_, v| v.1 > now);
+        }
+        Ok(())
+    }
+
+    async fn forget_frame(&self, client_id: &str, key: &str) -> Result<(), StoreError> {
+        self.upstream.frames.remove(&(client_id.to_owned(), key.to_owned()));
+        Ok(())
+    }
+
+    async fn spool_push(&self, service: &str, data: &[u8], max_items: u64) -> Result<bool, StoreError> {
+        let mut spool = self.upstream.spools.entry(service.to_owned()).or_default();
+        if spool.1.len() as u64 >= max_items {
+            return Ok(false);
+        }
+        spool.0 += 1;
+        let id = spool.0;
+        spool.1.insert(id, data.to_vec());
+        Ok(true)
+    }
+
+    async fn spool_peek(&self, service: &str, max: usize) -> Result<Vec<SpoolItem>, StoreError> {
+        Ok(self
+            .upstream
+            .spools
+            .get(service)
+            .map(|s| {
+                s.1.iter()
+                    .take(max)
+                    .map(|(id, data)| SpoolItem {
+                        id: id.to_string(),
+                        data: data.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn spool_remove(&self, service: &str, id: &str) -> Result<(), StoreError> {
+        if let (Some(mut s), Ok(id)) = (self.upstream.spools.get_mut(service), id.parse::<u64>()) {
+            s.1.remove(&id);
+        }
+        Ok(())
+    }
+
+    async fn spool_len(&self, service: &str) -> Result<u64, StoreError> {
+        Ok(self.upstream.spools.get(service).map_or(0, |s| s.1.len() as u64))
+    }
+
+    async fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        let mut lease = self
+            .upstream
+            .leases
+            .entry(name.to_owned())
+            .or_insert_with(|| (holder.to_owned(), Instant::now()));
+        if lease.0 == holder || lease.1 <= Instant::now() {
+            *lease = (holder.to_owned(), after(ttl_ms));
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn set_isolated(&self, key: &str, isolated: bool) -> Result<(), StoreError> {
+        let mut set = self
+            .upstream
+            .isolated
+            .lock()
+            .map_err(|_| StoreError::Unavailable("isolation set poisoned".into()))?;
+        if isolated {
+            set.insert(key.to_owned());
+        } else {
+            set.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn isolated(&self) -> Result<Vec<String>, StoreError> {
+        let set = self
+            .upstream
+            .isolated
+            .lock()
+            .map_err(|_| StoreError::Unavailable("isolation set poisoned".into()))?;
+        Ok(set.iter().cloned().collect())
+    }
+}

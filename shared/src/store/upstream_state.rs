@@ -1,0 +1,59 @@
+//! What the upstream tier keeps in the shared store: which client frames were
+//! already taken (so a resend after a reconnect does not reach the backend
+//! twice), the per-service spool of uploads waiting for a backend, leases
+//! that let one node drain a spool in order, and endpoints isolated by an
+//! operator (shared by every upstream node, kept until recovered).
+
+use async_trait::async_trait;
+
+use super::StoreError;
+
+/// What an earlier sender of the same client frame left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameClaim {
+    /// Nobody had it: the caller owns the frame now.
+    New,
+    /// Another attempt holds it and has not finished (or died; the claim expires).
+    InFlight,
+    /// It was handled; the outcome recorded by `finish_frame`.
+    Done(String),
+}
+
+/// One spooled item, in spool order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolItem {
+    pub id: String,
+    pub data: Vec<u8>,
+}
+
+#[async_trait]
+pub trait UpstreamState: Send + Sync + 'static {
+    /// Claims frame `key` of `client_id` for `ttl_ms`, unless someone claimed it before.
+    async fn begin_frame(&self, client_id: &str, key: &str, ttl_ms: u64) -> Result<FrameClaim, StoreError>;
+
+    /// Records the outcome of a claimed frame, kept for `ttl_ms` for resends to find.
+    async fn finish_frame(&self, client_id: &str, key: &str, outcome: &str, ttl_ms: u64) -> Result<(), StoreError>;
+
+    /// Drops a claim, so the client's resend is handled afresh.
+    async fn forget_frame(&self, client_id: &str, key: &str) -> Result<(), StoreError>;
+
+    /// Appends to the spool of `service`; false (nothing stored) when it holds `max_items`.
+    async fn spool_push(&self, service: &str, data: &[u8], max_items: u64) -> Result<bool, StoreError>;
+
+    /// The oldest `max` items of the spool of `service`.
+    async fn spool_peek(&self, service: &str, max: usize) -> Result<Vec<SpoolItem>, StoreError>;
+
+    /// Removes one item (delivered or expired).
+    async fn spool_remove(&self, service: &str, id: &str) -> Result<(), StoreError>;
+
+    async fn spool_len(&self, service: &str) -> Result<u64, StoreError>;
+
+    /// Takes or extends the lease `name` for `holder`; false when another holder has it.
+    async fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreError>;
+
+    /// Marks endpoint `key` (`service url`) isolated, or recovers it.
+    async fn set_isolated(&self, key: &str, isolated: bool) -> Result<(), StoreError>;
+
+    /// Every isolated endpoint key.
+    async fn isolated(&self) -> Result<Vec<String>, StoreError>;
+}

@@ -1,0 +1,114 @@
+//! The upstream tier's shared state (frame claims, spools, leases, isolated
+//! endpoints), one contract for `MemoryStore` and `RedisStore`.
+
+use std::sync::Arc;
+
+use duplex_shared::store::{FrameClaim, Store};
+
+async fn a_frame_is_claimed_once_and_its_outcome_is_kept(store: Arc<dyn Store>) {
+    assert_eq!(
+        store.begin_frame("c1", "u:7", 60_000).await.expect("begin"),
+        FrameClaim::New
+    );
+    assert_eq!(
+        store.begin_frame("c1", "u:7", 60_000).await.expect("begin"),
+        FrameClaim::InFlight
+    );
+    assert_eq!(
+        store.begin_frame("c2", "u:7", 60_000).await.expect("begin"),
+        FrameClaim::New,
+        "claims are per client"
+    );
+    store.finish_frame("c1", "u:7", "200", 60_000).await.expect("finish");
+    assert_eq!(
+        store.begin_frame("c1", "u:7", 60_000).await.expect("begin"),
+        FrameClaim::Done("200".into())
+    );
+    store.forget_frame("c1", "u:7").await.expect("forget");
+    assert_eq!(
+        store.begin_frame("c1", "u:7", 60_000).await.expect("begin"),
+        FrameClaim::New
+    );
+}
+
+async fn an_abandoned_claim_expires(store: Arc<dyn Store>) {
+    assert_eq!(
+        store.begin_frame("c1", "r:1", 50).await.expect("begin"),
+        FrameClaim::New
+    );
+    let mut claimed_again = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        if store.begin_frame("c1", "r:1", 50).await.expect("begin") == FrameClaim::New {
+            claimed_again = true;
+            break;
+        }
+    }
+    assert!(claimed_again, "a claim nobody finished is free again after its TTL");
+}
+
+async fn spools_keep_order_and_their_cap(store: Arc<dyn Store>) {
+    assert_eq!(store.spool_len("orders").await.expect("len"), 0);
+    for i in 0..3u8 {
+        assert!(store.spool_push("orders", &[i, 0xff], 3).await.expect("push"));
+    }
+    assert!(
+        !store.spool_push("orders", b"x", 3).await.expect("push"),
+        "full spool refuses"
+    );
+    assert!(
+        store.spool_push("billing", b"y", 3).await.expect("push"),
+        "spools are per service"
+    );
+    let items = store.spool_peek("orders", 10).await.expect("peek");
+    let data: Vec<Vec<u8>> = items.iter().map(|i| i.data.clone()).collect();
+    assert_eq!(data, vec![vec![0, 0xff], vec![1, 0xff], vec![2, 0xff]]);
+    store.spool_remove("orders", &items[0].id).await.expect("remove");
+    let rest = store.spool_peek("orders", 1).await.expect("peek");
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].data, vec![1, 0xff]);
+    assert_eq!(store.spool_len("orders").await.expect("len"), 2);
+}
+
+async fn a_lease_has_one_holder_until_it_lapses(store: Arc<dyn Store>) {
+    assert!(store.try_lease("spool:orders", "n1", 100).await.expect("lease"));
+    assert!(!store.try_lease("spool:orders", "n2", 100).await.expect("lease"));
+    assert!(store.try_lease("spool:orders", "n1", 100).await.expect("renew"));
+    let mut taken = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        if store.try_lease("spool:orders", "n2", 100).await.expect("lease") {
+            taken = true;
+            break;
+        }
+    }
+    assert!(taken, "a lapsed lease passes to another holder");
+}
+
+async fn isolation_is_kept_until_recovered(store: Arc<dyn Store>) {
+    assert!(store.isolated().await.expect("list").is_empty());
+    store
+        .set_isolated("orders http://127.0.0.1:1", true)
+        .await
+        .expect("isolate");
+    store
+        .set_isolated("orders http://127.0.0.1:2", true)
+        .await
+        .expect("isolate");
+    store
+        .set_isolated("orders http://127.0.0.1:1", false)
+        .await
+        .expect("recover");
+    assert_eq!(
+        store.isolated().await.expect("list"),
+        vec!["orders http://127.0.0.1:2".to_owned()]
+    );
+}
+
+duplex_shared::store_contract!(
+    a_frame_is_claimed_once_and_its_outcome_is_kept,
+    an_abandoned_claim_expires,
+    spools_keep_order_and_their_cap,
+    a_lease_has_one_holder_until_it_lapses,
+    isolation_is_kept_until_recovered,
+);
