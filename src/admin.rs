@@ -1,6 +1,7 @@
-//! The node's admin listener: Prometheus `/metrics`, liveness `/healthz` and
-//! readiness `/readyz`. It binds only the admin address, never a client or
-//! backend port.
+//! The node's admin listener: Prometheus `/metrics`, liveness `/healthz`,
+//! readiness `/readyz`, and the admin API (`/admin/v1/...`: backend pools,
+//! isolate and recover an endpoint). It binds only the admin address, never
+//! a client or backend port; changing calls need `admin.token` when one is set.
 //!
 //! Ready means: the store answers (within a second) and the node is not
 //! draining. A load balancer or Kubernetes stops sending new clients to a node
@@ -9,39 +10,37 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use duplex_shared::metrics::Metrics;
 use duplex_shared::store::Store;
+use duplex_upstream::{AdminError, Upstream};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-struct Admin {
-    metrics: Arc<Metrics>,
-    store: Arc<dyn Store>,
-    draining: CancellationToken,
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<dyn Store>,
+    pub upstream: Arc<Upstream>,
+    /// Required as `Authorization: Bearer` by changing calls, when set.
+    pub token: Option<String>,
+    /// Cancelled when the node drains: readiness turns false at once.
+    pub draining: CancellationToken,
 }
 
-/// Serves until `stop` is cancelled. `draining` turns readiness false at once.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    store: Arc<dyn Store>,
-    draining: CancellationToken,
-    stop: CancellationToken,
-) {
+/// Serves until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, admin: Admin, stop: CancellationToken) {
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(Arc::new(Admin {
-            metrics,
-            store,
-            draining,
-        }));
+        .route("/admin/v1/pools", get(pools))
+        .route("/admin/v1/pools/{service}/endpoints/{endpoint}/isolate", post(isolate))
+        .route("/admin/v1/pools/{service}/endpoints/{endpoint}/recover", post(recover))
+        .with_state(Arc::new(admin));
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
@@ -76,4 +75,68 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
         "draining": draining,
     });
     (status, Json(body))
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"code": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+/// `None` when the call may go on, else the 401 to send.
+fn refused(admin: &Admin, headers: &HeaderMap) -> Option<Response> {
+    let expected = admin.token.as_ref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    (!duplex_shared::auth::constant_time_eq(given.as_bytes(), expected.as_bytes())).then(|| {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send the admin token as `Authorization: Bearer <token>`",
+        )
+    })
+}
+
+async fn pools(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if let Some(r) = refused(&admin, &headers) {
+        return r;
+    }
+    Json(serde_json::json!({ "pools": admin.upstream.pools() })).into_response()
+}
+
+async fn isolate(state: State<Arc<Admin>>, headers: HeaderMap, path: Path<(String, String)>) -> Response {
+    set_isolated(state, headers, path, true).await
+}
+
+async fn recover(state: State<Arc<Admin>>, headers: HeaderMap, path: Path<(String, String)>) -> Response {
+    set_isolated(state, headers, path, false).await
+}
+
+/// `endpoint` is the endpoint's index in the service's list or its URL (percent-encoded in the path).
+async fn set_isolated(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Path((service, endpoint)): Path<(String, String)>,
+    isolated: bool,
+) -> Response {
+    if let Some(r) = refused(&admin, &headers) {
+        return r;
+    }
+    match admin.upstream.set_isolated(&service, &endpoint, isolated).await {
+        Ok(()) => Json(serde_json::json!({
+            "service": service,
+            "endpoint": endpoint,
+            "isolated": isolated,
+        }))
+        .into_response(),
+        Err(e @ (AdminError::UnknownService(_) | AdminError::UnknownEndpoint { .. })) => {
+            error(StatusCode::NOT_FOUND, "not_found", e.to_string())
+        }
+        Err(e @ AdminError::Store(_)) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+    }
 }

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use duplex_access::{AccessContext, AccessListeners, Hub, LocalNodes};
-use duplex_downstream::{DownstreamContext, DownstreamListeners};
+use duplex_downstream::{Downstream, DownstreamContext, DownstreamListeners};
 use duplex_shared::auth::{dev_claims, mint_hs256, TokenVerifier};
 use duplex_shared::config::{Config, JwtAlgorithm, LogConfig, DEV_API_KEY, DEV_SECRET};
 use duplex_shared::metrics::Metrics;
 use duplex_shared::store::{MemoryStore, RedisStore, Store};
+use duplex_upstream::{Upstream, UpstreamContext, UpstreamListeners};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -125,20 +126,33 @@ async fn all_in_one(config: Config) -> ExitCode {
     }
     let hub = Arc::new(Hub::new(node_id.clone()));
     let nodes = Arc::new(LocalNodes::new(hub.clone()));
+    let downstream = Downstream::start(DownstreamContext {
+        config: config.downstream.clone(),
+        store: store.clone(),
+        nodes: nodes.clone(),
+        metrics: metrics.clone(),
+    });
+    let upstream = match Upstream::new(UpstreamContext {
+        config: config.upstream.clone(),
+        node_id: node_id.clone(),
+        store: store.clone(),
+        replies: downstream.replies(),
+        metrics: metrics.clone(),
+    }) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("duplex: {e}");
+            return ExitCode::from(64);
+        }
+    };
     let ctx = AccessContext {
         config: config.access.clone(),
         node_id: node_id.clone(),
         verifier,
         store: store.clone(),
-        nodes: nodes.clone(),
-        upstream: Arc::new(duplex_upstream::NoBackends),
-        hub,
-        metrics: metrics.clone(),
-    };
-    let downstream_ctx = DownstreamContext {
-        config: config.downstream.clone(),
-        store: store.clone(),
         nodes,
+        upstream: upstream.clone(),
+        hub,
         metrics: metrics.clone(),
     };
     if config.downstream.api_keys.iter().any(|k| k == DEV_API_KEY) {
@@ -153,24 +167,17 @@ async fn all_in_one(config: Config) -> ExitCode {
     );
     info!(%node_id, %tcp, %ws, %push_api, store = store_kind, "duplex started");
     let access = tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone()));
-    let upstream = tokio::spawn(duplex_upstream::run(
-        Default::default(),
-        Default::default(),
-        shutdown.clone(),
-    ));
-    let downstream = tokio::spawn(duplex_downstream::run(
-        downstream_ctx,
-        DownstreamListeners { http: push_listener },
-        shutdown.clone(),
-    ));
-    let admin_stop = CancellationToken::new();
-    let admin = tokio::spawn(crate::admin::serve(
-        admin_listener,
+    let admin_state = crate::admin::Admin {
         metrics,
         store,
-        shutdown.clone(),
-        admin_stop.clone(),
-    ));
+        upstream: upstream.clone(),
+        token: config.admin.token.clone(),
+        draining: shutdown.clone(),
+    };
+    let upstream = tokio::spawn(upstream.serve(UpstreamListeners::default(), shutdown.clone()));
+    let downstream = tokio::spawn(downstream.serve(DownstreamListeners { http: push_listener }, shutdown.clone()));
+    let admin_stop = CancellationToken::new();
+    let admin = tokio::spawn(crate::admin::serve(admin_listener, admin_state, admin_stop.clone()));
     wait_for_signal().await;
     info!("shutting down");
     shutdown.cancel();

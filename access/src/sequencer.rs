@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use duplex_shared::metrics::Metrics;
-use duplex_shared::protocol::{Frame, Gap, Push};
-use duplex_shared::store::{Store, StoreError, StoredMessage};
+use duplex_shared::protocol::{Frame, Gap};
+use duplex_shared::store::{Store, StoreError};
 
 use crate::conn::body;
 use crate::outbox::Outgoing;
@@ -28,15 +28,6 @@ pub(crate) struct Sequencer {
 }
 
 pub(crate) use duplex_shared::store::now_ms;
-
-pub(crate) fn push_frame(m: &StoredMessage) -> Frame {
-    Frame::Push(Push {
-        seq: m.seq,
-        msg_id: m.msg_id.clone(),
-        headers: m.record.headers.clone(),
-        payload: m.record.payload.clone(),
-    })
-}
 
 impl Sequencer {
     pub fn new(last_seq: u64, metrics: Arc<Metrics>) -> Self {
@@ -81,7 +72,7 @@ impl Sequencer {
                 continue;
             }
             self.gap_to(m.seq, out);
-            out.push(body(&push_frame(m)));
+            out.push(body(&m.frame()));
             self.cursor = m.seq;
         }
         Ok(full)

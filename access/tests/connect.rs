@@ -77,7 +77,7 @@ async fn malformed_and_unknown_frames_get_error_frames_and_the_connection_surviv
     assert!(matches!(recv(&mut conn).await, Some(Frame::Pong(_))));
 }
 
-async fn uploads_without_a_backend_get_a_retryable_error(via: Via) {
+async fn upstream_failures_reach_the_client_as_retryable_errors(via: Via) {
     let node = start_node(StoreKind::Memory, |_| {}).await;
     let mut conn = node.login(via, "alice", "phone-1").await;
     conn.send(&Frame::Upload(Upload {
@@ -187,6 +187,6 @@ both_transports!(
     connects_and_authenticates,
     bad_tokens_are_rejected_with_their_code,
     malformed_and_unknown_frames_get_error_frames_and_the_connection_survives,
-    uploads_without_a_backend_get_a_retryable_error,
+    upstream_failures_reach_the_client_as_retryable_errors,
     first_frame_must_be_connect_with_a_valid_client_id,
 );

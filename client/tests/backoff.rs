@@ -7,12 +7,11 @@ use std::time::Duration;
 use duplex_client::{Client, ClientOptions, Endpoint, Event};
 use duplex_shared::protocol::{encode_tcp, Connected, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 #[tokio::test(start_paused = true)]
 async fn reconnect_delays_follow_the_servers_advice_with_jitter() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = duplex_shared::net::bind_listener("127.0.0.1:0".parse().expect("addr"), 128, false).expect("bind");
     let addr = listener.local_addr().expect("addr");
     // The fake server: the first connection gets `connected` advising 2..8 s and
     // is then closed; every later one is closed at once. It records accept times.
@@ -74,7 +73,7 @@ async fn reconnect_delays_follow_the_servers_advice_with_jitter() {
 
 #[tokio::test(start_paused = true)]
 async fn reconnect_now_cuts_a_long_backoff_short() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = duplex_shared::net::bind_listener("127.0.0.1:0".parse().expect("addr"), 128, false).expect("bind");
     let addr = listener.local_addr().expect("addr");
     let accepts = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = accepts.clone();

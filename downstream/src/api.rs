@@ -29,11 +29,6 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Constant-time comparison, so response timing does not reveal key prefixes.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -41,11 +36,9 @@ fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(ApiError::unauthorized)?;
     // Every key is compared, so the time taken does not depend on which one matches.
-    let ok = shared
-        .config
-        .api_keys
-        .iter()
-        .fold(false, |acc, k| acc | same(k.as_bytes(), presented.as_bytes()));
+    let ok = shared.config.api_keys.iter().fold(false, |acc, k| {
+        acc | duplex_shared::auth::constant_time_eq(k.as_bytes(), presented.as_bytes())
+    });
     ok.then_some(()).ok_or_else(ApiError::unauthorized)
 }
 

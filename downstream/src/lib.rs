@@ -1,18 +1,20 @@
 //! Downstream tier: the push API for backends and delivery to access nodes.
 //!
 //! # Layout
-//! - [`run`]: the tier's entry point (HTTP listener, retries, shutdown).
+//! - [`run`]: the tier's entry point (HTTP listener, retries, shutdown);
+//!   [`Downstream`] when the node also needs the tier's [`ReplyLink`].
 //! - `api`: routes, API-key check, handlers.
 //! - `request`: push request types and validation (nothing is stored before it passes).
 //! - `push`: storing and delivering a push; waiting for acks.
 //! - `retry`: per-client redelivery with backoff and full jitter.
+//! - `reply`: replies to client requests, stored and delivered like pushes.
 //! - `sent`: batched, best-effort `sent` status marks.
 //! - `error`: failures as `{code, message}` JSON responses.
 
 use std::sync::Arc;
 
 use duplex_shared::config::DownstreamConfig;
-use duplex_shared::links::NodeLink;
+use duplex_shared::links::{NodeLink, ReplyLink};
 use duplex_shared::metrics::{Counter, Metrics};
 use duplex_shared::store::Store;
 use tokio::net::TcpListener;
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 mod api;
 mod error;
 mod push;
+mod reply;
 mod request;
 mod retry;
 mod sent;
@@ -65,36 +68,59 @@ pub(crate) use duplex_shared::store::now_ms;
 /// Serves the push API until `shutdown` is cancelled, then finishes the
 /// requests in flight. Stored messages need no draining: they are in the store.
 pub async fn run(ctx: DownstreamContext, listeners: DownstreamListeners, shutdown: CancellationToken) {
-    let retrier = retry::Retrier::new(
-        ctx.store.clone(),
-        ctx.nodes.clone(),
-        ctx.config.retry_min_ms,
-        ctx.config.retry_max_ms,
-        ctx.metrics.clone(),
-    );
-    let marks_stop = CancellationToken::new();
-    let sent_marks = sent::SentMarks::start(ctx.store.clone(), marks_stop.clone());
-    let shared = Arc::new(Shared {
-        config: ctx.config,
-        store: ctx.store,
-        nodes: ctx.nodes,
-        retrier: retrier.clone(),
-        sent_marks,
-        counts: Counts {
-            accepted_qos0: ctx.metrics.counter("duplex_pushes_accepted_total", &[("qos", "0")]),
-            accepted_qos1: ctx.metrics.counter("duplex_pushes_accepted_total", &[("qos", "1")]),
-            delivered: ctx.metrics.counter("duplex_pushes_delivered_total", &[]),
-        },
-        metrics: ctx.metrics,
-    });
-    let app = api::router(shared);
-    let stop = shutdown.clone();
-    if let Err(e) = axum::serve(listeners.http, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-    {
-        tracing::error!(error = %e, "push API server failed");
+    Downstream::start(ctx).serve(listeners, shutdown).await;
+}
+
+/// The tier, started (retries, sent marks) but not yet serving HTTP, so the
+/// node can hand its [`ReplyLink`] to the upstream tier first.
+pub struct Downstream {
+    shared: Arc<Shared>,
+    marks_stop: CancellationToken,
+}
+
+impl Downstream {
+    pub fn start(ctx: DownstreamContext) -> Self {
+        let retrier = retry::Retrier::new(
+            ctx.store.clone(),
+            ctx.nodes.clone(),
+            ctx.config.retry_min_ms,
+            ctx.config.retry_max_ms,
+            ctx.metrics.clone(),
+        );
+        let marks_stop = CancellationToken::new();
+        let sent_marks = sent::SentMarks::start(ctx.store.clone(), marks_stop.clone());
+        let shared = Arc::new(Shared {
+            config: ctx.config,
+            store: ctx.store,
+            nodes: ctx.nodes,
+            retrier,
+            sent_marks,
+            counts: Counts {
+                accepted_qos0: ctx.metrics.counter("duplex_pushes_accepted_total", &[("qos", "0")]),
+                accepted_qos1: ctx.metrics.counter("duplex_pushes_accepted_total", &[("qos", "1")]),
+                delivered: ctx.metrics.counter("duplex_pushes_delivered_total", &[]),
+            },
+            metrics: ctx.metrics,
+        });
+        Downstream { shared, marks_stop }
     }
-    retrier.shutdown();
-    marks_stop.cancel();
+
+    /// Where the upstream tier hands replies to client requests.
+    pub fn replies(&self) -> Arc<dyn ReplyLink> {
+        self.shared.clone()
+    }
+
+    /// Serves the push API until `shutdown`, then stops retries and flushes sent marks.
+    pub async fn serve(self, listeners: DownstreamListeners, shutdown: CancellationToken) {
+        let app = api::router(self.shared.clone());
+        let stop = shutdown.clone();
+        if let Err(e) = axum::serve(listeners.http, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "push API server failed");
+        }
+        self.shared.retrier.shutdown();
+        self.marks_stop.cancel();
+    }
 }

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use duplex_shared::links::NodeLink;
 use duplex_shared::protocol::{Frame, Push};
 use duplex_shared::store::{
-    parse_message_id, Enqueued, MessageRecord, MessageState, NewMessage, QueueLimits, Route, Store,
+    parse_message_id, Enqueued, MessageRecord, MessageState, NewMessage, QueueLimits, Route, Store, StoredMessage,
 };
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
@@ -152,6 +152,7 @@ impl Shared {
                 payload: p.payload.clone(),
                 created_ms: now,
                 expires_ms: now + p.ttl_ms,
+                reply_to: None,
             },
             idempotency_key: p.idempotency_key.clone(),
             idempotency_ttl_ms: self.config.idempotency_ttl_s * 1000,
@@ -182,20 +183,13 @@ impl Shared {
         r.duplicate = fresh_route.is_none();
         if let Some(route) = fresh_route {
             self.counts.accepted_qos1.inc();
-            let frame = Frame::Push(Push {
+            let stored = StoredMessage {
                 seq,
                 msg_id: msg_id.clone(),
-                headers: msg.record.headers,
-                payload: msg.record.payload,
-            });
-            match deliver_via(&*self.nodes, client_id, route, frame).await {
-                Delivery::Delivered => {
-                    self.counts.delivered.inc();
-                    self.sent_marks.mark(client_id, seq);
-                    r.state = "delivered_to_node";
-                }
-                Delivery::Failed => self.retrier.schedule(client_id, seq),
-                Delivery::NoRoute => {}
+                record: msg.record,
+            };
+            if self.deliver_stored(client_id, route, stored).await == Delivery::Delivered {
+                r.state = "delivered_to_node";
             }
         } else {
             // The first call delivered (or queued) it; report where it is now.
@@ -210,6 +204,27 @@ impl Shared {
         }
         r.message_id = Some(msg_id);
         Ok(r)
+    }
+
+    /// Hands a just-stored message to the node holding its client; a failed
+    /// delivery goes to the retrier, a missing route waits for the client's replay.
+    pub(crate) async fn deliver_stored(
+        &self,
+        client_id: &str,
+        route: Option<Route>,
+        message: StoredMessage,
+    ) -> Delivery {
+        let seq = message.seq;
+        let delivery = deliver_via(&*self.nodes, client_id, route, message.frame()).await;
+        match delivery {
+            Delivery::Delivered => {
+                self.counts.delivered.inc();
+                self.sent_marks.mark(client_id, seq);
+            }
+            Delivery::Failed => self.retrier.schedule(client_id, seq),
+            Delivery::NoRoute => {}
+        }
+        delivery
     }
 
     async fn deliver_qos0(&self, client_id: &str, p: &ValidPush) -> ItemResult {
@@ -304,14 +319,4 @@ pub async fn deliver_via(nodes: &dyn NodeLink, client_id: &str, route: Option<Ro
 
 fn qos0_id() -> String {
     format!("q0~{:016x}", rand::random::<u64>())
-}
-
-/// The `push` frame of a stored message.
-pub fn push_frame(m: &duplex_shared::store::StoredMessage) -> Frame {
-    Frame::Push(Push {
-        seq: m.seq,
-        msg_id: m.msg_id.clone(),
-        headers: m.record.headers.clone(),
-        payload: m.record.payload.clone(),
-    })
 }

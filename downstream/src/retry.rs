@@ -121,7 +121,7 @@ impl Inner {
                 }
             };
             let Some(m) = next else { break };
-            let frame = crate::push::push_frame(&m);
+            let frame = m.frame();
             match deliver(&*self.store, &*self.nodes, &client_id, frame).await {
                 Delivery::Failed => continue,
                 // Offline: the client gets everything replayed when it connects.

@@ -73,3 +73,13 @@ pub trait NodeLink: Send + Sync + 'static {
     /// if it is still connected.
     async fn connected_since(&self, client_id: &str, route: &Route) -> Result<Option<u64>, LinkError>;
 }
+
+/// Upstream -> downstream: backend replies to client requests, stored and
+/// delivered like qos-1 pushes so they reach the client wherever it is now.
+#[async_trait]
+pub trait ReplyLink: Send + Sync + 'static {
+    /// Stores `reply` for `client_id` until `expires_ms` (ms since the Unix
+    /// epoch) and hands it to the client's current connection. Storing the
+    /// same request id twice keeps the first reply.
+    async fn reply(&self, client_id: &str, reply: crate::protocol::Reply, expires_ms: u64) -> Result<(), LinkError>;
+}

@@ -79,6 +79,56 @@ const CATALOG: &[(&str, &str, &str)] = &[
         "counter",
         "Store operations that failed, by tier.",
     ),
+    (
+        "duplex_backend_calls_total",
+        "counter",
+        "Tries against backend endpoints, by service and outcome (ok, client_error, server_error, timeout, connect_error, error).",
+    ),
+    (
+        "duplex_backend_retries_total",
+        "counter",
+        "Tries repeated on another endpoint within the retry budget, by service.",
+    ),
+    (
+        "duplex_backend_budget_exhausted_total",
+        "counter",
+        "Retries refused because the service's retry budget was spent, by service.",
+    ),
+    (
+        "duplex_backend_ejections_total",
+        "counter",
+        "Endpoints ejected after consecutive failures or failed probes, by service.",
+    ),
+    (
+        "duplex_backend_unavailable_total",
+        "counter",
+        "Uploads and requests that found no available endpoint (failed fast), by service.",
+    ),
+    (
+        "duplex_replies_total",
+        "counter",
+        "Replies to client requests handed to delivery, by service and kind (backend, timeout, unavailable, error).",
+    ),
+    (
+        "duplex_uploads_spooled_total",
+        "counter",
+        "Uploads spooled in the store because no backend took them, by service.",
+    ),
+    (
+        "duplex_spool_delivered_total",
+        "counter",
+        "Spooled uploads the backend accepted later, by service.",
+    ),
+    (
+        "duplex_spool_dropped_total",
+        "counter",
+        "Spooled uploads dropped, by service and reason (expired, rejected: the backend answered 4xx).",
+    ),
+    (
+        "duplex_spool_depth",
+        "gauge",
+        "Uploads waiting in a service's spool, as last read by this node's spool worker.",
+    ),
 ];
 
 /// One series; cheap to clone and to increment.

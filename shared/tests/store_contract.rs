@@ -122,6 +122,7 @@ const LIMITS: QueueLimits = QueueLimits {
 fn msg(payload: &str, ttl_ms: u64, key: Option<&str>) -> NewMessage {
     NewMessage {
         record: MessageRecord {
+            reply_to: None,
             nonce: rand::random(),
             headers: Default::default(),
             payload: payload.as_bytes().to_vec().into(),

@@ -10,15 +10,16 @@ use std::time::Duration;
 
 use duplex_access::{AccessContext, AccessListeners, Hub, LocalNodes};
 use duplex_client::Connection;
-use duplex_downstream::{DownstreamContext, DownstreamListeners};
+use duplex_downstream::{Downstream, DownstreamContext, DownstreamListeners};
 use duplex_shared::auth::{dev_claims, mint_hs256, TokenVerifier};
-use duplex_shared::config::{AccessConfig, AuthConfig, DownstreamConfig};
+use duplex_shared::config::{AccessConfig, AuthConfig, DownstreamConfig, UpstreamConfig};
 use duplex_shared::links::{LinkError, NodeLink};
 use duplex_shared::metrics::Metrics;
 use duplex_shared::protocol::{Ack, Frame, Push};
 use duplex_shared::store::Route;
 use duplex_shared::store::{MemoryStore, RedisStore, Store};
 use duplex_shared::testing::{random_prefix, TestRedis};
+use duplex_upstream::{Upstream, UpstreamContext, UpstreamListeners};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +38,7 @@ pub struct Node {
     pub api: String,
     pub store: Arc<dyn Store>,
     pub hub: Arc<Hub>,
+    pub upstream: Arc<Upstream>,
     pub http: reqwest::Client,
     pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -108,6 +110,27 @@ pub async fn start_on_store(
     tweak: impl FnOnce(&mut DownstreamConfig),
     failing_deliveries: usize,
 ) -> Node {
+    start_with_upstream(
+        store,
+        redis,
+        node_id,
+        tweak,
+        failing_deliveries,
+        UpstreamConfig::default(),
+    )
+    .await
+}
+
+/// A node whose upstream tier serves the backend services of `upstream`.
+pub async fn start_with_upstream(
+    store: Arc<dyn Store>,
+    redis: Option<TestRedis>,
+    node_id: &str,
+    tweak: impl FnOnce(&mut DownstreamConfig),
+    failing_deliveries: usize,
+    mut upstream: UpstreamConfig,
+) -> Node {
+    upstream.validate().expect("valid upstream config");
     let access = AccessConfig {
         tcp_listen: "127.0.0.1:0".parse().expect("addr"),
         ws_listen: "127.0.0.1:0".parse().expect("addr"),
@@ -142,38 +165,48 @@ pub async fn start_on_store(
     let api = format!("http://{}", http.local_addr().expect("addr"));
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
+    let flaky = Arc::new(FlakyNodes {
+        inner: nodes.clone(),
+        failures: failing_deliveries.into(),
+    });
+    let downstream_tier = Downstream::start(DownstreamContext {
+        config: downstream,
+        store: store.clone(),
+        nodes: flaky,
+        metrics: metrics.clone(),
+    });
+    let upstream_tier = Upstream::new(UpstreamContext {
+        config: upstream,
+        node_id: node_id.into(),
+        store: store.clone(),
+        replies: downstream_tier.replies(),
+        metrics: metrics.clone(),
+    })
+    .expect("upstream");
     let ctx = AccessContext {
         config: access,
         node_id: node_id.into(),
         verifier: Arc::new(TokenVerifier::new(&auth).expect("verifier")),
         store: store.clone(),
-        nodes: nodes.clone(),
-        upstream: Arc::new(duplex_upstream::NoBackends),
+        nodes,
+        upstream: upstream_tier.clone(),
         hub: hub.clone(),
         metrics: metrics.clone(),
     };
     tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone()));
-    let flaky = Arc::new(FlakyNodes {
-        inner: nodes,
-        failures: failing_deliveries.into(),
-    });
-    let dctx = DownstreamContext {
-        config: downstream,
-        store: store.clone(),
-        nodes: flaky,
-        metrics: metrics.clone(),
-    };
-    tokio::spawn(duplex_downstream::run(
-        dctx,
-        DownstreamListeners { http },
-        shutdown.clone(),
-    ));
+    tokio::spawn(downstream_tier.serve(DownstreamListeners { http }, shutdown.clone()));
+    tokio::spawn(
+        upstream_tier
+            .clone()
+            .serve(UpstreamListeners::default(), shutdown.clone()),
+    );
     Node {
         tcp,
         ws,
         api,
         store,
         hub,
+        upstream: upstream_tier,
         http: reqwest::Client::new(),
         metrics,
         shutdown,

@@ -1,42 +1,195 @@
-//! Upstream tier: client uploads and requests to backend HTTP services.
+//! Upstream tier: client uploads and requests become HTTP calls to backend
+//! services, balanced and isolated like a hardware load balancer would.
 //!
 //! # Layout
-//! - [`run`]: the tier's entry point.
-//! - [`NoBackends`]: the `UpstreamLink` used while no backend service is
-//!   configured; it refuses every frame as retryable so that clients keep
-//!   their uploads and requests instead of believing they were delivered.
-//!
-//! Backend pools, spooling and the reply path are not built yet.
+//! - [`Upstream`]: the tier's `UpstreamLink` (what access calls) and its
+//!   background work ([`Upstream::serve`]: health checks, spool draining,
+//!   isolation sync); [`run`] does both from a context.
+//! - `path`: client paths to backend URLs, refusing every escape.
+//! - `pool`: endpoint choice (weighted P2C), ejection, isolation, limits.
+//! - `budget`: the retry budget.
+//! - `call`: one backend call with tries and safe retries.
+//! - `upload`: uploads, deduplicated per client frame, spooled when no backend takes them.
+//! - `request`: requests, whose replies travel through downstream delivery.
+//! - `spool`: drains spooled uploads in order; `health`: active checks and probes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use duplex_shared::links::{ClientContext, LinkError, UpstreamLink};
+use duplex_shared::config::UpstreamConfig;
+use duplex_shared::links::{ClientContext, LinkError, ReplyLink, UpstreamLink};
+use duplex_shared::metrics::Metrics;
 use duplex_shared::protocol::{Request, Upload, UploadAck};
+use duplex_shared::store::Store;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-/// Upstream configuration (no fields yet: there are no backend pools to configure).
-#[derive(Debug, Clone, Default)]
-pub struct UpstreamConfig {}
+mod budget;
+mod call;
+mod health;
+pub mod path;
+mod pool;
+mod request;
+mod spool;
+mod upload;
 
-/// Listeners of the upstream tier (none yet: it is reached in process).
+use call::Service;
+pub use pool::EndpointView;
+
+/// What the upstream tier needs from the rest of the node.
+#[derive(Clone)]
+pub struct UpstreamContext {
+    pub config: UpstreamConfig,
+    pub node_id: String,
+    pub store: Arc<dyn Store>,
+    /// Where replies to requests go (the downstream tier).
+    pub replies: Arc<dyn ReplyLink>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Listeners of the upstream tier (none: access reaches it in process).
 #[derive(Debug, Default)]
 pub struct UpstreamListeners {}
 
-/// Runs the tier until `shutdown` is cancelled.
-pub async fn run(_config: UpstreamConfig, _listeners: UpstreamListeners, shutdown: CancellationToken) {
-    shutdown.cancelled().await;
+/// Runs the tier's background work until `shutdown` is cancelled.
+pub async fn run(
+    ctx: UpstreamContext,
+    listeners: UpstreamListeners,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    Upstream::new(ctx)?.serve(listeners, shutdown).await;
+    Ok(())
 }
 
-/// Refuses uploads and requests while no backend service exists.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoBackends;
+pub struct Upstream {
+    config: UpstreamConfig,
+    node_id: String,
+    services: BTreeMap<String, Arc<Service>>,
+    store: Arc<dyn Store>,
+    replies: Arc<dyn ReplyLink>,
+    metrics: Arc<Metrics>,
+    requests: Arc<Semaphore>,
+    tasks: TaskTracker,
+}
+
+/// An admin action that could not be done, naming who is at fault.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AdminError {
+    #[error("no service {0:?}")]
+    UnknownService(String),
+    #[error("service {service:?} has no endpoint {endpoint:?}")]
+    UnknownEndpoint { service: String, endpoint: String },
+    #[error("the store could not record it: {0}")]
+    Store(String),
+}
+
+impl Upstream {
+    /// Builds every service's pool; fails on an endpoint URL the HTTP client refuses.
+    pub fn new(ctx: UpstreamContext) -> Result<Arc<Self>, String> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let services = ctx
+            .config
+            .services
+            .iter()
+            .map(|(name, service)| {
+                let s = Service::new(name, service, &ctx.config, http.clone(), &ctx.metrics)?;
+                Ok((name.clone(), Arc::new(s)))
+            })
+            .collect::<Result<BTreeMap<_, _>, String>>()?;
+        Ok(Arc::new(Upstream {
+            requests: Arc::new(Semaphore::new(ctx.config.max_requests_in_flight as usize)),
+            config: ctx.config,
+            node_id: ctx.node_id,
+            services,
+            store: ctx.store,
+            replies: ctx.replies,
+            metrics: ctx.metrics,
+            tasks: TaskTracker::new(),
+        }))
+    }
+
+    /// Health checks, probes, spool draining and isolation sync until
+    /// `shutdown`; then waits (bounded) for requests still calling backends.
+    pub async fn serve(self: Arc<Self>, _listeners: UpstreamListeners, shutdown: CancellationToken) {
+        let background = TaskTracker::new();
+        for service in self.services.values() {
+            background.spawn(health::watch(self.clone(), service.clone(), shutdown.clone()));
+            background.spawn(spool::drain(self.clone(), service.clone(), shutdown.clone()));
+        }
+        background.spawn(health::sync_isolation(self.clone(), shutdown.clone()));
+        background.close();
+        shutdown.cancelled().await;
+        self.tasks.close();
+        let longest = self.services.values().map(|s| s.config.deadline_ms).max().unwrap_or(0);
+        let grace = Duration::from_millis(longest.min(30_000));
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+            tracing::warn!("requests still waiting for backends at shutdown; their clients may resend them");
+        }
+        background.wait().await;
+    }
+
+    fn service(&self, name: &str) -> Result<&Arc<Service>, LinkError> {
+        self.services
+            .get(name)
+            .ok_or_else(|| LinkError::Rejected(format!("unknown service {name:?}")))
+    }
+
+    /// Every pool and the state of its endpoints.
+    pub fn pools(&self) -> BTreeMap<String, Vec<EndpointView>> {
+        self.services.iter().map(|(n, s)| (n.clone(), s.pool.view())).collect()
+    }
+
+    /// Isolates (no traffic, no health checks bring it back) or recovers an
+    /// endpoint, named by URL or index; kept in the store for every node until undone.
+    pub async fn set_isolated(&self, service: &str, endpoint: &str, isolated: bool) -> Result<(), AdminError> {
+        let s = self
+            .services
+            .get(service)
+            .ok_or_else(|| AdminError::UnknownService(service.to_owned()))?;
+        let e = s
+            .pool
+            .endpoints
+            .iter()
+            .enumerate()
+            .find(|(i, e)| {
+                endpoint == i.to_string() || e.url.as_str().trim_end_matches('/') == endpoint.trim_end_matches('/')
+            })
+            .map(|(_, e)| e.clone())
+            .ok_or_else(|| AdminError::UnknownEndpoint {
+                service: service.to_owned(),
+                endpoint: endpoint.to_owned(),
+            })?;
+        self.store
+            .set_isolated(&e.key, isolated)
+            .await
+            .map_err(|err| AdminError::Store(err.to_string()))?;
+        e.set_isolated(isolated);
+        tracing::info!(endpoint = %e.key, isolated, "endpoint isolation changed by an operator");
+        Ok(())
+    }
+}
 
 #[async_trait]
-impl UpstreamLink for NoBackends {
-    async fn upload(&self, _from: &ClientContext, _upload: Upload) -> Result<UploadAck, LinkError> {
-        Err(LinkError::Unavailable("no backend service is configured".into()))
+impl UpstreamLink for Upstream {
+    async fn upload(&self, from: &ClientContext, upload: Upload) -> Result<UploadAck, LinkError> {
+        self.upload_frame(from, upload).await
     }
 
-    async fn request(&self, _from: &ClientContext, _request: Request) -> Result<(), LinkError> {
-        Err(LinkError::Unavailable("no backend service is configured".into()))
+    async fn request(&self, from: &ClientContext, request: Request) -> Result<(), LinkError> {
+        self.request_frame(from, request).await
     }
+}
+
+fn store_unavailable(e: duplex_shared::store::StoreError) -> LinkError {
+    LinkError::Unavailable(format!("store: {e}"))
 }

@@ -89,7 +89,7 @@ pub async fn start_node_with_store(
         verifier: Arc::new(TokenVerifier::new(&auth).expect("verifier")),
         store: store.clone(),
         nodes: Arc::new(LocalNodes::new(hub.clone())),
-        upstream: Arc::new(duplex_upstream::NoBackends),
+        upstream: Arc::new(UnreachableBackends),
         hub: hub.clone(),
         metrics: Default::default(),
     };
@@ -176,4 +176,27 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// The access tier's view of an upstream tier whose backends are all down:
+/// every upload and request fails as retryable.
+pub struct UnreachableBackends;
+
+#[async_trait::async_trait]
+impl duplex_shared::links::UpstreamLink for UnreachableBackends {
+    async fn upload(
+        &self,
+        _from: &duplex_shared::links::ClientContext,
+        _upload: duplex_shared::protocol::Upload,
+    ) -> Result<duplex_shared::protocol::UploadAck, duplex_shared::links::LinkError> {
+        Err(duplex_shared::links::LinkError::Unavailable("backends down".into()))
+    }
+
+    async fn request(
+        &self,
+        _from: &duplex_shared::links::ClientContext,
+        _request: duplex_shared::protocol::Request,
+    ) -> Result<(), duplex_shared::links::LinkError> {
+        Err(duplex_shared::links::LinkError::Unavailable("backends down".into()))
+    }
 }

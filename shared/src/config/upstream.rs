@@ -29,6 +29,12 @@ pub struct UpstreamConfig {
     pub eject_max_ms: u64,
     /// Largest backend response body turned into a reply, bytes. Default 49152 (fits a frame).
     pub max_reply_bytes: u32,
+    /// How long the outcome of an upload is kept so a client's resend is answered
+    /// without calling the backend again, seconds. Default 600.
+    pub dedup_window_s: u64,
+    /// Requests this node may have waiting for a backend; beyond it a request is
+    /// refused at once (retryable). Default 10000.
+    pub max_requests_in_flight: u32,
 }
 
 impl Default for UpstreamConfig {
@@ -43,6 +49,8 @@ impl Default for UpstreamConfig {
             eject_base_ms: 1_000,
             eject_max_ms: 60_000,
             max_reply_bytes: 48 * 1024,
+            dedup_window_s: 600,
+            max_requests_in_flight: 10_000,
         }
     }
 }
@@ -119,6 +127,12 @@ impl UpstreamConfig {
             return Err(invalid(
                 "upstream.eject_after_failures",
                 "eject_after_failures and eject_base_ms must be positive, eject_max_ms >= eject_base_ms",
+            ));
+        }
+        if self.dedup_window_s == 0 || self.max_requests_in_flight == 0 {
+            return Err(invalid(
+                "upstream.dedup_window_s",
+                "dedup_window_s and max_requests_in_flight must be positive",
             ));
         }
         if self.spool_ttl_s == 0 || self.spool_max_items == 0 {

@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::Headers;
+use crate::protocol::{Frame, Headers, Push, Reply};
 
 /// A message as the store keeps it (seq and id are derived from where it is stored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +20,16 @@ pub struct MessageRecord {
     /// Wall-clock times, ms since the Unix epoch.
     pub created_ms: u64,
     pub expires_ms: u64,
+    /// Set when the message is a backend's reply to a client request rather than a push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyTo>,
+}
+
+/// The request a stored reply answers, and the backend's HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyTo {
+    pub request_id: u64,
+    pub status: u16,
 }
 
 impl MessageRecord {
@@ -44,6 +54,27 @@ pub struct StoredMessage {
     pub seq: u64,
     pub msg_id: String,
     pub record: MessageRecord,
+}
+
+impl StoredMessage {
+    /// The frame that carries this message to its client: `reply` or `push`.
+    pub fn frame(&self) -> Frame {
+        match self.record.reply_to {
+            Some(r) => Frame::Reply(Reply {
+                id: r.request_id,
+                status: r.status,
+                headers: self.record.headers.clone(),
+                body: self.record.payload.clone(),
+                seq: self.seq,
+            }),
+            None => Frame::Push(Push {
+                seq: self.seq,
+                msg_id: self.msg_id.clone(),
+                headers: self.record.headers.clone(),
+                payload: self.record.payload.clone(),
+            }),
+        }
+    }
 }
 
 /// Builds the public id of message `seq` of `client_id`.

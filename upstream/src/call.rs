@@ -1,0 +1,314 @@
+//! One backend call of a service: endpoint choice, tries, safe retries
+//! within the budget, passive health accounting. Used by uploads, requests
+//! and the spool worker alike.
+
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use duplex_shared::config::{ServiceConfig, UpstreamConfig};
+use duplex_shared::metrics::{Counter, Metrics};
+use duplex_shared::protocol::Headers;
+use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::Method;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::budget::RetryBudget;
+use crate::path::{backend_url, PathError};
+use crate::pool::{Permit, Pool};
+
+/// Headers a client may never set, whatever the pass-through list says.
+const RESERVED: [&str; 6] = [
+    "host",
+    "x-duplex-client-id",
+    "x-duplex-user-id",
+    "idempotency-key",
+    "traceparent",
+    "content-length",
+];
+
+/// What to send, and whether sending it twice is safe.
+pub struct Call<'a> {
+    pub method: Method,
+    pub path: &'a str,
+    pub headers: &'a Headers,
+    pub body: Bytes,
+    pub client_id: &'a str,
+    pub user_id: &'a str,
+    /// Derived from (client, frame id): the same frame always carries the same key.
+    pub idempotency_key: String,
+    pub traceparent: String,
+    /// Repeating the call on another endpoint cannot do harm (idempotent
+    /// method, or a key the backend honours).
+    pub retry_safe: bool,
+    pub deadline: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendResponse {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Bytes,
+}
+
+/// Why a call produced no backend response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("bad path: {0}")]
+    Path(#[from] PathError),
+    #[error("no endpoint of the service is available")]
+    PoolUnavailable,
+    #[error("the deadline passed")]
+    Timeout,
+    #[error("backend unreachable: {0}")]
+    Transport(String),
+}
+
+enum TryError {
+    /// Nothing reached the backend: always safe to try elsewhere.
+    Connect(String),
+    Timeout,
+    Other(String),
+}
+
+pub struct Service {
+    pub name: String,
+    pub config: ServiceConfig,
+    pub pool: Pool,
+    budget: RetryBudget,
+    http: reqwest::Client,
+    max_reply_bytes: usize,
+    counts: Counts,
+    /// This node knows of uploads waiting in the spool: new ones queue behind them.
+    pub spool_waiting: AtomicBool,
+    /// Wakes the spool worker when an upload was spooled.
+    pub spool_wake: Notify,
+}
+
+struct Counts {
+    ok: Counter,
+    client_error: Counter,
+    server_error: Counter,
+    timeout: Counter,
+    connect_error: Counter,
+    error: Counter,
+    retries: Counter,
+    budget_exhausted: Counter,
+    ejections: Counter,
+    unavailable: Counter,
+}
+
+impl Service {
+    pub fn new(
+        name: &str,
+        config: &ServiceConfig,
+        upstream: &UpstreamConfig,
+        http: reqwest::Client,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
+        let calls = |outcome| metrics.counter("duplex_backend_calls_total", &[("service", name), ("outcome", outcome)]);
+        Ok(Service {
+            name: name.to_owned(),
+            pool: Pool::new(name, config, upstream)?,
+            config: config.clone(),
+            budget: RetryBudget::new(upstream.retry_budget_percent, upstream.retry_budget_min_per_s),
+            http,
+            max_reply_bytes: upstream.max_reply_bytes as usize,
+            spool_waiting: AtomicBool::new(false),
+            spool_wake: Notify::new(),
+            counts: Counts {
+                ok: calls("ok"),
+                client_error: calls("client_error"),
+                server_error: calls("server_error"),
+                timeout: calls("timeout"),
+                connect_error: calls("connect_error"),
+                error: calls("error"),
+                retries: metrics.counter("duplex_backend_retries_total", &[("service", name)]),
+                budget_exhausted: metrics.counter("duplex_backend_budget_exhausted_total", &[("service", name)]),
+                ejections: metrics.counter("duplex_backend_ejections_total", &[("service", name)]),
+                unavailable: metrics.counter("duplex_backend_unavailable_total", &[("service", name)]),
+            },
+        })
+    }
+
+    /// Checks a client path against this service without calling anything.
+    pub fn check_path(&self, path: &str) -> Result<(), PathError> {
+        backend_url(&self.pool.endpoints[0].url, path, &self.config.path_prefixes).map(|_| ())
+    }
+
+    /// Runs `call`: tries endpoints until one answers, a retry would be
+    /// unsafe or over budget, or the deadline passes. A 5xx answer is returned
+    /// as a response when it is the last word.
+    pub async fn call(&self, call: &Call<'_>) -> Result<BackendResponse, CallError> {
+        self.check_path(call.path)?;
+        self.budget.on_call();
+        let mut tried = Vec::new();
+        let mut last = Err(CallError::PoolUnavailable);
+        loop {
+            let Some(permit) = self.pool.pick(&tried) else {
+                if tried.is_empty() {
+                    self.counts.unavailable.inc();
+                }
+                return last;
+            };
+            tried.push(permit.index);
+            let now = Instant::now();
+            if now >= call.deadline {
+                return Err(CallError::Timeout);
+            }
+            let limit = Duration::from_millis(self.config.try_timeout_ms).min(call.deadline - now);
+            let index = permit.index;
+            let outcome = self.try_once(permit, call, limit).await;
+            let (healthy, retry) = match &outcome {
+                Ok(r) if r.status >= 500 => (false, call.retry_safe && matches!(r.status, 502..=504)),
+                Ok(_) => (true, false),
+                Err(TryError::Connect(_)) => (false, true),
+                Err(TryError::Timeout | TryError::Other(_)) => (false, call.retry_safe),
+            };
+            if self.pool.record(index, healthy) {
+                self.counts.ejections.inc();
+                tracing::warn!(service = %self.name, endpoint = %self.pool.endpoints[index].url, "endpoint ejected");
+            }
+            last = outcome.map_err(|e| match e {
+                TryError::Timeout if Instant::now() >= call.deadline => CallError::Timeout,
+                TryError::Timeout => CallError::Transport("the try timed out".into()),
+                TryError::Connect(m) | TryError::Other(m) => CallError::Transport(m),
+            });
+            if !retry || Instant::now() >= call.deadline || tried.len() >= self.pool.endpoints.len() {
+                return last;
+            }
+            if !self.budget.try_retry() {
+                self.counts.budget_exhausted.inc();
+                return last;
+            }
+            self.counts.retries.inc();
+        }
+    }
+
+    async fn try_once(&self, permit: Permit, call: &Call<'_>, limit: Duration) -> Result<BackendResponse, TryError> {
+        let url = backend_url(&permit.endpoint.url, call.path, &self.config.path_prefixes)
+            .map_err(|e| TryError::Other(e.to_string()))?;
+        let mut req = self
+            .http
+            .request(call.method.clone(), url)
+            .timeout(limit)
+            .header("x-duplex-client-id", call.client_id)
+            .header("x-duplex-user-id", call.user_id)
+            .header("idempotency-key", &call.idempotency_key)
+            .header("traceparent", &call.traceparent);
+        for (name, value) in call.headers {
+            let lower = name.to_ascii_lowercase();
+            if RESERVED.contains(&lower.as_str()) || !self.config.pass_headers.contains(&lower) {
+                continue;
+            }
+            if let (Ok(n), Ok(v)) = (HeaderName::try_from(lower), HeaderValue::try_from(value.as_str())) {
+                req = req.header(n, v);
+            }
+        }
+        if !call.body.is_empty() {
+            req = req.body(call.body.clone());
+        }
+        let result: Result<BackendResponse, reqwest::Error> = async {
+            let mut resp = req.send().await?;
+            let status = resp.status().as_u16();
+            let headers: Headers = self
+                .config
+                .reply_headers
+                .iter()
+                .filter_map(|h| {
+                    let v = resp.headers().get(h.as_str())?.to_str().ok()?;
+                    Some((h.clone(), v.to_owned()))
+                })
+                .collect();
+            let mut body = BytesMut::new();
+            while let Some(chunk) = resp.chunk().await? {
+                if body.len() + chunk.len() > self.max_reply_bytes {
+                    return Ok(too_large(self.max_reply_bytes));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(BackendResponse {
+                status,
+                headers,
+                body: body.freeze(),
+            })
+        }
+        .await;
+        drop(permit);
+        let counter = match &result {
+            Ok(r) if r.status >= 500 => &self.counts.server_error,
+            Ok(r) if r.status >= 400 => &self.counts.client_error,
+            Ok(_) => &self.counts.ok,
+            Err(e) if e.is_timeout() => &self.counts.timeout,
+            Err(e) if e.is_connect() => &self.counts.connect_error,
+            Err(_) => &self.counts.error,
+        };
+        counter.inc();
+        result.map_err(|e| {
+            if e.is_timeout() {
+                TryError::Timeout
+            } else if e.is_connect() {
+                TryError::Connect(e.to_string())
+            } else {
+                TryError::Other(e.to_string())
+            }
+        })
+    }
+
+    /// Active health check of one endpoint: `GET health_path`, 2xx within the try timeout.
+    pub async fn probe(&self, index: usize) -> bool {
+        let endpoint = &self.pool.endpoints[index];
+        let path = self.config.health_path.as_deref().unwrap_or("/");
+        let Ok(url) = backend_url(&endpoint.url, path, &["/".to_owned()]) else {
+            return false;
+        };
+        let sent = self
+            .http
+            .get(url)
+            .timeout(Duration::from_millis(self.config.try_timeout_ms))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if self.config.health_path.is_some() => r.status().is_success(),
+            // Without a health path, any answer below 500 shows the endpoint is back.
+            Ok(r) => r.status().as_u16() < 500,
+            Err(_) => false,
+        }
+    }
+}
+
+fn too_large(max: usize) -> BackendResponse {
+    let mut headers = Headers::new();
+    headers.insert("x-duplex-error".into(), "reply_too_large".into());
+    BackendResponse {
+        status: 502,
+        headers,
+        body: Bytes::from(format!("the backend response exceeds {max} bytes")),
+    }
+}
+
+/// The Idempotency-Key the backend sees for frame `id` of `client_id`.
+pub fn idempotency_key(client_id: &str, kind: &str, id: u64) -> String {
+    format!("{client_id}:{kind}:{id}")
+}
+
+/// W3C `traceparent`: the client's trace continues when it sent a valid one,
+/// otherwise a new trace starts here; the span id is always ours.
+pub fn traceparent(from_client: Option<&String>) -> String {
+    let span: u64 = rand::random::<u64>() | 1;
+    let trace = from_client
+        .and_then(|t| {
+            let parts: Vec<&str> = t.split('-').collect();
+            let valid = parts.len() == 4
+                && parts[0] == "00"
+                && parts[1].len() == 32
+                && parts[1]
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                && parts[1].bytes().any(|b| b != b'0');
+            valid.then(|| parts[1].to_owned())
+        })
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>() | 1));
+    format!("00-{trace}-{span:016x}-01")
+}

@@ -1,0 +1,165 @@
+//! Requests: the backend's response becomes a `Reply` stored for the client
+//! (TTL = the request deadline) and delivered wherever it is connected then.
+//! The access tier gets its answer at once; the backend call runs on its own
+//! task, bounded by `max_requests_in_flight`. A deadline that passes, or a
+//! pool with nothing available, still answers: a reply with status 504 or 503
+//! and an `x-duplex-error` header.
+
+use std::time::Duration;
+
+use duplex_shared::links::{ClientContext, LinkError, ReplyLink};
+use duplex_shared::protocol::{Headers, Reply, Request};
+use duplex_shared::store::{now_ms, FrameClaim};
+use reqwest::Method;
+use tokio::time::Instant;
+
+use crate::call::{idempotency_key, traceparent, BackendResponse, Call, CallError};
+use crate::{store_unavailable, Upstream};
+
+/// A claim outlives the deadline by this much, so a resend that races a slow reply stays quiet.
+const CLAIM_SLACK_MS: u64 = 5_000;
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+impl Upstream {
+    pub(crate) async fn request_frame(&self, from: &ClientContext, req: Request) -> Result<(), LinkError> {
+        let service = self.service(&req.service)?.clone();
+        let method = Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
+            .ok()
+            .filter(|m| service.config.methods.iter().any(|allowed| allowed == m.as_str()))
+            .ok_or_else(|| {
+                LinkError::Rejected(format!(
+                    "method {:?} is not allowed on service {:?}; allowed: {:?}",
+                    req.method, service.name, service.config.methods
+                ))
+            })?;
+        service
+            .check_path(&req.path)
+            .map_err(|e| LinkError::Rejected(e.to_string()))?;
+        let deadline_ms = match req.timeout_ms {
+            0 => service.config.deadline_ms,
+            t => t.min(service.config.deadline_ms),
+        };
+        let permit = self.requests.clone().try_acquire_owned().map_err(|_| {
+            LinkError::Unavailable(format!(
+                "{} requests are waiting for backends on this node",
+                self.config.max_requests_in_flight
+            ))
+        })?;
+        let key = format!("r:{}", req.id);
+        let claim = self
+            .store
+            .begin_frame(&from.client_id, &key, deadline_ms + CLAIM_SLACK_MS)
+            .await
+            .map_err(store_unavailable)?;
+        if claim != FrameClaim::New {
+            // A resend: the first copy's reply is on its way (or stored for the client's replay).
+            return Ok(());
+        }
+        let replies = self.replies.clone();
+        let store = self.store.clone();
+        let from = from.clone();
+        let counter = |kind| {
+            self.metrics
+                .counter("duplex_replies_total", &[("service", &service.name), ("kind", kind)])
+        };
+        let counts = [
+            counter("backend"),
+            counter("timeout"),
+            counter("unavailable"),
+            counter("error"),
+        ];
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            let deadline = Instant::now() + Duration::from_millis(deadline_ms);
+            let call = Call {
+                retry_safe: idempotent(&method) || service.config.idempotency_keys,
+                method,
+                path: &req.path,
+                headers: &req.headers,
+                body: req.body.clone(),
+                client_id: &from.client_id,
+                user_id: &from.user_id,
+                idempotency_key: idempotency_key(&from.client_id, "r", req.id),
+                traceparent: traceparent(req.headers.get("traceparent")),
+                deadline,
+            };
+            let result = match tokio::time::timeout_at(deadline, service.call(&call)).await {
+                Ok(r) => r,
+                Err(_) => Err(CallError::Timeout),
+            };
+            let (reply, kind) = reply_for(req.id, result);
+            counts[kind].inc();
+            deliver_reply(&*replies, &from.client_id, reply, deadline_ms).await;
+            if let Err(e) = store
+                .finish_frame(&from.client_id, &key, "replied", deadline_ms + CLAIM_SLACK_MS)
+                .await
+            {
+                tracing::debug!(error = %e, "could not record a finished request");
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The reply for a call's outcome, and which `duplex_replies_total` kind it is.
+fn reply_for(id: u64, result: Result<BackendResponse, CallError>) -> (Reply, usize) {
+    let failure = |status: u16, code: &str, message: String, kind: usize| {
+        let mut headers = Headers::new();
+        headers.insert("x-duplex-error".into(), code.to_owned());
+        let reply = Reply {
+            id,
+            status,
+            headers,
+            body: message.into_bytes().into(),
+            seq: 0,
+        };
+        (reply, kind)
+    };
+    match result {
+        Ok(r) => (
+            Reply {
+                id,
+                status: r.status,
+                headers: r.headers,
+                body: r.body,
+                seq: 0,
+            },
+            0,
+        ),
+        Err(CallError::Timeout) => failure(504, "timeout", "the request deadline passed".into(), 1),
+        Err(CallError::PoolUnavailable) => failure(
+            503,
+            "unavailable",
+            "no backend endpoint of the service is available".into(),
+            2,
+        ),
+        Err(e @ CallError::Transport(_)) => failure(502, "backend_error", e.to_string(), 3),
+        Err(e @ CallError::Path(_)) => failure(400, "bad_path", e.to_string(), 3),
+    }
+}
+
+/// Hands the reply to downstream; a store outage is retried briefly, since
+/// the client is waiting for this reply and nothing else will resend it.
+async fn deliver_reply(replies: &dyn ReplyLink, client_id: &str, reply: Reply, ttl_ms: u64) {
+    let mut delay = Duration::from_millis(50);
+    for attempt in 0..5 {
+        match replies.reply(client_id, reply.clone(), now_ms() + ttl_ms).await {
+            Ok(()) => return,
+            Err(e) if e.retryable() && attempt < 4 => {
+                tracing::debug!(error = %e, "reply not stored yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, request = reply.id, "reply lost: the client will see its request time out");
+                return;
+            }
+        }
+    }
+}
