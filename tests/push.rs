@@ -1,5 +1,6 @@
 //! The push API and at-least-once delivery, on both stores.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -373,13 +374,6 @@ async fn a_failed_delivery_stays_stored_and_is_retried(kind: StoreKind) {
         node.get(&format!("/v1/messages/{id}")).await.1["state"] == "sent"
     })
     .await;
-}
-
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory { $( #[tokio::test] async fn $name() { super::$name(super::StoreKind::Memory).await } )* }
-        mod redis { $( #[tokio::test] async fn $name() { super::$name(super::StoreKind::Redis).await } )* }
-    };
 }
 
 both_stores!(

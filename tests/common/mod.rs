@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod backend;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -321,4 +323,13 @@ where
 
 pub fn json_payload(p: &Push) -> Value {
     serde_json::from_slice(&p.payload).expect("json payload")
+}
+
+/// Runs each named `async fn(StoreKind)` on the memory store and on Redis.
+#[allow(unused_macros)]
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory { $( #[tokio::test] async fn $name() { super::$name(super::StoreKind::Memory).await } )* }
+        mod redis { $( #[tokio::test] async fn $name() { super::$name(super::StoreKind::Redis).await } )* }
+    };
 }

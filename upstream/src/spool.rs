@@ -30,7 +30,12 @@ enum Round {
     Progress,
     /// The backend or the store failed; back off.
     Failed,
+    /// No endpoint is available; probes decide when one is back, so look again soon.
+    Blocked,
 }
+
+/// How often a blocked worker looks for a readmitted endpoint.
+const BLOCKED_POLL: Duration = Duration::from_millis(100);
 
 pub(crate) async fn drain(up: Arc<Upstream>, service: Arc<Service>, shutdown: CancellationToken) {
     let depth = up.metrics.counter("duplex_spool_depth", &[("service", &service.name)]);
@@ -55,6 +60,7 @@ pub(crate) async fn drain(up: Arc<Upstream>, service: Arc<Service>, shutdown: Ca
                 backoff = BACKOFF_MIN;
                 Duration::ZERO
             }
+            Round::Blocked => BLOCKED_POLL,
             Round::Failed => {
                 let jittered = rand::thread_rng().gen_range(Duration::ZERO..=backoff);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -110,7 +116,7 @@ async fn drain_round(up: &Upstream, service: &Service) -> Round {
             continue;
         }
         if !service.pool.any_available() {
-            return Round::Failed;
+            return Round::Blocked;
         }
         let deadline = Instant::now() + Duration::from_millis(service.config.deadline_ms);
         match service.call(&spooled.call(deadline)).await {
