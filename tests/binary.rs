@@ -1,128 +1,17 @@
 //! End-to-end: the `duplex` binary as users run it.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::process::*;
+
 use duplex_client::Connection;
-use duplex_shared::protocol::{Frame, Ping};
+use duplex_shared::protocol::Frame;
 use duplex_shared::store::{RedisStore, Store};
 use duplex_shared::testing::TestRedis;
-
-const BIN: &str = env!("CARGO_BIN_EXE_duplex");
-
-struct Running {
-    child: Child,
-    tcp: SocketAddr,
-    ws: SocketAddr,
-    push: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Every listener on an ephemeral loopback port.
-const EPHEMERAL_LISTENERS: [&str; 8] = [
-    "--tcp-listen",
-    "127.0.0.1:0",
-    "--ws-listen",
-    "127.0.0.1:0",
-    "--http-listen",
-    "127.0.0.1:0",
-    "--admin-listen",
-    "127.0.0.1:0",
-];
-
-/// Starts `duplex` on ephemeral ports and reads the addresses it prints.
-fn start(extra: &[&str]) -> Running {
-    start_with_env(extra, &[])
-}
-
-fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Running {
-    let mut child = Command::new(BIN)
-        .args(EPHEMERAL_LISTENERS)
-        .args(extra)
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn duplex");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut tcp, mut ws, mut push, mut admin) = (None, None, None, None);
-    for _ in 0..10 {
-        let Some(Ok(line)) = lines.next() else { break };
-        if let Some(a) = line.trim().strip_prefix("client tcp:") {
-            tcp = Some(a.trim().parse().expect("tcp addr"));
-        }
-        if let Some(a) = line.trim().strip_prefix("client websocket:") {
-            ws = Some(
-                a.trim()
-                    .trim_start_matches("ws://")
-                    .trim_end_matches('/')
-                    .parse()
-                    .expect("ws addr"),
-            );
-        }
-        if let Some(a) = line.trim().strip_prefix("push API:") {
-            let a = a.trim().trim_start_matches("http://").trim_end_matches("/v1/push");
-            push = Some(a.parse().expect("push addr"));
-        }
-        if let Some(a) = line.trim().strip_prefix("admin:") {
-            let a = a.trim().trim_start_matches("http://").trim_end_matches("/metrics");
-            admin = Some(a.parse().expect("admin addr"));
-        }
-        if tcp.is_some() && ws.is_some() && push.is_some() && admin.is_some() {
-            break;
-        }
-    }
-    // Keep reading stdout so the server never writes into a closed pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Running {
-        child,
-        tcp: tcp.expect("printed tcp address"),
-        ws: ws.expect("printed ws address"),
-        push: push.expect("printed push API address"),
-        admin: admin.expect("printed admin address"),
-    }
-}
-
-fn mint(sub: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["token", "--sub", sub])
-        .output()
-        .expect("duplex token");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
-}
-
-async fn ping_pong(conn: &mut Connection) {
-    conn.send(&Frame::Ping(Ping { id: 1 })).await.expect("send");
-    let got = tokio::time::timeout(Duration::from_secs(5), conn.recv())
-        .await
-        .expect("in time")
-        .expect("ok");
-    assert!(matches!(got, Some(Frame::Pong(_))), "{got:?}");
-}
-
-async fn terminate(run: &mut Running) -> std::process::ExitStatus {
-    let pid = run.child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
-    for _ in 0..200 {
-        if let Some(status) = run.child.try_wait().expect("wait") {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("duplex did not exit within 10 s of SIGTERM");
-}
 
 #[tokio::test]
 async fn all_in_one_with_memory_store_serves_tcp_and_websocket_with_a_minted_token() {

@@ -1,7 +1,7 @@
 //! The documented configuration cannot rot: the example file loads, and every
 //! key of the real configuration appears in docs/CONFIG.md and in the example.
 
-use duplex_shared::config::Config;
+use duplex_shared::config::{Config, EndpointConfig, ServiceConfig};
 
 fn keys(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
     if let serde_json::Value::Object(map) = value {
@@ -20,11 +20,20 @@ fn every_config_key_is_documented_and_in_the_example() {
     let docs = include_str!("../docs/CONFIG.md");
     let example = include_str!("../deploy/duplex.example.toml");
     let mut all = Vec::new();
-    keys(
-        "",
-        &serde_json::to_value(Config::default()).expect("serialize"),
-        &mut all,
+    let mut config = Config::default();
+    // A service with every field set, so the per-service keys are checked too.
+    config.upstream.services.insert(
+        "orders".into(),
+        ServiceConfig {
+            endpoints: vec![EndpointConfig {
+                url: "http://127.0.0.1:1".into(),
+                weight: 1,
+            }],
+            health_path: Some("/healthz".into()),
+            ..ServiceConfig::default()
+        },
     );
+    keys("", &serde_json::to_value(config).expect("serialize"), &mut all);
     assert!(all.len() > 20, "{all:?}");
     for key in &all {
         let leaf = key.rsplit('.').next().expect("leaf");

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
