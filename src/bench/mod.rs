@@ -8,6 +8,7 @@ use clap::Subcommand;
 mod connect;
 mod procfs;
 mod push;
+mod request;
 mod servers;
 mod worker;
 
@@ -19,6 +20,12 @@ pub enum BenchCommand {
     /// Push qos-1 messages through the HTTP API to connected clients and report
     /// delivered msgs/s and end-to-end latency.
     Push(push::PushArgs),
+    /// Send requests through duplex to a trivial local backend and, in the same
+    /// run, straight to it; report requests/s, latency, and what duplex adds.
+    Request(request::RequestArgs),
+    /// Internal: the trivial backend of `bench request`.
+    #[command(hide = true)]
+    Backend(request::BackendArgs),
     /// Internal: one generator process of `bench connect`.
     #[command(hide = true)]
     ConnectWorker(worker::WorkerArgs),
@@ -35,6 +42,8 @@ pub fn run(cmd: BenchCommand) -> ExitCode {
     let result = match cmd {
         BenchCommand::Connect(args) => runtime.block_on(connect::run(args)),
         BenchCommand::Push(args) => runtime.block_on(push::run(args)),
+        BenchCommand::Request(args) => runtime.block_on(request::run(args)),
+        BenchCommand::Backend(args) => runtime.block_on(request::backend(args)),
         BenchCommand::ConnectWorker(args) => runtime.block_on(worker::worker(args)),
     };
     match result {

@@ -61,9 +61,23 @@ pub fn start_duplex(
     ports: (u16, u16, u16),
     redis_url: Option<&str>,
 ) -> anyhow::Result<Vec<Server>> {
+    start_duplex_with(exe, count, ports, redis_url, None)
+}
+
+/// `start_duplex` with a configuration file.
+pub fn start_duplex_with(
+    exe: &Path,
+    count: usize,
+    ports: (u16, u16, u16),
+    redis_url: Option<&str>,
+    config: Option<&Path>,
+) -> anyhow::Result<Vec<Server>> {
     let mut servers = Vec::new();
     for i in 0..count {
         let mut cmd = Command::new(exe);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
         cmd.args(["--tcp-listen", &format!("127.0.0.1:{}", ports.0)])
             .args(["--ws-listen", &format!("127.0.0.1:{}", ports.1)])
             .args(["--node-id", &format!("bench-{i}")])

@@ -62,7 +62,6 @@ impl Upstream {
             return Ok(());
         }
         let replies = self.replies.clone();
-        let store = self.store.clone();
         let from = from.clone();
         let counter = |kind| {
             self.metrics
@@ -95,13 +94,9 @@ impl Upstream {
             };
             let (reply, kind) = reply_for(req.id, result);
             counts[kind].inc();
+            // The claim stays until it expires (deadline + slack): a resend meanwhile
+            // finds it and waits for this reply instead of calling the backend again.
             deliver_reply(&*replies, &from.client_id, reply, deadline_ms).await;
-            if let Err(e) = store
-                .finish_frame(&from.client_id, &key, "replied", deadline_ms + CLAIM_SLACK_MS)
-                .await
-            {
-                tracing::debug!(error = %e, "could not record a finished request");
-            }
         });
         Ok(())
     }

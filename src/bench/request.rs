@@ -1,0 +1,260 @@
+//! `duplex bench request`: N clients send requests through Duplex to a
+//! trivial local backend and wait for each reply (closed loop, one request in
+//! flight per client); the same number of HTTP clients call the same backend
+//! directly, in the same run. Reports requests/s and latency of both, and
+//! what Duplex adds.
+//!
+//! The backend (`duplex bench backend`, hidden) and the duplex server run as
+//! child processes on loopback; clients run in this process.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use duplex_client::Connection;
+use duplex_shared::auth::{dev_claims, mint_hs256};
+use duplex_shared::config::DEV_SECRET;
+use duplex_shared::protocol::{Ack, Frame, Request};
+use hdrhistogram::Histogram;
+
+use super::procfs::{cpu_seconds, machine_line};
+use super::servers::{free_ports, redis_for, start_duplex_with, Server};
+
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// Clients, each with one request in flight.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Requests per phase.
+    #[arg(long, default_value_t = 100_000)]
+    pub requests: usize,
+    /// Redis URL for the server (default: its in-memory store).
+    #[arg(long, conflicts_with = "private_redis")]
+    pub redis: Option<String>,
+    /// Start a private `redis-server` on a free loopback port, and stop it after.
+    #[arg(long)]
+    pub private_redis: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackendArgs {
+    #[arg(long)]
+    pub port: u16,
+}
+
+/// The trivial backend: 200 with a small JSON body for every request.
+pub async fn backend(args: BackendArgs) -> anyhow::Result<()> {
+    let listener = duplex_shared::net::bind_listener(([127, 0, 0, 1], args.port).into(), 4096, false)?;
+    let app = axum::Router::new().fallback(|| async { ([("content-type", "application/json")], "{\"ok\":true}") });
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+struct Phase {
+    rps: f64,
+    hist: Histogram<u64>,
+    errors: u64,
+    cpu: f64,
+}
+
+#[allow(clippy::print_stdout)]
+pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
+    if args.clients == 0 || args.clients > 10_000 || args.requests < args.clients {
+        bail!("--clients within 1..=10000 and --requests at least --clients");
+    }
+    let exe = std::env::current_exe().context("locating the duplex binary")?;
+    let backend_port = free_ports()?.0;
+    let backend = Server {
+        child: std::process::Command::new(&exe)
+            .args(["bench", "backend", "--port", &backend_port.to_string()])
+            .spawn()
+            .context("starting the bench backend")?,
+    };
+    let backend_pid = backend.child.id();
+    let dir = std::env::temp_dir().join(format!("duplex-bench-request-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("duplex.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "# Each bench client sends as fast as replies come back: lift the per-connection frame rate.\n[access]\nframe_rate_per_s = 1000000\nframe_burst = 1000000\n\n[upstream.services.bench]\nendpoints = [{{ url = \"http://127.0.0.1:{backend_port}\" }}]\nmax_concurrency = 4096\n"
+        ),
+    )?;
+    let (_private, redis_url) = redis_for(args.private_redis, &args.redis)?;
+    let ports = free_ports()?;
+    let servers = start_duplex_with(&exe, 1, ports, redis_url.as_deref(), Some(&config))?;
+    let duplex_pid = servers[0].child.id();
+    wait_for_port(backend_port).await?;
+    println!("{}", machine_line());
+    println!(
+        "bench request: {} requests per phase, {} clients with one in flight each, {} store",
+        args.requests,
+        args.clients,
+        if redis_url.is_some() { "redis" } else { "memory" }
+    );
+
+    // Warm both paths (connections, allocator), then measure them one after the other.
+    direct(&args, backend_port, args.clients * 20, backend_pid).await?;
+    let d = direct(&args, backend_port, args.requests, backend_pid).await?;
+    let x = through_duplex(&args, ports.0, args.requests, (duplex_pid, backend_pid)).await?;
+    for (name, p) in [("direct  ", &d), ("duplex  ", &x)] {
+        println!(
+            "{name}: {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  max {:.2} ms  errors {}  CPU {:.2} s",
+            p.rps,
+            p.hist.value_at_quantile(0.5) as f64 / 1000.0,
+            p.hist.value_at_quantile(0.99) as f64 / 1000.0,
+            p.hist.max() as f64 / 1000.0,
+            p.errors,
+            p.cpu
+        );
+    }
+    println!(
+        "duplex adds: p50 +{:.3} ms, p99 +{:.3} ms; throughput ratio duplex/direct {:.2}",
+        (x.hist.value_at_quantile(0.5) as f64 - d.hist.value_at_quantile(0.5) as f64) / 1000.0,
+        (x.hist.value_at_quantile(0.99) as f64 - d.hist.value_at_quantile(0.99) as f64) / 1000.0,
+        x.rps / d.rps
+    );
+    drop(servers);
+    drop(backend);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn wait_for_port(port: u16) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("nothing listens on 127.0.0.1:{port}")
+}
+
+fn new_hist() -> anyhow::Result<Arc<Mutex<Histogram<u64>>>> {
+    Ok(Arc::new(Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?)))
+}
+
+fn take(hist: &Mutex<Histogram<u64>>) -> anyhow::Result<Histogram<u64>> {
+    Ok(hist
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
+        .clone())
+}
+
+/// `clients` HTTP clients calling the backend themselves.
+async fn direct(args: &RequestArgs, port: u16, requests: usize, backend_pid: u32) -> anyhow::Result<Phase> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .tcp_nodelay(true)
+        .build()?;
+    let url = format!("http://127.0.0.1:{port}/bench");
+    let (hist, errors, next) = (new_hist()?, Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let cpu0 = cpu_seconds(backend_pid).unwrap_or(0.0);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.clients {
+        let (http, url, hist, errors, next) = (http.clone(), url.clone(), hist.clone(), errors.clone(), next.clone());
+        tasks.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < requests as u64 {
+                let t = Instant::now();
+                let ok = match http.get(&url).send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                record(&hist, t, ok, &errors);
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(Phase {
+        rps: requests as f64 / started.elapsed().as_secs_f64(),
+        hist: take(&hist)?,
+        errors: errors.load(Ordering::Relaxed),
+        cpu: cpu_seconds(backend_pid).unwrap_or(0.0) - cpu0,
+    })
+}
+
+fn record(hist: &Mutex<Histogram<u64>>, started: Instant, ok: bool, errors: &AtomicU64) {
+    if !ok {
+        errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if let Ok(mut h) = hist.lock() {
+        let _ = h.record((started.elapsed().as_micros() as u64).max(1));
+    }
+}
+
+/// `clients` Duplex clients sending request frames and acking the replies.
+async fn through_duplex(args: &RequestArgs, tcp_port: u16, requests: usize, pids: (u32, u32)) -> anyhow::Result<Phase> {
+    let token = mint_hs256(DEV_SECRET, &dev_claims("bench", 3600)).map_err(anyhow::Error::msg)?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], tcp_port));
+    let mut conns = Vec::new();
+    for i in 0..args.clients {
+        let mut conn = Connection::tcp(addr).await.context("connecting a client")?;
+        conn.handshake(&token, &format!("br-{i}"), 0)
+            .await
+            .context("handshake")?;
+        conns.push(conn);
+    }
+    let (hist, errors, next) = (new_hist()?, Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let cpu0 = cpu_seconds(pids.0).unwrap_or(0.0) + cpu_seconds(pids.1).unwrap_or(0.0);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut conn in conns {
+        let (hist, errors, next) = (hist.clone(), errors.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut id = 0u64;
+            while next.fetch_add(1, Ordering::Relaxed) < requests as u64 {
+                id += 1;
+                let t = Instant::now();
+                let ok = round_trip(&mut conn, id).await;
+                record(&hist, t, ok, &errors);
+            }
+        });
+    }
+    let bounded = tokio::time::timeout(Duration::from_secs(300), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if bounded.is_err() {
+        bail!("the duplex phase did not finish within 300 s");
+    }
+    Ok(Phase {
+        rps: requests as f64 / started.elapsed().as_secs_f64(),
+        hist: take(&hist)?,
+        errors: errors.load(Ordering::Relaxed),
+        cpu: cpu_seconds(pids.0).unwrap_or(0.0) + cpu_seconds(pids.1).unwrap_or(0.0) - cpu0,
+    })
+}
+
+/// One request and its reply (acked); false on an error frame or a non-2xx reply.
+async fn round_trip(conn: &mut Connection, id: u64) -> bool {
+    let frame = Frame::Request(Request {
+        id,
+        service: "bench".into(),
+        method: "GET".into(),
+        path: "/bench".into(),
+        headers: Default::default(),
+        body: Default::default(),
+        timeout_ms: 0,
+    });
+    if conn.send(&frame).await.is_err() {
+        return false;
+    }
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), conn.recv()).await {
+            Ok(Ok(Some(Frame::Reply(r)))) if r.id == id => {
+                let acked = conn.send(&Frame::Ack(Ack { id: r.seq, seq: r.seq })).await.is_ok();
+                return acked && (200..300).contains(&r.status);
+            }
+            Ok(Ok(Some(Frame::Error(e)))) if e.id == Some(id) => {
+                tracing::warn!(code = %e.code, message = %e.message, "request refused");
+                return false;
+            }
+            Ok(Ok(Some(_))) => continue,
+            _ => return false,
+        }
+    }
+}
