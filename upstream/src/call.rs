@@ -84,6 +84,8 @@ pub struct Service {
     pub spool_waiting: AtomicBool,
     /// Wakes the spool worker when an upload was spooled.
     pub spool_wake: Notify,
+    /// `duplex_replies_total` by kind: backend, timeout, unavailable, error.
+    pub replies: [Counter; 4],
 }
 
 struct Counts {
@@ -117,6 +119,8 @@ impl Service {
             max_reply_bytes: upstream.max_reply_bytes as usize,
             spool_waiting: AtomicBool::new(false),
             spool_wake: Notify::new(),
+            replies: ["backend", "timeout", "unavailable", "error"]
+                .map(|kind| metrics.counter("duplex_replies_total", &[("service", name), ("kind", kind)])),
             counts: Counts {
                 ok: calls("ok"),
                 client_error: calls("client_error"),

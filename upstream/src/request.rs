@@ -63,16 +63,6 @@ impl Upstream {
         }
         let replies = self.replies.clone();
         let from = from.clone();
-        let counter = |kind| {
-            self.metrics
-                .counter("duplex_replies_total", &[("service", &service.name), ("kind", kind)])
-        };
-        let counts = [
-            counter("backend"),
-            counter("timeout"),
-            counter("unavailable"),
-            counter("error"),
-        ];
         self.tasks.spawn(async move {
             let _permit = permit;
             let deadline = Instant::now() + Duration::from_millis(deadline_ms);
@@ -93,7 +83,7 @@ impl Upstream {
                 Err(_) => Err(CallError::Timeout),
             };
             let (reply, kind) = reply_for(req.id, result);
-            counts[kind].inc();
+            service.replies[kind].inc();
             // The claim stays until it expires (deadline + slack): a resend meanwhile
             // finds it and waits for this reply instead of calling the backend again.
             deliver_reply(&*replies, &from.client_id, reply, deadline_ms).await;

@@ -1,7 +1,7 @@
 //! One client's message queue in memory: the same rules as the Redis scripts
 //! (`redis_scripts.rs`), written once in Rust.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::messages::*;
 
@@ -25,18 +25,21 @@ pub(super) struct ClientQueue {
     messages: BTreeMap<u64, MessageRecord>,
     statuses: HashMap<u64, Status>,
     idempotency: HashMap<String, (u64, u32, u64)>,
+    // Expiry indexes, so tidying costs what it removes rather than a scan of
+    // everything a busy client ever received: (when, seq) / (when, key).
+    message_expiry: BTreeSet<(u64, u64)>,
+    status_expiry: BTreeSet<(u64, u64)>,
+    key_expiry: BTreeSet<(u64, String)>,
 }
 
 impl ClientQueue {
     /// Expires due messages and forgets statuses and keys past their retention.
     fn tidy(&mut self, now: u64) {
-        let due: Vec<u64> = self
-            .messages
-            .iter()
-            .filter(|(_, m)| m.expires_ms <= now)
-            .map(|(&s, _)| s)
-            .collect();
-        for seq in due {
+        while let Some(&(when, seq)) = self.message_expiry.first() {
+            if when > now {
+                break;
+            }
+            self.message_expiry.pop_first();
             if let Some(m) = self.messages.remove(&seq) {
                 self.bytes = self.bytes.saturating_sub(m.size());
                 self.expired += 1;
@@ -46,8 +49,18 @@ impl ClientQueue {
                 }
             }
         }
-        self.statuses.retain(|_, st| st.expires + STATUS_RETENTION_MS > now);
-        self.idempotency.retain(|_, (_, _, until)| *until > now);
+        while let Some(&(when, seq)) = self.status_expiry.first() {
+            if when > now {
+                break;
+            }
+            self.status_expiry.pop_first();
+            self.statuses.remove(&seq);
+        }
+        while self.key_expiry.first().is_some_and(|(when, _)| *when <= now) {
+            if let Some((_, key)) = self.key_expiry.pop_first() {
+                self.idempotency.remove(&key);
+            }
+        }
     }
 
     pub fn enqueue(&mut self, client_id: &str, msg: &NewMessage, limits: QueueLimits, now: u64) -> Enqueued {
@@ -82,11 +95,14 @@ impl ClientQueue {
                 expired: None,
             },
         );
+        self.status_expiry.insert((r.expires_ms + STATUS_RETENTION_MS, seq));
+        self.message_expiry.insert((r.expires_ms, seq));
         self.messages.insert(seq, r.clone());
         self.bytes += size;
         if let Some(key) = &msg.idempotency_key {
-            self.idempotency
-                .insert(key.clone(), (seq, r.nonce, now + msg.idempotency_ttl_ms));
+            let until = now + msg.idempotency_ttl_ms;
+            self.idempotency.insert(key.clone(), (seq, r.nonce, until));
+            self.key_expiry.insert((until, key.clone()));
         }
         Enqueued::Stored {
             seq,
@@ -123,6 +139,7 @@ impl ClientQueue {
         let done = std::mem::replace(&mut self.messages, keep);
         for (s, m) in &done {
             self.bytes = self.bytes.saturating_sub(m.size());
+            self.message_expiry.remove(&(m.expires_ms, *s));
             if let Some(st) = self.statuses.get_mut(s) {
                 st.state = MessageState::Acked;
                 st.acked = Some(now);
