@@ -215,12 +215,15 @@ impl Shared {
         message: StoredMessage,
     ) -> Delivery {
         let seq = message.seq;
+        let is_push = message.record.reply_to.is_none();
         let delivery = deliver_via(&*self.nodes, client_id, route, message.frame()).await;
         match delivery {
-            Delivery::Delivered => {
+            // A reply's status is never asked for (its id is not handed out), so it gets no sent mark.
+            Delivery::Delivered if is_push => {
                 self.counts.delivered.inc();
                 self.sent_marks.mark(client_id, seq);
             }
+            Delivery::Delivered => {}
             Delivery::Failed => self.retrier.schedule(client_id, seq),
             Delivery::NoRoute => {}
         }

@@ -82,7 +82,7 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
             "# Each bench client sends as fast as replies come back: lift the per-connection frame rate.\n[access]\nframe_rate_per_s = 1000000\nframe_burst = 1000000\n\n[upstream.services.bench]\nendpoints = [{{ url = \"http://127.0.0.1:{backend_port}\" }}]\nmax_concurrency = 4096\n"
         ),
     )?;
-    let (_private, redis_url) = redis_for(args.private_redis, &args.redis)?;
+    let (private, redis_url) = redis_for(args.private_redis, &args.redis)?;
     let ports = free_ports()?;
     let servers = start_duplex_with(&exe, 1, ports, redis_url.as_deref(), Some(&config))?;
     let duplex_pid = servers[0].child.id();
@@ -98,7 +98,9 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
     // Warm both paths (connections, allocator), then measure them one after the other.
     direct(&args, backend_port, args.clients * 20, backend_pid).await?;
     let d = direct(&args, backend_port, args.requests, backend_pid).await?;
+    let redis_cpu0 = private.as_ref().and_then(|r| cpu_seconds(r.pid())).unwrap_or(0.0);
     let x = through_duplex(&args, ports.0, args.requests, (duplex_pid, backend_pid)).await?;
+    let redis_cpu = private.as_ref().and_then(|r| cpu_seconds(r.pid())).unwrap_or(0.0) - redis_cpu0;
     for (name, p) in [("direct  ", &d), ("duplex  ", &x)] {
         println!(
             "{name}: {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  max {:.2} ms  errors {}  CPU {:.2} s",
@@ -115,6 +117,17 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
         (x.hist.value_at_quantile(0.5) as f64 - d.hist.value_at_quantile(0.5) as f64) / 1000.0,
         (x.hist.value_at_quantile(0.99) as f64 - d.hist.value_at_quantile(0.99) as f64) / 1000.0,
         x.rps / d.rps
+    );
+    if private.is_some() {
+        println!(
+            "private redis-server CPU during the duplex phase: {redis_cpu:.2} s ({:.1} us per request)",
+            redis_cpu * 1e6 / args.requests as f64
+        );
+    }
+    println!(
+        "CPU per request: backend direct {:.1} us; duplex + backend {:.1} us",
+        d.cpu * 1e6 / args.requests as f64,
+        x.cpu * 1e6 / args.requests as f64
     );
     drop(servers);
     drop(backend);
