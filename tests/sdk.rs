@@ -113,3 +113,79 @@ async fn go_away_moves_the_client_to_another_endpoint_and_nothing_is_lost() {
     }
     assert_eq!(next_push_seq(&mut client).await, 2);
 }
+
+/// A node whose service `svc` calls `backend`.
+async fn node_with_backend(kind: StoreKind, backend: &common::backend::Backend) -> Node {
+    let mut upstream = duplex_shared::config::UpstreamConfig::default();
+    upstream.services.insert(
+        "svc".into(),
+        duplex_shared::config::ServiceConfig {
+            endpoints: vec![duplex_shared::config::EndpointConfig {
+                url: backend.url(),
+                weight: 1,
+            }],
+            ..Default::default()
+        },
+    );
+    let (store, redis) = new_store(kind).await;
+    start_with_upstream(store, redis, "sdk-node", |_| {}, 0, upstream).await
+}
+
+#[tokio::test]
+async fn uploads_and_requests_survive_a_reconnect_and_reach_the_backend_once() {
+    use common::backend::{Backend, Mode};
+    use duplex_shared::protocol::{Request, Upload};
+    for kind in [StoreKind::Memory, StoreKind::Redis] {
+        let backend = Backend::start().await;
+        let node = node_with_backend(kind, &backend).await;
+        let token = Arc::new(|| mint_hs256(SECRET, &dev_claims("ann", 3600)).expect("mint"));
+        let mut options = ClientOptions::new(vec![Endpoint::Tcp(node.tcp)], "ann-phone", token);
+        options.backoff_min = Duration::from_millis(10);
+        options.backoff_max = Duration::from_millis(50);
+        let mut client = Client::start(options);
+        assert!(matches!(next_event(&mut client).await, Event::Connected { .. }));
+        let upload = |body: &str| Upload {
+            id: 0,
+            service: "svc".into(),
+            path: "/events".into(),
+            headers: Default::default(),
+            body: body.to_owned().into(),
+        };
+        let ack = client.upload(upload("first")).await.expect("upload");
+        assert_eq!((ack.status, ack.spooled), (200, false));
+
+        // The backend is slow; the connection is kicked while both calls wait.
+        backend.set(Mode::Slow(Duration::from_millis(600)));
+        let request = Request {
+            id: 0,
+            service: "svc".into(),
+            method: "GET".into(),
+            path: "/orders/1".into(),
+            headers: Default::default(),
+            body: Default::default(),
+            timeout_ms: 0,
+        };
+        let (upload_done, reply_done) = {
+            let calls = async {
+                tokio::join!(
+                    tokio::time::timeout(Duration::from_secs(10), client.upload(upload("second"))),
+                    tokio::time::timeout(Duration::from_secs(10), client.request(request)),
+                )
+            };
+            let kick = async {
+                eventually("both calls at the backend", || async { backend.count() == 3 }).await;
+                assert_eq!(node.delete("/v1/clients/ann-phone").await.0, 200);
+            };
+            tokio::join!(calls, kick).0
+        };
+        let ack = upload_done.expect("in time").expect("upload after the reconnect");
+        assert_eq!(ack.status, 200);
+        let reply = reply_done.expect("in time").expect("reply after the reconnect");
+        assert_eq!((reply.status, reply.body.as_ref()), (200, &b"{\"slow\":true}"[..]));
+        assert_eq!(
+            backend.count(),
+            3,
+            "resent calls were deduplicated by the server ({kind:?})"
+        );
+    }
+}

@@ -8,8 +8,10 @@
 
 use std::net::SocketAddr;
 
+mod calls;
 pub mod reconnecting;
 
+pub use calls::CallError;
 pub use reconnecting::{Client, ClientOptions, Endpoint, Event};
 
 use bytes::Bytes;

@@ -5,16 +5,20 @@
 //!
 //! The application reads `Event`s from a bounded channel; a push is acked
 //! once it has been handed over (the channel gives backpressure instead of
-//! unbounded buffering).
+//! unbounded buffering). Uploads and requests (`Client::upload`,
+//! `Client::request`) survive reconnects: see `calls`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use duplex_shared::protocol::{Ack, Frame, Gap, Ping, Push};
-use tokio::sync::{mpsc, Notify};
-use tokio::time::{sleep, timeout, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use duplex_shared::protocol::{Ack, Frame, Gap, Ping, Push, Reply, Request, Upload, UploadAck};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::{sleep, sleep_until, Instant};
+
+use crate::calls::{Answer, CallError, InFlight, Outgoing};
 use crate::{ClientError, Connection};
 
 /// Where to connect.
@@ -100,14 +104,57 @@ pub struct Client {
     events: mpsc::Receiver<Event>,
     task: tokio::task::JoinHandle<()>,
     wake: Arc<Notify>,
+    calls: mpsc::Sender<Outgoing>,
+    next_id: AtomicU64,
 }
+
+/// Calls waiting for a connection; more make `upload`/`request` wait (backpressure).
+const CALL_QUEUE: usize = 256;
 
 impl Client {
     pub fn start(options: ClientOptions) -> Self {
         let (tx, events) = mpsc::channel(256);
+        let (calls, calls_rx) = mpsc::channel(CALL_QUEUE);
         let wake = Arc::new(Notify::new());
-        let task = tokio::spawn(drive(options, tx, wake.clone()));
-        Client { events, task, wake }
+        let task = tokio::spawn(drive(options, tx, calls_rx, wake.clone()));
+        // Ids stay unique across app restarts (the server deduplicates by client and id).
+        let first_id = duplex_shared::store::now_ms().saturating_mul(1000);
+        Client {
+            events,
+            task,
+            wake,
+            calls,
+            next_id: AtomicU64::new(first_id),
+        }
+    }
+
+    async fn call(&self, frame: Frame) -> Result<Answer, CallError> {
+        let (answer, answered) = oneshot::channel();
+        self.calls
+            .send(Outgoing { frame, answer })
+            .await
+            .map_err(|_| CallError::Stopped)?;
+        answered.await.map_err(|_| CallError::Stopped)?
+    }
+
+    /// Sends `upload` (its `id` is assigned here) and waits for its ack, across
+    /// reconnects. Wrap it in a timeout to give up; the server may still deliver it.
+    pub async fn upload(&self, mut upload: Upload) -> Result<UploadAck, CallError> {
+        upload.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        match self.call(Frame::Upload(upload)).await? {
+            Answer::Upload(ack) => Ok(ack),
+            Answer::Reply(_) => Err(CallError::Stopped),
+        }
+    }
+
+    /// Sends `request` (its `id` is assigned here) and waits for the reply,
+    /// which may arrive on a later connection than the one that sent it.
+    pub async fn request(&self, mut request: Request) -> Result<Reply, CallError> {
+        request.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        match self.call(Frame::Request(request)).await? {
+            Answer::Reply(reply) => Ok(reply),
+            Answer::Upload(_) => Err(CallError::Stopped),
+        }
     }
 
     /// Ends a reconnect backoff that is under way now (for apps that know the
@@ -143,7 +190,13 @@ enum Ended {
     AppGone,
 }
 
-async fn drive(options: ClientOptions, events: mpsc::Sender<Event>, wake: Arc<Notify>) {
+async fn drive(
+    options: ClientOptions,
+    events: mpsc::Sender<Event>,
+    mut calls: mpsc::Receiver<Outgoing>,
+    wake: Arc<Notify>,
+) {
+    let mut in_flight = InFlight::default();
     let mut last_seq = options.last_seq;
     let (mut min, mut max) = (options.backoff_min, options.backoff_max);
     let mut attempt: u32 = 0;
@@ -164,7 +217,14 @@ async fn drive(options: ClientOptions, events: mpsc::Sender<Event>, wake: Arc<No
                         return;
                     }
                     let heartbeat = Duration::from_millis(hello.heartbeat_ms.max(100));
-                    serve(&mut conn, heartbeat, &mut last_seq, &events).await
+                    let mut link = Link {
+                        conn: &mut conn,
+                        last_seq: &mut last_seq,
+                        events: &events,
+                        calls: &mut calls,
+                        in_flight: &mut in_flight,
+                    };
+                    link.serve(heartbeat).await
                 }
                 Err(ClientError::Unexpected("kicked")) => Ended::Replaced,
                 Err(e) => Ended::Lost(e.to_string()),
@@ -216,51 +276,106 @@ fn rand_unit() -> f64 {
     f64::from(nanos % 1_000_000) / 1_000_000.0
 }
 
-async fn serve(conn: &mut Connection, heartbeat: Duration, last_seq: &mut u64, events: &mpsc::Sender<Event>) -> Ended {
-    let mut next_ping = Instant::now() + heartbeat;
-    let mut ping_id = 0u64;
-    loop {
-        let frame = match timeout(next_ping.saturating_duration_since(Instant::now()), conn.recv()).await {
-            Err(_) => {
-                ping_id += 1;
-                if let Err(e) = conn.send(&Frame::Ping(Ping { id: ping_id })).await {
-                    return Ended::Lost(e.to_string());
-                }
-                next_ping = Instant::now() + heartbeat;
-                continue;
+/// One live connection and what it works with.
+struct Link<'a> {
+    conn: &'a mut Connection,
+    last_seq: &'a mut u64,
+    events: &'a mpsc::Sender<Event>,
+    calls: &'a mut mpsc::Receiver<Outgoing>,
+    in_flight: &'a mut InFlight,
+}
+
+impl Link<'_> {
+    async fn serve(&mut self, heartbeat: Duration) -> Ended {
+        for frame in self.in_flight.to_resend() {
+            if let Err(e) = self.conn.send(&frame).await {
+                return Ended::Lost(e.to_string());
             }
-            Ok(Ok(Some(f))) => f,
-            Ok(Ok(None)) => return Ended::Lost("server closed the connection".into()),
-            Ok(Err(e)) => return Ended::Lost(e.to_string()),
-        };
+        }
+        let mut next_ping = Instant::now() + heartbeat;
+        let mut ping_id = 0u64;
+        loop {
+            let frame = tokio::select! {
+                received = self.conn.recv() => match received {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return Ended::Lost("server closed the connection".into()),
+                    Err(e) => return Ended::Lost(e.to_string()),
+                },
+                Some(call) = self.calls.recv() => {
+                    let frame = call.frame.clone();
+                    // Registered before sending: if the send fails, the next connection resends it.
+                    self.in_flight.add(call);
+                    if let Err(e) = self.conn.send(&frame).await {
+                        return Ended::Lost(e.to_string());
+                    }
+                    continue;
+                }
+                _ = sleep_until(next_ping) => {
+                    ping_id += 1;
+                    if let Err(e) = self.conn.send(&Frame::Ping(Ping { id: ping_id })).await {
+                        return Ended::Lost(e.to_string());
+                    }
+                    next_ping = Instant::now() + heartbeat;
+                    continue;
+                }
+            };
+            if let Some(ended) = self.handle(frame).await {
+                return ended;
+            }
+        }
+    }
+
+    /// Acts on one server frame; `Some` when the connection is over.
+    async fn handle(&mut self, frame: Frame) -> Option<Ended> {
         match frame {
             Frame::Push(p) => {
                 // seq 0: qos 0, never stored, nothing to dedupe or ack.
                 let seq = p.seq;
-                if seq != 0 && seq <= *last_seq {
-                    continue;
+                if seq != 0 && seq <= *self.last_seq {
+                    return None;
                 }
-                if events.send(Event::Push(p)).await.is_err() {
-                    return Ended::AppGone;
+                if self.events.send(Event::Push(p)).await.is_err() {
+                    return Some(Ended::AppGone);
                 }
-                if seq != 0 {
-                    *last_seq = seq;
-                    if let Err(e) = conn.send(&Frame::Ack(Ack { id: seq, seq })).await {
-                        return Ended::Lost(e.to_string());
-                    }
+                self.acked(seq).await
+            }
+            Frame::Reply(r) => {
+                let seq = r.seq;
+                if seq != 0 && seq <= *self.last_seq {
+                    return None;
                 }
+                self.in_flight.replied(r);
+                self.acked(seq).await
+            }
+            Frame::UploadAck(a) => {
+                self.in_flight.upload_acked(a);
+                None
             }
             Frame::Gap(g) => {
-                *last_seq = (*last_seq).max(g.to);
-                if events.send(Event::Gap(g)).await.is_err() {
-                    return Ended::AppGone;
-                }
+                *self.last_seq = (*self.last_seq).max(g.to);
+                self.events.send(Event::Gap(g)).await.is_err().then_some(Ended::AppGone)
             }
-            Frame::Kicked(k) if k.reason == "replaced" => return Ended::Replaced,
-            Frame::Kicked(k) => return Ended::Lost(format!("kicked: {}", k.reason)),
-            Frame::GoAway(g) => return Ended::GoAway(Duration::from_millis(g.reconnect_after_ms)),
-            Frame::Error(e) if e.close => return Ended::Lost(format!("{}: {}", e.code, e.message)),
-            _ => {}
+            Frame::Kicked(k) if k.reason == "replaced" => Some(Ended::Replaced),
+            Frame::Kicked(k) => Some(Ended::Lost(format!("kicked: {}", k.reason))),
+            Frame::GoAway(g) => Some(Ended::GoAway(Duration::from_millis(g.reconnect_after_ms))),
+            Frame::Error(e) if e.close => Some(Ended::Lost(format!("{}: {}", e.code, e.message))),
+            Frame::Error(e) => {
+                self.in_flight.refused(&e);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Records and acks a stored message the application has been given.
+    async fn acked(&mut self, seq: u64) -> Option<Ended> {
+        if seq == 0 {
+            return None;
+        }
+        *self.last_seq = seq;
+        match self.conn.send(&Frame::Ack(Ack { id: seq, seq })).await {
+            Ok(()) => None,
+            Err(e) => Some(Ended::Lost(e.to_string())),
         }
     }
 }
