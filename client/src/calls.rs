@@ -52,7 +52,7 @@ impl InFlight {
     }
 
     /// The frames to send again on a new connection; calls whose caller gave up are dropped.
-    pub fn to_resend(&mut self) -> Vec<Frame> {
+    pub fn unanswered(&mut self) -> Vec<Frame> {
         self.calls.retain(|_, c| !c.answer.is_closed());
         self.calls.values().map(|c| c.frame.clone()).collect()
     }

@@ -287,7 +287,7 @@ struct Link<'a> {
 
 impl Link<'_> {
     async fn serve(&mut self, heartbeat: Duration) -> Ended {
-        for frame in self.in_flight.to_resend() {
+        for frame in self.in_flight.unanswered() {
             if let Err(e) = self.conn.send(&frame).await {
                 return Ended::Lost(e.to_string());
             }
