@@ -167,6 +167,11 @@ async fn all_in_one(config: Config) -> ExitCode {
     );
     info!(%node_id, %tcp, %ws, %push_api, store = store_kind, "duplex started");
     let access = tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone()));
+    tokio::spawn(crate::admin::probe_store(
+        store.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let admin_state = crate::admin::Admin {
         metrics,
         store,

@@ -246,6 +246,12 @@ async fn metrics_move_with_traffic_and_readiness_follows_redis() {
     assert_eq!(metric(&text, "duplex_pushes_accepted_total{qos=\"1\"}"), 1);
     assert_eq!(metric(&text, "duplex_pushes_delivered_total"), 1);
     assert_eq!(metric(&text, "duplex_messages_acked_total"), 1, "{text}");
+    assert_eq!(metric(&text, "duplex_push_delivery_seconds_count"), 1, "{text}");
+    assert_eq!(metric(&text, "duplex_push_delivery_seconds_bucket{le=\"+Inf\"}"), 1);
+    assert!(
+        metric(&text, "duplex_store_ping_seconds_count") >= 1,
+        "Redis latency is probed"
+    );
     assert!(!text.contains("mia"), "no client ids in metric labels");
 
     // Admin endpoints are not on the public ports.

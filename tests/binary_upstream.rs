@@ -102,6 +102,21 @@ async fn requests_reach_the_configured_backend_and_the_admin_api_isolates_it() {
         metrics.contains("duplex_backend_unavailable_total{service=\"orders\"} 1"),
         "{metrics}"
     );
+    assert!(metrics.contains("duplex_backend_call_seconds_count{service=\"orders\"} 1"));
+    let down = format!(
+        "duplex_backend_endpoint_up{{service=\"orders\",endpoint=\"{}/api\"}} 0",
+        backend.url()
+    );
+    let mut shown = metrics.contains(&down);
+    for _ in 0..100 {
+        if shown {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let text = http.get(format!("{admin}/metrics")).send().await.expect("metrics");
+        shown = text.text().await.expect("text").contains(&down);
+    }
+    assert!(shown, "an isolated endpoint shows as down");
 
     let unknown = http
         .post(format!("{admin}/admin/v1/pools/billing/endpoints/0/recover"))

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use duplex_shared::config::DownstreamConfig;
 use duplex_shared::links::{NodeLink, ReplyLink};
-use duplex_shared::metrics::{Counter, Metrics};
+use duplex_shared::metrics::{Counter, Histogram, Metrics};
 use duplex_shared::store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +61,7 @@ pub(crate) struct Counts {
     accepted_qos0: Counter,
     accepted_qos1: Counter,
     delivered: Counter,
+    delivery_seconds: Histogram,
 }
 
 pub(crate) use duplex_shared::store::now_ms;
@@ -99,6 +100,7 @@ impl Downstream {
                 accepted_qos0: ctx.metrics.counter("duplex_pushes_accepted_total", &[("qos", "0")]),
                 accepted_qos1: ctx.metrics.counter("duplex_pushes_accepted_total", &[("qos", "1")]),
                 delivered: ctx.metrics.counter("duplex_pushes_delivered_total", &[]),
+                delivery_seconds: ctx.metrics.histogram("duplex_push_delivery_seconds", &[]),
             },
             metrics: ctx.metrics,
         });

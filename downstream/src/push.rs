@@ -89,6 +89,7 @@ impl Shared {
         let targets = self.targets(&p).await?;
         let p = Arc::new(p);
         let now = now_ms();
+        let accepted = tokio::time::Instant::now();
         let nonce_base: u32 = rand::random();
         let results: Vec<Result<ItemResult, ApiError>> = stream::iter(targets.into_iter().enumerate())
             .map(|(i, client_id)| {
@@ -97,7 +98,7 @@ impl Shared {
                     if p.qos == 0 {
                         Ok(self.deliver_qos0(&client_id, &p).await)
                     } else {
-                        self.push_stored(&client_id, &p, nonce_base.wrapping_add(i as u32), now)
+                        self.push_stored(&client_id, &p, nonce_base.wrapping_add(i as u32), now, accepted)
                             .await
                     }
                 }
@@ -144,7 +145,14 @@ impl Shared {
         Ok(targets)
     }
 
-    async fn push_stored(&self, client_id: &str, p: &ValidPush, nonce: u32, now: u64) -> Result<ItemResult, ApiError> {
+    async fn push_stored(
+        &self,
+        client_id: &str,
+        p: &ValidPush,
+        nonce: u32,
+        now: u64,
+        accepted: tokio::time::Instant,
+    ) -> Result<ItemResult, ApiError> {
         let msg = NewMessage {
             record: MessageRecord {
                 nonce,
@@ -189,6 +197,7 @@ impl Shared {
                 record: msg.record,
             };
             if self.deliver_stored(client_id, route, stored).await == Delivery::Delivered {
+                self.counts.delivery_seconds.observe(accepted.elapsed());
                 r.state = "delivered_to_node";
             }
         } else {

@@ -6,7 +6,7 @@
 //! Hot paths resolve a series once and keep the `Counter` handle.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -129,7 +129,75 @@ const CATALOG: &[(&str, &str, &str)] = &[
         "gauge",
         "Uploads waiting in a service's spool, as last read by this node's spool worker.",
     ),
+    (
+        "duplex_backend_endpoint_up",
+        "gauge",
+        "1 when a backend endpoint takes traffic (not isolated, ejected or failing health checks), else 0; by service and endpoint.",
+    ),
+    (
+        "duplex_push_delivery_seconds",
+        "histogram",
+        "Time from a qos-1 push being accepted to its hand-over to the client's access node (first attempt).",
+    ),
+    (
+        "duplex_backend_call_seconds",
+        "histogram",
+        "Duration of tries against backend endpoints, by service.",
+    ),
+    (
+        "duplex_store_ping_seconds",
+        "histogram",
+        "Round trip of the store probe the node sends every 2 s (Redis latency; failures count in duplex_store_errors_total{tier=\"probe\"}).",
+    ),
 ];
+
+/// Histogram bucket bounds, seconds: 0.25 ms to 10 s.
+const BUCKETS: [f64; 15] = [
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// One latency histogram series (Prometheus cumulative buckets); cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram(Arc<HistogramCells>);
+
+#[derive(Debug, Default)]
+struct HistogramCells {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .sum_ns
+            .fetch_add(d.as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.0.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.0.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
 
 /// One series; cheap to clone and to increment.
 #[derive(Debug, Clone, Default)]
@@ -156,6 +224,17 @@ impl Counter {
 #[derive(Debug, Default)]
 pub struct Metrics {
     series: DashMap<(&'static str, String), Counter>,
+    histograms: DashMap<(&'static str, String), Histogram>,
+}
+
+fn label_key(labels: &[(&str, &str)]) -> String {
+    let mut key = String::new();
+    for (i, (k, v)) in labels.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let v = v.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = write!(key, "{sep}{k}=\"{v}\"");
+    }
+    key
 }
 
 impl Metrics {
@@ -166,13 +245,16 @@ impl Metrics {
     /// The series `name{labels}`; created at zero on first use.
     pub fn counter(&self, name: &'static str, labels: &[(&str, &str)]) -> Counter {
         debug_assert!(CATALOG.iter().any(|(n, _, _)| *n == name), "unknown metric {name}");
-        let mut key = String::new();
-        for (i, (k, v)) in labels.iter().enumerate() {
-            let sep = if i == 0 { "" } else { "," };
-            let v = v.replace('\\', "\\\\").replace('"', "\\\"");
-            let _ = write!(key, "{sep}{k}=\"{v}\"");
-        }
-        self.series.entry((name, key)).or_default().clone()
+        self.series.entry((name, label_key(labels))).or_default().clone()
+    }
+
+    /// The histogram series `name{labels}`; created empty on first use.
+    pub fn histogram(&self, name: &'static str, labels: &[(&str, &str)]) -> Histogram {
+        debug_assert!(
+            CATALOG.iter().any(|(n, k, _)| *n == name && *k == "histogram"),
+            "unknown histogram {name}"
+        );
+        self.histograms.entry((name, label_key(labels))).or_default().clone()
     }
 
     pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
@@ -187,6 +269,19 @@ impl Metrics {
         let mut out = String::new();
         for (name, kind, help) in CATALOG {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            if *kind == "histogram" {
+                let mut hs: Vec<(String, Histogram)> = self
+                    .histograms
+                    .iter()
+                    .filter(|e| e.key().0 == *name)
+                    .map(|e| (e.key().1.clone(), e.value().clone()))
+                    .collect();
+                hs.sort_by(|a, b| a.0.cmp(&b.0));
+                for (labels, h) in hs {
+                    h.render(&mut out, name, &labels);
+                }
+                continue;
+            }
             let mut any = false;
             for ((n, labels), v) in rows.iter().filter(|((n, _), _)| n == name) {
                 any = true;
@@ -220,5 +315,22 @@ mod tests {
         assert!(text.contains("duplex_connects_total{transport=\"tcp\"} 2"));
         assert!(text.contains("duplex_auth_failures_total{code=\"token_\\\"x\"} 1"));
         assert!(text.contains("duplex_connections 0"));
+    }
+
+    #[test]
+    fn histograms_render_cumulative_buckets_sum_and_count() {
+        let m = Metrics::new();
+        let h = m.histogram("duplex_backend_call_seconds", &[("service", "orders")]);
+        h.observe(std::time::Duration::from_micros(800));
+        h.observe(std::time::Duration::from_millis(30));
+        h.observe(std::time::Duration::from_secs(60));
+        let text = m.render();
+        assert!(text.contains("# TYPE duplex_backend_call_seconds histogram"));
+        assert!(text.contains("duplex_backend_call_seconds_bucket{service=\"orders\",le=\"0.0005\"} 0"));
+        assert!(text.contains("duplex_backend_call_seconds_bucket{service=\"orders\",le=\"0.001\"} 1"));
+        assert!(text.contains("duplex_backend_call_seconds_bucket{service=\"orders\",le=\"0.05\"} 2"));
+        assert!(text.contains("duplex_backend_call_seconds_bucket{service=\"orders\",le=\"10\"} 2"));
+        assert!(text.contains("duplex_backend_call_seconds_bucket{service=\"orders\",le=\"+Inf\"} 3"));
+        assert!(text.contains("duplex_backend_call_seconds_count{service=\"orders\"} 3"));
     }
 }

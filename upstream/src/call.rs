@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use duplex_shared::config::{ServiceConfig, UpstreamConfig};
-use duplex_shared::metrics::{Counter, Metrics};
+use duplex_shared::metrics::{Counter, Histogram, Metrics};
 use duplex_shared::protocol::Headers;
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::Method;
@@ -86,6 +86,7 @@ pub struct Service {
     pub spool_wake: Notify,
     /// `duplex_replies_total` by kind: backend, timeout, unavailable, error.
     pub replies: [Counter; 4],
+    call_seconds: Histogram,
 }
 
 struct Counts {
@@ -119,6 +120,7 @@ impl Service {
             max_reply_bytes: upstream.max_reply_bytes as usize,
             spool_waiting: AtomicBool::new(false),
             spool_wake: Notify::new(),
+            call_seconds: metrics.histogram("duplex_backend_call_seconds", &[("service", name)]),
             replies: ["backend", "timeout", "unavailable", "error"]
                 .map(|kind| metrics.counter("duplex_replies_total", &[("service", name), ("kind", kind)])),
             counts: Counts {
@@ -213,6 +215,7 @@ impl Service {
         if !call.body.is_empty() {
             req = req.body(call.body.clone());
         }
+        let started = Instant::now();
         let result: Result<BackendResponse, reqwest::Error> = async {
             let mut resp = req.send().await?;
             let status = resp.status().as_u16();
@@ -240,6 +243,7 @@ impl Service {
         }
         .await;
         drop(permit);
+        self.call_seconds.observe(started.elapsed());
         let counter = match &result {
             Ok(r) if r.status >= 500 => &self.counts.server_error,
             Ok(r) if r.status >= 400 => &self.counts.client_error,

@@ -15,14 +15,29 @@ const UNHEALTHY_AFTER: u32 = 2;
 const PROBE_TICK: Duration = Duration::from_millis(100);
 const ISOLATION_SYNC: Duration = Duration::from_secs(1);
 
-pub(crate) async fn watch(_up: Arc<Upstream>, service: Arc<Service>, shutdown: CancellationToken) {
+pub(crate) async fn watch(up: Arc<Upstream>, service: Arc<Service>, shutdown: CancellationToken) {
     let interval = Duration::from_millis(service.config.health_interval_ms);
+    let up_gauges: Vec<_> = service
+        .pool
+        .endpoints
+        .iter()
+        .map(|e| {
+            up.metrics.counter(
+                "duplex_backend_endpoint_up",
+                &[("service", &service.name), ("endpoint", e.url.as_str())],
+            )
+        })
+        .collect();
     let mut failures = vec![0u32; service.pool.endpoints.len()];
     let mut next_check = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(PROBE_TICK) => {}
+        }
+        for (index, gauge) in up_gauges.iter().enumerate() {
+            let up = i64::from(service.pool.is_up(index));
+            gauge.add(up - gauge.get());
         }
         for index in service.pool.due_for_probe() {
             let ok = service.probe(index).await;

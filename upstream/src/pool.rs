@@ -243,6 +243,12 @@ impl Pool {
         }
     }
 
+    /// Whether endpoint `index` takes traffic now, concurrency aside.
+    pub fn is_up(&self, index: usize) -> bool {
+        let e = &self.endpoints[index];
+        !e.is_isolated() && e.healthy.load(Ordering::Relaxed) && !e.is_ejected()
+    }
+
     pub fn any_available(&self) -> bool {
         (0..self.endpoints.len()).any(|i| self.candidate(i, &[]))
     }
