@@ -15,6 +15,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use duplex_downstream::{ApiError, Clients};
 use duplex_shared::metrics::Metrics;
 use duplex_shared::store::Store;
 use duplex_upstream::{AdminError, Upstream};
@@ -22,6 +23,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub struct Admin {
+    pub node_id: String,
+    pub store_kind: &'static str,
+    pub started: std::time::Instant,
+    pub clients: Clients,
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn Store>,
     pub upstream: Arc<Upstream>,
@@ -37,6 +42,8 @@ pub async fn serve(listener: TcpListener, admin: Admin, stop: CancellationToken)
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/admin/v1/nodes", get(nodes))
+        .route("/admin/v1/clients/{client_id}", get(client).delete(kick))
         .route("/admin/v1/pools", get(pools))
         .route("/admin/v1/pools/{service}/endpoints/{endpoint}/isolate", post(isolate))
         .route("/admin/v1/pools/{service}/endpoints/{endpoint}/recover", post(recover))
@@ -100,6 +107,50 @@ fn refused(admin: &Admin, headers: &HeaderMap) -> Option<Response> {
             "send the admin token as `Authorization: Bearer <token>`",
         )
     })
+}
+
+/// The nodes of the deployment: this one (the registry of many is the scale-out work).
+async fn nodes(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if let Some(r) = refused(&admin, &headers) {
+        return r;
+    }
+    let gauge = |name, transport| admin.metrics.counter(name, &[("transport", transport)]).get();
+    let node = serde_json::json!({
+        "node_id": admin.node_id,
+        "tiers": ["access", "upstream", "downstream"],
+        "store": admin.store_kind,
+        "uptime_s": admin.started.elapsed().as_secs(),
+        "connections": {
+            "tcp": gauge("duplex_connections", "tcp"),
+            "ws": gauge("duplex_connections", "ws"),
+        },
+        "draining": admin.draining.is_cancelled(),
+    });
+    Json(serde_json::json!({ "nodes": [node] })).into_response()
+}
+
+fn api_error(e: ApiError) -> Response {
+    error(e.status, e.code, e.message)
+}
+
+async fn client(State(admin): State<Arc<Admin>>, headers: HeaderMap, Path(client_id): Path<String>) -> Response {
+    if let Some(r) = refused(&admin, &headers) {
+        return r;
+    }
+    match admin.clients.info(client_id).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => api_error(e),
+    }
+}
+
+async fn kick(State(admin): State<Arc<Admin>>, headers: HeaderMap, Path(client_id): Path<String>) -> Response {
+    if let Some(r) = refused(&admin, &headers) {
+        return r;
+    }
+    match admin.clients.kick(client_id).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => api_error(e),
+    }
 }
 
 async fn pools(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {

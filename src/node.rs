@@ -173,6 +173,10 @@ async fn all_in_one(config: Config) -> ExitCode {
         shutdown.clone(),
     ));
     let admin_state = crate::admin::Admin {
+        node_id: node_id.clone(),
+        store_kind,
+        started: std::time::Instant::now(),
+        clients: downstream.clients(),
         metrics,
         store,
         upstream: upstream.clone(),

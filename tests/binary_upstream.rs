@@ -134,4 +134,49 @@ async fn requests_reach_the_configured_backend_and_the_admin_api_isolates_it() {
     assert_eq!(recover.status(), 200);
     assert_eq!(ask(&mut conn, 3).await.status, 200);
     assert_eq!(backend.count(), 2);
+
+    // Nodes, client lookup and kick, all behind the admin token.
+    let get = |path: &str| http.get(format!("{admin}{path}")).bearer_auth(ADMIN_TOKEN).send();
+    let nodes: serde_json::Value = get("/admin/v1/nodes").await.expect("nodes").json().await.expect("json");
+    assert_eq!(nodes["nodes"][0]["connections"]["tcp"], 1, "{nodes}");
+    let client: serde_json::Value = get("/admin/v1/clients/phone-1")
+        .await
+        .expect("client")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (client["online"].clone(), client["pending"].clone()),
+        (true.into(), 0.into()),
+        "{client}"
+    );
+    let no_token = http
+        .get(format!("{admin}/admin/v1/clients/phone-1"))
+        .send()
+        .await
+        .expect("client");
+    assert_eq!(no_token.status(), 401);
+    let kicked = http
+        .delete(format!("{admin}/admin/v1/clients/phone-1"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("kick");
+    assert_eq!(kicked.status(), 200);
+    let frame = tokio::time::timeout(Duration::from_secs(5), conn.recv())
+        .await
+        .expect("in time")
+        .expect("readable");
+    assert!(
+        matches!(frame, Some(Frame::Kicked(ref k)) if k.reason == "admin"),
+        "{frame:?}"
+    );
+    // The admin API is not on the public push port.
+    let public = http
+        .get(format!("http://{}/admin/v1/nodes", run.push))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("push port");
+    assert_eq!(public.status(), 404);
 }

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use duplex_shared::protocol::valid_client_id;
-use duplex_shared::store::{parse_message_id, Route};
+use duplex_shared::store::parse_message_id;
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -148,7 +148,7 @@ async fn message_status(
 }
 
 #[derive(Serialize)]
-struct ClientInfo {
+pub(crate) struct ClientInfo {
     client_id: String,
     online: bool,
     node_id: Option<String>,
@@ -171,10 +171,9 @@ fn check_client_id(id: &str) -> Result<(), ApiError> {
 }
 
 /// The common start of the client endpoints: key, client id, current route.
-async fn client_route(shared: &Shared, headers: &HeaderMap, client_id: &str) -> Result<Option<Route>, ApiError> {
+async fn authorize_client_call(shared: &Shared, headers: &HeaderMap, client_id: &str) -> Result<(), ApiError> {
     authorize(shared, headers)?;
-    check_client_id(client_id)?;
-    Ok(shared.store.get_route(client_id).await?)
+    check_client_id(client_id)
 }
 
 async fn client_info(
@@ -182,23 +181,8 @@ async fn client_info(
     headers: HeaderMap,
     Path(client_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let route = client_route(&shared, &headers, &client_id).await?;
-    let since = match &route {
-        Some(r) => shared.nodes.connected_since(&client_id, r).await.ok().flatten(),
-        None => None,
-    };
-    let queue = shared.store.queue_info(&client_id, now_ms()).await?;
-    Ok(Json(ClientInfo {
-        online: route.is_some(),
-        node_id: route.map(|r| r.node_id),
-        connected_since: since,
-        pending: queue.pending,
-        pending_bytes: queue.pending_bytes,
-        last_acked_seq: queue.last_acked_seq,
-        expired: queue.expired,
-        client_id,
-    })
-    .into_response())
+    authorize_client_call(&shared, &headers, &client_id).await?;
+    Ok(Json(shared.client_info(client_id).await?).into_response())
 }
 
 async fn kick_client(
@@ -206,13 +190,44 @@ async fn kick_client(
     headers: HeaderMap,
     Path(client_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let route = client_route(&shared, &headers, &client_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("not_connected", "the client is not connected"))?;
-    shared
-        .nodes
-        .kick(&client_id, &route, "admin")
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "node_unavailable", e.to_string()))?;
-    Ok(Json(serde_json::json!({"client_id": client_id, "kicked": true, "node_id": route.node_id})).into_response())
+    authorize_client_call(&shared, &headers, &client_id).await?;
+    Ok(Json(shared.kick(client_id).await?).into_response())
+}
+
+impl Shared {
+    /// Where a client is connected and what waits for it.
+    pub(crate) async fn client_info(&self, client_id: String) -> Result<ClientInfo, ApiError> {
+        check_client_id(&client_id)?;
+        let route = self.store.get_route(&client_id).await?;
+        let since = match &route {
+            Some(r) => self.nodes.connected_since(&client_id, r).await.ok().flatten(),
+            None => None,
+        };
+        let queue = self.store.queue_info(&client_id, now_ms()).await?;
+        Ok(ClientInfo {
+            online: route.is_some(),
+            node_id: route.map(|r| r.node_id),
+            connected_since: since,
+            pending: queue.pending,
+            pending_bytes: queue.pending_bytes,
+            last_acked_seq: queue.last_acked_seq,
+            expired: queue.expired,
+            client_id,
+        })
+    }
+
+    /// Closes the client's connection with `kicked` (reason `admin`).
+    pub(crate) async fn kick(&self, client_id: String) -> Result<serde_json::Value, ApiError> {
+        check_client_id(&client_id)?;
+        let route = self
+            .store
+            .get_route(&client_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("not_connected", "the client is not connected"))?;
+        self.nodes
+            .kick(&client_id, &route, "admin")
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "node_unavailable", e.to_string()))?;
+        Ok(serde_json::json!({"client_id": client_id, "kicked": true, "node_id": route.node_id}))
+    }
 }

@@ -72,6 +72,23 @@ pub async fn run(ctx: DownstreamContext, listeners: DownstreamListeners, shutdow
     Downstream::start(ctx).serve(listeners, shutdown).await;
 }
 
+/// Client lookup and kick, for the admin API (the push API has its own routes).
+#[derive(Clone)]
+pub struct Clients(Arc<Shared>);
+
+impl Clients {
+    /// Route, connection time, pending count and bytes, ack watermark, expiries.
+    pub async fn info(&self, client_id: String) -> Result<serde_json::Value, ApiError> {
+        let info = self.0.client_info(client_id).await?;
+        serde_json::to_value(info)
+            .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    }
+
+    pub async fn kick(&self, client_id: String) -> Result<serde_json::Value, ApiError> {
+        self.0.kick(client_id).await
+    }
+}
+
 /// The tier, started (retries, sent marks) but not yet serving HTTP, so the
 /// node can hand its [`ReplyLink`] to the upstream tier first.
 pub struct Downstream {
@@ -105,6 +122,11 @@ impl Downstream {
             metrics: ctx.metrics,
         });
         Downstream { shared, marks_stop }
+    }
+
+    /// Client lookup and kick for the node's admin API.
+    pub fn clients(&self) -> Clients {
+        Clients(self.shared.clone())
     }
 
     /// Where the upstream tier hands replies to client requests.
