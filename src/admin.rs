@@ -45,6 +45,11 @@ pub async fn serve(listener: TcpListener, admin: Admin, stop: CancellationToken)
         .route("/admin/v1/nodes", get(nodes))
         .route("/admin/v1/clients/{client_id}", get(client).delete(kick))
         .route("/admin/v1/pools", get(pools))
+        .route("/admin/v1/routing", get(routing))
+        .route(
+            "/admin/v1/routing/services/{name}",
+            axum::routing::put(put_service).delete(delete_service),
+        )
         .route("/admin/v1/pools/{service}/endpoints/{endpoint}/isolate", post(isolate))
         .route("/admin/v1/pools/{service}/endpoints/{endpoint}/recover", post(recover))
         .with_state(Arc::new(admin));
@@ -185,10 +190,60 @@ async fn set_isolated(
             "isolated": isolated,
         }))
         .into_response(),
-        Err(e @ (AdminError::UnknownService(_) | AdminError::UnknownEndpoint { .. })) => {
+        Err(e) => admin_error(e),
+    }
+}
+
+fn admin_error(e: AdminError) -> Response {
+    match e {
+        AdminError::UnknownService(_) | AdminError::UnknownEndpoint { .. } => {
             error(StatusCode::NOT_FOUND, "not_found", e.to_string())
         }
-        Err(e @ AdminError::Store(_)) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+        AdminError::Invalid(_) => error(StatusCode::BAD_REQUEST, "invalid_config", e.to_string()),
+        AdminError::Store(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+    }
+}
+
+async fn routing(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if let Some(r) = refused(&admin, &headers) {
+        return r;
+    }
+    Json(serde_json::json!({ "services": admin.upstream.routing() })).into_response()
+}
+
+/// Adds or replaces a service; the body is a service table as in the config file, as JSON.
+async fn put_service(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = refused(&admin, &headers) {
+        return r;
+    }
+    let service = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_config",
+                format!("service {name:?}: {e}"),
+            )
+        }
+    };
+    match admin.upstream.set_service(&name, Some(service)).await {
+        Ok(()) => Json(serde_json::json!({ "service": name, "changed": true })).into_response(),
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn delete_service(State(admin): State<Arc<Admin>>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    if let Some(r) = refused(&admin, &headers) {
+        return r;
+    }
+    match admin.upstream.set_service(&name, None).await {
+        Ok(()) => Json(serde_json::json!({ "service": name, "removed": true })).into_response(),
+        Err(e) => admin_error(e),
     }
 }
 

@@ -105,7 +105,15 @@ async fn isolation_is_kept_until_recovered(store: Arc<dyn Store>) {
     );
 }
 
+async fn the_routing_table_is_kept(store: Arc<dyn Store>) {
+    assert_eq!(store.routing_table().await.expect("read"), None);
+    store.set_routing_table("{\"a\":1}").await.expect("write");
+    store.set_routing_table("{\"b\":2}").await.expect("write");
+    assert_eq!(store.routing_table().await.expect("read").as_deref(), Some("{\"b\":2}"));
+}
+
 duplex_shared::store_contract!(
+    the_routing_table_is_kept,
     a_frame_is_claimed_once_and_its_outcome_is_kept,
     an_abandoned_claim_expires,
     spools_keep_order_and_their_cap,

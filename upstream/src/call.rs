@@ -84,6 +84,8 @@ pub struct Service {
     pub spool_waiting: AtomicBool,
     /// Wakes the spool worker when an upload was spooled.
     pub spool_wake: Notify,
+    /// Ends this service's background work (shutdown, or replaced in the routing table).
+    pub stop: tokio_util::sync::CancellationToken,
     /// `duplex_replies_total` by kind: backend, timeout, unavailable, error.
     pub replies: [Counter; 4],
     call_seconds: Histogram,
@@ -109,6 +111,7 @@ impl Service {
         upstream: &UpstreamConfig,
         http: reqwest::Client,
         metrics: &Metrics,
+        stop: tokio_util::sync::CancellationToken,
     ) -> Result<Self, String> {
         let calls = |outcome| metrics.counter("duplex_backend_calls_total", &[("service", name), ("outcome", outcome)]);
         Ok(Service {
@@ -120,6 +123,7 @@ impl Service {
             max_reply_bytes: upstream.max_reply_bytes as usize,
             spool_waiting: AtomicBool::new(false),
             spool_wake: Notify::new(),
+            stop,
             call_seconds: metrics.histogram("duplex_backend_call_seconds", &[("service", name)]),
             replies: ["backend", "timeout", "unavailable", "error"]
                 .map(|kind| metrics.counter("duplex_replies_total", &[("service", name), ("kind", kind)])),

@@ -67,12 +67,16 @@ pub(crate) async fn watch(up: Arc<Upstream>, service: Arc<Service>, shutdown: Ca
     }
 }
 
-/// Applies the store's isolation list to this node's pools.
-pub(crate) async fn sync_isolation(up: Arc<Upstream>, shutdown: CancellationToken) {
+/// Follows what operators changed on any node: the routing table, and the
+/// isolation list applied to this node's pools.
+pub(crate) async fn sync_shared_state(up: Arc<Upstream>, shutdown: CancellationToken) {
     loop {
+        if let Err(e) = up.sync_routing().await {
+            tracing::debug!(error = %e, "cannot follow the stored routing table");
+        }
         match up.store.isolated().await {
             Ok(keys) => {
-                for service in up.services.values() {
+                for service in up.table().values() {
                     for e in &service.pool.endpoints {
                         e.set_isolated(keys.contains(&e.key));
                     }

@@ -12,6 +12,7 @@
 //! - `upload`: uploads, deduplicated per client frame, spooled when no backend takes them.
 //! - `request`: requests, whose replies travel through downstream delivery.
 //! - `spool`: drains spooled uploads in order; `health`: active checks and probes.
+//! - `routing`: the routing table, changed at run time and kept in the store.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ mod health;
 pub mod path;
 mod pool;
 mod request;
+mod routing;
 mod spool;
 mod upload;
 
@@ -67,7 +69,14 @@ pub async fn run(
 pub struct Upstream {
     config: UpstreamConfig,
     node_id: String,
-    services: BTreeMap<String, Arc<Service>>,
+    /// The routing table in force; replaced whole when an operator changes it.
+    services: std::sync::RwLock<Arc<routing::Table>>,
+    http: reqwest::Client,
+    /// Serialises routing-table changes (admin calls and the store sync).
+    changing: tokio::sync::Mutex<()>,
+    /// Cancelled at shutdown; every service's background work hangs below it.
+    stop: CancellationToken,
+    background: TaskTracker,
     store: Arc<dyn Store>,
     replies: Arc<dyn ReplyLink>,
     metrics: Arc<Metrics>,
@@ -84,6 +93,8 @@ pub enum AdminError {
     UnknownEndpoint { service: String, endpoint: String },
     #[error("the store could not record it: {0}")]
     Store(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl Upstream {
@@ -97,20 +108,32 @@ impl Upstream {
             .connect_timeout(Duration::from_secs(2))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let stop = CancellationToken::new();
         let services = ctx
             .config
             .services
             .iter()
             .map(|(name, service)| {
-                let s = Service::new(name, service, &ctx.config, http.clone(), &ctx.metrics)?;
+                let s = Service::new(
+                    name,
+                    service,
+                    &ctx.config,
+                    http.clone(),
+                    &ctx.metrics,
+                    stop.child_token(),
+                )?;
                 Ok((name.clone(), Arc::new(s)))
             })
             .collect::<Result<BTreeMap<_, _>, String>>()?;
         Ok(Arc::new(Upstream {
+            services: std::sync::RwLock::new(Arc::new(services)),
+            http,
+            changing: tokio::sync::Mutex::new(()),
+            stop,
+            background: TaskTracker::new(),
             requests: Arc::new(Semaphore::new(ctx.config.max_requests_in_flight as usize)),
             config: ctx.config,
             node_id: ctx.node_id,
-            services,
             store: ctx.store,
             replies: ctx.replies,
             metrics: ctx.metrics,
@@ -121,39 +144,44 @@ impl Upstream {
     /// Health checks, probes, spool draining and isolation sync until
     /// `shutdown`; then waits (bounded) for requests still calling backends.
     pub async fn serve(self: Arc<Self>, _listeners: UpstreamListeners, shutdown: CancellationToken) {
-        let background = TaskTracker::new();
-        for service in self.services.values() {
-            background.spawn(health::watch(self.clone(), service.clone(), shutdown.clone()));
-            background.spawn(spool::drain(self.clone(), service.clone(), shutdown.clone()));
+        // A routing table changed at run time (and kept in the store) wins over the file.
+        if let Err(e) = self.sync_routing().await {
+            tracing::warn!(error = %e, "cannot read the stored routing table; using the configured one");
         }
-        background.spawn(health::sync_isolation(self.clone(), shutdown.clone()));
-        background.close();
+        for service in self.table().values() {
+            self.start_service(service.clone());
+        }
+        self.background
+            .spawn(health::sync_shared_state(self.clone(), self.stop.clone()));
         shutdown.cancelled().await;
+        self.stop.cancel();
         self.tasks.close();
-        let longest = self.services.values().map(|s| s.config.deadline_ms).max().unwrap_or(0);
+        let longest = self.table().values().map(|s| s.config.deadline_ms).max().unwrap_or(0);
         let grace = Duration::from_millis(longest.min(30_000));
         if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
             tracing::warn!("requests still waiting for backends at shutdown; their clients may resend them");
         }
-        background.wait().await;
+        self.background.close();
+        self.background.wait().await;
     }
 
-    fn service(&self, name: &str) -> Result<&Arc<Service>, LinkError> {
-        self.services
+    fn service(&self, name: &str) -> Result<Arc<Service>, LinkError> {
+        self.table()
             .get(name)
+            .cloned()
             .ok_or_else(|| LinkError::Rejected(format!("unknown service {name:?}")))
     }
 
     /// Every pool and the state of its endpoints.
     pub fn pools(&self) -> BTreeMap<String, Vec<EndpointView>> {
-        self.services.iter().map(|(n, s)| (n.clone(), s.pool.view())).collect()
+        self.table().iter().map(|(n, s)| (n.clone(), s.pool.view())).collect()
     }
 
     /// Isolates (no traffic, no health checks bring it back) or recovers an
     /// endpoint, named by URL or index; kept in the store for every node until undone.
     pub async fn set_isolated(&self, service: &str, endpoint: &str, isolated: bool) -> Result<(), AdminError> {
-        let s = self
-            .services
+        let table = self.table();
+        let s = table
             .get(service)
             .ok_or_else(|| AdminError::UnknownService(service.to_owned()))?;
         let e = s

@@ -28,7 +28,7 @@ fn idempotent(method: &Method) -> bool {
 
 impl Upstream {
     pub(crate) async fn request_frame(&self, from: &ClientContext, req: Request) -> Result<(), LinkError> {
-        let service = self.service(&req.service)?.clone();
+        let service = self.service(&req.service)?;
         let method = Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
             .ok()
             .filter(|m| service.config.methods.iter().any(|allowed| allowed == m.as_str()))

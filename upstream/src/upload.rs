@@ -98,7 +98,7 @@ impl Upstream {
                 }
             }
         }
-        let result = self.upload_once(service, from, up).await;
+        let result = self.upload_once(&service, from, up).await;
         let store = &self.store;
         let recorded = match &result {
             Ok(ack) => {

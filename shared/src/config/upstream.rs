@@ -56,7 +56,7 @@ impl Default for UpstreamConfig {
 }
 
 /// One backend service: a pool of endpoints and what clients may call on it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServiceConfig {
     /// Backend endpoints; the client's path is appended to each URL's path.
@@ -102,7 +102,7 @@ impl Default for ServiceConfig {
 }
 
 /// One backend endpoint of a pool.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// Base URL, `http://` or `https://`, no query or fragment, e.g. `http://10.0.0.5:8080/api`.

@@ -20,6 +20,7 @@ pub(super) struct MemoryUpstream {
     leases: dashmap::DashMap<String, (String, Instant)>,
     isolated: std::sync::Mutex<BTreeSet<String>>,
     finished: std::sync::atomic::AtomicU64,
+    routing: std::sync::Mutex<Option<String>>,
 }
 
 /// Finished frames between two sweeps of expired claims.
@@ -141,5 +142,23 @@ impl UpstreamState for MemoryStore {
             .lock()
             .map_err(|_| StoreError::Unavailable("isolation set poisoned".into()))?;
         Ok(set.iter().cloned().collect())
+    }
+
+    async fn set_routing_table(&self, json: &str) -> Result<(), StoreError> {
+        *self
+            .upstream
+            .routing
+            .lock()
+            .map_err(|_| StoreError::Unavailable("routing poisoned".into()))? = Some(json.to_owned());
+        Ok(())
+    }
+
+    async fn routing_table(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .upstream
+            .routing
+            .lock()
+            .map_err(|_| StoreError::Unavailable("routing poisoned".into()))?
+            .clone())
     }
 }

@@ -177,4 +177,18 @@ impl UpstreamState for RedisStore {
     async fn isolated(&self) -> Result<Vec<String>, StoreError> {
         self.conn().hkeys(self.isolated_key()).await.map_err(unavailable)
     }
+
+    async fn set_routing_table(&self, json: &str) -> Result<(), StoreError> {
+        self.conn()
+            .set::<_, _, ()>(format!("{}admin:routing", self.keys().prefix()), json)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn routing_table(&self) -> Result<Option<String>, StoreError> {
+        self.conn()
+            .get(format!("{}admin:routing", self.keys().prefix()))
+            .await
+            .map_err(unavailable)
+    }
 }

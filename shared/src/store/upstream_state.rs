@@ -1,8 +1,9 @@
 //! What the upstream tier keeps in the shared store: which client frames were
 //! already taken (so a resend after a reconnect does not reach the backend
 //! twice), the per-service spool of uploads waiting for a backend, leases
-//! that let one node drain a spool in order, and endpoints isolated by an
-//! operator (shared by every upstream node, kept until recovered).
+//! that let one node drain a spool in order, endpoints isolated by an
+//! operator (shared by every upstream node, kept until recovered), and the
+//! routing table as changed through the admin API.
 
 use async_trait::async_trait;
 
@@ -56,4 +57,10 @@ pub trait UpstreamState: Send + Sync + 'static {
 
     /// Every isolated endpoint key.
     async fn isolated(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Replaces the routing table changed at run time (JSON of every service), for every node.
+    async fn set_routing_table(&self, json: &str) -> Result<(), StoreError>;
+
+    /// The routing table last changed at run time, if any.
+    async fn routing_table(&self) -> Result<Option<String>, StoreError>;
 }
