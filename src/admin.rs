@@ -42,6 +42,8 @@ pub async fn serve(listener: TcpListener, admin: Admin, stop: CancellationToken)
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/", get(|| async { axum::response::Redirect::to("/dashboard") }))
+        .route("/dashboard", get(dashboard))
         .route("/admin/v1/nodes", get(nodes))
         .route("/admin/v1/clients/{client_id}", get(client).delete(kick))
         .route("/admin/v1/pools", get(pools))
@@ -112,6 +114,18 @@ fn refused(admin: &Admin, headers: &HeaderMap) -> Option<Response> {
             "send the admin token as `Authorization: Bearer <token>`",
         )
     })
+}
+
+/// The web dashboard: one static page (no build step) driving the admin API
+/// with the token the operator types in (kept in the tab's session storage).
+async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        include_str!("dashboard/index.html"),
+    )
 }
 
 /// The nodes of the deployment: this one (the registry of many is the scale-out work).
