@@ -376,7 +376,28 @@ async fn a_failed_delivery_stays_stored_and_is_retried(kind: StoreKind) {
     .await;
 }
 
+async fn a_pushers_traceparent_reaches_the_client(kind: StoreKind) {
+    let node = start(kind, |_| {}).await;
+    let mut conn = node.connect("alice", "phone-1", 0).await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let resp = node
+        .http
+        .post(format!("{}/v1/push", node.api))
+        .bearer_auth(API_KEY)
+        .header("traceparent", parent)
+        .json(&json!({"client_ids": ["phone-1"], "payload": 1}))
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(resp.status(), 202);
+    let push = recv_push(&mut conn).await;
+    let tp = push.headers.get("traceparent").expect("traceparent header");
+    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
+    assert_ne!(tp, parent, "a new span of the same trace");
+}
+
 both_stores!(
+    a_pushers_traceparent_reaches_the_client,
     online_push_arrives_and_its_ack_is_recorded,
     offline_push_arrives_after_connect_and_unacked_ones_come_again,
     order_holds_under_eight_concurrent_pushers,

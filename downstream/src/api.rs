@@ -12,9 +12,10 @@ use axum::{Json, Router};
 use duplex_shared::protocol::valid_client_id;
 use duplex_shared::store::parse_message_id;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::request::{parse_json, BatchRequest, PushRequest};
+use crate::request::{parse_json, BatchRequest, PushRequest, ValidPush};
 use crate::{now_ms, Shared};
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -75,9 +76,31 @@ async fn push_inner(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Resul
     authorize(shared, headers)?;
     body_too_large(body, shared)?;
     let request: PushRequest = parse_json(body)?;
-    let valid = request.validate(&shared.config)?;
-    let response = shared.push(valid).await?;
+    let mut valid = request.validate(&shared.config)?;
+    let trace = traceparent(headers);
+    with_trace(&mut valid, trace.as_deref());
+    let span = tracing::info_span!(
+        "push",
+        trace_id = trace.as_deref().and_then(duplex_shared::trace::trace_id)
+    );
+    let response = shared.push(valid).instrument(span).await?;
     Ok((StatusCode::ACCEPTED, Json(response)).into_response())
+}
+
+/// The caller's `traceparent`, when it is a valid one.
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let t = headers.get("traceparent")?.to_str().ok()?;
+    duplex_shared::trace::trace_id(t).map(|_| t.to_owned())
+}
+
+/// Carries the backend's trace to the client in the push headers (unless the
+/// push sets its own), so an app can log against the same trace.
+fn with_trace(push: &mut ValidPush, trace: Option<&str>) {
+    if let Some(t) = trace {
+        push.headers
+            .entry("traceparent".into())
+            .or_insert_with(|| duplex_shared::trace::child_traceparent(Some(t)));
+    }
 }
 
 #[derive(Serialize)]
@@ -114,6 +137,11 @@ async fn push_batch_inner(shared: &Shared, headers: &HeaderMap, body: Bytes) -> 
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let trace = traceparent(headers);
+    let mut valid = valid;
+    for p in &mut valid {
+        with_trace(p, trace.as_deref());
+    }
     let results = futures_util::future::join_all(valid.into_iter().map(|p| shared.push(p))).await;
     let items: Vec<BatchItem> = results
         .into_iter()

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod store;
+pub mod trace;
 
 #[cfg(feature = "testing")]
 pub mod testing;

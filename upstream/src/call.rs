@@ -305,22 +305,7 @@ pub fn idempotency_key(client_id: &str, kind: &str, id: u64) -> String {
     format!("{client_id}:{kind}:{id}")
 }
 
-/// W3C `traceparent`: the client's trace continues when it sent a valid one,
-/// otherwise a new trace starts here; the span id is always ours.
+/// W3C `traceparent` for the backend: the client's trace continues when it sent a valid one.
 pub fn traceparent(from_client: Option<&String>) -> String {
-    let span: u64 = rand::random::<u64>() | 1;
-    let trace = from_client
-        .and_then(|t| {
-            let parts: Vec<&str> = t.split('-').collect();
-            let valid = parts.len() == 4
-                && parts[0] == "00"
-                && parts[1].len() == 32
-                && parts[1]
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-                && parts[1].bytes().any(|b| b != b'0');
-            valid.then(|| parts[1].to_owned())
-        })
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>() | 1));
-    format!("00-{trace}-{span:016x}-01")
+    duplex_shared::trace::child_traceparent(from_client.map(String::as_str))
 }
