@@ -46,6 +46,7 @@ pub async fn serve(listener: TcpListener, admin: Admin, stop: CancellationToken)
         .route("/dashboard", get(dashboard))
         .route("/admin/v1/nodes", get(nodes))
         .route("/admin/v1/clients/{client_id}", get(client).delete(kick))
+        .route("/admin/v1/queues", get(queues))
         .route("/admin/v1/pools", get(pools))
         .route("/admin/v1/routing", get(routing))
         .route(
@@ -146,6 +147,38 @@ async fn nodes(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response 
         "draining": admin.draining.is_cancelled(),
     });
     Json(serde_json::json!({ "nodes": [node] })).into_response()
+}
+
+/// Queues looked at per overview: the answer is a sample beyond this many clients.
+const OVERVIEW_SCAN: usize = 10_000;
+
+#[derive(serde::Deserialize)]
+struct QueuesQuery {
+    limit: Option<usize>,
+}
+
+/// Top clients by pending messages, and every service's spool depth.
+async fn queues(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<QueuesQuery>,
+) -> Response {
+    if let Some(r) = refused(&admin, &headers) {
+        return r;
+    }
+    let limit = q.limit.unwrap_or(20).clamp(1, 1_000);
+    let overview = match admin.store.overview(limit, OVERVIEW_SCAN).await {
+        Ok(o) => o,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+    };
+    let mut spools = serde_json::Map::new();
+    for service in admin.upstream.routing().keys() {
+        match admin.store.spool_len(service).await {
+            Ok(n) => spools.insert(service.clone(), n.into()),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+        };
+    }
+    Json(serde_json::json!({ "clients": overview, "spools": spools })).into_response()
 }
 
 fn api_error(e: ApiError) -> Response {
@@ -261,15 +294,24 @@ async fn delete_service(State(admin): State<Arc<Admin>>, headers: HeaderMap, Pat
     }
 }
 
-/// Measures the store's round trip every 2 s (Redis latency as operators see it).
+/// Measures the store's round trip every 2 s (Redis latency as operators see
+/// it), and the pending backlog every 20 s.
 pub async fn probe_store(store: Arc<dyn Store>, metrics: Arc<Metrics>, stop: CancellationToken) {
     let latency = metrics.histogram("duplex_store_ping_seconds", &[]);
     let errors = metrics.counter("duplex_store_errors_total", &[("tier", "probe")]);
-    loop {
+    let pending = metrics.counter("duplex_pending_messages", &[]);
+    let pending_bytes = metrics.counter("duplex_pending_bytes", &[]);
+    for round in 0u64.. {
         let started = tokio::time::Instant::now();
         match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
             Ok(Ok(())) => latency.observe(started.elapsed()),
             _ => errors.inc(),
+        }
+        if round % 10 == 0 {
+            if let Ok(Ok(o)) = tokio::time::timeout(Duration::from_secs(5), store.overview(1, OVERVIEW_SCAN)).await {
+                pending.add(o.pending as i64 - pending.get());
+                pending_bytes.add(o.pending_bytes as i64 - pending_bytes.get());
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -181,6 +181,27 @@ async fn requests_reach_the_configured_backend_and_the_admin_api_isolates_it() {
         matches!(frame, Some(Frame::Kicked(ref k)) if k.reason == "admin"),
         "{frame:?}"
     );
+    // The queue overview shows a client's backlog and the spools.
+    let pushed = http
+        .post(format!("http://{}/v1/push", run.push))
+        .bearer_auth("duplex-dev-api-key")
+        .json(&serde_json::json!({"client_ids": ["offline-1"], "payload": {"n": 1}}))
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(pushed.status(), 202);
+    let queues: serde_json::Value = get("/admin/v1/queues?limit=5")
+        .await
+        .expect("queues")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        queues["clients"]["top_pending"][0]["client_id"], "offline-1",
+        "{queues}"
+    );
+    assert_eq!(queues["clients"]["top_pending"][0]["pending"], 1, "{queues}");
+    assert_eq!(queues["spools"]["orders"], 0, "{queues}");
     // The admin API is not on the public push port.
     let public = http
         .get(format!("http://{}/admin/v1/nodes", run.push))

@@ -135,6 +135,16 @@ const CATALOG: &[(&str, &str, &str)] = &[
         "1 when a backend endpoint takes traffic (not isolated, ejected or failing health checks), else 0; by service and endpoint.",
     ),
     (
+        "duplex_pending_messages",
+        "gauge",
+        "Stored messages waiting for their clients' acks, over at most 10,000 client queues, read every 20 s.",
+    ),
+    (
+        "duplex_pending_bytes",
+        "gauge",
+        "Bytes of the messages in duplex_pending_messages.",
+    ),
+    (
         "duplex_push_delivery_seconds",
         "histogram",
         "Time from a qos-1 push being accepted to its hand-over to the client's access node (first attempt).",

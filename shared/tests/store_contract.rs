@@ -403,7 +403,31 @@ async fn concurrent_enqueues_get_unique_consecutive_seqs(store: Arc<dyn Store>) 
     assert_eq!(all, (1..=100).collect::<Vec<u64>>());
 }
 
+async fn the_overview_ranks_clients_by_backlog(store: Arc<dyn Store>) {
+    for (client, n) in [("oa", 3), ("ob", 1), ("oc", 2)] {
+        for _ in 0..n {
+            store
+                .enqueue(client, &msg("12345", 60_000, None), LIMITS, NOW)
+                .await
+                .expect("enqueue");
+        }
+    }
+    store.ack("ob", 1, false, NOW).await.expect("ack");
+    let o = store.overview(2, 100).await.expect("overview");
+    let top: Vec<(&str, u64)> = o
+        .top_pending
+        .iter()
+        .map(|b| (b.client_id.as_str(), b.pending))
+        .collect();
+    assert_eq!(top, [("oa", 3), ("oc", 2)]);
+    assert_eq!((o.scanned, o.complete, o.pending), (3, true, 5));
+    assert!(o.top_pending[0].pending_bytes >= 15, "{o:?}");
+    let sample = store.overview(10, 2).await.expect("overview");
+    assert_eq!((sample.scanned, sample.complete), (2, false));
+}
+
 duplex_shared::store_contract!(
+    the_overview_ranks_clients_by_backlog,
     routes_are_leases_owned_by_one_connection,
     refresh_renews_restores_and_reports_replaced,
     leases_expire,

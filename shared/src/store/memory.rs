@@ -18,7 +18,7 @@ use super::{
 pub struct MemoryStore {
     routes: DashMap<String, (Route, Instant)>,
     epochs: DashMap<String, u64>,
-    queues: DashMap<String, ClientQueue>,
+    pub(super) queues: DashMap<String, ClientQueue>,
     users: DashMap<String, (HashSet<String>, Instant)>,
     pub(super) upstream: super::memory_upstream::MemoryUpstream,
 }

@@ -14,6 +14,7 @@ mod memory;
 mod memory_queue;
 mod memory_upstream;
 mod messages;
+mod overview;
 mod redis_scripts;
 mod redis_store;
 mod redis_upstream;
@@ -21,6 +22,7 @@ mod upstream_state;
 
 pub use memory::MemoryStore;
 pub use messages::*;
+pub use overview::{Backlog, Overview, QueueOverview};
 pub use redis_store::RedisStore;
 pub use upstream_state::{FrameClaim, SpoolItem, UpstreamState};
 
@@ -102,7 +104,7 @@ pub fn now_ms() -> u64 {
 pub const USER_CLIENTS_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[async_trait]
-pub trait Store: UpstreamState + Send + Sync + 'static {
+pub trait Store: UpstreamState + QueueOverview + Send + Sync + 'static {
     /// Gives `client_id` a new connection epoch and writes its route lease to
     /// `node_id` (and records the client under its user); returns the new
     /// route and the live route it replaced.
