@@ -10,7 +10,7 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
             && s.bytes().any(|b| b != b'0')
     };
     let valid = parts.len() == 4 && parts[0] == "00" && hex(parts[1], 32) && hex(parts[2], 16) && parts[3].len() == 2;
-    valid.then_some(parts[1])
+    valid.then(|| parts[1])
 }
 
 /// A `traceparent` for our next hop: the caller's trace when `from` is valid,
