@@ -189,3 +189,39 @@ async fn uploads_and_requests_survive_a_reconnect_and_reach_the_backend_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn with_explicit_acks_unacked_pushes_come_again_after_a_reconnect() {
+    for kind in [StoreKind::Memory, StoreKind::Redis] {
+        let node = start(kind, |_| {}).await;
+        let token = Arc::new(|| mint_hs256(SECRET, &dev_claims("eve", 3600)).expect("mint"));
+        let mut options = ClientOptions::new(vec![Endpoint::Tcp(node.tcp)], "eve-phone", token);
+        options.auto_ack = false;
+        options.backoff_min = Duration::from_millis(10);
+        options.backoff_max = Duration::from_millis(50);
+        let mut client = Client::start(options);
+        assert!(matches!(next_event(&mut client).await, Event::Connected { .. }));
+        node.push_to("eve-phone", json!(1)).await;
+        node.push_to("eve-phone", json!(2)).await;
+        assert_eq!(next_push_seq(&mut client).await, 1);
+        assert_eq!(next_push_seq(&mut client).await, 2);
+        // Only the first was processed; nothing is acked until the app says so.
+        assert_eq!(node.get("/v1/clients/eve-phone").await.1["last_acked_seq"], 0);
+        client.ack(1).await.expect("ack");
+        eventually("ack 1 stored", || async {
+            node.get("/v1/clients/eve-phone").await.1["last_acked_seq"] == 1
+        })
+        .await;
+        assert_eq!(node.delete("/v1/clients/eve-phone").await.0, 200);
+        assert_eq!(
+            next_push_seq(&mut client).await,
+            2,
+            "the unacked push comes again after the reconnect, the acked one does not ({kind:?})"
+        );
+        client.ack(2).await.expect("ack");
+        eventually("ack 2 stored", || async {
+            node.get("/v1/clients/eve-phone").await.1["last_acked_seq"] == 2
+        })
+        .await;
+    }
+}

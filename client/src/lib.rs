@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 
+mod acks;
 mod calls;
 pub mod reconnecting;
 

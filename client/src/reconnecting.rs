@@ -18,6 +18,7 @@ use duplex_shared::protocol::{Ack, Frame, Gap, Ping, Push, Reply, Request, Uploa
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{sleep, sleep_until, Instant};
 
+use crate::acks::Acks;
 use crate::calls::{Answer, CallError, InFlight, Outgoing};
 use crate::{ClientError, Connection};
 
@@ -52,6 +53,10 @@ pub struct ClientOptions {
     pub token: TokenProvider,
     /// Highest seq the application already processed (persist it across app restarts).
     pub last_seq: u64,
+    /// Ack each push once it is handed to the application (default). When
+    /// false, the application calls `Client::ack` after processing; pushes
+    /// it has not acked come again after a reconnect.
+    pub auto_ack: bool,
     /// Backoff bounds until the server advises its own.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -66,6 +71,7 @@ impl ClientOptions {
             client_id: client_id.into(),
             token,
             last_seq: 0,
+            auto_ack: true,
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             stable_after: Duration::from_secs(30),
@@ -104,8 +110,14 @@ pub struct Client {
     events: mpsc::Receiver<Event>,
     task: tokio::task::JoinHandle<()>,
     wake: Arc<Notify>,
-    calls: mpsc::Sender<Outgoing>,
+    commands: mpsc::Sender<Command>,
     next_id: AtomicU64,
+}
+
+/// What the application asks of the connection task.
+enum Command {
+    Call(Outgoing),
+    Ack(u64),
 }
 
 /// Calls waiting for a connection; more make `upload`/`request` wait (backpressure).
@@ -114,27 +126,35 @@ const CALL_QUEUE: usize = 256;
 impl Client {
     pub fn start(options: ClientOptions) -> Self {
         let (tx, events) = mpsc::channel(256);
-        let (calls, calls_rx) = mpsc::channel(CALL_QUEUE);
+        let (commands, commands_rx) = mpsc::channel(CALL_QUEUE);
         let wake = Arc::new(Notify::new());
-        let task = tokio::spawn(drive(options, tx, calls_rx, wake.clone()));
+        let task = tokio::spawn(drive(options, tx, commands_rx, wake.clone()));
         // Ids stay unique across app restarts (the server deduplicates by client and id).
         let first_id = duplex_shared::store::now_ms().saturating_mul(1000);
         Client {
             events,
             task,
             wake,
-            calls,
+            commands,
             next_id: AtomicU64::new(first_id),
         }
     }
 
     async fn call(&self, frame: Frame) -> Result<Answer, CallError> {
         let (answer, answered) = oneshot::channel();
-        self.calls
-            .send(Outgoing { frame, answer })
+        self.commands
+            .send(Command::Call(Outgoing { frame, answer }))
             .await
             .map_err(|_| CallError::Stopped)?;
         answered.await.map_err(|_| CallError::Stopped)?
+    }
+
+    /// With `auto_ack` off: the application processed every push up to `seq`.
+    pub async fn ack(&self, seq: u64) -> Result<(), CallError> {
+        self.commands
+            .send(Command::Ack(seq))
+            .await
+            .map_err(|_| CallError::Stopped)
     }
 
     /// Sends `upload` (its `id` is assigned here) and waits for its ack, across
@@ -193,11 +213,11 @@ enum Ended {
 async fn drive(
     options: ClientOptions,
     events: mpsc::Sender<Event>,
-    mut calls: mpsc::Receiver<Outgoing>,
+    mut commands: mpsc::Receiver<Command>,
     wake: Arc<Notify>,
 ) {
     let mut in_flight = InFlight::default();
-    let mut last_seq = options.last_seq;
+    let mut acks = Acks::new(options.last_seq, options.auto_ack);
     let (mut min, mut max) = (options.backoff_min, options.backoff_max);
     let mut attempt: u32 = 0;
     let mut next_endpoint = 0usize;
@@ -205,7 +225,7 @@ async fn drive(
         let endpoint = &options.endpoints[next_endpoint % options.endpoints.len().max(1)];
         let started = Instant::now();
         let ended = match connect(endpoint).await {
-            Ok(mut conn) => match conn.handshake(&(options.token)(), &options.client_id, last_seq).await {
+            Ok(mut conn) => match conn.handshake(&(options.token)(), &options.client_id, acks.acked).await {
                 Ok(hello) => {
                     min = Duration::from_millis(hello.reconnect_min_ms.max(1));
                     max = Duration::from_millis(hello.reconnect_max_ms.max(hello.reconnect_min_ms).max(1));
@@ -217,11 +237,12 @@ async fn drive(
                         return;
                     }
                     let heartbeat = Duration::from_millis(hello.heartbeat_ms.max(100));
+                    acks.on_connect();
                     let mut link = Link {
                         conn: &mut conn,
-                        last_seq: &mut last_seq,
+                        acks: &mut acks,
                         events: &events,
-                        calls: &mut calls,
+                        commands: &mut commands,
                         in_flight: &mut in_flight,
                     };
                     link.serve(heartbeat).await
@@ -279,9 +300,9 @@ fn rand_unit() -> f64 {
 /// One live connection and what it works with.
 struct Link<'a> {
     conn: &'a mut Connection,
-    last_seq: &'a mut u64,
+    acks: &'a mut Acks,
     events: &'a mpsc::Sender<Event>,
-    calls: &'a mut mpsc::Receiver<Outgoing>,
+    commands: &'a mut mpsc::Receiver<Command>,
     in_flight: &'a mut InFlight,
 }
 
@@ -301,7 +322,17 @@ impl Link<'_> {
                     Ok(None) => return Ended::Lost("server closed the connection".into()),
                     Err(e) => return Ended::Lost(e.to_string()),
                 },
-                Some(call) = self.calls.recv() => {
+                Some(command) = self.commands.recv() => {
+                    let call = match command {
+                        Command::Call(call) => call,
+                        Command::Ack(seq) => {
+                            let ack = self.acks.app_acked(seq);
+                            if let Some(ended) = self.send_ack(ack).await {
+                                return ended;
+                            }
+                            continue;
+                        }
+                    };
                     let frame = call.frame.clone();
                     // Registered before sending: if the send fails, the next connection resends it.
                     self.in_flight.add(call);
@@ -331,29 +362,41 @@ impl Link<'_> {
             Frame::Push(p) => {
                 // seq 0: qos 0, never stored, nothing to dedupe or ack.
                 let seq = p.seq;
-                if seq != 0 && seq <= *self.last_seq {
-                    return None;
+                if self.acks.is_duplicate(seq) {
+                    let ack = self.acks.passed(seq);
+                    return self.send_ack(ack).await;
                 }
                 if self.events.send(Event::Push(p)).await.is_err() {
                     return Some(Ended::AppGone);
                 }
-                self.acked(seq).await
+                if seq == 0 {
+                    return None;
+                }
+                let ack = self.acks.push_delivered(seq);
+                self.send_ack(ack).await
             }
             Frame::Reply(r) => {
                 let seq = r.seq;
-                if seq != 0 && seq <= *self.last_seq {
+                if !self.acks.is_duplicate(seq) {
+                    self.in_flight.replied(r);
+                }
+                if seq == 0 {
                     return None;
                 }
-                self.in_flight.replied(r);
-                self.acked(seq).await
+                let ack = self.acks.passed(seq);
+                self.send_ack(ack).await
             }
             Frame::UploadAck(a) => {
                 self.in_flight.upload_acked(a);
                 None
             }
             Frame::Gap(g) => {
-                *self.last_seq = (*self.last_seq).max(g.to);
-                self.events.send(Event::Gap(g)).await.is_err().then_some(Ended::AppGone)
+                let to = g.to;
+                if self.events.send(Event::Gap(g)).await.is_err() {
+                    return Some(Ended::AppGone);
+                }
+                let ack = self.acks.passed(to);
+                self.send_ack(ack).await
             }
             Frame::Kicked(k) if k.reason == "replaced" => Some(Ended::Replaced),
             Frame::Kicked(k) => Some(Ended::Lost(format!("kicked: {}", k.reason))),
@@ -367,12 +410,9 @@ impl Link<'_> {
         }
     }
 
-    /// Records and acks a stored message the application has been given.
-    async fn acked(&mut self, seq: u64) -> Option<Ended> {
-        if seq == 0 {
-            return None;
-        }
-        *self.last_seq = seq;
+    /// Sends a cumulative ack when there is one to send.
+    async fn send_ack(&mut self, ack: Option<u64>) -> Option<Ended> {
+        let seq = ack?;
         match self.conn.send(&Frame::Ack(Ack { id: seq, seq })).await {
             Ok(()) => None,
             Err(e) => Some(Ended::Lost(e.to_string())),
