@@ -225,3 +225,32 @@ async fn with_explicit_acks_unacked_pushes_come_again_after_a_reconnect() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn an_expired_token_is_replaced_at_once_from_the_provider() {
+    let node = start(StoreKind::Memory, |_| {}).await;
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = calls.clone();
+    // The first token the app holds has expired; the provider's next one is fresh.
+    let token = Arc::new(move || {
+        let mut claims = dev_claims("ida", 3600);
+        if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            claims.exp -= 3600 + 600;
+        }
+        mint_hs256(SECRET, &claims).expect("mint")
+    });
+    let mut options = ClientOptions::new(vec![Endpoint::Tcp(node.tcp)], "ida-phone", token);
+    // A backoff this long would show: the refresh must not wait for it.
+    options.backoff_min = Duration::from_secs(60);
+    options.backoff_max = Duration::from_secs(60);
+    let mut client = Client::start(options);
+    match next_event(&mut client).await {
+        Event::Disconnected { reason } => assert!(reason.contains("token_expired"), "{reason}"),
+        other => panic!("expected the expired token to be refused, got {other:?}"),
+    }
+    let connected = tokio::time::timeout(Duration::from_secs(2), client.next())
+        .await
+        .expect("reconnected at once with a fresh token");
+    assert!(matches!(connected, Some(Event::Connected { .. })), "{connected:?}");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 mod acks;
 mod calls;
+mod endpoints;
 pub mod reconnecting;
 
 pub use calls::CallError;

@@ -20,6 +20,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::acks::Acks;
 use crate::calls::{Answer, CallError, InFlight, Outgoing};
+use crate::endpoints::Chooser;
 use crate::{ClientError, Connection};
 
 /// Where to connect.
@@ -202,9 +203,14 @@ async fn connect(endpoint: &Endpoint) -> Result<Connection, ClientError> {
     }
 }
 
+/// How long an endpoint that failed is skipped while others are available.
+const FAILED_ENDPOINT_MEMORY: Duration = Duration::from_secs(30);
+
 /// How one connection ended.
 enum Ended {
     Lost(String),
+    /// The server refused the token as expired: a fresh one is worth trying at once.
+    TokenExpired(String),
     GoAway(Duration),
     Replaced,
     AppGone,
@@ -220,13 +226,17 @@ async fn drive(
     let mut acks = Acks::new(options.last_seq, options.auto_ack);
     let (mut min, mut max) = (options.backoff_min, options.backoff_max);
     let mut attempt: u32 = 0;
-    let mut next_endpoint = 0usize;
+    let mut chooser = Chooser::new(options.endpoints.len(), FAILED_ENDPOINT_MEMORY);
+    let mut fresh_token_tried = false;
     loop {
-        let endpoint = &options.endpoints[next_endpoint % options.endpoints.len().max(1)];
+        let index = chooser.pick();
+        let endpoint = &options.endpoints[index.min(options.endpoints.len().saturating_sub(1))];
         let started = Instant::now();
         let ended = match connect(endpoint).await {
             Ok(mut conn) => match conn.handshake(&(options.token)(), &options.client_id, acks.acked).await {
                 Ok(hello) => {
+                    chooser.succeeded(index);
+                    fresh_token_tried = false;
                     min = Duration::from_millis(hello.reconnect_min_ms.max(1));
                     max = Duration::from_millis(hello.reconnect_max_ms.max(hello.reconnect_min_ms).max(1));
                     let connected = Event::Connected {
@@ -248,9 +258,18 @@ async fn drive(
                     link.serve(heartbeat).await
                 }
                 Err(ClientError::Unexpected("kicked")) => Ended::Replaced,
-                Err(e) => Ended::Lost(e.to_string()),
+                Err(ClientError::Refused(e)) if e.code == "token_expired" => {
+                    Ended::TokenExpired(format!("{}: {}", e.code, e.message))
+                }
+                Err(e) => {
+                    chooser.failed(index);
+                    Ended::Lost(e.to_string())
+                }
             },
-            Err(e) => Ended::Lost(e.to_string()),
+            Err(e) => {
+                chooser.failed(index);
+                Ended::Lost(e.to_string())
+            }
         };
         let delay = match ended {
             Ended::AppGone => return,
@@ -264,9 +283,25 @@ async fn drive(
                         reason: "go_away".into(),
                     })
                     .await;
-                next_endpoint += 1;
+                chooser.failed(index);
                 attempt = 0;
                 after
+            }
+            Ended::TokenExpired(reason) if !fresh_token_tried => {
+                if events.send(Event::Disconnected { reason }).await.is_err() {
+                    return;
+                }
+                // The token provider is asked again on the next attempt; once at once, then with backoff.
+                fresh_token_tried = true;
+                Duration::ZERO
+            }
+            Ended::TokenExpired(reason) => {
+                if events.send(Event::Disconnected { reason }).await.is_err() {
+                    return;
+                }
+                let d = backoff_delay(attempt, min, max, rand_unit());
+                attempt = attempt.saturating_add(1);
+                d
             }
             Ended::Lost(reason) => {
                 if events.send(Event::Disconnected { reason }).await.is_err() {
@@ -275,7 +310,6 @@ async fn drive(
                 if started.elapsed() >= options.stable_after {
                     attempt = 0;
                 }
-                next_endpoint += 1;
                 let d = backoff_delay(attempt, min, max, rand_unit());
                 attempt = attempt.saturating_add(1);
                 d
