@@ -10,6 +10,7 @@ mod procfs;
 mod push;
 mod request;
 mod servers;
+mod storm;
 mod worker;
 
 #[derive(Debug, Subcommand)]
@@ -23,6 +24,9 @@ pub enum BenchCommand {
     /// Send requests through duplex to a trivial local backend and, in the same
     /// run, straight to it; report requests/s, latency, and what duplex adds.
     Request(request::RequestArgs),
+    /// A reconnect storm: N SDK clients on node A move to node B when A drains;
+    /// progress every second and the distribution of the move.
+    Storm(storm::StormArgs),
     /// Internal: the trivial backend of `bench request`.
     #[command(hide = true)]
     Backend(request::BackendArgs),
@@ -43,6 +47,7 @@ pub fn run(cmd: BenchCommand) -> ExitCode {
         BenchCommand::Connect(args) => runtime.block_on(connect::run(args)),
         BenchCommand::Push(args) => runtime.block_on(push::run(args)),
         BenchCommand::Request(args) => runtime.block_on(request::run(args)),
+        BenchCommand::Storm(args) => runtime.block_on(storm::run(args)),
         BenchCommand::Backend(args) => runtime.block_on(request::backend(args)),
         BenchCommand::ConnectWorker(args) => runtime.block_on(worker::worker(args)),
     };

@@ -84,7 +84,7 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
     )?;
     let (private, redis_url) = redis_for(args.private_redis, &args.redis)?;
     let ports = free_ports()?;
-    let servers = start_duplex_with(&exe, 1, ports, redis_url.as_deref(), Some(&config))?;
+    let servers = start_duplex_with(&exe, 1, ports, redis_url.as_deref(), Some(&config), "bench")?;
     let duplex_pid = servers[0].child.id();
     wait_for_port(backend_port).await?;
     println!("{}", machine_line());

@@ -61,7 +61,7 @@ pub fn start_duplex(
     ports: (u16, u16, u16),
     redis_url: Option<&str>,
 ) -> anyhow::Result<Vec<Server>> {
-    start_duplex_with(exe, count, ports, redis_url, None)
+    start_duplex_with(exe, count, ports, redis_url, None, "bench")
 }
 
 /// `start_duplex` with a configuration file.
@@ -71,6 +71,7 @@ pub fn start_duplex_with(
     ports: (u16, u16, u16),
     redis_url: Option<&str>,
     config: Option<&Path>,
+    node_prefix: &str,
 ) -> anyhow::Result<Vec<Server>> {
     let mut servers = Vec::new();
     for i in 0..count {
@@ -80,7 +81,7 @@ pub fn start_duplex_with(
         }
         cmd.args(["--tcp-listen", &format!("127.0.0.1:{}", ports.0)])
             .args(["--ws-listen", &format!("127.0.0.1:{}", ports.1)])
-            .args(["--node-id", &format!("bench-{i}")])
+            .args(["--node-id", &format!("{node_prefix}-{i}")])
             .args(["--http-listen", &format!("127.0.0.1:{}", ports.2)])
             .args(["--admin-listen", "127.0.0.1:0"])
             .env("DUPLEX_ACCESS__REUSE_PORT", "true")
