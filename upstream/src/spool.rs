@@ -93,6 +93,7 @@ async fn drain_round(up: &Upstream, service: &Service) -> Round {
         return Round::Idle;
     }
     service.spool_waiting.store(true, Ordering::Relaxed);
+    let last_batch = items.len() < BATCH;
     for item in items {
         let spooled: Spooled = match rmp_serde::from_slice(&item.data) {
             Ok(s) => s,
@@ -139,6 +140,10 @@ async fn drain_round(up: &Upstream, service: &Service) -> Round {
             }
             _ => return Round::Failed,
         }
+    }
+    // Drained: new uploads may go straight to the backend again at once.
+    if last_batch && matches!(up.store.spool_len(name).await, Ok(0)) {
+        service.spool_waiting.store(false, Ordering::Relaxed);
     }
     Round::Progress
 }
