@@ -112,7 +112,33 @@ async fn the_routing_table_is_kept(store: Arc<dyn Store>) {
     assert_eq!(store.routing_table().await.expect("read").as_deref(), Some("{\"b\":2}"));
 }
 
+async fn registered_nodes_show_until_their_lease_ends(store: Arc<dyn Store>) {
+    let node = |id: &str, expires_ms| duplex_shared::store::NodeInfo {
+        node_id: id.into(),
+        tiers: vec!["access".into()],
+        tcp: "10.0.0.1:7070".into(),
+        ws: "ws://10.0.0.1:7071/".into(),
+        region: None,
+        connections: 3,
+        max_connections: 100,
+        expires_ms,
+    };
+    store.register_node(&node("n1", 2_000)).await.expect("register");
+    store.register_node(&node("n2", 1_500)).await.expect("register");
+    let ids = |nodes: Vec<duplex_shared::store::NodeInfo>| nodes.into_iter().map(|n| n.node_id).collect::<Vec<_>>();
+    assert_eq!(ids(store.nodes(1_000).await.expect("nodes")), ["n1", "n2"]);
+    assert_eq!(
+        ids(store.nodes(1_600).await.expect("nodes")),
+        ["n1"],
+        "n2's lease ended"
+    );
+    store.register_node(&node("n2", 3_000)).await.expect("renew");
+    store.deregister_node("n1").await.expect("deregister");
+    assert_eq!(ids(store.nodes(1_700).await.expect("nodes")), ["n2"]);
+}
+
 duplex_shared::store_contract!(
+    registered_nodes_show_until_their_lease_ends,
     the_routing_table_is_kept,
     a_frame_is_claimed_once_and_its_outcome_is_kept,
     an_abandoned_claim_expires,

@@ -21,6 +21,8 @@ pub struct MemoryStore {
     pub(super) queues: DashMap<String, ClientQueue>,
     users: DashMap<String, (HashSet<String>, Instant)>,
     pub(super) upstream: super::memory_upstream::MemoryUpstream,
+    /// The node registry: node id -> its entry (JSON, as in Redis).
+    pub(super) nodes: DashMap<String, String>,
 }
 
 impl MemoryStore {

@@ -18,12 +18,14 @@ mod overview;
 mod redis_scripts;
 mod redis_store;
 mod redis_upstream;
+mod registry;
 mod upstream_state;
 
 pub use memory::MemoryStore;
 pub use messages::*;
 pub use overview::{Backlog, Overview, QueueOverview};
 pub use redis_store::RedisStore;
+pub use registry::{NodeInfo, Registry};
 pub use upstream_state::{FrameClaim, SpoolItem, UpstreamState};
 
 /// The outcome of writing a route: the new route (with its store-assigned
@@ -104,7 +106,7 @@ pub fn now_ms() -> u64 {
 pub const USER_CLIENTS_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[async_trait]
-pub trait Store: UpstreamState + QueueOverview + Send + Sync + 'static {
+pub trait Store: UpstreamState + QueueOverview + Registry + Send + Sync + 'static {
     /// Gives `client_id` a new connection epoch and writes its route lease to
     /// `node_id` (and records the client under its user); returns the new
     /// route and the live route it replaced.
