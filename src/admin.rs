@@ -3,8 +3,8 @@
 //! isolate and recover an endpoint). It binds only the admin address, never
 //! a client or backend port; changing calls need `admin.token` when one is set.
 //!
-//! Ready means: the store answers (within a second) and the node is not
-//! draining. A load balancer or Kubernetes stops sending new clients to a node
+//! Ready means: the store answers (within a second), the node's registry
+//! lease is fresh, and the node is not draining. A load balancer or Kubernetes stops sending new clients to a node
 //! that is not ready.
 
 use std::sync::Arc;
@@ -34,6 +34,9 @@ pub struct Admin {
     pub token: Option<String>,
     /// Cancelled when the node drains: readiness turns false at once.
     pub draining: CancellationToken,
+    /// When this node last renewed its registry entry.
+    pub registry: crate::registry::Freshness,
+    pub lease_ms: u64,
 }
 
 /// Serves until `stop` is cancelled.
@@ -78,7 +81,8 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
         Err(_) => Err("store did not answer within 1 s".to_owned()),
     };
     let draining = admin.draining.is_cancelled();
-    let ready = store.is_ok() && !draining;
+    let registered = admin.registry.fresh(admin.lease_ms);
+    let ready = store.is_ok() && !draining && registered;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -88,6 +92,7 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
         "ready": ready,
         "store": store.err().unwrap_or_else(|| "ok".to_owned()),
         "draining": draining,
+        "registry": if registered { "ok" } else { "this node's registry lease is not fresh" },
     });
     (status, Json(body))
 }

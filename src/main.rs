@@ -16,6 +16,7 @@ mod bench;
 mod cli;
 mod client_cli;
 mod node;
+mod registry;
 
 use cli::{Cli, Command};
 

@@ -119,8 +119,14 @@ async fn all_in_one(config: Config) -> ExitCode {
     };
     let admin_addr = admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let metrics = Arc::new(Metrics::new());
-    let tcp = listeners.tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let ws = listeners.ws.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let (tcp_addr, ws_addr) = match (listeners.tcp.local_addr(), listeners.ws.local_addr()) {
+        (Ok(t), Ok(w)) => (t, w),
+        _ => {
+            eprintln!("duplex: cannot read the bound listener addresses");
+            return ExitCode::from(71);
+        }
+    };
+    let (tcp, ws) = (tcp_addr.to_string(), ws_addr.to_string());
     if config.auth.secret.as_deref() == Some(DEV_SECRET) {
         warn!("using the built-in development secret; set auth.secret before exposing this node");
     }
@@ -160,6 +166,12 @@ async fn all_in_one(config: Config) -> ExitCode {
     }
     let shutdown = CancellationToken::new();
     let store_kind = if config.redis_url.is_some() { "redis" } else { "memory" };
+    // Registered before the addresses are printed: a node is ready once it is listed.
+    let fresh = crate::registry::Freshness::default();
+    let mut entry = crate::registry::entry(&config, &node_id, tcp_addr, ws_addr);
+    if let Err(e) = crate::registry::register(&*store, &mut entry, config.registry.lease_ms, &fresh).await {
+        warn!(error = %e, "cannot write this node's registry entry yet; retrying in the background");
+    }
     // Whoever started us may have stopped reading stdout; that must not end the node.
     let _ = writeln!(
         std::io::stdout(),
@@ -172,6 +184,14 @@ async fn all_in_one(config: Config) -> ExitCode {
         metrics.clone(),
         shutdown.clone(),
     ));
+    let registry = tokio::spawn(crate::registry::heartbeat(
+        store.clone(),
+        metrics.clone(),
+        entry,
+        config.registry.lease_ms,
+        fresh.clone(),
+        shutdown.clone(),
+    ));
     let admin_state = crate::admin::Admin {
         node_id: node_id.clone(),
         store_kind,
@@ -181,6 +201,8 @@ async fn all_in_one(config: Config) -> ExitCode {
         store,
         upstream: upstream.clone(),
         token: config.admin.token.clone(),
+        registry: fresh,
+        lease_ms: config.registry.lease_ms,
         draining: shutdown.clone(),
     };
     let upstream = tokio::spawn(upstream.serve(UpstreamListeners::default(), shutdown.clone()));
@@ -190,7 +212,7 @@ async fn all_in_one(config: Config) -> ExitCode {
     wait_for_signal().await;
     info!("shutting down");
     shutdown.cancel();
-    let (a, u, d) = tokio::join!(access, upstream, downstream);
+    let (a, u, d, _) = tokio::join!(access, upstream, downstream, registry);
     admin_stop.cancel();
     let _ = admin.await;
     if a.is_err() || u.is_err() || d.is_err() {

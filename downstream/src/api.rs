@@ -21,6 +21,7 @@ use crate::{now_ms, Shared};
 pub fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.config.max_body_bytes as usize;
     Router::new()
+        .route("/v1/nodes", get(nodes))
         .route("/v1/push", post(push))
         .route("/v1/push/batch", post(push_batch))
         .route("/v1/messages/{id}", get(message_status))
@@ -85,6 +86,30 @@ async fn push_inner(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Resul
     );
     let response = shared.push(valid).instrument(span).await?;
     Ok((StatusCode::ACCEPTED, Json(response)).into_response())
+}
+
+/// Public dispatch for clients: the access nodes to connect to, weighted by
+/// free capacity. No key: apps call it before they connect.
+async fn nodes(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    let nodes: Vec<serde_json::Value> = shared
+        .store
+        .nodes(now_ms())
+        .await?
+        .into_iter()
+        .filter(|n| n.tiers.iter().any(|t| t == "access"))
+        .map(|n| {
+            let free = n.max_connections.saturating_sub(n.connections);
+            let weight = (free * 100).checked_div(n.max_connections).unwrap_or(0).max(1);
+            serde_json::json!({
+                "node_id": n.node_id,
+                "tcp": n.tcp,
+                "ws": n.ws,
+                "region": n.region,
+                "weight": weight,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "nodes": nodes })).into_response())
 }
 
 /// The caller's `traceparent`, when it is a valid one.

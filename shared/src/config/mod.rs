@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::{Limits, MAX_NESTING_LIMIT};
 
+mod registry;
 mod upstream;
 
+pub use registry::RegistryConfig;
 pub use upstream::{EndpointConfig, ServiceConfig, UpstreamConfig};
 
 /// HS256 secret used when none is configured. Accepted only while every
@@ -48,6 +50,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub downstream: DownstreamConfig,
     pub admin: AdminConfig,
+    pub registry: RegistryConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
 }
@@ -62,6 +65,7 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             downstream: DownstreamConfig::default(),
             admin: AdminConfig::default(),
+            registry: RegistryConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
         }
@@ -93,6 +97,7 @@ impl Config {
         self.auth.resolve(loopback_only)?;
         self.downstream.resolve(loopback_only, self.access.max_frame_bytes)?;
         self.upstream.validate()?;
+        self.registry.validate()?;
         match &self.admin.token {
             Some(t) if t.len() < 16 => return Err(invalid("admin.token", "at least 16 bytes")),
             None if !self.admin.listen.ip().is_loopback() => {

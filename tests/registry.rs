@@ -1,0 +1,87 @@
+//! The node registry with real processes on one Redis: `GET /v1/nodes` lists
+//! the access nodes, a drained node leaves at once, a node that dies leaves
+//! within its lease, and readiness follows the lease.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::*;
+use duplex_shared::testing::TestRedis;
+use serde_json::Value;
+
+async fn listed(http: &reqwest::Client, push: std::net::SocketAddr) -> Vec<String> {
+    let v: Value = http
+        .get(format!("http://{push}/v1/nodes"))
+        .send()
+        .await
+        .expect("nodes")
+        .json()
+        .await
+        .expect("json");
+    v["nodes"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|n| n["node_id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+async fn until_listed(http: &reqwest::Client, push: std::net::SocketAddr, want: &[&str]) {
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        got = listed(http, push).await;
+        if got == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("/v1/nodes stayed {got:?}, wanted {want:?}");
+}
+
+#[tokio::test]
+async fn nodes_are_listed_while_alive_and_leave_on_drain_or_death() {
+    let redis = TestRedis::start().expect("redis-server");
+    let env = [
+        ("DUPLEX_REGISTRY__LEASE_MS", "900"),
+        ("DUPLEX_REGISTRY__REGION", "eu-1"),
+    ];
+    let a = start_with_env(&["--redis", &redis.url(), "--node-id", "node-a"], &env);
+    let mut b = start_with_env(&["--redis", &redis.url(), "--node-id", "node-b"], &env);
+    let mut c = start_with_env(&["--redis", &redis.url(), "--node-id", "node-c"], &env);
+    let http = reqwest::Client::new();
+    until_listed(&http, a.push, &["node-a", "node-b", "node-c"]).await;
+    let v: Value = http
+        .get(format!("http://{}/v1/nodes", a.push))
+        .send()
+        .await
+        .expect("nodes")
+        .json()
+        .await
+        .expect("json");
+    let first = &v["nodes"][0];
+    assert_eq!(first["tcp"], a.tcp.to_string(), "{v}");
+    assert_eq!(first["ws"], format!("ws://{}/", a.ws));
+    assert_eq!(
+        (first["region"].clone(), first["weight"].clone()),
+        ("eu-1".into(), 100.into())
+    );
+
+    // Drained: gone at once, not after the lease.
+    let status = terminate(&mut b).await;
+    assert!(status.success());
+    assert_eq!(listed(&http, a.push).await, ["node-a", "node-c"]);
+
+    // Killed: it stops renewing and drops out within its lease.
+    c.child.kill().expect("kill");
+    let _ = c.child.wait();
+    until_listed(&http, a.push, &["node-a"]).await;
+    let ready = http
+        .get(format!("http://{}/readyz", a.admin))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.expect("json");
+    assert_eq!(body["registry"], "ok", "{body}");
+}
