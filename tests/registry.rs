@@ -85,3 +85,50 @@ async fn nodes_are_listed_while_alive_and_leave_on_drain_or_death() {
     let body: Value = ready.json().await.expect("json");
     assert_eq!(body["registry"], "ok", "{body}");
 }
+
+#[tokio::test]
+async fn the_sdk_finds_nodes_through_the_dispatcher_and_falls_back_when_one_drains() {
+    use duplex_client::{Client, ClientOptions};
+    let redis = TestRedis::start().expect("redis-server");
+    let env = [("DUPLEX_ACCESS__GOAWAY_WINDOW_MS", "300")];
+    let a = start_with_env(&["--redis", &redis.url(), "--node-id", "node-a"], &env);
+    let b = start_with_env(&["--redis", &redis.url(), "--node-id", "node-b"], &env);
+    let http = reqwest::Client::new();
+    until_listed(&http, a.push, &["node-a", "node-b"]).await;
+    let token = mint("dan");
+    let mut options = ClientOptions::new(Vec::new(), "dan-phone", std::sync::Arc::new(move || token.clone()));
+    options.dispatchers = vec![
+        format!("http://{}/v1/nodes", a.push),
+        format!("http://{}/v1/nodes", b.push),
+    ];
+    options.backoff_min = Duration::from_millis(20);
+    options.backoff_max = Duration::from_millis(100);
+    let mut client = Client::start(options);
+    let first = connected_node(&mut client).await;
+    let (mut gone, survivor) = if first == "node-a" {
+        (a, "node-b")
+    } else {
+        (b, "node-a")
+    };
+    assert!(terminate(&mut gone).await.success());
+    assert_eq!(
+        connected_node(&mut client).await,
+        survivor,
+        "the client moved to the node the dispatcher still lists"
+    );
+}
+
+async fn connected_node(client: &mut duplex_client::Client) -> String {
+    use duplex_client::Event;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("client running")
+        {
+            Event::Connected { node_id, .. } => return node_id,
+            Event::Disconnected { .. } => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 mod acks;
 mod calls;
+pub mod dispatch;
 mod endpoints;
 pub mod reconnecting;
 

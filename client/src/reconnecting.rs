@@ -50,6 +50,11 @@ pub type TokenProvider = Arc<dyn Fn() -> String + Send + Sync>;
 #[derive(Clone)]
 pub struct ClientOptions {
     pub endpoints: Vec<Endpoint>,
+    /// Dispatcher URLs (`http://<push API>/v1/nodes` of any nodes), tried in order. When
+    /// set, the endpoints come from the first that answers (weighted by the nodes' free
+    /// capacity), fetched again after every failed or ended connection; `endpoints` is
+    /// the fallback while no dispatcher answers.
+    pub dispatchers: Vec<String>,
     pub client_id: String,
     pub token: TokenProvider,
     /// Highest seq the application already processed (persist it across app restarts).
@@ -69,6 +74,7 @@ impl ClientOptions {
     pub fn new(endpoints: Vec<Endpoint>, client_id: impl Into<String>, token: TokenProvider) -> Self {
         ClientOptions {
             endpoints,
+            dispatchers: Vec::new(),
             client_id: client_id.into(),
             token,
             last_seq: 0,
@@ -226,11 +232,44 @@ async fn drive(
     let mut acks = Acks::new(options.last_seq, options.auto_ack);
     let (mut min, mut max) = (options.backoff_min, options.backoff_max);
     let mut attempt: u32 = 0;
-    let mut chooser = Chooser::new(options.endpoints.len(), FAILED_ENDPOINT_MEMORY);
+    let mut endpoints = options.endpoints.clone();
+    let mut chooser = Chooser::new(endpoints.len(), FAILED_ENDPOINT_MEMORY);
     let mut fresh_token_tried = false;
+    let mut refresh = !options.dispatchers.is_empty();
     loop {
-        let index = chooser.pick();
-        let endpoint = &options.endpoints[index.min(options.endpoints.len().saturating_sub(1))];
+        if refresh {
+            if let Ok(nodes) = crate::dispatch::fetch_nodes(&options.dispatchers).await {
+                let failures: Vec<(Endpoint, Instant)> = (0..endpoints.len())
+                    .filter_map(|i| Some((endpoints[i].clone(), chooser.failed_at(i)?)))
+                    .collect();
+                endpoints = nodes.iter().map(|(e, _)| e.clone()).collect();
+                chooser = Chooser::weighted(nodes.iter().map(|(_, w)| *w).collect(), FAILED_ENDPOINT_MEMORY);
+                for (endpoint, at) in failures {
+                    if let Some(i) = endpoints.iter().position(|e| *e == endpoint) {
+                        chooser.failed_since(i, at);
+                    }
+                }
+            }
+        }
+        refresh = !options.dispatchers.is_empty();
+        let Some(endpoint) = ({
+            let index = chooser.pick();
+            endpoints.get(index).cloned().map(|e| (index, e))
+        }) else {
+            if events
+                .send(Event::Disconnected {
+                    reason: "no endpoint known (no dispatcher answered)".into(),
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            sleep(backoff_delay(attempt, min, max, rand_unit())).await;
+            attempt = attempt.saturating_add(1);
+            continue;
+        };
+        let (index, endpoint) = (endpoint.0, &endpoint.1);
         let started = Instant::now();
         let ended = match connect(endpoint).await {
             Ok(mut conn) => match conn.handshake(&(options.token)(), &options.client_id, acks.acked).await {
@@ -320,6 +359,11 @@ async fn drive(
             _ = wake.notified() => {}
         }
     }
+}
+
+/// A number in `0..n` (`n > 0`), for spreading choices.
+pub(crate) fn rand_below(n: u32) -> u32 {
+    ((rand_unit() * f64::from(n)) as u32).min(n.saturating_sub(1))
 }
 
 fn rand_unit() -> f64 {

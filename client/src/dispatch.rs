@@ -1,0 +1,50 @@
+//! Client dispatch: the access nodes to connect to, from a dispatcher URL
+//! (`GET /v1/nodes` of any node's push API), each with a weight from its
+//! free capacity. Dispatchers are tried in order; the first that answers wins.
+
+use std::time::Duration;
+
+use crate::reconnecting::Endpoint;
+
+/// Endpoints and their weights (1..=100) from the first dispatcher that answers.
+pub async fn fetch_nodes(dispatchers: &[String]) -> Result<Vec<(Endpoint, u32)>, String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut last = "no dispatcher configured".to_owned();
+    for url in dispatchers {
+        match fetch_one(&http, url).await {
+            Ok(nodes) if !nodes.is_empty() => return Ok(nodes),
+            Ok(_) => last = format!("{url}: no access node listed"),
+            Err(e) => last = format!("{url}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+async fn fetch_one(http: &reqwest::Client, url: &str) -> Result<Vec<(Endpoint, u32)>, String> {
+    let body: serde_json::Value = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .error_for_status()
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let nodes = body["nodes"].as_array().ok_or("no `nodes` list in the answer")?;
+    Ok(nodes
+        .iter()
+        .filter_map(|n| {
+            // TCP when the address is numeric; the WebSocket URL otherwise (it takes host names).
+            let endpoint = match n["tcp"].as_str().and_then(|t| t.parse().ok()) {
+                Some(addr) => Endpoint::Tcp(addr),
+                None => Endpoint::Ws(n["ws"].as_str()?.to_owned()),
+            };
+            let weight = n["weight"].as_u64().unwrap_or(1).clamp(1, 100) as u32;
+            Some((endpoint, weight))
+        })
+        .collect())
+}
