@@ -1,6 +1,8 @@
 //! `duplex client`: connects like an app, prints pushes as JSON lines on
 //! stdout (connection events go to stderr), and exits non-zero with a readable
-//! message when the first connection is refused (e.g. a bad token).
+//! message when the first connection is refused (e.g. a bad token). With
+//! `--request` or `--upload` it sends that one call instead, prints the answer
+//! and exits.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use base64::Engine;
 use clap::Args;
 use duplex_client::{Client, ClientOptions, Endpoint, Event};
+use duplex_shared::protocol::{Frame, Request, Upload};
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -24,6 +27,106 @@ pub struct ClientArgs {
     /// Resume after this seq.
     #[arg(long, default_value_t = 0)]
     pub last_seq: u64,
+    /// Send one request to this backend service, print the reply as a JSON line, and exit
+    /// (0 for a 2xx reply, 1 otherwise).
+    #[arg(long, value_name = "SERVICE", conflicts_with = "upload")]
+    pub request: Option<String>,
+    /// Send one upload to this backend service, print the ack as a JSON line, and exit
+    /// (0 when accepted or spooled, 1 otherwise).
+    #[arg(long, value_name = "SERVICE")]
+    pub upload: Option<String>,
+    /// Path of the request or upload.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// Method of the request.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Body of the request or upload.
+    #[arg(long, default_value = "")]
+    pub body: String,
+    /// Header `name=value` of the request or upload (repeatable).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
+    /// Longest wait for the answer, ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+}
+
+/// The one call `duplex client` was asked to make, if any.
+fn call_of(args: &ClientArgs) -> Result<Option<Frame>, String> {
+    let mut headers = duplex_shared::protocol::Headers::new();
+    for h in &args.headers {
+        let (k, v) = h
+            .split_once('=')
+            .ok_or_else(|| format!("header {h:?}: use NAME=VALUE"))?;
+        headers.insert(k.trim().to_ascii_lowercase(), v.to_owned());
+    }
+    let body = args.body.clone().into_bytes().into();
+    Ok(match (&args.request, &args.upload) {
+        (Some(service), _) => Some(Frame::Request(Request {
+            id: 0,
+            service: service.clone(),
+            method: args.method.to_ascii_uppercase(),
+            path: args.path.clone(),
+            headers,
+            body,
+            timeout_ms: 0,
+        })),
+        (None, Some(service)) => Some(Frame::Upload(Upload {
+            id: 0,
+            service: service.clone(),
+            path: args.path.clone(),
+            headers,
+            body,
+        })),
+        (None, None) => None,
+    })
+}
+
+/// Makes `call` once connected and prints its answer; the exit code says how it went.
+#[allow(clippy::print_stdout)]
+async fn one_call(client: &Client, call: Frame, timeout: std::time::Duration) -> ExitCode {
+    let answer = match call {
+        Frame::Request(r) => tokio::time::timeout(timeout, client.request(r)).await.map(|r| {
+            r.map(|reply| {
+                let body = serde_json::from_slice::<serde_json::Value>(&reply.body)
+                    .unwrap_or_else(|_| serde_json::json!({ "text": String::from_utf8_lossy(&reply.body) }));
+                let ok = (200..300).contains(&reply.status);
+                (
+                    serde_json::json!({"id": reply.id, "status": reply.status, "headers": reply.headers, "body": body}),
+                    ok,
+                )
+            })
+        }),
+        Frame::Upload(u) => tokio::time::timeout(timeout, client.upload(u)).await.map(|r| {
+            r.map(|ack| {
+                let ok = (200..300).contains(&ack.status);
+                (
+                    serde_json::json!({"id": ack.id, "status": ack.status, "spooled": ack.spooled}),
+                    ok,
+                )
+            })
+        }),
+        _ => return ExitCode::from(70),
+    };
+    match answer {
+        Ok(Ok((line, ok))) => {
+            println!("{line}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Ok(Err(e)) => {
+            eprintln!("duplex client: {e}");
+            ExitCode::from(65)
+        }
+        Err(_) => {
+            eprintln!("duplex client: no answer within {} ms", timeout.as_millis());
+            ExitCode::from(75)
+        }
+    }
 }
 
 #[allow(clippy::print_stdout)]
@@ -43,6 +146,14 @@ pub fn run(args: ClientArgs) -> ExitCode {
             return ExitCode::from(71);
         }
     };
+    let call = match call_of(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("duplex client: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let timeout = std::time::Duration::from_millis(args.timeout_ms);
     let token = args.token.clone();
     let mut options = ClientOptions::new(endpoints, args.client_id, Arc::new(move || token.clone()));
     options.last_seq = args.last_seq;
@@ -54,6 +165,9 @@ pub fn run(args: ClientArgs) -> ExitCode {
                 Event::Connected { node_id, session_id } => {
                     connected_once = true;
                     eprintln!("connected to {node_id} (session {session_id})");
+                    if let Some(call) = call.clone() {
+                        return one_call(&client, call, timeout).await;
+                    }
                 }
                 Event::Disconnected { reason } if !connected_once => {
                     eprintln!("duplex client: cannot connect: {reason}");

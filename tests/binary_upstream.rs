@@ -72,6 +72,36 @@ async fn requests_reach_the_configured_backend_and_the_admin_api_isolates_it() {
     assert_eq!((r.id, r.status), (1, 200));
     assert_eq!(backend.hits()[0].target, "/api/orders/1");
 
+    // The CLI sends one request or upload and prints the answer.
+    // Async: the backend runs on this test's runtime and must keep answering.
+    let cli = |extra: &[&str]| {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args([
+            "client",
+            "--url",
+            &format!("tcp://{}", run.tcp),
+            "--token",
+            &mint("cli-user"),
+        ])
+        .args(extra);
+        async move {
+            let out = cmd.output().await.expect("duplex client");
+            let line: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+            (out.status.code(), line)
+        }
+    };
+    let (code, reply) = cli(&["--request", "orders", "--path", "/orders/9?x=1"]).await;
+    assert_eq!((code, reply["status"].clone()), (Some(0), 200.into()), "{reply}");
+    assert_eq!(reply["body"]["path"], "/api/orders/9?x=1");
+    let (code, ack) = cli(&["--upload", "orders", "--path", "/orders/new", "--body", "{\"a\":1}"]).await;
+    assert_eq!(
+        (code, ack["status"].clone(), ack["spooled"].clone()),
+        (Some(0), 200.into(), false.into()),
+        "{ack}"
+    );
+    assert_eq!(backend.hits().last().expect("hit").body.as_ref(), b"{\"a\":1}");
+    assert_eq!(backend.count(), 3);
     let unauthorized = http
         .post(format!("{admin}/admin/v1/pools/orders/endpoints/0/isolate"))
         .send()
@@ -99,7 +129,7 @@ async fn requests_reach_the_configured_backend_and_the_admin_api_isolates_it() {
     // The only endpoint is isolated: the request fails fast with a 503 reply, nothing reaches it.
     let r = ask(&mut conn, 2).await;
     assert_eq!((r.status, r.headers["x-duplex-error"].as_str()), (503, "unavailable"));
-    assert_eq!(backend.count(), 1);
+    assert_eq!(backend.count(), 3);
     let metrics = http
         .get(format!("{admin}/metrics"))
         .send()
@@ -112,7 +142,7 @@ async fn requests_reach_the_configured_backend_and_the_admin_api_isolates_it() {
         metrics.contains("duplex_backend_unavailable_total{service=\"orders\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("duplex_backend_call_seconds_count{service=\"orders\"} 1"));
+    assert!(metrics.contains("duplex_backend_call_seconds_count{service=\"orders\"} 3"));
     let down = format!(
         "duplex_backend_endpoint_up{{service=\"orders\",endpoint=\"{}/api\"}} 0",
         backend.url()
@@ -143,7 +173,7 @@ async fn requests_reach_the_configured_backend_and_the_admin_api_isolates_it() {
         .expect("admin");
     assert_eq!(recover.status(), 200);
     assert_eq!(ask(&mut conn, 3).await.status, 200);
-    assert_eq!(backend.count(), 2);
+    assert_eq!(backend.count(), 4);
 
     // Nodes, client lookup and kick, all behind the admin token.
     let get = |path: &str| http.get(format!("{admin}{path}")).bearer_auth(ADMIN_TOKEN).send();
