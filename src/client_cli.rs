@@ -162,6 +162,7 @@ pub fn run(args: ClientArgs) -> ExitCode {
         let mut connected_once = false;
         while let Some(event) = client.next().await {
             match event {
+                Event::Connecting { endpoint } => eprintln!("connecting to {endpoint}"),
                 Event::Connected { node_id, session_id } => {
                     connected_once = true;
                     eprintln!("connected to {node_id} (session {session_id})");

@@ -127,7 +127,7 @@ async fn connected_node(client: &mut duplex_client::Client) -> String {
             .expect("client running")
         {
             Event::Connected { node_id, .. } => return node_id,
-            Event::Disconnected { .. } => continue,
+            Event::Connecting { .. } | Event::Disconnected { .. } => continue,
             other => panic!("unexpected {other:?}"),
         }
     }

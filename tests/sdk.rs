@@ -10,11 +10,17 @@ use duplex_client::{Client, ClientOptions, Endpoint, Event};
 use duplex_shared::auth::{dev_claims, mint_hs256};
 use serde_json::json;
 
+/// The next event other than `Connecting` (attempts are not what these tests look at).
 async fn next_event(client: &mut Client) -> Event {
-    tokio::time::timeout(Duration::from_secs(10), client.next())
-        .await
-        .expect("an event within 10 s")
-        .expect("client running")
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("client running");
+        if !matches!(event, Event::Connecting { .. }) {
+            return event;
+        }
+    }
 }
 
 async fn next_push_seq(client: &mut Client) -> u64 {
@@ -124,6 +130,7 @@ async fn node_with_backend(kind: StoreKind, backend: &common::backend::Backend) 
                 url: backend.url(),
                 weight: 1,
             }],
+            try_timeout_ms: 8_000,
             ..Default::default()
         },
     );
@@ -248,9 +255,54 @@ async fn an_expired_token_is_replaced_at_once_from_the_provider() {
         Event::Disconnected { reason } => assert!(reason.contains("token_expired"), "{reason}"),
         other => panic!("expected the expired token to be refused, got {other:?}"),
     }
-    let connected = tokio::time::timeout(Duration::from_secs(2), client.next())
+    let connected = tokio::time::timeout(Duration::from_secs(2), next_event(&mut client))
         .await
+        .map(Some)
         .expect("reconnected at once with a fresh token");
     assert!(matches!(connected, Some(Event::Connected { .. })), "{connected:?}");
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_upload_made_during_an_outage_is_delivered_once_after_reconnect_and_calls_time_out() {
+    use common::backend::{Backend, Mode};
+    use duplex_client::CallError;
+    use duplex_shared::protocol::{Request, Upload};
+    for kind in [StoreKind::Memory, StoreKind::Redis] {
+        let backend = Backend::start().await;
+        let node = node_with_backend(kind, &backend).await;
+        let token = Arc::new(|| mint_hs256(SECRET, &dev_claims("lou", 3600)).expect("mint"));
+        let mut options = ClientOptions::new(vec![Endpoint::Tcp(node.tcp)], "lou-phone", token);
+        // The server advises reconnecting within 1 s; calls wait up to 3 s.
+        options.call_timeout = Duration::from_secs(3);
+        let mut client = Client::start(options);
+        assert!(matches!(next_event(&mut client).await, Event::Connected { .. }));
+        assert_eq!(node.delete("/v1/clients/lou-phone").await.0, 200);
+        assert!(matches!(next_event(&mut client).await, Event::Disconnected { .. }));
+        // Offline now (backing off): the upload waits for the next connection.
+        let upload = Upload {
+            id: 0,
+            service: "svc".into(),
+            path: "/events".into(),
+            headers: Default::default(),
+            body: "offline".into(),
+        };
+        let ack = client.upload(upload).await.expect("acked after the reconnect");
+        assert_eq!(ack.status, 200);
+        assert_eq!(backend.count(), 1, "{kind:?}");
+        assert_eq!(backend.hits()[0].body.as_ref(), b"offline");
+
+        // A reply later than the call timeout ends the call with a timeout error.
+        backend.set(Mode::Slow(Duration::from_secs(5)));
+        let request = Request {
+            id: 0,
+            service: "svc".into(),
+            method: "GET".into(),
+            path: "/slow".into(),
+            headers: Default::default(),
+            body: Default::default(),
+            timeout_ms: 0,
+        };
+        assert_eq!(client.request(request).await, Err(CallError::Timeout));
+    }
 }

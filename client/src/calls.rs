@@ -16,6 +16,11 @@ pub enum CallError {
     /// The server refused it; `retry` says whether sending it again later may succeed.
     #[error("refused ({code}): {message}")]
     Refused { code: String, message: String, retry: bool },
+    /// No answer within the call timeout (`ClientOptions::call_timeout`); an upload
+    /// may still have reached the backend, and resending it with a new call is safe
+    /// only if the backend deduplicates by content.
+    #[error("no answer in time")]
+    Timeout,
     /// The client stopped (dropped, or replaced by another instance).
     #[error("the client stopped")]
     Stopped,

@@ -31,6 +31,15 @@ pub enum Endpoint {
     Ws(String),
 }
 
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(addr) => write!(f, "tcp://{addr}"),
+            Endpoint::Ws(url) => f.write_str(url),
+        }
+    }
+}
+
 impl Endpoint {
     /// Parses `tcp://host:port` or `ws://host:port/`.
     pub fn parse(s: &str) -> Result<Self, String> {
@@ -68,6 +77,8 @@ pub struct ClientOptions {
     pub backoff_max: Duration,
     /// A connection that lasted this long resets the backoff.
     pub stable_after: Duration,
+    /// Longest wait for an upload's ack or a request's reply, across reconnects. Default 60 s.
+    pub call_timeout: Duration,
 }
 
 impl ClientOptions {
@@ -82,6 +93,7 @@ impl ClientOptions {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             stable_after: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -89,6 +101,10 @@ impl ClientOptions {
 /// What the application sees.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// An attempt to connect to this endpoint starts.
+    Connecting {
+        endpoint: String,
+    },
     Connected {
         node_id: String,
         session_id: String,
@@ -119,6 +135,7 @@ pub struct Client {
     wake: Arc<Notify>,
     commands: mpsc::Sender<Command>,
     next_id: AtomicU64,
+    call_timeout: Duration,
 }
 
 /// What the application asks of the connection task.
@@ -135,6 +152,7 @@ impl Client {
         let (tx, events) = mpsc::channel(256);
         let (commands, commands_rx) = mpsc::channel(CALL_QUEUE);
         let wake = Arc::new(Notify::new());
+        let call_timeout = options.call_timeout;
         let task = tokio::spawn(drive(options, tx, commands_rx, wake.clone()));
         // Ids stay unique across app restarts (the server deduplicates by client and id).
         let first_id = duplex_shared::store::now_ms().saturating_mul(1000);
@@ -144,6 +162,7 @@ impl Client {
             wake,
             commands,
             next_id: AtomicU64::new(first_id),
+            call_timeout,
         }
     }
 
@@ -153,7 +172,11 @@ impl Client {
             .send(Command::Call(Outgoing { frame, answer }))
             .await
             .map_err(|_| CallError::Stopped)?;
-        answered.await.map_err(|_| CallError::Stopped)?
+        // Giving up drops the receiver: the connection task then forgets the call.
+        match tokio::time::timeout(self.call_timeout, answered).await {
+            Ok(answer) => answer.map_err(|_| CallError::Stopped)?,
+            Err(_) => Err(CallError::Timeout),
+        }
     }
 
     /// With `auto_ack` off: the application processed every push up to `seq`.
@@ -270,6 +293,12 @@ async fn drive(
             continue;
         };
         let (index, endpoint) = (endpoint.0, &endpoint.1);
+        let attempt_event = Event::Connecting {
+            endpoint: endpoint.to_string(),
+        };
+        if events.send(attempt_event).await.is_err() {
+            return;
+        }
         let started = Instant::now();
         let ended = match connect(endpoint).await {
             Ok(mut conn) => match conn.handshake(&(options.token)(), &options.client_id, acks.acked).await {

@@ -116,9 +116,12 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
     std::process::Command::new("kill").args(["-TERM", &pid]).status()?;
     let started = Instant::now();
     let limit = Duration::from_millis(args.window_ms) + Duration::from_secs(60);
+    let (mut before, mut peak) = (0u64, 0u64);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let n = moved.load(Ordering::Relaxed);
+        peak = peak.max(n - before);
+        before = n;
         let h = back_at.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
         println!(
             "t={:>4.1}s  back on node B {n:>6}/{}  since drain: p50 {:.2} s  p99 {:.2} s  max {:.2} s",
@@ -135,7 +138,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
     let n = moved.load(Ordering::Relaxed);
     let away = away.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     println!(
-        "moved {n}/{} clients; time away (go_away -> connected to B): p50 {:.3} s, p99 {:.3} s, max {:.3} s",
+        "moved {n}/{} clients; peak reconnect rate {peak}/s; time away (go_away -> connected to B): p50 {:.3} s, p99 {:.3} s, max {:.3} s",
         args.clients,
         away.value_at_quantile(0.5) as f64 / 1e6,
         away.value_at_quantile(0.99) as f64 / 1e6,
