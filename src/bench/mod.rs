@@ -35,6 +35,31 @@ pub enum BenchCommand {
     ConnectWorker(worker::WorkerArgs),
 }
 
+/// Prints `label done / total` on stderr every second until dropped.
+pub(crate) struct Progress(tokio::task::JoinHandle<()>);
+
+impl Progress {
+    pub fn start(label: &'static str, done: std::sync::Arc<std::sync::atomic::AtomicU64>, total: u64) -> Self {
+        Progress(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let n = done.load(std::sync::atomic::Ordering::Relaxed).min(total);
+                eprintln!(
+                    "  t={:>5.1}s  {label} {n:>8} / {total}",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }))
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub fn run(cmd: BenchCommand) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -117,6 +117,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
     let errors = Arc::new(AtomicU64::new(0));
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let base_cpu = cpu_seconds(pid).unwrap_or(0.0);
+    let _progress = super::Progress::start("delivered", received.clone(), args.messages as u64);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..calls {

@@ -165,6 +165,7 @@ async fn direct(args: &RequestArgs, port: u16, requests: usize, backend_pid: u32
     let url = format!("http://127.0.0.1:{port}/bench");
     let (hist, errors, next) = (new_hist()?, Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let cpu0 = cpu_seconds(backend_pid).unwrap_or(0.0);
+    let _progress = super::Progress::start("direct calls", next.clone(), requests as u64);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..args.clients {
@@ -213,6 +214,7 @@ async fn through_duplex(args: &RequestArgs, tcp_port: u16, requests: usize, pids
     }
     let (hist, errors, next) = (new_hist()?, Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let cpu0 = cpu_seconds(pids.0).unwrap_or(0.0) + cpu_seconds(pids.1).unwrap_or(0.0);
+    let _progress = super::Progress::start("requests through duplex", next.clone(), requests as u64);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for mut conn in conns {
