@@ -293,7 +293,11 @@ async fn the_cli_client_prints_a_push_sent_with_http_and_refuses_bad_tokens() {
     // The client reports its connection on stderr; wait for it before pushing.
     let stderr = cli.stderr.take().expect("stderr");
     let mut err_lines = BufReader::new(stderr).lines();
-    let first = err_lines.next().expect("a line").expect("utf8");
+    let first = err_lines
+        .by_ref()
+        .map(|l| l.expect("utf8"))
+        .find(|l| !l.starts_with("connecting to"))
+        .expect("a line");
     assert!(first.starts_with("connected to"), "{first}");
     std::thread::spawn(move || err_lines.for_each(drop));
     let resp = reqwest::Client::new()
