@@ -135,23 +135,57 @@ async fn dashboard() -> impl IntoResponse {
 }
 
 /// The nodes of the deployment: this one (the registry of many is the scale-out work).
+/// Every node in the registry (live leases) with its load; this node adds
+/// its uptime, transports and drain state.
 async fn nodes(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
     if let Some(r) = refused(&admin, &headers) {
         return r;
     }
-    let gauge = |name, transport| admin.metrics.counter(name, &[("transport", transport)]).get();
-    let node = serde_json::json!({
-        "node_id": admin.node_id,
-        "tiers": ["access", "upstream", "downstream"],
-        "store": admin.store_kind,
-        "uptime_s": admin.started.elapsed().as_secs(),
-        "connections": {
-            "tcp": gauge("duplex_connections", "tcp"),
-            "ws": gauge("duplex_connections", "ws"),
-        },
-        "draining": admin.draining.is_cancelled(),
+    let registered = match admin.store.nodes(duplex_shared::store::now_ms()).await {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+    };
+    let gauge = |transport| {
+        admin
+            .metrics
+            .counter("duplex_connections", &[("transport", transport)])
+            .get()
+    };
+    let mut nodes: Vec<serde_json::Value> = registered
+        .into_iter()
+        .map(|n| {
+            let mut v = serde_json::json!({
+                "node_id": n.node_id,
+                "tiers": n.tiers,
+                "tcp": n.tcp,
+                "ws": n.ws,
+                "region": n.region,
+                "connections": {"total": n.connections},
+                "max_connections": n.max_connections,
+                "lease_expires_at": n.expires_ms,
+            });
+            if v["node_id"] == admin.node_id.as_str() {
+                v["this_node"] = true.into();
+            }
+            v
+        })
+        .collect();
+    // This node, with what only it knows (also while its lease is not written).
+    let here = nodes.iter().position(|n| n["node_id"] == admin.node_id.as_str());
+    let index = here.unwrap_or_else(|| {
+        nodes.push(serde_json::json!({"node_id": admin.node_id, "tiers": ["access", "upstream", "downstream"], "this_node": true}));
+        nodes.len() - 1
     });
-    Json(serde_json::json!({ "nodes": [node] })).into_response()
+    let this = &mut nodes[index];
+    this["store"] = admin.store_kind.into();
+    this["uptime_s"] = admin.started.elapsed().as_secs().into();
+    this["connections"] = serde_json::json!({
+        "total": gauge("tcp") + gauge("ws"),
+        "tcp": gauge("tcp"),
+        "ws": gauge("ws"),
+    });
+    this["draining"] = admin.draining.is_cancelled().into();
+    Json(serde_json::json!({ "nodes": nodes })).into_response()
 }
 
 /// Queues looked at per overview: the answer is a sample beyond this many clients.

@@ -67,6 +67,25 @@ async fn nodes_are_listed_while_alive_and_leave_on_drain_or_death() {
         ("eu-1".into(), 100.into())
     );
 
+    // The admin API lists every node of the deployment, this one with its own stats.
+    let admin: Value = http
+        .get(format!("http://{}/admin/v1/nodes", a.admin))
+        .send()
+        .await
+        .expect("admin nodes")
+        .json()
+        .await
+        .expect("json");
+    let ids: Vec<&str> = admin["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["node_id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["node-a", "node-b", "node-c"], "{admin}");
+    assert_eq!(admin["nodes"][0]["this_node"], true);
+    assert_eq!(admin["nodes"][0]["store"], "redis");
+
     // Drained: gone at once, not after the lease.
     let status = terminate(&mut b).await;
     assert!(status.success());
