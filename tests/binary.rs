@@ -247,6 +247,17 @@ async fn metrics_move_with_traffic_and_readiness_follows_redis() {
     assert_eq!(metric(&text, "duplex_pushes_delivered_total"), 1);
     assert_eq!(metric(&text, "duplex_messages_acked_total"), 1, "{text}");
     assert_eq!(metric(&text, "duplex_push_delivery_seconds_count"), 1, "{text}");
+    assert_eq!(
+        metric(&text, "duplex_frames_out_total{type=\"connected\"}"),
+        1,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "duplex_frames_out_total{type=\"push\"}"), 1, "{text}");
+    assert_eq!(
+        metric(&text, "duplex_frames_out_total{type=\"error\"}"),
+        1,
+        "the bad token's refusal"
+    );
     assert_eq!(metric(&text, "duplex_push_delivery_seconds_bucket{le=\"+Inf\"}"), 1);
     assert!(
         metric(&text, "duplex_store_ping_seconds_count") >= 1,

@@ -58,7 +58,7 @@ pub(crate) async fn serve(
     let span = tracing::info_span!("session", conn_id, epoch = claim.route.conn_epoch);
     // Boxed so the serving phase's state is one allocation that does not
     // also carry the (dead) authentication phase's locals.
-    let metrics = shared.metrics.clone();
+    let (metrics, frames_out) = (shared.metrics.clone(), shared.frames_out.clone());
     let session = Box::new(Session {
         shared,
         io,
@@ -69,7 +69,7 @@ pub(crate) async fn serve(
         },
         connect_id: connect.id,
         previous: claim.previous,
-        sequencer: Sequencer::new(connect.last_seq, metrics),
+        sequencer: Sequencer::new(connect.last_seq, metrics, frames_out),
     });
     Box::pin(session.run().instrument(span)).await;
 }
@@ -152,6 +152,7 @@ async fn send_refusal(shared: &Shared, io: &mut Transport, frame: &Frame) -> Res
 /// state is as large as its largest await, and idle connections would carry
 /// that size for their whole life.
 pub(crate) fn send_now<'a>(shared: &Shared, io: &'a mut Transport, frame: &Frame) -> BoxFuture<'a, Result<(), ()>> {
+    shared.frames_out.frame(frame);
     let write = timeout(shared.write_timeout(), io.write_owned(vec![body(frame)]));
     Box::pin(async move {
         match write.await {

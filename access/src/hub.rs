@@ -47,6 +47,8 @@ pub struct Hub {
     /// route, then a newer connection elsewhere claimed it and kicked it, all
     /// before the first one reached `register`): client -> highest epoch kicked.
     kicked: DashMap<String, (u64, Instant)>,
+    /// `duplex_frames_out_total`, set when the access tier starts.
+    frames_out: std::sync::OnceLock<duplex_shared::metrics::FrameCounts>,
 }
 
 impl Hub {
@@ -55,6 +57,7 @@ impl Hub {
             node_id: node_id.into(),
             sessions: DashMap::new(),
             kicked: DashMap::new(),
+            frames_out: std::sync::OnceLock::new(),
         }
     }
 
@@ -121,6 +124,17 @@ impl Hub {
         }
     }
 
+    /// Counts the frames this hub queues for clients in `counts`.
+    pub fn count_frames_out(&self, counts: duplex_shared::metrics::FrameCounts) {
+        let _ = self.frames_out.set(counts);
+    }
+
+    fn counted(&self, frame: &Frame, times: u64) {
+        if let Some(c) = self.frames_out.get() {
+            c.add(frame.type_name(), times);
+        }
+    }
+
     /// Queues `frame` for the session of `client_id` (exactly `conn_epoch`, if given).
     pub fn deliver_local(&self, client_id: &str, conn_epoch: Option<u64>, frame: &Frame) -> Result<(), LinkError> {
         let handle = self.get(client_id).ok_or(LinkError::NotHere)?;
@@ -137,7 +151,9 @@ impl Hub {
         handle.outbox.push(Outgoing {
             seq,
             body: Bytes::from(body),
-        })
+        })?;
+        self.counted(frame, 1);
+        Ok(())
     }
 
     /// Queues `frame` (unsequenced) for every session; returns how many took it.
@@ -147,7 +163,7 @@ impl Hub {
         encode_body(frame, &mut body);
         let body = Bytes::from(body);
         let handles: Vec<Arc<Outbox>> = self.sessions.iter().map(|e| e.outbox.clone()).collect();
-        handles
+        let took = handles
             .iter()
             .filter(|o| {
                 o.push(Outgoing {
@@ -156,7 +172,9 @@ impl Hub {
                 })
                 .is_ok()
             })
-            .count() as u64
+            .count() as u64;
+        self.counted(frame, took);
+        took
     }
 
     /// Every session's route, for lease renewal.

@@ -21,7 +21,7 @@ use std::time::Duration;
 use duplex_shared::auth::TokenVerifier;
 use duplex_shared::config::AccessConfig;
 use duplex_shared::links::{NodeLink, UpstreamLink};
-use duplex_shared::metrics::{Counter, Metrics};
+use duplex_shared::metrics::{FrameCounts, Metrics};
 use duplex_shared::net::bind_listener;
 use duplex_shared::protocol::Limits;
 use duplex_shared::store::Store;
@@ -91,15 +91,14 @@ pub(crate) struct Shared {
     next_conn_id: AtomicU64,
     tracker: TaskTracker,
     metrics: Arc<Metrics>,
-    /// `duplex_frames_in_total` per frame type, resolved once: it is counted per frame.
-    frames_in: Vec<(&'static str, Counter)>,
+    /// `duplex_frames_in_total` / `_out_total` per frame type, resolved once.
+    frames_in: FrameCounts,
+    pub(crate) frames_out: FrameCounts,
 }
 
 impl Shared {
     pub(crate) fn count_frame_in(&self, type_name: &str) {
-        if let Some((_, c)) = self.frames_in.iter().find(|(t, _)| *t == type_name) {
-            c.inc();
-        }
+        self.frames_in.count(type_name);
     }
 }
 
@@ -121,12 +120,11 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
         shutdown: shutdown.clone(),
         next_conn_id: AtomicU64::new(1),
         tracker: TaskTracker::new(),
-        frames_in: duplex_shared::protocol::FRAME_TYPES
-            .iter()
-            .map(|t| (*t, ctx.metrics.counter("duplex_frames_in_total", &[("type", t)])))
-            .collect(),
+        frames_in: FrameCounts::new(&ctx.metrics, "duplex_frames_in_total"),
+        frames_out: FrameCounts::new(&ctx.metrics, "duplex_frames_out_total"),
         metrics: ctx.metrics,
     });
+    shared.hub.count_frames_out(shared.frames_out.clone());
     let tcp = tokio::spawn(listen::accept_loop(shared.clone(), listeners.tcp, TransportKind::Tcp));
     let ws = tokio::spawn(listen::accept_loop(
         shared.clone(),

@@ -88,6 +88,7 @@ fn refuse(shared: &Arc<Shared>, stream: TcpStream, kind: TransportKind) {
         "duplex_auth_failures_total",
         &[("code", ErrorCode::ServerFull.as_str())],
     );
+    shared.frames_out.count("error");
     match kind {
         TransportKind::Tcp => {
             // The socket's send buffer is empty, so a small frame fits without waiting.

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use duplex_shared::metrics::Metrics;
+use duplex_shared::metrics::{FrameCounts, Metrics};
 use duplex_shared::protocol::{Frame, Gap};
 use duplex_shared::store::{Store, StoreError};
 
@@ -25,15 +25,17 @@ pub(crate) const FETCH_BATCH: usize = 256;
 pub(crate) struct Sequencer {
     pub cursor: u64,
     metrics: Arc<Metrics>,
+    frames_out: FrameCounts,
 }
 
 pub(crate) use duplex_shared::store::now_ms;
 
 impl Sequencer {
-    pub fn new(last_seq: u64, metrics: Arc<Metrics>) -> Self {
+    pub fn new(last_seq: u64, metrics: Arc<Metrics>, frames_out: FrameCounts) -> Self {
         Sequencer {
             cursor: last_seq,
             metrics,
+            frames_out,
         }
     }
 
@@ -43,6 +45,7 @@ impl Sequencer {
             self.metrics
                 .counter("duplex_gap_messages_total", &[])
                 .add((seq - self.cursor - 1) as i64);
+            self.frames_out.count("gap");
             out.push(body(&Frame::Gap(Gap {
                 from: self.cursor + 1,
                 to: seq - 1,
@@ -72,7 +75,9 @@ impl Sequencer {
                 continue;
             }
             self.gap_to(m.seq, out);
-            out.push(body(&m.frame()));
+            let frame = m.frame();
+            self.frames_out.frame(&frame);
+            out.push(body(&frame));
             self.cursor = m.seq;
         }
         Ok(full)

@@ -300,6 +300,7 @@ impl Session {
                     return Some(too_many_in_flight(id));
                 }
                 let (upstream, from, outbox) = (self.shared.upstream.clone(), self.client.clone(), outbox.clone());
+                let frames_out = self.shared.frames_out.clone();
                 // The call outlives a disconnect on purpose: the backend still gets
                 // the upload, and the client's resend carries the same idempotency key.
                 tokio::spawn(async move {
@@ -307,6 +308,7 @@ impl Session {
                         Ok(ack) => Frame::UploadAck(UploadAck { id, ..ack }),
                         Err(e) => link_error(id, &e),
                     };
+                    frames_out.frame(&answer);
                     outbox.push_answer(body(&answer));
                     outbox.end_call();
                 });
@@ -318,9 +320,12 @@ impl Session {
                     return Some(too_many_in_flight(id));
                 }
                 let (upstream, from, outbox) = (self.shared.upstream.clone(), self.client.clone(), outbox.clone());
+                let frames_out = self.shared.frames_out.clone();
                 tokio::spawn(async move {
                     if let Err(e) = upstream.request(&from, request).await {
-                        outbox.push_answer(body(&link_error(id, &e)));
+                        let refusal = link_error(id, &e);
+                        frames_out.frame(&refusal);
+                        outbox.push_answer(body(&refusal));
                     }
                     outbox.end_call();
                 });

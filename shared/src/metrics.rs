@@ -38,6 +38,11 @@ const CATALOG: &[(&str, &str, &str)] = &[
         "counter",
         "Frames received from clients, by frame type.",
     ),
+    (
+        "duplex_frames_out_total",
+        "counter",
+        "Frames queued or written to clients, by frame type.",
+    ),
     ("duplex_acks_total", "counter", "Ack frames received from clients."),
     (
         "duplex_messages_acked_total",
@@ -228,6 +233,36 @@ impl Counter {
 
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One counter per frame type of a metric (`duplex_frames_in_total`,
+/// `duplex_frames_out_total`), resolved once: frames are counted on hot paths.
+#[derive(Debug, Clone, Default)]
+pub struct FrameCounts(Arc<Vec<(&'static str, Counter)>>);
+
+impl FrameCounts {
+    pub fn new(metrics: &Metrics, name: &'static str) -> Self {
+        FrameCounts(Arc::new(
+            crate::protocol::FRAME_TYPES
+                .iter()
+                .map(|t| (*t, metrics.counter(name, &[("type", t)])))
+                .collect(),
+        ))
+    }
+
+    pub fn count(&self, type_name: &str) {
+        self.add(type_name, 1);
+    }
+
+    pub fn add(&self, type_name: &str, n: u64) {
+        if let Some((_, c)) = self.0.iter().find(|(t, _)| *t == type_name) {
+            c.add(n as i64);
+        }
+    }
+
+    pub fn frame(&self, frame: &crate::protocol::Frame) {
+        self.count(frame.type_name());
     }
 }
 
