@@ -142,7 +142,16 @@ async fn requests_reach_the_configured_backend_and_the_admin_api_isolates_it() {
         metrics.contains("duplex_backend_unavailable_total{service=\"orders\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("duplex_backend_call_seconds_count{service=\"orders\"} 3"));
+    let endpoint = format!("{}/api", backend.url());
+    assert!(
+        metrics.contains(&format!(
+            "duplex_backend_call_seconds_count{{service=\"orders\",endpoint=\"{endpoint}\"}} 3"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "duplex_backend_calls_total{{service=\"orders\",endpoint=\"{endpoint}\",outcome=\"ok\"}} 3"
+    )));
     let down = format!(
         "duplex_backend_endpoint_up{{service=\"orders\",endpoint=\"{}/api\"}} 0",
         backend.url()

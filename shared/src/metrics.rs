@@ -87,7 +87,7 @@ const CATALOG: &[(&str, &str, &str)] = &[
     (
         "duplex_backend_calls_total",
         "counter",
-        "Tries against backend endpoints, by service and outcome (ok, client_error, server_error, timeout, connect_error, error).",
+        "Tries against backend endpoints, by service, endpoint and outcome (ok, client_error, server_error, timeout, connect_error, error).",
     ),
     (
         "duplex_backend_retries_total",
@@ -157,7 +157,7 @@ const CATALOG: &[(&str, &str, &str)] = &[
     (
         "duplex_backend_call_seconds",
         "histogram",
-        "Duration of tries against backend endpoints, by service.",
+        "Duration of tries against backend endpoints, by service and endpoint.",
     ),
     (
         "duplex_store_ping_seconds",

@@ -88,16 +88,23 @@ pub struct Service {
     pub stop: tokio_util::sync::CancellationToken,
     /// `duplex_replies_total` by kind: backend, timeout, unavailable, error.
     pub replies: [Counter; 4],
-    call_seconds: Histogram,
+    /// Per endpoint (by index): try durations.
+    call_seconds: Vec<Histogram>,
 }
 
+/// Try outcomes of one endpoint, in the order of `OUTCOMES`.
+const OUTCOMES: [&str; 6] = [
+    "ok",
+    "client_error",
+    "server_error",
+    "timeout",
+    "connect_error",
+    "error",
+];
+
 struct Counts {
-    ok: Counter,
-    client_error: Counter,
-    server_error: Counter,
-    timeout: Counter,
-    connect_error: Counter,
-    error: Counter,
+    /// Per endpoint (by index), per outcome.
+    outcomes: Vec<[Counter; 6]>,
     retries: Counter,
     budget_exhausted: Counter,
     ejections: Counter,
@@ -113,7 +120,22 @@ impl Service {
         metrics: &Metrics,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<Self, String> {
-        let calls = |outcome| metrics.counter("duplex_backend_calls_total", &[("service", name), ("outcome", outcome)]);
+        let urls: Vec<&str> = config.endpoints.iter().map(|e| e.url.as_str()).collect();
+        let outcomes = urls
+            .iter()
+            .map(|url| {
+                OUTCOMES.map(|outcome| {
+                    metrics.counter(
+                        "duplex_backend_calls_total",
+                        &[("service", name), ("endpoint", url), ("outcome", outcome)],
+                    )
+                })
+            })
+            .collect();
+        let call_seconds = urls
+            .iter()
+            .map(|url| metrics.histogram("duplex_backend_call_seconds", &[("service", name), ("endpoint", url)]))
+            .collect();
         Ok(Service {
             name: name.to_owned(),
             pool: Pool::new(name, config, upstream)?,
@@ -124,16 +146,11 @@ impl Service {
             spool_waiting: AtomicBool::new(false),
             spool_wake: Notify::new(),
             stop,
-            call_seconds: metrics.histogram("duplex_backend_call_seconds", &[("service", name)]),
+            call_seconds,
             replies: ["backend", "timeout", "unavailable", "error"]
                 .map(|kind| metrics.counter("duplex_replies_total", &[("service", name), ("kind", kind)])),
             counts: Counts {
-                ok: calls("ok"),
-                client_error: calls("client_error"),
-                server_error: calls("server_error"),
-                timeout: calls("timeout"),
-                connect_error: calls("connect_error"),
-                error: calls("error"),
+                outcomes,
                 retries: metrics.counter("duplex_backend_retries_total", &[("service", name)]),
                 budget_exhausted: metrics.counter("duplex_backend_budget_exhausted_total", &[("service", name)]),
                 ejections: metrics.counter("duplex_backend_ejections_total", &[("service", name)]),
@@ -197,6 +214,7 @@ impl Service {
     }
 
     async fn try_once(&self, permit: Permit, call: &Call<'_>, limit: Duration) -> Result<BackendResponse, TryError> {
+        let index = permit.index;
         let url = backend_url(&permit.endpoint.url, call.path, &self.config.path_prefixes)
             .map_err(|e| TryError::Other(e.to_string()))?;
         let mut req = self
@@ -247,16 +265,20 @@ impl Service {
         }
         .await;
         drop(permit);
-        self.call_seconds.observe(started.elapsed());
-        let counter = match &result {
-            Ok(r) if r.status >= 500 => &self.counts.server_error,
-            Ok(r) if r.status >= 400 => &self.counts.client_error,
-            Ok(_) => &self.counts.ok,
-            Err(e) if e.is_timeout() => &self.counts.timeout,
-            Err(e) if e.is_connect() => &self.counts.connect_error,
-            Err(_) => &self.counts.error,
+        if let Some(h) = self.call_seconds.get(index) {
+            h.observe(started.elapsed());
+        }
+        let outcome = match &result {
+            Ok(r) if r.status >= 500 => 2,
+            Ok(r) if r.status >= 400 => 1,
+            Ok(_) => 0,
+            Err(e) if e.is_timeout() => 3,
+            Err(e) if e.is_connect() => 4,
+            Err(_) => 5,
         };
-        counter.inc();
+        if let Some(counters) = self.counts.outcomes.get(index) {
+            counters[outcome].inc();
+        }
         result.map_err(|e| {
             if e.is_timeout() {
                 TryError::Timeout

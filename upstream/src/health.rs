@@ -17,8 +17,9 @@ const ISOLATION_SYNC: Duration = Duration::from_secs(1);
 
 pub(crate) async fn watch(up: Arc<Upstream>, service: Arc<Service>, shutdown: CancellationToken) {
     let interval = Duration::from_millis(service.config.health_interval_ms);
+    // Labelled with the configured URL, like the call metrics.
     let up_gauges: Vec<_> = service
-        .pool
+        .config
         .endpoints
         .iter()
         .map(|e| {
