@@ -15,6 +15,7 @@ mod admin;
 mod bench;
 mod cli;
 mod client_cli;
+mod cluster;
 mod node;
 mod registry;
 

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use duplex_access::{AccessContext, AccessListeners, Hub, LocalNodes};
+use duplex_access::{AccessContext, AccessListeners, Hub};
 use duplex_downstream::{Downstream, DownstreamContext, DownstreamListeners};
 use duplex_shared::auth::{dev_claims, mint_hs256, TokenVerifier};
 use duplex_shared::config::{Config, JwtAlgorithm, LogConfig, DEV_API_KEY, DEV_SECRET};
@@ -118,6 +118,17 @@ async fn all_in_one(config: Config) -> ExitCode {
         }
     };
     let admin_addr = admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let internal_listener = match duplex_shared::net::bind_listener(config.registry.internal_listen, 1024, false) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("duplex: cannot listen on {}: {e}", config.registry.internal_listen);
+            return ExitCode::from(71);
+        }
+    };
+    let Ok(internal_addr) = internal_listener.local_addr() else {
+        eprintln!("duplex: cannot read the internal listener's address");
+        return ExitCode::from(71);
+    };
     let metrics = Arc::new(Metrics::new());
     let (tcp_addr, ws_addr) = match (listeners.tcp.local_addr(), listeners.ws.local_addr()) {
         (Ok(t), Ok(w)) => (t, w),
@@ -131,7 +142,27 @@ async fn all_in_one(config: Config) -> ExitCode {
         warn!("using the built-in development secret; set auth.secret before exposing this node");
     }
     let hub = Arc::new(Hub::new(node_id.clone()));
-    let nodes = Arc::new(LocalNodes::new(hub.clone()));
+    let secret = config.registry.secret().to_owned();
+    let nodes = match crate::cluster::ClusterNodes::new(hub.clone(), store.clone(), &secret) {
+        Ok(n) => Arc::new(n),
+        Err(e) => {
+            eprintln!("duplex: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    let internal_app = crate::cluster::router(hub.clone(), &secret, config.access.limits());
+    let internal_stop = CancellationToken::new();
+    let internal_server = {
+        let stop = internal_stop.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(internal_listener, internal_app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                error!(error = %e, "internal listener failed");
+            }
+        })
+    };
     let downstream = Downstream::start(DownstreamContext {
         config: config.downstream.clone(),
         store: store.clone(),
@@ -168,7 +199,7 @@ async fn all_in_one(config: Config) -> ExitCode {
     let store_kind = if config.redis_url.is_some() { "redis" } else { "memory" };
     // Registered before the addresses are printed: a node is ready once it is listed.
     let fresh = crate::registry::Freshness::default();
-    let mut entry = crate::registry::entry(&config, &node_id, tcp_addr, ws_addr);
+    let mut entry = crate::registry::entry(&config, &node_id, tcp_addr, ws_addr, internal_addr);
     if let Err(e) = crate::registry::register(&*store, &mut entry, config.registry.lease_ms, &fresh).await {
         warn!(error = %e, "cannot write this node's registry entry yet; retrying in the background");
     }
@@ -214,6 +245,8 @@ async fn all_in_one(config: Config) -> ExitCode {
     shutdown.cancel();
     let (a, u, d, _) = tokio::join!(access, upstream, downstream, registry);
     admin_stop.cancel();
+    internal_stop.cancel();
+    let _ = internal_server.await;
     let _ = admin.await;
     if a.is_err() || u.is_err() || d.is_err() {
         error!("a tier ended abnormally during shutdown");

@@ -44,12 +44,13 @@ fn outward_ip() -> Option<IpAddr> {
 }
 
 /// The entry of this all-in-one node, for its bound listeners.
-pub fn entry(config: &Config, node_id: &str, tcp: SocketAddr, ws: SocketAddr) -> NodeInfo {
+pub fn entry(config: &Config, node_id: &str, tcp: SocketAddr, ws: SocketAddr, internal: SocketAddr) -> NodeInfo {
     NodeInfo {
         node_id: node_id.to_owned(),
         tiers: vec!["access".into(), "upstream".into(), "downstream".into()],
         tcp: advertised(config, tcp),
         ws: format!("ws://{}/", advertised(config, ws)),
+        internal: format!("http://{}", advertised(config, internal)),
         region: config.registry.region.clone(),
         connections: 0,
         max_connections: config.access.max_connections as u64,

@@ -13,7 +13,7 @@ use crate::protocol::{Limits, MAX_NESTING_LIMIT};
 mod registry;
 mod upstream;
 
-pub use registry::RegistryConfig;
+pub use registry::{RegistryConfig, DEV_INTERNAL_SECRET};
 pub use upstream::{EndpointConfig, ServiceConfig, UpstreamConfig};
 
 /// HS256 secret used when none is configured. Accepted only while every

@@ -15,7 +15,16 @@ pub struct RegistryConfig {
     pub region: Option<String>,
     /// Lease of this node's registry entry, ms; renewed every third of it. Default 15000.
     pub lease_ms: u64,
+    /// Internal listener other nodes deliver, kick and broadcast through (HTTP, never
+    /// for clients or backends). Default `127.0.0.1:0` (any free port; nodes on one host).
+    pub internal_listen: std::net::SocketAddr,
+    /// Shared secret of internal calls between nodes, at least 16 bytes; the same on every
+    /// node. Required when `internal_listen` is not a loopback address.
+    pub internal_secret: Option<String>,
 }
+
+/// Internal secret used when none is configured, accepted only on a loopback internal listener.
+pub const DEV_INTERNAL_SECRET: &str = "duplex-development-internal-secret";
 
 impl Default for RegistryConfig {
     fn default() -> Self {
@@ -23,6 +32,8 @@ impl Default for RegistryConfig {
             advertise_host: None,
             region: None,
             lease_ms: 15_000,
+            internal_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            internal_secret: None,
         }
     }
 }
@@ -32,11 +43,28 @@ impl RegistryConfig {
         if self.lease_ms < 300 {
             return Err(invalid("registry.lease_ms", "at least 300"));
         }
+        match &self.internal_secret {
+            Some(s) if s.len() < 16 => return Err(invalid("registry.internal_secret", "at least 16 bytes")),
+            None if !self.internal_listen.ip().is_loopback() => {
+                return Err(invalid(
+                    "registry.internal_secret",
+                    "required when registry.internal_listen is not a loopback address",
+                ))
+            }
+            _ => {}
+        }
         if let Some(h) = &self.advertise_host {
             if h.is_empty() || h.contains(['/', ' ', '@']) {
                 return Err(invalid("registry.advertise_host", "a host name or IP address"));
             }
         }
         Ok(())
+    }
+}
+
+impl RegistryConfig {
+    /// The internal secret in force (the development one on loopback).
+    pub fn secret(&self) -> &str {
+        self.internal_secret.as_deref().unwrap_or(DEV_INTERNAL_SECRET)
     }
 }

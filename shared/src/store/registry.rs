@@ -17,6 +17,9 @@ pub struct NodeInfo {
     /// Where clients connect: `host:port` for TCP, `ws://host:port/` for WebSocket.
     pub tcp: String,
     pub ws: String,
+    /// Base URL of the node's internal listener (`http://host:port`), for other nodes.
+    #[serde(default)]
+    pub internal: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     pub connections: u64,

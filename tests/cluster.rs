@@ -1,0 +1,89 @@
+//! Several nodes on one Redis, as real processes: a push posted to one node
+//! reaches a client connected to another, kicks and replacements cross nodes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::*;
+use duplex_client::Connection;
+use duplex_shared::protocol::{Ack, Frame};
+use duplex_shared::testing::TestRedis;
+use serde_json::{json, Value};
+
+async fn next_frame(conn: &mut Connection) -> Option<Frame> {
+    tokio::time::timeout(Duration::from_secs(5), conn.recv())
+        .await
+        .expect("a frame within 5 s")
+        .expect("readable")
+}
+
+#[tokio::test]
+async fn pushes_kicks_and_replacements_cross_nodes() {
+    let redis = TestRedis::start().expect("redis-server");
+    let a = start(&["--redis", &redis.url(), "--node-id", "node-a"]);
+    let b = start(&["--redis", &redis.url(), "--node-id", "node-b"]);
+    let http = reqwest::Client::new();
+    let mut conn = Connection::tcp(a.tcp).await.expect("tcp");
+    conn.handshake(&mint("zoe"), "zoe-phone", 0).await.expect("handshake");
+
+    // Posted to node B, delivered live by node A.
+    let resp: Value = http
+        .post(format!("http://{}/v1/push", b.push))
+        .bearer_auth("duplex-dev-api-key")
+        .json(&json!({"client_ids": ["zoe-phone"], "payload": {"hi": 1}}))
+        .send()
+        .await
+        .expect("push")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(resp["messages"][0]["state"], "delivered_to_node", "{resp}");
+    let push = match next_frame(&mut conn).await {
+        Some(Frame::Push(p)) => p,
+        other => panic!("expected the push, got {other:?}"),
+    };
+    conn.send(&Frame::Ack(Ack { id: 1, seq: push.seq })).await.expect("ack");
+    let client: Value = http
+        .get(format!("http://{}/v1/clients/zoe-phone", b.push))
+        .bearer_auth("duplex-dev-api-key")
+        .send()
+        .await
+        .expect("client")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(client["node_id"], "node-a", "{client}");
+    assert!(
+        client["connected_since"].as_u64().is_some(),
+        "asked across nodes: {client}"
+    );
+
+    // A kick through node B closes the connection on node A.
+    let kicked = http
+        .delete(format!("http://{}/v1/clients/zoe-phone", b.push))
+        .bearer_auth("duplex-dev-api-key")
+        .send()
+        .await
+        .expect("kick");
+    assert_eq!(kicked.status(), 200);
+    assert!(matches!(next_frame(&mut conn).await, Some(Frame::Kicked(k)) if k.reason == "admin"));
+
+    // The same client logging in on node B replaces its connection on node A at once.
+    let mut first = Connection::tcp(a.tcp).await.expect("tcp");
+    first.handshake(&mint("zoe"), "zoe-phone", 0).await.expect("handshake");
+    let mut second = Connection::tcp(b.tcp).await.expect("tcp");
+    second.handshake(&mint("zoe"), "zoe-phone", 0).await.expect("handshake");
+    assert!(matches!(next_frame(&mut first).await, Some(Frame::Kicked(k)) if k.reason == "replaced"));
+
+    // And a push through node A now reaches the client on node B.
+    let resp = http
+        .post(format!("http://{}/v1/push", a.push))
+        .bearer_auth("duplex-dev-api-key")
+        .json(&json!({"client_ids": ["zoe-phone"], "payload": 2}))
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(resp.status(), 202);
+    assert!(matches!(next_frame(&mut second).await, Some(Frame::Push(p)) if p.seq == push.seq + 1));
+}
