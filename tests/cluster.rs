@@ -87,3 +87,86 @@ async fn pushes_kicks_and_replacements_cross_nodes() {
     assert_eq!(resp.status(), 202);
     assert!(matches!(next_frame(&mut second).await, Some(Frame::Push(p)) if p.seq == push.seq + 1));
 }
+
+#[tokio::test]
+async fn a_killed_node_loses_nothing_that_was_accepted() {
+    use duplex_client::{Client, ClientOptions, Endpoint, Event};
+    let redis = TestRedis::start().expect("redis-server");
+    let mut a = start(&["--redis", &redis.url(), "--node-id", "node-a"]);
+    let b = start(&["--redis", &redis.url(), "--node-id", "node-b"]);
+    let token = mint("max");
+    let mut options = ClientOptions::new(
+        vec![Endpoint::Tcp(a.tcp), Endpoint::Tcp(b.tcp)],
+        "max-phone",
+        std::sync::Arc::new(move || token.clone()),
+    );
+    options.backoff_min = Duration::from_millis(20);
+    options.backoff_max = Duration::from_millis(200);
+    let mut client = Client::start(options);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("event")
+        {
+            Some(Event::Connected { node_id, .. }) => {
+                assert_eq!(node_id, "node-a");
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("client stopped"),
+        }
+    }
+
+    // 1,000 qos-1 pushes through node B; node A is SIGKILLed after the 300th is accepted.
+    let push_api = b.push;
+    let pusher = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut accepted = Vec::new();
+        for n in 0..1_000u32 {
+            let resp = http
+                .post(format!("http://{push_api}/v1/push"))
+                .bearer_auth("duplex-dev-api-key")
+                .json(&json!({"client_ids": ["max-phone"], "payload": n}))
+                .send()
+                .await
+                .expect("push");
+            assert_eq!(resp.status(), 202, "node B accepts while node A dies");
+            let v: Value = resp.json().await.expect("json");
+            accepted.push((v["messages"][0]["seq"].as_u64().expect("seq"), n));
+        }
+        accepted
+    });
+    let mut received: Vec<(u64, u32)> = Vec::new();
+    let mut killed = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while received.len() < 1_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 1000 arrived",
+            received.len()
+        );
+        let event = tokio::time::timeout(Duration::from_secs(20), client.next())
+            .await
+            .expect("an event within 20 s")
+            .expect("client running");
+        if let Event::Push(p) = event {
+            let n: u32 = serde_json::from_slice(&p.payload).expect("payload");
+            received.push((p.seq, n));
+            if received.len() == 300 && !killed {
+                a.child.kill().expect("SIGKILL node A");
+                let _ = a.child.wait();
+                killed = true;
+            }
+        }
+    }
+    let accepted = pusher.await.expect("pusher");
+    assert!(killed);
+    assert!(
+        received.windows(2).all(|w| w[0].0 < w[1].0),
+        "the app saw every push once, in seq order"
+    );
+    let mut sent = accepted.clone();
+    sent.sort();
+    assert_eq!(received, sent, "every accepted push arrived, with its own seq");
+    assert_eq!(received.len(), 1_000);
+}
