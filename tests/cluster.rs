@@ -234,7 +234,7 @@ async fn draining_a_node_with_1000_clients_moves_them_all_and_loses_nothing() {
     pusher.await.expect("pusher");
     let (mut moved, mut pushes) = (vec![false; CLIENTS], vec![0u32; CLIENTS]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while moved.iter().any(|m| !m) || pushes.iter().any(|&n| n == 0) {
+    while moved.contains(&false) || pushes.contains(&0) {
         assert!(tokio::time::Instant::now() < deadline, "not everything arrived in time");
         let (i, what, payload) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
             .await
