@@ -9,6 +9,7 @@ use common::backend::Backend;
 use common::process::*;
 use duplex_client::Connection;
 use duplex_shared::protocol::{Frame, Reply, Request};
+use reqwest::Method;
 
 const ADMIN_TOKEN: &str = "admin-token-for-the-binary-test";
 
@@ -52,17 +53,11 @@ async fn ask_service(conn: &mut Connection, id: u64, service: &str) -> Reply {
 #[tokio::test]
 async fn requests_reach_the_configured_backend_and_the_admin_api_isolates_it() {
     let backend = Backend::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("duplex.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n[upstream.services.orders]\nendpoints = [{{ url = \"{}/api\" }}]\npath_prefixes = [\"/orders\"]\n",
-            backend.url()
-        ),
-    )
-    .expect("write config");
-    let run = start(&["--config", config.to_str().expect("path")]);
+    let config = config_file(&format!(
+        "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n[upstream.services.orders]\nendpoints = [{{ url = \"{}/api\" }}]\npath_prefixes = [\"/orders\"]\n",
+        backend.url()
+    ));
+    let run = start(&["--config", &config.path]);
     let admin = format!("http://{}", run.admin);
     let http = reqwest::Client::new();
 
@@ -102,28 +97,11 @@ async fn requests_reach_the_configured_backend_and_the_admin_api_isolates_it() {
     );
     assert_eq!(backend.hits().last().expect("hit").body.as_ref(), b"{\"a\":1}");
     assert_eq!(backend.count(), 3);
-    let unauthorized = http
-        .post(format!("{admin}/admin/v1/pools/orders/endpoints/0/isolate"))
-        .send()
-        .await
-        .expect("admin");
-    assert_eq!(unauthorized.status(), 401);
-    let isolate = http
-        .post(format!("{admin}/admin/v1/pools/orders/endpoints/0/isolate"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("admin");
-    assert_eq!(isolate.status(), 200);
-    let pools: serde_json::Value = http
-        .get(format!("{admin}/admin/v1/pools"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("admin")
-        .json()
-        .await
-        .expect("json");
+    let admin_call = |method, path: &str, token| call_json(&http, method, format!("{admin}{path}"), token);
+    let isolate_path = "/admin/v1/pools/orders/endpoints/0/isolate";
+    assert_eq!(admin_call(Method::POST, isolate_path, None).await.0, 401);
+    assert_eq!(admin_call(Method::POST, isolate_path, Some(ADMIN_TOKEN)).await.0, 200);
+    let (_, pools) = admin_call(Method::GET, "/admin/v1/pools", Some(ADMIN_TOKEN)).await;
     assert_eq!(pools["pools"]["orders"][0]["isolated"], true, "{pools}");
 
     // The only endpoint is isolated: the request fails fast with a 503 reply, nothing reaches it.
@@ -167,51 +145,34 @@ async fn requests_reach_the_configured_backend_and_the_admin_api_isolates_it() {
     }
     assert!(shown, "an isolated endpoint shows as down");
 
-    let unknown = http
-        .post(format!("{admin}/admin/v1/pools/billing/endpoints/0/recover"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("admin");
-    assert_eq!(unknown.status(), 404);
-    let recover = http
-        .post(format!("{admin}/admin/v1/pools/orders/endpoints/0/recover"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("admin");
-    assert_eq!(recover.status(), 200);
+    let recover = |service: &'static str| {
+        admin_call(
+            Method::POST,
+            &format!("/admin/v1/pools/{service}/endpoints/0/recover"),
+            Some(ADMIN_TOKEN),
+        )
+    };
+    assert_eq!(recover("billing").await.0, 404);
+    assert_eq!(recover("orders").await.0, 200);
     assert_eq!(ask(&mut conn, 3).await.status, 200);
     assert_eq!(backend.count(), 4);
 
     // Nodes, client lookup and kick, all behind the admin token.
-    let get = |path: &str| http.get(format!("{admin}{path}")).bearer_auth(ADMIN_TOKEN).send();
-    let nodes: serde_json::Value = get("/admin/v1/nodes").await.expect("nodes").json().await.expect("json");
+    let (_, nodes) = admin_call(Method::GET, "/admin/v1/nodes", Some(ADMIN_TOKEN)).await;
     assert_eq!(nodes["nodes"][0]["connections"]["tcp"], 1, "{nodes}");
-    let client: serde_json::Value = get("/admin/v1/clients/phone-1")
-        .await
-        .expect("client")
-        .json()
-        .await
-        .expect("json");
+    let (_, client) = admin_call(Method::GET, "/admin/v1/clients/phone-1", Some(ADMIN_TOKEN)).await;
     assert_eq!(
         (client["online"].clone(), client["pending"].clone()),
         (true.into(), 0.into()),
         "{client}"
     );
-    let no_token = http
-        .get(format!("{admin}/admin/v1/clients/phone-1"))
-        .send()
-        .await
-        .expect("client");
-    assert_eq!(no_token.status(), 401);
-    let kicked = http
-        .delete(format!("{admin}/admin/v1/clients/phone-1"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("kick");
-    assert_eq!(kicked.status(), 200);
+    assert_eq!(admin_call(Method::GET, "/admin/v1/clients/phone-1", None).await.0, 401);
+    assert_eq!(
+        admin_call(Method::DELETE, "/admin/v1/clients/phone-1", Some(ADMIN_TOKEN))
+            .await
+            .0,
+        200
+    );
     let frame = tokio::time::timeout(Duration::from_secs(5), conn.recv())
         .await
         .expect("in time")
@@ -229,12 +190,7 @@ async fn requests_reach_the_configured_backend_and_the_admin_api_isolates_it() {
         .await
         .expect("push");
     assert_eq!(pushed.status(), 202);
-    let queues: serde_json::Value = get("/admin/v1/queues?limit=5")
-        .await
-        .expect("queues")
-        .json()
-        .await
-        .expect("json");
+    let (_, queues) = admin_call(Method::GET, "/admin/v1/queues?limit=5", Some(ADMIN_TOKEN)).await;
     assert_eq!(
         queues["clients"]["top_pending"][0]["client_id"], "offline-1",
         "{queues}"
@@ -242,30 +198,24 @@ async fn requests_reach_the_configured_backend_and_the_admin_api_isolates_it() {
     assert_eq!(queues["clients"]["top_pending"][0]["pending"], 1, "{queues}");
     assert_eq!(queues["spools"]["orders"], 0, "{queues}");
     // The admin API is not on the public push port.
-    let public = http
-        .get(format!("http://{}/admin/v1/nodes", run.push))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("push port");
-    assert_eq!(public.status(), 404);
+    let public = call_json(
+        &http,
+        Method::GET,
+        format!("http://{}/admin/v1/nodes", run.push),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(public.await.0, 404);
 }
 
 #[tokio::test]
 async fn a_routing_change_takes_effect_at_once_and_survives_a_restart() {
     let redis = duplex_shared::testing::TestRedis::start().expect("redis-server");
     let (orders, billing) = (Backend::start().await, Backend::start().await);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("duplex.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n[upstream.services.orders]\nendpoints = [{{ url = \"{}\" }}]\n",
-            orders.url()
-        ),
-    )
-    .expect("write config");
-    let args = ["--config", config.to_str().expect("path"), "--redis", &redis.url()];
+    let config = config_file(&format!(
+        "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n[upstream.services.orders]\nendpoints = [{{ url = \"{}\" }}]\n",
+        orders.url()
+    ));
+    let args = ["--config", &config.path, "--redis", &redis.url()];
     let http = reqwest::Client::new();
     let run = start(&args);
     let admin = format!("http://{}", run.admin);
@@ -276,16 +226,14 @@ async fn a_routing_change_takes_effect_at_once_and_survives_a_restart() {
             .send()
     };
     let routing = || async {
-        let v: serde_json::Value = http
-            .get(format!("{admin}/admin/v1/routing"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("routing")
-            .json()
-            .await
-            .expect("json");
-        v
+        call_json(
+            &http,
+            Method::GET,
+            format!("{admin}/admin/v1/routing"),
+            Some(ADMIN_TOKEN),
+        )
+        .await
+        .1
     };
     let before = routing().await;
 
@@ -332,13 +280,11 @@ async fn a_routing_change_takes_effect_at_once_and_survives_a_restart() {
     assert_eq!(ask_service(&mut conn, 2, "billing").await.status, 200);
     assert_eq!(billing.count(), 2);
     assert_eq!(ask_service(&mut conn, 3, "orders").await.status, 200);
-    let removed = http
-        .delete(format!("http://{}/admin/v1/routing/services/billing", run.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("delete");
-    assert_eq!(removed.status(), 200);
+    let removed = format!("http://{}/admin/v1/routing/services/billing", run.admin);
+    assert_eq!(
+        call_json(&http, Method::DELETE, removed, Some(ADMIN_TOKEN)).await.0,
+        200
+    );
     conn.send(&Frame::Request(Request {
         id: 4,
         service: "billing".into(),

@@ -131,18 +131,12 @@ impl Page {
 #[tokio::test]
 async fn the_dashboard_shows_a_connected_client_and_an_isolate_click_takes_effect() {
     let backend = Backend::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("duplex.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n[upstream.services.orders]\nendpoints = [{{ url = \"{}\" }}, {{ url = \"{}/b\" }}]\n",
-            backend.url(),
-            backend.url()
-        ),
-    )
-    .expect("write config");
-    let run = start(&["--config", config.to_str().expect("path")]);
+    let config = config_file(&format!(
+        "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n[upstream.services.orders]\nendpoints = [{{ url = \"{}\" }}, {{ url = \"{}/b\" }}]\n",
+        backend.url(),
+        backend.url()
+    ));
+    let run = start(&["--config", &config.path]);
     let mut conn = Connection::tcp(run.tcp).await.expect("tcp");
     conn.handshake(&mint("alice"), "phone-1", 0).await.expect("handshake");
 

@@ -10,21 +10,22 @@ use common::process::*;
 use duplex_shared::testing::TestRedis;
 use serde_json::Value;
 
-async fn listed(http: &reqwest::Client, push: std::net::SocketAddr) -> Vec<String> {
-    let v: Value = http
-        .get(format!("http://{push}/v1/nodes"))
-        .send()
-        .await
-        .expect("nodes")
-        .json()
-        .await
-        .expect("json");
+/// Node ids in a `{"nodes": [...]}` answer.
+fn ids(v: &Value) -> Vec<String> {
     v["nodes"]
         .as_array()
         .expect("array")
         .iter()
         .map(|n| n["node_id"].as_str().expect("id").to_owned())
         .collect()
+}
+
+async fn get(http: &reqwest::Client, url: String) -> Value {
+    call_json(http, reqwest::Method::GET, url, None).await.1
+}
+
+async fn listed(http: &reqwest::Client, push: std::net::SocketAddr) -> Vec<String> {
+    ids(&get(http, format!("http://{push}/v1/nodes")).await)
 }
 
 async fn until_listed(http: &reqwest::Client, push: std::net::SocketAddr, want: &[&str]) {
@@ -51,14 +52,7 @@ async fn nodes_are_listed_while_alive_and_leave_on_drain_or_death() {
     let mut c = start_with_env(&["--redis", &redis.url(), "--node-id", "node-c"], &env);
     let http = reqwest::Client::new();
     until_listed(&http, a.push, &["node-a", "node-b", "node-c"]).await;
-    let v: Value = http
-        .get(format!("http://{}/v1/nodes", a.push))
-        .send()
-        .await
-        .expect("nodes")
-        .json()
-        .await
-        .expect("json");
+    let v = get(&http, format!("http://{}/v1/nodes", a.push)).await;
     let first = &v["nodes"][0];
     assert_eq!(first["tcp"], a.tcp.to_string(), "{v}");
     assert_eq!(first["ws"], format!("ws://{}/", a.ws));
@@ -68,21 +62,8 @@ async fn nodes_are_listed_while_alive_and_leave_on_drain_or_death() {
     );
 
     // The admin API lists every node of the deployment, this one with its own stats.
-    let admin: Value = http
-        .get(format!("http://{}/admin/v1/nodes", a.admin))
-        .send()
-        .await
-        .expect("admin nodes")
-        .json()
-        .await
-        .expect("json");
-    let ids: Vec<&str> = admin["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .map(|n| n["node_id"].as_str().expect("id"))
-        .collect();
-    assert_eq!(ids, ["node-a", "node-b", "node-c"], "{admin}");
+    let admin = get(&http, format!("http://{}/admin/v1/nodes", a.admin)).await;
+    assert_eq!(ids(&admin), ["node-a", "node-b", "node-c"], "{admin}");
     assert_eq!(admin["nodes"][0]["this_node"], true);
     assert_eq!(admin["nodes"][0]["store"], "redis");
 

@@ -37,6 +37,38 @@ pub const EPHEMERAL_LISTENERS: [&str; 8] = [
     "127.0.0.1:0",
 ];
 
+/// A configuration file in its own temporary directory, removed when dropped.
+pub struct ConfigFile {
+    _dir: tempfile::TempDir,
+    pub path: String,
+}
+
+pub fn config_file(toml: &str) -> ConfigFile {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("duplex.toml");
+    std::fs::write(&path, toml).expect("write config");
+    ConfigFile {
+        path: path.to_str().expect("utf-8 path").to_owned(),
+        _dir: dir,
+    }
+}
+
+/// Calls `url` with `method` (and the bearer `token`, when given); the status and the JSON body.
+pub async fn call_json(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut req = http.request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 /// Starts `duplex` on ephemeral ports and reads the addresses it prints.
 pub fn start(extra: &[&str]) -> Running {
     start_with_env(extra, &[])

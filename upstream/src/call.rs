@@ -55,8 +55,6 @@ pub struct BackendResponse {
 /// Why a call produced no backend response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
-    #[error("bad path: {0}")]
-    Path(#[from] PathError),
     #[error("no endpoint of the service is available")]
     PoolUnavailable,
     #[error("the deadline passed")]
@@ -164,11 +162,11 @@ impl Service {
         backend_url(&self.pool.endpoints[0].url, path, &self.config.path_prefixes).map(|_| ())
     }
 
-    /// Runs `call`: tries endpoints until one answers, a retry would be
-    /// unsafe or over budget, or the deadline passes. A 5xx answer is returned
-    /// as a response when it is the last word.
+    /// Runs `call` (its path checked by the caller with `check_path`): tries
+    /// endpoints until one answers, a retry would be unsafe or over budget, or
+    /// the deadline passes. A 5xx answer is returned as a response when it is
+    /// the last word.
     pub async fn call(&self, call: &Call<'_>) -> Result<BackendResponse, CallError> {
-        self.check_path(call.path)?;
         self.budget.on_call();
         let mut tried = Vec::new();
         let mut last = Err(CallError::PoolUnavailable);
@@ -325,9 +323,4 @@ fn too_large(max: usize) -> BackendResponse {
 /// The Idempotency-Key the backend sees for frame `id` of `client_id`.
 pub fn idempotency_key(client_id: &str, kind: &str, id: u64) -> String {
     format!("{client_id}:{kind}:{id}")
-}
-
-/// W3C `traceparent` for the backend: the client's trace continues when it sent a valid one.
-pub fn traceparent(from_client: Option<&String>) -> String {
-    duplex_shared::trace::child_traceparent(from_client.map(String::as_str))
 }

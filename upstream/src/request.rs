@@ -10,10 +10,11 @@ use std::time::Duration;
 use duplex_shared::links::{ClientContext, LinkError, ReplyLink};
 use duplex_shared::protocol::{Headers, Reply, Request};
 use duplex_shared::store::{now_ms, FrameClaim};
+use duplex_shared::trace::child_traceparent;
 use reqwest::Method;
 use tokio::time::Instant;
 
-use crate::call::{idempotency_key, traceparent, BackendResponse, Call, CallError};
+use crate::call::{idempotency_key, BackendResponse, Call, CallError};
 use crate::{store_unavailable, Upstream};
 
 /// A claim outlives the deadline by this much, so a resend that races a slow reply stays quiet.
@@ -75,7 +76,7 @@ impl Upstream {
                 client_id: &from.client_id,
                 user_id: &from.user_id,
                 idempotency_key: idempotency_key(&from.client_id, "r", req.id),
-                traceparent: traceparent(req.headers.get("traceparent")),
+                traceparent: child_traceparent(req.headers.get("traceparent").map(String::as_str)),
                 deadline,
             };
             let result = match tokio::time::timeout_at(deadline, service.call(&call)).await {
@@ -125,7 +126,6 @@ fn reply_for(id: u64, result: Result<BackendResponse, CallError>) -> (Reply, usi
             2,
         ),
         Err(e @ CallError::Transport(_)) => failure(502, "backend_error", e.to_string(), 3),
-        Err(e @ CallError::Path(_)) => failure(400, "bad_path", e.to_string(), 3),
     }
 }
 

@@ -11,11 +11,12 @@ use bytes::Bytes;
 use duplex_shared::links::{ClientContext, LinkError};
 use duplex_shared::protocol::{Headers, Upload, UploadAck};
 use duplex_shared::store::{now_ms, FrameClaim};
+use duplex_shared::trace::child_traceparent;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::call::{idempotency_key, traceparent, Call, CallError, Service};
+use crate::call::{idempotency_key, Call, Service};
 use crate::{store_unavailable, Upstream};
 
 /// Outcome recorded for a spooled upload (a status is recorded otherwise).
@@ -124,7 +125,7 @@ impl Upstream {
             client_id: from.client_id.clone(),
             user_id: from.user_id.clone(),
             upload_id: up.id,
-            traceparent: traceparent(up.headers.get("traceparent")),
+            traceparent: child_traceparent(up.headers.get("traceparent").map(String::as_str)),
             path: up.path,
             headers: up.headers,
             body: up.body,
@@ -141,7 +142,6 @@ impl Upstream {
                         spooled: false,
                     })
                 }
-                Err(e @ CallError::Path(_)) => return Err(LinkError::Rejected(e.to_string())),
                 Ok(_) | Err(_) => {}
             }
         }
