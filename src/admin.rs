@@ -26,10 +26,12 @@ pub struct Admin {
     pub node_id: String,
     pub store_kind: &'static str,
     pub started: std::time::Instant,
-    pub clients: Clients,
+    /// The tiers this node runs; calls about a tier it does not run get 404.
+    pub tiers: Vec<&'static str>,
+    pub clients: Option<Clients>,
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn Store>,
-    pub upstream: Arc<Upstream>,
+    pub upstream: Option<Arc<Upstream>>,
     /// Required as `Authorization: Bearer` by changing calls, when set.
     pub token: Option<String>,
     /// Cancelled when the node drains: readiness turns false at once.
@@ -173,7 +175,7 @@ async fn nodes(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response 
     // This node, with what only it knows (also while its lease is not written).
     let here = nodes.iter().position(|n| n["node_id"] == admin.node_id.as_str());
     let index = here.unwrap_or_else(|| {
-        nodes.push(serde_json::json!({"node_id": admin.node_id, "tiers": ["access", "upstream", "downstream"], "this_node": true}));
+        nodes.push(serde_json::json!({"node_id": admin.node_id, "tiers": admin.tiers, "this_node": true}));
         nodes.len() - 1
     });
     let this = &mut nodes[index];
@@ -211,13 +213,30 @@ async fn queues(
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
     };
     let mut spools = serde_json::Map::new();
-    for service in admin.upstream.routing().keys() {
+    let services = admin.upstream.as_ref().map(|u| u.routing()).unwrap_or_default();
+    for service in services.keys() {
         match admin.store.spool_len(service).await {
             Ok(n) => spools.insert(service.clone(), n.into()),
             Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
         };
     }
     Json(serde_json::json!({ "clients": overview, "spools": spools })).into_response()
+}
+
+fn tier_not_here(admin: &Admin, tier: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "tier_not_here",
+        format!("node {} runs {:?}, not the {tier} tier", admin.node_id, admin.tiers),
+    )
+}
+
+fn upstream_of(admin: &Admin) -> Result<&Arc<Upstream>, Response> {
+    admin.upstream.as_ref().ok_or_else(|| tier_not_here(admin, "upstream"))
+}
+
+fn clients_of(admin: &Admin) -> Result<&Clients, Response> {
+    admin.clients.as_ref().ok_or_else(|| tier_not_here(admin, "downstream"))
 }
 
 fn api_error(e: ApiError) -> Response {
@@ -228,7 +247,11 @@ async fn client(State(admin): State<Arc<Admin>>, headers: HeaderMap, Path(client
     if let Some(r) = refused(&admin, &headers) {
         return r;
     }
-    match admin.clients.info(client_id).await {
+    let clients = match clients_of(&admin) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match clients.info(client_id).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => api_error(e),
     }
@@ -238,7 +261,11 @@ async fn kick(State(admin): State<Arc<Admin>>, headers: HeaderMap, Path(client_i
     if let Some(r) = refused(&admin, &headers) {
         return r;
     }
-    match admin.clients.kick(client_id).await {
+    let clients = match clients_of(&admin) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match clients.kick(client_id).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => api_error(e),
     }
@@ -248,7 +275,10 @@ async fn pools(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response 
     if let Some(r) = refused(&admin, &headers) {
         return r;
     }
-    Json(serde_json::json!({ "pools": admin.upstream.pools() })).into_response()
+    match upstream_of(&admin) {
+        Ok(upstream) => Json(serde_json::json!({ "pools": upstream.pools() })).into_response(),
+        Err(r) => r,
+    }
 }
 
 async fn isolate(state: State<Arc<Admin>>, headers: HeaderMap, path: Path<(String, String)>) -> Response {
@@ -269,7 +299,11 @@ async fn set_isolated(
     if let Some(r) = refused(&admin, &headers) {
         return r;
     }
-    match admin.upstream.set_isolated(&service, &endpoint, isolated).await {
+    let upstream = match upstream_of(&admin) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match upstream.set_isolated(&service, &endpoint, isolated).await {
         Ok(()) => Json(serde_json::json!({
             "service": service,
             "endpoint": endpoint,
@@ -294,7 +328,10 @@ async fn routing(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Respons
     if let Some(r) = refused(&admin, &headers) {
         return r;
     }
-    Json(serde_json::json!({ "services": admin.upstream.routing() })).into_response()
+    match upstream_of(&admin) {
+        Ok(upstream) => Json(serde_json::json!({ "services": upstream.routing() })).into_response(),
+        Err(r) => r,
+    }
 }
 
 /// Adds or replaces a service; the body is a service table as in the config file, as JSON.
@@ -317,7 +354,11 @@ async fn put_service(
             )
         }
     };
-    match admin.upstream.set_service(&name, Some(service)).await {
+    let upstream = match upstream_of(&admin) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match upstream.set_service(&name, Some(service)).await {
         Ok(()) => Json(serde_json::json!({ "service": name, "changed": true })).into_response(),
         Err(e) => admin_error(e),
     }
@@ -327,7 +368,11 @@ async fn delete_service(State(admin): State<Arc<Admin>>, headers: HeaderMap, Pat
     if let Some(r) = refused(&admin, &headers) {
         return r;
     }
-    match admin.upstream.set_service(&name, None).await {
+    let upstream = match upstream_of(&admin) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match upstream.set_service(&name, None).await {
         Ok(()) => Json(serde_json::json!({ "service": name, "removed": true })).into_response(),
         Err(e) => admin_error(e),
     }

@@ -27,6 +27,12 @@ pub struct Cli {
 pub enum Command {
     /// Run every tier in this process (the default when no command is given).
     Run,
+    /// Run only the access tier (client connections); split mode, needs Redis.
+    Access,
+    /// Run only the upstream tier (client frames to backends); split mode, needs Redis.
+    Upstream,
+    /// Run only the downstream tier (push API, delivery); split mode, needs Redis.
+    Downstream,
     /// Mint a development token (HS256) from the configured secret and print it.
     Token(TokenArgs),
     /// Connect like an app and print pushes as JSON lines.

@@ -7,8 +7,7 @@
 //! answers that the client is not there, is a delivery failure: downstream
 //! retries through a fresh route, never counts it as delivered.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,70 +21,45 @@ use duplex_access::{Hub, LocalNodes};
 use duplex_shared::auth::constant_time_eq;
 use duplex_shared::links::{LinkError, NodeLink};
 use duplex_shared::protocol::{decode_body, encode_body, Frame, Limits};
-use duplex_shared::store::{now_ms, Route, Store};
+use duplex_shared::store::Route;
 use serde::Deserialize;
-use tokio::time::Instant;
 
-/// How long the registry's view of peers is reused before it is read again.
-const PEERS_TTL: Duration = Duration::from_secs(1);
+use crate::peers::Peers;
 
 pub struct ClusterNodes {
     node_id: String,
     hub: Arc<Hub>,
     local: LocalNodes,
-    store: Arc<dyn Store>,
+    peers: Arc<Peers>,
     http: reqwest::Client,
     secret: String,
-    /// node id -> internal base URL, and when it was read.
-    peers: Mutex<(Option<Instant>, HashMap<String, String>)>,
+}
+
+/// The client for internal calls; `timeout` bounds a whole call.
+pub fn internal_http(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .timeout(timeout)
+        .pool_max_idle_per_host(64)
+        .build()
+        .map_err(|e| format!("internal HTTP client: {e}"))
 }
 
 impl ClusterNodes {
-    pub fn new(hub: Arc<Hub>, store: Arc<dyn Store>, secret: &str) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .timeout(Duration::from_secs(3))
-            .pool_max_idle_per_host(64)
-            .build()
-            .map_err(|e| format!("internal HTTP client: {e}"))?;
+    /// `hub` holds this node's connections (none on a node without the access tier).
+    pub fn new(hub: Arc<Hub>, peers: Arc<Peers>, secret: &str) -> Result<Self, String> {
         Ok(ClusterNodes {
             node_id: hub.node_id().to_owned(),
             local: LocalNodes::new(hub.clone()),
             hub,
-            store,
-            http,
+            peers,
+            http: internal_http(Duration::from_secs(3))?,
             secret: secret.to_owned(),
-            peers: Mutex::new((None, HashMap::new())),
         })
     }
 
-    async fn peers(&self) -> Result<HashMap<String, String>, LinkError> {
-        if let Ok(p) = self.peers.lock() {
-            if p.0.is_some_and(|at| at.elapsed() < PEERS_TTL) {
-                return Ok(p.1.clone());
-            }
-        }
-        let nodes = self
-            .store
-            .nodes(now_ms())
-            .await
-            .map_err(|e| LinkError::Unavailable(format!("registry: {e}")))?;
-        let map: HashMap<String, String> = nodes
-            .into_iter()
-            .filter(|n| !n.internal.is_empty())
-            .map(|n| (n.node_id, n.internal))
-            .collect();
-        if let Ok(mut p) = self.peers.lock() {
-            *p = (Some(Instant::now()), map.clone());
-        }
-        Ok(map)
-    }
-
     async fn peer(&self, node_id: &str) -> Result<String, LinkError> {
-        self.peers()
-            .await?
-            .remove(node_id)
-            .ok_or_else(|| LinkError::Unavailable(format!("node {node_id} is not in the registry")))
+        self.peers.base_of(node_id).await
     }
 
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, LinkError> {
@@ -103,7 +77,7 @@ impl ClusterNodes {
     }
 }
 
-fn frame_bytes(frame: &Frame) -> Vec<u8> {
+pub(crate) fn frame_bytes(frame: &Frame) -> Vec<u8> {
     let mut body = Vec::new();
     encode_body(frame, &mut body);
     body
@@ -148,10 +122,12 @@ impl NodeLink for ClusterNodes {
     async fn broadcast(&self, frame: Frame) -> Result<u64, LinkError> {
         let mut total = self.hub.broadcast_local(&frame);
         let body = frame_bytes(&frame);
-        for (node, base) in self.peers().await? {
-            if node == self.node_id {
-                continue;
-            }
+        let peers = self.peers.all().await?;
+        let access_nodes = peers
+            .iter()
+            .filter(|n| n.node_id != self.node_id && n.tiers.iter().any(|t| t == "access"));
+        for n in access_nodes {
+            let (node, base) = (&n.node_id, &n.internal);
             let req = self
                 .http
                 .post(format!("{base}/internal/v1/broadcast"))
@@ -206,13 +182,13 @@ pub fn router(hub: Arc<Hub>, secret: &str, limits: Limits) -> Router {
         }))
 }
 
-fn authorized(state: &Internal, headers: &HeaderMap) -> bool {
+pub(crate) fn authorized(secret: &str, headers: &HeaderMap) -> bool {
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    constant_time_eq(given.as_bytes(), state.secret.as_bytes())
+    constant_time_eq(given.as_bytes(), secret.as_bytes())
 }
 
 #[derive(Deserialize)]
@@ -222,7 +198,7 @@ struct Target {
     reason: Option<String>,
 }
 
-fn status_of(e: &LinkError) -> StatusCode {
+pub(crate) fn status_of(e: &LinkError) -> StatusCode {
     match e {
         LinkError::NotHere => StatusCode::NOT_FOUND,
         LinkError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
@@ -232,7 +208,7 @@ fn status_of(e: &LinkError) -> StatusCode {
 }
 
 async fn deliver(State(s): State<Arc<Internal>>, headers: HeaderMap, Query(t): Query<Target>, body: Bytes) -> Response {
-    if !authorized(&s, &headers) {
+    if !authorized(&s.secret, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let frame = match decode_body(&body, &s.limits) {
@@ -246,7 +222,7 @@ async fn deliver(State(s): State<Arc<Internal>>, headers: HeaderMap, Query(t): Q
 }
 
 async fn kick(State(s): State<Arc<Internal>>, headers: HeaderMap, Query(t): Query<Target>) -> Response {
-    if !authorized(&s, &headers) {
+    if !authorized(&s.secret, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let Some(epoch) = t.epoch else {
@@ -258,7 +234,7 @@ async fn kick(State(s): State<Arc<Internal>>, headers: HeaderMap, Query(t): Quer
 }
 
 async fn broadcast(State(s): State<Arc<Internal>>, headers: HeaderMap, body: Bytes) -> Response {
-    if !authorized(&s, &headers) {
+    if !authorized(&s.secret, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     match decode_body(&body, &s.limits) {
@@ -268,7 +244,7 @@ async fn broadcast(State(s): State<Arc<Internal>>, headers: HeaderMap, body: Byt
 }
 
 async fn connected_since(State(s): State<Arc<Internal>>, headers: HeaderMap, Query(t): Query<Target>) -> Response {
-    if !authorized(&s, &headers) {
+    if !authorized(&s.secret, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let since = s

@@ -17,9 +17,12 @@ mod cli;
 mod client_cli;
 mod cluster;
 mod node;
+mod peers;
 mod registry;
+mod remote;
 
 use cli::{Cli, Command};
+use node::Tiers;
 
 const EXIT_CONFIG: u8 = 64;
 
@@ -34,11 +37,16 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Token(args) => node::print_token(&config, &args),
-        Command::Run => {
-            node::init_tracing(&config.log);
-            node::run_all_in_one(config)
-        }
+        Command::Run => run(config, Tiers::ALL),
+        Command::Access => run(config, Tiers { access: true, ..Tiers::NONE }),
+        Command::Upstream => run(config, Tiers { upstream: true, ..Tiers::NONE }),
+        Command::Downstream => run(config, Tiers { downstream: true, ..Tiers::NONE }),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Client(args) => client_cli::run(args),
     }
+}
+
+fn run(config: duplex_shared::config::Config, tiers: Tiers) -> ExitCode {
+    node::init_tracing(&config.log);
+    node::run(config, tiers)
 }

@@ -9,6 +9,7 @@ use duplex_access::{AccessContext, AccessListeners, Hub};
 use duplex_downstream::{Downstream, DownstreamContext, DownstreamListeners};
 use duplex_shared::auth::{dev_claims, mint_hs256, TokenVerifier};
 use duplex_shared::config::{Config, JwtAlgorithm, LogConfig, DEV_API_KEY, DEV_SECRET};
+use duplex_shared::links::{ReplyLink, UpstreamLink};
 use duplex_shared::metrics::Metrics;
 use duplex_shared::store::{MemoryStore, RedisStore, Store};
 use duplex_upstream::{Upstream, UpstreamContext, UpstreamListeners};
@@ -52,7 +53,43 @@ pub fn print_token(config: &Config, args: &TokenArgs) -> ExitCode {
     }
 }
 
-pub fn run_all_in_one(config: Config) -> ExitCode {
+/// Which tiers a node runs: all of them (the default), or one (split mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tiers {
+    pub access: bool,
+    pub upstream: bool,
+    pub downstream: bool,
+}
+
+impl Tiers {
+    pub const ALL: Tiers = Tiers {
+        access: true,
+        upstream: true,
+        downstream: true,
+    };
+    pub const NONE: Tiers = Tiers {
+        access: false,
+        upstream: false,
+        downstream: false,
+    };
+
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.access, "access"),
+            (self.upstream, "upstream"),
+            (self.downstream, "downstream"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+
+    fn split(&self) -> bool {
+        *self != Tiers::ALL
+    }
+}
+
+pub fn run(config: Config, tiers: Tiers) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -60,161 +97,201 @@ pub fn run_all_in_one(config: Config) -> ExitCode {
             return ExitCode::from(71);
         }
     };
-    runtime.block_on(all_in_one(config))
+    runtime.block_on(async move {
+        match start(config, tiers).await {
+            Ok(node) => node.run_until_signal().await,
+            Err(code) => code,
+        }
+    })
 }
 
-async fn all_in_one(config: Config) -> ExitCode {
-    let node_id = config.node_id_or_random();
-    let verifier = match TokenVerifier::new(&config.auth) {
-        Ok(v) => Arc::new(v),
-        Err(e) => {
-            eprintln!("duplex: {e}");
-            return ExitCode::from(64);
+/// Binds `addr` or explains which listener could not be had (exit 71).
+fn bind(addr: std::net::SocketAddr, backlog: u32, reuse_port: bool) -> Result<tokio::net::TcpListener, ExitCode> {
+    duplex_shared::net::bind_listener(addr, backlog, reuse_port).map_err(|e| {
+        eprintln!("duplex: cannot listen on {addr}: {e}");
+        ExitCode::from(71)
+    })
+}
+
+async fn connect_store(config: &Config) -> Result<Arc<dyn Store>, ExitCode> {
+    let Some(url) = &config.redis_url else {
+        return Ok(Arc::new(MemoryStore::new()));
+    };
+    let store = RedisStore::connect(url, &config.key_prefix).await.map_err(|e| {
+        eprintln!("duplex: cannot connect to Redis at {url}: {e}");
+        ExitCode::from(69)
+    })?;
+    duplex_shared::store::Store::ping(&store).await.map_err(|e| {
+        eprintln!("duplex: Redis at {url} does not answer: {e}");
+        ExitCode::from(69)
+    })?;
+    Ok(Arc::new(store))
+}
+
+/// A started node: every task it runs, and what stops them.
+struct Node {
+    shutdown: CancellationToken,
+    access: Option<tokio::task::JoinHandle<()>>,
+    upstream: Option<tokio::task::JoinHandle<()>>,
+    downstream: Option<tokio::task::JoinHandle<()>>,
+    registry: tokio::task::JoinHandle<()>,
+    internal: (CancellationToken, tokio::task::JoinHandle<()>),
+    admin: (CancellationToken, tokio::task::JoinHandle<()>),
+}
+
+fn serve_internal(listener: tokio::net::TcpListener, app: axum::Router) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let until = stop.clone();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { until.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            error!(error = %e, "internal listener failed");
         }
-    };
-    let store: Arc<dyn Store> = match &config.redis_url {
-        Some(url) => match RedisStore::connect(url, &config.key_prefix).await {
-            Ok(s) => match duplex_shared::store::Store::ping(&s).await {
-                Ok(()) => Arc::new(s),
-                Err(e) => {
-                    eprintln!("duplex: Redis at {url} does not answer: {e}");
-                    return ExitCode::from(69);
-                }
-            },
-            Err(e) => {
-                eprintln!("duplex: cannot connect to Redis at {url}: {e}");
-                return ExitCode::from(69);
-            }
-        },
-        None => Arc::new(MemoryStore::new()),
-    };
-    let listeners = match AccessListeners::bind(&config.access) {
-        Ok(l) => l,
-        Err(e) => {
+    });
+    (stop, task)
+}
+
+async fn start(config: Config, tiers: Tiers) -> Result<Node, ExitCode> {
+    if tiers.split() && config.redis_url.is_none() {
+        eprintln!("duplex: a node running only some tiers shares state through Redis: set redis_url (--redis)");
+        return Err(ExitCode::from(64));
+    }
+    let node_id = config.node_id_or_random();
+    let store = connect_store(&config).await?;
+    let access_listeners = if tiers.access {
+        Some(AccessListeners::bind(&config.access).map_err(|e| {
             eprintln!(
                 "duplex: cannot listen on {} / {}: {e}",
                 config.access.tcp_listen, config.access.ws_listen
             );
-            return ExitCode::from(71);
-        }
+            ExitCode::from(71)
+        })?)
+    } else {
+        None
     };
-    let push_listener = match duplex_shared::net::bind_listener(
-        config.downstream.http_listen,
-        config.access.listen_backlog,
-        config.access.reuse_port,
-    ) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("duplex: cannot listen on {}: {e}", config.downstream.http_listen);
-            return ExitCode::from(71);
-        }
+    let push_listener = if tiers.downstream {
+        Some(bind(config.downstream.http_listen, config.access.listen_backlog, config.access.reuse_port)?)
+    } else {
+        None
     };
-    let push_api = push_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let admin_listener = match duplex_shared::net::bind_listener(config.admin.listen, 128, false) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("duplex: cannot listen on {}: {e}", config.admin.listen);
-            return ExitCode::from(71);
-        }
-    };
-    let admin_addr = admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let internal_listener = match duplex_shared::net::bind_listener(config.registry.internal_listen, 1024, false) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("duplex: cannot listen on {}: {e}", config.registry.internal_listen);
-            return ExitCode::from(71);
-        }
-    };
-    let Ok(internal_addr) = internal_listener.local_addr() else {
-        eprintln!("duplex: cannot read the internal listener's address");
-        return ExitCode::from(71);
-    };
-    let metrics = Arc::new(Metrics::new());
-    let (tcp_addr, ws_addr) = match (listeners.tcp.local_addr(), listeners.ws.local_addr()) {
-        (Ok(t), Ok(w)) => (t, w),
-        _ => {
-            eprintln!("duplex: cannot read the bound listener addresses");
-            return ExitCode::from(71);
-        }
-    };
-    let (tcp, ws) = (tcp_addr.to_string(), ws_addr.to_string());
-    if config.auth.secret.as_deref() == Some(DEV_SECRET) {
-        warn!("using the built-in development secret; set auth.secret before exposing this node");
-    }
-    let hub = Arc::new(Hub::new(node_id.clone()));
-    let secret = config.registry.secret().to_owned();
-    let nodes = match crate::cluster::ClusterNodes::new(hub.clone(), store.clone(), &secret) {
-        Ok(n) => Arc::new(n),
-        Err(e) => {
-            eprintln!("duplex: {e}");
-            return ExitCode::from(71);
-        }
-    };
-    let internal_app = crate::cluster::router(hub.clone(), &secret, config.access.limits());
-    let internal_stop = CancellationToken::new();
-    let internal_server = {
-        let stop = internal_stop.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(internal_listener, internal_app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                error!(error = %e, "internal listener failed");
-            }
+    let admin_listener = bind(config.admin.listen, 128, false)?;
+    let internal_listener = bind(config.registry.internal_listen, 1024, false)?;
+    let local = |l: &tokio::net::TcpListener| {
+        l.local_addr().map_err(|e| {
+            eprintln!("duplex: cannot read a bound listener's address: {e}");
+            ExitCode::from(71)
         })
     };
-    let downstream = Downstream::start(DownstreamContext {
-        config: config.downstream.clone(),
-        store: store.clone(),
-        nodes: nodes.clone(),
-        metrics: metrics.clone(),
+    let internal_addr = local(&internal_listener)?;
+    let admin_addr = local(&admin_listener)?;
+    let access_addrs = match &access_listeners {
+        Some(l) => Some((local(&l.tcp)?, local(&l.ws)?)),
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let secret = config.registry.secret().to_owned();
+    let hub = Arc::new(Hub::new(node_id.clone()));
+    let peers = Arc::new(crate::peers::Peers::new(store.clone()));
+    let fatal = |e: String| {
+        eprintln!("duplex: {e}");
+        ExitCode::from(71)
+    };
+    let nodes = Arc::new(crate::cluster::ClusterNodes::new(hub.clone(), peers.clone(), &secret).map_err(fatal)?);
+    let downstream = tiers.downstream.then(|| {
+        Downstream::start(DownstreamContext {
+            config: config.downstream.clone(),
+            store: store.clone(),
+            nodes: nodes.clone(),
+            metrics: metrics.clone(),
+        })
     });
-    let upstream = match Upstream::new(UpstreamContext {
-        config: config.upstream.clone(),
-        node_id: node_id.clone(),
-        store: store.clone(),
-        replies: downstream.replies(),
-        metrics: metrics.clone(),
-    }) {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("duplex: {e}");
-            return ExitCode::from(64);
-        }
+    let replies: Arc<dyn ReplyLink> = match &downstream {
+        Some(d) => d.replies(),
+        None => Arc::new(crate::remote::RemoteReplies::new(peers.clone(), &secret).map_err(fatal)?),
     };
-    let ctx = AccessContext {
-        config: config.access.clone(),
-        node_id: node_id.clone(),
-        verifier,
-        store: store.clone(),
-        nodes,
-        upstream: upstream.clone(),
-        hub,
-        metrics: metrics.clone(),
+    let upstream = if tiers.upstream {
+        Some(
+            Upstream::new(UpstreamContext {
+                config: config.upstream.clone(),
+                node_id: node_id.clone(),
+                store: store.clone(),
+                replies,
+                metrics: metrics.clone(),
+            })
+            .map_err(|e| {
+                eprintln!("duplex: {e}");
+                ExitCode::from(64)
+            })?,
+        )
+    } else {
+        None
     };
-    if config.downstream.api_keys.iter().any(|k| k == DEV_API_KEY) {
-        warn!("using the built-in development API key; set downstream.api_keys before exposing this node");
-    }
+    let limits = config.access.limits();
+    let internal_app = crate::cluster::router(hub.clone(), &secret, limits.clone()).merge(crate::remote::router(
+        &secret,
+        limits,
+        upstream.clone(),
+        downstream.as_ref().map(|d| d.replies()),
+    ));
+    let internal = serve_internal(internal_listener, internal_app);
     let shutdown = CancellationToken::new();
     let store_kind = if config.redis_url.is_some() { "redis" } else { "memory" };
     // Registered before the addresses are printed: a node is ready once it is listed.
     let fresh = crate::registry::Freshness::default();
-    let mut entry = crate::registry::entry(&config, &node_id, tcp_addr, ws_addr, internal_addr);
+    let mut entry = crate::registry::entry(&config, &node_id, &tiers.names(), access_addrs, internal_addr);
     if let Err(e) = crate::registry::register(&*store, &mut entry, config.registry.lease_ms, &fresh).await {
         warn!(error = %e, "cannot write this node's registry entry yet; retrying in the background");
     }
-    // Whoever started us may have stopped reading stdout; that must not end the node.
-    let _ = writeln!(
-        std::io::stdout(),
-        "duplex node {node_id} (all tiers, {store_kind} store)\n  client tcp:       {tcp}\n  client websocket: ws://{ws}/\n  push API:         http://{push_api}/v1/push\n  admin:            http://{admin_addr}/metrics\n  mint a token:     duplex token --sub alice"
+    let mut banner = format!(
+        "duplex node {node_id} ({}, {store_kind} store)\n",
+        if tiers.split() { tiers.names().join(", ") } else { "all tiers".into() }
     );
-    info!(%node_id, %tcp, %ws, %push_api, store = store_kind, "duplex started");
-    let access = tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone()));
-    tokio::spawn(crate::admin::probe_store(
-        store.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    let access = match (access_listeners, access_addrs) {
+        (Some(listeners), Some((tcp, ws))) => {
+            let verifier = TokenVerifier::new(&config.auth).map_err(|e| {
+                eprintln!("duplex: {e}");
+                ExitCode::from(64)
+            })?;
+            if config.auth.secret.as_deref() == Some(DEV_SECRET) {
+                warn!("using the built-in development secret; set auth.secret before exposing this node");
+            }
+            let link: Arc<dyn UpstreamLink> = match &upstream {
+                Some(u) => u.clone(),
+                None => Arc::new(
+                    crate::remote::RemoteUpstream::new(peers.clone(), &secret, config.upstream.clone()).map_err(fatal)?,
+                ),
+            };
+            let ctx = AccessContext {
+                config: config.access.clone(),
+                node_id: node_id.clone(),
+                verifier: Arc::new(verifier),
+                store: store.clone(),
+                nodes,
+                upstream: link,
+                hub,
+                metrics: metrics.clone(),
+            };
+            banner += &format!("  client tcp:       {tcp}\n  client websocket: ws://{ws}/\n");
+            Some(tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone())))
+        }
+        _ => None,
+    };
+    if let Some(l) = &push_listener {
+        banner += &format!("  push API:         http://{}/v1/push\n", local(l)?);
+        if config.downstream.api_keys.iter().any(|k| k == DEV_API_KEY) {
+            warn!("using the built-in development API key; set downstream.api_keys before exposing this node");
+        }
+    }
+    banner += &format!("  internal:         http://{internal_addr}\n  admin:            http://{admin_addr}/metrics\n");
+    if tiers.access {
+        banner += "  mint a token:     duplex token --sub alice\n";
+    }
+    // Whoever started us may have stopped reading stdout; that must not end the node.
+    let _ = write!(std::io::stdout(), "{banner}");
+    info!(%node_id, tiers = ?tiers.names(), store = store_kind, "duplex started");
+    tokio::spawn(crate::admin::probe_store(store.clone(), metrics.clone(), shutdown.clone()));
     let registry = tokio::spawn(crate::registry::heartbeat(
         store.clone(),
         metrics.clone(),
@@ -226,8 +303,9 @@ async fn all_in_one(config: Config) -> ExitCode {
     let admin_state = crate::admin::Admin {
         node_id: node_id.clone(),
         store_kind,
+        tiers: tiers.names(),
         started: std::time::Instant::now(),
-        clients: downstream.clients(),
+        clients: downstream.as_ref().map(|d| d.clients()),
         metrics,
         store,
         upstream: upstream.clone(),
@@ -236,23 +314,54 @@ async fn all_in_one(config: Config) -> ExitCode {
         lease_ms: config.registry.lease_ms,
         draining: shutdown.clone(),
     };
-    let upstream = tokio::spawn(upstream.serve(UpstreamListeners::default(), shutdown.clone()));
-    let downstream = tokio::spawn(downstream.serve(DownstreamListeners { http: push_listener }, shutdown.clone()));
+    let upstream = upstream.map(|u| tokio::spawn(u.serve(UpstreamListeners::default(), shutdown.clone())));
+    let downstream = match (downstream, push_listener) {
+        (Some(d), Some(http)) => Some(tokio::spawn(d.serve(DownstreamListeners { http }, shutdown.clone()))),
+        _ => None,
+    };
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(crate::admin::serve(admin_listener, admin_state, admin_stop.clone()));
-    wait_for_signal().await;
-    info!("shutting down");
-    shutdown.cancel();
-    let (a, u, d, _) = tokio::join!(access, upstream, downstream, registry);
-    admin_stop.cancel();
-    internal_stop.cancel();
-    let _ = internal_server.await;
-    let _ = admin.await;
-    if a.is_err() || u.is_err() || d.is_err() {
-        error!("a tier ended abnormally during shutdown");
-        return ExitCode::from(70);
+    Ok(Node {
+        shutdown,
+        access,
+        upstream,
+        downstream,
+        registry,
+        internal,
+        admin: (admin_stop, admin),
+    })
+}
+
+impl Node {
+    /// Runs until SIGTERM or Ctrl-C, then drains: the access tier says
+    /// GoAway, the stateless tiers finish what they hold, the entry leaves
+    /// the registry at once.
+    async fn run_until_signal(self) -> ExitCode {
+        wait_for_signal().await;
+        info!("shutting down");
+        self.shutdown.cancel();
+        let mut failed = false;
+        if let Some(a) = self.access {
+            failed |= a.await.is_err();
+        }
+        if let Some(u) = self.upstream {
+            failed |= u.await.is_err();
+        }
+        if let Some(d) = self.downstream {
+            failed |= d.await.is_err();
+        }
+        let _ = self.registry.await;
+        // In-flight internal calls were answered while the tiers drained.
+        self.internal.0.cancel();
+        let _ = self.internal.1.await;
+        self.admin.0.cancel();
+        let _ = self.admin.1.await;
+        if failed {
+            error!("a tier ended abnormally during shutdown");
+            return ExitCode::from(70);
+        }
+        ExitCode::SUCCESS
     }
-    ExitCode::SUCCESS
 }
 
 async fn wait_for_signal() {

@@ -43,17 +43,32 @@ fn outward_ip() -> Option<IpAddr> {
     Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_unspecified())
 }
 
-/// The entry of this all-in-one node, for its bound listeners.
-pub fn entry(config: &Config, node_id: &str, tcp: SocketAddr, ws: SocketAddr, internal: SocketAddr) -> NodeInfo {
+/// The entry of this node, for its bound listeners; `access` holds the
+/// client listeners (TCP, WebSocket) when the node runs the access tier.
+pub fn entry(
+    config: &Config,
+    node_id: &str,
+    tiers: &[&str],
+    access: Option<(SocketAddr, SocketAddr)>,
+    internal: SocketAddr,
+) -> NodeInfo {
+    let (tcp, ws, max_connections) = match access {
+        Some((tcp, ws)) => (
+            advertised(config, tcp),
+            format!("ws://{}/", advertised(config, ws)),
+            config.access.max_connections as u64,
+        ),
+        None => (String::new(), String::new(), 0),
+    };
     NodeInfo {
         node_id: node_id.to_owned(),
-        tiers: vec!["access".into(), "upstream".into(), "downstream".into()],
-        tcp: advertised(config, tcp),
-        ws: format!("ws://{}/", advertised(config, ws)),
+        tiers: tiers.iter().map(|t| (*t).to_owned()).collect(),
+        tcp,
+        ws,
         internal: format!("http://{}", advertised(config, internal)),
         region: config.registry.region.clone(),
         connections: 0,
-        max_connections: config.access.max_connections as u64,
+        max_connections,
         expires_ms: 0,
     }
 }

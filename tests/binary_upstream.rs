@@ -18,36 +18,7 @@ async fn ask(conn: &mut Connection, id: u64) -> Reply {
 }
 
 async fn ask_service(conn: &mut Connection, id: u64, service: &str) -> Reply {
-    conn.send(&Frame::Request(Request {
-        id,
-        service: service.into(),
-        method: "GET".into(),
-        path: "/orders/1".into(),
-        headers: Default::default(),
-        body: Default::default(),
-        timeout_ms: 0,
-    }))
-    .await
-    .expect("send");
-    // Replies to earlier requests may be replayed first (at least once); they are acked and skipped.
-    for _ in 0..10 {
-        let frame = tokio::time::timeout(Duration::from_secs(5), conn.recv())
-            .await
-            .expect("a reply within 5 s")
-            .expect("readable");
-        match frame {
-            Some(Frame::Reply(r)) => {
-                conn.send(&Frame::Ack(duplex_shared::protocol::Ack { id: r.seq, seq: r.seq }))
-                    .await
-                    .expect("ack");
-                if r.id == id {
-                    return r;
-                }
-            }
-            other => panic!("expected a reply, got {other:?}"),
-        }
-    }
-    panic!("no reply to request {id}");
+    ask_with(conn, id, service, "GET", "/orders/1").await
 }
 
 #[tokio::test]

@@ -1,12 +1,13 @@
 //! The `duplex` binary as a child process on ephemeral loopback ports.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use duplex_client::Connection;
-use duplex_shared::protocol::{Frame, Ping};
+use duplex_shared::protocol::{Ack, Frame, Ping, Reply, Request};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_duplex");
 
@@ -75,7 +76,62 @@ pub fn start(extra: &[&str]) -> Running {
 }
 
 pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Running {
+    let (child, printed) = spawn(&[], extra, env);
+    let addr = |label: &str| *printed.get(label).unwrap_or_else(|| panic!("printed {label} address"));
+    Running {
+        tcp: addr("tcp"),
+        ws: addr("ws"),
+        push: addr("push"),
+        admin: addr("admin"),
+        child,
+    }
+}
+
+/// A node running one tier (split mode); the addresses it printed.
+pub struct TierNode {
+    pub child: Child,
+    pub tcp: Option<SocketAddr>,
+    pub push: Option<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+impl Drop for TierNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TierNode {
+    pub fn tcp(&self) -> SocketAddr {
+        self.tcp.expect("an access node")
+    }
+
+    pub fn push(&self) -> SocketAddr {
+        self.push.expect("a downstream node")
+    }
+
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `duplex <tier>` (access, upstream or downstream) on ephemeral ports.
+pub fn start_tier(tier: &str, extra: &[&str]) -> TierNode {
+    let (child, printed) = spawn(&[tier], extra, &[]);
+    TierNode {
+        child,
+        tcp: printed.get("tcp").copied(),
+        push: printed.get("push").copied(),
+        admin: *printed.get("admin").expect("printed admin address"),
+    }
+}
+
+/// Spawns the binary and reads the addresses it prints, up to the admin line (always last).
+fn spawn(command: &[&str], extra: &[&str], env: &[(&str, &str)]) -> (Child, HashMap<&'static str, SocketAddr>) {
     let mut child = Command::new(BIN)
+        .args(command)
         .args(EPHEMERAL_LISTENERS)
         .args(extra)
         .envs(env.iter().copied())
@@ -86,42 +142,28 @@ pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Running {
         .expect("spawn duplex");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let (mut tcp, mut ws, mut push, mut admin) = (None, None, None, None);
+    let mut printed = HashMap::new();
+    let labels = [
+        ("client tcp:", "tcp", "", ""),
+        ("client websocket:", "ws", "ws://", "/"),
+        ("push API:", "push", "http://", "/v1/push"),
+        ("admin:", "admin", "http://", "/metrics"),
+    ];
     for _ in 0..10 {
         let Some(Ok(line)) = lines.next() else { break };
-        if let Some(a) = line.trim().strip_prefix("client tcp:") {
-            tcp = Some(a.trim().parse().expect("tcp addr"));
+        for (prefix, label, scheme, suffix) in labels {
+            if let Some(a) = line.trim().strip_prefix(prefix) {
+                let a = a.trim().trim_start_matches(scheme).trim_end_matches(suffix);
+                printed.insert(label, a.parse().unwrap_or_else(|_| panic!("{label} address {a}")));
+            }
         }
-        if let Some(a) = line.trim().strip_prefix("client websocket:") {
-            ws = Some(
-                a.trim()
-                    .trim_start_matches("ws://")
-                    .trim_end_matches('/')
-                    .parse()
-                    .expect("ws addr"),
-            );
-        }
-        if let Some(a) = line.trim().strip_prefix("push API:") {
-            let a = a.trim().trim_start_matches("http://").trim_end_matches("/v1/push");
-            push = Some(a.parse().expect("push addr"));
-        }
-        if let Some(a) = line.trim().strip_prefix("admin:") {
-            let a = a.trim().trim_start_matches("http://").trim_end_matches("/metrics");
-            admin = Some(a.parse().expect("admin addr"));
-        }
-        if tcp.is_some() && ws.is_some() && push.is_some() && admin.is_some() {
+        if printed.contains_key("admin") {
             break;
         }
     }
     // Keep reading stdout so the server never writes into a closed pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    Running {
-        child,
-        tcp: tcp.expect("printed tcp address"),
-        ws: ws.expect("printed ws address"),
-        push: push.expect("printed push API address"),
-        admin: admin.expect("printed admin address"),
-    }
+    (child, printed)
 }
 
 pub fn mint(sub: &str) -> String {
@@ -152,4 +194,36 @@ pub async fn terminate(run: &mut Running) -> std::process::ExitStatus {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("duplex did not exit within 10 s of SIGTERM");
+}
+
+/// Sends a request and waits for its reply; replies to earlier requests that
+/// are replayed first (at least once) are acked and skipped.
+pub async fn ask_with(conn: &mut Connection, id: u64, service: &str, method: &str, path: &str) -> Reply {
+    conn.send(&Frame::Request(Request {
+        id,
+        service: service.into(),
+        method: method.into(),
+        path: path.into(),
+        headers: Default::default(),
+        body: Default::default(),
+        timeout_ms: 0,
+    }))
+    .await
+    .expect("send");
+    for _ in 0..10 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), conn.recv())
+            .await
+            .expect("a reply within 10 s")
+            .expect("readable");
+        match frame {
+            Some(Frame::Reply(r)) => {
+                conn.send(&Frame::Ack(Ack { id: r.seq, seq: r.seq })).await.expect("ack");
+                if r.id == id {
+                    return r;
+                }
+            }
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+    panic!("no reply to request {id}");
 }

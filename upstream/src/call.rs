@@ -61,6 +61,9 @@ pub enum CallError {
     Timeout,
     #[error("backend unreachable: {0}")]
     Transport(String),
+    /// The node that made the call died before answering (split mode).
+    #[error("the upstream node handling the call was lost")]
+    Lost,
 }
 
 enum TryError {

@@ -40,6 +40,7 @@ mod upload;
 
 use call::Service;
 pub use pool::EndpointView;
+pub use request::Forwarded;
 
 /// What the upstream tier needs from the rest of the node.
 #[derive(Clone)]
@@ -210,11 +211,23 @@ impl Upstream {
 #[async_trait]
 impl UpstreamLink for Upstream {
     async fn upload(&self, from: &ClientContext, upload: Upload) -> Result<UploadAck, LinkError> {
-        self.upload_frame(from, upload).await
+        self.upload_frame(from, upload, false).await
     }
 
     async fn request(&self, from: &ClientContext, request: Request) -> Result<(), LinkError> {
-        self.request_frame(from, request).await
+        self.request_frame(from, request, Forwarded::default()).await
+    }
+}
+
+impl Upstream {
+    /// An upload forwarded by an access node in split mode.
+    pub async fn forwarded_upload(&self, from: &ClientContext, upload: Upload, takeover: bool) -> Result<UploadAck, LinkError> {
+        self.upload_frame(from, upload, takeover).await
+    }
+
+    /// A request forwarded by an access node in split mode; see [`Forwarded`].
+    pub async fn forwarded_request(&self, from: &ClientContext, request: Request, how: Forwarded) -> Result<(), LinkError> {
+        self.request_frame(from, request, how).await
     }
 }
 

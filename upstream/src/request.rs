@@ -27,8 +27,19 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
+/// How a request reached this node.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Forwarded {
+    /// Answer only once the reply is handed to downstream, so the access node
+    /// that forwarded the request learns when this node dies before that.
+    pub wait_for_reply: bool,
+    /// The node that had the request first was lost mid-call: take its claim
+    /// over when a repeat is safe, else answer with a `upstream_lost` reply.
+    pub takeover: bool,
+}
+
 impl Upstream {
-    pub(crate) async fn request_frame(&self, from: &ClientContext, req: Request) -> Result<(), LinkError> {
+    pub(crate) async fn request_frame(&self, from: &ClientContext, req: Request, how: Forwarded) -> Result<(), LinkError> {
         let service = self.service(&req.service)?;
         let method = Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
             .ok()
@@ -58,17 +69,28 @@ impl Upstream {
             .begin_frame(&from.client_id, &key, deadline_ms + CLAIM_SLACK_MS)
             .await
             .map_err(store_unavailable)?;
+        let retry_safe = idempotent(&method) || service.config.idempotency_keys;
         if claim != FrameClaim::New {
-            // A resend: the first copy's reply is on its way (or stored for the client's replay).
-            return Ok(());
+            if how.takeover && !retry_safe {
+                // The backend may or may not have seen it: say so rather than repeat it.
+                let (reply, kind) = reply_for(req.id, Err(CallError::Lost));
+                service.replies[kind].inc();
+                deliver_reply(&*self.replies, &from.client_id, reply, deadline_ms).await;
+                return Ok(());
+            }
+            if !how.takeover {
+                // A resend: the first copy's reply is on its way (or stored for the client's replay).
+                return Ok(());
+            }
         }
         let replies = self.replies.clone();
         let from = from.clone();
+        let (done, replied) = tokio::sync::oneshot::channel::<()>();
         self.tasks.spawn(async move {
             let _permit = permit;
             let deadline = Instant::now() + Duration::from_millis(deadline_ms);
             let call = Call {
-                retry_safe: idempotent(&method) || service.config.idempotency_keys,
+                retry_safe,
                 method,
                 path: &req.path,
                 headers: &req.headers,
@@ -88,7 +110,11 @@ impl Upstream {
             // The claim stays until it expires (deadline + slack): a resend meanwhile
             // finds it and waits for this reply instead of calling the backend again.
             deliver_reply(&*replies, &from.client_id, reply, deadline_ms).await;
+            let _ = done.send(());
         });
+        if how.wait_for_reply {
+            let _ = replied.await;
+        }
         Ok(())
     }
 }
@@ -126,6 +152,12 @@ fn reply_for(id: u64, result: Result<BackendResponse, CallError>) -> (Reply, usi
             2,
         ),
         Err(e @ CallError::Transport(_)) => failure(502, "backend_error", e.to_string(), 3),
+        Err(CallError::Lost) => failure(
+            502,
+            "upstream_lost",
+            "the upstream node handling this request was lost; the backend may have received it".into(),
+            3,
+        ),
     }
 }
 

@@ -70,7 +70,9 @@ fn ack_from_outcome(id: u64, outcome: &str) -> UploadAck {
 }
 
 impl Upstream {
-    pub(crate) async fn upload_frame(&self, from: &ClientContext, up: Upload) -> Result<UploadAck, LinkError> {
+    /// `takeover`: the node that had this upload first was lost mid-call, so
+    /// its claim is taken over (the idempotency key makes a repeat harmless).
+    pub(crate) async fn upload_frame(&self, from: &ClientContext, up: Upload, takeover: bool) -> Result<UploadAck, LinkError> {
         let service = self.service(&up.service)?;
         service
             .check_path(&up.path)
@@ -87,6 +89,7 @@ impl Upstream {
                 .map_err(store_unavailable)?
             {
                 FrameClaim::New => break,
+                FrameClaim::InFlight if takeover => break,
                 FrameClaim::Done(outcome) => return Ok(ack_from_outcome(up.id, &outcome)),
                 FrameClaim::InFlight if Instant::now() < waited_until => {
                     tokio::time::sleep(poll).await;
