@@ -38,9 +38,27 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Token(args) => node::print_token(&config, &args),
         Command::Run => run(config, Tiers::ALL),
-        Command::Access => run(config, Tiers { access: true, ..Tiers::NONE }),
-        Command::Upstream => run(config, Tiers { upstream: true, ..Tiers::NONE }),
-        Command::Downstream => run(config, Tiers { downstream: true, ..Tiers::NONE }),
+        Command::Access => run(
+            config,
+            Tiers {
+                access: true,
+                ..Tiers::NONE
+            },
+        ),
+        Command::Upstream => run(
+            config,
+            Tiers {
+                upstream: true,
+                ..Tiers::NONE
+            },
+        ),
+        Command::Downstream => run(
+            config,
+            Tiers {
+                downstream: true,
+                ..Tiers::NONE
+            },
+        ),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Client(args) => client_cli::run(args),
     }

@@ -139,7 +139,10 @@ struct Node {
     admin: (CancellationToken, tokio::task::JoinHandle<()>),
 }
 
-fn serve_internal(listener: tokio::net::TcpListener, app: axum::Router) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+fn serve_internal(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let stop = CancellationToken::new();
     let until = stop.clone();
     let task = tokio::spawn(async move {
@@ -172,7 +175,11 @@ async fn start(config: Config, tiers: Tiers) -> Result<Node, ExitCode> {
         None
     };
     let push_listener = if tiers.downstream {
-        Some(bind(config.downstream.http_listen, config.access.listen_backlog, config.access.reuse_port)?)
+        Some(bind(
+            config.downstream.http_listen,
+            config.access.listen_backlog,
+            config.access.reuse_port,
+        )?)
     } else {
         None
     };
@@ -246,7 +253,11 @@ async fn start(config: Config, tiers: Tiers) -> Result<Node, ExitCode> {
     }
     let mut banner = format!(
         "duplex node {node_id} ({}, {store_kind} store)\n",
-        if tiers.split() { tiers.names().join(", ") } else { "all tiers".into() }
+        if tiers.split() {
+            tiers.names().join(", ")
+        } else {
+            "all tiers".into()
+        }
     );
     let access = match (access_listeners, access_addrs) {
         (Some(listeners), Some((tcp, ws))) => {
@@ -260,7 +271,8 @@ async fn start(config: Config, tiers: Tiers) -> Result<Node, ExitCode> {
             let link: Arc<dyn UpstreamLink> = match &upstream {
                 Some(u) => u.clone(),
                 None => Arc::new(
-                    crate::remote::RemoteUpstream::new(peers.clone(), &secret, config.upstream.clone()).map_err(fatal)?,
+                    crate::remote::RemoteUpstream::new(peers.clone(), &secret, config.upstream.clone())
+                        .map_err(fatal)?,
                 ),
             };
             let ctx = AccessContext {
@@ -291,7 +303,11 @@ async fn start(config: Config, tiers: Tiers) -> Result<Node, ExitCode> {
     // Whoever started us may have stopped reading stdout; that must not end the node.
     let _ = write!(std::io::stdout(), "{banner}");
     info!(%node_id, tiers = ?tiers.names(), store = store_kind, "duplex started");
-    tokio::spawn(crate::admin::probe_store(store.clone(), metrics.clone(), shutdown.clone()));
+    tokio::spawn(crate::admin::probe_store(
+        store.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let registry = tokio::spawn(crate::registry::heartbeat(
         store.clone(),
         metrics.clone(),

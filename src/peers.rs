@@ -89,11 +89,14 @@ impl Peers {
     /// Picks a node of `tier`, not in `exclude`, preferring the less busy of
     /// two at random; ejected nodes only when nothing else is left.
     pub async fn pick(&self, tier: &str, exclude: &[String]) -> Result<PeerCall<'_>, LinkError> {
-        let nodes = self.all().await?;
-        let candidates: Vec<&NodeInfo> = nodes
-            .iter()
-            .filter(|n| n.tiers.iter().any(|t| t == tier) && !exclude.contains(&n.node_id))
-            .collect();
+        let mut nodes = self.all().await?;
+        let eligible = |n: &NodeInfo| n.tiers.iter().any(|t| t == tier) && !exclude.contains(&n.node_id);
+        if !nodes.iter().any(eligible) {
+            // Nothing left in a view up to a second old: a node may have joined since.
+            self.cached.lock().unwrap_or_else(|p| p.into_inner()).0 = None;
+            nodes = self.all().await?;
+        }
+        let candidates: Vec<&NodeInfo> = nodes.iter().filter(|n| eligible(n)).collect();
         if candidates.is_empty() {
             return Err(LinkError::Unavailable(format!("no {tier} node is available")));
         }
@@ -102,7 +105,12 @@ impl Peers {
         let up: Vec<&NodeInfo> = candidates
             .iter()
             .copied()
-            .filter(|n| health.get(&n.node_id).and_then(|h| h.ejected_until).is_none_or(|t| t <= now))
+            .filter(|n| {
+                health
+                    .get(&n.node_id)
+                    .and_then(|h| h.ejected_until)
+                    .is_none_or(|t| t <= now)
+            })
             .collect();
         let pool = if up.is_empty() { &candidates } else { &up };
         let load = |n: &NodeInfo| health.get(&n.node_id).map_or(0, |h| h.in_flight);
@@ -128,7 +136,11 @@ impl Peers {
         } else {
             h.backoff = (h.backoff * 2).clamp(FIRST_EJECTION, LONGEST_EJECTION);
             h.ejected_until = Some(Instant::now() + h.backoff);
-            tracing::warn!(node = node_id, backoff_ms = h.backoff.as_millis() as u64, "peer node ejected after a failed call");
+            tracing::warn!(
+                node = node_id,
+                backoff_ms = h.backoff.as_millis() as u64,
+                "peer node ejected after a failed call"
+            );
         }
     }
 }

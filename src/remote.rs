@@ -64,7 +64,13 @@ impl RemoteUpstream {
         Duration::from_millis(ms) + FORWARD_SLACK
     }
 
-    async fn forward(&self, kind: &str, from: &ClientContext, frame: &Frame, timeout: Duration) -> Result<Bytes, LinkError> {
+    async fn forward(
+        &self,
+        kind: &str,
+        from: &ClientContext,
+        frame: &Frame,
+        timeout: Duration,
+    ) -> Result<Bytes, LinkError> {
         let body = frame_bytes(frame);
         let mut tried: Vec<String> = Vec::new();
         let mut takeover = false;
@@ -137,13 +143,17 @@ impl UpstreamLink for RemoteUpstream {
         let bytes = self.forward("upload", from, &Frame::Upload(upload), timeout).await?;
         match decode_body(&bytes, &Limits::default()) {
             Ok(Frame::UploadAck(ack)) => Ok(ack),
-            _ => Err(LinkError::Unavailable("an upstream node answered an upload with no ack".into())),
+            _ => Err(LinkError::Unavailable(
+                "an upstream node answered an upload with no ack".into(),
+            )),
         }
     }
 
     async fn request(&self, from: &ClientContext, request: Request) -> Result<(), LinkError> {
         let timeout = self.timeout(&request.service, request.timeout_ms);
-        self.forward("request", from, &Frame::Request(request), timeout).await.map(drop)
+        self.forward("request", from, &Frame::Request(request), timeout)
+            .await
+            .map(drop)
     }
 }
 
@@ -172,7 +182,9 @@ impl ReplyLink for RemoteReplies {
         let mut last = LinkError::Unavailable("no downstream node is available".into());
         // Storing a reply twice keeps the first, so a retry on another node is safe.
         while tried.len() < MAX_NODES_PER_CALL {
-            let Ok(peer) = self.peers.pick("downstream", &tried).await else { break };
+            let Ok(peer) = self.peers.pick("downstream", &tried).await else {
+                break;
+            };
             let sent = self
                 .http
                 .post(format!("{}/internal/v1/reply", peer.base))
@@ -234,7 +246,12 @@ struct TierState {
 
 /// Internal routes of the upstream tier (uploads, requests) and the
 /// downstream tier (replies), for the tiers this node runs.
-pub fn router(secret: &str, limits: Limits, upstream: Option<Arc<Upstream>>, replies: Option<Arc<dyn ReplyLink>>) -> Router {
+pub fn router(
+    secret: &str,
+    limits: Limits,
+    upstream: Option<Arc<Upstream>>,
+    replies: Option<Arc<dyn ReplyLink>>,
+) -> Router {
     Router::new()
         .route("/internal/v1/upload", post(upload))
         .route("/internal/v1/request", post(request))
@@ -255,11 +272,18 @@ fn not_this_tier(tier: &str) -> Response {
     (StatusCode::NOT_FOUND, format!("this node does not run the {tier} tier")).into_response()
 }
 
-async fn upload(State(s): State<Arc<TierState>>, headers: HeaderMap, Query(from): Query<Sender>, body: Bytes) -> Response {
+async fn upload(
+    State(s): State<Arc<TierState>>,
+    headers: HeaderMap,
+    Query(from): Query<Sender>,
+    body: Bytes,
+) -> Response {
     if !authorized(&s.secret, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let Some(upstream) = &s.upstream else { return not_this_tier("upstream") };
+    let Some(upstream) = &s.upstream else {
+        return not_this_tier("upstream");
+    };
     let Ok(Frame::Upload(up)) = decode_body(&body, &s.limits) else {
         return (StatusCode::BAD_REQUEST, "the body is not an upload frame").into_response();
     };
@@ -269,11 +293,18 @@ async fn upload(State(s): State<Arc<TierState>>, headers: HeaderMap, Query(from)
     }
 }
 
-async fn request(State(s): State<Arc<TierState>>, headers: HeaderMap, Query(from): Query<Sender>, body: Bytes) -> Response {
+async fn request(
+    State(s): State<Arc<TierState>>,
+    headers: HeaderMap,
+    Query(from): Query<Sender>,
+    body: Bytes,
+) -> Response {
     if !authorized(&s.secret, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let Some(upstream) = &s.upstream else { return not_this_tier("upstream") };
+    let Some(upstream) = &s.upstream else {
+        return not_this_tier("upstream");
+    };
     let Ok(Frame::Request(req)) = decode_body(&body, &s.limits) else {
         return (StatusCode::BAD_REQUEST, "the body is not a request frame").into_response();
     };
@@ -293,11 +324,18 @@ struct ReplyTarget {
     expires_ms: u64,
 }
 
-async fn reply(State(s): State<Arc<TierState>>, headers: HeaderMap, Query(t): Query<ReplyTarget>, body: Bytes) -> Response {
+async fn reply(
+    State(s): State<Arc<TierState>>,
+    headers: HeaderMap,
+    Query(t): Query<ReplyTarget>,
+    body: Bytes,
+) -> Response {
     if !authorized(&s.secret, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let Some(replies) = &s.replies else { return not_this_tier("downstream") };
+    let Some(replies) = &s.replies else {
+        return not_this_tier("downstream");
+    };
     let Ok(Frame::Reply(r)) = decode_body(&body, &s.limits) else {
         return (StatusCode::BAD_REQUEST, "the body is not a reply frame").into_response();
     };

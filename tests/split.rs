@@ -114,7 +114,10 @@ async fn six_split_nodes_carry_pushes_requests_and_uploads() {
     }
     let calls = [backend_calls(&up[0]).await, backend_calls(&up[1]).await];
     assert_eq!(calls[0] + calls[1], 40, "{calls:?}");
-    assert!(calls.iter().all(|&c| c > 0), "both upstream nodes served requests: {calls:?}");
+    assert!(
+        calls.iter().all(|&c| c > 0),
+        "both upstream nodes served requests: {calls:?}"
+    );
     assert_eq!(backend.count(), 40);
 
     // An upload from a client on access B is acked after the backend took it.
@@ -135,7 +138,10 @@ async fn six_split_nodes_carry_pushes_requests_and_uploads() {
         other => panic!("expected an upload ack, got {other:?}"),
     }
     let hit = backend.hits().pop().expect("hit");
-    assert_eq!((hit.target.as_str(), hit.body.as_ref()), ("/api/orders/new", &b"{\"n\":7}"[..]));
+    assert_eq!(
+        (hit.target.as_str(), hit.body.as_ref()),
+        ("/api/orders/new", &b"{\"n\":7}"[..])
+    );
     assert_eq!(hit.headers["x-duplex-client-id"], "bob-phone");
 
     // Each node's admin API answers for the tiers it runs, and says so for the others.
@@ -194,7 +200,9 @@ async fn a_killed_upstream_node_mid_request_still_answers_every_request() {
     while replies.len() < 2 {
         match next_frame(&mut conn).await {
             Some(Frame::Reply(r)) => {
-                conn.send(&Frame::Ack(Ack { id: r.seq, seq: r.seq })).await.expect("ack");
+                conn.send(&Frame::Ack(Ack { id: r.seq, seq: r.seq }))
+                    .await
+                    .expect("ack");
                 replies.insert(r.id, r);
             }
             other => panic!("expected replies, got {other:?}"),
@@ -202,14 +210,25 @@ async fn a_killed_upstream_node_mid_request_still_answers_every_request() {
     }
     assert_eq!(replies[&1].status, 200, "{:?}", replies[&1]);
     assert_eq!(
-        (replies[&2].status, replies[&2].headers.get("x-duplex-error").map(String::as_str)),
+        (
+            replies[&2].status,
+            replies[&2].headers.get("x-duplex-error").map(String::as_str)
+        ),
         (502, Some("upstream_lost")),
         "{:?}",
         replies[&2]
     );
     let methods: Vec<String> = backend.hits().into_iter().map(|h| h.method).collect();
-    assert_eq!(methods.iter().filter(|m| *m == "GET").count(), 2, "the GET was repeated: {methods:?}");
-    assert_eq!(methods.iter().filter(|m| *m == "POST").count(), 1, "the POST was not: {methods:?}");
+    assert_eq!(
+        methods.iter().filter(|m| *m == "GET").count(),
+        2,
+        "the GET was repeated: {methods:?}"
+    );
+    assert_eq!(
+        methods.iter().filter(|m| *m == "POST").count(),
+        1,
+        "the POST was not: {methods:?}"
+    );
 }
 
 #[tokio::test]
@@ -273,13 +292,17 @@ async fn a_killed_downstream_node_mid_batch_leaves_one_copy_per_idempotency_key(
     // Each client holds exactly one copy per key.
     for c in 0..clients {
         let mut conn = Connection::tcp(access.tcp()).await.expect("tcp");
-        conn.handshake(&mint("fleet"), &format!("dev-{c}"), 0).await.expect("handshake");
+        conn.handshake(&mint("fleet"), &format!("dev-{c}"), 0)
+            .await
+            .expect("handshake");
         let mut got = Vec::new();
         while got.len() < per_client {
             match next_frame(&mut conn).await {
                 Some(Frame::Push(p)) => {
                     got.push(serde_json::from_slice::<u64>(&p.payload).expect("payload"));
-                    conn.send(&Frame::Ack(Ack { id: p.seq, seq: p.seq })).await.expect("ack");
+                    conn.send(&Frame::Ack(Ack { id: p.seq, seq: p.seq }))
+                        .await
+                        .expect("ack");
                 }
                 other => panic!("expected pushes, got {other:?}"),
             }
@@ -287,10 +310,53 @@ async fn a_killed_downstream_node_mid_batch_leaves_one_copy_per_idempotency_key(
         got.sort_unstable();
         let expected: Vec<u64> = (0..per_client as u64).map(|k| k * clients as u64 + c as u64).collect();
         assert_eq!(got, expected, "client dev-{c} (first answer: {first_answer:?})");
-        conn.send(&Frame::Ping(duplex_shared::protocol::Ping { id: 99 })).await.expect("ping");
+        conn.send(&Frame::Ping(duplex_shared::protocol::Ping { id: 99 }))
+            .await
+            .expect("ping");
         assert!(
             matches!(next_frame(&mut conn).await, Some(Frame::Pong(_))),
             "no further copy of anything for dev-{c}"
         );
     }
+}
+
+/// Two access nodes, one upstream, two downstream; pushes go through downstream 2.
+fn access_pair(redis: &TestRedis, config: &ConfigFile) -> [TierNode; 5] {
+    [
+        node("access", redis, "access-a", config),
+        node("access", redis, "access-b", config),
+        node("upstream", redis, "upstream-1", config),
+        node("downstream", redis, "downstream-1", config),
+        node("downstream", redis, "downstream-2", config),
+    ]
+}
+
+#[tokio::test]
+async fn a_killed_access_node_loses_no_push_in_split_mode() {
+    let redis = TestRedis::start().expect("redis-server");
+    let backend = Backend::start().await;
+    let config = service_config(&backend);
+    let [mut a, b, _up, _d1, d2] = access_pair(&redis, &config);
+    let a_tcp = a.tcp();
+    common::scenarios::kill_during_a_push_stream(a_tcp, b.tcp(), "access-a", d2.push(), move || a.sigkill()).await;
+}
+
+#[tokio::test]
+async fn draining_an_access_node_with_1000_clients_in_split_mode() {
+    let redis = TestRedis::start().expect("redis-server");
+    let backend = Backend::start().await;
+    let config = config_file(&format!(
+        "[access]\ngoaway_window_ms = 1000\n\n{}",
+        std::fs::read_to_string(&service_config(&backend).path).expect("config")
+    ));
+    let [mut a, b, _up, _d1, d2] = access_pair(&redis, &config);
+    let a_tcp = a.tcp();
+    common::scenarios::drain_with_1000_clients(
+        a_tcp,
+        b.tcp(),
+        "access-a",
+        d2.push(),
+        async move { a.terminate().await },
+    )
+    .await;
 }

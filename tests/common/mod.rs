@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod process;
+pub mod scenarios;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

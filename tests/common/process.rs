@@ -111,6 +111,11 @@ impl TierNode {
         self.push.expect("a downstream node")
     }
 
+    /// SIGTERM, then the exit status (within 10 s).
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        signal_and_wait(&mut self.child).await
+    }
+
     pub fn sigkill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -185,10 +190,14 @@ pub async fn ping_pong(conn: &mut Connection) {
 }
 
 pub async fn terminate(run: &mut Running) -> std::process::ExitStatus {
-    let pid = run.child.id().to_string();
+    signal_and_wait(&mut run.child).await
+}
+
+async fn signal_and_wait(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
     for _ in 0..200 {
-        if let Some(status) = run.child.try_wait().expect("wait") {
+        if let Some(status) = child.try_wait().expect("wait") {
             return status;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -217,7 +226,9 @@ pub async fn ask_with(conn: &mut Connection, id: u64, service: &str, method: &st
             .expect("readable");
         match frame {
             Some(Frame::Reply(r)) => {
-                conn.send(&Frame::Ack(Ack { id: r.seq, seq: r.seq })).await.expect("ack");
+                conn.send(&Frame::Ack(Ack { id: r.seq, seq: r.seq }))
+                    .await
+                    .expect("ack");
                 if r.id == id {
                     return r;
                 }

@@ -221,12 +221,22 @@ impl UpstreamLink for Upstream {
 
 impl Upstream {
     /// An upload forwarded by an access node in split mode.
-    pub async fn forwarded_upload(&self, from: &ClientContext, upload: Upload, takeover: bool) -> Result<UploadAck, LinkError> {
+    pub async fn forwarded_upload(
+        &self,
+        from: &ClientContext,
+        upload: Upload,
+        takeover: bool,
+    ) -> Result<UploadAck, LinkError> {
         self.upload_frame(from, upload, takeover).await
     }
 
     /// A request forwarded by an access node in split mode; see [`Forwarded`].
-    pub async fn forwarded_request(&self, from: &ClientContext, request: Request, how: Forwarded) -> Result<(), LinkError> {
+    pub async fn forwarded_request(
+        &self,
+        from: &ClientContext,
+        request: Request,
+        how: Forwarded,
+    ) -> Result<(), LinkError> {
         self.request_frame(from, request, how).await
     }
 }

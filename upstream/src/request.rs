@@ -39,7 +39,12 @@ pub struct Forwarded {
 }
 
 impl Upstream {
-    pub(crate) async fn request_frame(&self, from: &ClientContext, req: Request, how: Forwarded) -> Result<(), LinkError> {
+    pub(crate) async fn request_frame(
+        &self,
+        from: &ClientContext,
+        req: Request,
+        how: Forwarded,
+    ) -> Result<(), LinkError> {
         let service = self.service(&req.service)?;
         let method = Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
             .ok()

@@ -72,7 +72,12 @@ fn ack_from_outcome(id: u64, outcome: &str) -> UploadAck {
 impl Upstream {
     /// `takeover`: the node that had this upload first was lost mid-call, so
     /// its claim is taken over (the idempotency key makes a repeat harmless).
-    pub(crate) async fn upload_frame(&self, from: &ClientContext, up: Upload, takeover: bool) -> Result<UploadAck, LinkError> {
+    pub(crate) async fn upload_frame(
+        &self,
+        from: &ClientContext,
+        up: Upload,
+        takeover: bool,
+    ) -> Result<UploadAck, LinkError> {
         let service = self.service(&up.service)?;
         service
             .check_path(&up.path)
