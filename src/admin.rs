@@ -231,12 +231,18 @@ fn tier_not_here(admin: &Admin, tier: &str) -> Response {
     )
 }
 
-fn upstream_of(admin: &Admin) -> Result<&Arc<Upstream>, Response> {
-    admin.upstream.as_ref().ok_or_else(|| tier_not_here(admin, "upstream"))
+fn upstream_of(admin: &Admin) -> Result<&Arc<Upstream>, Box<Response>> {
+    admin
+        .upstream
+        .as_ref()
+        .ok_or_else(|| Box::new(tier_not_here(admin, "upstream")))
 }
 
-fn clients_of(admin: &Admin) -> Result<&Clients, Response> {
-    admin.clients.as_ref().ok_or_else(|| tier_not_here(admin, "downstream"))
+fn clients_of(admin: &Admin) -> Result<&Clients, Box<Response>> {
+    admin
+        .clients
+        .as_ref()
+        .ok_or_else(|| Box::new(tier_not_here(admin, "downstream")))
 }
 
 fn api_error(e: ApiError) -> Response {
@@ -249,7 +255,7 @@ async fn client(State(admin): State<Arc<Admin>>, headers: HeaderMap, Path(client
     }
     let clients = match clients_of(&admin) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match clients.info(client_id).await {
         Ok(v) => Json(v).into_response(),
@@ -263,7 +269,7 @@ async fn kick(State(admin): State<Arc<Admin>>, headers: HeaderMap, Path(client_i
     }
     let clients = match clients_of(&admin) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match clients.kick(client_id).await {
         Ok(v) => Json(v).into_response(),
@@ -277,7 +283,7 @@ async fn pools(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response 
     }
     match upstream_of(&admin) {
         Ok(upstream) => Json(serde_json::json!({ "pools": upstream.pools() })).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -301,7 +307,7 @@ async fn set_isolated(
     }
     let upstream = match upstream_of(&admin) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match upstream.set_isolated(&service, &endpoint, isolated).await {
         Ok(()) => Json(serde_json::json!({
@@ -330,7 +336,7 @@ async fn routing(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Respons
     }
     match upstream_of(&admin) {
         Ok(upstream) => Json(serde_json::json!({ "services": upstream.routing() })).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -356,7 +362,7 @@ async fn put_service(
     };
     let upstream = match upstream_of(&admin) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match upstream.set_service(&name, Some(service)).await {
         Ok(()) => Json(serde_json::json!({ "service": name, "changed": true })).into_response(),
@@ -370,7 +376,7 @@ async fn delete_service(State(admin): State<Arc<Admin>>, headers: HeaderMap, Pat
     }
     let upstream = match upstream_of(&admin) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match upstream.set_service(&name, None).await {
         Ok(()) => Json(serde_json::json!({ "service": name, "removed": true })).into_response(),

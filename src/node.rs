@@ -236,7 +236,7 @@ async fn start(config: Config, tiers: Tiers) -> Result<Node, ExitCode> {
         None
     };
     let limits = config.access.limits();
-    let internal_app = crate::cluster::router(hub.clone(), &secret, limits.clone()).merge(crate::remote::router(
+    let internal_app = crate::cluster::router(hub.clone(), &secret, limits).merge(crate::remote::router(
         &secret,
         limits,
         upstream.clone(),
