@@ -73,6 +73,99 @@ impl Drop for TestRedis {
     }
 }
 
+/// A 3-master Redis Cluster on loopback ports (`redis-server
+/// --cluster-enabled` and `redis-cli --cluster create`), its node files in
+/// a private directory; every server is killed and the directory removed on drop.
+pub struct TestRedisCluster {
+    servers: Vec<Child>,
+    ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl TestRedisCluster {
+    // Synchronous on purpose (usable from any test); the sleep paces readiness polling.
+    #[allow(clippy::disallowed_methods)]
+    pub fn start() -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("duplex-cluster-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cluster dir: {e}"))?;
+        let mut cluster = TestRedisCluster {
+            servers: Vec::new(),
+            ports: Vec::new(),
+            dir,
+        };
+        while cluster.ports.len() < 3 {
+            // The cluster bus listens on port + 10000: both must be free.
+            let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+            if port > 55_000
+                || TcpListener::bind(("127.0.0.1", port + 10_000)).is_err()
+                || cluster.ports.contains(&port)
+            {
+                continue;
+            }
+            let child = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no", "--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .arg("--dir")
+                .arg(&cluster.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot run redis-server (see README: apt install redis-server): {e}"))?;
+            cluster.servers.push(child);
+            cluster.ports.push(port);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cluster.ports.iter().all(|&p| ping(p)) {
+            if Instant::now() > deadline {
+                return Err("cluster nodes did not answer within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run redis-cli: {e}"))?;
+        if !created.success() {
+            return Err(format!("redis-cli --cluster create failed: {created}"));
+        }
+        while !cluster.ports.iter().all(|&p| cluster_ok(p)) {
+            if Instant::now() > deadline {
+                return Err("the cluster did not reach cluster_state:ok within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(cluster)
+    }
+
+    /// `redis+cluster://` URL naming every node.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+}
+
+impl Drop for TestRedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.servers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn cluster_ok(port: u16) -> bool {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "cluster", "info"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -92,9 +185,9 @@ pub fn random_prefix() -> String {
     format!("test{:08x}:", rand::random::<u32>())
 }
 
-/// Runs each named `async fn(Arc<dyn Store>)` twice: on a `MemoryStore` and on a
-/// `RedisStore` (fresh key prefix) on a private `redis-server`, so both stores
-/// answer to one contract.
+/// Runs each named `async fn(Arc<dyn Store>)` three times: on a `MemoryStore`, on a
+/// `RedisStore` (fresh key prefix) on a private `redis-server`, and on one on a
+/// private 3-master Redis Cluster, so every store and deployment answers to one contract.
 #[macro_export]
 macro_rules! store_contract {
     ($($name:ident),* $(,)?) => {
@@ -112,6 +205,18 @@ macro_rules! store_contract {
                 async fn $name() {
                     let server = $crate::testing::TestRedis::start().expect("redis-server");
                     let store = $crate::store::RedisStore::connect(&server.url(), &$crate::testing::random_prefix())
+                        .await
+                        .expect("connect");
+                    super::$name(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let cluster = $crate::testing::TestRedisCluster::start().expect("redis cluster");
+                    let store = $crate::store::RedisStore::connect(&cluster.url(), &$crate::testing::random_prefix())
                         .await
                         .expect("connect");
                     super::$name(std::sync::Arc::new(store)).await;

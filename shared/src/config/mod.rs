@@ -82,10 +82,17 @@ impl Config {
             }
         }
         if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
+            let schemes = [
+                "redis://",
+                "rediss://",
+                "redis+unix://",
+                "redis+cluster://",
+                "redis+sentinel://",
+            ];
+            if !schemes.iter().any(|s| url.starts_with(s)) {
                 return Err(invalid(
                     "redis_url",
-                    "must start with redis://, rediss:// or redis+unix://",
+                    "must start with redis://, rediss://, redis+unix://, redis+cluster:// or redis+sentinel://",
                 ));
             }
         }

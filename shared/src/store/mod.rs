@@ -15,6 +15,7 @@ mod memory_queue;
 mod memory_upstream;
 mod messages;
 mod overview;
+mod redis_conn;
 mod redis_scripts;
 mod redis_store;
 mod redis_upstream;

@@ -78,35 +78,26 @@ impl QueueOverview for RedisStore {
         let unavailable = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
         let prefix = self.keys().prefix().to_owned();
         let pattern = format!("{prefix}{{c:*}}:meta");
-        let mut conn = self.conn();
-        let mut cursor: u64 = 0;
-        let mut metas: Vec<String> = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            metas.extend(keys);
-            cursor = next;
-            if cursor == 0 || metas.len() >= scan_max {
-                break;
-            }
-        }
-        let complete = cursor == 0 && metas.len() <= scan_max;
+        let conn = self.conn();
+        let (mut metas, scanned_all) = conn.scan(&pattern, scan_max + 1).await.map_err(unavailable)?;
+        let complete = scanned_all && metas.len() <= scan_max;
         metas.truncate(scan_max);
         let mut all = Vec::with_capacity(metas.len());
         for chunk in metas.chunks(256) {
-            let mut pipe = redis::pipe();
+            let mut cmds = Vec::with_capacity(chunk.len() * 2);
             for meta in chunk {
-                let q = format!("{}q", meta.trim_end_matches("meta"));
-                pipe.zcard(q).hget(meta, "bytes");
+                let mut pending = redis::cmd("ZCARD");
+                pending.arg(format!("{}q", meta.trim_end_matches("meta")));
+                let mut bytes = redis::cmd("HGET");
+                bytes.arg(meta).arg("bytes");
+                cmds.extend([pending, bytes]);
             }
-            let answers: Vec<(u64, Option<u64>)> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            let values = conn.run_all(cmds).await.map_err(unavailable)?;
+            let answers = values.chunks(2).map(|pair| {
+                let pending: u64 = redis::from_redis_value(&pair[0]).unwrap_or(0);
+                let bytes: Option<u64> = pair.get(1).and_then(|v| redis::from_redis_value(v).ok());
+                (pending, bytes)
+            });
             for (meta, (pending, bytes)) in chunk.iter().zip(answers) {
                 let client_id = meta
                     .strip_prefix(&format!("{prefix}{{c:"))

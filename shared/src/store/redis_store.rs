@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError};
 
 use std::sync::LazyLock;
 
 use redis::{Script, Value};
 
+use super::redis_conn::RedisConn;
 use super::redis_scripts;
 use super::{
     message_id, Claim, Enqueued, Keys, MessageRecord, MessageState, MessageStatus, NewMessage, Pending, QueueInfo,
@@ -76,7 +76,7 @@ const REFRESH_BATCH: usize = 512;
 
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: Keys,
 }
 
@@ -93,20 +93,11 @@ fn unavailable(e: RedisError) -> StoreError {
 }
 
 impl RedisStore {
-    /// Connects to `url`; every key starts with `prefix`.
+    /// Connects to `url` (one server, `redis+cluster://` or
+    /// `redis+sentinel://`, see `redis_conn`); every key starts with `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(2)
-            .set_max_delay(1_000);
-        let conn = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(unavailable)?;
         Ok(RedisStore {
-            conn,
+            conn: RedisConn::connect(url).await.map_err(unavailable)?,
             keys: Keys::new(prefix),
         })
     }
@@ -115,7 +106,7 @@ impl RedisStore {
         &self.keys
     }
 
-    pub(super) fn conn(&self) -> ConnectionManager {
+    pub(super) fn conn(&self) -> RedisConn {
         self.conn.clone()
     }
 }
@@ -133,30 +124,29 @@ impl Store for RedisStore {
         node_id: &str,
         ttl: Duration,
     ) -> Result<Claim, StoreError> {
-        let mut conn = self.conn.clone();
         let user_key = self.keys.user_clients(user_id);
-        // Route and user set live in different slots, so this is a pipeline,
-        // not a transaction: the route is authoritative, the set only a hint.
-        let ((epoch, previous),): ((u64, Option<String>),) = redis::pipe()
-            .cmd("EVAL")
+        // Route and user set live in different slots, so these are separate
+        // commands, not a transaction: the route is authoritative, the set only a hint.
+        let mut claim = redis::cmd("EVAL");
+        claim
             .arg(CLAIM)
             .arg(2)
             .arg(self.keys.route(client_id))
             .arg(self.keys.epoch(client_id))
             .arg(node_id)
             .arg(millis(ttl))
-            .arg(millis(USER_CLIENTS_TTL))
-            .cmd("SADD")
-            .arg(&user_key)
-            .arg(client_id)
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&user_key)
-            .arg(millis(USER_CLIENTS_TTL))
-            .ignore()
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .arg(millis(USER_CLIENTS_TTL));
+        let mut add = redis::cmd("SADD");
+        add.arg(&user_key).arg(client_id);
+        let mut keep = redis::cmd("PEXPIRE");
+        keep.arg(&user_key).arg(millis(USER_CLIENTS_TTL));
+        let answers = self.conn.run_all(vec![claim, add, keep]).await.map_err(unavailable)?;
+        let (epoch, previous): (u64, Option<String>) = answers
+            .first()
+            .map(redis::from_redis_value)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .ok_or_else(|| StoreError::Corrupt("no answer to the route claim".into()))?;
         Ok(Claim {
             route: Route {
                 node_id: node_id.to_owned(),
@@ -186,19 +176,25 @@ impl Store for RedisStore {
     }
 
     async fn refresh_routes(&self, routes: &[(String, Route)], ttl: Duration) -> Result<Vec<Renewal>, StoreError> {
-        let mut conn = self.conn.clone();
         let mut out = Vec::with_capacity(routes.len());
         for chunk in routes.chunks(REFRESH_BATCH) {
-            let mut pipe = redis::pipe();
-            for (client_id, route) in chunk {
-                pipe.cmd("EVAL")
-                    .arg(RENEW_IF_OWNED)
-                    .arg(1)
-                    .arg(self.keys.route(client_id))
-                    .arg(route.encode())
-                    .arg(millis(ttl));
-            }
-            let results: Vec<i64> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            let renewals = chunk
+                .iter()
+                .map(|(client_id, route)| {
+                    let mut cmd = redis::cmd("EVAL");
+                    cmd.arg(RENEW_IF_OWNED)
+                        .arg(1)
+                        .arg(self.keys.route(client_id))
+                        .arg(route.encode())
+                        .arg(millis(ttl));
+                    cmd
+                })
+                .collect();
+            let answers = self.conn.run_all(renewals).await.map_err(unavailable)?;
+            let results: Vec<i64> = answers
+                .iter()
+                .map(|v| redis::from_redis_value(v).unwrap_or(0))
+                .collect();
             out.extend(results.into_iter().map(|r| match r {
                 1 => Renewal::Renewed,
                 2 => Renewal::Restored,
@@ -350,33 +346,32 @@ impl Store for RedisStore {
     }
 
     async fn mark_sent_many(&self, items: &[(String, u64)], now_ms: u64) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
         for chunk in items.chunks(REFRESH_BATCH) {
             let build = || {
-                let mut pipe = redis::pipe();
-                for (client_id, seq) in chunk {
-                    pipe.cmd("EVALSHA")
-                        .arg(MARK_SENT.get_hash())
-                        .arg(1)
-                        .arg(format!("{}m:{seq}", self.keys.client(client_id)))
-                        .arg(now_ms)
-                        .ignore();
-                }
-                pipe
+                chunk
+                    .iter()
+                    .map(|(client_id, seq)| {
+                        let mut cmd = redis::cmd("EVALSHA");
+                        cmd.arg(MARK_SENT.get_hash())
+                            .arg(1)
+                            .arg(format!("{}m:{seq}", self.keys.client(client_id)))
+                            .arg(now_ms);
+                        cmd
+                    })
+                    .collect::<Vec<_>>()
             };
-            let sent: Result<(), RedisError> = build().query_async(&mut conn).await;
-            match sent {
-                // Redis forgot the script (restart, SCRIPT FLUSH): load it, send again.
+            match self.conn.run_all(build()).await {
+                // Redis forgot the script (restart, SCRIPT FLUSH, a new cluster master): load it, send again.
                 Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
-                    let _: String = redis::cmd("SCRIPT")
-                        .arg("LOAD")
-                        .arg(redis_scripts::MARK_SENT)
-                        .query_async(&mut conn)
+                    self.conn
+                        .load_everywhere(redis_scripts::MARK_SENT)
                         .await
                         .map_err(unavailable)?;
-                    let () = build().query_async(&mut conn).await.map_err(unavailable)?;
+                    self.conn.run_all(build()).await.map_err(unavailable)?;
                 }
-                other => other.map_err(unavailable)?,
+                other => {
+                    other.map_err(unavailable)?;
+                }
             }
         }
         Ok(())
