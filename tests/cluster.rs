@@ -9,7 +9,7 @@ use common::process::*;
 use common::scenarios;
 use duplex_client::Connection;
 use duplex_shared::protocol::{Ack, Frame};
-use duplex_shared::testing::TestRedis;
+use duplex_shared::testing::{TestRedis, TestRedisCluster};
 use serde_json::{json, Value};
 
 async fn next_frame(conn: &mut Connection) -> Option<Frame> {
@@ -22,8 +22,31 @@ async fn next_frame(conn: &mut Connection) -> Option<Frame> {
 #[tokio::test]
 async fn pushes_kicks_and_replacements_cross_nodes() {
     let redis = TestRedis::start().expect("redis-server");
-    let a = start(&["--redis", &redis.url(), "--node-id", "node-a"]);
-    let b = start(&["--redis", &redis.url(), "--node-id", "node-b"]);
+    pushes_kicks_and_replacements_cross_nodes_on(&redis.url()).await;
+}
+
+#[tokio::test]
+async fn pushes_kicks_and_replacements_cross_nodes_on_a_redis_cluster() {
+    let cluster = TestRedisCluster::start().expect("redis cluster");
+    pushes_kicks_and_replacements_cross_nodes_on(&cluster.url()).await;
+}
+
+#[tokio::test]
+async fn a_killed_node_loses_nothing_on_a_redis_cluster() {
+    let cluster = TestRedisCluster::start().expect("redis cluster");
+    let mut a = start(&["--redis", &cluster.url(), "--node-id", "node-a"]);
+    let b = start(&["--redis", &cluster.url(), "--node-id", "node-b"]);
+    let a_tcp = a.tcp;
+    scenarios::kill_during_a_push_stream(a_tcp, b.tcp, "node-a", b.push, move || {
+        a.child.kill().expect("SIGKILL node A");
+        let _ = a.child.wait();
+    })
+    .await;
+}
+
+async fn pushes_kicks_and_replacements_cross_nodes_on(redis_url: &str) {
+    let a = start(&["--redis", redis_url, "--node-id", "node-a"]);
+    let b = start(&["--redis", redis_url, "--node-id", "node-b"]);
     let http = reqwest::Client::new();
     let mut conn = Connection::tcp(a.tcp).await.expect("tcp");
     conn.handshake(&mint("zoe"), "zoe-phone", 0).await.expect("handshake");

@@ -11,7 +11,7 @@ use common::backend::{Backend, Mode};
 use common::process::*;
 use duplex_client::Connection;
 use duplex_shared::protocol::{Ack, Frame, Upload};
-use duplex_shared::testing::TestRedis;
+use duplex_shared::testing::{TestRedis, TestRedisCluster};
 use serde_json::{json, Value};
 
 const API_KEY: &str = "duplex-dev-api-key";
@@ -23,7 +23,24 @@ fn service_config(backend: &Backend) -> ConfigFile {
     ))
 }
 
-fn node(tier: &str, redis: &TestRedis, id: &str, config: &ConfigFile) -> TierNode {
+/// A single server or a cluster, by URL.
+trait Redis {
+    fn url(&self) -> String;
+}
+
+impl Redis for TestRedis {
+    fn url(&self) -> String {
+        TestRedis::url(self)
+    }
+}
+
+impl Redis for TestRedisCluster {
+    fn url(&self) -> String {
+        TestRedisCluster::url(self)
+    }
+}
+
+fn node(tier: &str, redis: &dyn Redis, id: &str, config: &ConfigFile) -> TierNode {
     start_tier(
         tier,
         &["--redis", &redis.url(), "--node-id", id, "--config", &config.path],
@@ -53,18 +70,26 @@ async fn backend_calls(node: &TierNode) -> u64 {
 
 #[tokio::test]
 async fn six_split_nodes_carry_pushes_requests_and_uploads() {
-    let redis = TestRedis::start().expect("redis-server");
+    six_split_nodes_on(&TestRedis::start().expect("redis-server")).await;
+}
+
+#[tokio::test]
+async fn six_split_nodes_on_a_redis_cluster() {
+    six_split_nodes_on(&TestRedisCluster::start().expect("redis cluster")).await;
+}
+
+async fn six_split_nodes_on(redis: &dyn Redis) {
     let backend = Backend::start().await;
     let config = service_config(&backend);
-    let access_a = node("access", &redis, "access-a", &config);
-    let access_b = node("access", &redis, "access-b", &config);
+    let access_a = node("access", redis, "access-a", &config);
+    let access_b = node("access", redis, "access-b", &config);
     let up = [
-        node("upstream", &redis, "upstream-1", &config),
-        node("upstream", &redis, "upstream-2", &config),
+        node("upstream", redis, "upstream-1", &config),
+        node("upstream", redis, "upstream-2", &config),
     ];
     let down = [
-        node("downstream", &redis, "downstream-1", &config),
-        node("downstream", &redis, "downstream-2", &config),
+        node("downstream", redis, "downstream-1", &config),
+        node("downstream", redis, "downstream-2", &config),
     ];
     assert!(access_a.push.is_none() && up[0].tcp.is_none() && down[0].tcp.is_none());
     let http = reqwest::Client::new();
@@ -321,7 +346,7 @@ async fn a_killed_downstream_node_mid_batch_leaves_one_copy_per_idempotency_key(
 }
 
 /// Two access nodes, one upstream, two downstream; pushes go through downstream 2.
-fn access_pair(redis: &TestRedis, config: &ConfigFile) -> [TierNode; 5] {
+fn access_pair(redis: &dyn Redis, config: &ConfigFile) -> [TierNode; 5] {
     [
         node("access", redis, "access-a", config),
         node("access", redis, "access-b", config),
