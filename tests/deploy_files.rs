@@ -8,7 +8,7 @@ use std::process::Command;
 
 use duplex_shared::config::Config;
 
-const FILES: [(&str, &str); 6] = [
+const FILES: [(&str, &str); 7] = [
     ("docker-compose.yml", include_str!("../deploy/docker-compose.yml")),
     ("compose-duplex.toml", include_str!("../deploy/compose-duplex.toml")),
     ("haproxy.cfg", include_str!("../deploy/haproxy.cfg")),
@@ -18,7 +18,14 @@ const FILES: [(&str, &str); 6] = [
         include_str!("../deploy/systemd/duplex.service"),
     ),
     ("Dockerfile", include_str!("../deploy/Dockerfile")),
+    (
+        "systemd/duplex@.service",
+        include_str!("../deploy/systemd/duplex@.service"),
+    ),
 ];
+
+/// The tier commands deploy files start (`duplex access` ...).
+const TIERS: [&str; 3] = ["access", "upstream", "downstream"];
 
 fn config_keys() -> BTreeSet<String> {
     fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeSet<String>) {
@@ -72,15 +79,28 @@ fn every_flag_is_one_the_binary_takes() {
         .expect("help");
     let help = String::from_utf8_lossy(&help.stdout).into_owned();
     let mut checked = 0;
+    let mut tiers_templated = false;
     for (file, text) in FILES {
         // Command lines of duplex containers (other images' commands are theirs).
         let duplex_lines = text.lines().filter(|l| {
             let l = l.trim_start();
-            l.starts_with("command: [\"--")
-                || l.starts_with("args: [\"--")
-                || l.starts_with("ExecStart=/usr/local/bin/duplex")
+            let starts = |p: &str| {
+                l.strip_prefix(p)
+                    .is_some_and(|rest| rest.starts_with("\"--") || TIERS.iter().any(|t| rest.starts_with(&format!("\"{t}\""))))
+            };
+            starts("command: [") || starts("args: [") || l.starts_with("ExecStart=/usr/local/bin/duplex")
         });
         for line in duplex_lines {
+            for tier in TIERS.iter().filter(|t| line.contains(&format!("\"{t}\""))) {
+                assert!(
+                    help.contains(&format!("\n  {tier} ")),
+                    "deploy/{file} runs `duplex {tier}`, unknown to `duplex --help`"
+                );
+                checked += 1;
+            }
+            if line.contains("duplex %i") {
+                tiers_templated = true;
+            }
             for (i, _) in line.match_indices("--") {
                 let flag: String = line[i..]
                     .chars()
@@ -94,6 +114,10 @@ fn every_flag_is_one_the_binary_takes() {
             }
         }
     }
+    for tier in TIERS {
+        assert!(help.contains(&format!("\n  {tier} ")), "`duplex {tier}` exists");
+    }
+    assert!(tiers_templated, "the systemd template unit runs `duplex %i`");
     assert!(checked >= 3, "the duplex command lines were found");
     assert!(FILES[4].1.contains("ExecStart=/usr/local/bin/duplex --config"));
 }
