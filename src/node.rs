@@ -200,7 +200,7 @@ async fn start(config: Config, tiers: Tiers) -> Result<Node, ExitCode> {
     let metrics = Arc::new(Metrics::new());
     let secret = config.registry.secret().to_owned();
     let hub = Arc::new(Hub::new(node_id.clone()));
-    let peers = Arc::new(crate::peers::Peers::new(store.clone()));
+    let peers = crate::peers::Peers::new(store.clone());
     let fatal = |e: String| {
         eprintln!("duplex: {e}");
         ExitCode::from(71)

@@ -1,7 +1,8 @@
 //! Other nodes as the registry lists them, and how a node picks one of a
 //! tier to call: power of two choices on calls in flight, with nodes that
 //! failed a call ejected for a doubling backoff. The registry lease is the
-//! health check: a node that stops heartbeating drops out of the list.
+//! health check: a node that stops heartbeating drops out of the list, and
+//! joins and drains are announced so every peer sees them at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use duplex_shared::links::LinkError;
 use duplex_shared::store::{now_ms, NodeInfo, Store};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
 /// How long the registry's view of peers is reused before it is read again.
@@ -45,12 +47,31 @@ impl Drop for PeerCall<'_> {
 }
 
 impl Peers {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Peers {
+    /// Also follows the registry's announcements: a node joining or leaving
+    /// anywhere drops the cached view, so the next call reads it afresh.
+    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+        let mut changes = store.node_changes();
+        let peers = Arc::new(Peers {
             store,
             cached: Mutex::new((None, Arc::new(Vec::new()))),
             health: Mutex::new(HashMap::new()),
-        }
+        });
+        let follower = Arc::downgrade(&peers);
+        tokio::spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(()) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+                let Some(peers) = follower.upgrade() else { return };
+                peers.forget_view();
+            }
+        });
+        peers
+    }
+
+    fn forget_view(&self) {
+        self.cached.lock().unwrap_or_else(|p| p.into_inner()).0 = None;
     }
 
     fn lock_health(&self) -> std::sync::MutexGuard<'_, HashMap<String, PeerHealth>> {
@@ -93,7 +114,7 @@ impl Peers {
         let eligible = |n: &NodeInfo| n.tiers.iter().any(|t| t == tier) && !exclude.contains(&n.node_id);
         if !nodes.iter().any(eligible) {
             // Nothing left in a view up to a second old: a node may have joined since.
-            self.cached.lock().unwrap_or_else(|p| p.into_inner()).0 = None;
+            self.forget_view();
             nodes = self.all().await?;
         }
         let candidates: Vec<&NodeInfo> = nodes.iter().filter(|n| eligible(n)).collect();

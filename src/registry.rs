@@ -100,17 +100,24 @@ pub async fn heartbeat(
         metrics.counter("duplex_connections", &[("transport", "tcp")]),
         metrics.counter("duplex_connections", &[("transport", "ws")]),
     ];
+    let mut announced = false;
     loop {
         node.connections = connections.iter().map(|c| c.get().max(0) as u64).sum();
-        if let Err(e) = register(&*store, &mut node, lease_ms, &fresh).await {
-            tracing::warn!(error = %e, "cannot renew this node's registry entry");
+        match register(&*store, &mut node, lease_ms, &fresh).await {
+            // Peers re-read the registry at once instead of within their next second.
+            Ok(()) if !announced => announced = store.announce_nodes_changed().await.is_ok(),
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot renew this node's registry entry"),
         }
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(Duration::from_millis(lease_ms / 3)) => {}
         }
     }
-    if let Err(e) = store.deregister_node(&node.node_id).await {
-        tracing::warn!(error = %e, "cannot remove this node's registry entry; it lapses with its lease");
+    match store.deregister_node(&node.node_id).await {
+        Ok(()) => {
+            let _ = store.announce_nodes_changed().await;
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot remove this node's registry entry; it lapses with its lease"),
     }
 }

@@ -85,8 +85,9 @@ fn every_flag_is_one_the_binary_takes() {
         let duplex_lines = text.lines().filter(|l| {
             let l = l.trim_start();
             let starts = |p: &str| {
-                l.strip_prefix(p)
-                    .is_some_and(|rest| rest.starts_with("\"--") || TIERS.iter().any(|t| rest.starts_with(&format!("\"{t}\""))))
+                l.strip_prefix(p).is_some_and(|rest| {
+                    rest.starts_with("\"--") || TIERS.iter().any(|t| rest.starts_with(&format!("\"{t}\"")))
+                })
             };
             starts("command: [") || starts("args: [") || l.starts_with("ExecStart=/usr/local/bin/duplex")
         });

@@ -138,7 +138,32 @@ async fn registered_nodes_show_until_their_lease_ends(store: Arc<dyn Store>) {
     assert_eq!(ids(store.nodes(1_700).await.expect("nodes")), ["n2"]);
 }
 
+async fn registry_changes_are_announced_to_every_listener(store: Arc<dyn Store>) {
+    let mut first = store.node_changes();
+    let mut second = store.node_changes();
+    // The subscription is set up in the background: announce until it is heard (bounded).
+    let mut heard = false;
+    for _ in 0..50 {
+        store.announce_nodes_changed().await.expect("announce");
+        if tokio::time::timeout(std::time::Duration::from_millis(100), first.recv())
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "an announcement reaches a listener within 5 s");
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_secs(2), second.recv())
+            .await
+            .is_ok_and(|r| r.is_ok()),
+        "and every other listener of the process"
+    );
+}
+
 duplex_shared::store_contract!(
+    registry_changes_are_announced_to_every_listener,
     registered_nodes_show_until_their_lease_ends,
     the_routing_table_is_kept,
     a_frame_is_claimed_once_and_its_outcome_is_kept,

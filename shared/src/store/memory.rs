@@ -23,6 +23,7 @@ pub struct MemoryStore {
     pub(super) upstream: super::memory_upstream::MemoryUpstream,
     /// The node registry: node id -> its entry (JSON, as in Redis).
     pub(super) nodes: DashMap<String, String>,
+    pub(super) announcements: super::registry::Announcements,
 }
 
 impl MemoryStore {

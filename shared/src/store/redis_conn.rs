@@ -90,6 +90,15 @@ impl RedisConn {
         ))
     }
 
+    /// A plain server URL to subscribe on: the server itself, or the first
+    /// node of a cluster (PUBLISH reaches every node); none for Sentinel.
+    pub fn pubsub_url(url: &str) -> Option<String> {
+        if let Some((hosts, _)) = hosts_and_path(url, "redis+cluster://") {
+            return hosts.first().map(|h| format!("redis://{h}/"));
+        }
+        (!url.starts_with("redis+sentinel://")).then(|| url.to_owned())
+    }
+
     /// Runs independent commands, each within one slot, and answers in
     /// order: as one pipeline on a single server, concurrently (still one
     /// multiplexed connection per master) on a cluster, where a pipeline

@@ -78,6 +78,11 @@ const REFRESH_BATCH: usize = 512;
 pub struct RedisStore {
     conn: RedisConn,
     keys: Keys,
+    /// Where registry announcements are subscribed to (any node of a cluster
+    /// hears every PUBLISH); none behind Sentinel, where peers poll instead.
+    pubsub_url: Option<String>,
+    announcements: super::registry::Announcements,
+    relaying: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -99,7 +104,22 @@ impl RedisStore {
         Ok(RedisStore {
             conn: RedisConn::connect(url).await.map_err(unavailable)?,
             keys: Keys::new(prefix),
+            pubsub_url: RedisConn::pubsub_url(url),
+            announcements: Default::default(),
+            relaying: Default::default(),
         })
+    }
+
+    pub(super) fn pubsub_url(&self) -> Option<String> {
+        self.pubsub_url.clone()
+    }
+
+    pub(super) fn announcements(&self) -> &super::registry::Announcements {
+        &self.announcements
+    }
+
+    pub(super) fn relaying(&self) -> &std::sync::atomic::AtomicBool {
+        &self.relaying
     }
 
     pub fn keys(&self) -> &Keys {

@@ -6,6 +6,7 @@
 use async_trait::async_trait;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
 use super::{MemoryStore, RedisStore, StoreError};
 
@@ -38,6 +39,34 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Nodes whose lease has not ended at `now_ms`, by id.
     async fn nodes(&self, now_ms: u64) -> Result<Vec<NodeInfo>, StoreError>;
+
+    /// Tells every node that the registry changed (a node joined or left),
+    /// so peers choose again at once instead of at their next read.
+    async fn announce_nodes_changed(&self) -> Result<(), StoreError>;
+
+    /// Announcements of any node, as they come; best effort (a peer that
+    /// misses one still reads the registry every second).
+    fn node_changes(&self) -> broadcast::Receiver<()>;
+}
+
+/// Where a store fans announcements out to this process's listeners.
+#[derive(Debug, Clone)]
+pub struct Announcements(broadcast::Sender<()>);
+
+impl Default for Announcements {
+    fn default() -> Self {
+        Announcements(broadcast::channel(16).0)
+    }
+}
+
+impl Announcements {
+    pub(super) fn send(&self) {
+        let _ = self.0.send(());
+    }
+
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<()> {
+        self.0.subscribe()
+    }
 }
 
 fn live(entries: impl Iterator<Item = String>, now_ms: u64) -> (Vec<NodeInfo>, Vec<String>) {
@@ -73,6 +102,15 @@ impl Registry for MemoryStore {
         }
         Ok(alive)
     }
+
+    async fn announce_nodes_changed(&self) -> Result<(), StoreError> {
+        self.announcements.send();
+        Ok(())
+    }
+
+    fn node_changes(&self) -> broadcast::Receiver<()> {
+        self.announcements.subscribe()
+    }
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -82,6 +120,35 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 impl RedisStore {
     fn registry_key(&self) -> String {
         format!("{}nodes", self.keys().prefix())
+    }
+
+    fn changes_channel(&self) -> String {
+        format!("{}nodes:changed", self.keys().prefix())
+    }
+
+    /// Relays the channel to this process's listeners, reconnecting after
+    /// failures, until nobody listens any more.
+    async fn relay_changes(url: String, channel: String, to: Announcements) {
+        use futures_util::StreamExt;
+        while to.0.receiver_count() > 0 {
+            let subscribed = async {
+                let mut pubsub = redis::Client::open(url.as_str())?.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            match subscribed.await {
+                Ok(mut pubsub) => {
+                    let mut messages = pubsub.on_message();
+                    while messages.next().await.is_some() {
+                        if to.0.send(()).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "registry announcements unavailable; retrying"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
     }
 }
 
@@ -112,5 +179,25 @@ impl Registry for RedisStore {
                 .map_err(unavailable)?;
         }
         Ok(alive)
+    }
+
+    async fn announce_nodes_changed(&self) -> Result<(), StoreError> {
+        self.conn()
+            .publish::<_, _, ()>(self.changes_channel(), "changed")
+            .await
+            .map_err(unavailable)
+    }
+
+    fn node_changes(&self) -> broadcast::Receiver<()> {
+        let rx = self.announcements().subscribe();
+        let relaying = self.relaying().swap(true, std::sync::atomic::Ordering::SeqCst);
+        if let (false, Some(url)) = (relaying, self.pubsub_url()) {
+            tokio::spawn(Self::relay_changes(
+                url,
+                self.changes_channel(),
+                self.announcements().clone(),
+            ));
+        }
+        rx
     }
 }
