@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 mod connect;
+mod internal;
 mod procfs;
 mod push;
 mod request;
@@ -27,6 +28,9 @@ pub enum BenchCommand {
     /// A reconnect storm: N SDK clients on node A move to node B when A drains;
     /// progress every second and the distribution of the move.
     Storm(storm::StormArgs),
+    /// Compare transports for calls between nodes (HTTP/1.1 pool, HTTP/2,
+    /// Redis streams) carrying the same deliver call, side by side.
+    Internal(internal::InternalArgs),
     /// Internal: the trivial backend of `bench request`.
     #[command(hide = true)]
     Backend(request::BackendArgs),
@@ -73,6 +77,7 @@ pub fn run(cmd: BenchCommand) -> ExitCode {
         BenchCommand::Push(args) => runtime.block_on(push::run(args)),
         BenchCommand::Request(args) => runtime.block_on(request::run(args)),
         BenchCommand::Storm(args) => runtime.block_on(storm::run(args)),
+        BenchCommand::Internal(args) => runtime.block_on(internal::run(args)),
         BenchCommand::Backend(args) => runtime.block_on(request::backend(args)),
         BenchCommand::ConnectWorker(args) => runtime.block_on(worker::worker(args)),
     };
