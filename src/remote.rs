@@ -71,7 +71,8 @@ impl RemoteUpstream {
         frame: &Frame,
         timeout: Duration,
     ) -> Result<Bytes, LinkError> {
-        let body = frame_bytes(frame);
+        // Shared, not copied, by every attempt.
+        let body = Bytes::from(frame_bytes(frame));
         let mut tried: Vec<String> = Vec::new();
         let mut takeover = false;
         let mut last = LinkError::Unavailable("no upstream node is available".into());
@@ -177,7 +178,7 @@ impl RemoteReplies {
 #[async_trait]
 impl ReplyLink for RemoteReplies {
     async fn reply(&self, client_id: &str, reply: Reply, expires_ms: u64) -> Result<(), LinkError> {
-        let body = frame_bytes(&Frame::Reply(reply));
+        let body = Bytes::from(frame_bytes(&Frame::Reply(reply)));
         let mut tried = Vec::new();
         let mut last = LinkError::Unavailable("no downstream node is available".into());
         // Storing a reply twice keeps the first, so a retry on another node is safe.
@@ -268,8 +269,29 @@ fn error(e: &LinkError) -> Response {
     (status_of(e), e.to_string()).into_response()
 }
 
-fn not_this_tier(tier: &str) -> Response {
-    (StatusCode::NOT_FOUND, format!("this node does not run the {tier} tier")).into_response()
+/// The checks every internal tier call passes first: the secret, that this
+/// node runs the tier (`serves`), and a body that decodes as a frame.
+fn admit<'a, T: ?Sized>(
+    s: &TierState,
+    headers: &HeaderMap,
+    serves: &'a Option<Arc<T>>,
+    tier: &str,
+    body: &[u8],
+) -> Result<(&'a T, Frame), (StatusCode, String)> {
+    if !authorized(&s.secret, headers) {
+        return Err((StatusCode::UNAUTHORIZED, String::new()));
+    }
+    let Some(handler) = serves else {
+        return Err((StatusCode::NOT_FOUND, format!("this node does not run the {tier} tier")));
+    };
+    match decode_body(body, &s.limits) {
+        Ok(frame) => Ok((handler, frame)),
+        Err(e) => Err((StatusCode::BAD_REQUEST, e.to_string())),
+    }
+}
+
+fn not_a(what: &str) -> Response {
+    (StatusCode::BAD_REQUEST, format!("the body is not {what} frame")).into_response()
 }
 
 async fn upload(
@@ -278,14 +300,10 @@ async fn upload(
     Query(from): Query<Sender>,
     body: Bytes,
 ) -> Response {
-    if !authorized(&s.secret, &headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    let Some(upstream) = &s.upstream else {
-        return not_this_tier("upstream");
-    };
-    let Ok(Frame::Upload(up)) = decode_body(&body, &s.limits) else {
-        return (StatusCode::BAD_REQUEST, "the body is not an upload frame").into_response();
+    let (upstream, up) = match admit(&s, &headers, &s.upstream, "upstream", &body) {
+        Ok((h, Frame::Upload(f))) => (h, f),
+        Ok(_) => return not_a("an upload"),
+        Err(refused) => return refused.into_response(),
     };
     match upstream.forwarded_upload(&from.context(), up, from.takeover).await {
         Ok(ack) => frame_bytes(&Frame::UploadAck(ack)).into_response(),
@@ -299,14 +317,10 @@ async fn request(
     Query(from): Query<Sender>,
     body: Bytes,
 ) -> Response {
-    if !authorized(&s.secret, &headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    let Some(upstream) = &s.upstream else {
-        return not_this_tier("upstream");
-    };
-    let Ok(Frame::Request(req)) = decode_body(&body, &s.limits) else {
-        return (StatusCode::BAD_REQUEST, "the body is not a request frame").into_response();
+    let (upstream, req) = match admit(&s, &headers, &s.upstream, "upstream", &body) {
+        Ok((h, Frame::Request(f))) => (h, f),
+        Ok(_) => return not_a("a request"),
+        Err(refused) => return refused.into_response(),
     };
     let how = Forwarded {
         wait_for_reply: true,
@@ -330,14 +344,10 @@ async fn reply(
     Query(t): Query<ReplyTarget>,
     body: Bytes,
 ) -> Response {
-    if !authorized(&s.secret, &headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    let Some(replies) = &s.replies else {
-        return not_this_tier("downstream");
-    };
-    let Ok(Frame::Reply(r)) = decode_body(&body, &s.limits) else {
-        return (StatusCode::BAD_REQUEST, "the body is not a reply frame").into_response();
+    let (replies, r) = match admit(&s, &headers, &s.replies, "downstream", &body) {
+        Ok((h, Frame::Reply(f))) => (h, f),
+        Ok(_) => return not_a("a reply"),
+        Err(refused) => return refused.into_response(),
     };
     match replies.reply(&t.client_id, r, t.expires_ms).await {
         Ok(()) => Json(serde_json::json!({"stored": true})).into_response(),

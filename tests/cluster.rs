@@ -3,21 +3,12 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::process::*;
 use common::scenarios;
 use duplex_client::Connection;
-use duplex_shared::protocol::{Ack, Frame};
+use duplex_shared::protocol::Frame;
 use duplex_shared::testing::{TestRedis, TestRedisCluster};
 use serde_json::{json, Value};
-
-async fn next_frame(conn: &mut Connection) -> Option<Frame> {
-    tokio::time::timeout(Duration::from_secs(5), conn.recv())
-        .await
-        .expect("a frame within 5 s")
-        .expect("readable")
-}
 
 #[tokio::test]
 async fn pushes_kicks_and_replacements_cross_nodes() {
@@ -52,22 +43,7 @@ async fn pushes_kicks_and_replacements_cross_nodes_on(redis_url: &str) {
     conn.handshake(&mint("zoe"), "zoe-phone", 0).await.expect("handshake");
 
     // Posted to node B, delivered live by node A.
-    let resp: Value = http
-        .post(format!("http://{}/v1/push", b.push))
-        .bearer_auth("duplex-dev-api-key")
-        .json(&json!({"client_ids": ["zoe-phone"], "payload": {"hi": 1}}))
-        .send()
-        .await
-        .expect("push")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(resp["messages"][0]["state"], "delivered_to_node", "{resp}");
-    let push = match next_frame(&mut conn).await {
-        Some(Frame::Push(p)) => p,
-        other => panic!("expected the push, got {other:?}"),
-    };
-    conn.send(&Frame::Ack(Ack { id: 1, seq: push.seq })).await.expect("ack");
+    let push = push_arrives_live(b.push, "zoe-phone", &mut conn).await;
     let client: Value = http
         .get(format!("http://{}/v1/clients/zoe-phone", b.push))
         .bearer_auth("duplex-dev-api-key")

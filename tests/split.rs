@@ -47,13 +47,6 @@ fn node(tier: &str, redis: &dyn Redis, id: &str, config: &ConfigFile) -> TierNod
     )
 }
 
-async fn next_frame(conn: &mut Connection) -> Option<Frame> {
-    tokio::time::timeout(Duration::from_secs(10), conn.recv())
-        .await
-        .expect("a frame within 10 s")
-        .expect("readable")
-}
-
 async fn get_text(url: String) -> String {
     reqwest::get(url).await.expect("get").text().await.expect("text")
 }
@@ -115,22 +108,7 @@ async fn six_split_nodes_on(redis: &dyn Redis) {
     // A client on access A gets a push posted to downstream 2.
     let mut conn = Connection::tcp(access_a.tcp()).await.expect("tcp");
     conn.handshake(&mint("ann"), "ann-phone", 0).await.expect("handshake");
-    let resp: Value = http
-        .post(format!("http://{}/v1/push", down[1].push()))
-        .bearer_auth(API_KEY)
-        .json(&json!({"client_ids": ["ann-phone"], "payload": {"hi": 1}}))
-        .send()
-        .await
-        .expect("push")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(resp["messages"][0]["state"], "delivered_to_node", "{resp}");
-    let push = match next_frame(&mut conn).await {
-        Some(Frame::Push(p)) => p,
-        other => panic!("expected the push, got {other:?}"),
-    };
-    conn.send(&Frame::Ack(Ack { id: 1, seq: push.seq })).await.expect("ack");
+    push_arrives_live(down[1].push(), "ann-phone", &mut conn).await;
 
     // Requests from the client on access A are served through both upstream nodes.
     for id in 1..=40 {
@@ -204,17 +182,9 @@ async fn a_killed_upstream_node_mid_request_still_answers_every_request() {
     // A GET (safe to repeat) and a POST (not: no idempotency keys on this service),
     // both at the slow backend through the only upstream node, which then dies.
     for (id, method) in [(1, "GET"), (2, "POST")] {
-        conn.send(&Frame::Request(duplex_shared::protocol::Request {
-            id,
-            service: "orders".into(),
-            method: method.into(),
-            path: format!("/orders/{id}"),
-            headers: Default::default(),
-            body: Default::default(),
-            timeout_ms: 0,
-        }))
-        .await
-        .expect("request");
+        conn.send(&common::request_frame(id, "orders", method, &format!("/orders/{id}")))
+            .await
+            .expect("request");
     }
     common::eventually("both requests reach the backend", || async { backend.count() == 2 }).await;
     let _second = node("upstream", &redis, "upstream-2", &config);

@@ -11,7 +11,7 @@ use common::backend::{Backend, Mode};
 use common::*;
 use duplex_client::Connection;
 use duplex_shared::config::{EndpointConfig, ServiceConfig, UpstreamConfig};
-use duplex_shared::protocol::{ErrorFrame, Frame, Reply, Request, Upload, UploadAck};
+use duplex_shared::protocol::{ErrorFrame, Frame, Reply, Upload, UploadAck};
 
 fn service(backends: &[&Backend], tweak: impl FnOnce(&mut ServiceConfig)) -> ServiceConfig {
     let mut s = ServiceConfig {
@@ -67,18 +67,6 @@ fn upload(id: u64, path: &str, body: &str) -> Frame {
     })
 }
 
-fn request(id: u64, service: &str, method: &str, path: &str) -> Frame {
-    Frame::Request(Request {
-        id,
-        service: service.into(),
-        method: method.into(),
-        path: path.into(),
-        headers: Default::default(),
-        body: Default::default(),
-        timeout_ms: 0,
-    })
-}
-
 async fn upload_ack(conn: &mut Connection) -> UploadAck {
     match recv(conn).await {
         Some(Frame::UploadAck(a)) => a,
@@ -109,7 +97,7 @@ async fn reply(conn: &mut Connection) -> Reply {
 async fn round_trip(conn: &mut Connection, first_id: u64, n: u64, service: &str, method: &str) -> HashMap<u64, Reply> {
     let mut replies = HashMap::new();
     for id in first_id..first_id + n {
-        conn.send(&request(id, service, method, &format!("/r/{id}")))
+        conn.send(&request_frame(id, service, method, &format!("/r/{id}")))
             .await
             .expect("send");
         let r = reply(conn).await;
@@ -173,7 +161,7 @@ async fn request_gets_its_reply_and_a_4xx_is_final(kind: StoreKind) {
     let backend = Backend::start().await;
     let node = node_for(kind, upstream_config(service(&[&backend], |_| {}), None)).await;
     let mut conn = node.connect("alice", "phone-1", 0).await;
-    conn.send(&request(5, "svc", "GET", "/orders/7?expand=items"))
+    conn.send(&request_frame(5, "svc", "GET", "/orders/7?expand=items"))
         .await
         .expect("send");
     let r = reply(&mut conn).await;
@@ -185,7 +173,9 @@ async fn request_gets_its_reply_and_a_4xx_is_final(kind: StoreKind) {
     assert_eq!(r.body.as_ref(), b"{\"path\":\"/api/orders/7?expand=items\"}");
 
     backend.set(Mode::Status(404));
-    conn.send(&request(6, "svc", "GET", "/missing")).await.expect("send");
+    conn.send(&request_frame(6, "svc", "GET", "/missing"))
+        .await
+        .expect("send");
     assert_eq!(reply(&mut conn).await.status, 404);
     conn.send(&upload(7, "/bad", "{}")).await.expect("send");
     let ack = upload_ack(&mut conn).await;
@@ -202,7 +192,7 @@ async fn a_reply_arrives_after_the_client_reconnects_while_the_backend_is_slow(k
     backend.set(Mode::Slow(Duration::from_millis(500)));
     let node = node_for(kind, upstream_config(service(&[&backend], |_| {}), None)).await;
     let mut conn = node.connect("alice", "phone-1", 0).await;
-    conn.send(&request(1, "svc", "GET", "/slow")).await.expect("send");
+    conn.send(&request_frame(1, "svc", "GET", "/slow")).await.expect("send");
     eventually("the backend has the request", || async { backend.count() == 1 }).await;
     drop(conn);
     // A new connection, before the backend answered.
@@ -211,7 +201,7 @@ async fn a_reply_arrives_after_the_client_reconnects_while_the_backend_is_slow(k
     assert_eq!((r.id, r.status, r.body.as_ref()), (1, 200, &b"{\"slow\":true}"[..]));
 
     // And a reply that was stored while the client was away arrives on its next connect.
-    conn.send(&request(2, "svc", "GET", "/slow")).await.expect("send");
+    conn.send(&request_frame(2, "svc", "GET", "/slow")).await.expect("send");
     eventually("the backend has the request", || async { backend.count() == 2 }).await;
     drop(conn);
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -228,7 +218,7 @@ async fn a_deadline_gives_a_timeout_reply(kind: StoreKind) {
     });
     let node = node_for(kind, upstream_config(svc, None)).await;
     let mut conn = node.connect("alice", "phone-1", 0).await;
-    conn.send(&request(9, "svc", "GET", "/slow")).await.expect("send");
+    conn.send(&request_frame(9, "svc", "GET", "/slow")).await.expect("send");
     let r = reply(&mut conn).await;
     assert_eq!((r.id, r.status), (9, 504));
     assert_eq!(r.headers["x-duplex-error"], "timeout");
@@ -258,7 +248,9 @@ async fn traffic_leaves_a_failing_endpoint_and_returns_after_recovery(kind: Stor
 
     a.set(Mode::Ok);
     for id in 200..700 {
-        conn.send(&request(id, "svc", "GET", "/again")).await.expect("send");
+        conn.send(&request_frame(id, "svc", "GET", "/again"))
+            .await
+            .expect("send");
         assert_eq!(reply(&mut conn).await.status, 200);
         if a.count() > a_before {
             return;
@@ -391,16 +383,18 @@ async fn every_ssrf_attempt_is_refused_and_nothing_leaves(kind: StoreKind) {
     ];
     for (i, path) in attacks.iter().enumerate() {
         let id = i as u64 + 1;
-        for frame in [request(id, "svc", "GET", path), upload(id + 100, path, "{}")] {
+        for frame in [request_frame(id, "svc", "GET", path), upload(id + 100, path, "{}")] {
             conn.send(&frame).await.expect("send");
             let e = error_frame(&mut conn).await;
             assert_eq!(e.code, "rejected", "{path:?}: {e:?}");
             assert!(e.id == Some(id) || e.id == Some(id + 100));
         }
     }
-    conn.send(&request(500, "nope", "GET", "/x")).await.expect("send");
+    conn.send(&request_frame(500, "nope", "GET", "/x")).await.expect("send");
     assert!(error_frame(&mut conn).await.message.contains("unknown service"));
-    conn.send(&request(501, "svc", "DELETE", "/x")).await.expect("send");
+    conn.send(&request_frame(501, "svc", "DELETE", "/x"))
+        .await
+        .expect("send");
     assert!(error_frame(&mut conn).await.message.contains("not allowed"));
     assert_eq!(backend.count(), 0, "no request left for any of them");
 }
@@ -411,7 +405,7 @@ async fn a_redirect_from_the_backend_is_not_followed(kind: StoreKind) {
     let svc = service(&[&backend], |s| s.reply_headers.push("location".into()));
     let node = node_for(kind, upstream_config(svc, None)).await;
     let mut conn = node.connect("alice", "phone-1", 0).await;
-    conn.send(&request(1, "svc", "GET", "/go")).await.expect("send");
+    conn.send(&request_frame(1, "svc", "GET", "/go")).await.expect("send");
     let r = reply(&mut conn).await;
     assert_eq!(r.status, 302);
     assert_eq!(r.headers["location"], format!("{}/stolen", elsewhere.url()));

@@ -308,6 +308,19 @@ pub async fn ack(conn: &mut Connection, seq: u64) {
     conn.send(&Frame::Ack(Ack { id: seq, seq })).await.expect("ack");
 }
 
+/// A request frame without headers or body, on the service's deadline.
+pub fn request_frame(id: u64, service: &str, method: &str, path: &str) -> Frame {
+    Frame::Request(duplex_shared::protocol::Request {
+        id,
+        service: service.into(),
+        method: method.into(),
+        path: path.into(),
+        headers: Default::default(),
+        body: Default::default(),
+        timeout_ms: 0,
+    })
+}
+
 /// Polls `check` every 10 ms for up to 5 s.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

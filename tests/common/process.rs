@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use duplex_client::Connection;
-use duplex_shared::protocol::{Ack, Frame, Ping, Reply, Request};
+use duplex_shared::protocol::{Ack, Frame, Ping, Push, Reply};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_duplex");
 
@@ -208,23 +208,11 @@ async fn signal_and_wait(child: &mut Child) -> std::process::ExitStatus {
 /// Sends a request and waits for its reply; replies to earlier requests that
 /// are replayed first (at least once) are acked and skipped.
 pub async fn ask_with(conn: &mut Connection, id: u64, service: &str, method: &str, path: &str) -> Reply {
-    conn.send(&Frame::Request(Request {
-        id,
-        service: service.into(),
-        method: method.into(),
-        path: path.into(),
-        headers: Default::default(),
-        body: Default::default(),
-        timeout_ms: 0,
-    }))
-    .await
-    .expect("send");
+    conn.send(&super::request_frame(id, service, method, path))
+        .await
+        .expect("send");
     for _ in 0..10 {
-        let frame = tokio::time::timeout(Duration::from_secs(10), conn.recv())
-            .await
-            .expect("a reply within 10 s")
-            .expect("readable");
-        match frame {
+        match next_frame(conn).await {
             Some(Frame::Reply(r)) => {
                 conn.send(&Frame::Ack(Ack { id: r.seq, seq: r.seq }))
                     .await
@@ -237,4 +225,34 @@ pub async fn ask_with(conn: &mut Connection, id: u64, service: &str, method: &st
         }
     }
     panic!("no reply to request {id}");
+}
+
+/// The next frame, within 10 s.
+pub async fn next_frame(conn: &mut Connection) -> Option<Frame> {
+    tokio::time::timeout(Duration::from_secs(10), conn.recv())
+        .await
+        .expect("a frame within 10 s")
+        .expect("readable")
+}
+
+/// Posts `{"hi": 1}` for `client_id` to `push_api`, which must hand it to the
+/// client's node at once; `conn` receives and acks it.
+pub async fn push_arrives_live(push_api: SocketAddr, client_id: &str, conn: &mut Connection) -> Push {
+    let resp: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{push_api}/v1/push"))
+        .bearer_auth("duplex-dev-api-key")
+        .json(&serde_json::json!({"client_ids": [client_id], "payload": {"hi": 1}}))
+        .send()
+        .await
+        .expect("push")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(resp["messages"][0]["state"], "delivered_to_node", "{resp}");
+    let push = match next_frame(conn).await {
+        Some(Frame::Push(p)) => p,
+        other => panic!("expected the push, got {other:?}"),
+    };
+    conn.send(&Frame::Ack(Ack { id: 1, seq: push.seq })).await.expect("ack");
+    push
 }
