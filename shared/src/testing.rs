@@ -159,6 +159,218 @@ impl Drop for TestRedisCluster {
     }
 }
 
+/// A Redis master with one replica, watched by one Sentinel (quorum 1),
+/// all on loopback ports and behind passwords (`PASSWORD` on the data
+/// servers, `SENTINEL_PASSWORD` on the Sentinel), so every test through it
+/// also logs in; killed and its directory removed on drop.
+pub struct TestRedisSentinel {
+    servers: Vec<Child>,
+    /// Master first, then the replica, then the Sentinel.
+    ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl TestRedisSentinel {
+    pub const MASTER_NAME: &'static str = "duplexmaster";
+    pub const PASSWORD: &'static str = "data-secret";
+    pub const SENTINEL_PASSWORD: &'static str = "sentinel-secret";
+
+    // Synchronous on purpose (usable from any test); the sleep paces readiness polling.
+    #[allow(clippy::disallowed_methods)]
+    pub fn start() -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("duplex-sentinel-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("sentinel dir: {e}"))?;
+        let mut set = TestRedisSentinel {
+            servers: Vec::new(),
+            ports: Vec::new(),
+            dir,
+        };
+        while set.ports.len() < 3 {
+            let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+            if !set.ports.contains(&port) {
+                set.ports.push(port);
+            }
+        }
+        let (master, replica, sentinel) = (set.ports[0], set.ports[1], set.ports[2]);
+        for (port, replica_of) in [(master, None), (replica, Some(master))] {
+            let mut cmd = Command::new("redis-server");
+            cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--requirepass", Self::PASSWORD, "--masterauth", Self::PASSWORD]);
+            if let Some(m) = replica_of {
+                cmd.args(["--replicaof", "127.0.0.1", &m.to_string()]);
+            }
+            set.spawn(cmd)?;
+        }
+        // Sentinel rewrites its config file, so it gets one of its own.
+        let conf = set.dir.join("sentinel.conf");
+        let text = format!(
+            "bind 127.0.0.1\nport {sentinel}\ndir {dir}\nlogfile sentinel.log\nrequirepass {sp}\n\
+             sentinel monitor {name} 127.0.0.1 {master} 1\n\
+             sentinel auth-pass {name} {pw}\n\
+             sentinel down-after-milliseconds {name} 1000\n\
+             sentinel failover-timeout {name} 10000\n",
+            dir = set.dir.display(),
+            sp = Self::SENTINEL_PASSWORD,
+            name = Self::MASTER_NAME,
+            pw = Self::PASSWORD,
+        );
+        std::fs::write(&conf, text).map_err(|e| format!("sentinel config: {e}"))?;
+        let mut cmd = Command::new("redis-server");
+        cmd.arg(&conf).arg("--sentinel");
+        set.spawn(cmd)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(ping_with(master, Some(Self::PASSWORD))
+            && ping_with(replica, Some(Self::PASSWORD))
+            && set.sentinel_says_master() == Some(master))
+        {
+            if Instant::now() > deadline {
+                return Err("master, replica and Sentinel did not answer within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(set)
+    }
+
+    fn spawn(&mut self, mut cmd: Command) -> Result<(), String> {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run redis-server (see README: apt install redis-server): {e}"))?;
+        self.servers.push(child);
+        Ok(())
+    }
+
+    /// `redis+sentinel://` URL with both passwords.
+    pub fn url(&self) -> String {
+        format!(
+            "redis+sentinel://:{}@127.0.0.1:{}/{}?sentinel_password={}",
+            Self::PASSWORD,
+            self.ports[2],
+            Self::MASTER_NAME,
+            Self::SENTINEL_PASSWORD
+        )
+    }
+
+    /// The port Sentinel names as master now.
+    pub fn sentinel_says_master(&self) -> Option<u16> {
+        let out = self.cli(
+            self.ports[2],
+            Self::SENTINEL_PASSWORD,
+            &["sentinel", "get-master-addr-by-name", Self::MASTER_NAME],
+        )?;
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+
+    fn cli(&self, port: u16, password: &str, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "-a", password, "--no-auth-warning"])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until the replica holds every write the master took, then has
+    /// Sentinel promote it; returns its port once Sentinel names it and it
+    /// answers as master. The old master becomes its replica.
+    pub fn failover(&self) -> Result<u16, String> {
+        let (old, new) = self.master_and_replica()?;
+        self.wait_replicated(old)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let failover = ["sentinel", "failover", Self::MASTER_NAME];
+        // Refused (NOGOODSLAVE) until Sentinel has found the replica.
+        while self
+            .cli(self.ports[2], Self::SENTINEL_PASSWORD, &failover)
+            .as_deref()
+            .map(str::trim)
+            != Some("OK")
+        {
+            if Instant::now() > deadline {
+                return Err("Sentinel refused to fail over for 30 s".into());
+            }
+            pace();
+        }
+        self.wait_promoted(new)
+    }
+
+    /// Waits until the replica holds every write, kills the master with
+    /// SIGKILL and waits until Sentinel has noticed (after 1 s) and promoted
+    /// the replica; returns its port.
+    pub fn kill_master(&mut self) -> Result<u16, String> {
+        let (old, new) = self.master_and_replica()?;
+        self.wait_replicated(old)?;
+        let index = self.ports.iter().position(|&p| p == old).ok_or("unknown master")?;
+        let _ = self.servers[index].kill();
+        let _ = self.servers[index].wait();
+        self.wait_promoted(new)
+    }
+
+    fn master_and_replica(&self) -> Result<(u16, u16), String> {
+        let master = self.sentinel_says_master().ok_or("Sentinel names no master")?;
+        Ok((
+            master,
+            if master == self.ports[0] {
+                self.ports[1]
+            } else {
+                self.ports[0]
+            },
+        ))
+    }
+
+    /// WAIT answers how many replicas acknowledged every write so far.
+    fn wait_replicated(&self, master: u16) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .cli(master, Self::PASSWORD, &["wait", "1", "1000"])
+            .map(|o| o.trim().to_owned())
+            != Some("1".into())
+        {
+            if Instant::now() > deadline {
+                return Err("the replica did not catch up within 30 s".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_promoted(&self, new: u16) -> Result<u16, String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(self.sentinel_says_master() == Some(new)
+            && self
+                .cli(new, Self::PASSWORD, &["role"])
+                .is_some_and(|o| o.starts_with("master")))
+        {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("sentinel.log")).unwrap_or_default();
+                return Err(format!(
+                    "the replica was not promoted within 30 s; Sentinel's log:\n{log}"
+                ));
+            }
+            pace();
+        }
+        Ok(new)
+    }
+}
+
+// Synchronous on purpose (usable from any test); the sleep paces polling.
+#[allow(clippy::disallowed_methods)]
+fn pace() {
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+impl Drop for TestRedisSentinel {
+    fn drop(&mut self) {
+        for child in &mut self.servers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn cluster_ok(port: u16) -> bool {
     Command::new("redis-cli")
         .args(["-p", &port.to_string(), "cluster", "info"])
@@ -171,13 +383,21 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 fn ping(port: u16) -> bool {
+    ping_with(port, None)
+}
+
+fn ping_with(port: u16, password: Option<&str>) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut buf = [0u8; 7];
-    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    let (ask, expect) = match password {
+        Some(p) => (format!("AUTH {p}\r\nPING\r\n"), &b"+OK\r\n+PONG\r\n"[..]),
+        None => ("PING\r\n".to_owned(), &b"+PONG\r\n"[..]),
+    };
+    let mut buf = vec![0u8; expect.len()];
+    s.write_all(ask.as_bytes()).is_ok() && s.read_exact(&mut buf).is_ok() && buf == expect
 }
 
 /// A key prefix unique to one test, so tests sharing a server never collide.
@@ -185,9 +405,10 @@ pub fn random_prefix() -> String {
     format!("test{:08x}:", rand::random::<u32>())
 }
 
-/// Runs each named `async fn(Arc<dyn Store>)` three times: on a `MemoryStore`, on a
-/// `RedisStore` (fresh key prefix) on a private `redis-server`, and on one on a
-/// private 3-master Redis Cluster, so every store and deployment answers to one contract.
+/// Runs each named `async fn(Arc<dyn Store>)` four times: on a `MemoryStore`, and
+/// on a `RedisStore` (fresh key prefix) on a private `redis-server`, on a private
+/// master + replica behind Sentinel, and on a private 3-master Redis Cluster, so
+/// every store and deployment answers to one contract.
 #[macro_export]
 macro_rules! store_contract {
     ($($name:ident),* $(,)?) => {
@@ -205,6 +426,18 @@ macro_rules! store_contract {
                 async fn $name() {
                     let server = $crate::testing::TestRedis::start().expect("redis-server");
                     let store = $crate::store::RedisStore::connect(&server.url(), &$crate::testing::random_prefix())
+                        .await
+                        .expect("connect");
+                    super::$name(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+        mod redis_sentinel {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let set = $crate::testing::TestRedisSentinel::start().expect("redis sentinel");
+                    let store = $crate::store::RedisStore::connect(&set.url(), &$crate::testing::random_prefix())
                         .await
                         .expect("connect");
                     super::$name(std::sync::Arc::new(store)).await;

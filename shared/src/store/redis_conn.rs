@@ -18,7 +18,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::AsyncConnectionConfig;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,15 +34,78 @@ pub enum RedisConn {
 
 pub struct SentinelConn {
     sentinels: tokio::sync::Mutex<SentinelClient>,
-    master: Mutex<MultiplexedConnection>,
+    /// The master's connection, numbered so that callers failing together
+    /// re-resolve once.
+    master: Mutex<(u64, Option<MultiplexedConnection>)>,
 }
 
-/// Splits `scheme://a:1,b:2/rest` into its hosts and the path after the first `/`.
-fn hosts_and_path<'a>(url: &'a str, scheme: &str) -> Option<(Vec<&'a str>, &'a str)> {
-    let rest = url.strip_prefix(scheme)?;
-    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let hosts: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
-    (!hosts.is_empty()).then_some((hosts, path))
+/// `scheme://[userinfo@]a:1,b:2[/path][?k=v&...]`, split apart; values stay
+/// percent-encoded, as they are handed on inside `redis://` URLs.
+#[derive(Debug, PartialEq)]
+struct MultiHostUrl<'a> {
+    userinfo: Option<&'a str>,
+    hosts: Vec<&'a str>,
+    path: &'a str,
+    query: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> MultiHostUrl<'a> {
+    fn parse(url: &'a str, scheme: &str) -> Option<Self> {
+        let rest = url.strip_prefix(scheme)?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let hosts: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
+        let query = query
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+            .collect();
+        (!hosts.is_empty()).then_some(MultiHostUrl {
+            userinfo,
+            hosts,
+            path,
+            query,
+        })
+    }
+
+    fn param(&self, key: &str) -> Option<&'a str> {
+        self.query.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    /// `redis://[userinfo@]host/` for each host.
+    fn node_urls(&self, userinfo: Option<&str>) -> Vec<String> {
+        let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+        self.hosts.iter().map(|h| format!("redis://{auth}{h}/")).collect()
+    }
+}
+
+/// A Sentinel URL's master name, the sentinels' URLs (with their own
+/// credentials, if any) and how to log in to the master.
+fn sentinel_parts(url: &str) -> Result<(String, Vec<String>, redis::RedisConnectionInfo), RedisError> {
+    let parsed = MultiHostUrl::parse(url, "redis+sentinel://")
+        .filter(|u| !u.path.is_empty() && !u.path.contains('/'))
+        .ok_or_else(|| invalid("redis+sentinel:// needs [user:password@]host:port[,host:port...]/<master-name>"))?;
+    let sentinel_auth = match (parsed.param("sentinel_username"), parsed.param("sentinel_password")) {
+        (None, None) => None,
+        (user, password) => Some(format!("{}:{}", user.unwrap_or(""), password.unwrap_or(""))),
+    };
+    let db = parsed.param("db").unwrap_or("0");
+    let db: i64 = db.parse().map_err(|_| invalid("db must be a number"))?;
+    // The master's login, decoded by the redis crate's own URL parser.
+    let master_url = format!(
+        "redis://{}127.0.0.1/{db}",
+        parsed.userinfo.map(|u| format!("{u}@")).unwrap_or_default()
+    );
+    let master = redis::IntoConnectionInfo::into_connection_info(master_url.as_str())?.redis;
+    Ok((
+        parsed.path.to_owned(),
+        parsed.node_urls(sentinel_auth.as_deref()),
+        master,
+    ))
 }
 
 fn invalid(message: &str) -> RedisError {
@@ -55,10 +119,9 @@ fn invalid(message: &str) -> RedisError {
 impl RedisConn {
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
         if url.starts_with("redis+cluster://") {
-            let (hosts, _) = hosts_and_path(url, "redis+cluster://")
-                .ok_or_else(|| invalid("redis+cluster:// needs host:port[,host:port...]"))?;
-            let nodes: Vec<String> = hosts.iter().map(|h| format!("redis://{h}/")).collect();
-            let client = redis::cluster::ClusterClient::builder(nodes)
+            let parsed = MultiHostUrl::parse(url, "redis+cluster://")
+                .ok_or_else(|| invalid("redis+cluster:// needs [user:password@]host:port[,host:port...]"))?;
+            let client = redis::cluster::ClusterClient::builder(parsed.node_urls(parsed.userinfo))
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(RESPONSE_TIMEOUT)
                 .retries(3)
@@ -66,18 +129,18 @@ impl RedisConn {
             return Ok(RedisConn::Cluster(client.get_async_connection().await?));
         }
         if url.starts_with("redis+sentinel://") {
-            let (hosts, master) = hosts_and_path(url, "redis+sentinel://")
-                .filter(|(_, m)| !m.is_empty() && !m.contains('/'))
-                .ok_or_else(|| invalid("redis+sentinel:// needs host:port[,host:port...]/<master-name>"))?;
-            let nodes: Vec<String> = hosts.iter().map(|h| format!("redis://{h}/")).collect();
-            let mut client = SentinelClient::build(nodes, master.to_owned(), None, SentinelServerType::Master)?;
-            let master = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection())
-                .await
-                .map_err(|_| invalid("no Sentinel named a reachable master in time"))??;
-            return Ok(RedisConn::Sentinel(Arc::new(SentinelConn {
+            let (master_name, sentinels, login) = sentinel_parts(url)?;
+            let node = SentinelNodeConnectionInfo {
+                tls_mode: None,
+                redis_connection_info: Some(login),
+            };
+            let client = SentinelClient::build(sentinels, master_name, Some(node), SentinelServerType::Master)?;
+            let conn = SentinelConn {
                 sentinels: tokio::sync::Mutex::new(client),
-                master: Mutex::new(master),
-            })));
+                master: Mutex::new((0, None)),
+            };
+            conn.reresolve().await?;
+            return Ok(RedisConn::Sentinel(Arc::new(conn)));
         }
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
@@ -90,13 +153,20 @@ impl RedisConn {
         ))
     }
 
-    /// A plain server URL to subscribe on: the server itself, or the first
-    /// node of a cluster (PUBLISH reaches every node); none for Sentinel.
-    pub fn pubsub_url(url: &str) -> Option<String> {
-        if let Some((hosts, _)) = hosts_and_path(url, "redis+cluster://") {
-            return hosts.first().map(|h| format!("redis://{h}/"));
+    /// Where to subscribe: the server itself, the first node of a cluster
+    /// (PUBLISH reaches every node), or the master Sentinel names now (a
+    /// demoted master still hears the new one's PUBLISH as its replica).
+    pub fn pubsub_source(&self, url: &str) -> PubSubSource {
+        match self {
+            RedisConn::Sentinel(s) => PubSubSource::Sentinel(s.clone()),
+            RedisConn::Cluster(_) => {
+                let first = MultiHostUrl::parse(url, "redis+cluster://")
+                    .and_then(|u| u.node_urls(u.userinfo).into_iter().next())
+                    .unwrap_or_default();
+                PubSubSource::Url(first)
+            }
+            RedisConn::Single(_) => PubSubSource::Url(url.to_owned()),
         }
-        (!url.starts_with("redis+sentinel://")).then(|| url.to_owned())
     }
 
     /// Runs independent commands, each within one slot, and answers in
@@ -204,23 +274,93 @@ async fn cluster_masters(c: &mut ClusterConnection) -> Result<Vec<(String, u16)>
     Ok(masters)
 }
 
+/// See `RedisConn::pubsub_source`.
+#[derive(Clone)]
+pub enum PubSubSource {
+    Url(String),
+    Sentinel(Arc<SentinelConn>),
+}
+
+impl PubSubSource {
+    pub async fn client(&self) -> Result<redis::Client, RedisError> {
+        match self {
+            PubSubSource::Url(url) => redis::Client::open(url.as_str()),
+            PubSubSource::Sentinel(s) => s.sentinels.lock().await.async_get_client().await,
+        }
+    }
+}
+
 impl SentinelConn {
-    fn current(&self) -> MultiplexedConnection {
+    fn current(&self) -> Result<MultiplexedConnection, RedisError> {
+        self.numbered()
+            .1
+            .ok_or_else(|| RedisError::from((redis::ErrorKind::IoError, "no Redis master resolved yet")))
+    }
+
+    fn numbered(&self) -> (u64, Option<MultiplexedConnection>) {
         self.master.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// After a failover the old master drops us or answers READONLY.
+    /// After a failover the old master answers READONLY, or it is gone and
+    /// the connection drops or times out.
     fn failed_over(e: &RedisError) -> bool {
         e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.kind() == redis::ErrorKind::ReadOnly
     }
 
+    /// Sends again on the master named now only what surely did not run
+    /// (READONLY: the demoted master refused it). A command whose connection
+    /// dropped or timed out may have run, so the caller gets the error (a
+    /// retryable `Unavailable`) and only the next command goes to the new master.
+    async fn resend_on(&self, e: RedisError) -> Result<MultiplexedConnection, RedisError> {
+        if !Self::failed_over(&e) {
+            return Err(e);
+        }
+        let refused = e.kind() == redis::ErrorKind::ReadOnly;
+        match self.reresolve().await {
+            Ok(conn) if refused => Ok(conn),
+            Ok(_) => Err(e),
+            Err(lookup) => {
+                tracing::warn!(error = %lookup, "no Redis master through Sentinel yet");
+                Err(e)
+            }
+        }
+    }
+
+    /// Asks the sentinels for the master again. Callers that failed at once
+    /// share one lookup: whoever waited for the lock takes its result when
+    /// the connection changed meanwhile.
     async fn reresolve(&self) -> Result<MultiplexedConnection, RedisError> {
+        let (before, _) = self.numbered();
         let mut sentinels = self.sentinels.lock().await;
-        let fresh = sentinels.get_async_connection().await?;
-        *self.master.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
-        tracing::warn!("Redis master re-resolved through Sentinel");
+        if let (now, Some(conn)) = self.numbered() {
+            if now != before {
+                return Ok(conn);
+            }
+        }
+        let client = tokio::time::timeout(CONNECT_TIMEOUT, sentinels.async_get_client())
+            .await
+            .map_err(|_| timed_out("no Sentinel named a master in time"))??;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT);
+        let fresh = client.get_multiplexed_async_connection_with_config(&config).await?;
+        // The sentinels may still name a demoted master for a moment.
+        let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut fresh.clone()).await?;
+        if !matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") {
+            return Err(RedisError::from((
+                redis::ErrorKind::ReadOnly,
+                "the server Sentinel named is not a master (yet)",
+            )));
+        }
+        let mut master = self.master.lock().unwrap_or_else(|p| p.into_inner());
+        *master = (master.0 + 1, Some(fresh.clone()));
+        tracing::warn!("Redis master resolved through Sentinel");
         Ok(fresh)
     }
+}
+
+fn timed_out(what: &'static str) -> RedisError {
+    RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
 }
 
 impl ConnectionLike for RedisConn {
@@ -229,9 +369,9 @@ impl ConnectionLike for RedisConn {
             RedisConn::Single(c) => c.req_packed_command(cmd),
             RedisConn::Cluster(c) => c.req_packed_command(cmd),
             RedisConn::Sentinel(s) => Box::pin(async move {
-                match s.current().req_packed_command(cmd).await {
-                    Err(e) if SentinelConn::failed_over(&e) => s.reresolve().await?.req_packed_command(cmd).await,
-                    other => other,
+                match s.current()?.req_packed_command(cmd).await {
+                    Err(e) => s.resend_on(e).await?.req_packed_command(cmd).await,
+                    ok => ok,
                 }
             }),
         }
@@ -247,11 +387,9 @@ impl ConnectionLike for RedisConn {
             RedisConn::Single(c) => c.req_packed_commands(cmd, offset, count),
             RedisConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
             RedisConn::Sentinel(s) => Box::pin(async move {
-                match s.current().req_packed_commands(cmd, offset, count).await {
-                    Err(e) if SentinelConn::failed_over(&e) => {
-                        s.reresolve().await?.req_packed_commands(cmd, offset, count).await
-                    }
-                    other => other,
+                match s.current()?.req_packed_commands(cmd, offset, count).await {
+                    Err(e) => s.resend_on(e).await?.req_packed_commands(cmd, offset, count).await,
+                    ok => ok,
                 }
             }),
         }
@@ -261,28 +399,52 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Single(c) => c.get_db(),
             RedisConn::Cluster(c) => c.get_db(),
-            RedisConn::Sentinel(s) => s.current().get_db(),
+            RedisConn::Sentinel(s) => s.current().map_or(0, |c| c.get_db()),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::hosts_and_path;
+    use super::{sentinel_parts, MultiHostUrl};
 
     #[test]
-    fn multi_host_urls_split_into_hosts_and_master_name() {
+    fn multi_host_urls_split_into_credentials_hosts_path_and_query() {
+        let u = MultiHostUrl::parse(
+            "redis+sentinel://app:s%40cret@10.0.0.1:26379,10.0.0.2:26379/main?db=2",
+            "redis+sentinel://",
+        )
+        .expect("parses");
+        assert_eq!(u.userinfo, Some("app:s%40cret"));
+        assert_eq!(u.hosts, vec!["10.0.0.1:26379", "10.0.0.2:26379"]);
+        assert_eq!(u.path, "main");
+        assert_eq!(u.param("db"), Some("2"));
         assert_eq!(
-            hosts_and_path(
-                "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/main",
-                "redis+sentinel://"
-            ),
-            Some((vec!["10.0.0.1:26379", "10.0.0.2:26379"], "main"))
+            u.node_urls(u.userinfo),
+            vec![
+                "redis://app:s%40cret@10.0.0.1:26379/",
+                "redis://app:s%40cret@10.0.0.2:26379/"
+            ]
         );
-        assert_eq!(
-            hosts_and_path("redis+cluster://a:7000,b:7001", "redis+cluster://"),
-            Some((vec!["a:7000", "b:7001"], ""))
-        );
-        assert_eq!(hosts_and_path("redis+cluster://", "redis+cluster://"), None);
+        let c = MultiHostUrl::parse("redis+cluster://a:7000,b:7001", "redis+cluster://").expect("parses");
+        assert_eq!((c.userinfo, c.hosts, c.path), (None, vec!["a:7000", "b:7001"], ""));
+        assert_eq!(MultiHostUrl::parse("redis+cluster://", "redis+cluster://"), None);
+    }
+
+    #[test]
+    fn sentinel_urls_carry_master_and_sentinel_logins_apart() {
+        let (name, sentinels, master) =
+            sentinel_parts("redis+sentinel://:p%40ss@s1:26379,s2:26379/main?db=3&sentinel_password=sp")
+                .expect("parses");
+        assert_eq!(name, "main");
+        assert_eq!(sentinels, vec!["redis://:sp@s1:26379/", "redis://:sp@s2:26379/"]);
+        assert_eq!(master.password.as_deref(), Some("p@ss"));
+        assert_eq!(master.db, 3);
+        let (_, sentinels, master) = sentinel_parts("redis+sentinel://s1:26379/main").expect("parses");
+        assert_eq!(sentinels, vec!["redis://s1:26379/"]);
+        assert_eq!((master.password, master.db), (None, 0));
+        assert!(sentinel_parts("redis+sentinel://s1:26379").is_err());
+        assert!(sentinel_parts("redis+sentinel://s1:26379/a/b").is_err());
+        assert!(sentinel_parts("redis+sentinel://s1:26379/main?db=x").is_err());
     }
 }

@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 
 use redis::{Script, Value};
 
-use super::redis_conn::RedisConn;
+use super::redis_conn::{PubSubSource, RedisConn};
 use super::redis_scripts;
 use super::{
     message_id, Claim, Enqueued, Keys, MessageRecord, MessageState, MessageStatus, NewMessage, Pending, QueueInfo,
@@ -78,9 +78,8 @@ const REFRESH_BATCH: usize = 512;
 pub struct RedisStore {
     conn: RedisConn,
     keys: Keys,
-    /// Where registry announcements are subscribed to (any node of a cluster
-    /// hears every PUBLISH); none behind Sentinel, where peers poll instead.
-    pubsub_url: Option<String>,
+    /// Where registry announcements are subscribed to.
+    pubsub: PubSubSource,
     announcements: super::registry::Announcements,
     relaying: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -101,17 +100,18 @@ impl RedisStore {
     /// Connects to `url` (one server, `redis+cluster://` or
     /// `redis+sentinel://`, see `redis_conn`); every key starts with `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let conn = RedisConn::connect(url).await.map_err(unavailable)?;
         Ok(RedisStore {
-            conn: RedisConn::connect(url).await.map_err(unavailable)?,
+            pubsub: conn.pubsub_source(url),
+            conn,
             keys: Keys::new(prefix),
-            pubsub_url: RedisConn::pubsub_url(url),
             announcements: Default::default(),
             relaying: Default::default(),
         })
     }
 
-    pub(super) fn pubsub_url(&self) -> Option<String> {
-        self.pubsub_url.clone()
+    pub(super) fn pubsub(&self) -> PubSubSource {
+        self.pubsub.clone()
     }
 
     pub(super) fn announcements(&self) -> &super::registry::Announcements {

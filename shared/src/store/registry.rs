@@ -8,6 +8,7 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use super::redis_conn::PubSubSource;
 use super::{MemoryStore, RedisStore, StoreError};
 
 /// One node as the registry knows it.
@@ -128,11 +129,11 @@ impl RedisStore {
 
     /// Relays the channel to this process's listeners, reconnecting after
     /// failures, until nobody listens any more.
-    async fn relay_changes(url: String, channel: String, to: Announcements) {
+    async fn relay_changes(source: PubSubSource, channel: String, to: Announcements) {
         use futures_util::StreamExt;
         while to.0.receiver_count() > 0 {
             let subscribed = async {
-                let mut pubsub = redis::Client::open(url.as_str())?.get_async_pubsub().await?;
+                let mut pubsub = source.client().await?.get_async_pubsub().await?;
                 pubsub.subscribe(&channel).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
@@ -191,9 +192,9 @@ impl Registry for RedisStore {
     fn node_changes(&self) -> broadcast::Receiver<()> {
         let rx = self.announcements().subscribe();
         let relaying = self.relaying().swap(true, std::sync::atomic::Ordering::SeqCst);
-        if let (false, Some(url)) = (relaying, self.pubsub_url()) {
+        if !relaying {
             tokio::spawn(Self::relay_changes(
-                url,
+                self.pubsub(),
                 self.changes_channel(),
                 self.announcements().clone(),
             ));
