@@ -396,7 +396,50 @@ async fn a_pushers_traceparent_reaches_the_client(kind: StoreKind) {
     assert_ne!(tp, parent, "a new span of the same trace");
 }
 
+/// What a downstream node leaves behind when it dies between storing a
+/// message and handing it over: stored, never delivered, client online.
+async fn a_delivery_that_never_came_is_pulled_at_the_next_lease_renewal(kind: StoreKind) {
+    // Leases of 4 s are renewed every 1.3 s; heartbeats of 2 s keep a silent test client for 6 s.
+    let node = start_tuned(kind, |access| {
+        access.heartbeat_ms = 2_000;
+        access.route_ttl_ms = 4_000;
+    })
+    .await;
+    let mut conn = node.connect("s", "s1", 0).await;
+    let limits = duplex_shared::store::QueueLimits {
+        max_messages: 100,
+        max_bytes: 100_000,
+    };
+    let now = duplex_shared::store::now_ms();
+    for i in 1..=3 {
+        let message = duplex_shared::store::NewMessage {
+            record: duplex_shared::store::MessageRecord {
+                reply_to: None,
+                nonce: rand::random(),
+                headers: Default::default(),
+                payload: serde_json::to_vec(&json!(format!("orphan {i}"))).expect("json").into(),
+                created_ms: now,
+                expires_ms: now + 60_000,
+            },
+            idempotency_key: None,
+            idempotency_ttl_ms: 0,
+        };
+        node.store.enqueue("s1", &message, limits, now).await.expect("stored");
+    }
+    for seq in 1..=3 {
+        let push = recv_push(&mut conn).await;
+        assert_eq!((push.seq, json_payload(&push)), (seq, json!(format!("orphan {seq}"))));
+    }
+    let text = node.metrics.render();
+    assert!(text.contains("duplex_lease_catch_ups_total 1"), "{text}");
+    // Later deliveries carry on after them, without repeating them.
+    node.push_to("s1", json!("next")).await;
+    let push = recv_push(&mut conn).await;
+    assert_eq!((push.seq, json_payload(&push)), (4, json!("next")));
+}
+
 both_stores!(
+    a_delivery_that_never_came_is_pulled_at_the_next_lease_renewal,
     a_pushers_traceparent_reaches_the_client,
     online_push_arrives_and_its_ack_is_recorded,
     offline_push_arrives_after_connect_and_unacked_ones_come_again,

@@ -6,10 +6,17 @@
 //! connection per heartbeat. A lease found gone (the store restarted or
 //! expired it during an outage) is written back; a lease found taken by a
 //! newer connection closes ours.
+//!
+//! Each renewal also reads the client's highest stored seq. A connection
+//! that has not written that far is told to pull the rest from the store:
+//! the safety net for a delivery that never came (a downstream node that died
+//! between storing a message and handing it over, or retries that gave up),
+//! so an online client waits at most a renewal period, not for a reconnect.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use duplex_shared::store::Renewal;
 use tracing::{debug, warn};
 
 use crate::Shared;
@@ -50,14 +57,29 @@ pub(crate) async fn renew_once(shared: &Shared) {
         }
     };
     let mut restored = 0usize;
-    for ((client_id, route), renewal) in routes.iter().zip(renewals) {
-        match renewal {
-            duplex_shared::store::Renewal::Renewed => {}
-            duplex_shared::store::Renewal::Restored => restored += 1,
-            duplex_shared::store::Renewal::Replaced => {
+    let mut caught_up = 0i64;
+    for ((client_id, route), check) in routes.iter().zip(renewals) {
+        match check.renewal {
+            Renewal::Renewed => {}
+            Renewal::Restored => restored += 1,
+            Renewal::Replaced => {
                 shared.hub.kick_local(client_id, route.conn_epoch, "replaced");
+                continue;
             }
         }
+        if let Some(session) = shared.hub.get(client_id).filter(|h| h.conn_epoch == route.conn_epoch) {
+            caught_up += i64::from(session.outbox.catch_up_to(check.last_seq));
+        }
+    }
+    if caught_up > 0 {
+        shared
+            .metrics
+            .counter("duplex_lease_catch_ups_total", &[])
+            .add(caught_up);
+        debug!(
+            caught_up,
+            "connections behind their stored messages pull them from the store"
+        );
     }
     if restored > 0 {
         warn!(

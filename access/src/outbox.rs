@@ -12,7 +12,7 @@
 //! drains, which keeps memory per idle connection small.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -33,7 +33,21 @@ pub enum CloseReason {
 pub struct Outgoing {
     /// The stored message's seq, or 0 for frames outside the stored sequence.
     pub seq: u64,
+    /// Empty for a catch-up: no frame, but pull stored messages through `seq`.
     pub body: Bytes,
+}
+
+impl Outgoing {
+    pub fn catch_up(seq: u64) -> Self {
+        Outgoing {
+            seq,
+            body: Bytes::new(),
+        }
+    }
+
+    pub fn is_catch_up(&self) -> bool {
+        self.seq > 0 && self.body.is_empty()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +71,10 @@ pub struct Outbox {
     notify: Notify,
     capacity: usize,
     calls_in_flight: AtomicUsize,
+    /// The highest stored seq written to the client (or that it had).
+    sent_through: AtomicU64,
+    /// The highest seq a catch-up was already asked for.
+    caught_up_to: AtomicU64,
 }
 
 impl Outbox {
@@ -66,6 +84,8 @@ impl Outbox {
             notify: Notify::new(),
             capacity,
             calls_in_flight: AtomicUsize::new(0),
+            sent_through: AtomicU64::new(0),
+            caught_up_to: AtomicU64::new(0),
         }
     }
 
@@ -101,6 +121,33 @@ impl Outbox {
         }
         drop(state);
         self.notify.notify_one();
+    }
+
+    /// Records the sequencer's cursor after a write.
+    pub fn note_sent(&self, seq: u64) {
+        self.sent_through.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// Given the highest seq the store holds for the client, queues a
+    /// catch-up when this connection has not written that far and none was
+    /// asked for that seq yet: a delivery that never came (its downstream
+    /// node died after storing, or its retries gave up) is pulled from the
+    /// store instead of waiting for a reconnect. Never refused for capacity
+    /// (one per seq). Returns whether it queued one.
+    pub fn catch_up_to(&self, last_seq: u64) -> bool {
+        if last_seq <= self.sent_through.load(Ordering::Acquire)
+            || self.caught_up_to.fetch_max(last_seq, Ordering::AcqRel) >= last_seq
+        {
+            return false;
+        }
+        let mut state = self.state();
+        if state.close.is_some() {
+            return false;
+        }
+        state.frames.push_back(Outgoing::catch_up(last_seq));
+        drop(state);
+        self.notify.notify_one();
+        true
     }
 
     /// Asks the connection to close; the first reason wins.
@@ -198,6 +245,24 @@ mod tests {
             outbox.next(&mut batch, 3).await,
             Next::Close(CloseReason::Kicked("replaced".into()))
         );
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_is_queued_once_per_seq_and_only_when_behind() {
+        let outbox = Outbox::new(1);
+        outbox.note_sent(5);
+        assert!(!outbox.catch_up_to(5), "nothing missed");
+        outbox.push(item(b"full")).expect("queued");
+        assert!(outbox.catch_up_to(7), "queued even with the queue at capacity");
+        assert!(!outbox.catch_up_to(7), "already asked for");
+        assert!(outbox.catch_up_to(8));
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next(&mut batch, 8).await, Next::Write);
+        assert_eq!(
+            batch.iter().map(Outgoing::is_catch_up).collect::<Vec<_>>(),
+            vec![false, true, true]
+        );
+        assert_eq!(batch[2].seq, 8);
     }
 
     #[test]

@@ -92,6 +92,15 @@ impl Sequencer {
         out: &mut Vec<Bytes>,
     ) -> Result<(), StoreError> {
         for item in items {
+            if item.is_catch_up() {
+                // Bounded: every round either advances the cursor by a full batch or ends.
+                for _ in 0..1_000 {
+                    if self.cursor >= item.seq || !self.catch_up(store, client_id, Some(item.seq + 1), out).await? {
+                        break;
+                    }
+                }
+                continue;
+            }
             if item.seq == 0 {
                 out.push(item.body);
                 continue;

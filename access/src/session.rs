@@ -100,7 +100,10 @@ impl Session {
         } else {
             debug!(user_id = %self.client.user_id, "connected");
             match Box::pin(self.resume()).await {
-                Ok(()) => self.serve(&outbox).await,
+                Ok(()) => {
+                    outbox.note_sent(self.sequencer.cursor);
+                    self.serve(&outbox).await
+                }
                 Err(end) => end,
             }
         };
@@ -150,6 +153,7 @@ impl Session {
                     if let Err(end) = Box::pin(self.deliver(std::mem::take(&mut batch))).await {
                         return end;
                     }
+                    outbox.note_sent(self.sequencer.cursor);
                 }
                 event = self.io.read(&shared.limits) => {
                     silence.as_mut().reset(Instant::now() + silence_limit);

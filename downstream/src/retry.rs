@@ -7,7 +7,8 @@
 //! never reorder a client's stream. A loop ends when a delivery succeeds,
 //! nothing is pending any more (acked or expired), or the client has no route
 //! (it gets everything replayed when it connects). Loops are bounded in number;
-//! beyond that, replay on reconnect is the fallback.
+//! beyond that, the access node's lease renewal (which pulls what a connected
+//! client was not handed) and replay on reconnect are the fallback.
 
 use std::sync::Arc;
 use std::time::Duration;

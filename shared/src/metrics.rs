@@ -50,6 +50,11 @@ const CATALOG: &[(&str, &str, &str)] = &[
         "Stored messages removed by client acks.",
     ),
     (
+        "duplex_lease_catch_ups_total",
+        "counter",
+        "Connections found at lease renewal not to have been handed stored messages (a delivery that never came), told to pull them from the store.",
+    ),
+    (
         "duplex_gaps_total",
         "counter",
         "Gap frames sent: ranges of messages that expired unacknowledged.",

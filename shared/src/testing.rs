@@ -160,30 +160,34 @@ impl Drop for TestRedisCluster {
 }
 
 /// A Redis master with one replica, watched by one Sentinel (quorum 1),
-/// all on loopback ports and behind passwords (`PASSWORD` on the data
-/// servers, `SENTINEL_PASSWORD` on the Sentinel), so every test through it
-/// also logs in; killed and its directory removed on drop.
+/// all on loopback ports and behind passwords of their own (one for the data
+/// servers, one for the Sentinel), so every test through it also logs in,
+/// and a server of another test that took a port here answers none of its
+/// checks; killed and its directory removed on drop.
 pub struct TestRedisSentinel {
     servers: Vec<Child>,
     /// Master first, then the replica, then the Sentinel.
     ports: Vec<u16>,
     dir: std::path::PathBuf,
+    password: String,
+    sentinel_password: String,
 }
 
 impl TestRedisSentinel {
     pub const MASTER_NAME: &'static str = "duplexmaster";
-    pub const PASSWORD: &'static str = "data-secret";
-    pub const SENTINEL_PASSWORD: &'static str = "sentinel-secret";
 
     // Synchronous on purpose (usable from any test); the sleep paces readiness polling.
     #[allow(clippy::disallowed_methods)]
     pub fn start() -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(format!("duplex-sentinel-{:08x}", rand::random::<u32>()));
+        let id = rand::random::<u32>();
+        let dir = std::env::temp_dir().join(format!("duplex-sentinel-{id:08x}"));
         std::fs::create_dir_all(&dir).map_err(|e| format!("sentinel dir: {e}"))?;
         let mut set = TestRedisSentinel {
             servers: Vec::new(),
             ports: Vec::new(),
             dir,
+            password: format!("data-{id:08x}"),
+            sentinel_password: format!("sentinel-{id:08x}"),
         };
         while set.ports.len() < 3 {
             let port = free_port().map_err(|e| format!("no free port: {e}"))?;
@@ -196,7 +200,7 @@ impl TestRedisSentinel {
             let mut cmd = Command::new("redis-server");
             cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--save", "", "--appendonly", "no"])
-                .args(["--requirepass", Self::PASSWORD, "--masterauth", Self::PASSWORD]);
+                .args(["--requirepass", &set.password, "--masterauth", &set.password]);
             if let Some(m) = replica_of {
                 cmd.args(["--replicaof", "127.0.0.1", &m.to_string()]);
             }
@@ -211,19 +215,23 @@ impl TestRedisSentinel {
              sentinel down-after-milliseconds {name} 1000\n\
              sentinel failover-timeout {name} 10000\n",
             dir = set.dir.display(),
-            sp = Self::SENTINEL_PASSWORD,
+            sp = set.sentinel_password,
             name = Self::MASTER_NAME,
-            pw = Self::PASSWORD,
+            pw = set.password,
         );
         std::fs::write(&conf, text).map_err(|e| format!("sentinel config: {e}"))?;
         let mut cmd = Command::new("redis-server");
         cmd.arg(&conf).arg("--sentinel");
         set.spawn(cmd)?;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !(ping_with(master, Some(Self::PASSWORD))
-            && ping_with(replica, Some(Self::PASSWORD))
+        while !(ping_with(master, Some(&set.password))
+            && ping_with(replica, Some(&set.password))
             && set.sentinel_says_master() == Some(master))
         {
+            // A server that could not bind its port exits.
+            if set.servers.iter_mut().any(|c| matches!(c.try_wait(), Ok(Some(_)))) {
+                return Err("a server of the Sentinel set exited (port taken?)".into());
+            }
             if Instant::now() > deadline {
                 return Err("master, replica and Sentinel did not answer within 10 s".into());
             }
@@ -246,10 +254,10 @@ impl TestRedisSentinel {
     pub fn url(&self) -> String {
         format!(
             "redis+sentinel://:{}@127.0.0.1:{}/{}?sentinel_password={}",
-            Self::PASSWORD,
+            self.password,
             self.ports[2],
             Self::MASTER_NAME,
-            Self::SENTINEL_PASSWORD
+            self.sentinel_password
         )
     }
 
@@ -257,7 +265,7 @@ impl TestRedisSentinel {
     pub fn sentinel_says_master(&self) -> Option<u16> {
         let out = self.cli(
             self.ports[2],
-            Self::SENTINEL_PASSWORD,
+            &self.sentinel_password,
             &["sentinel", "get-master-addr-by-name", Self::MASTER_NAME],
         )?;
         out.lines().nth(1)?.trim().parse().ok()
@@ -284,7 +292,7 @@ impl TestRedisSentinel {
         let failover = ["sentinel", "failover", Self::MASTER_NAME];
         // Refused (NOGOODSLAVE) until Sentinel has found the replica.
         while self
-            .cli(self.ports[2], Self::SENTINEL_PASSWORD, &failover)
+            .cli(self.ports[2], &self.sentinel_password, &failover)
             .as_deref()
             .map(str::trim)
             != Some("OK")
@@ -321,17 +329,39 @@ impl TestRedisSentinel {
         ))
     }
 
-    /// WAIT answers how many replicas acknowledged every write so far.
+    /// Until WAIT says the replica acknowledged every write so far and
+    /// Sentinel knows it as a healthy replica (it learns of replicas from
+    /// the master's INFO; a master lost before that has nothing to promote).
     fn wait_replicated(&self, master: u16) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self
-            .cli(master, Self::PASSWORD, &["wait", "1", "1000"])
+            .cli(master, &self.password, &["wait", "1", "1000"])
             .map(|o| o.trim().to_owned())
             != Some("1".into())
         {
             if Instant::now() > deadline {
                 return Err("the replica did not catch up within 30 s".into());
             }
+        }
+        let replica = if master == self.ports[0] {
+            self.ports[1]
+        } else {
+            self.ports[0]
+        };
+        let healthy = |o: String| {
+            o.contains(&format!("\nport\n{replica}\n"))
+                && o.contains("\nflags\nslave\n")
+                && o.contains("\nmaster-link-status\nok\n")
+        };
+        let replicas = ["sentinel", "replicas", Self::MASTER_NAME];
+        while !self
+            .cli(self.ports[2], &self.sentinel_password, &replicas)
+            .is_some_and(healthy)
+        {
+            if Instant::now() > deadline {
+                return Err("Sentinel did not see a healthy replica within 30 s".into());
+            }
+            pace();
         }
         Ok(())
     }
@@ -340,7 +370,7 @@ impl TestRedisSentinel {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !(self.sentinel_says_master() == Some(new)
             && self
-                .cli(new, Self::PASSWORD, &["role"])
+                .cli(new, &self.password, &["role"])
                 .is_some_and(|o| o.starts_with("master")))
         {
             if Instant::now() > deadline {

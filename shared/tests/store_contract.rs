@@ -44,6 +44,12 @@ async fn refresh_renews_restores_and_reports_replaced(store: Arc<dyn Store>) {
         node_id: "n".into(),
         conn_epoch: 99,
     };
+    for i in 1..=3 {
+        store
+            .enqueue("r1", &msg(&format!("m{i}"), 60_000, None), LIMITS, NOW)
+            .await
+            .expect("enqueue");
+    }
     let got = store
         .refresh_routes(
             &[
@@ -55,7 +61,10 @@ async fn refresh_renews_restores_and_reports_replaced(store: Arc<dyn Store>) {
         )
         .await
         .expect("refresh");
-    assert_eq!(got, vec![Renewal::Renewed, Renewal::Replaced, Renewal::Restored]);
+    let outcomes: Vec<Renewal> = got.iter().map(|c| c.renewal).collect();
+    assert_eq!(outcomes, vec![Renewal::Renewed, Renewal::Replaced, Renewal::Restored]);
+    let last_seqs: Vec<u64> = got.iter().map(|c| c.last_seq).collect();
+    assert_eq!(last_seqs, vec![3, 0, 0], "each client's highest stored seq comes along");
     assert_eq!(store.get_route("r3").await.expect("get"), Some(gone));
 }
 

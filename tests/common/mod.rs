@@ -132,16 +132,44 @@ pub async fn start_with_upstream(
     node_id: &str,
     tweak: impl FnOnce(&mut DownstreamConfig),
     failing_deliveries: usize,
+    upstream: UpstreamConfig,
+) -> Node {
+    start_full(store, redis, node_id, |_| {}, tweak, failing_deliveries, upstream).await
+}
+
+/// A node of `kind` with its access settings changed by `tweak_access`.
+pub async fn start_tuned(kind: StoreKind, tweak_access: impl FnOnce(&mut AccessConfig)) -> Node {
+    let (store, redis) = new_store(kind).await;
+    start_full(
+        store,
+        redis,
+        "e2e-node",
+        tweak_access,
+        |_| {},
+        0,
+        UpstreamConfig::default(),
+    )
+    .await
+}
+
+async fn start_full(
+    store: Arc<dyn Store>,
+    redis: Option<TestRedis>,
+    node_id: &str,
+    tweak_access: impl FnOnce(&mut AccessConfig),
+    tweak: impl FnOnce(&mut DownstreamConfig),
+    failing_deliveries: usize,
     mut upstream: UpstreamConfig,
 ) -> Node {
     upstream.validate().expect("valid upstream config");
-    let access = AccessConfig {
+    let mut access = AccessConfig {
         tcp_listen: "127.0.0.1:0".parse().expect("addr"),
         ws_listen: "127.0.0.1:0".parse().expect("addr"),
         // Clients told to go away come back within half a second (tests wait 10 s at most).
         goaway_window_ms: 500,
         ..AccessConfig::default()
     };
+    tweak_access(&mut access);
     let mut downstream = DownstreamConfig {
         http_listen: "127.0.0.1:0".parse().expect("addr"),
         api_keys: vec![API_KEY.into()],

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use super::memory_queue::ClientQueue;
 use super::{
-    Claim, Enqueued, MessageStatus, NewMessage, Pending, QueueInfo, QueueLimits, Renewal, Route, Store, StoreError,
-    USER_CLIENTS_TTL,
+    Claim, Enqueued, LeaseCheck, MessageStatus, NewMessage, Pending, QueueInfo, QueueLimits, Renewal, Route, Store,
+    StoreError, USER_CLIENTS_TTL,
 };
 
 #[derive(Debug, Default)]
@@ -90,7 +90,7 @@ impl Store for MemoryStore {
             .is_some())
     }
 
-    async fn refresh_routes(&self, routes: &[(String, Route)], ttl: Duration) -> Result<Vec<Renewal>, StoreError> {
+    async fn refresh_routes(&self, routes: &[(String, Route)], ttl: Duration) -> Result<Vec<LeaseCheck>, StoreError> {
         let now = Instant::now();
         // Expired leases are dropped first, so the map does not keep dead clients.
         self.routes.retain(|_, (_, expires)| *expires > now);
@@ -100,7 +100,7 @@ impl Store for MemoryStore {
                 .routes
                 .entry(client_id.clone())
                 .or_insert_with(|| (route.clone(), now));
-            out.push(if slot.0 == *route {
+            let renewal = if slot.0 == *route {
                 let restored = slot.1 <= now;
                 slot.1 = now + ttl;
                 if restored {
@@ -110,7 +110,10 @@ impl Store for MemoryStore {
                 }
             } else {
                 Renewal::Replaced
-            });
+            };
+            drop(slot);
+            let last_seq = self.queues.get(client_id).map_or(0, |q| q.last_seq());
+            out.push(LeaseCheck { renewal, last_seq });
         }
         Ok(out)
     }

@@ -111,6 +111,11 @@ impl ClientQueue {
         }
     }
 
+    /// The highest seq ever given out (or resumed from).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
     pub fn pending(&mut self, client_id: &str, after: u64, max: usize, now: u64) -> Pending {
         self.tidy(now);
         let messages = self

@@ -48,6 +48,15 @@ pub enum Renewal {
     Replaced,
 }
 
+/// A lease renewal's outcome and the highest seq ever stored for the client
+/// (0 if none): a connection that has sent less than that may have missed a
+/// delivery (its downstream node died between storing and handing over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseCheck {
+    pub renewal: Renewal,
+    pub last_seq: u64,
+}
+
 /// Where a client is connected: which node, and which connection on it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Route {
@@ -127,8 +136,8 @@ pub trait Store: UpstreamState + QueueOverview + Registry + Send + Sync + 'stati
 
     /// Renews each lease still owned by its route, writes back leases that
     /// vanished, and reports routes now owned by another connection; one
-    /// answer per input, in order.
-    async fn refresh_routes(&self, routes: &[(String, Route)], ttl: Duration) -> Result<Vec<Renewal>, StoreError>;
+    /// answer per input, in order, with the client's highest stored seq.
+    async fn refresh_routes(&self, routes: &[(String, Route)], ttl: Duration) -> Result<Vec<LeaseCheck>, StoreError>;
 
     /// Client ids that have connected as `user_id`.
     async fn user_clients(&self, user_id: &str) -> Result<Vec<String>, StoreError>;

@@ -14,8 +14,8 @@ use redis::{Script, Value};
 use super::redis_conn::{PubSubSource, RedisConn};
 use super::redis_scripts;
 use super::{
-    message_id, Claim, Enqueued, Keys, MessageRecord, MessageState, MessageStatus, NewMessage, Pending, QueueInfo,
-    QueueLimits, Renewal, Route, Store, StoreError, StoredMessage, STATUS_RETENTION_MS, USER_CLIENTS_TTL,
+    message_id, Claim, Enqueued, Keys, LeaseCheck, MessageRecord, MessageState, MessageStatus, NewMessage, Pending,
+    QueueInfo, QueueLimits, Renewal, Route, Store, StoreError, StoredMessage, STATUS_RETENTION_MS, USER_CLIENTS_TTL,
 };
 
 static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::ENQUEUE));
@@ -56,12 +56,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0";
 
 /// Renews KEYS[1] (a route) for ARGV[2] ms while it holds ARGV[1]; writes it
-/// back if it vanished; 1 renewed, 2 restored, 0 owned by another connection.
+/// back if it vanished; {1 renewed | 2 restored | 0 owned by another
+/// connection, the client's seq counter KEYS[2] (same slot)}.
 const RENEW_IF_OWNED: &str = r"
 local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
-return 0";
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return {1, seq} end
+if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return {2, seq} end
+return {0, seq}";
 
 /// KEYS[1] route, KEYS[2] epoch counter (same slot). Takes the next epoch and
 /// writes the route `ARGV[1]|epoch` for ARGV[2] ms; returns {epoch, previous}.
@@ -195,7 +197,7 @@ impl Store for RedisStore {
         Ok(deleted == 1)
     }
 
-    async fn refresh_routes(&self, routes: &[(String, Route)], ttl: Duration) -> Result<Vec<Renewal>, StoreError> {
+    async fn refresh_routes(&self, routes: &[(String, Route)], ttl: Duration) -> Result<Vec<LeaseCheck>, StoreError> {
         let mut out = Vec::with_capacity(routes.len());
         for chunk in routes.chunks(REFRESH_BATCH) {
             let renewals = chunk
@@ -203,23 +205,24 @@ impl Store for RedisStore {
                 .map(|(client_id, route)| {
                     let mut cmd = redis::cmd("EVAL");
                     cmd.arg(RENEW_IF_OWNED)
-                        .arg(1)
+                        .arg(2)
                         .arg(self.keys.route(client_id))
+                        .arg(format!("{}seq", self.keys.client(client_id)))
                         .arg(route.encode())
                         .arg(millis(ttl));
                     cmd
                 })
                 .collect();
             let answers = self.conn.run_all(renewals).await.map_err(unavailable)?;
-            let results: Vec<i64> = answers
-                .iter()
-                .map(|v| redis::from_redis_value(v).unwrap_or(0))
-                .collect();
-            out.extend(results.into_iter().map(|r| match r {
-                1 => Renewal::Renewed,
-                2 => Renewal::Restored,
-                _ => Renewal::Replaced,
-            }));
+            for answer in &answers {
+                let (code, last_seq): (i64, u64) = redis::from_redis_value(answer).map_err(unavailable)?;
+                let renewal = match code {
+                    1 => Renewal::Renewed,
+                    2 => Renewal::Restored,
+                    _ => Renewal::Replaced,
+                };
+                out.push(LeaseCheck { renewal, last_seq });
+            }
         }
         Ok(out)
     }
