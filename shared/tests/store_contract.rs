@@ -435,7 +435,59 @@ async fn the_overview_ranks_clients_by_backlog(store: Arc<dyn Store>) {
     assert_eq!((sample.scanned, sample.complete), (2, false));
 }
 
+/// Expiry and the cap's count follow messages whatever order their TTLs
+/// come in, through acks and expiries.
+async fn caps_and_expiry_follow_mixed_ttls_acks_and_expiries(store: Arc<dyn Store>) {
+    let limits = QueueLimits {
+        max_messages: 3,
+        max_bytes: 1_000,
+    };
+    let enqueue = |payload: &'static str, ttl_ms: u64, now: u64| {
+        let store = store.clone();
+        async move {
+            store
+                .enqueue("x1", &msg(payload, ttl_ms, None), limits, now)
+                .await
+                .expect("enqueue")
+        }
+    };
+    // Stored at NOW: a long-lived message first, then a short-lived one, then another long one.
+    stored(enqueue("long-1", 60_000, NOW).await);
+    stored(enqueue("short", 1_000, NOW).await);
+    stored(enqueue("long-2", 60_000, NOW).await);
+    assert!(matches!(
+        enqueue("over", 60_000, NOW).await,
+        Enqueued::Full { messages: 3, .. }
+    ));
+    // After the short one's TTL: it leaves, which makes room for one more.
+    let later = NOW + 2_000;
+    let (seq, _) = stored(enqueue("long-3", 60_000, later).await);
+    assert_eq!(seq, 4);
+    let p = store.pending("x1", 0, 10, later).await.expect("pending");
+    assert_eq!(p.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 3, 4]);
+    assert!(matches!(
+        enqueue("over", 60_000, later).await,
+        Enqueued::Full { messages: 3, .. }
+    ));
+    // An ack frees its messages' places.
+    store.ack("x1", 3, false, later).await.expect("ack");
+    stored(enqueue("long-5", 60_000, later).await);
+    stored(enqueue("long-6", 60_000, later).await);
+    assert!(matches!(
+        enqueue("over", 60_000, later).await,
+        Enqueued::Full { messages: 3, .. }
+    ));
+    // All of them expire together; the queue is empty and open again.
+    let much_later = NOW + 120_000;
+    let p = store.pending("x1", 0, 10, much_later).await.expect("pending");
+    assert!(p.messages.is_empty(), "{:?}", p.messages);
+    assert_eq!(store.queue_info("x1", much_later).await.expect("info").pending, 0);
+    let (seq, _) = stored(enqueue("fresh", 60_000, much_later).await);
+    assert_eq!(seq, 7);
+}
+
 duplex_shared::store_contract!(
+    caps_and_expiry_follow_mixed_ttls_acks_and_expiries,
     the_overview_ranks_clients_by_backlog,
     routes_are_leases_owned_by_one_connection,
     refresh_renews_restores_and_reports_replaced,

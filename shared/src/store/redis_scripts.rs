@@ -6,7 +6,9 @@
 //! - `P q`: sorted set of pending seqs (score = seq)
 //! - `P exp`: sorted set of pending seqs by expiry time (score = ms)
 //! - `P b`: hash seq -> message record (MessagePack)
-//! - `P meta`: hash `bytes` (pending), `acked` (watermark), `expired` (count)
+//! - `P meta`: hash `bytes` and `n` (pending), `acked` (watermark), `expired`
+//!   (count), `nexp` (earliest expiry of a pending message, or later), `until`
+//!   (the life granted to the keys)
 //! - `P m:<seq>`: hash with the status of message seq
 //! - `P i:<key>`: idempotency key -> `seq~nonce`
 //!
@@ -18,18 +20,34 @@
 macro_rules! prelude {
     () => {
         r"
-local function tidy(q, exp, b, meta, mprefix, now)
+local NO_EXPIRY = '9007199254740991'
+-- Expires due messages; returns how many left, their bytes, and the new
+-- earliest expiry. meta's `nexp` is never later than the earliest expiry of
+-- a pending message (acks can leave it earlier), so while it is in the future
+-- nothing is due and this costs nothing. Without it (data from older
+-- versions) the expiry index is read.
+local function tidy(q, exp, b, meta, mprefix, now, nexp)
+  if nexp and tonumber(nexp) > now then return 0, 0, nexp end
   local due = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
+  local gone, freed = 0, 0
   for _, s in ipairs(due) do
     if redis.call('ZREM', q, s) == 1 then
-      local size = tonumber(redis.call('HGET', mprefix .. s, 'size') or '0')
-      redis.call('HINCRBY', meta, 'bytes', -size)
-      redis.call('HINCRBY', meta, 'expired', 1)
+      gone = gone + 1
+      freed = freed + tonumber(redis.call('HGET', mprefix .. s, 'size') or '0')
       redis.call('HSET', mprefix .. s, 'state', 'expired', 'expired', now)
     end
     redis.call('HDEL', b, s)
   end
   if #due > 0 then redis.call('ZREMRANGEBYSCORE', exp, '-inf', now) end
+  if gone > 0 then
+    redis.call('HINCRBY', meta, 'bytes', -freed)
+    redis.call('HINCRBY', meta, 'expired', gone)
+    if redis.call('HEXISTS', meta, 'n') == 1 then redis.call('HINCRBY', meta, 'n', -gone) end
+  end
+  local first = redis.call('ZRANGE', exp, 0, 0, 'WITHSCORES')
+  nexp = first[2] or NO_EXPIRY
+  redis.call('HSET', meta, 'nexp', nexp)
+  return gone, freed, nexp
 end
 -- Extends the life of KEYS[1..n] to at least until_ms. The horizon already
 -- granted is kept in meta, and extended an hour beyond what is needed, so most
@@ -57,21 +75,24 @@ pub const ENQUEUE: &str = concat!(
     prelude!(),
     r"
 local now = tonumber(ARGV[5])
-tidy(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[10], now)
+-- meta's `n` counts pending messages (absent in data from older versions: ZCARD then).
+local meta = redis.call('HMGET', KEYS[4], 'bytes', 'until', 'n', 'nexp')
+local gone, freed, nexp = tidy(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[10], now, meta[4])
 if ARGV[9] ~= '0' then
   local v = redis.call('GET', KEYS[6])
   if v then return {2, v} end
 end
-local n = redis.call('ZCARD', KEYS[1])
-local meta = redis.call('HMGET', KEYS[4], 'bytes', 'until')
-local bytes = tonumber(meta[1] or '0')
+local n
+if meta[3] then n = tonumber(meta[3]) - gone else n = redis.call('ZCARD', KEYS[1]) end
+local bytes = tonumber(meta[1] or '0') - freed
 local size = tonumber(ARGV[8])
 if n + 1 > tonumber(ARGV[6]) or bytes + size > tonumber(ARGV[7]) then return {3, n, bytes} end
 local seq = redis.call('INCR', KEYS[5])
 redis.call('ZADD', KEYS[1], seq, seq)
 redis.call('ZADD', KEYS[2], ARGV[4], seq)
 redis.call('HSET', KEYS[3], seq, ARGV[1])
-redis.call('HINCRBY', KEYS[4], 'bytes', size)
+if tonumber(ARGV[4]) < tonumber(nexp) then nexp = ARGV[4] end
+redis.call('HSET', KEYS[4], 'bytes', bytes + size, 'n', n + 1, 'nexp', nexp)
 local m = ARGV[10] .. seq
 redis.call('HSET', m, 'state', 'queued', 'nonce', ARGV[2], 'size', size, 'created', ARGV[3], 'expires', ARGV[4])
 local until_ms = tonumber(ARGV[4]) + tonumber(ARGV[11])
@@ -86,9 +107,10 @@ return {1, seq, redis.call('GET', KEYS[7])}"
 pub const PENDING: &str = concat!(
     prelude!(),
     r"
-tidy(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], tonumber(ARGV[1]))
+local meta = redis.call('HMGET', KEYS[4], 'acked', 'nexp')
+tidy(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], tonumber(ARGV[1]), meta[2])
 local seqs = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {tonumber(redis.call('HGET', KEYS[4], 'acked') or '0')}
+local out = {tonumber(meta[1] or '0')}
 for _, s in ipairs(seqs) do
   out[#out + 1] = tonumber(s)
   out[#out + 1] = redis.call('HGET', KEYS[3], s)
@@ -105,7 +127,8 @@ pub const ACK: &str = concat!(
 local now = tonumber(ARGV[2])
 local retention = tonumber(ARGV[5])
 local a = tonumber(ARGV[1])
-if a > tonumber(redis.call('HGET', KEYS[4], 'acked') or '0') then
+local meta = redis.call('HMGET', KEYS[4], 'acked', 'n')
+if a > tonumber(meta[1] or '0') then
   -- A watermark written to a fresh key must not live forever.
   if redis.call('HSET', KEYS[4], 'acked', a) == 1 and redis.call('PTTL', KEYS[4]) == -1 then
     redis.call('PEXPIREAT', KEYS[4], now + retention)
@@ -116,14 +139,19 @@ if ARGV[3] == '1' and tonumber(redis.call('GET', KEYS[5]) or '0') < a then
   if redis.call('PTTL', KEYS[5]) == -1 then redis.call('PEXPIREAT', KEYS[5], now + retention) end
 end
 local done = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', a)
+local freed = 0
 for _, s in ipairs(done) do
   local m = ARGV[4] .. s
-  redis.call('HINCRBY', KEYS[4], 'bytes', -tonumber(redis.call('HGET', m, 'size') or '0'))
+  freed = freed + tonumber(redis.call('HGET', m, 'size') or '0')
   redis.call('HSET', m, 'state', 'acked', 'acked', now)
   redis.call('HDEL', KEYS[3], s)
   redis.call('ZREM', KEYS[2], s)
 end
-if #done > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', a) end
+if #done > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', a)
+  redis.call('HINCRBY', KEYS[4], 'bytes', -freed)
+  if meta[2] then redis.call('HINCRBY', KEYS[4], 'n', -#done) end
+end
 return #done"
 );
 
@@ -139,7 +167,7 @@ return 0";
 pub const INFO: &str = concat!(
     prelude!(),
     r"
-tidy(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], tonumber(ARGV[1]))
+tidy(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], tonumber(ARGV[1]), redis.call('HGET', KEYS[4], 'nexp'))
 local meta = redis.call('HMGET', KEYS[4], 'bytes', 'acked', 'expired')
 return {redis.call('ZCARD', KEYS[1]), tonumber(meta[1] or '0'), tonumber(meta[2] or '0'), tonumber(meta[3] or '0')}"
 );

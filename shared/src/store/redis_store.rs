@@ -103,6 +103,19 @@ impl RedisStore {
     /// `redis+sentinel://`, see `redis_conn`); every key starts with `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
         let conn = RedisConn::connect(url).await.map_err(unavailable)?;
+        // Loaded up front: otherwise every call in flight at the start meets
+        // NOSCRIPT and loads the script itself. Best effort (calls load it too).
+        for script in [
+            redis_scripts::ENQUEUE,
+            redis_scripts::PENDING,
+            redis_scripts::ACK,
+            redis_scripts::MARK_SENT,
+            redis_scripts::INFO,
+        ] {
+            if let Err(e) = conn.load_everywhere(script).await {
+                tracing::debug!(error = %e, "could not preload a script");
+            }
+        }
         Ok(RedisStore {
             pubsub: conn.pubsub_source(url),
             conn,
