@@ -73,25 +73,64 @@ impl Drop for TestRedis {
     }
 }
 
+/// Servers of one test deployment and their private directory: every
+/// server is killed and the directory removed on drop.
+struct ServerGroup {
+    children: Vec<Child>,
+    dir: std::path::PathBuf,
+}
+
+impl ServerGroup {
+    fn new(name: &str) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("duplex-{name}-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{name} dir: {e}"))?;
+        Ok(ServerGroup {
+            children: Vec::new(),
+            dir,
+        })
+    }
+
+    fn spawn(&mut self, cmd: &mut Command) -> Result<(), String> {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run redis-server (see README: apt install redis-server): {e}"))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Whether a server exited (one that could not bind its port does).
+    fn any_exited(&mut self) -> bool {
+        self.children.iter_mut().any(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+}
+
+impl Drop for ServerGroup {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A 3-master Redis Cluster on loopback ports (`redis-server
 /// --cluster-enabled` and `redis-cli --cluster create`), its node files in
 /// a private directory; every server is killed and the directory removed on drop.
 pub struct TestRedisCluster {
-    servers: Vec<Child>,
+    servers: ServerGroup,
     ports: Vec<u16>,
-    dir: std::path::PathBuf,
 }
 
 impl TestRedisCluster {
     // Synchronous on purpose (usable from any test); the sleep paces readiness polling.
     #[allow(clippy::disallowed_methods)]
     pub fn start() -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(format!("duplex-cluster-{:08x}", rand::random::<u32>()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cluster dir: {e}"))?;
         let mut cluster = TestRedisCluster {
-            servers: Vec::new(),
+            servers: ServerGroup::new("cluster")?,
             ports: Vec::new(),
-            dir,
         };
         while cluster.ports.len() < 3 {
             // The cluster bus listens on port + 10000: both must be free.
@@ -102,17 +141,15 @@ impl TestRedisCluster {
             {
                 continue;
             }
-            let child = Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--save", "", "--appendonly", "no", "--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                .arg("--dir")
-                .arg(&cluster.dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot run redis-server (see README: apt install redis-server): {e}"))?;
-            cluster.servers.push(child);
+            let dir = cluster.servers.dir.clone();
+            cluster.servers.spawn(
+                Command::new("redis-server")
+                    .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                    .args(["--save", "", "--appendonly", "no", "--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .arg("--dir")
+                    .arg(dir),
+            )?;
             cluster.ports.push(port);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -149,26 +186,15 @@ impl TestRedisCluster {
     }
 }
 
-impl Drop for TestRedisCluster {
-    fn drop(&mut self) {
-        for child in &mut self.servers {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// A Redis master with one replica, watched by one Sentinel (quorum 1),
 /// all on loopback ports and behind passwords of their own (one for the data
 /// servers, one for the Sentinel), so every test through it also logs in,
 /// and a server of another test that took a port here answers none of its
 /// checks; killed and its directory removed on drop.
 pub struct TestRedisSentinel {
-    servers: Vec<Child>,
-    /// Master first, then the replica, then the Sentinel.
+    /// Master first, then the replica, then the Sentinel (also for `ports`).
+    servers: ServerGroup,
     ports: Vec<u16>,
-    dir: std::path::PathBuf,
     password: String,
     sentinel_password: String,
 }
@@ -180,12 +206,9 @@ impl TestRedisSentinel {
     #[allow(clippy::disallowed_methods)]
     pub fn start() -> Result<Self, String> {
         let id = rand::random::<u32>();
-        let dir = std::env::temp_dir().join(format!("duplex-sentinel-{id:08x}"));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("sentinel dir: {e}"))?;
         let mut set = TestRedisSentinel {
-            servers: Vec::new(),
+            servers: ServerGroup::new("sentinel")?,
             ports: Vec::new(),
-            dir,
             password: format!("data-{id:08x}"),
             sentinel_password: format!("sentinel-{id:08x}"),
         };
@@ -198,38 +221,40 @@ impl TestRedisSentinel {
         let (master, replica, sentinel) = (set.ports[0], set.ports[1], set.ports[2]);
         for (port, replica_of) in [(master, None), (replica, Some(master))] {
             let mut cmd = Command::new("redis-server");
+            // A replica writes the RDB of its first sync: into the private directory.
             cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--save", "", "--appendonly", "no"])
-                .args(["--requirepass", &set.password, "--masterauth", &set.password]);
+                .args(["--requirepass", &set.password, "--masterauth", &set.password])
+                .args(["--dbfilename", &format!("dump-{port}.rdb")])
+                .arg("--dir")
+                .arg(&set.servers.dir);
             if let Some(m) = replica_of {
                 cmd.args(["--replicaof", "127.0.0.1", &m.to_string()]);
             }
-            set.spawn(cmd)?;
+            set.servers.spawn(&mut cmd)?;
         }
         // Sentinel rewrites its config file, so it gets one of its own.
-        let conf = set.dir.join("sentinel.conf");
+        let conf = set.servers.dir.join("sentinel.conf");
         let text = format!(
             "bind 127.0.0.1\nport {sentinel}\ndir {dir}\nlogfile sentinel.log\nrequirepass {sp}\n\
              sentinel monitor {name} 127.0.0.1 {master} 1\n\
              sentinel auth-pass {name} {pw}\n\
              sentinel down-after-milliseconds {name} 1000\n\
              sentinel failover-timeout {name} 10000\n",
-            dir = set.dir.display(),
+            dir = set.servers.dir.display(),
             sp = set.sentinel_password,
             name = Self::MASTER_NAME,
             pw = set.password,
         );
         std::fs::write(&conf, text).map_err(|e| format!("sentinel config: {e}"))?;
-        let mut cmd = Command::new("redis-server");
-        cmd.arg(&conf).arg("--sentinel");
-        set.spawn(cmd)?;
+        set.servers
+            .spawn(Command::new("redis-server").arg(&conf).arg("--sentinel"))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !(ping_with(master, Some(&set.password))
             && ping_with(replica, Some(&set.password))
             && set.sentinel_says_master() == Some(master))
         {
-            // A server that could not bind its port exits.
-            if set.servers.iter_mut().any(|c| matches!(c.try_wait(), Ok(Some(_)))) {
+            if set.servers.any_exited() {
                 return Err("a server of the Sentinel set exited (port taken?)".into());
             }
             if Instant::now() > deadline {
@@ -238,16 +263,6 @@ impl TestRedisSentinel {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(set)
-    }
-
-    fn spawn(&mut self, mut cmd: Command) -> Result<(), String> {
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot run redis-server (see README: apt install redis-server): {e}"))?;
-        self.servers.push(child);
-        Ok(())
     }
 
     /// `redis+sentinel://` URL with both passwords.
@@ -312,8 +327,8 @@ impl TestRedisSentinel {
         let (old, new) = self.master_and_replica()?;
         self.wait_replicated(old)?;
         let index = self.ports.iter().position(|&p| p == old).ok_or("unknown master")?;
-        let _ = self.servers[index].kill();
-        let _ = self.servers[index].wait();
+        let _ = self.servers.children[index].kill();
+        let _ = self.servers.children[index].wait();
         self.wait_promoted(new)
     }
 
@@ -374,7 +389,7 @@ impl TestRedisSentinel {
                 .is_some_and(|o| o.starts_with("master")))
         {
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.dir.join("sentinel.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(self.servers.dir.join("sentinel.log")).unwrap_or_default();
                 return Err(format!(
                     "the replica was not promoted within 30 s; Sentinel's log:\n{log}"
                 ));
@@ -389,16 +404,6 @@ impl TestRedisSentinel {
 #[allow(clippy::disallowed_methods)]
 fn pace() {
     std::thread::sleep(Duration::from_millis(50));
-}
-
-impl Drop for TestRedisSentinel {
-    fn drop(&mut self) {
-        for child in &mut self.servers {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn cluster_ok(port: u16) -> bool {
@@ -450,36 +455,18 @@ macro_rules! store_contract {
                 }
             )*
         }
-        mod redis {
+        $crate::store_contract!(@on redis, $crate::testing::TestRedis, $($name),*);
+        $crate::store_contract!(@on redis_sentinel, $crate::testing::TestRedisSentinel, $($name),*);
+        $crate::store_contract!(@on redis_cluster, $crate::testing::TestRedisCluster, $($name),*);
+    };
+    // One module of tests, each on a fresh `$deployment` (its `start()` and `url()`).
+    (@on $module:ident, $deployment:ty, $($name:ident),*) => {
+        mod $module {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let server = $crate::testing::TestRedis::start().expect("redis-server");
-                    let store = $crate::store::RedisStore::connect(&server.url(), &$crate::testing::random_prefix())
-                        .await
-                        .expect("connect");
-                    super::$name(std::sync::Arc::new(store)).await;
-                }
-            )*
-        }
-        mod redis_sentinel {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let set = $crate::testing::TestRedisSentinel::start().expect("redis sentinel");
-                    let store = $crate::store::RedisStore::connect(&set.url(), &$crate::testing::random_prefix())
-                        .await
-                        .expect("connect");
-                    super::$name(std::sync::Arc::new(store)).await;
-                }
-            )*
-        }
-        mod redis_cluster {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let cluster = $crate::testing::TestRedisCluster::start().expect("redis cluster");
-                    let store = $crate::store::RedisStore::connect(&cluster.url(), &$crate::testing::random_prefix())
+                    let deployment = <$deployment>::start().expect(stringify!($deployment));
+                    let store = $crate::store::RedisStore::connect(&deployment.url(), &$crate::testing::random_prefix())
                         .await
                         .expect("connect");
                     super::$name(std::sync::Arc::new(store)).await;

@@ -33,10 +33,15 @@ fn queue_keys(keys: &Keys, client_id: &str) -> ([String; 5], String) {
             format!("{p}exp"),
             format!("{p}b"),
             format!("{p}meta"),
-            format!("{p}seq"),
+            seq_key(keys, client_id),
         ],
         format!("{p}m:"),
     )
+}
+
+/// The client's seq counter: the highest seq given out.
+fn seq_key(keys: &Keys, client_id: &str) -> String {
+    format!("{}seq", keys.client(client_id))
 }
 
 fn int(v: &Value) -> Result<u64, StoreError> {
@@ -220,7 +225,7 @@ impl Store for RedisStore {
                     cmd.arg(RENEW_IF_OWNED)
                         .arg(2)
                         .arg(self.keys.route(client_id))
-                        .arg(format!("{}seq", self.keys.client(client_id)))
+                        .arg(seq_key(&self.keys, client_id))
                         .arg(route.encode())
                         .arg(millis(ttl));
                     cmd
