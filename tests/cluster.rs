@@ -8,7 +8,7 @@ use common::scenarios;
 use duplex_client::Connection;
 use duplex_shared::protocol::Frame;
 use duplex_shared::testing::{TestRedis, TestRedisCluster};
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[tokio::test]
 async fn pushes_kicks_and_replacements_cross_nodes() {
@@ -44,15 +44,14 @@ async fn pushes_kicks_and_replacements_cross_nodes_on(redis_url: &str) {
 
     // Posted to node B, delivered live by node A.
     let push = push_arrives_live(b.push, "zoe-phone", &mut conn).await;
-    let client: Value = http
-        .get(format!("http://{}/v1/clients/zoe-phone", b.push))
-        .bearer_auth("duplex-dev-api-key")
-        .send()
-        .await
-        .expect("client")
-        .json()
-        .await
-        .expect("json");
+    let client = call_json(
+        &http,
+        reqwest::Method::GET,
+        format!("http://{}/v1/clients/zoe-phone", b.push),
+        Some("duplex-dev-api-key"),
+    )
+    .await
+    .1;
     assert_eq!(client["node_id"], "node-a", "{client}");
     assert!(
         client["connected_since"].as_u64().is_some(),

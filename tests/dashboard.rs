@@ -167,15 +167,14 @@ async fn the_dashboard_shows_a_connected_client_and_an_isolate_click_takes_effec
         json!("isolated"),
     )
     .await;
-    let pools: Value = reqwest::Client::new()
-        .get(format!("http://{}/admin/v1/pools", run.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("pools")
-        .json()
-        .await
-        .expect("json");
+    let pools = call_json(
+        &reqwest::Client::new(),
+        reqwest::Method::GET,
+        format!("http://{}/admin/v1/pools", run.admin),
+        Some(ADMIN_TOKEN),
+    )
+    .await
+    .1;
     assert_eq!(pools["pools"]["orders"][0]["isolated"], true, "{pools}");
     assert_eq!(pools["pools"]["orders"][1]["isolated"], false, "{pools}");
 }

@@ -88,14 +88,14 @@ async fn six_split_nodes_on(redis: &dyn Redis) {
     let http = reqwest::Client::new();
 
     // Dispatch lists the access nodes only, from any downstream node.
-    let nodes: Value = http
-        .get(format!("http://{}/v1/nodes", down[0].push()))
-        .send()
-        .await
-        .expect("nodes")
-        .json()
-        .await
-        .expect("json");
+    let nodes = call_json(
+        &http,
+        reqwest::Method::GET,
+        format!("http://{}/v1/nodes", down[0].push()),
+        None,
+    )
+    .await
+    .1;
     let mut listed: Vec<&str> = nodes["nodes"]
         .as_array()
         .expect("nodes")
@@ -156,14 +156,14 @@ async fn six_split_nodes_on(redis: &dyn Redis) {
     assert_eq!(pools.status(), 404);
     let body: Value = pools.json().await.expect("json");
     assert_eq!(body["code"], "tier_not_here", "{body}");
-    let pools: Value = http
-        .get(format!("http://{}/admin/v1/pools", up[0].admin))
-        .send()
-        .await
-        .expect("pools")
-        .json()
-        .await
-        .expect("json");
+    let pools = call_json(
+        &http,
+        reqwest::Method::GET,
+        format!("http://{}/admin/v1/pools", up[0].admin),
+        None,
+    )
+    .await
+    .1;
     assert!(pools["pools"]["orders"].is_array(), "{pools}");
 }
 
@@ -257,15 +257,14 @@ async fn a_killed_downstream_node_mid_batch_leaves_one_copy_per_idempotency_key(
     let in_flight = post(first.push());
     let killer = async {
         common::eventually("the batch is being stored", || async {
-            let v: Value = http
-                .get(format!("http://{}/v1/clients/dev-0", second.push()))
-                .bearer_auth(API_KEY)
-                .send()
-                .await
-                .expect("client")
-                .json()
-                .await
-                .expect("json");
+            let v = call_json(
+                &http,
+                reqwest::Method::GET,
+                format!("http://{}/v1/clients/dev-0", second.push()),
+                Some(API_KEY),
+            )
+            .await
+            .1;
             v["pending"].as_u64().unwrap_or(0) > 0
         })
         .await;
