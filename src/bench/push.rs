@@ -4,7 +4,9 @@
 //! A fresh duplex server (memory store, or Redis with `--private-redis` /
 //! `--redis`) runs as a child process; N clients connect over TCP from this
 //! process and ack every push. Each payload carries its send time, so the
-//! latency is measured at receipt. Loads are bounded by `--messages`, and
+//! latency is measured at receipt. Two rates: delivered (until the last
+//! receipt) and acked (until the server has removed every message on the
+//! clients' acks, read from its metrics): the second includes the ack work. Loads are bounded by `--messages`, and
 //! open-loop when `--rate` is given.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,6 +148,19 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
     }
     let total_secs = started.elapsed().as_secs_f64();
     let got = received.load(Ordering::Relaxed);
+    // Receipt is not the end of the work: the clients' acks may still be
+    // queued. Wait until the server has removed every delivered message.
+    let mut acked_secs = None;
+    if let Some(url) = &servers[0].metrics_url {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if acked_count(&http, url).await.is_some_and(|n| n >= got) {
+                acked_secs = Some(started.elapsed().as_secs_f64());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let cpu = cpu_seconds(pid).unwrap_or(0.0) - base_cpu;
     let h = hist
         .lock()
@@ -158,6 +173,13 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         got as f64 / total_secs,
         errors.load(Ordering::Relaxed)
     );
+    match acked_secs {
+        Some(secs) => println!(
+            "acked: all {got} removed from the store on the clients' acks in {secs:.2} s = {:.0} msgs/s",
+            got as f64 / secs
+        ),
+        None => println!("acked: the server had not removed every delivered message within 60 s"),
+    }
     println!(
         "latency push call -> client receipt: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         h.value_at_quantile(0.5) as f64 / 1000.0,
@@ -165,7 +187,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         h.max() as f64 / 1000.0
     );
     println!(
-        "server: CPU {cpu:.2} s ({:.1} us per message), RSS {} KiB",
+        "server: CPU {cpu:.2} s until acked ({:.1} us per message), RSS {} KiB",
         cpu * 1e6 / got.max(1) as f64,
         rss_kib(pid).unwrap_or(0)
     );
@@ -215,4 +237,13 @@ async fn send(
             errors.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Messages the server removed on the clients' acks, from its metrics.
+async fn acked_count(http: &reqwest::Client, metrics_url: &str) -> Option<u64> {
+    let text = http.get(metrics_url).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("duplex_messages_acked_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
 }

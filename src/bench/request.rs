@@ -71,6 +71,7 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
             .args(["bench", "backend", "--port", &backend_port.to_string()])
             .spawn()
             .context("starting the bench backend")?,
+        metrics_url: None,
     };
     let backend_pid = backend.child.id();
     let dir = std::env::temp_dir().join(format!("duplex-bench-request-{}", std::process::id()));

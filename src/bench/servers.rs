@@ -11,6 +11,8 @@ use anyhow::{bail, Context};
 /// A child server process, stopped with SIGTERM (then SIGKILL) on drop.
 pub struct Server {
     pub child: Child,
+    /// The admin listener's `/metrics` URL, as the duplex server printed it.
+    pub metrics_url: Option<String>,
 }
 
 impl Drop for Server {
@@ -97,12 +99,22 @@ pub fn start_duplex_with(
         }
         let mut child = cmd.spawn().context("starting a duplex server")?;
         let stdout = child.stdout.take().context("server stdout")?;
-        let server = Server { child };
+        let mut server = Server {
+            child,
+            metrics_url: None,
+        };
         let mut lines = BufReader::new(stdout).lines();
-        let ready = lines
-            .by_ref()
-            .take(10)
-            .any(|l| l.is_ok_and(|l| l.contains("client websocket:")));
+        // The banner ends with the admin line (after the listeners).
+        let mut ready = false;
+        for line in lines.by_ref().take(10).map_while(Result::ok) {
+            ready |= line.contains("client websocket:");
+            if let Some(url) = line.trim().strip_prefix("admin:") {
+                server.metrics_url = Some(url.trim().to_owned());
+            }
+            if server.metrics_url.is_some() || line.contains("mint a token:") {
+                break;
+            }
+        }
         // Keep draining the server's stdout so it never writes into a closed pipe.
         std::thread::spawn(move || lines.for_each(drop));
         if !ready {
@@ -130,7 +142,10 @@ pub async fn start_mosquitto(port: u16, dir: &Path) -> anyhow::Result<Server> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting mosquitto (apt-get install mosquitto)")?;
-    let server = Server { child };
+    let server = Server {
+        child,
+        metrics_url: None,
+    };
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             return Ok(server);
