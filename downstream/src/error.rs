@@ -56,6 +56,11 @@ impl From<StoreError> for ApiError {
                 "internal",
                 "the message store holds unreadable data",
             ),
+            StoreError::Internal(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "this node's store client failed",
+            ),
         }
     }
 }

@@ -486,7 +486,54 @@ async fn caps_and_expiry_follow_mixed_ttls_acks_and_expiries(store: Arc<dyn Stor
     assert_eq!(seq, 7);
 }
 
+/// Many clients at once, as a loaded node calls the store: each call gets
+/// its own answer (the Redis store packs concurrent calls into shared
+/// script calls), and each client's seqs, payloads and acks stay its own.
+async fn concurrent_calls_for_many_clients_each_get_their_own_answer(store: Arc<dyn Store>) {
+    let (clients, per_client) = (40, 25u64);
+    let enqueues = (0..clients * per_client as usize).map(|i| {
+        let store = store.clone();
+        let (client, payload) = (format!("many{}", i % clients), format!("p{i}"));
+        async move {
+            let e = store.enqueue(&client, &msg(&payload, 60_000, None), LIMITS, NOW).await;
+            (client, payload, stored(e.expect("enqueue")).0)
+        }
+    });
+    let answers = futures_util::future::join_all(enqueues).await;
+    for c in 0..clients {
+        let client = format!("many{c}");
+        let mut mine: Vec<(u64, String)> = answers
+            .iter()
+            .filter(|(owner, _, _)| *owner == client)
+            .map(|(_, payload, seq)| (*seq, payload.clone()))
+            .collect();
+        mine.sort();
+        let seqs: Vec<u64> = mine.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, (1..=per_client).collect::<Vec<_>>(), "{client}");
+        let pending = store.pending(&client, 0, 100, NOW).await.expect("pending");
+        let held: Vec<(u64, String)> = pending
+            .messages
+            .iter()
+            .map(|m| (m.seq, String::from_utf8_lossy(&m.record.payload).into_owned()))
+            .collect();
+        assert_eq!(held, mine, "{client}: each seq holds the payload it was answered for");
+    }
+    let acks = (0..clients).map(|c| {
+        let store = store.clone();
+        async move { store.ack(&format!("many{c}"), 10, false, NOW).await.expect("ack") }
+    });
+    assert_eq!(futures_util::future::join_all(acks).await, vec![10; clients]);
+    let infos = (0..clients).map(|c| {
+        let store = store.clone();
+        async move { store.queue_info(&format!("many{c}"), NOW).await.expect("info") }
+    });
+    for info in futures_util::future::join_all(infos).await {
+        assert_eq!((info.pending, info.last_acked_seq), (per_client - 10, 10));
+    }
+}
+
 duplex_shared::store_contract!(
+    concurrent_calls_for_many_clients_each_get_their_own_answer,
     caps_and_expiry_follow_mixed_ttls_acks_and_expiries,
     the_overview_ranks_clients_by_backlog,
     routes_are_leases_owned_by_one_connection,

@@ -15,6 +15,7 @@ mod memory_queue;
 mod memory_upstream;
 mod messages;
 mod overview;
+mod redis_batch;
 mod redis_conn;
 mod redis_scripts;
 mod redis_store;
@@ -95,6 +96,9 @@ pub enum StoreError {
     /// The store holds a value this build cannot read; retrying will not help.
     #[error("store holds corrupt data: {0}")]
     Corrupt(String),
+    /// This node's own store client failed (a bug, or it is shutting down).
+    #[error("store client failed: {0}")]
+    Internal(String),
 }
 
 impl StoreError {

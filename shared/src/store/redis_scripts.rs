@@ -14,6 +14,9 @@
 //!
 //! Every key expires `STATUS_RETENTION_MS` after the last message in it would
 //! expire, so an abandoned client leaves nothing behind.
+//!
+//! Each script runs its operation once per call it carries (see `batched!`
+//! and `redis_batch`): one EVALSHA does the work of many concurrent callers.
 
 /// Shared prelude: `tidy` expires due messages; `keep` extends a key's life.
 /// Queue scripts take KEYS = q, exp, b, meta, seq and the status prefix `P m:`.
@@ -49,21 +52,59 @@ local function tidy(q, exp, b, meta, mprefix, now, nexp)
   redis.call('HSET', meta, 'nexp', nexp)
   return gone, freed, nexp
 end
--- Extends the life of KEYS[1..n] to at least until_ms. The horizon already
+-- Extends the life of keys[1..n] to at least until_ms. The horizon already
 -- granted is kept in meta, and extended an hour beyond what is needed, so most
 -- calls cost one HGET instead of a PEXPIREAT per key.
--- `fresh`: the queue was empty, so q, exp and b (KEYS[1..3]) were just
+-- `fresh`: the queue was empty, so q, exp and b (keys[1..3]) were just
 -- recreated without a TTL and get the granted horizon.
-local function keep(meta, n, until_ms, fresh, granted)
+local function keep(keys, meta, n, until_ms, fresh, granted)
   if until_ms > granted then
     granted = until_ms + 3600000
     redis.call('HSET', meta, 'until', granted)
-    for i = 1, n do redis.call('PEXPIREAT', KEYS[i], granted) end
+    for i = 1, n do redis.call('PEXPIREAT', keys[i], granted) end
   elseif fresh then
-    for i = 1, 3 do redis.call('PEXPIREAT', KEYS[i], granted) end
+    for i = 1, 3 do redis.call('PEXPIREAT', keys[i], granted) end
   end
 end
 "
+    };
+}
+
+/// Wraps one operation, written against `KEYS` and `ARGV` as a plain script
+/// would be, so that a call runs it for several callers in turn. ARGV[1] and
+/// ARGV[2] say how many keys and arguments each caller brought; then come the
+/// callers' keys and arguments in order. Each caller gets `{1, result}`, or
+/// `{0, message}` when its operation failed (the others still run: a Redis
+/// error inside an array reply would fail the whole call). Errors about the
+/// server rather than the data (a demoted master's READONLY, OOM, ...) fail
+/// the whole call instead, so that the connection layer sees them and finds
+/// the new master: they can only come at a call's first write (a replica
+/// refuses every write; Redis lets a script that already wrote go on past
+/// maxmemory), so no caller's work was done.
+macro_rules! batched {
+    ($op:expr) => {
+        concat!(
+            prelude!(),
+            "local function op(KEYS, ARGV)\n",
+            $op,
+            r"
+end
+local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i = 0, #KEYS / nk - 1 do
+  local ok, r = pcall(op, {unpack(KEYS, i * nk + 1, (i + 1) * nk)}, {unpack(ARGV, 3 + i * na, 2 + (i + 1) * na)})
+  if ok then
+    out[i + 1] = {1, r}
+  else
+    local e = tostring(type(r) == 'table' and r.err or r)
+    for _, code in ipairs({'READONLY', 'OOM', 'MASTERDOWN', 'LOADING', 'NOREPLICAS'}) do
+      if string.sub(e, 1, #code) == code then return redis.error_reply(e) end
+    end
+    out[i + 1] = {0, e}
+  end
+end
+return out"
+        )
     };
 }
 
@@ -71,8 +112,7 @@ end
 /// max_msgs max_bytes size idem_ttl_ms mprefix retention_ms.
 /// Returns {1, seq, route} stored (route read in the same step), {2, "seq~nonce"}
 /// duplicate, {3, count, bytes} full.
-pub const ENQUEUE: &str = concat!(
-    prelude!(),
+pub const ENQUEUE: &str = batched!(
     r"
 local now = tonumber(ARGV[5])
 -- meta's `n` counts pending messages (absent in data from older versions: ZCARD then).
@@ -98,14 +138,13 @@ redis.call('HSET', m, 'state', 'queued', 'nonce', ARGV[2], 'size', size, 'create
 local until_ms = tonumber(ARGV[4]) + tonumber(ARGV[11])
 redis.call('PEXPIREAT', m, until_ms)
 if ARGV[9] ~= '0' then redis.call('SET', KEYS[6], seq .. '~' .. ARGV[2], 'PX', ARGV[9]) end
-keep(KEYS[4], 5, until_ms, n == 0, tonumber(meta[2] or '0'))
+keep(KEYS, KEYS[4], 5, until_ms, n == 0, tonumber(meta[2] or '0'))
 return {1, seq, redis.call('GET', KEYS[7])}"
 );
 
 /// KEYS: q exp b meta. ARGV: now after max mprefix.
 /// Returns {acked, seq1, record1, seq2, record2, ...}.
-pub const PENDING: &str = concat!(
-    prelude!(),
+pub const PENDING: &str = batched!(
     r"
 local meta = redis.call('HMGET', KEYS[4], 'acked', 'nexp')
 tidy(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], tonumber(ARGV[1]), meta[2])
@@ -119,20 +158,19 @@ return out"
 );
 
 /// KEYS: q exp b meta seq. ARGV: seq now resume mprefix retention_ms. Returns removed count.
-pub const ACK: &str = concat!(
-    prelude!(),
+pub const ACK: &str = batched!(
     r"
 -- No expiry sweep here: a message at or below an ack reached the client, so
 -- it is acked even if its TTL ran out meanwhile.
 local now = tonumber(ARGV[2])
 local retention = tonumber(ARGV[5])
 local a = tonumber(ARGV[1])
-local meta = redis.call('HMGET', KEYS[4], 'acked', 'n')
+local meta = redis.call('HMGET', KEYS[4], 'acked', 'n', 'bytes')
+-- meta's fields change in one HSET at the end (each call inside a script costs).
+local fields = {}
 if a > tonumber(meta[1] or '0') then
-  -- A watermark written to a fresh key must not live forever.
-  if redis.call('HSET', KEYS[4], 'acked', a) == 1 and redis.call('PTTL', KEYS[4]) == -1 then
-    redis.call('PEXPIREAT', KEYS[4], now + retention)
-  end
+  fields[#fields + 1] = 'acked'
+  fields[#fields + 1] = a
 end
 if ARGV[3] == '1' and tonumber(redis.call('GET', KEYS[5]) or '0') < a then
   redis.call('SET', KEYS[5], a, 'KEEPTTL')
@@ -149,23 +187,35 @@ for _, s in ipairs(done) do
 end
 if #done > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', a)
-  redis.call('HINCRBY', KEYS[4], 'bytes', -freed)
-  if meta[2] then redis.call('HINCRBY', KEYS[4], 'n', -#done) end
+  fields[#fields + 1] = 'bytes'
+  fields[#fields + 1] = tonumber(meta[3] or '0') - freed
+  if meta[2] then
+    fields[#fields + 1] = 'n'
+    fields[#fields + 1] = tonumber(meta[2]) - #done
+  end
+end
+if #fields > 0 then
+  redis.call('HSET', KEYS[4], unpack(fields))
+  -- A watermark written to a fresh key must not live forever.
+  if not meta[1] and redis.call('PTTL', KEYS[4]) == -1 then
+    redis.call('PEXPIREAT', KEYS[4], now + retention)
+  end
 end
 return #done"
 );
 
 /// KEYS: m. ARGV: now. Queued -> sent.
-pub const MARK_SENT: &str = r"
+pub const MARK_SENT: &str = batched!(
+    r"
 if redis.call('HGET', KEYS[1], 'state') == 'queued' then
   redis.call('HSET', KEYS[1], 'state', 'sent', 'sent', ARGV[1])
   return 1
 end
-return 0";
+return 0"
+);
 
 /// KEYS: q exp b meta. ARGV: now mprefix. Returns {pending, bytes, acked, expired}.
-pub const INFO: &str = concat!(
-    prelude!(),
+pub const INFO: &str = batched!(
     r"
 tidy(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], tonumber(ARGV[1]), redis.call('HGET', KEYS[4], 'nexp'))
 local meta = redis.call('HMGET', KEYS[4], 'bytes', 'acked', 'expired')

@@ -11,6 +11,7 @@ use std::sync::LazyLock;
 
 use redis::{Script, Value};
 
+use super::redis_batch::{BatchedScript, CallArgs};
 use super::redis_conn::{PubSubSource, RedisConn};
 use super::redis_scripts;
 use super::{
@@ -55,6 +56,13 @@ fn int(v: &Value) -> Result<u64, StoreError> {
     }
 }
 
+fn array(v: Value) -> Result<Vec<Value>, StoreError> {
+    match v {
+        Value::Array(items) => Ok(items),
+        other => Err(StoreError::Corrupt(format!("expected an array, got {other:?}"))),
+    }
+}
+
 /// Deletes KEYS[1] only while it still holds ARGV[1].
 const RELEASE_IF_OWNED: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -81,9 +89,33 @@ return {e, prev}";
 /// Renewals sent per pipeline, so one refresh round never builds a huge request.
 const REFRESH_BATCH: usize = 512;
 
+/// The queue scripts, each with its batching task (`redis_batch`).
+#[derive(Clone)]
+struct QueueScripts {
+    enqueue: BatchedScript,
+    pending: BatchedScript,
+    ack: BatchedScript,
+    mark_sent: BatchedScript,
+    info: BatchedScript,
+}
+
+impl QueueScripts {
+    /// Key and argument counts as in `redis_scripts`.
+    fn start(conn: &RedisConn) -> Self {
+        QueueScripts {
+            enqueue: BatchedScript::start(conn.clone(), &ENQUEUE, 7, 11),
+            pending: BatchedScript::start(conn.clone(), &PENDING, 4, 4),
+            ack: BatchedScript::start(conn.clone(), &ACK, 5, 5),
+            mark_sent: BatchedScript::start(conn.clone(), &MARK_SENT, 1, 1),
+            info: BatchedScript::start(conn.clone(), &INFO, 4, 2),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct RedisStore {
     conn: RedisConn,
+    scripts: QueueScripts,
     keys: Keys,
     /// Where registry announcements are subscribed to.
     pubsub: PubSubSource,
@@ -123,6 +155,7 @@ impl RedisStore {
         }
         Ok(RedisStore {
             pubsub: conn.pubsub_source(url),
+            scripts: QueueScripts::start(&conn),
             conn,
             keys: Keys::new(prefix),
             announcements: Default::default(),
@@ -265,7 +298,6 @@ impl Store for RedisStore {
         limits: QueueLimits,
         now_ms: u64,
     ) -> Result<Enqueued, StoreError> {
-        let mut conn = self.conn.clone();
         let (keys, mprefix) = queue_keys(&self.keys, client_id);
         let idem_key = format!(
             "{}i:{}",
@@ -278,11 +310,8 @@ impl Store for RedisStore {
         } else {
             0
         };
-        let mut inv = ENQUEUE.prepare_invoke();
-        for k in &keys {
-            inv.key(k);
-        }
-        inv.key(&idem_key)
+        let mut call = CallArgs::with_keys(keys);
+        call.key(idem_key)
             .key(self.keys.route(client_id))
             .arg(r.encode())
             .arg(r.nonce)
@@ -295,7 +324,7 @@ impl Store for RedisStore {
             .arg(idem_ttl)
             .arg(&mprefix)
             .arg(STATUS_RETENTION_MS);
-        let reply: Vec<Value> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let reply = array(self.scripts.enqueue.call(client_id, call).await?)?;
         match reply.as_slice() {
             [code, seq, route] if int(code)? == 1 => {
                 let seq = int(seq)?;
@@ -329,14 +358,10 @@ impl Store for RedisStore {
     }
 
     async fn pending(&self, client_id: &str, after: u64, max: usize, now_ms: u64) -> Result<Pending, StoreError> {
-        let mut conn = self.conn.clone();
         let (keys, mprefix) = queue_keys(&self.keys, client_id);
-        let mut inv = PENDING.prepare_invoke();
-        for k in &keys[..4] {
-            inv.key(k);
-        }
-        inv.arg(now_ms).arg(after).arg(max).arg(&mprefix);
-        let reply: Vec<Value> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let mut call = CallArgs::with_keys(keys.into_iter().take(4));
+        call.arg(now_ms).arg(after).arg(max).arg(mprefix);
+        let reply = array(self.scripts.pending.call(client_id, call).await?)?;
         let (acked, rest) = reply
             .split_first()
             .ok_or_else(|| StoreError::Corrupt("empty pending reply".into()))?;
@@ -360,61 +385,29 @@ impl Store for RedisStore {
     }
 
     async fn ack(&self, client_id: &str, seq: u64, resume: bool, now_ms: u64) -> Result<u64, StoreError> {
-        let mut conn = self.conn.clone();
         let (keys, mprefix) = queue_keys(&self.keys, client_id);
-        let mut inv = ACK.prepare_invoke();
-        for k in &keys {
-            inv.key(k);
-        }
-        inv.arg(seq)
+        let mut call = CallArgs::with_keys(keys);
+        call.arg(seq)
             .arg(now_ms)
             .arg(u8::from(resume))
-            .arg(&mprefix)
+            .arg(mprefix)
             .arg(STATUS_RETENTION_MS);
-        inv.invoke_async(&mut conn).await.map_err(unavailable)
+        int(&self.scripts.ack.call(client_id, call).await?)
     }
 
     async fn mark_sent(&self, client_id: &str, seq: u64, now_ms: u64) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let key = format!("{}m:{seq}", self.keys.client(client_id));
-        let _: i64 = MARK_SENT
-            .key(key)
-            .arg(now_ms)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let mut call = CallArgs::default();
+        call.key(format!("{}m:{seq}", self.keys.client(client_id))).arg(now_ms);
+        self.scripts.mark_sent.call(client_id, call).await?;
         Ok(())
     }
 
+    /// All at once, so that the batching task packs them into few calls.
     async fn mark_sent_many(&self, items: &[(String, u64)], now_ms: u64) -> Result<(), StoreError> {
-        for chunk in items.chunks(REFRESH_BATCH) {
-            let build = || {
-                chunk
-                    .iter()
-                    .map(|(client_id, seq)| {
-                        let mut cmd = redis::cmd("EVALSHA");
-                        cmd.arg(MARK_SENT.get_hash())
-                            .arg(1)
-                            .arg(format!("{}m:{seq}", self.keys.client(client_id)))
-                            .arg(now_ms);
-                        cmd
-                    })
-                    .collect::<Vec<_>>()
-            };
-            match self.conn.run_all(build()).await {
-                // Redis forgot the script (restart, SCRIPT FLUSH, a new cluster master): load it, send again.
-                Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
-                    self.conn
-                        .load_everywhere(redis_scripts::MARK_SENT)
-                        .await
-                        .map_err(unavailable)?;
-                    self.conn.run_all(build()).await.map_err(unavailable)?;
-                }
-                other => {
-                    other.map_err(unavailable)?;
-                }
-            }
-        }
+        let marks = items
+            .iter()
+            .map(|(client_id, seq)| self.mark_sent(client_id, *seq, now_ms));
+        futures_util::future::try_join_all(marks).await?;
         Ok(())
     }
 
@@ -453,14 +446,10 @@ impl Store for RedisStore {
     }
 
     async fn queue_info(&self, client_id: &str, now_ms: u64) -> Result<QueueInfo, StoreError> {
-        let mut conn = self.conn.clone();
         let (keys, mprefix) = queue_keys(&self.keys, client_id);
-        let mut inv = INFO.prepare_invoke();
-        for k in &keys[..4] {
-            inv.key(k);
-        }
-        inv.arg(now_ms).arg(&mprefix);
-        let reply: Vec<Value> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let mut call = CallArgs::with_keys(keys.into_iter().take(4));
+        call.arg(now_ms).arg(mprefix);
+        let reply = array(self.scripts.info.call(client_id, call).await?)?;
         match reply.as_slice() {
             [pending, bytes, acked, expired] => Ok(QueueInfo {
                 pending: int(pending)?,

@@ -1,0 +1,207 @@
+//! Coalesces concurrent calls of one queue script into one EVALSHA. Each
+//! call to Redis costs a command, a reply, a future and a script start on
+//! both sides; under load hundreds of pushes, acks and sent marks are waiting
+//! at once, so they share calls (up to `MAX_CALLERS` each) instead. An idle
+//! store sends a lone caller at once: batching adds no wait.
+//!
+//! On a cluster a script may only touch one slot, so a batch there holds the
+//! callers of one client (its keys share the `{c:<client>}` hash tag).
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use redis::{Script, ToRedisArgs, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::redis_conn::RedisConn;
+use super::StoreError;
+
+/// Callers per EVALSHA: bounds how long one script holds Redis (about 20 us
+/// per enqueue) and the size of one request.
+const MAX_CALLERS: usize = 64;
+/// Batches of one script awaiting Redis at once; more callers wait and so
+/// join larger batches.
+const MAX_IN_FLIGHT: usize = 4;
+/// Callers queued for one script before `call` waits for room.
+const QUEUE: usize = 16_384;
+
+/// The keys and arguments of one caller, in the script's `KEYS`/`ARGV` order.
+#[derive(Default)]
+pub(super) struct CallArgs {
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+}
+
+impl CallArgs {
+    pub fn with_keys(keys: impl IntoIterator<Item = String>) -> Self {
+        CallArgs {
+            keys: keys.into_iter().collect(),
+            args: Vec::new(),
+        }
+    }
+
+    pub fn key(&mut self, key: impl Into<String>) -> &mut Self {
+        self.keys.push(key.into());
+        self
+    }
+
+    pub fn arg(&mut self, value: impl ToRedisArgs) -> &mut Self {
+        self.args.extend(value.to_redis_args());
+        self
+    }
+}
+
+struct Caller {
+    /// The client whose keys it touches (groups callers on a cluster).
+    client: String,
+    call: CallArgs,
+    reply: oneshot::Sender<Result<Value, StoreError>>,
+}
+
+/// One queue script with its batching task.
+#[derive(Clone)]
+pub(super) struct BatchedScript {
+    tx: mpsc::Sender<Caller>,
+    keys_per_call: usize,
+    args_per_call: usize,
+}
+
+impl BatchedScript {
+    /// Starts the task that sends the batches; it ends when the last clone
+    /// of this handle is dropped, after answering every caller it took.
+    pub fn start(
+        conn: RedisConn,
+        script: &'static LazyLock<Script>,
+        keys_per_call: usize,
+        args_per_call: usize,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let by_client = matches!(conn, RedisConn::Cluster(_));
+        tokio::spawn(send_batches(conn, script, rx, by_client, keys_per_call, args_per_call));
+        BatchedScript {
+            tx,
+            keys_per_call,
+            args_per_call,
+        }
+    }
+
+    /// Runs the script's operation for `client` with `call`, alone or with
+    /// other callers; answers its own result.
+    pub async fn call(&self, client: &str, call: CallArgs) -> Result<Value, StoreError> {
+        if call.keys.len() != self.keys_per_call || call.args.len() != self.args_per_call {
+            return Err(StoreError::Internal(format!(
+                "script call with {} keys and {} arguments; it takes {} and {}",
+                call.keys.len(),
+                call.args.len(),
+                self.keys_per_call,
+                self.args_per_call
+            )));
+        }
+        let (reply, answer) = oneshot::channel();
+        let caller = Caller {
+            client: client.to_owned(),
+            call,
+            reply,
+        };
+        let stopped = || StoreError::Internal("the Redis batching task stopped".into());
+        self.tx.send(caller).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn send_batches(
+    conn: RedisConn,
+    script: &'static LazyLock<Script>,
+    mut rx: mpsc::Receiver<Caller>,
+    by_client: bool,
+    keys_per_call: usize,
+    args_per_call: usize,
+) {
+    let mut in_flight = FuturesUnordered::new();
+    let mut waiting = Vec::with_capacity(MAX_CALLERS * MAX_IN_FLIGHT);
+    loop {
+        tokio::select! {
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            n = rx.recv_many(&mut waiting, MAX_CALLERS * MAX_IN_FLIGHT), if in_flight.len() < MAX_IN_FLIGHT => {
+                if n == 0 {
+                    break;
+                }
+                for batch in split(std::mem::take(&mut waiting), by_client) {
+                    in_flight.push(run(conn.clone(), script, batch, keys_per_call, args_per_call));
+                }
+            }
+        }
+    }
+    while in_flight.next().await.is_some() {}
+}
+
+/// Batches of at most `MAX_CALLERS`, each of one client on a cluster.
+fn split(callers: Vec<Caller>, by_client: bool) -> Vec<Vec<Caller>> {
+    if !by_client {
+        let mut batches = Vec::new();
+        let mut callers = callers.into_iter().peekable();
+        while callers.peek().is_some() {
+            batches.push(callers.by_ref().take(MAX_CALLERS).collect());
+        }
+        return batches;
+    }
+    let mut groups: HashMap<String, Vec<Caller>> = HashMap::new();
+    for caller in callers {
+        groups.entry(caller.client.clone()).or_default().push(caller);
+    }
+    groups.into_values().flat_map(|group| split(group, false)).collect()
+}
+
+async fn run(
+    mut conn: RedisConn,
+    script: &'static LazyLock<Script>,
+    batch: Vec<Caller>,
+    keys_per_call: usize,
+    args_per_call: usize,
+) {
+    let mut invocation = script.prepare_invoke();
+    invocation.arg(keys_per_call).arg(args_per_call);
+    for caller in &batch {
+        for key in &caller.call.keys {
+            invocation.key(key);
+        }
+        for arg in &caller.call.args {
+            invocation.arg(arg);
+        }
+    }
+    match invocation.invoke_async::<Vec<Value>>(&mut conn).await {
+        Ok(answers) if answers.len() == batch.len() => {
+            for (caller, answer) in batch.into_iter().zip(answers) {
+                let _ = caller.reply.send(own_result(answer));
+            }
+        }
+        Ok(answers) => {
+            let e = format!("{} answers to a batch of {}", answers.len(), batch.len());
+            for caller in batch {
+                let _ = caller.reply.send(Err(StoreError::Corrupt(e.clone())));
+            }
+        }
+        Err(e) => {
+            let e = e.to_string();
+            for caller in batch {
+                let _ = caller.reply.send(Err(StoreError::Unavailable(e.clone())));
+            }
+        }
+    }
+}
+
+/// `{1, result}` or `{0, message}`, as the batch wrapper answers each caller.
+fn own_result(answer: Value) -> Result<Value, StoreError> {
+    let Value::Array(mut pair) = answer else {
+        return Err(StoreError::Corrupt(format!("batch answer {answer:?}")));
+    };
+    match (pair.pop(), pair.pop()) {
+        (Some(result), Some(Value::Int(1))) if pair.is_empty() => Ok(result),
+        (Some(Value::BulkString(message)), Some(Value::Int(0))) if pair.is_empty() => Err(StoreError::Unavailable(
+            format!("script failed: {}", String::from_utf8_lossy(&message)),
+        )),
+        other => Err(StoreError::Corrupt(format!("batch answer {other:?}"))),
+    }
+}

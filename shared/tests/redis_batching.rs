@@ -1,0 +1,148 @@
+//! The Redis store packs concurrent queue calls into shared script calls:
+//! fewer round trips under load, and one caller's failure stays its own.
+
+use std::sync::Arc;
+
+use duplex_shared::store::{Enqueued, MessageRecord, NewMessage, QueueLimits, RedisStore, Store, StoreError};
+use duplex_shared::testing::{random_prefix, TestRedis};
+
+const NOW: u64 = 1_800_000_000_000;
+const LIMITS: QueueLimits = QueueLimits {
+    max_messages: 1_000,
+    max_bytes: 1_000_000,
+};
+
+fn msg() -> NewMessage {
+    NewMessage {
+        record: MessageRecord {
+            reply_to: None,
+            nonce: rand::random(),
+            headers: Default::default(),
+            payload: b"hello".to_vec().into(),
+            created_ms: NOW,
+            expires_ms: NOW + 60_000,
+        },
+        idempotency_key: None,
+        idempotency_ttl_ms: 60_000,
+    }
+}
+
+async fn store_on(redis: &TestRedis) -> Arc<RedisStore> {
+    let store = RedisStore::connect(&redis.url(), &random_prefix()).await;
+    Arc::new(store.expect("connect"))
+}
+
+/// A plain connection, for what the test itself reads or sets up.
+async fn direct(redis: &TestRedis) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(redis.url()).expect("client");
+    client.get_multiplexed_async_connection().await.expect("connect")
+}
+
+/// EVALSHA calls the server has run, from `INFO commandstats`.
+async fn script_calls(redis: &TestRedis) -> u64 {
+    let mut conn = direct(redis).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("info");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn concurrent_enqueues_share_script_calls() {
+    let redis = TestRedis::start().expect("redis-server");
+    let store = store_on(&redis).await;
+    let before = script_calls(&redis).await;
+    let enqueues = (0..2_000).map(|i| {
+        let store = store.clone();
+        async move { store.enqueue(&format!("c{}", i % 500), &msg(), LIMITS, NOW).await }
+    });
+    for answer in futures_util::future::join_all(enqueues).await {
+        assert!(matches!(answer, Ok(Enqueued::Stored { .. })), "{answer:?}");
+    }
+    let calls = script_calls(&redis).await - before;
+    assert!(
+        calls <= 2_000 / 8,
+        "2,000 concurrent enqueues took {calls} script calls; batches of up to 64 expected"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_caller_does_not_fail_the_callers_batched_with_it() {
+    let redis = TestRedis::start().expect("redis-server");
+    let store = store_on(&redis).await;
+    // A queue key of the wrong type makes that client's enqueue fail inside the script.
+    let mut conn = direct(&redis).await;
+    let meta = format!("{}meta", store.keys().client("broken"));
+    let _: () = redis::cmd("SET")
+        .arg(&meta)
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+
+    let before = script_calls(&redis).await;
+    let enqueues = (0..200).map(|i| {
+        let store = store.clone();
+        let target = if i % 50 == 7 {
+            "broken".to_owned()
+        } else {
+            format!("ok{i}")
+        };
+        async move { (target.clone(), store.enqueue(&target, &msg(), LIMITS, NOW).await) }
+    });
+    let answers = futures_util::future::join_all(enqueues).await;
+    assert!(
+        script_calls(&redis).await - before < 200,
+        "the callers were not batched at all, so this test proves nothing"
+    );
+    for (target, answer) in answers {
+        if target == "broken" {
+            match answer {
+                Err(StoreError::Unavailable(e)) => assert!(e.contains("WRONGTYPE"), "{e}"),
+                other => panic!("the broken client's enqueue should fail, got {other:?}"),
+            }
+        } else {
+            assert!(
+                matches!(answer, Ok(Enqueued::Stored { seq: 1, .. })),
+                "{target}: {answer:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_replicas_refusal_fails_the_whole_call_so_the_connection_layer_sees_it() {
+    let master = TestRedis::start().expect("redis-server");
+    let replica = TestRedis::start().expect("redis-server");
+    let mut conn = direct(&replica).await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(master.port())
+        .query_async(&mut conn)
+        .await
+        .expect("replicaof");
+    let store = store_on(&replica).await;
+    let enqueues = (0..20).map(|i| {
+        let store = store.clone();
+        async move { store.enqueue(&format!("r{i}"), &msg(), LIMITS, NOW).await }
+    });
+    for answer in futures_util::future::join_all(enqueues).await {
+        match answer {
+            // Not "script failed: ...": that would be one caller's answer inside a
+            // successful call, which Sentinel's connection could not react to.
+            Err(StoreError::Unavailable(e)) => {
+                assert!(
+                    e.to_lowercase().contains("readonly") && !e.starts_with("script failed"),
+                    "{e}"
+                )
+            }
+            other => panic!("a replica must refuse the enqueue, got {other:?}"),
+        }
+    }
+}
