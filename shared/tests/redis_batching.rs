@@ -78,9 +78,9 @@ async fn a_failing_caller_does_not_fail_the_callers_batched_with_it() {
     let store = store_on(&redis).await;
     // A queue key of the wrong type makes that client's enqueue fail inside the script.
     let mut conn = direct(&redis).await;
-    let meta = format!("{}meta", store.keys().client("broken"));
+    let counters = format!("{}h", store.keys().client("broken"));
     let _: () = redis::cmd("SET")
-        .arg(&meta)
+        .arg(&counters)
         .arg("not a hash")
         .query_async(&mut conn)
         .await

@@ -217,7 +217,7 @@ impl Keys {
         format!("{}{{c:{client_id}}}:epoch", self.prefix)
     }
 
-    /// Prefix of every key of one client's queue (`...:q`, `...:seq`, `...:m:<seq>`, ...).
+    /// Prefix of every key of one client's queue (`...:h`, `...:q`, `...:s:<bucket>`, ...).
     pub fn client(&self, client_id: &str) -> String {
         format!("{}{{c:{client_id}}}:", self.prefix)
     }

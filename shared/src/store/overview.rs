@@ -77,17 +77,17 @@ impl QueueOverview for RedisStore {
     async fn overview(&self, limit: usize, scan_max: usize) -> Result<Overview, StoreError> {
         let unavailable = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
         let prefix = self.keys().prefix().to_owned();
-        let pattern = format!("{prefix}{{c:*}}:meta");
+        let pattern = format!("{prefix}{{c:*}}:h");
         let conn = self.conn();
-        let (mut metas, scanned_all) = conn.scan(&pattern, scan_max + 1).await.map_err(unavailable)?;
-        let complete = scanned_all && metas.len() <= scan_max;
-        metas.truncate(scan_max);
-        let mut all = Vec::with_capacity(metas.len());
-        for chunk in metas.chunks(256) {
+        let (mut counters, scanned_all) = conn.scan(&pattern, scan_max + 1).await.map_err(unavailable)?;
+        let complete = scanned_all && counters.len() <= scan_max;
+        counters.truncate(scan_max);
+        let mut all = Vec::with_capacity(counters.len());
+        for chunk in counters.chunks(256) {
             let mut cmds = Vec::with_capacity(chunk.len() * 2);
             for meta in chunk {
                 let mut pending = redis::cmd("ZCARD");
-                pending.arg(format!("{}q", meta.trim_end_matches("meta")));
+                pending.arg(format!("{}q", meta.strip_suffix('h').unwrap_or(meta)));
                 let mut bytes = redis::cmd("HGET");
                 bytes.arg(meta).arg("bytes");
                 cmds.extend([pending, bytes]);
@@ -101,7 +101,7 @@ impl QueueOverview for RedisStore {
             for (meta, (pending, bytes)) in chunk.iter().zip(answers) {
                 let client_id = meta
                     .strip_prefix(&format!("{prefix}{{c:"))
-                    .and_then(|rest| rest.strip_suffix("}:meta"))
+                    .and_then(|rest| rest.strip_suffix("}:h"))
                     .unwrap_or(meta)
                     .to_owned();
                 all.push(Backlog {

@@ -2,69 +2,103 @@
 //! share the client's hash slot (`dx:{c:<client>}:...`), so the queue works
 //! on Redis Cluster. Layout per client, under prefix `P`:
 //!
-//! - `P seq`: last seq given out (string counter)
-//! - `P q`: sorted set of pending seqs (score = seq)
-//! - `P exp`: sorted set of pending seqs by expiry time (score = ms)
-//! - `P b`: hash seq -> message record (MessagePack)
-//! - `P meta`: hash `bytes` and `n` (pending), `acked` (watermark), `expired`
-//!   (count), `nexp` (earliest expiry of a pending message, or later), `until`
-//!   (the life granted to the keys)
-//! - `P m:<seq>`: hash with the status of message seq
+//! - `P h`: hash of the client's counters and its pending records: `seq`
+//!   (last seq given out), `n` and `bytes` (pending), `acked` (watermark),
+//!   `expired` (count), `nexp` (earliest expiry of a pending message, or
+//!   later), `until` (the life granted to `h` and `q`), `sb`/`su` (the newest
+//!   status bucket and the life granted to it), and `r<seq>` -> message
+//!   record (MessagePack) while the message is pending
+//! - `P q`: sorted set of pending messages, score seq, member
+//!   `<seq>:<expires_ms>:<size>` (so acks and expiry need no other read)
+//! - `P s:<seq / 32>`: status bucket: field `<seq>` = `<nonce> <created>
+//!   <expires>`, and `<seq>s`, `<seq>a`, `<seq>x` the time the message was
+//!   sent, acked, expired. 32 messages per bucket keep it a small listpack.
 //! - `P i:<key>`: idempotency key -> `seq~nonce`
 //!
-//! Every key expires `STATUS_RETENTION_MS` after the last message in it would
-//! expire, so an abandoned client leaves nothing behind.
+//! A message costs one record field, one zset member and one status field, no
+//! key of its own: the layout is shaped by the Redis commands per message,
+//! the queue's main cost under load (docs/BENCHMARKS.md).
+//!
+//! Every key expires `STATUS_RETENTION_MS` (plus up to an hour) after the last
+//! message in it would expire, so an abandoned client leaves nothing behind.
 //!
 //! Each script runs its operation once per call it carries (see `batched!`
 //! and `redis_batch`): one EVALSHA does the work of many concurrent callers.
 
-/// Shared prelude: `tidy` expires due messages; `keep` extends a key's life.
-/// Queue scripts take KEYS = q, exp, b, meta, seq and the status prefix `P m:`.
+/// Shared prelude: `tidy` expires due messages; helpers for the member
+/// format, status buckets and long argument lists.
 macro_rules! prelude {
     () => {
         r"
 local NO_EXPIRY = '9007199254740991'
--- Expires due messages; returns how many left, their bytes, and the new
--- earliest expiry. meta's `nexp` is never later than the earliest expiry of
--- a pending message (acks can leave it earlier), so while it is in the future
--- nothing is due and this costs nothing. Without it (data from older
--- versions) the expiry index is read.
-local function tidy(q, exp, b, meta, mprefix, now, nexp)
-  if nexp and tonumber(nexp) > now then return 0, 0, nexp end
-  local due = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
-  local gone, freed = 0, 0
-  for _, s in ipairs(due) do
-    if redis.call('ZREM', q, s) == 1 then
-      gone = gone + 1
-      freed = freed + tonumber(redis.call('HGET', mprefix .. s, 'size') or '0')
-      redis.call('HSET', mprefix .. s, 'state', 'expired', 'expired', now)
-    end
-    redis.call('HDEL', b, s)
-  end
-  if #due > 0 then redis.call('ZREMRANGEBYSCORE', exp, '-inf', now) end
-  if gone > 0 then
-    redis.call('HINCRBY', meta, 'bytes', -freed)
-    redis.call('HINCRBY', meta, 'expired', gone)
-    if redis.call('HEXISTS', meta, 'n') == 1 then redis.call('HINCRBY', meta, 'n', -gone) end
-  end
-  local first = redis.call('ZRANGE', exp, 0, 0, 'WITHSCORES')
-  nexp = first[2] or NO_EXPIRY
-  redis.call('HSET', meta, 'nexp', nexp)
-  return gone, freed, nexp
+local EXTRA_LIFE = 3600000
+-- seq, expires, size of a `q` member (strings).
+local function parts(m)
+  return string.match(m, '^(%d+):(%d+):(%d+)$')
 end
--- Extends the life of keys[1..n] to at least until_ms. The horizon already
--- granted is kept in meta, and extended an hour beyond what is needed, so most
--- calls cost one HGET instead of a PEXPIREAT per key.
--- `fresh`: the queue was empty, so q, exp and b (keys[1..3]) were just
--- recreated without a TTL and get the granted horizon.
-local function keep(keys, meta, n, until_ms, fresh, granted)
-  if until_ms > granted then
-    granted = until_ms + 3600000
-    redis.call('HSET', meta, 'until', granted)
-    for i = 1, n do redis.call('PEXPIREAT', keys[i], granted) end
-  elseif fresh then
-    for i = 1, 3 do redis.call('PEXPIREAT', keys[i], granted) end
+-- Runs cmd on key with the items of list appended, in chunks (unpack is bounded).
+local function each_chunk(cmd, key, list)
+  for i = 1, #list, 1000 do
+    redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list)))
   end
+end
+local function hmget_all(key, fields)
+  local out = {}
+  for i = 1, #fields, 1000 do
+    local got = redis.call('HMGET', key, unpack(fields, i, math.min(i + 999, #fields)))
+    for j = 1, #got do out[i + j - 1] = got[j] end
+  end
+  return out
+end
+local function bucket(sp, s)
+  return sp .. math.floor(tonumber(s) / 32)
+end
+-- Collects status fields (`<seq><suffix>` = t) per bucket for write_notes.
+local function note(notes, sp, s, suffix, t)
+  local k = bucket(sp, s)
+  local b = notes[k]
+  if not b then
+    b = {}
+    notes[k] = b
+  end
+  b[#b + 1] = s .. suffix
+  b[#b + 1] = t
+end
+local function write_notes(notes)
+  for k, b in pairs(notes) do each_chunk('HSET', k, b) end
+end
+-- Expires due messages; returns how many went, their bytes, and the new
+-- earliest expiry. `nexp` (from h) is never later than the earliest expiry of
+-- a pending message (acks can leave it earlier), so while it is in the
+-- future nothing is due and this costs nothing; else the queue (capped) is read.
+local function tidy(h, q, sp, now, nexp)
+  if nexp and tonumber(nexp) > now then return 0, 0, nexp end
+  local all = redis.call('ZRANGE', q, 0, -1)
+  -- Nothing stored: write nothing either (a key without a life would stay forever).
+  if #all == 0 then return 0, 0, NO_EXPIRY end
+  local gone, freed, earliest = {}, 0, NO_EXPIRY
+  local records, notes = {}, {}
+  for _, m in ipairs(all) do
+    local s, e, z = parts(m)
+    if tonumber(e) <= now then
+      gone[#gone + 1] = m
+      records[#records + 1] = 'r' .. s
+      freed = freed + tonumber(z)
+      note(notes, sp, s, 'x', now)
+    elseif tonumber(e) < tonumber(earliest) then
+      earliest = e
+    end
+  end
+  if #gone > 0 then
+    each_chunk('ZREM', q, gone)
+    each_chunk('HDEL', h, records)
+    write_notes(notes)
+    redis.call('HINCRBY', h, 'bytes', -freed)
+    redis.call('HINCRBY', h, 'expired', #gone)
+    redis.call('HINCRBY', h, 'n', -#gone)
+  end
+  redis.call('HSET', h, 'nexp', earliest)
+  return #gone, freed, earliest
 end
 "
     };
@@ -108,116 +142,134 @@ return out"
     };
 }
 
-/// KEYS: q exp b meta seq idem route. ARGV: record nonce created expires now
-/// max_msgs max_bytes size idem_ttl_ms mprefix retention_ms.
+/// KEYS: h q idem route. ARGV: record nonce created expires now max_msgs
+/// max_bytes size idem_ttl_ms status_prefix retention_ms.
 /// Returns {1, seq, route} stored (route read in the same step), {2, "seq~nonce"}
 /// duplicate, {3, count, bytes} full.
 pub const ENQUEUE: &str = batched!(
     r"
 local now = tonumber(ARGV[5])
--- meta's `n` counts pending messages (absent in data from older versions: ZCARD then).
-local meta = redis.call('HMGET', KEYS[4], 'bytes', 'until', 'n', 'nexp')
-local gone, freed, nexp = tidy(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[10], now, meta[4])
+local meta = redis.call('HMGET', KEYS[1], 'bytes', 'until', 'n', 'nexp', 'seq', 'sb', 'su')
+local gone, freed, nexp = tidy(KEYS[1], KEYS[2], ARGV[10], now, meta[4])
 if ARGV[9] ~= '0' then
-  local v = redis.call('GET', KEYS[6])
+  local v = redis.call('GET', KEYS[3])
   if v then return {2, v} end
 end
-local n
-if meta[3] then n = tonumber(meta[3]) - gone else n = redis.call('ZCARD', KEYS[1]) end
+local n = tonumber(meta[3] or '0') - gone
 local bytes = tonumber(meta[1] or '0') - freed
 local size = tonumber(ARGV[8])
 if n + 1 > tonumber(ARGV[6]) or bytes + size > tonumber(ARGV[7]) then return {3, n, bytes} end
-local seq = redis.call('INCR', KEYS[5])
-redis.call('ZADD', KEYS[1], seq, seq)
-redis.call('ZADD', KEYS[2], ARGV[4], seq)
-redis.call('HSET', KEYS[3], seq, ARGV[1])
+local seq = tonumber(meta[5] or '0') + 1
+redis.call('ZADD', KEYS[2], seq, seq .. ':' .. ARGV[4] .. ':' .. ARGV[8])
 if tonumber(ARGV[4]) < tonumber(nexp) then nexp = ARGV[4] end
-redis.call('HSET', KEYS[4], 'bytes', bytes + size, 'n', n + 1, 'nexp', nexp)
-local m = ARGV[10] .. seq
-redis.call('HSET', m, 'state', 'queued', 'nonce', ARGV[2], 'size', size, 'created', ARGV[3], 'expires', ARGV[4])
 local until_ms = tonumber(ARGV[4]) + tonumber(ARGV[11])
-redis.call('PEXPIREAT', m, until_ms)
-if ARGV[9] ~= '0' then redis.call('SET', KEYS[6], seq .. '~' .. ARGV[2], 'PX', ARGV[9]) end
-keep(KEYS, KEYS[4], 5, until_ms, n == 0, tonumber(meta[2] or '0'))
-return {1, seq, redis.call('GET', KEYS[7])}"
+-- Lives are granted an hour beyond what is needed, so most calls extend none.
+local fields = {'r' .. seq, ARGV[1], 'seq', seq, 'bytes', bytes + size, 'n', n + 1, 'nexp', nexp}
+local granted = tonumber(meta[2] or '0')
+local longer = until_ms > granted
+if longer then
+  granted = until_ms + EXTRA_LIFE
+  fields[#fields + 1] = 'until'
+  fields[#fields + 1] = granted
+end
+local b = bucket(ARGV[10], seq)
+local renew_bucket = b ~= meta[6] or until_ms > tonumber(meta[7] or '0')
+if renew_bucket then
+  fields[#fields + 1] = 'sb'
+  fields[#fields + 1] = b
+  fields[#fields + 1] = 'su'
+  fields[#fields + 1] = until_ms + EXTRA_LIFE
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('HSET', b, seq, ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
+if renew_bucket then redis.call('PEXPIREAT', b, until_ms + EXTRA_LIFE) end
+if longer then redis.call('PEXPIREAT', KEYS[1], granted) end
+-- An emptied queue's zset was deleted; the new one needs its life again.
+if longer or n == 0 then redis.call('PEXPIREAT', KEYS[2], granted) end
+if ARGV[9] ~= '0' then redis.call('SET', KEYS[3], seq .. '~' .. ARGV[2], 'PX', ARGV[9]) end
+return {1, seq, redis.call('GET', KEYS[4])}"
 );
 
-/// KEYS: q exp b meta. ARGV: now after max mprefix.
+/// KEYS: h q. ARGV: now after max status_prefix.
 /// Returns {acked, seq1, record1, seq2, record2, ...}.
 pub const PENDING: &str = batched!(
     r"
-local meta = redis.call('HMGET', KEYS[4], 'acked', 'nexp')
-tidy(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], tonumber(ARGV[1]), meta[2])
-local seqs = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
+local meta = redis.call('HMGET', KEYS[1], 'acked', 'nexp')
+tidy(KEYS[1], KEYS[2], ARGV[4], tonumber(ARGV[1]), meta[2])
+local members = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[2], '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
+local seqs, fields = {}, {}
+for i, m in ipairs(members) do
+  seqs[i] = parts(m)
+  fields[i] = 'r' .. seqs[i]
+end
+local records = hmget_all(KEYS[1], fields)
 local out = {tonumber(meta[1] or '0')}
-for _, s in ipairs(seqs) do
-  out[#out + 1] = tonumber(s)
-  out[#out + 1] = redis.call('HGET', KEYS[3], s)
+for i = 1, #seqs do
+  out[#out + 1] = tonumber(seqs[i])
+  out[#out + 1] = records[i]
 end
 return out"
 );
 
-/// KEYS: q exp b meta seq. ARGV: seq now resume mprefix retention_ms. Returns removed count.
+/// KEYS: h q. ARGV: seq now resume status_prefix retention_ms. Returns removed count.
 pub const ACK: &str = batched!(
     r"
 -- No expiry sweep here: a message at or below an ack reached the client, so
 -- it is acked even if its TTL ran out meanwhile.
-local now = tonumber(ARGV[2])
-local retention = tonumber(ARGV[5])
 local a = tonumber(ARGV[1])
-local meta = redis.call('HMGET', KEYS[4], 'acked', 'n', 'bytes')
--- meta's fields change in one HSET at the end (each call inside a script costs).
+local meta = redis.call('HMGET', KEYS[1], 'acked', 'n', 'bytes', 'seq', 'until')
+-- h changes in one HSET at the end (each call inside a script costs).
 local fields = {}
 if a > tonumber(meta[1] or '0') then
   fields[#fields + 1] = 'acked'
   fields[#fields + 1] = a
 end
-if ARGV[3] == '1' and tonumber(redis.call('GET', KEYS[5]) or '0') < a then
-  redis.call('SET', KEYS[5], a, 'KEEPTTL')
-  if redis.call('PTTL', KEYS[5]) == -1 then redis.call('PEXPIREAT', KEYS[5], now + retention) end
+if ARGV[3] == '1' and tonumber(meta[4] or '0') < a then
+  fields[#fields + 1] = 'seq'
+  fields[#fields + 1] = a
 end
-local done = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', a)
-local freed = 0
-for _, s in ipairs(done) do
-  local m = ARGV[4] .. s
-  freed = freed + tonumber(redis.call('HGET', m, 'size') or '0')
-  redis.call('HSET', m, 'state', 'acked', 'acked', now)
-  redis.call('HDEL', KEYS[3], s)
-  redis.call('ZREM', KEYS[2], s)
-end
+local done = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', a)
 if #done > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', a)
+  local freed, records, notes = 0, {}, {}
+  for i, m in ipairs(done) do
+    local s, _, z = parts(m)
+    freed = freed + tonumber(z)
+    records[i] = 'r' .. s
+    note(notes, ARGV[4], s, 'a', ARGV[2])
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', a)
+  each_chunk('HDEL', KEYS[1], records)
+  write_notes(notes)
   fields[#fields + 1] = 'bytes'
   fields[#fields + 1] = tonumber(meta[3] or '0') - freed
-  if meta[2] then
-    fields[#fields + 1] = 'n'
-    fields[#fields + 1] = tonumber(meta[2]) - #done
-  end
+  fields[#fields + 1] = 'n'
+  fields[#fields + 1] = tonumber(meta[2] or '0') - #done
 end
 if #fields > 0 then
-  redis.call('HSET', KEYS[4], unpack(fields))
-  -- A watermark written to a fresh key must not live forever.
-  if not meta[1] and redis.call('PTTL', KEYS[4]) == -1 then
-    redis.call('PEXPIREAT', KEYS[4], now + retention)
+  redis.call('HSET', KEYS[1], unpack(fields))
+  -- Counters written for a client that never had a message must not live forever.
+  if not meta[5] and redis.call('PTTL', KEYS[1]) == -1 then
+    redis.call('PEXPIREAT', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[5]))
   end
 end
 return #done"
 );
 
-/// KEYS: m. ARGV: now. Queued -> sent.
+/// KEYS: h. ARGV: seq now status_prefix. Queued -> sent, while the message is
+/// still pending (a late mark after the ack changes nothing).
 pub const MARK_SENT: &str = batched!(
     r"
-if redis.call('HGET', KEYS[1], 'state') == 'queued' then
-  redis.call('HSET', KEYS[1], 'state', 'sent', 'sent', ARGV[1])
+if redis.call('HEXISTS', KEYS[1], 'r' .. ARGV[1]) == 1 then
+  redis.call('HSETNX', bucket(ARGV[3], ARGV[1]), ARGV[1] .. 's', ARGV[2])
   return 1
 end
 return 0"
 );
 
-/// KEYS: q exp b meta. ARGV: now mprefix. Returns {pending, bytes, acked, expired}.
+/// KEYS: h q. ARGV: now status_prefix. Returns {pending, bytes, acked, expired}.
 pub const INFO: &str = batched!(
     r"
-tidy(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], tonumber(ARGV[1]), redis.call('HGET', KEYS[4], 'nexp'))
-local meta = redis.call('HMGET', KEYS[4], 'bytes', 'acked', 'expired')
-return {redis.call('ZCARD', KEYS[1]), tonumber(meta[1] or '0'), tonumber(meta[2] or '0'), tonumber(meta[3] or '0')}"
+tidy(KEYS[1], KEYS[2], ARGV[2], tonumber(ARGV[1]), redis.call('HGET', KEYS[1], 'nexp'))
+local meta = redis.call('HMGET', KEYS[1], 'bytes', 'acked', 'expired')
+return {redis.call('ZCARD', KEYS[2]), tonumber(meta[1] or '0'), tonumber(meta[2] or '0'), tonumber(meta[3] or '0')}"
 );

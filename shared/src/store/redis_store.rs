@@ -25,24 +25,16 @@ static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::ACK))
 static MARK_SENT: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::MARK_SENT));
 static INFO: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::INFO));
 
-/// The five queue keys of one client, in script order (q exp b meta seq), and the status prefix.
-fn queue_keys(keys: &Keys, client_id: &str) -> ([String; 5], String) {
+/// The queue keys of one client in script order (h, q; see `redis_scripts`)
+/// and the prefix of its status buckets.
+fn queue_keys(keys: &Keys, client_id: &str) -> ([String; 2], String) {
     let p = keys.client(client_id);
-    (
-        [
-            format!("{p}q"),
-            format!("{p}exp"),
-            format!("{p}b"),
-            format!("{p}meta"),
-            seq_key(keys, client_id),
-        ],
-        format!("{p}m:"),
-    )
+    ([format!("{p}h"), format!("{p}q")], format!("{p}s:"))
 }
 
-/// The client's seq counter: the highest seq given out.
-fn seq_key(keys: &Keys, client_id: &str) -> String {
-    format!("{}seq", keys.client(client_id))
+/// The hash holding the client's counters (`seq`: the highest seq given out).
+fn counters_key(keys: &Keys, client_id: &str) -> String {
+    format!("{}h", keys.client(client_id))
 }
 
 fn int(v: &Value) -> Result<u64, StoreError> {
@@ -70,10 +62,10 @@ return 0";
 
 /// Renews KEYS[1] (a route) for ARGV[2] ms while it holds ARGV[1]; writes it
 /// back if it vanished; {1 renewed | 2 restored | 0 owned by another
-/// connection, the client's seq counter KEYS[2] (same slot)}.
+/// connection, the client's last seq from its counters KEYS[2] (same slot)}.
 const RENEW_IF_OWNED: &str = r"
 local v = redis.call('GET', KEYS[1])
-local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
 if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return {1, seq} end
 if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return {2, seq} end
 return {0, seq}";
@@ -103,11 +95,11 @@ impl QueueScripts {
     /// Key and argument counts as in `redis_scripts`.
     fn start(conn: &RedisConn) -> Self {
         QueueScripts {
-            enqueue: BatchedScript::start(conn.clone(), &ENQUEUE, 7, 11),
-            pending: BatchedScript::start(conn.clone(), &PENDING, 4, 4),
-            ack: BatchedScript::start(conn.clone(), &ACK, 5, 5),
-            mark_sent: BatchedScript::start(conn.clone(), &MARK_SENT, 1, 1),
-            info: BatchedScript::start(conn.clone(), &INFO, 4, 2),
+            enqueue: BatchedScript::start(conn.clone(), &ENQUEUE, 4, 11),
+            pending: BatchedScript::start(conn.clone(), &PENDING, 2, 4),
+            ack: BatchedScript::start(conn.clone(), &ACK, 2, 5),
+            mark_sent: BatchedScript::start(conn.clone(), &MARK_SENT, 1, 3),
+            info: BatchedScript::start(conn.clone(), &INFO, 2, 2),
         }
     }
 }
@@ -258,7 +250,7 @@ impl Store for RedisStore {
                     cmd.arg(RENEW_IF_OWNED)
                         .arg(2)
                         .arg(self.keys.route(client_id))
-                        .arg(seq_key(&self.keys, client_id))
+                        .arg(counters_key(&self.keys, client_id))
                         .arg(route.encode())
                         .arg(millis(ttl));
                     cmd
@@ -298,7 +290,7 @@ impl Store for RedisStore {
         limits: QueueLimits,
         now_ms: u64,
     ) -> Result<Enqueued, StoreError> {
-        let (keys, mprefix) = queue_keys(&self.keys, client_id);
+        let (keys, status_prefix) = queue_keys(&self.keys, client_id);
         let idem_key = format!(
             "{}i:{}",
             self.keys.client(client_id),
@@ -322,7 +314,7 @@ impl Store for RedisStore {
             .arg(limits.max_bytes)
             .arg(r.size())
             .arg(idem_ttl)
-            .arg(&mprefix)
+            .arg(&status_prefix)
             .arg(STATUS_RETENTION_MS);
         let reply = array(self.scripts.enqueue.call(client_id, call).await?)?;
         match reply.as_slice() {
@@ -358,9 +350,9 @@ impl Store for RedisStore {
     }
 
     async fn pending(&self, client_id: &str, after: u64, max: usize, now_ms: u64) -> Result<Pending, StoreError> {
-        let (keys, mprefix) = queue_keys(&self.keys, client_id);
-        let mut call = CallArgs::with_keys(keys.into_iter().take(4));
-        call.arg(now_ms).arg(after).arg(max).arg(mprefix);
+        let (keys, status_prefix) = queue_keys(&self.keys, client_id);
+        let mut call = CallArgs::with_keys(keys);
+        call.arg(now_ms).arg(after).arg(max).arg(status_prefix);
         let reply = array(self.scripts.pending.call(client_id, call).await?)?;
         let (acked, rest) = reply
             .split_first()
@@ -385,19 +377,21 @@ impl Store for RedisStore {
     }
 
     async fn ack(&self, client_id: &str, seq: u64, resume: bool, now_ms: u64) -> Result<u64, StoreError> {
-        let (keys, mprefix) = queue_keys(&self.keys, client_id);
+        let (keys, status_prefix) = queue_keys(&self.keys, client_id);
         let mut call = CallArgs::with_keys(keys);
         call.arg(seq)
             .arg(now_ms)
             .arg(u8::from(resume))
-            .arg(mprefix)
+            .arg(status_prefix)
             .arg(STATUS_RETENTION_MS);
         int(&self.scripts.ack.call(client_id, call).await?)
     }
 
     async fn mark_sent(&self, client_id: &str, seq: u64, now_ms: u64) -> Result<(), StoreError> {
-        let mut call = CallArgs::default();
-        call.key(format!("{}m:{seq}", self.keys.client(client_id))).arg(now_ms);
+        let (keys, status_prefix) = queue_keys(&self.keys, client_id);
+        let [counters, _] = keys;
+        let mut call = CallArgs::with_keys([counters]);
+        call.arg(seq).arg(now_ms).arg(status_prefix);
         self.scripts.mark_sent.call(client_id, call).await?;
         Ok(())
     }
@@ -419,36 +413,58 @@ impl Store for RedisStore {
         now_ms: u64,
     ) -> Result<Option<MessageStatus>, StoreError> {
         let mut conn = self.conn.clone();
-        let key = format!("{}m:{seq}", self.keys.client(client_id));
-        let fields: std::collections::HashMap<String, String> = conn.hgetall(key).await.map_err(unavailable)?;
-        if fields.get("nonce").and_then(|n| n.parse::<u32>().ok()) != Some(nonce) {
+        let bucket = format!("{}s:{}", self.keys.client(client_id), seq / 32);
+        let fields: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(bucket)
+            .arg(seq)
+            .arg(format!("{seq}s"))
+            .arg(format!("{seq}a"))
+            .arg(format!("{seq}x"))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let [Some(base), sent, acked, expired] = <[Option<String>; 4]>::try_from(fields)
+            .map_err(|f| StoreError::Corrupt(format!("status reply {f:?}")))?
+        else {
+            return Ok(None);
+        };
+        let Some((stored_nonce, created_at, expires_at)) = parse_status_base(&base) else {
+            return Err(StoreError::Corrupt(format!("message status {base:?}")));
+        };
+        if stored_nonce != nonce {
             return Ok(None);
         }
-        let num = |f: &str| fields.get(f).and_then(|v| v.parse::<u64>().ok());
-        let state = fields
-            .get("state")
-            .and_then(|s| MessageState::parse(s))
-            .ok_or_else(|| StoreError::Corrupt("message status without state".into()))?;
+        let time = |t: Option<String>| t.and_then(|v| v.parse::<u64>().ok());
+        let (sent_at, acked_at, expired_at) = (time(sent), time(acked), time(expired));
+        let state = if expired_at.is_some() {
+            MessageState::Expired
+        } else if acked_at.is_some() {
+            MessageState::Acked
+        } else if sent_at.is_some() {
+            MessageState::Sent
+        } else {
+            MessageState::Queued
+        };
         Ok(Some(
             MessageStatus {
                 message_id: message_id(client_id, seq, nonce),
                 client_id: client_id.to_owned(),
                 seq,
                 state,
-                created_at: num("created").unwrap_or(0),
-                expires_at: num("expires").unwrap_or(0),
-                sent_at: num("sent"),
-                acked_at: num("acked"),
-                expired_at: num("expired"),
+                created_at,
+                expires_at,
+                sent_at,
+                acked_at,
+                expired_at,
             }
             .as_of(now_ms),
         ))
     }
 
     async fn queue_info(&self, client_id: &str, now_ms: u64) -> Result<QueueInfo, StoreError> {
-        let (keys, mprefix) = queue_keys(&self.keys, client_id);
-        let mut call = CallArgs::with_keys(keys.into_iter().take(4));
-        call.arg(now_ms).arg(mprefix);
+        let (keys, status_prefix) = queue_keys(&self.keys, client_id);
+        let mut call = CallArgs::with_keys(keys);
+        call.arg(now_ms).arg(status_prefix);
         let reply = array(self.scripts.info.call(client_id, call).await?)?;
         match reply.as_slice() {
             [pending, bytes, acked, expired] => Ok(QueueInfo {
@@ -460,4 +476,15 @@ impl Store for RedisStore {
             other => Err(StoreError::Corrupt(format!("info reply {other:?}"))),
         }
     }
+}
+
+/// `<nonce> <created> <expires>`, the part of a status written at enqueue.
+fn parse_status_base(base: &str) -> Option<(u32, u64, u64)> {
+    let mut parts = base.split(' ');
+    let parsed = (
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    );
+    parts.next().is_none().then_some(parsed)
 }

@@ -1,0 +1,96 @@
+//! The Redis queue layout leaves nothing behind: every key it writes has an
+//! expiry, no later than needed by more than the granted slack, and a message's
+//! status outlives the message by the promised retention.
+
+use duplex_shared::store::{MessageRecord, NewMessage, QueueLimits, RedisStore, Store, STATUS_RETENTION_MS};
+use duplex_shared::testing::{random_prefix, TestRedis};
+
+/// Ahead of the wall clock, so absolute expiries written by the store are in the future.
+const NOW: u64 = 1_900_000_000_000;
+const TTL_MS: u64 = 60_000;
+/// What the store may grant beyond a needed life (fewer expiry updates).
+const SLACK_MS: u64 = 3_600_000;
+const LIMITS: QueueLimits = QueueLimits {
+    max_messages: 1_000,
+    max_bytes: 1_000_000,
+};
+
+fn msg(expires_ms: u64) -> NewMessage {
+    NewMessage {
+        record: MessageRecord {
+            reply_to: None,
+            nonce: rand::random(),
+            headers: Default::default(),
+            payload: b"hello".to_vec().into(),
+            created_ms: NOW,
+            expires_ms,
+        },
+        idempotency_key: None,
+        idempotency_ttl_ms: 60_000,
+    }
+}
+
+/// Every key under `prefix` with its absolute expiry in ms (-1: none).
+async fn keys_and_expiries(redis: &TestRedis, prefix: &str) -> Vec<(String, i64)> {
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let at: i64 = redis::cmd("PEXPIRETIME")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("pexpiretime");
+        out.push((key, at));
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn every_queue_key_expires_and_statuses_outlive_their_messages_by_the_retention() {
+    let redis = TestRedis::start().expect("redis-server");
+    let prefix = random_prefix();
+    let store = RedisStore::connect(&redis.url(), &prefix).await.expect("connect");
+    let expires = NOW + TTL_MS;
+
+    // A client with a full life cycle: stored, sent, acked, one left pending,
+    // past two status buckets; the queue empties and fills again.
+    for _ in 0..40 {
+        store.enqueue("busy", &msg(expires), LIMITS, NOW).await.expect("enqueue");
+    }
+    store.mark_sent("busy", 1, NOW + 1).await.expect("sent");
+    assert_eq!(store.ack("busy", 40, false, NOW + 2).await.expect("ack"), 40);
+    store.enqueue("busy", &msg(expires), LIMITS, NOW + 3).await.expect("enqueue");
+    // One whose message expires, seen by a later call.
+    store.enqueue("short", &msg(NOW + 1_000), LIMITS, NOW).await.expect("enqueue");
+    assert_eq!(store.queue_info("short", NOW + 2_000).await.expect("info").expired, 1);
+    // Clients that only connected (replay read, resume ack) and never got a message.
+    assert!(store.pending("idle", 0, 100, NOW).await.expect("pending").messages.is_empty());
+    store.queue_info("idle", NOW).await.expect("info");
+    assert_eq!(store.ack("resumed", 7, true, NOW).await.expect("ack"), 0);
+
+    let keys = keys_and_expiries(&redis, &prefix).await;
+    assert!(!keys.is_empty());
+    let status_life = (expires + STATUS_RETENTION_MS) as i64;
+    for (key, at) in &keys {
+        assert!(*at > 0, "{key} has no expiry: {keys:?}");
+        assert!(!key.contains("{c:idle}"), "a read left {key} behind");
+        if key.contains("{c:busy}") {
+            assert!(
+                *at >= status_life && *at <= status_life + SLACK_MS as i64,
+                "{key} lives until {at}, the statuses need {status_life}: {keys:?}"
+            );
+        }
+    }
+    // The statuses of the 41 busy messages are in two buckets; each message has no key of its own.
+    let busy: Vec<_> = keys.iter().filter(|(k, _)| k.contains("{c:busy}")).collect();
+    assert_eq!(busy.len(), 4, "h, q and two status buckets: {busy:?}");
+    let resumed = keys.iter().find(|(k, _)| k.contains("{c:resumed}")).expect("resume watermark");
+    assert!(resumed.1 > 0 && resumed.1 <= (NOW + STATUS_RETENTION_MS) as i64, "{resumed:?}");
+}
