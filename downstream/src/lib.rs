@@ -89,11 +89,15 @@ impl Clients {
     }
 }
 
+/// How long shutdown waits for the queued sent marks to be written.
+const MARKS_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The tier, started (retries, sent marks) but not yet serving HTTP, so the
 /// node can hand its [`ReplyLink`] to the upstream tier first.
 pub struct Downstream {
     shared: Arc<Shared>,
     marks_stop: CancellationToken,
+    marks_writer: tokio::task::JoinHandle<()>,
 }
 
 impl Downstream {
@@ -106,7 +110,7 @@ impl Downstream {
             ctx.metrics.clone(),
         );
         let marks_stop = CancellationToken::new();
-        let sent_marks = sent::SentMarks::start(ctx.store.clone(), marks_stop.clone());
+        let (sent_marks, marks_writer) = sent::SentMarks::start(ctx.store.clone(), marks_stop.clone());
         let shared = Arc::new(Shared {
             config: ctx.config,
             store: ctx.store,
@@ -121,7 +125,11 @@ impl Downstream {
             },
             metrics: ctx.metrics,
         });
-        Downstream { shared, marks_stop }
+        Downstream {
+            shared,
+            marks_stop,
+            marks_writer,
+        }
     }
 
     /// Client lookup and kick for the node's admin API.
@@ -146,5 +154,12 @@ impl Downstream {
         }
         self.shared.retrier.shutdown();
         self.marks_stop.cancel();
+        // Bounded: a store that stopped answering must not hold the exit.
+        if tokio::time::timeout(MARKS_FLUSH_LIMIT, self.marks_writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("sent marks still being written at exit; those messages show queued until acked");
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use duplex_shared::store::Store;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::now_ms;
@@ -22,15 +23,18 @@ pub struct SentMarks {
 }
 
 impl SentMarks {
-    /// Starts the writer; it stops after `shutdown`, writing what is queued.
-    pub fn start(store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
+    /// Starts the writer. After `shutdown` it writes what is queued and
+    /// stops; the node awaits the returned handle before it exits.
+    pub fn start(store: Arc<dyn Store>, shutdown: CancellationToken) -> (Self, JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<(String, u64)>(CAPACITY);
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             loop {
                 let n = tokio::select! {
                     n = rx.recv_many(&mut batch, BATCH) => n,
-                    _ = shutdown.cancelled() => rx.recv_many(&mut batch, BATCH).await,
+                    // Senders live as long as the tier, so an empty queue
+                    // means done rather than waiting for more.
+                    _ = shutdown.cancelled() => take_queued(&mut rx, &mut batch),
                 };
                 if n == 0 {
                     return;
@@ -41,12 +45,77 @@ impl SentMarks {
                 batch.clear();
             }
         });
-        SentMarks { tx }
+        (SentMarks { tx }, writer)
     }
 
     pub fn mark(&self, client_id: &str, seq: u64) {
         if self.tx.try_send((client_id.to_owned(), seq)).is_err() {
             tracing::debug!("sent-mark queue full; mark dropped");
         }
+    }
+}
+
+/// Moves what is queued, up to a batch, into `batch` without waiting.
+fn take_queued(rx: &mut mpsc::Receiver<(String, u64)>, batch: &mut Vec<(String, u64)>) -> usize {
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(mark) => batch.push(mark),
+            Err(_) => break,
+        }
+    }
+    batch.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use duplex_shared::store::{MemoryStore, MessageRecord, MessageState, NewMessage, QueueLimits, Store};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn shutdown_writes_the_queued_marks_and_then_the_writer_stops() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let now = now_ms();
+        let limits = QueueLimits {
+            max_messages: 10,
+            max_bytes: 10_000,
+        };
+        for nonce in 1..=3 {
+            let msg = NewMessage {
+                record: MessageRecord {
+                    nonce,
+                    headers: Default::default(),
+                    payload: b"x".to_vec().into(),
+                    created_ms: now,
+                    expires_ms: now + 60_000,
+                    reply_to: None,
+                },
+                idempotency_key: None,
+                idempotency_ttl_ms: 0,
+            };
+            store.enqueue("c", &msg, limits, now).await.expect("enqueue");
+        }
+        let shutdown = CancellationToken::new();
+        let (marks, writer) = SentMarks::start(store.clone(), shutdown.clone());
+        for seq in 1..=3 {
+            marks.mark("c", seq);
+        }
+        shutdown.cancel();
+        // `marks` is still alive, as the tier's handles are at exit.
+        tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .expect("the writer stops after shutdown")
+            .expect("writer task");
+        for seq in 1..=3 {
+            let status = store
+                .message_status("c", seq, seq as u32, now_ms())
+                .await
+                .expect("status")
+                .expect("known message");
+            assert_eq!(status.state, MessageState::Sent, "seq {seq}");
+        }
+        drop(marks);
     }
 }

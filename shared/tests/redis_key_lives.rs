@@ -62,16 +62,30 @@ async fn every_queue_key_expires_and_statuses_outlive_their_messages_by_the_rete
     // A client with a full life cycle: stored, sent, acked, one left pending,
     // past two status buckets; the queue empties and fills again.
     for _ in 0..40 {
-        store.enqueue("busy", &msg(expires), LIMITS, NOW).await.expect("enqueue");
+        store
+            .enqueue("busy", &msg(expires), LIMITS, NOW)
+            .await
+            .expect("enqueue");
     }
     store.mark_sent("busy", 1, NOW + 1).await.expect("sent");
     assert_eq!(store.ack("busy", 40, false, NOW + 2).await.expect("ack"), 40);
-    store.enqueue("busy", &msg(expires), LIMITS, NOW + 3).await.expect("enqueue");
+    store
+        .enqueue("busy", &msg(expires), LIMITS, NOW + 3)
+        .await
+        .expect("enqueue");
     // One whose message expires, seen by a later call.
-    store.enqueue("short", &msg(NOW + 1_000), LIMITS, NOW).await.expect("enqueue");
+    store
+        .enqueue("short", &msg(NOW + 1_000), LIMITS, NOW)
+        .await
+        .expect("enqueue");
     assert_eq!(store.queue_info("short", NOW + 2_000).await.expect("info").expired, 1);
     // Clients that only connected (replay read, resume ack) and never got a message.
-    assert!(store.pending("idle", 0, 100, NOW).await.expect("pending").messages.is_empty());
+    assert!(store
+        .pending("idle", 0, 100, NOW)
+        .await
+        .expect("pending")
+        .messages
+        .is_empty());
     store.queue_info("idle", NOW).await.expect("info");
     assert_eq!(store.ack("resumed", 7, true, NOW).await.expect("ack"), 0);
 
@@ -91,6 +105,12 @@ async fn every_queue_key_expires_and_statuses_outlive_their_messages_by_the_rete
     // The statuses of the 41 busy messages are in two buckets; each message has no key of its own.
     let busy: Vec<_> = keys.iter().filter(|(k, _)| k.contains("{c:busy}")).collect();
     assert_eq!(busy.len(), 4, "h, q and two status buckets: {busy:?}");
-    let resumed = keys.iter().find(|(k, _)| k.contains("{c:resumed}")).expect("resume watermark");
-    assert!(resumed.1 > 0 && resumed.1 <= (NOW + STATUS_RETENTION_MS) as i64, "{resumed:?}");
+    let resumed = keys
+        .iter()
+        .find(|(k, _)| k.contains("{c:resumed}"))
+        .expect("resume watermark");
+    assert!(
+        resumed.1 > 0 && resumed.1 <= (NOW + STATUS_RETENTION_MS) as i64,
+        "{resumed:?}"
+    );
 }

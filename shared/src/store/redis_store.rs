@@ -423,8 +423,8 @@ impl Store for RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let [Some(base), sent, acked, expired] = <[Option<String>; 4]>::try_from(fields)
-            .map_err(|f| StoreError::Corrupt(format!("status reply {f:?}")))?
+        let [Some(base), sent, acked, expired] =
+            <[Option<String>; 4]>::try_from(fields).map_err(|f| StoreError::Corrupt(format!("status reply {f:?}")))?
         else {
             return Ok(None);
         };
