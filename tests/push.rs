@@ -215,6 +215,27 @@ async fn cap_overflow_refuses_new_pushes_with_429(kind: StoreKind) {
         .post("/v1/push", &json!({"client_ids": ["i1"], "payload": 3}))
         .await;
     assert_eq!((status, body["code"].clone()), (429, json!("queue_full")), "{body}");
+    // In a batch the full queue refuses its item alone, answered in place.
+    let batch = json!({"pushes": [{"client_ids": ["i2"], "payload": 1}, {"client_ids": ["i1"], "payload": 3}]});
+    let (status, body) = node.post("/v1/push/batch", &batch).await;
+    assert_eq!(status, 202, "{body}");
+    let stored = &body["results"][0];
+    assert_eq!(
+        (
+            stored["status"].clone(),
+            stored["messages"][0]["client_id"].clone(),
+            stored["messages"][0]["state"].clone()
+        ),
+        (json!(202), json!("i2"), json!("queued")),
+        "{body}"
+    );
+    let refused = &body["results"][1];
+    assert_eq!(
+        (refused["status"].clone(), refused["code"].clone()),
+        (json!(429), json!("queue_full")),
+        "{body}"
+    );
+    assert!(refused["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
     let mut conn = node.connect("i", "i1", 0).await;
     assert_eq!(
         json_payload(&recv_push(&mut conn).await),

@@ -14,7 +14,8 @@ use duplex_shared::store::parse_message_id;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::push::PushResponse;
 use crate::request::{parse_json, BatchRequest, PushRequest, ValidPush};
 use crate::{now_ms, Shared};
 
@@ -128,11 +129,25 @@ fn with_trace(push: &mut ValidPush, trace: Option<&str>) {
     }
 }
 
+/// One answer of a batch: the status, then the push's answer or its error,
+/// serialized once straight into the response.
 #[derive(Serialize)]
-struct BatchItem {
+struct BatchItem<'a> {
     status: u16,
     #[serde(flatten)]
-    body: serde_json::Value,
+    body: BatchItemBody<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BatchItemBody<'a> {
+    Accepted(&'a PushResponse),
+    Refused(ErrorBody<'a>),
+}
+
+#[derive(Serialize)]
+struct BatchResponse<'a> {
+    results: Vec<BatchItem<'a>>,
 }
 
 async fn push_batch(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
@@ -168,20 +183,23 @@ async fn push_batch_inner(shared: &Shared, headers: &HeaderMap, body: Bytes) -> 
         with_trace(p, trace.as_deref());
     }
     let results = futures_util::future::join_all(valid.into_iter().map(|p| shared.push(p))).await;
-    let items: Vec<BatchItem> = results
-        .into_iter()
+    let results = results
+        .iter()
         .map(|r| match r {
             Ok(resp) => BatchItem {
                 status: 202,
-                body: serde_json::to_value(resp).unwrap_or_default(),
+                body: BatchItemBody::Accepted(resp),
             },
             Err(e) => BatchItem {
                 status: e.status.as_u16(),
-                body: serde_json::json!({"code": e.code, "message": e.message}),
+                body: BatchItemBody::Refused(ErrorBody {
+                    code: e.code,
+                    message: &e.message,
+                }),
             },
         })
         .collect();
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "results": items }))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(BatchResponse { results })).into_response())
 }
 
 async fn message_status(

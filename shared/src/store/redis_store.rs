@@ -29,7 +29,9 @@ static INFO: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::INFO
 /// and the prefix of its status buckets.
 fn queue_keys(keys: &Keys, client_id: &str) -> ([String; 2], String) {
     let p = keys.client(client_id);
-    ([format!("{p}h"), format!("{p}q")], format!("{p}s:"))
+    // Concatenation rather than format!: this runs for every queue call.
+    let key = |suffix: &str| [p.as_str(), suffix].concat();
+    ([key("h"), key("q")], key("s:"))
 }
 
 /// The hash holding the client's counters (`seq`: the highest seq given out).
