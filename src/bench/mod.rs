@@ -11,6 +11,7 @@ mod procfs;
 mod push;
 mod request;
 mod servers;
+mod store;
 mod storm;
 mod worker;
 
@@ -31,6 +32,9 @@ pub enum BenchCommand {
     /// Compare transports for calls between nodes (HTTP/1.1 pool, HTTP/2,
     /// Redis streams) carrying the same deliver call, side by side.
     Internal(internal::InternalArgs),
+    /// The message queue's own cost per message (store, sent mark, ack) on the
+    /// memory store and Redis side by side, without HTTP or clients.
+    Store(store::StoreArgs),
     /// Internal: the trivial backend of `bench request`.
     #[command(hide = true)]
     Backend(request::BackendArgs),
@@ -78,6 +82,7 @@ pub fn run(cmd: BenchCommand) -> ExitCode {
         BenchCommand::Request(args) => runtime.block_on(request::run(args)),
         BenchCommand::Storm(args) => runtime.block_on(storm::run(args)),
         BenchCommand::Internal(args) => runtime.block_on(internal::run(args)),
+        BenchCommand::Store(args) => runtime.block_on(store::run(args)),
         BenchCommand::Backend(args) => runtime.block_on(request::backend(args)),
         BenchCommand::ConnectWorker(args) => runtime.block_on(worker::worker(args)),
     };

@@ -1,0 +1,284 @@
+//! `duplex bench store`: the message queue's own cost, without HTTP, sockets
+//! or clients in the way. Drives one store through a message's life (store,
+//! sent mark, ack; each client acks each message alone, as apps do) with many
+//! concurrent callers, phase by phase, and reports per message the calls/s,
+//! this process's CPU and, for Redis, the server's CPU, commands and script
+//! calls read from `INFO` around each phase. The memory store runs the same
+//! phases in the same run as the reference.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use duplex_shared::store::{Enqueued, MemoryStore, MessageRecord, NewMessage, QueueLimits, RedisStore, Store};
+use duplex_shared::testing::random_prefix;
+
+use super::procfs::{cpu_seconds, machine_line};
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Clients the messages are spread over (message i goes to client i mod N).
+    #[arg(long, default_value_t = 1_000)]
+    pub clients: u64,
+    /// Messages stored, marked sent and acked.
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: u64,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: u64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 200)]
+    pub payload: usize,
+    /// Redis URL on this machine (default: a private redis-server on a free port).
+    #[arg(long)]
+    pub redis: Option<String>,
+}
+
+/// Server-side counters of one Redis, read with `INFO`.
+#[derive(Debug, Clone, Copy, Default)]
+struct RedisCounters {
+    cpu_s: f64,
+    commands: u64,
+    script_calls: u64,
+}
+
+async fn redis_counters(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<RedisCounters> {
+    let info: String = redis::cmd("INFO").arg("all").query_async(conn).await?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let script_calls = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Ok(RedisCounters {
+        cpu_s: field("used_cpu_sys") + field("used_cpu_user"),
+        commands: field("total_commands_processed") as u64,
+        script_calls,
+    })
+}
+
+fn message(payload: usize, now: u64) -> NewMessage {
+    NewMessage {
+        record: MessageRecord {
+            nonce: rand::random(),
+            headers: Default::default(),
+            payload: vec![b'x'; payload].into(),
+            created_ms: now,
+            expires_ms: now + 3_600_000,
+            reply_to: None,
+        },
+        idempotency_key: None,
+        idempotency_ttl_ms: 0,
+    }
+}
+
+/// Runs `op(i)` for i in 0..count over `concurrency` callers; returns calls/s.
+async fn drive<F, Fut>(count: u64, concurrency: u64, op: F) -> anyhow::Result<f64>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (op, next) = (op.clone(), next.clone());
+        callers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return anyhow::Ok(());
+                }
+                op(i).await?;
+            }
+        });
+    }
+    while let Some(done) = callers.join_next().await {
+        done??;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One phase's figures per message.
+struct Phase {
+    name: &'static str,
+    rate: f64,
+    own_cpu_us: f64,
+    redis: Option<(f64, f64, f64)>,
+}
+
+/// Store, mark sent and ack `args.messages` messages on `store`.
+async fn life_cycle(
+    store: Arc<dyn Store>,
+    args: &StoreArgs,
+    mut redis: Option<redis::aio::MultiplexedConnection>,
+) -> anyhow::Result<Vec<Phase>> {
+    let (clients, messages, payload) = (args.clients, args.messages, args.payload);
+    let now = duplex_shared::store::now_ms();
+    let limits = QueueLimits {
+        max_messages: messages,
+        max_bytes: u64::MAX / 2,
+    };
+    let client = move |i: u64| format!("bench-{}", i % clients);
+    let pid = std::process::id();
+    let mut phases = Vec::new();
+    for name in ["store", "sent mark", "ack"] {
+        let before = match redis.as_mut() {
+            Some(conn) => Some(redis_counters(conn).await?),
+            None => None,
+        };
+        let cpu = cpu_seconds(pid).unwrap_or(0.0);
+        let s = store.clone();
+        let rate = match name {
+            "store" => {
+                drive(messages, args.concurrency, move |i| {
+                    let s = s.clone();
+                    async move {
+                        match s.enqueue(&client(i), &message(payload, now), limits, now).await? {
+                            Enqueued::Stored { .. } => Ok(()),
+                            other => anyhow::bail!("not stored: {other:?}"),
+                        }
+                    }
+                })
+                .await?
+            }
+            // Message i is the (i / clients + 1)th of its client.
+            "sent mark" => {
+                drive(messages, args.concurrency, move |i| {
+                    let s = s.clone();
+                    async move { Ok(s.mark_sent(&client(i), i / clients + 1, now).await?) }
+                })
+                .await?
+            }
+            _ => {
+                // Each client acks its messages one by one, in order; clients run concurrently.
+                let per_client = messages.div_ceil(clients);
+                let total = clients.min(messages);
+                let rate = drive(total, args.concurrency.min(total), move |c| {
+                    let s = s.clone();
+                    async move {
+                        for seq in 1..=per_client {
+                            if (seq - 1) * clients + c < messages {
+                                s.ack(&client(c), seq, false, now).await?;
+                            }
+                        }
+                        Ok(())
+                    }
+                })
+                .await?;
+                rate * messages as f64 / total as f64
+            }
+        };
+        let own_cpu_us = (cpu_seconds(pid).unwrap_or(0.0) - cpu) * 1e6 / messages as f64;
+        let redis_figures = match (redis.as_mut(), before) {
+            (Some(conn), Some(b)) => {
+                let a = redis_counters(conn).await?;
+                let per = |d: f64| d / messages as f64;
+                Some((
+                    per((a.cpu_s - b.cpu_s) * 1e6),
+                    per((a.commands - b.commands) as f64),
+                    per((a.script_calls - b.script_calls) as f64),
+                ))
+            }
+            _ => None,
+        };
+        phases.push(Phase {
+            name,
+            rate,
+            own_cpu_us,
+            redis: redis_figures,
+        });
+    }
+    let left = store.queue_info(&client(0), now).await?.pending;
+    anyhow::ensure!(left == 0, "client 0 still has {left} pending after the acks");
+    Ok(phases)
+}
+
+// The report is the command's output.
+#[allow(clippy::print_stdout)]
+pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.clients > 0 && args.messages > 0 && args.concurrency > 0,
+        "clients, messages and concurrency must be positive"
+    );
+    let (_private, url) = super::servers::redis_for(args.redis.is_none(), &args.redis)?;
+    let url = url.context("no Redis URL")?;
+    anyhow::ensure!(
+        loopback_url(&url),
+        "only a Redis on this machine (127.0.0.0/8, localhost)"
+    );
+    println!("{}", machine_line());
+    println!(
+        "bench store: {} messages over {} clients, {} calls in flight, {}-byte payloads",
+        args.messages, args.clients, args.concurrency, args.payload
+    );
+    let memory = life_cycle(Arc::new(MemoryStore::new()), &args, None).await?;
+    let redis_store = RedisStore::connect(&url, &random_prefix()).await?;
+    let conn = redis::Client::open(url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let redis = life_cycle(Arc::new(redis_store), &args, Some(conn)).await?;
+    println!("| phase | memory calls/s | redis calls/s | redis/memory | bench CPU per msg (memory / redis) | Redis CPU per msg | Redis commands per msg | script calls per msg |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (m, r) in memory.iter().zip(&redis) {
+        let (cpu, cmds, scripts) = r.redis.unwrap_or_default();
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2}x | {:.1} / {:.1} us | {cpu:.1} us | {cmds:.2} | {scripts:.3} |",
+            m.name,
+            m.rate,
+            r.rate,
+            r.rate / m.rate,
+            m.own_cpu_us,
+            r.own_cpu_us
+        );
+    }
+    Ok(())
+}
+
+/// Whether a Redis URL names this machine (every host of a cluster or Sentinel list).
+fn loopback_url(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let hosts = rest.split(['/', '?']).next().unwrap_or("");
+    let hosts = hosts.rsplit_once('@').map_or(hosts, |(_, h)| h);
+    !hosts.is_empty()
+        && hosts.split(',').all(|h| {
+            let host = h.rsplit_once(':').map_or(h, |(host, _)| host);
+            host == "localhost" || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_url;
+
+    #[test]
+    fn only_loopback_redis_urls_are_taken() {
+        for ok in [
+            "redis://127.0.0.1:6379/",
+            "redis://localhost:7000",
+            "redis://:pw@127.0.0.2:1/0",
+            "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+        ] {
+            assert!(loopback_url(ok), "{ok}");
+        }
+        for bad in [
+            "redis://10.0.0.1:6379/",
+            "redis://redis.example.com",
+            "redis+cluster://127.0.0.1:7000,10.0.0.2:7001",
+            "nonsense",
+            "redis://",
+        ] {
+            assert!(!loopback_url(bad), "{bad}");
+        }
+    }
+}
