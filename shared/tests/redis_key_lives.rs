@@ -88,6 +88,8 @@ async fn every_queue_key_expires_and_statuses_outlive_their_messages_by_the_rete
         .is_empty());
     store.queue_info("idle", NOW).await.expect("info");
     assert_eq!(store.ack("resumed", 7, true, NOW).await.expect("ack"), 0);
+    // A sent mark arriving after the message's statuses are gone.
+    store.mark_sent("ghost", 5, NOW).await.expect("sent");
 
     let keys = keys_and_expiries(&redis, &prefix).await;
     assert!(!keys.is_empty());

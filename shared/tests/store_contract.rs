@@ -235,7 +235,6 @@ async fn sent_marks_in_bulk_record_sent_and_never_undo_acks(store: Arc<dyn Store
             .expect("enqueue"),
     );
     store.ack("sm", 2, false, NOW + 1).await.expect("ack");
-    // On a fresh Redis the script is not loaded yet: the bulk path must load it.
     store
         .mark_sent_many(&[("sm".to_owned(), 1), ("sm".to_owned(), 2)], NOW + 2)
         .await
@@ -248,9 +247,9 @@ async fn sent_marks_in_bulk_record_sent_and_never_undo_acks(store: Arc<dyn Store
             .expect("status")
             .expect("known");
         assert_eq!(
-            st.state,
-            MessageState::Acked,
-            "a late sent mark never overwrites an ack"
+            (st.state, st.sent_at),
+            (MessageState::Acked, None),
+            "a late sent mark never overwrites an ack, nor claims a send after it"
         );
     }
     let (_, id3) = stored(

@@ -13,6 +13,7 @@
 //! - `P s:<seq / 32>`: status bucket: field `<seq>` = `<nonce> <created>
 //!   <expires>`, and `<seq>s`, `<seq>a`, `<seq>x` the time the message was
 //!   sent, acked, expired. 32 messages per bucket keep it a small listpack.
+//!   Sent marks are plain `HSETNX` writes (`RedisStore::mark_sent_many`).
 //! - `P i:<key>`: idempotency key -> `seq~nonce`
 //!
 //! A message costs one record field, one zset member and one status field, no
@@ -253,17 +254,6 @@ if #fields > 0 then
   end
 end
 return #done"
-);
-
-/// KEYS: h. ARGV: seq now status_prefix. Queued -> sent, while the message is
-/// still pending (a late mark after the ack changes nothing).
-pub const MARK_SENT: &str = batched!(
-    r"
-if redis.call('HEXISTS', KEYS[1], 'r' .. ARGV[1]) == 1 then
-  redis.call('HSETNX', bucket(ARGV[3], ARGV[1]), ARGV[1] .. 's', ARGV[2])
-  return 1
-end
-return 0"
 );
 
 /// KEYS: h q. ARGV: now status_prefix. Returns {pending, bytes, acked, expired}.

@@ -22,7 +22,6 @@ use super::{
 static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::ENQUEUE));
 static PENDING: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::PENDING));
 static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::ACK));
-static MARK_SENT: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::MARK_SENT));
 static INFO: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::INFO));
 
 /// The queue keys of one client in script order (h, q; see `redis_scripts`)
@@ -33,6 +32,14 @@ fn queue_keys(keys: &Keys, client_id: &str) -> ([String; 2], String) {
     let key = |suffix: &str| [p.as_str(), suffix].concat();
     ([key("h"), key("q")], key("s:"))
 }
+
+/// The status bucket of message `seq` (32 messages each, see `redis_scripts`).
+fn status_bucket(keys: &Keys, client_id: &str, seq: u64) -> String {
+    format!("{}s:{}", keys.client(client_id), seq / 32)
+}
+
+/// Sent marks per pipeline: bounds one request's size.
+const SENT_MARKS_PER_PIPELINE: usize = 512;
 
 /// The hash holding the client's counters (`seq`: the highest seq given out).
 fn counters_key(keys: &Keys, client_id: &str) -> String {
@@ -89,7 +96,6 @@ struct QueueScripts {
     enqueue: BatchedScript,
     pending: BatchedScript,
     ack: BatchedScript,
-    mark_sent: BatchedScript,
     info: BatchedScript,
 }
 
@@ -100,7 +106,6 @@ impl QueueScripts {
             enqueue: BatchedScript::start(conn.clone(), &ENQUEUE, 4, 11),
             pending: BatchedScript::start(conn.clone(), &PENDING, 2, 4),
             ack: BatchedScript::start(conn.clone(), &ACK, 2, 5),
-            mark_sent: BatchedScript::start(conn.clone(), &MARK_SENT, 1, 3),
             info: BatchedScript::start(conn.clone(), &INFO, 2, 2),
         }
     }
@@ -140,7 +145,6 @@ impl RedisStore {
             redis_scripts::ENQUEUE,
             redis_scripts::PENDING,
             redis_scripts::ACK,
-            redis_scripts::MARK_SENT,
             redis_scripts::INFO,
         ] {
             if let Err(e) = conn.load_everywhere(script).await {
@@ -390,20 +394,27 @@ impl Store for RedisStore {
     }
 
     async fn mark_sent(&self, client_id: &str, seq: u64, now_ms: u64) -> Result<(), StoreError> {
-        let (keys, status_prefix) = queue_keys(&self.keys, client_id);
-        let [counters, _] = keys;
-        let mut call = CallArgs::with_keys([counters]);
-        call.arg(seq).arg(now_ms).arg(status_prefix);
-        self.scripts.mark_sent.call(client_id, call).await?;
-        Ok(())
+        self.mark_sent_many(&[(client_id.to_owned(), seq)], now_ms).await
     }
 
-    /// All at once, so that the batching task packs them into few calls.
+    /// Plain pipelined writes, no script: a mark only adds the sent time to
+    /// the message's status (the first one stays), and reading ignores a
+    /// sent time later than the ack or expiry it lost the race to. If the
+    /// status bucket is gone (long expired), the write recreates it with the
+    /// retention as its life instead of leaving it forever.
     async fn mark_sent_many(&self, items: &[(String, u64)], now_ms: u64) -> Result<(), StoreError> {
-        let marks = items
-            .iter()
-            .map(|(client_id, seq)| self.mark_sent(client_id, *seq, now_ms));
-        futures_util::future::try_join_all(marks).await?;
+        for chunk in items.chunks(SENT_MARKS_PER_PIPELINE) {
+            let mut cmds = Vec::with_capacity(chunk.len() * 2);
+            for (client_id, seq) in chunk {
+                let bucket = status_bucket(&self.keys, client_id, *seq);
+                let mut mark = redis::cmd("HSETNX");
+                mark.arg(&bucket).arg(format!("{seq}s")).arg(now_ms);
+                let mut life = redis::cmd("PEXPIRE");
+                life.arg(&bucket).arg(STATUS_RETENTION_MS).arg("NX");
+                cmds.extend([mark, life]);
+            }
+            self.conn.run_all(cmds).await.map_err(unavailable)?;
+        }
         Ok(())
     }
 
@@ -415,7 +426,7 @@ impl Store for RedisStore {
         now_ms: u64,
     ) -> Result<Option<MessageStatus>, StoreError> {
         let mut conn = self.conn.clone();
-        let bucket = format!("{}s:{}", self.keys.client(client_id), seq / 32);
+        let bucket = status_bucket(&self.keys, client_id, seq);
         let fields: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(bucket)
             .arg(seq)
@@ -437,7 +448,9 @@ impl Store for RedisStore {
             return Ok(None);
         }
         let time = |t: Option<String>| t.and_then(|v| v.parse::<u64>().ok());
-        let (sent_at, acked_at, expired_at) = (time(sent), time(acked), time(expired));
+        let (acked_at, expired_at) = (time(acked), time(expired));
+        // A sent mark that lost the race to the ack or expiry is not a send.
+        let sent_at = time(sent).filter(|&t| acked_at.or(expired_at).is_none_or(|end| t <= end));
         let state = if expired_at.is_some() {
             MessageState::Expired
         } else if acked_at.is_some() {
