@@ -70,7 +70,8 @@ fn take_queued(rx: &mut mpsc::Receiver<(String, u64)>, batch: &mut Vec<(String, 
 mod tests {
     use std::time::Duration;
 
-    use duplex_shared::store::{MemoryStore, MessageRecord, MessageState, NewMessage, QueueLimits, Store};
+    use duplex_shared::store::{MemoryStore, MessageState, QueueLimits, Store};
+    use duplex_shared::testing::message;
 
     use super::*;
 
@@ -83,18 +84,8 @@ mod tests {
             max_bytes: 10_000,
         };
         for nonce in 1..=3 {
-            let msg = NewMessage {
-                record: MessageRecord {
-                    nonce,
-                    headers: Default::default(),
-                    payload: b"x".to_vec().into(),
-                    created_ms: now,
-                    expires_ms: now + 60_000,
-                    reply_to: None,
-                },
-                idempotency_key: None,
-                idempotency_ttl_ms: 0,
-            };
+            let mut msg = message(b"x", now, now + 60_000);
+            msg.record.nonce = nonce;
             store.enqueue("c", &msg, limits, now).await.expect("enqueue");
         }
         let shutdown = CancellationToken::new();

@@ -435,6 +435,23 @@ fn ping_with(port: u16, password: Option<&str>) -> bool {
     s.write_all(ask.as_bytes()).is_ok() && s.read_exact(&mut buf).is_ok() && buf == expect
 }
 
+/// A plain qos-1 message (random nonce, no headers, no idempotency key) for
+/// tests and benches that only need something to store.
+pub fn message(payload: &[u8], created_ms: u64, expires_ms: u64) -> crate::store::NewMessage {
+    crate::store::NewMessage {
+        record: crate::store::MessageRecord {
+            nonce: rand::random(),
+            headers: Default::default(),
+            payload: payload.to_vec().into(),
+            created_ms,
+            expires_ms,
+            reply_to: None,
+        },
+        idempotency_key: None,
+        idempotency_ttl_ms: 0,
+    }
+}
+
 /// A key prefix unique to one test, so tests sharing a server never collide.
 pub fn random_prefix() -> String {
     format!("test{:08x}:", rand::random::<u32>())

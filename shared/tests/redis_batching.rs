@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use duplex_shared::store::{Enqueued, MessageRecord, NewMessage, QueueLimits, RedisStore, Store, StoreError};
-use duplex_shared::testing::{random_prefix, TestRedis};
+use duplex_shared::store::{Enqueued, NewMessage, QueueLimits, RedisStore, Store, StoreError};
+use duplex_shared::testing::{message, random_prefix, TestRedis};
 
 const NOW: u64 = 1_800_000_000_000;
 const LIMITS: QueueLimits = QueueLimits {
@@ -13,18 +13,7 @@ const LIMITS: QueueLimits = QueueLimits {
 };
 
 fn msg() -> NewMessage {
-    NewMessage {
-        record: MessageRecord {
-            reply_to: None,
-            nonce: rand::random(),
-            headers: Default::default(),
-            payload: b"hello".to_vec().into(),
-            created_ms: NOW,
-            expires_ms: NOW + 60_000,
-        },
-        idempotency_key: None,
-        idempotency_ttl_ms: 60_000,
-    }
+    message(b"hello", NOW, NOW + 60_000)
 }
 
 async fn store_on(redis: &TestRedis) -> Arc<RedisStore> {

@@ -2,8 +2,8 @@
 //! expiry, no later than needed by more than the granted slack, and a message's
 //! status outlives the message by the promised retention.
 
-use duplex_shared::store::{MessageRecord, NewMessage, QueueLimits, RedisStore, Store, STATUS_RETENTION_MS};
-use duplex_shared::testing::{random_prefix, TestRedis};
+use duplex_shared::store::{NewMessage, QueueLimits, RedisStore, Store, STATUS_RETENTION_MS};
+use duplex_shared::testing::{message, random_prefix, TestRedis};
 
 /// Ahead of the wall clock, so absolute expiries written by the store are in the future.
 const NOW: u64 = 1_900_000_000_000;
@@ -16,18 +16,7 @@ const LIMITS: QueueLimits = QueueLimits {
 };
 
 fn msg(expires_ms: u64) -> NewMessage {
-    NewMessage {
-        record: MessageRecord {
-            reply_to: None,
-            nonce: rand::random(),
-            headers: Default::default(),
-            payload: b"hello".to_vec().into(),
-            created_ms: NOW,
-            expires_ms,
-        },
-        idempotency_key: None,
-        idempotency_ttl_ms: 60_000,
-    }
+    message(b"hello", NOW, expires_ms)
 }
 
 /// Every key under `prefix` with its absolute expiry in ms (-1: none).

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use duplex_shared::store::{Enqueued, MessageRecord, NewMessage, QueueLimits, RedisStore, Store, StoreError};
-use duplex_shared::testing::{random_prefix, TestRedisSentinel};
+use duplex_shared::store::{Enqueued, NewMessage, QueueLimits, RedisStore, Store, StoreError};
+use duplex_shared::testing::{message, random_prefix, TestRedisSentinel};
 
 const NOW: u64 = 1_800_000_000_000;
 const LIMITS: QueueLimits = QueueLimits {
@@ -14,18 +14,7 @@ const LIMITS: QueueLimits = QueueLimits {
 };
 
 fn msg(payload: String) -> NewMessage {
-    NewMessage {
-        record: MessageRecord {
-            reply_to: None,
-            nonce: rand::random(),
-            headers: Default::default(),
-            payload: payload.into_bytes().into(),
-            created_ms: NOW,
-            expires_ms: NOW + 600_000,
-        },
-        idempotency_key: None,
-        idempotency_ttl_ms: 60_000,
-    }
+    message(payload.as_bytes(), NOW, NOW + 600_000)
 }
 
 /// Retries `op` while the store says Redis is unavailable (what a caller

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use duplex_shared::store::{Enqueued, MemoryStore, MessageRecord, NewMessage, QueueLimits, RedisStore, Store};
-use duplex_shared::testing::random_prefix;
+use duplex_shared::store::{Enqueued, MemoryStore, QueueLimits, RedisStore, Store};
+use duplex_shared::testing::{message, random_prefix};
 
 use super::procfs::{cpu_seconds, machine_line};
 
@@ -65,21 +65,6 @@ async fn redis_counters(conn: &mut redis::aio::MultiplexedConnection) -> anyhow:
     })
 }
 
-fn message(payload: usize, now: u64) -> NewMessage {
-    NewMessage {
-        record: MessageRecord {
-            nonce: rand::random(),
-            headers: Default::default(),
-            payload: vec![b'x'; payload].into(),
-            created_ms: now,
-            expires_ms: now + 3_600_000,
-            reply_to: None,
-        },
-        idempotency_key: None,
-        idempotency_ttl_ms: 0,
-    }
-}
-
 /// Runs `op(i)` for i in 0..count over `concurrency` callers; returns calls/s.
 async fn drive<F, Fut>(count: u64, concurrency: u64, op: F) -> anyhow::Result<f64>
 where
@@ -121,7 +106,8 @@ async fn life_cycle(
     args: &StoreArgs,
     mut redis: Option<redis::aio::MultiplexedConnection>,
 ) -> anyhow::Result<Vec<Phase>> {
-    let (clients, messages, payload) = (args.clients, args.messages, args.payload);
+    let (clients, messages) = (args.clients, args.messages);
+    let payload: Arc<[u8]> = vec![b'x'; args.payload].into();
     let now = duplex_shared::store::now_ms();
     let limits = QueueLimits {
         max_messages: messages,
@@ -139,10 +125,14 @@ async fn life_cycle(
         let s = store.clone();
         let rate = match name {
             "store" => {
+                let payload = payload.clone();
                 drive(messages, args.concurrency, move |i| {
-                    let s = s.clone();
+                    let (s, payload) = (s.clone(), payload.clone());
                     async move {
-                        match s.enqueue(&client(i), &message(payload, now), limits, now).await? {
+                        match s
+                            .enqueue(&client(i), &message(&payload, now, now + 3_600_000), limits, now)
+                            .await?
+                        {
                             Enqueued::Stored { .. } => Ok(()),
                             other => anyhow::bail!("not stored: {other:?}"),
                         }
