@@ -84,19 +84,16 @@ impl QueueOverview for RedisStore {
         counters.truncate(scan_max);
         let mut all = Vec::with_capacity(counters.len());
         for chunk in counters.chunks(256) {
-            let mut cmds = Vec::with_capacity(chunk.len() * 2);
+            let mut cmds = Vec::with_capacity(chunk.len());
             for meta in chunk {
-                let mut pending = redis::cmd("ZCARD");
-                pending.arg(format!("{}q", meta.strip_suffix('h').unwrap_or(meta)));
-                let mut bytes = redis::cmd("HGET");
-                bytes.arg(meta).arg("bytes");
-                cmds.extend([pending, bytes]);
+                let mut counts = redis::cmd("HMGET");
+                counts.arg(meta).arg("n").arg("bytes");
+                cmds.push(counts);
             }
             let values = conn.run_all(cmds).await.map_err(unavailable)?;
-            let answers = values.chunks(2).map(|pair| {
-                let pending: u64 = redis::from_redis_value(&pair[0]).unwrap_or(0);
-                let bytes: Option<u64> = pair.get(1).and_then(|v| redis::from_redis_value(v).ok());
-                (pending, bytes)
+            let answers = values.iter().map(|v| {
+                let (pending, bytes): (Option<u64>, Option<u64>) = redis::from_redis_value(v).unwrap_or((None, None));
+                (pending.unwrap_or(0), bytes)
             });
             for (meta, (pending, bytes)) in chunk.iter().zip(answers) {
                 let client_id = meta

@@ -24,13 +24,11 @@ static PENDING: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::P
 static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::ACK));
 static INFO: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::INFO));
 
-/// The queue keys of one client in script order (h, q; see `redis_scripts`)
-/// and the prefix of its status buckets.
-fn queue_keys(keys: &Keys, client_id: &str) -> ([String; 2], String) {
-    let p = keys.client(client_id);
+/// The key of one client's queue hash (`h`, see `redis_scripts`); the
+/// scripts find the client's status buckets from it.
+fn queue_key(keys: &Keys, client_id: &str) -> String {
     // Concatenation rather than format!: this runs for every queue call.
-    let key = |suffix: &str| [p.as_str(), suffix].concat();
-    ([key("h"), key("q")], key("s:"))
+    [keys.client(client_id).as_str(), "h"].concat()
 }
 
 /// The status bucket of message `seq` (32 messages each, see `redis_scripts`).
@@ -103,10 +101,10 @@ impl QueueScripts {
     /// Key and argument counts as in `redis_scripts`.
     fn start(conn: &RedisConn) -> Self {
         QueueScripts {
-            enqueue: BatchedScript::start(conn.clone(), &ENQUEUE, 4, 11),
-            pending: BatchedScript::start(conn.clone(), &PENDING, 2, 4),
-            ack: BatchedScript::start(conn.clone(), &ACK, 2, 5),
-            info: BatchedScript::start(conn.clone(), &INFO, 2, 2),
+            enqueue: BatchedScript::start(conn.clone(), &ENQUEUE, 3, 9),
+            pending: BatchedScript::start(conn.clone(), &PENDING, 1, 3),
+            ack: BatchedScript::start(conn.clone(), &ACK, 1, 3),
+            info: BatchedScript::start(conn.clone(), &INFO, 1, 1),
         }
     }
 }
@@ -296,7 +294,6 @@ impl Store for RedisStore {
         limits: QueueLimits,
         now_ms: u64,
     ) -> Result<Enqueued, StoreError> {
-        let (keys, status_prefix) = queue_keys(&self.keys, client_id);
         let idem_key = format!(
             "{}i:{}",
             self.keys.client(client_id),
@@ -308,7 +305,7 @@ impl Store for RedisStore {
         } else {
             0
         };
-        let mut call = CallArgs::with_keys(keys);
+        let mut call = CallArgs::with_keys([queue_key(&self.keys, client_id)]);
         call.key(idem_key)
             .key(self.keys.route(client_id))
             .arg(r.encode())
@@ -319,9 +316,7 @@ impl Store for RedisStore {
             .arg(limits.max_messages)
             .arg(limits.max_bytes)
             .arg(r.size())
-            .arg(idem_ttl)
-            .arg(&status_prefix)
-            .arg(STATUS_RETENTION_MS);
+            .arg(idem_ttl);
         let reply = array(self.scripts.enqueue.call(client_id, call).await?)?;
         match reply.as_slice() {
             [code, seq, route] if int(code)? == 1 => {
@@ -356,9 +351,8 @@ impl Store for RedisStore {
     }
 
     async fn pending(&self, client_id: &str, after: u64, max: usize, now_ms: u64) -> Result<Pending, StoreError> {
-        let (keys, status_prefix) = queue_keys(&self.keys, client_id);
-        let mut call = CallArgs::with_keys(keys);
-        call.arg(now_ms).arg(after).arg(max).arg(status_prefix);
+        let mut call = CallArgs::with_keys([queue_key(&self.keys, client_id)]);
+        call.arg(now_ms).arg(after).arg(max);
         let reply = array(self.scripts.pending.call(client_id, call).await?)?;
         let (acked, rest) = reply
             .split_first()
@@ -383,13 +377,8 @@ impl Store for RedisStore {
     }
 
     async fn ack(&self, client_id: &str, seq: u64, resume: bool, now_ms: u64) -> Result<u64, StoreError> {
-        let (keys, status_prefix) = queue_keys(&self.keys, client_id);
-        let mut call = CallArgs::with_keys(keys);
-        call.arg(seq)
-            .arg(now_ms)
-            .arg(u8::from(resume))
-            .arg(status_prefix)
-            .arg(STATUS_RETENTION_MS);
+        let mut call = CallArgs::with_keys([queue_key(&self.keys, client_id)]);
+        call.arg(seq).arg(now_ms).arg(u8::from(resume));
         int(&self.scripts.ack.call(client_id, call).await?)
     }
 
@@ -477,9 +466,8 @@ impl Store for RedisStore {
     }
 
     async fn queue_info(&self, client_id: &str, now_ms: u64) -> Result<QueueInfo, StoreError> {
-        let (keys, status_prefix) = queue_keys(&self.keys, client_id);
-        let mut call = CallArgs::with_keys(keys);
-        call.arg(now_ms).arg(status_prefix);
+        let mut call = CallArgs::with_keys([queue_key(&self.keys, client_id)]);
+        call.arg(now_ms);
         let reply = array(self.scripts.info.call(client_id, call).await?)?;
         match reply.as_slice() {
             [pending, bytes, acked, expired] => Ok(QueueInfo {
