@@ -13,6 +13,7 @@ use bytes::Bytes;
 use duplex_shared::links::{ClientContext, LinkError};
 use duplex_shared::protocol::{Ack, Connected, ErrorCode, Frame, GoAway, Kicked, Pong, UploadAck};
 use duplex_shared::store::Route;
+use futures_util::FutureExt;
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
 
@@ -24,6 +25,10 @@ use crate::sequencer::{now_ms, Sequencer};
 use crate::transport::{ReadEvent, Transport};
 use crate::Shared;
 
+/// Frames already received that one pass of the session loop handles before
+/// it looks at its outbox again (keeps a flood of small frames from starving
+/// deliveries).
+const FRAMES_PER_PASS: usize = 256;
 /// Backend calls (uploads, requests) one connection may have in flight.
 const MAX_IN_FLIGHT: usize = 32;
 /// Frames written per batch when the outbound queue has several waiting.
@@ -156,39 +161,59 @@ impl Session {
                     outbox.note_sent(self.sequencer.cursor);
                 }
                 event = self.io.read(&shared.limits) => {
-                    silence.as_mut().reset(Instant::now() + silence_limit);
-                    let frame = match event {
-                        ReadEvent::Frame(f) => f,
-                        ReadEvent::Closed => return End::ClientLeft,
-                        ReadEvent::Failed(e) => {
-                            debug!(error = %e, "read failed");
-                            return End::Failed;
-                        }
-                        ReadEvent::Invalid(e) => {
-                            debug!(error = %e, "invalid frame");
-                            let close_after = e.must_close();
-                            let f = e.code().frame(None, e.to_string(), close_after);
-                            if send_now(&shared, &mut self.io, &f).await.is_err() || close_after {
-                                return End::Protocol;
+                    // Frames already received are handled in one pass (bounded):
+                    // acks are cumulative, so a burst of them costs one store
+                    // call, for the highest, made before any other frame is handled.
+                    let mut next = Some(event);
+                    let mut ack: Option<Ack> = None;
+                    for pass in 1..=FRAMES_PER_PASS {
+                        let Some(event) = next.take() else { break };
+                        silence.as_mut().reset(Instant::now() + silence_limit);
+                        let frame = match event {
+                            ReadEvent::Frame(f) => f,
+                            ReadEvent::Closed => return self.flush_ack(ack, End::ClientLeft).await,
+                            ReadEvent::Failed(e) => {
+                                debug!(error = %e, "read failed");
+                                return self.flush_ack(ack, End::Failed).await;
                             }
-                            continue;
+                            ReadEvent::Invalid(e) => {
+                                debug!(error = %e, "invalid frame");
+                                let close_after = e.must_close();
+                                let f = e.code().frame(None, e.to_string(), close_after);
+                                if send_now(&shared, &mut self.io, &f).await.is_err() || close_after {
+                                    return self.flush_ack(ack, End::Protocol).await;
+                                }
+                                next = self.read_buffered(pass);
+                                continue;
+                            }
+                        };
+                        if !bucket.take(Instant::now()) {
+                            let f = ErrorCode::RateLimited.frame(None, "frame rate limit exceeded", true);
+                            let _ = send_now(&shared, &mut self.io, &f).await;
+                            return self.flush_ack(ack, End::Protocol).await;
                         }
-                    };
-                    if !bucket.take(Instant::now()) {
-                        let f = ErrorCode::RateLimited.frame(None, "frame rate limit exceeded", true);
-                        let _ = send_now(&shared, &mut self.io, &f).await;
-                        return End::Protocol;
+                        shared.count_frame_in(frame.type_name());
+                        if let Frame::Ack(later) = frame {
+                            if ack.as_ref().is_none_or(|held| later.seq >= held.seq) {
+                                ack = Some(later);
+                            }
+                        } else {
+                            if let Some(held) = ack.take() {
+                                if let Err(end) = Box::pin(self.ack(held)).await {
+                                    return end;
+                                }
+                            }
+                            if let Some(reply) = self.handle(frame, outbox) {
+                                if send_now(&shared, &mut self.io, &reply).await.is_err() {
+                                    return End::Failed;
+                                }
+                            }
+                        }
+                        next = self.read_buffered(pass);
                     }
-                    shared.count_frame_in(frame.type_name());
-                    if let Frame::Ack(ack) = frame {
-                        if let Err(end) = Box::pin(self.ack(ack)).await {
+                    if let Some(held) = ack {
+                        if let Err(end) = Box::pin(self.ack(held)).await {
                             return end;
-                        }
-                        continue;
-                    }
-                    if let Some(reply) = self.handle(frame, outbox) {
-                        if send_now(&shared, &mut self.io, &reply).await.is_err() {
-                            return End::Failed;
                         }
                     }
                 }
@@ -245,6 +270,24 @@ impl Session {
             Ok(Ok(())) => Ok(()),
             _ => Err(End::Failed),
         }
+    }
+
+    /// The next frame if it has already arrived (no waiting; the read is
+    /// cancel-safe), unless this pass already handled its share of frames.
+    fn read_buffered(&mut self, handled: usize) -> Option<ReadEvent> {
+        if handled >= FRAMES_PER_PASS {
+            return None;
+        }
+        self.io.read(&self.shared.limits).now_or_never()
+    }
+
+    /// Sends the ack gathered before the connection ended, so that what the
+    /// client acknowledged is not delivered again after it reconnects.
+    async fn flush_ack(&mut self, ack: Option<Ack>, end: End) -> End {
+        if let Some(ack) = ack {
+            let _ = Box::pin(self.ack(ack)).await;
+        }
+        end
     }
 
     /// A cumulative ack; clamped to what was sent, so a client cannot remove unseen messages.
