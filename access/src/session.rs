@@ -198,10 +198,8 @@ impl Session {
                                 ack = Some(later);
                             }
                         } else {
-                            if let Some(held) = ack.take() {
-                                if let Err(end) = Box::pin(self.ack(held)).await {
-                                    return end;
-                                }
+                            if let Err(end) = self.store_held_ack(ack.take()).await {
+                                return end;
                             }
                             if let Some(reply) = self.handle(frame, outbox) {
                                 if send_now(&shared, &mut self.io, &reply).await.is_err() {
@@ -211,10 +209,8 @@ impl Session {
                         }
                         next = self.read_buffered(pass);
                     }
-                    if let Some(held) = ack {
-                        if let Err(end) = Box::pin(self.ack(held)).await {
-                            return end;
-                        }
+                    if let Err(end) = self.store_held_ack(ack).await {
+                        return end;
                     }
                 }
                 _ = &mut silence => return End::Silent,
@@ -284,10 +280,16 @@ impl Session {
     /// Sends the ack gathered before the connection ended, so that what the
     /// client acknowledged is not delivered again after it reconnects.
     async fn flush_ack(&mut self, ack: Option<Ack>, end: End) -> End {
-        if let Some(ack) = ack {
-            let _ = Box::pin(self.ack(ack)).await;
-        }
+        let _ = self.store_held_ack(ack).await;
         end
+    }
+
+    /// Stores the ack gathered from the frames read so far, if any.
+    async fn store_held_ack(&mut self, ack: Option<Ack>) -> Result<(), End> {
+        match ack {
+            Some(ack) => Box::pin(self.ack(ack)).await,
+            None => Ok(()),
+        }
     }
 
     /// A cumulative ack; clamped to what was sent, so a client cannot remove unseen messages.

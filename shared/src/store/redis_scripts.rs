@@ -234,9 +234,9 @@ pub const PENDING: &str = batched!(
 local h = KEYS[k + 1]
 local now, after, max = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
 local meta = redis.call('HMGET', h, 'acked', 'nexp', 'seq', 'n', 'low')
-local low, top = tonumber(meta[5] or '0'), tonumber(meta[3] or '0')
-local gone = tidy(h, now, meta[2], low, top, tonumber(meta[4] or '0'))
-local seqs = pending_in(h, math.max(after, low), top, tonumber(meta[4] or '0') - gone)
+local low, top, n = tonumber(meta[5] or '0'), tonumber(meta[3] or '0'), tonumber(meta[4] or '0')
+local gone = tidy(h, now, meta[2], low, top, n)
+local seqs = pending_in(h, math.max(after, low), top, n - gone)
 local fields = {}
 for i = 1, math.min(#seqs, max) do fields[i] = 'r' .. seqs[i] end
 local records = hmget_all(h, fields)
@@ -313,9 +313,10 @@ return #seqs"
 pub const INFO: &str = batched!(
     r"
 local h = KEYS[k + 1]
-local meta = redis.call('HMGET', h, 'nexp', 'low', 'seq', 'n', 'bytes', 'acked', 'expired')
+local fields = {'nexp', 'low', 'seq', 'n', 'bytes', 'acked', 'expired'}
+local meta = redis.call('HMGET', h, unpack(fields))
 local gone = tidy(h, tonumber(ARGV[a + 1]), meta[1], tonumber(meta[2] or '0'), tonumber(meta[3] or '0'), tonumber(meta[4] or '0'))
-if gone > 0 then meta = redis.call('HMGET', h, 'nexp', 'low', 'seq', 'n', 'bytes', 'acked', 'expired') end
+if gone > 0 then meta = redis.call('HMGET', h, unpack(fields)) end
 return {tonumber(meta[4] or '0'), tonumber(meta[5] or '0'), tonumber(meta[6] or '0'), tonumber(meta[7] or '0')}"
 );
 

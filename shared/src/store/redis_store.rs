@@ -39,11 +39,6 @@ fn status_bucket(keys: &Keys, client_id: &str, seq: u64) -> String {
 /// Sent marks per pipeline: bounds one request's size.
 const SENT_MARKS_PER_PIPELINE: usize = 512;
 
-/// The hash holding the client's counters (`seq`: the highest seq given out).
-fn counters_key(keys: &Keys, client_id: &str) -> String {
-    format!("{}h", keys.client(client_id))
-}
-
 fn int(v: &Value) -> Result<u64, StoreError> {
     match v {
         Value::Int(i) => Ok((*i).max(0) as u64),
@@ -254,7 +249,7 @@ impl Store for RedisStore {
                     cmd.arg(RENEW_IF_OWNED)
                         .arg(2)
                         .arg(self.keys.route(client_id))
-                        .arg(counters_key(&self.keys, client_id))
+                        .arg(queue_key(&self.keys, client_id))
                         .arg(route.encode())
                         .arg(millis(ttl));
                     cmd
