@@ -5,6 +5,7 @@
 
 use async_trait::async_trait;
 
+use super::redis_scripts::{unpack_counters, PENDING_BYTES, PENDING_COUNT};
 use super::{now_ms, MemoryStore, RedisStore, StoreError};
 
 /// One client's backlog.
@@ -86,14 +87,17 @@ impl QueueOverview for RedisStore {
         for chunk in counters.chunks(256) {
             let mut cmds = Vec::with_capacity(chunk.len());
             for meta in chunk {
-                let mut counts = redis::cmd("HMGET");
-                counts.arg(meta).arg("n").arg("bytes");
+                let mut counts = redis::cmd("HGET");
+                counts.arg(meta).arg("m");
                 cmds.push(counts);
             }
             let values = conn.run_all(cmds).await.map_err(unavailable)?;
             let answers = values.iter().map(|v| {
-                let (pending, bytes): (Option<u64>, Option<u64>) = redis::from_redis_value(v).unwrap_or((None, None));
-                (pending.unwrap_or(0), bytes)
+                let packed: Option<Vec<u8>> = redis::from_redis_value(v).unwrap_or(None);
+                match packed.as_deref().and_then(unpack_counters) {
+                    Some(c) => (c[PENDING_COUNT] as u64, c[PENDING_BYTES] as u64),
+                    None => (0, 0),
+                }
             });
             for (meta, (pending, bytes)) in chunk.iter().zip(answers) {
                 let client_id = meta
@@ -104,7 +108,7 @@ impl QueueOverview for RedisStore {
                 all.push(Backlog {
                     client_id,
                     pending,
-                    pending_bytes: bytes.unwrap_or(0),
+                    pending_bytes: bytes,
                 });
             }
         }

@@ -2,30 +2,31 @@
 //! share the client's hash slot (`dx:{c:<client>}:...`), so the queue works
 //! on Redis Cluster. Layout per client, under prefix `P`:
 //!
-//! - `P h`: hash of the client's counters and its pending messages: `seq`
-//!   (last seq given out), `n` and `bytes` (pending), `acked` (watermark),
-//!   `expired` (count), `nexp` (earliest expiry of a pending message, or
-//!   earlier), `until` (the life granted to `h`), `sb`/`su` (the newest status
-//!   bucket and the life granted to it); per pending message `r<seq>` -> its
-//!   record (MessagePack) and `e<seq>` -> `<expires_ms>:<size>` (so acks and
-//!   expiry read a few bytes, not the record)
+//! - `P h`: hash of the client's counters and its pending messages. Field `m`
+//!   holds the counters, packed as doubles (see [`COUNTERS`]); per pending
+//!   message `r<seq>` -> its record (MessagePack) and `e<seq>` -> its expiry
+//!   and size, packed as two doubles (so acks and expiry read 16 bytes, not
+//!   the record)
 //! - `P s:<seq / 32>`: status bucket: field `<seq>` = `<nonce> <created>
 //!   <expires>`, and `<seq>s`, `<seq>a`, `<seq>x` the time the message was
 //!   sent, acked, expired. 32 messages per bucket keep it a small listpack.
 //!   Sent marks are plain `HSETNX` writes (`RedisStore::mark_sent_many`).
 //! - `P i:<key>`: idempotency key -> `seq~nonce`
 //!
-//! The pending seqs are those above `acked` with an `e<seq>` field: seqs are
-//! given out one by one, acks remove a prefix and expiry leaves holes, so a
-//! range is read by field name (or, when holes make it much wider than the
-//! queue, from the hash's field names).
+//! The pending seqs are those above the low-water mark with an `e<seq>`
+//! field: seqs are given out one by one, acks remove a prefix and expiry
+//! leaves holes, so a range is read by field name (or, when holes make it
+//! much wider than the queue, from the hash's field names).
 //!
 //! A message costs two fields in `h` and one status field, no key of its
 //! own: the layout is shaped by the Redis commands per message and the Lua
 //! work around them, the queue's main cost under load (docs/BENCHMARKS.md).
-//! Numbers handed to `redis.call` or joined into strings are formatted by
-//! `snprintf` in Redis 7.0 (~0.5 us each here), so values that only pass
-//! through stay strings.
+//! Numbers are where that Lua work goes: on Redis 7.0 every `tonumber` of a
+//! string is a `strtod` and every number handed to `redis.call` or joined
+//! into a string an `snprintf` (each ~0.3-0.5 us here). So the counters and
+//! the numeric arguments travel packed (`struct`, no text conversion at
+//! all), and values that only pass through (the status text, the time of a
+//! note) stay strings.
 //!
 //! Every key expires `STATUS_RETENTION_MS` (plus up to an hour) after the last
 //! message in it would expire, so an abandoned client leaves nothing behind.
@@ -33,14 +34,66 @@
 //! Each script runs its operation once per call it carries (see `batched!`
 //! and `redis_batch`): one EVALSHA does the work of many concurrent callers.
 
-/// Shared prelude: `tidy` expires due messages; helpers for status buckets,
-/// pending ranges and long argument lists.
+/// The counters in field `m` of a client's hash, in their packed order (each
+/// a little-endian double): the last seq given out, the pending count and
+/// bytes, the ack watermark, the low-water mark (nothing at or below it is
+/// pending), the expired count, the earliest expiry of a pending message (or
+/// earlier), the life granted to the hash, the newest status bucket's number
+/// and the life granted to it.
+pub const COUNTERS: [&str; 10] = [
+    "seq",
+    "pending",
+    "bytes",
+    "acked",
+    "low",
+    "expired",
+    "next_expiry",
+    "until",
+    "bucket",
+    "bucket_until",
+];
+
+/// Where [`unpack_counters`] puts the pending count and bytes.
+pub const PENDING_COUNT: usize = 1;
+pub const PENDING_BYTES: usize = 2;
+
+/// The counters of a client's hash (field `m`), unpacked. `None` if the
+/// value is not a packed set.
+pub fn unpack_counters(m: &[u8]) -> Option<[f64; COUNTERS.len()]> {
+    let mut out = [0.0; COUNTERS.len()];
+    if m.len() != out.len() * 8 {
+        return None;
+    }
+    for (value, bytes) in out.iter_mut().zip(m.chunks_exact(8)) {
+        *value = f64::from_le_bytes(bytes.try_into().ok()?);
+    }
+    Some(out)
+}
+
+/// Packs numbers as the scripts' `struct.unpack('<d...')` reads them (every
+/// value the queue passes is an integer below 2^53, exact in a double).
+pub fn pack_numbers(values: &[u64]) -> Vec<u8> {
+    values.iter().flat_map(|&v| (v as f64).to_le_bytes()).collect()
+}
+
+/// Shared prelude: the counters, `tidy` (expires due messages), helpers for
+/// status buckets, pending ranges and long argument lists.
 macro_rules! prelude {
     () => {
         r"
-local NO_EXPIRY = '9007199254740991'
+local NO_EXPIRY = 9007199254740991
 local EXTRA_LIFE = 3600000
 local RETENTION = 86400000
+local COUNTERS = '<dddddddddd'
+-- seq, n, bytes, acked, low, expired, nexp, until, bucket, bucket_until
+-- (COUNTERS in redis_scripts.rs); a client without them starts from zero.
+local function counters(m)
+  if not m then return 0, 0, 0, 0, 0, 0, NO_EXPIRY, 0, -1, 0 end
+  return struct.unpack(COUNTERS, m)
+end
+local function save_counters(h, ...)
+  redis.call('HSET', h, 'm', struct.pack(COUNTERS, ...))
+end
 -- `P h` -> `P s:`, the prefix of the client's status buckets.
 local function status_prefix(h)
   return string.sub(h, 1, -2) .. 's:'
@@ -77,8 +130,8 @@ local function write_notes(notes)
   for k, b in pairs(notes) do each_chunk('HSET', k, b) end
 end
 -- The pending messages of h in (lo, hi], ascending: their seqs and their
--- `e<seq>` values. n (the pending count) bounds the holes worth probing one
--- by one; a wider range is found from the hash's field names instead.
+-- packed `e<seq>` values. n (the pending count) bounds the holes worth
+-- probing one by one; a wider range is found from the hash's field names.
 local function pending_in(h, lo, hi, n)
   local seqs, fields = {}, {}
   if hi <= lo then return seqs, {} end
@@ -102,36 +155,31 @@ local function pending_in(h, lo, hi, n)
   return seqs, hmget_all(h, fields)
 end
 -- Expires due messages of h (pending in (low, top], n of them); returns how
--- many went, their bytes, and the new earliest expiry. `nexp` is never later
--- than the earliest expiry of a pending message (acks can leave it earlier),
--- so while it is in the future nothing is due and this costs nothing; else
--- the (capped) queue's expiries are read.
+-- many went, their bytes, and the new earliest expiry, for the caller to
+-- count. `nexp` is never later than the earliest expiry of a pending message
+-- (acks can leave it earlier), so while it is in the future nothing is due
+-- and this costs nothing; else the (capped) queue's expiries are read.
 local function tidy(h, now, nexp, low, top, n)
-  if nexp and tonumber(nexp) > now then return 0, 0, nexp end
+  if nexp > now then return 0, 0, nexp end
   local seqs, vals = pending_in(h, low, top, n)
-  -- Nothing stored: write nothing either (a key without a life would stay forever).
   if #seqs == 0 then return 0, 0, NO_EXPIRY end
   local gone, freed, earliest, notes = {}, 0, NO_EXPIRY, {}
   local sp = status_prefix(h)
   for i, s in ipairs(seqs) do
-    local e, z = string.match(vals[i], '^(%d+):(%d+)$')
-    if tonumber(e) <= now then
+    local e, z = struct.unpack('<dd', vals[i])
+    if e <= now then
       gone[#gone + 1] = 'r' .. s
       gone[#gone + 1] = 'e' .. s
-      freed = freed + tonumber(z)
+      freed = freed + z
       note(notes, sp, s, 'x', now)
-    elseif tonumber(e) < tonumber(earliest) then
+    elseif e < earliest then
       earliest = e
     end
   end
   if #gone > 0 then
     each_chunk('HDEL', h, gone)
     write_notes(notes)
-    redis.call('HINCRBY', h, 'bytes', -freed)
-    redis.call('HINCRBY', h, 'expired', #gone / 2)
-    redis.call('HINCRBY', h, 'n', -#gone / 2)
   end
-  redis.call('HSET', h, 'nexp', earliest)
   return #gone / 2, freed, earliest
 end
 "
@@ -177,53 +225,47 @@ return out"
     };
 }
 
-/// KEYS: h idem route. ARGV: record nonce created expires now max_msgs
-/// max_bytes size idem_ttl_ms.
+/// KEYS: h idem route. ARGV: record, status (`<nonce> <created> <expires>`),
+/// expiry and size (packed), and now, max_msgs, max_bytes, idem_ttl_ms (packed).
 /// Returns {1, seq, route} stored (route read in the same step), {2, "seq~nonce"}
 /// duplicate, {3, count, bytes} full.
 pub const ENQUEUE: &str = batched!(
     r"
 local h = KEYS[k + 1]
-local rec, nonce, created, expires, now, max_msgs, max_bytes, size, idem_ttl = unpack(ARGV, a + 1, a + 9)
-local meta = redis.call('HMGET', h, 'bytes', 'until', 'n', 'nexp', 'seq', 'sb', 'su', 'low')
-local top, n = tonumber(meta[5] or '0'), tonumber(meta[3] or '0')
-local gone, freed, nexp = tidy(h, tonumber(now), meta[4], tonumber(meta[8] or '0'), top, n)
-if idem_ttl ~= '0' then
+local rec, status, ev = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+local now, max_msgs, max_bytes, idem_ttl = struct.unpack('<dddd', ARGV[a + 4])
+local expires, size = struct.unpack('<dd', ev)
+local seq, n, bytes, acked, low, expired, nexp, granted, bn, bu = counters(redis.call('HGET', h, 'm'))
+local gone, freed
+gone, freed, nexp = tidy(h, now, nexp, low, seq, n)
+n, bytes, expired = n - gone, bytes - freed, expired + gone
+if idem_ttl > 0 then
   local v = redis.call('GET', KEYS[k + 2])
-  if v then return {2, v} end
+  if v then
+    if gone > 0 then save_counters(h, seq, n, bytes, acked, low, expired, nexp, granted, bn, bu) end
+    return {2, v}
+  end
 end
-n = n - gone
-local bytes = tonumber(meta[1] or '0') - freed
-if n + 1 > tonumber(max_msgs) or bytes + size > tonumber(max_bytes) then return {3, n, bytes} end
-local seq = top + 1
-local s = tostring(seq)
-local fields = {'r' .. s, rec, 'e' .. s, expires .. ':' .. size, 'seq', s, 'bytes', bytes + size, 'n', n + 1}
-if tonumber(expires) < tonumber(nexp) then
-  fields[#fields + 1] = 'nexp'
-  fields[#fields + 1] = expires
+if n + 1 > max_msgs or bytes + size > max_bytes then
+  if gone > 0 then save_counters(h, seq, n, bytes, acked, low, expired, nexp, granted, bn, bu) end
+  return {3, n, bytes}
 end
-local until_ms = tonumber(expires) + RETENTION
+seq, n, bytes = seq + 1, n + 1, bytes + size
+if expires < nexp then nexp = expires end
+local until_ms = expires + RETENTION
 -- Lives are granted an hour beyond what is needed, so most calls extend none.
-local granted = tonumber(meta[2] or '0')
 local longer = until_ms > granted
-if longer then
-  granted = until_ms + EXTRA_LIFE
-  fields[#fields + 1] = 'until'
-  fields[#fields + 1] = granted
-end
-local b = status_prefix(h) .. math.floor(seq / 32)
-local renew_bucket = b ~= meta[6] or until_ms > tonumber(meta[7] or '0')
-if renew_bucket then
-  fields[#fields + 1] = 'sb'
-  fields[#fields + 1] = b
-  fields[#fields + 1] = 'su'
-  fields[#fields + 1] = until_ms + EXTRA_LIFE
-end
-redis.call('HSET', h, unpack(fields))
-redis.call('HSET', b, s, nonce .. ' ' .. created .. ' ' .. expires)
-if renew_bucket then redis.call('PEXPIREAT', b, until_ms + EXTRA_LIFE) end
+if longer then granted = until_ms + EXTRA_LIFE end
+local s = tostring(seq)
+local b = math.floor(seq / 32)
+local renew_bucket = b ~= bn or until_ms > bu
+if renew_bucket then bn, bu = b, until_ms + EXTRA_LIFE end
+redis.call('HSET', h, 'r' .. s, rec, 'e' .. s, ev, 'm', struct.pack(COUNTERS, seq, n, bytes, acked, low, expired, nexp, granted, bn, bu))
+local bk = status_prefix(h) .. b
+redis.call('HSET', bk, s, status)
+if renew_bucket then redis.call('PEXPIREAT', bk, bu) end
 if longer then redis.call('PEXPIREAT', h, granted) end
-if idem_ttl ~= '0' then redis.call('SET', KEYS[k + 2], s .. '~' .. nonce, 'PX', idem_ttl) end
+if idem_ttl > 0 then redis.call('SET', KEYS[k + 2], s .. '~' .. string.match(status, '^%d+'), 'PX', idem_ttl) end
 return {1, seq, redis.call('GET', KEYS[k + 3])}"
 );
 
@@ -233,14 +275,16 @@ pub const PENDING: &str = batched!(
     r"
 local h = KEYS[k + 1]
 local now, after, max = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-local meta = redis.call('HMGET', h, 'acked', 'nexp', 'seq', 'n', 'low')
-local low, top, n = tonumber(meta[5] or '0'), tonumber(meta[3] or '0'), tonumber(meta[4] or '0')
-local gone = tidy(h, now, meta[2], low, top, n)
-local seqs = pending_in(h, math.max(after, low), top, n - gone)
+local seq, n, bytes, acked, low, expired, nexp, granted, bn, bu = counters(redis.call('HGET', h, 'm'))
+local gone, freed, earliest = tidy(h, now, nexp, low, seq, n)
+n = n - gone
+-- tidy ran (nexp had passed): keep what it found.
+if earliest ~= nexp then save_counters(h, seq, n, bytes - freed, acked, low, expired + gone, earliest, granted, bn, bu) end
+local seqs = pending_in(h, math.max(after, low), seq, n)
 local fields = {}
 for i = 1, math.min(#seqs, max) do fields[i] = 'r' .. seqs[i] end
 local records = hmget_all(h, fields)
-local out = {tonumber(meta[1] or '0')}
+local out = {acked}
 for i = 1, #fields do
   out[#out + 1] = seqs[i]
   out[#out + 1] = records[i]
@@ -256,53 +300,50 @@ pub const ACK: &str = batched!(
 local h = KEYS[k + 1]
 local s, now, resume = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
 local ack = tonumber(s)
+local got = redis.call('HMGET', h, 'm', 'e' .. s)
+local seq, n, bytes, acked, low, expired, nexp, granted, bn, bu = counters(got[1])
+local changed, from = false, low
+if ack > acked then
+  acked = ack
+  changed = true
+end
+if resume == '1' and seq < ack then
+  seq = ack
+  changed = true
+end
 -- `low`: nothing at or below it is pending. Usually the ack watermark, but
 -- an ack beyond the last seq given out (without resume) leaves the seqs
 -- given out later pending, as the memory store does.
-local meta = redis.call('HMGET', h, 'acked', 'n', 'bytes', 'seq', 'until', 'low', 'e' .. s)
-local low, top = tonumber(meta[6] or '0'), tonumber(meta[4] or '0')
--- h changes in one HSET at the end (each call inside a script costs).
-local fields = {}
-if ack > tonumber(meta[1] or '0') then
-  fields[#fields + 1] = 'acked'
-  fields[#fields + 1] = s
-end
-if resume == '1' and top < ack then
-  top = ack
-  fields[#fields + 1] = 'seq'
-  fields[#fields + 1] = s
-end
 if ack > low then
-  fields[#fields + 1] = 'low'
-  fields[#fields + 1] = ack <= top and s or top
+  low = math.min(ack, seq)
+  changed = true
 end
 local seqs, vals
-if ack == low + 1 then
+if ack == from + 1 then
   -- The usual ack, of the message after the last one: read above.
   seqs, vals = {}, {}
-  if meta[7] then seqs[1], vals[1] = s, meta[7] end
+  if got[2] then seqs[1], vals[1] = s, got[2] end
 else
-  seqs, vals = pending_in(h, low, ack, tonumber(meta[2] or '0'))
+  seqs, vals = pending_in(h, from, ack, n)
 end
 if #seqs > 0 then
   local freed, gone, notes, sp = 0, {}, {}, status_prefix(h)
   for i, q in ipairs(seqs) do
-    freed = freed + tonumber(string.match(vals[i], ':(%d+)$'))
+    local _, z = struct.unpack('<dd', vals[i])
+    freed = freed + z
     gone[#gone + 1] = 'r' .. q
     gone[#gone + 1] = 'e' .. q
     note(notes, sp, q, 'a', now)
   end
   each_chunk('HDEL', h, gone)
   write_notes(notes)
-  fields[#fields + 1] = 'bytes'
-  fields[#fields + 1] = tonumber(meta[3] or '0') - freed
-  fields[#fields + 1] = 'n'
-  fields[#fields + 1] = tonumber(meta[2] or '0') - #seqs
+  n, bytes = n - #seqs, bytes - freed
+  changed = true
 end
-if #fields > 0 then
-  redis.call('HSET', h, unpack(fields))
+if changed then
+  save_counters(h, seq, n, bytes, acked, low, expired, nexp, granted, bn, bu)
   -- Counters written for a client that never had a message must not live forever.
-  if not meta[5] and redis.call('PTTL', h) == -1 then
+  if granted == 0 and redis.call('PTTL', h) == -1 then
     redis.call('PEXPIREAT', h, tonumber(now) + RETENTION)
   end
 end
@@ -313,11 +354,11 @@ return #seqs"
 pub const INFO: &str = batched!(
     r"
 local h = KEYS[k + 1]
-local fields = {'nexp', 'low', 'seq', 'n', 'bytes', 'acked', 'expired'}
-local meta = redis.call('HMGET', h, unpack(fields))
-local gone = tidy(h, tonumber(ARGV[a + 1]), meta[1], tonumber(meta[2] or '0'), tonumber(meta[3] or '0'), tonumber(meta[4] or '0'))
-if gone > 0 then meta = redis.call('HMGET', h, unpack(fields)) end
-return {tonumber(meta[4] or '0'), tonumber(meta[5] or '0'), tonumber(meta[6] or '0'), tonumber(meta[7] or '0')}"
+local seq, n, bytes, acked, low, expired, nexp, granted, bn, bu = counters(redis.call('HGET', h, 'm'))
+local gone, freed, earliest = tidy(h, tonumber(ARGV[a + 1]), nexp, low, seq, n)
+n, bytes, expired = n - gone, bytes - freed, expired + gone
+if earliest ~= nexp then save_counters(h, seq, n, bytes, acked, low, expired, earliest, granted, bn, bu) end
+return {n, bytes, acked, expired}"
 );
 
 #[cfg(test)]
@@ -331,5 +372,19 @@ mod tests {
         for script in [ENQUEUE, PENDING, ACK, INFO] {
             assert!(script.contains(&format!("local RETENTION = {STATUS_RETENTION_MS}\n")));
         }
+    }
+
+    #[test]
+    fn the_scripts_pack_the_counters_rust_unpacks() {
+        let format = format!("local COUNTERS = '<{}'\n", "d".repeat(COUNTERS.len()));
+        for script in [ENQUEUE, PENDING, ACK, INFO] {
+            assert!(script.contains(&format));
+        }
+        let packed = pack_numbers(&[7, 3, 300, 4, 4, 0, 9_007_199_254_740_991, 1, 2, (1 << 53) - 1]);
+        let counters = unpack_counters(&packed).expect("ten doubles");
+        assert_eq!(counters[0], 7.0);
+        assert_eq!(counters[9], 9_007_199_254_740_991.0);
+        assert!(unpack_counters(&packed[..72]).is_none());
+        assert_eq!((COUNTERS[PENDING_COUNT], COUNTERS[PENDING_BYTES]), ("pending", "bytes"));
     }
 }

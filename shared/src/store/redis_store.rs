@@ -13,7 +13,7 @@ use redis::{Script, Value};
 
 use super::redis_batch::{BatchedScript, CallArgs};
 use super::redis_conn::{PubSubSource, RedisConn};
-use super::redis_scripts;
+use super::redis_scripts::{self, pack_numbers};
 use super::{
     message_id, Claim, Enqueued, Keys, LeaseCheck, MessageRecord, MessageState, MessageStatus, NewMessage, Pending,
     QueueInfo, QueueLimits, Renewal, Route, Store, StoreError, StoredMessage, STATUS_RETENTION_MS, USER_CLIENTS_TTL,
@@ -67,7 +67,8 @@ return 0";
 /// connection, the client's last seq from its counters KEYS[2] (same slot)}.
 const RENEW_IF_OWNED: &str = r"
 local v = redis.call('GET', KEYS[1])
-local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
+local m = redis.call('HGET', KEYS[2], 'm')
+local seq = m and struct.unpack('<d', m) or 0
 if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return {1, seq} end
 if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return {2, seq} end
 return {0, seq}";
@@ -96,7 +97,7 @@ impl QueueScripts {
     /// Key and argument counts as in `redis_scripts`.
     fn start(conn: &RedisConn) -> Self {
         QueueScripts {
-            enqueue: BatchedScript::start(conn.clone(), &ENQUEUE, 3, 9),
+            enqueue: BatchedScript::start(conn.clone(), &ENQUEUE, 3, 4),
             pending: BatchedScript::start(conn.clone(), &PENDING, 1, 3),
             ack: BatchedScript::start(conn.clone(), &ACK, 1, 3),
             info: BatchedScript::start(conn.clone(), &INFO, 1, 1),
@@ -304,14 +305,9 @@ impl Store for RedisStore {
         call.key(idem_key)
             .key(self.keys.route(client_id))
             .arg(r.encode())
-            .arg(r.nonce)
-            .arg(r.created_ms)
-            .arg(r.expires_ms)
-            .arg(now_ms)
-            .arg(limits.max_messages)
-            .arg(limits.max_bytes)
-            .arg(r.size())
-            .arg(idem_ttl);
+            .arg(format!("{} {} {}", r.nonce, r.created_ms, r.expires_ms))
+            .arg(pack_numbers(&[r.expires_ms, r.size()]))
+            .arg(pack_numbers(&[now_ms, limits.max_messages, limits.max_bytes, idem_ttl]));
         let reply = array(self.scripts.enqueue.call(client_id, call).await?)?;
         match reply.as_slice() {
             [code, seq, route] if int(code)? == 1 => {
