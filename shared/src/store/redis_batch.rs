@@ -172,13 +172,15 @@ async fn run(
         }
     }
     match invocation.invoke_async::<Vec<Value>>(&mut conn).await {
-        Ok(answers) if answers.len() == batch.len() => {
-            for (caller, answer) in batch.into_iter().zip(answers) {
-                let _ = caller.reply.send(own_result(answer));
+        Ok(answers) if answers.len() == 2 * batch.len() => {
+            let mut answers = answers.into_iter();
+            for caller in batch {
+                let (status, result) = (answers.next(), answers.next());
+                let _ = caller.reply.send(own_result(status, result));
             }
         }
         Ok(answers) => {
-            let e = format!("{} answers to a batch of {}", answers.len(), batch.len());
+            let e = format!("{} answers to a batch of {}", answers.len() / 2, batch.len());
             for caller in batch {
                 let _ = caller.reply.send(Err(StoreError::Corrupt(e.clone())));
             }
@@ -192,16 +194,14 @@ async fn run(
     }
 }
 
-/// `{1, result}` or `{0, message}`, as the batch wrapper answers each caller.
-fn own_result(answer: Value) -> Result<Value, StoreError> {
-    let Value::Array(mut pair) = answer else {
-        return Err(StoreError::Corrupt(format!("batch answer {answer:?}")));
-    };
-    match (pair.pop(), pair.pop()) {
-        (Some(result), Some(Value::Int(1))) if pair.is_empty() => Ok(result),
-        (Some(Value::BulkString(message)), Some(Value::Int(0))) if pair.is_empty() => Err(StoreError::Unavailable(
-            format!("script failed: {}", String::from_utf8_lossy(&message)),
-        )),
+/// `1, result` or `0, message`, as the batch wrapper answers each caller.
+fn own_result(status: Option<Value>, result: Option<Value>) -> Result<Value, StoreError> {
+    match (status, result) {
+        (Some(Value::Int(1)), Some(result)) => Ok(result),
+        (Some(Value::Int(0)), Some(Value::BulkString(message))) => Err(StoreError::Unavailable(format!(
+            "script failed: {}",
+            String::from_utf8_lossy(&message)
+        ))),
         other => Err(StoreError::Corrupt(format!("batch answer {other:?}"))),
     }
 }

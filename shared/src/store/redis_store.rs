@@ -308,35 +308,8 @@ impl Store for RedisStore {
             .arg(format!("{} {} {}", r.nonce, r.created_ms, r.expires_ms))
             .arg(pack_numbers(&[r.expires_ms, r.size()]))
             .arg(pack_numbers(&[now_ms, limits.max_messages, limits.max_bytes, idem_ttl]));
-        let reply = array(self.scripts.enqueue.call(client_id, call).await?)?;
-        match reply.as_slice() {
-            [code, seq, route] if int(code)? == 1 => {
-                let seq = int(seq)?;
-                let route = match route {
-                    Value::BulkString(v) => Some(Route::decode(&String::from_utf8_lossy(v))?),
-                    _ => None,
-                };
-                Ok(Enqueued::Stored {
-                    seq,
-                    msg_id: message_id(client_id, seq, r.nonce),
-                    route,
-                })
-            }
-            [code, Value::BulkString(v)] if int(code)? == 2 => {
-                let v = String::from_utf8_lossy(v);
-                let (seq, nonce) = v
-                    .split_once('~')
-                    .and_then(|(s, n)| Some((s.parse().ok()?, n.parse().ok()?)))
-                    .ok_or_else(|| StoreError::Corrupt(format!("idempotency value {v:?}")))?;
-                Ok(Enqueued::Duplicate {
-                    seq,
-                    msg_id: message_id(client_id, seq, nonce),
-                })
-            }
-            [code, n, bytes] if int(code)? == 3 => Ok(Enqueued::Full {
-                messages: int(n)?,
-                bytes: int(bytes)?,
-            }),
+        match self.scripts.enqueue.call(client_id, call).await? {
+            Value::BulkString(reply) => enqueued(client_id, r.nonce, &String::from_utf8_lossy(&reply)),
             other => Err(StoreError::Corrupt(format!("enqueue reply {other:?}"))),
         }
     }
@@ -469,6 +442,39 @@ impl Store for RedisStore {
             }),
             other => Err(StoreError::Corrupt(format!("info reply {other:?}"))),
         }
+    }
+}
+
+/// The ENQUEUE script's answer: `1 <seq> [<route>]`, `2 <seq>~<nonce>` or
+/// `3 <count> <bytes>`.
+fn enqueued(client_id: &str, nonce: u32, reply: &str) -> Result<Enqueued, StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("enqueue reply {reply:?}"));
+    let mut parts = reply.splitn(3, ' ');
+    let (code, first, rest) = (parts.next(), parts.next().ok_or_else(corrupt)?, parts.next());
+    match code {
+        Some("1") => {
+            let seq = first.parse().map_err(|_| corrupt())?;
+            Ok(Enqueued::Stored {
+                seq,
+                msg_id: message_id(client_id, seq, nonce),
+                route: rest.map(Route::decode).transpose()?,
+            })
+        }
+        Some("2") => {
+            let (seq, nonce) = first
+                .split_once('~')
+                .and_then(|(s, n)| Some((s.parse().ok()?, n.parse().ok()?)))
+                .ok_or_else(corrupt)?;
+            Ok(Enqueued::Duplicate {
+                seq,
+                msg_id: message_id(client_id, seq, nonce),
+            })
+        }
+        Some("3") => Ok(Enqueued::Full {
+            messages: first.parse().map_err(|_| corrupt())?,
+            bytes: rest.and_then(|b| b.parse().ok()).ok_or_else(corrupt)?,
+        }),
+        _ => Err(corrupt()),
     }
 }
 
