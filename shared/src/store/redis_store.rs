@@ -13,7 +13,7 @@ use redis::{Script, Value};
 
 use super::redis_batch::{BatchedScript, CallArgs};
 use super::redis_conn::{PubSubSource, RedisConn};
-use super::redis_scripts::{self, pack_numbers};
+use super::redis_scripts::{self, pack_numbers, STATUSES_PER_BUCKET};
 use super::{
     message_id, Claim, Enqueued, Keys, LeaseCheck, MessageRecord, MessageState, MessageStatus, NewMessage, Pending,
     QueueInfo, QueueLimits, Renewal, Route, Store, StoreError, StoredMessage, STATUS_RETENTION_MS, USER_CLIENTS_TTL,
@@ -31,9 +31,9 @@ fn queue_key(keys: &Keys, client_id: &str) -> String {
     [keys.client(client_id).as_str(), "h"].concat()
 }
 
-/// The status bucket of message `seq` (32 messages each, see `redis_scripts`).
+/// The status bucket of message `seq` (see `redis_scripts`).
 fn status_bucket(keys: &Keys, client_id: &str, seq: u64) -> String {
-    format!("{}s:{}", keys.client(client_id), seq / 32)
+    format!("{}s:{}", keys.client(client_id), seq / STATUSES_PER_BUCKET)
 }
 
 /// Sent marks per pipeline: bounds one request's size.
