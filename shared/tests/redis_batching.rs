@@ -62,6 +62,36 @@ async fn concurrent_enqueues_share_script_calls() {
 }
 
 #[tokio::test]
+async fn acks_arriving_one_after_another_wait_briefly_to_share_a_call() {
+    let redis = TestRedis::start().expect("redis-server");
+    let store = store_on(&redis).await;
+    for i in 0..5 {
+        store
+            .enqueue(&format!("a{i}"), &msg(), LIMITS, NOW)
+            .await
+            .expect("enqueue");
+    }
+    let before = script_calls(&redis).await;
+    let mut acks = Vec::new();
+    for i in 0..5 {
+        let store = store.clone();
+        acks.push(tokio::spawn(
+            async move { store.ack(&format!("a{i}"), 1, false, NOW).await },
+        ));
+        // Enough for the batching task to take this ack and, were it not
+        // for the linger, send it alone before the next one arrives.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for ack in acks {
+        assert_eq!(ack.await.expect("task").expect("ack"), 1);
+    }
+    let calls = script_calls(&redis).await - before;
+    assert!(calls <= 2, "5 acks a few microseconds apart took {calls} script calls");
+}
+
+#[tokio::test]
 async fn a_failing_caller_does_not_fail_the_callers_batched_with_it() {
     let redis = TestRedis::start().expect("redis-server");
     let store = store_on(&redis).await;

@@ -81,6 +81,9 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local prev = redis.call('SET', KEYS[1], ARGV[1] .. '|' .. e, 'PX', ARGV[2], 'GET')
 return {e, prev}";
 
+/// How long an ack may wait for others to share its script call.
+const ACK_LINGER: Duration = Duration::from_millis(1);
+
 /// Renewals sent per pipeline, so one refresh round never builds a huge request.
 const REFRESH_BATCH: usize = 512;
 
@@ -97,10 +100,11 @@ impl QueueScripts {
     /// Key and argument counts as in `redis_scripts`.
     fn start(conn: &RedisConn) -> Self {
         QueueScripts {
-            enqueue: BatchedScript::start(conn.clone(), &ENQUEUE, 3, 4),
-            pending: BatchedScript::start(conn.clone(), &PENDING, 1, 3),
-            ack: BatchedScript::start(conn.clone(), &ACK, 1, 3),
-            info: BatchedScript::start(conn.clone(), &INFO, 1, 1),
+            enqueue: BatchedScript::start(conn.clone(), &ENQUEUE, 3, 4, Duration::ZERO),
+            pending: BatchedScript::start(conn.clone(), &PENDING, 1, 3, Duration::ZERO),
+            // An ack is off every latency path: its caller has what it needs.
+            ack: BatchedScript::start(conn.clone(), &ACK, 1, 3, ACK_LINGER),
+            info: BatchedScript::start(conn.clone(), &INFO, 1, 1, Duration::ZERO),
         }
     }
 }
