@@ -91,6 +91,8 @@ local EXTRA_LIFE = 3600000
 local RETENTION = 86400000
 local COUNTERS = '<dddddddddd'
 local PER_BUCKET = 16
+-- An `e<seq>` value: the message's expiry and size.
+local EXPIRY_SIZE = '<dd'
 -- seq, n, bytes, acked, low, expired, nexp, until, bucket, bucket_until
 -- (COUNTERS in redis_scripts.rs); a client without them starts from zero.
 local function counters(m)
@@ -172,7 +174,7 @@ local function tidy(h, now, nexp, low, top, n)
   local gone, freed, earliest, notes = {}, 0, NO_EXPIRY, {}
   local sp = status_prefix(h)
   for i, s in ipairs(seqs) do
-    local e, z = struct.unpack('<dd', vals[i])
+    local e, z = struct.unpack(EXPIRY_SIZE, vals[i])
     if e <= now then
       gone[#gone + 1] = 'r' .. s
       gone[#gone + 1] = 'e' .. s
@@ -244,7 +246,7 @@ pub const ENQUEUE: &str = batched!(
 local h = KEYS[k + 1]
 local rec, status, ev = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
 local now, max_msgs, max_bytes, idem_ttl = struct.unpack('<dddd', ARGV[a + 4])
-local expires, size = struct.unpack('<dd', ev)
+local expires, size = struct.unpack(EXPIRY_SIZE, ev)
 local seq, n, bytes, acked, low, expired, nexp, granted, bn, bu = counters(redis.call('HGET', h, 'm'))
 local gone, freed
 gone, freed, nexp = tidy(h, now, nexp, low, seq, n)
@@ -341,7 +343,7 @@ end
 if #seqs > 0 then
   local freed, gone, notes, sp = 0, {}, {}, status_prefix(h)
   for i, q in ipairs(seqs) do
-    local _, z = struct.unpack('<dd', vals[i])
+    local _, z = struct.unpack(EXPIRY_SIZE, vals[i])
     freed = freed + z
     gone[#gone + 1] = 'r' .. q
     gone[#gone + 1] = 'e' .. q

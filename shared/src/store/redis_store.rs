@@ -309,7 +309,7 @@ impl Store for RedisStore {
         call.key(idem_key)
             .key(self.keys.route(client_id))
             .arg(r.encode())
-            .arg(format!("{} {} {}", r.nonce, r.created_ms, r.expires_ms))
+            .arg(status_base(r))
             .arg(pack_numbers(&[r.expires_ms, r.size()]))
             .arg(pack_numbers(&[now_ms, limits.max_messages, limits.max_bytes, idem_ttl]));
         match self.scripts.enqueue.call(client_id, call).await? {
@@ -483,6 +483,11 @@ fn enqueued(client_id: &str, nonce: u32, reply: &str) -> Result<Enqueued, StoreE
 }
 
 /// `<nonce> <created> <expires>`, the part of a status written at enqueue.
+fn status_base(r: &MessageRecord) -> String {
+    format!("{} {} {}", r.nonce, r.created_ms, r.expires_ms)
+}
+
+/// Reads what `status_base` wrote.
 fn parse_status_base(base: &str) -> Option<(u32, u64, u64)> {
     let mut parts = base.split(' ');
     let parsed = (
