@@ -166,6 +166,17 @@ impl Connection {
         }
     }
 
+    /// A frame already received and waiting in the buffer, without reading
+    /// the socket; `Ok(None)` when none is complete (always over WebSocket,
+    /// whose frames are not buffered here). A reader that acks once this
+    /// comes back empty sends one cumulative ack per burst, not one per push.
+    pub fn recv_buffered(&mut self) -> Result<Option<Frame>, ClientError> {
+        match &mut self.transport {
+            Transport::Tcp { decoder, .. } => Ok(decoder.next_frame(&self.limits)?),
+            Transport::Ws(_) => Ok(None),
+        }
+    }
+
     /// Sends `Connect` and waits for `Connected`; an `Error` answer becomes `Refused`.
     pub async fn handshake(&mut self, token: &str, client_id: &str, last_seq: u64) -> Result<Connected, ClientError> {
         self.send(&Frame::Connect(Connect {

@@ -322,6 +322,7 @@ async fn drive(
                         events: &events,
                         commands: &mut commands,
                         in_flight: &mut in_flight,
+                        held_ack: None,
                     };
                     link.serve(heartbeat).await
                 }
@@ -411,6 +412,10 @@ struct Link<'a> {
     events: &'a mpsc::Sender<Event>,
     commands: &'a mut mpsc::Receiver<Command>,
     in_flight: &'a mut InFlight,
+    /// The ack owed for the frames handled so far in this burst: sent once
+    /// no further frame is already waiting, so a burst of pushes costs one
+    /// ack frame (the server then makes one store call for it).
+    held_ack: Option<u64>,
 }
 
 impl Link<'_> {
@@ -434,7 +439,8 @@ impl Link<'_> {
                         Command::Call(call) => call,
                         Command::Ack(seq) => {
                             let ack = self.acks.app_acked(seq);
-                            if let Some(ended) = self.send_ack(ack).await {
+                self.hold_ack(ack);
+                            if let Some(ended) = self.send_held_ack().await {
                                 return ended;
                             }
                             continue;
@@ -457,7 +463,20 @@ impl Link<'_> {
                     continue;
                 }
             };
-            if let Some(ended) = self.handle(frame).await {
+            // The frames already received are handled before the ack goes
+            // out; a connection that has failed leaves its ack to the resume
+            // (`acks.acked` is the next Connect's `last_seq`).
+            let mut next = Some(frame);
+            while let Some(frame) = next.take() {
+                if let Some(ended) = self.handle(frame).await {
+                    return ended;
+                }
+                next = match self.conn.recv_buffered() {
+                    Ok(next) => next,
+                    Err(e) => return Ended::Lost(e.to_string()),
+                };
+            }
+            if let Some(ended) = self.send_held_ack().await {
                 return ended;
             }
         }
@@ -471,7 +490,8 @@ impl Link<'_> {
                 let seq = p.seq;
                 if self.acks.is_duplicate(seq) {
                     let ack = self.acks.passed(seq);
-                    return self.send_ack(ack).await;
+                    self.hold_ack(ack);
+                    return None;
                 }
                 if self.events.send(Event::Push(p)).await.is_err() {
                     return Some(Ended::AppGone);
@@ -480,7 +500,8 @@ impl Link<'_> {
                     return None;
                 }
                 let ack = self.acks.push_delivered(seq);
-                self.send_ack(ack).await
+                self.hold_ack(ack);
+                None
             }
             Frame::Reply(r) => {
                 let seq = r.seq;
@@ -491,7 +512,8 @@ impl Link<'_> {
                     return None;
                 }
                 let ack = self.acks.passed(seq);
-                self.send_ack(ack).await
+                self.hold_ack(ack);
+                None
             }
             Frame::UploadAck(a) => {
                 self.in_flight.upload_acked(a);
@@ -503,7 +525,8 @@ impl Link<'_> {
                     return Some(Ended::AppGone);
                 }
                 let ack = self.acks.passed(to);
-                self.send_ack(ack).await
+                self.hold_ack(ack);
+                None
             }
             Frame::Kicked(k) if k.reason == "replaced" => Some(Ended::Replaced),
             Frame::Kicked(k) => Some(Ended::Lost(format!("kicked: {}", k.reason))),
@@ -517,9 +540,16 @@ impl Link<'_> {
         }
     }
 
-    /// Sends a cumulative ack when there is one to send.
-    async fn send_ack(&mut self, ack: Option<u64>) -> Option<Ended> {
-        let seq = ack?;
+    /// Notes a cumulative ack to send with the end of the burst.
+    fn hold_ack(&mut self, ack: Option<u64>) {
+        if let Some(seq) = ack {
+            self.held_ack = Some(self.held_ack.map_or(seq, |held| held.max(seq)));
+        }
+    }
+
+    /// Sends the held cumulative ack, if any.
+    async fn send_held_ack(&mut self) -> Option<Ended> {
+        let seq = self.held_ack.take()?;
         match self.conn.send(&Frame::Ack(Ack { id: seq, seq })).await {
             Ok(()) => None,
             Err(e) => Some(Ended::Lost(e.to_string())),

@@ -24,6 +24,7 @@ use serde_json::json;
 
 use super::procfs::{cpu_seconds, machine_line, rss_kib};
 use super::servers::{free_ports, redis_for, start_duplex};
+use super::store::{loopback_url, redis_counters};
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
@@ -48,6 +49,12 @@ pub struct PushArgs {
     /// Start a private `redis-server` on a free loopback port, and stop it after.
     #[arg(long)]
     pub private_redis: bool,
+}
+
+/// The send time every bench payload carries (`{"t": <us since the epoch>}`).
+#[derive(serde::Deserialize)]
+struct Stamp {
+    t: u64,
 }
 
 fn wall_us() -> u64 {
@@ -93,19 +100,24 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         let (received, hist) = (received.clone(), hist.clone());
         readers.push(tokio::spawn(async move {
             while let Ok(Some(frame)) = conn.recv().await {
-                if let Frame::Push(p) = frame {
-                    let now = wall_us();
-                    let sent = serde_json::from_slice::<serde_json::Value>(&p.payload)
-                        .ok()
-                        .and_then(|v| v["t"].as_u64())
-                        .unwrap_or(now);
-                    if let Ok(mut h) = hist.lock() {
-                        let _ = h.record(now.saturating_sub(sent).max(1));
+                // As the SDK does: the pushes already received are taken
+                // together and acked once, for the highest seq.
+                let mut next = Some(frame);
+                let mut ack = 0;
+                while let Some(frame) = next.take() {
+                    if let Frame::Push(p) = frame {
+                        let now = wall_us();
+                        let sent = serde_json::from_slice::<Stamp>(&p.payload).map_or(now, |s| s.t);
+                        if let Ok(mut h) = hist.lock() {
+                            let _ = h.record(now.saturating_sub(sent).max(1));
+                        }
+                        received.fetch_add(1, Ordering::Relaxed);
+                        ack = ack.max(p.seq);
                     }
-                    received.fetch_add(1, Ordering::Relaxed);
-                    if conn.send(&Frame::Ack(Ack { id: p.seq, seq: p.seq })).await.is_err() {
-                        return;
-                    }
+                    next = conn.recv_buffered().ok().flatten();
+                }
+                if ack > 0 && conn.send(&Frame::Ack(Ack { id: ack, seq: ack })).await.is_err() {
+                    return;
                 }
             }
         }));
@@ -118,7 +130,17 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
     let calls = args.messages.div_ceil(args.batch);
     let errors = Arc::new(AtomicU64::new(0));
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    // Redis's own counters, when it runs on this machine (its CPU shares the cores).
+    let mut redis_conn = match redis_url.as_deref().filter(|u| loopback_url(u)) {
+        Some(url) => Some(redis::Client::open(url)?.get_multiplexed_async_connection().await?),
+        None => None,
+    };
+    let redis_before = match redis_conn.as_mut() {
+        Some(c) => Some(redis_counters(c).await?),
+        None => None,
+    };
     let base_cpu = cpu_seconds(pid).unwrap_or(0.0);
+    let own_base_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0);
     let _progress = super::Progress::start("delivered", received.clone(), args.messages as u64);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -162,6 +184,11 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         }
     }
     let cpu = cpu_seconds(pid).unwrap_or(0.0) - base_cpu;
+    let own_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0) - own_base_cpu;
+    let redis_used = match (redis_conn.as_mut(), redis_before) {
+        (Some(c), Some(before)) => Some((redis_counters(c).await?, before)),
+        _ => None,
+    };
     let h = hist
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
@@ -191,12 +218,23 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         cpu * 1e6 / got.max(1) as f64,
         rss_kib(pid).unwrap_or(0)
     );
-    if let Some(r) = &private {
+    let per_msg = |secs: f64| secs * 1e6 / got.max(1) as f64;
+    println!(
+        "bench (HTTP load and clients): CPU {own_cpu:.2} s ({:.1} us per message)",
+        per_msg(own_cpu)
+    );
+    if let Some((after, before)) = redis_used {
+        let cpu = after.cpu_s - before.cpu_s;
+        let commands = after.commands.saturating_sub(before.commands);
         println!(
-            "private redis-server: CPU {:.2} s, RSS {} KiB",
-            cpu_seconds(r.pid()).unwrap_or(0.0),
-            rss_kib(r.pid()).unwrap_or(0)
+            "redis-server: CPU {cpu:.2} s ({:.1} us per message), {:.2} commands and {:.3} script calls per message",
+            per_msg(cpu),
+            commands as f64 / got.max(1) as f64,
+            after.script_calls.saturating_sub(before.script_calls) as f64 / got.max(1) as f64
         );
+    }
+    if let Some(r) = &private {
+        println!("private redis-server: RSS {} KiB", rss_kib(r.pid()).unwrap_or(0));
     }
     for r in readers {
         r.abort();

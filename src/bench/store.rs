@@ -38,13 +38,13 @@ pub struct StoreArgs {
 
 /// Server-side counters of one Redis, read with `INFO`.
 #[derive(Debug, Clone, Copy, Default)]
-struct RedisCounters {
-    cpu_s: f64,
-    commands: u64,
-    script_calls: u64,
+pub(super) struct RedisCounters {
+    pub cpu_s: f64,
+    pub commands: u64,
+    pub script_calls: u64,
 }
 
-async fn redis_counters(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<RedisCounters> {
+pub(super) async fn redis_counters(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<RedisCounters> {
     let info: String = redis::cmd("INFO").arg("all").query_async(conn).await?;
     let field = |name: &str| {
         info.lines()
@@ -234,7 +234,7 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
 }
 
 /// Whether a Redis URL names this machine (every host of a cluster or Sentinel list).
-fn loopback_url(url: &str) -> bool {
+pub(super) fn loopback_url(url: &str) -> bool {
     let Some((_, rest)) = url.split_once("://") else {
         return false;
     };

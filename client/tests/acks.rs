@@ -1,0 +1,106 @@
+//! The SDK acks a burst of pushes once: the pushes already received together
+//! are handed to the application first, then one cumulative ack goes out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use duplex_client::{Client, ClientOptions, Endpoint, Event};
+use duplex_shared::protocol::{encode_tcp, Connected, Frame, Limits, Push, TcpDecoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn push(seq: u64) -> Frame {
+    Frame::Push(Push {
+        seq,
+        msg_id: format!("c~{seq}~1"),
+        headers: Default::default(),
+        payload: bytes::Bytes::from_static(b"{}"),
+    })
+}
+
+/// The next frame the client sends.
+async fn next_frame(sock: &mut TcpStream, decoder: &mut TcpDecoder) -> Frame {
+    let limits = Limits {
+        max_frame_bytes: 65_536,
+        max_depth: 16,
+    };
+    loop {
+        if let Some(frame) = decoder.next_frame(&limits).expect("a valid frame") {
+            return frame;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = timeout(WAIT, sock.read(&mut chunk))
+            .await
+            .expect("the client sends within 10 s")
+            .expect("read");
+        assert!(n > 0, "the client closed the connection");
+        decoder.feed(&chunk[..n]);
+    }
+}
+
+async fn next_push(client: &mut Client) -> u64 {
+    loop {
+        match timeout(WAIT, client.next()).await.expect("an event within 10 s") {
+            Some(Event::Push(p)) => return p.seq,
+            Some(_) => continue,
+            None => panic!("the client stopped"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn pushes_received_together_are_acked_once_for_the_highest_seq() {
+    let listener = duplex_shared::net::bind_listener("127.0.0.1:0".parse().expect("addr"), 128, false).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let options = ClientOptions::new(vec![Endpoint::Tcp(addr)], "c", Arc::new(|| "token".to_owned()));
+    let mut client = Client::start(options);
+
+    let (mut sock, _) = timeout(WAIT, listener.accept())
+        .await
+        .expect("connects")
+        .expect("accept");
+    let mut decoder = TcpDecoder::new();
+    assert!(matches!(next_frame(&mut sock, &mut decoder).await, Frame::Connect(_)));
+    let mut out = Vec::new();
+    encode_tcp(
+        &Frame::Connected(Connected {
+            id: 1,
+            session_id: "s".into(),
+            node_id: "fake".into(),
+            heartbeat_ms: 600_000,
+            reconnect_min_ms: 1_000,
+            reconnect_max_ms: 1_000,
+            max_frame_bytes: 65_536,
+        }),
+        &mut out,
+    );
+    // Three pushes in one write: the client reads them together.
+    for seq in 1..=3 {
+        encode_tcp(&push(seq), &mut out);
+    }
+    sock.write_all(&out).await.expect("write");
+    for seq in 1..=3 {
+        assert_eq!(
+            next_push(&mut client).await,
+            seq,
+            "pushes reach the application in order"
+        );
+    }
+    match next_frame(&mut sock, &mut decoder).await {
+        Frame::Ack(a) => assert_eq!(a.seq, 3, "one cumulative ack for the burst, not one per push"),
+        other => panic!("expected an ack, got {}", other.type_name()),
+    }
+
+    // A push alone is acked alone, at once.
+    let mut out = Vec::new();
+    encode_tcp(&push(4), &mut out);
+    sock.write_all(&out).await.expect("write");
+    assert_eq!(next_push(&mut client).await, 4);
+    match next_frame(&mut sock, &mut decoder).await {
+        Frame::Ack(a) => assert_eq!(a.seq, 4),
+        other => panic!("expected an ack, got {}", other.type_name()),
+    }
+}
