@@ -232,7 +232,11 @@ impl Session {
         // Bounded by the queue cap; a full batch means more may follow.
         for _ in 0..10_000 {
             let mut bodies = Vec::new();
-            let more = match self.sequencer.catch_up(&*store, &client_id, None, &mut bodies).await {
+            let more = match self
+                .sequencer
+                .catch_up(&*store, &client_id, None, "replay", &mut bodies)
+                .await
+            {
                 Ok(more) => more,
                 Err(e) => return Err(self.store_failed(None, &e).await),
             };

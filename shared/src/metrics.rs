@@ -55,6 +55,11 @@ const CATALOG: &[(&str, &str, &str)] = &[
         "Connections found at lease renewal not to have been handed stored messages (a delivery that never came), told to pull them from the store.",
     ),
     (
+        "duplex_sequencer_fetches_total",
+        "counter",
+        "Reads of a client's stored messages by its connection, by reason: replay (on connect), catch_up (told to at lease renewal), hole (a delivery arrived before the ones under it).",
+    ),
+    (
         "duplex_gaps_total",
         "counter",
         "Gap frames sent: ranges of messages that expired unacknowledged.",

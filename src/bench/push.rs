@@ -218,6 +218,12 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         cpu * 1e6 / got.max(1) as f64,
         rss_kib(pid).unwrap_or(0)
     );
+    if let Some(url) = &servers[0].metrics_url {
+        // Reads the connections made to fill holes: deliveries that overtook
+        // the ones under them cost a store read each.
+        let holes = metric(&http, url, "duplex_sequencer_fetches_total{reason=\"hole\"} ").await;
+        println!("store reads for out-of-order deliveries: {}", holes.unwrap_or(0));
+    }
     let per_msg = |secs: f64| secs * 1e6 / got.max(1) as f64;
     println!(
         "bench (HTTP load and clients): CPU {own_cpu:.2} s ({:.1} us per message)",
@@ -279,9 +285,14 @@ async fn send(
 
 /// Messages the server removed on the clients' acks, from its metrics.
 async fn acked_count(http: &reqwest::Client, metrics_url: &str) -> Option<u64> {
+    metric(http, metrics_url, "duplex_messages_acked_total ").await
+}
+
+/// One series of the server's metrics (`name{labels} ` as written there).
+async fn metric(http: &reqwest::Client, metrics_url: &str, series: &str) -> Option<u64> {
     let text = http.get(metrics_url).send().await.ok()?.text().await.ok()?;
     text.lines()
-        .find_map(|l| l.strip_prefix("duplex_messages_acked_total "))
+        .find_map(|l| l.strip_prefix(series))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64)
 }
