@@ -4,7 +4,8 @@
 //! - [`Connection`]: one connection over TCP or WebSocket that sends and
 //!   receives frames, plus the `Connect` handshake.
 //! - [`reconnecting`]: [`Client`], which reconnects with backoff, resumes,
-//!   drops duplicates, acks and keeps the heartbeat.
+//!   drops duplicates, acks and keeps the heartbeat; `link` serves one live
+//!   connection of it.
 
 use std::net::SocketAddr;
 
@@ -12,6 +13,7 @@ mod acks;
 mod calls;
 pub mod dispatch;
 mod endpoints;
+mod link;
 pub mod reconnecting;
 
 pub use calls::CallError;

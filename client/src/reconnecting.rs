@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use duplex_shared::protocol::{Ack, Frame, Gap, Ping, Push, Reply, Request, Upload, UploadAck};
+use duplex_shared::protocol::{Frame, Gap, Push, Reply, Request, Upload, UploadAck};
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::time::{sleep, Instant};
 
 use crate::acks::Acks;
 use crate::calls::{Answer, CallError, InFlight, Outgoing};
 use crate::endpoints::Chooser;
+use crate::link::{Ended, Link};
 use crate::{ClientError, Connection};
 
 /// Where to connect.
@@ -139,7 +140,7 @@ pub struct Client {
 }
 
 /// What the application asks of the connection task.
-enum Command {
+pub(crate) enum Command {
     Call(Outgoing),
     Ack(u64),
 }
@@ -234,16 +235,6 @@ async fn connect(endpoint: &Endpoint) -> Result<Connection, ClientError> {
 
 /// How long an endpoint that failed is skipped while others are available.
 const FAILED_ENDPOINT_MEMORY: Duration = Duration::from_secs(30);
-
-/// How one connection ended.
-enum Ended {
-    Lost(String),
-    /// The server refused the token as expired: a fresh one is worth trying at once.
-    TokenExpired(String),
-    GoAway(Duration),
-    Replaced,
-    AppGone,
-}
 
 async fn drive(
     options: ClientOptions,
@@ -403,158 +394,6 @@ fn rand_unit() -> f64 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     f64::from(nanos % 1_000_000) / 1_000_000.0
-}
-
-/// One live connection and what it works with.
-struct Link<'a> {
-    conn: &'a mut Connection,
-    acks: &'a mut Acks,
-    events: &'a mpsc::Sender<Event>,
-    commands: &'a mut mpsc::Receiver<Command>,
-    in_flight: &'a mut InFlight,
-    /// The ack owed for the frames handled so far in this burst: sent once
-    /// no further frame is already waiting, so a burst of pushes costs one
-    /// ack frame (the server then makes one store call for it).
-    held_ack: Option<u64>,
-}
-
-impl Link<'_> {
-    async fn serve(&mut self, heartbeat: Duration) -> Ended {
-        for frame in self.in_flight.unanswered() {
-            if let Err(e) = self.conn.send(&frame).await {
-                return Ended::Lost(e.to_string());
-            }
-        }
-        let mut next_ping = Instant::now() + heartbeat;
-        let mut ping_id = 0u64;
-        loop {
-            let frame = tokio::select! {
-                received = self.conn.recv() => match received {
-                    Ok(Some(f)) => f,
-                    Ok(None) => return Ended::Lost("server closed the connection".into()),
-                    Err(e) => return Ended::Lost(e.to_string()),
-                },
-                Some(command) = self.commands.recv() => {
-                    let call = match command {
-                        Command::Call(call) => call,
-                        Command::Ack(seq) => {
-                            let ack = self.acks.app_acked(seq);
-                self.hold_ack(ack);
-                            if let Some(ended) = self.send_held_ack().await {
-                                return ended;
-                            }
-                            continue;
-                        }
-                    };
-                    let frame = call.frame.clone();
-                    // Registered before sending: if the send fails, the next connection resends it.
-                    self.in_flight.add(call);
-                    if let Err(e) = self.conn.send(&frame).await {
-                        return Ended::Lost(e.to_string());
-                    }
-                    continue;
-                }
-                _ = sleep_until(next_ping) => {
-                    ping_id += 1;
-                    if let Err(e) = self.conn.send(&Frame::Ping(Ping { id: ping_id })).await {
-                        return Ended::Lost(e.to_string());
-                    }
-                    next_ping = Instant::now() + heartbeat;
-                    continue;
-                }
-            };
-            // The frames already received are handled before the ack goes
-            // out; a connection that has failed leaves its ack to the resume
-            // (`acks.acked` is the next Connect's `last_seq`).
-            let mut next = Some(frame);
-            while let Some(frame) = next.take() {
-                if let Some(ended) = self.handle(frame).await {
-                    return ended;
-                }
-                next = match self.conn.recv_buffered() {
-                    Ok(next) => next,
-                    Err(e) => return Ended::Lost(e.to_string()),
-                };
-            }
-            if let Some(ended) = self.send_held_ack().await {
-                return ended;
-            }
-        }
-    }
-
-    /// Acts on one server frame; `Some` when the connection is over.
-    async fn handle(&mut self, frame: Frame) -> Option<Ended> {
-        match frame {
-            Frame::Push(p) => {
-                // seq 0: qos 0, never stored, nothing to dedupe or ack.
-                let seq = p.seq;
-                if self.acks.is_duplicate(seq) {
-                    let ack = self.acks.passed(seq);
-                    self.hold_ack(ack);
-                    return None;
-                }
-                if self.events.send(Event::Push(p)).await.is_err() {
-                    return Some(Ended::AppGone);
-                }
-                if seq == 0 {
-                    return None;
-                }
-                let ack = self.acks.push_delivered(seq);
-                self.hold_ack(ack);
-                None
-            }
-            Frame::Reply(r) => {
-                let seq = r.seq;
-                if !self.acks.is_duplicate(seq) {
-                    self.in_flight.replied(r);
-                }
-                if seq == 0 {
-                    return None;
-                }
-                let ack = self.acks.passed(seq);
-                self.hold_ack(ack);
-                None
-            }
-            Frame::UploadAck(a) => {
-                self.in_flight.upload_acked(a);
-                None
-            }
-            Frame::Gap(g) => {
-                let to = g.to;
-                if self.events.send(Event::Gap(g)).await.is_err() {
-                    return Some(Ended::AppGone);
-                }
-                let ack = self.acks.passed(to);
-                self.hold_ack(ack);
-                None
-            }
-            Frame::Kicked(k) if k.reason == "replaced" => Some(Ended::Replaced),
-            Frame::Kicked(k) => Some(Ended::Lost(format!("kicked: {}", k.reason))),
-            Frame::GoAway(g) => Some(Ended::GoAway(Duration::from_millis(g.reconnect_after_ms))),
-            Frame::Error(e) if e.close => Some(Ended::Lost(format!("{}: {}", e.code, e.message))),
-            Frame::Error(e) => {
-                self.in_flight.refused(&e);
-                None
-            }
-            _ => None,
-        }
-    }
-
-    /// Notes a cumulative ack to send with the end of the burst.
-    fn hold_ack(&mut self, ack: Option<u64>) {
-        if let Some(seq) = ack {
-            self.held_ack = Some(self.held_ack.map_or(seq, |held| held.max(seq)));
-        }
-    }
-
-    /// Sends the held cumulative ack, if any.
-    async fn send_held_ack(&mut self) -> Option<Ended> {
-        let seq = self.held_ack.take()?;
-        match self.conn.send(&Frame::Ack(Ack { id: seq, seq })).await {
-            Ok(()) => None,
-            Err(e) => Some(Ended::Lost(e.to_string())),
-        }
-    }
 }
 
 #[cfg(test)]
