@@ -91,21 +91,30 @@ impl Shared {
         let now = now_ms();
         let accepted = tokio::time::Instant::now();
         let nonce_base: u32 = rand::random();
-        let results: Vec<Result<ItemResult, ApiError>> = stream::iter(targets.into_iter().enumerate())
-            .map(|(i, client_id)| {
-                let p = p.clone();
-                async move {
-                    if p.qos == 0 {
-                        Ok(self.deliver_qos0(&client_id, &p).await)
-                    } else {
-                        self.push_stored(&client_id, &p, nonce_base.wrapping_add(i as u32), now, accepted)
-                            .await
-                    }
+        let one_target = |i: usize, client_id: String| {
+            let p = p.clone();
+            async move {
+                if p.qos == 0 {
+                    Ok(self.deliver_qos0(&client_id, &p).await)
+                } else {
+                    self.push_stored(&client_id, &p, nonce_base.wrapping_add(i as u32), now, accepted)
+                        .await
                 }
-            })
-            .buffered(PARALLEL_TARGETS)
-            .collect()
-            .await;
+            }
+        };
+        // Most pushes name one client (a batch is many such pushes): those
+        // skip the concurrency machinery, an allocation and a copy of the
+        // future per push.
+        let results: Vec<Result<ItemResult, ApiError>> = if targets.len() == 1 {
+            let client_id = targets.into_iter().next().unwrap_or_default();
+            vec![one_target(0, client_id).await]
+        } else {
+            stream::iter(targets.into_iter().enumerate())
+                .map(|(i, client_id)| one_target(i, client_id))
+                .buffered(PARALLEL_TARGETS)
+                .collect()
+                .await
+        };
         let mut messages = results.into_iter().collect::<Result<Vec<_>, _>>()?;
         if messages.len() == 1 && messages[0].error.is_some() {
             let e = messages.remove(0).error.unwrap_or(ItemError {
