@@ -24,7 +24,7 @@ use duplex_shared::protocol::{
     decode_body, encode_body, encode_tcp, Connect, Connected, DecodeError, ErrorFrame, Frame, Limits, TcpDecoder,
     PROTOCOL_VERSION,
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -150,32 +150,29 @@ impl Connection {
                 decoder.feed(&chunk[..n]);
             },
             Transport::Ws(ws) => loop {
-                match ws.next().await {
-                    None => return Ok(None),
-                    Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed))
-                    | Some(Err(tokio_tungstenite::tungstenite::Error::Protocol(_))) => return Ok(None),
-                    Some(Err(tokio_tungstenite::tungstenite::Error::Io(e)))
-                        if e.kind() == std::io::ErrorKind::ConnectionReset =>
-                    {
-                        return Ok(None)
-                    }
-                    Some(Err(e)) => return Err(Box::new(e).into()),
-                    Some(Ok(Message::Binary(body))) => return Ok(Some(decode_body(&body, &self.limits)?)),
-                    Some(Ok(Message::Close(_))) => return Ok(None),
-                    Some(Ok(_)) => continue,
+                if let Some(received) = ws_frame(ws.next().await, &self.limits)? {
+                    return Ok(received);
                 }
             },
         }
     }
 
-    /// A frame already received and waiting in the buffer, without reading
-    /// the socket; `Ok(None)` when none is complete (always over WebSocket,
-    /// whose frames are not buffered here). A reader that acks once this
-    /// comes back empty sends one cumulative ack per burst, not one per push.
+    /// A frame that has already arrived, without waiting; `Ok(None)` when
+    /// none is complete (or the connection closed: the next `recv` says so).
+    /// A reader that acks once this comes back empty sends one cumulative
+    /// ack per burst, not one per push.
     pub fn recv_buffered(&mut self) -> Result<Option<Frame>, ClientError> {
         match &mut self.transport {
             Transport::Tcp { decoder, .. } => Ok(decoder.next_frame(&self.limits)?),
-            Transport::Ws(_) => Ok(None),
+            // Polling the stream once is cancel-safe: a message is taken whole or not at all.
+            Transport::Ws(ws) => loop {
+                let Some(item) = ws.next().now_or_never() else {
+                    return Ok(None);
+                };
+                if let Some(received) = ws_frame(item, &self.limits)? {
+                    return Ok(received);
+                }
+            },
         }
     }
 
@@ -195,6 +192,25 @@ impl Connection {
             Some(other) => Err(ClientError::Unexpected(other.type_name())),
             None => Err(ClientError::Closed),
         }
+    }
+}
+
+/// What one WebSocket message means for `recv`: `Some(Some(frame))`, the
+/// end of the connection `Some(None)`, or `None` for a message that carries
+/// no frame (ping, pong, text).
+fn ws_frame(
+    item: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    limits: &Limits,
+) -> Result<Option<Option<Frame>>, ClientError> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match item {
+        None | Some(Err(WsError::ConnectionClosed | WsError::Protocol(_))) | Some(Ok(Message::Close(_))) => {
+            Ok(Some(None))
+        }
+        Some(Err(WsError::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(Some(None)),
+        Some(Err(e)) => Err(Box::new(e).into()),
+        Some(Ok(Message::Binary(body))) => Ok(Some(Some(decode_body(&body, limits)?))),
+        Some(Ok(_)) => Ok(None),
     }
 }
 

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use duplex_client::{Client, ClientOptions, Endpoint, Event};
-use duplex_shared::protocol::{encode_tcp, Connected, Frame, Limits, Push, TcpDecoder};
+use duplex_shared::protocol::{decode_body, encode_body, encode_tcp, Connected, Frame, Limits, Push, TcpDecoder};
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -21,14 +23,29 @@ fn push(seq: u64) -> Frame {
     })
 }
 
-/// The next frame the client sends.
-async fn next_frame(sock: &mut TcpStream, decoder: &mut TcpDecoder) -> Frame {
-    let limits = Limits {
+fn limits() -> Limits {
+    Limits {
         max_frame_bytes: 65_536,
         max_depth: 16,
-    };
+    }
+}
+
+fn connected() -> Frame {
+    Frame::Connected(Connected {
+        id: 1,
+        session_id: "s".into(),
+        node_id: "fake".into(),
+        heartbeat_ms: 600_000,
+        reconnect_min_ms: 1_000,
+        reconnect_max_ms: 1_000,
+        max_frame_bytes: 65_536,
+    })
+}
+
+/// The next frame the client sends.
+async fn next_frame(sock: &mut TcpStream, decoder: &mut TcpDecoder) -> Frame {
     loop {
-        if let Some(frame) = decoder.next_frame(&limits).expect("a valid frame") {
+        if let Some(frame) = decoder.next_frame(&limits()).expect("a valid frame") {
             return frame;
         }
         let mut chunk = [0u8; 4096];
@@ -65,18 +82,7 @@ async fn pushes_received_together_are_acked_once_for_the_highest_seq() {
     let mut decoder = TcpDecoder::new();
     assert!(matches!(next_frame(&mut sock, &mut decoder).await, Frame::Connect(_)));
     let mut out = Vec::new();
-    encode_tcp(
-        &Frame::Connected(Connected {
-            id: 1,
-            session_id: "s".into(),
-            node_id: "fake".into(),
-            heartbeat_ms: 600_000,
-            reconnect_min_ms: 1_000,
-            reconnect_max_ms: 1_000,
-            max_frame_bytes: 65_536,
-        }),
-        &mut out,
-    );
+    encode_tcp(&connected(), &mut out);
     // Three pushes in one write: the client reads them together.
     for seq in 1..=3 {
         encode_tcp(&push(seq), &mut out);
@@ -101,6 +107,51 @@ async fn pushes_received_together_are_acked_once_for_the_highest_seq() {
     assert_eq!(next_push(&mut client).await, 4);
     match next_frame(&mut sock, &mut decoder).await {
         Frame::Ack(a) => assert_eq!(a.seq, 4),
+        other => panic!("expected an ack, got {}", other.type_name()),
+    }
+}
+
+/// The next frame the client sends over WebSocket.
+async fn next_ws_frame(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> Frame {
+    loop {
+        let message = timeout(WAIT, ws.next())
+            .await
+            .expect("the client sends within 10 s")
+            .expect("open")
+            .expect("a message");
+        if let Message::Binary(body) = message {
+            return decode_body(&body, &limits()).expect("a valid frame");
+        }
+    }
+}
+
+#[tokio::test]
+async fn over_websocket_too_pushes_received_together_are_acked_once() {
+    let listener = duplex_shared::net::bind_listener("127.0.0.1:0".parse().expect("addr"), 128, false).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let endpoint = Endpoint::Ws(format!("ws://{addr}/"));
+    let mut client = Client::start(ClientOptions::new(vec![endpoint], "c", Arc::new(|| "token".to_owned())));
+
+    let (sock, _) = timeout(WAIT, listener.accept())
+        .await
+        .expect("connects")
+        .expect("accept");
+    let mut ws = tokio_tungstenite::accept_async(sock)
+        .await
+        .expect("websocket handshake");
+    assert!(matches!(next_ws_frame(&mut ws).await, Frame::Connect(_)));
+    // `Connected` and three pushes, flushed together.
+    for frame in [connected(), push(1), push(2), push(3)] {
+        let mut body = Vec::new();
+        encode_body(&frame, &mut body);
+        ws.feed(Message::Binary(body.into())).await.expect("feed");
+    }
+    ws.flush().await.expect("flush");
+    for seq in 1..=3 {
+        assert_eq!(next_push(&mut client).await, seq);
+    }
+    match next_ws_frame(&mut ws).await {
+        Frame::Ack(a) => assert_eq!(a.seq, 3, "one cumulative ack for the burst"),
         other => panic!("expected an ack, got {}", other.type_name()),
     }
 }
