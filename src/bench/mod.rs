@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 mod connect;
+mod http_load;
 mod internal;
 mod procfs;
 mod push;

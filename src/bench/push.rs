@@ -22,6 +22,7 @@ use duplex_shared::protocol::{Ack, Frame};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
+use super::http_load::LoadClient;
 use super::procfs::{cpu_seconds, machine_line, rss_kib};
 use super::servers::{free_ports, redis_for, start_duplex};
 use super::store::{loopback_url, redis_counters};
@@ -123,10 +124,12 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         }));
     }
 
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
-    let api = format!("http://127.0.0.1:{}", ports.2);
+    // For the server's metrics; the load goes through `LoadClient`.
+    let http = reqwest::Client::new();
+    let load = Arc::new(LoadClient::new(
+        std::net::SocketAddr::from(([127, 0, 0, 1], ports.2)),
+        DEV_API_KEY,
+    ));
     let calls = args.messages.div_ceil(args.batch);
     let errors = Arc::new(AtomicU64::new(0));
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
@@ -150,17 +153,17 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
             tokio::time::sleep_until(due.into()).await;
         } else {
             let permit = sem.clone().acquire_owned().await?;
-            let (http, api, errors) = (http.clone(), api.clone(), errors.clone());
+            let (load, errors) = (load.clone(), errors.clone());
             let (batch, clients, messages) = (args.batch, args.clients, args.messages);
             tasks.spawn(async move {
-                send(&http, &api, c, batch, clients, messages, &errors).await;
+                send(&load, c, batch, clients, messages, &errors).await;
                 drop(permit);
             });
             continue;
         }
-        let (http, api, errors) = (http.clone(), api.clone(), errors.clone());
+        let (load, errors) = (load.clone(), errors.clone());
         let (batch, clients, messages) = (args.batch, args.clients, args.messages);
-        tasks.spawn(async move { send(&http, &api, c, batch, clients, messages, &errors).await });
+        tasks.spawn(async move { send(&load, c, batch, clients, messages, &errors).await });
     }
     while tasks.join_next().await.is_some() {}
     let accepted_secs = started.elapsed().as_secs_f64();
@@ -257,26 +260,19 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
 }
 
 /// Sends call number `c`: one push, or a batch of `batch` pushes to consecutive clients.
-async fn send(
-    http: &reqwest::Client,
-    api: &str,
-    c: usize,
-    batch: usize,
-    clients: usize,
-    messages: usize,
-    errors: &AtomicU64,
-) {
+async fn send(load: &LoadClient, c: usize, batch: usize, clients: usize, messages: usize, errors: &AtomicU64) {
     let first = c * batch;
     let items: Vec<_> = (first..(first + batch).min(messages))
         .map(|k| json!({"client_ids": [format!("bp-{}", k % clients)], "payload": {"t": wall_us()}}))
         .collect();
     let (url, body) = if batch == 1 {
-        (format!("{api}/v1/push"), items[0].clone())
+        ("/v1/push", items[0].clone())
     } else {
-        (format!("{api}/v1/push/batch"), json!({ "pushes": items }))
+        ("/v1/push/batch", json!({ "pushes": items }))
     };
-    match http.post(url).bearer_auth(DEV_API_KEY).json(&body).send().await {
-        Ok(r) if r.status().as_u16() == 202 => {}
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    match load.post_json(url, &body).await {
+        Ok(202) => {}
         _ => {
             errors.fetch_add(1, Ordering::Relaxed);
         }
