@@ -127,7 +127,8 @@ mod tests {
 
     #[tokio::test]
     async fn posts_reach_a_real_server_and_reuse_one_connection() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener =
+            duplex_shared::net::bind_listener("127.0.0.1:0".parse().expect("addr"), 128, false).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let app = axum::Router::new().route(
             "/v1/push",
