@@ -165,3 +165,29 @@ async fn a_replicas_refusal_fails_the_whole_call_so_the_connection_layer_sees_it
         }
     }
 }
+
+#[tokio::test]
+async fn scripts_lost_by_redis_are_loaded_again_and_the_call_goes_through() {
+    let redis = TestRedis::start().expect("redis-server");
+    let store = store_on(&redis).await;
+    let first = store.enqueue("c", &msg(), LIMITS, NOW).await.expect("enqueue");
+    assert!(matches!(first, Enqueued::Stored { seq: 1, .. }), "{first:?}");
+    // As after a restart without persistence of scripts, or a failover.
+    let mut conn = direct(&redis).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    let second = store
+        .enqueue("c", &msg(), LIMITS, NOW)
+        .await
+        .expect("enqueue after the flush");
+    assert!(matches!(second, Enqueued::Stored { seq: 2, .. }), "{second:?}");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    assert_eq!(store.ack("c", 2, false, NOW).await.expect("ack after the flush"), 2);
+}

@@ -9,11 +9,10 @@
 //! callers of one client (its keys share the `{c:<client>}` hash tag).
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use redis::{Script, ToRedisArgs, Value};
+use redis::{Cmd, Script, ToRedisArgs, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -28,6 +27,21 @@ const MAX_CALLERS: usize = 64;
 const MAX_IN_FLIGHT: usize = 4;
 /// Callers queued for one script before `call` waits for room.
 const QUEUE: usize = 16_384;
+
+/// A queue script: its source (loaded again if Redis lost it) and its SHA1.
+pub(super) struct BatchScript {
+    source: &'static str,
+    hash: String,
+}
+
+impl BatchScript {
+    pub fn new(source: &'static str) -> Self {
+        BatchScript {
+            source,
+            hash: Script::new(source).get_hash().to_owned(),
+        }
+    }
+}
 
 /// The keys and arguments of one caller, in the script's `KEYS`/`ARGV` order.
 #[derive(Default)]
@@ -75,7 +89,7 @@ impl BatchedScript {
     /// of this handle is dropped, after answering every caller it took.
     pub fn start(
         conn: RedisConn,
-        script: &'static LazyLock<Script>,
+        script: &'static BatchScript,
         keys_per_call: usize,
         args_per_call: usize,
         linger: Duration,
@@ -134,12 +148,7 @@ struct Shape {
     linger: Duration,
 }
 
-async fn send_batches(
-    conn: RedisConn,
-    script: &'static LazyLock<Script>,
-    mut rx: mpsc::Receiver<Caller>,
-    shape: Shape,
-) {
+async fn send_batches(conn: RedisConn, script: &'static BatchScript, mut rx: mpsc::Receiver<Caller>, shape: Shape) {
     let mut in_flight = FuturesUnordered::new();
     let capacity = MAX_CALLERS * MAX_IN_FLIGHT;
     let mut waiting = Vec::with_capacity(capacity);
@@ -198,24 +207,46 @@ fn split(callers: Vec<Caller>, by_client: bool) -> Vec<Vec<Caller>> {
     groups.into_values().flat_map(|group| split(group, false)).collect()
 }
 
+/// The `EVALSHA` of one batch, built in one buffer sized up front (each
+/// key and argument is copied once, from its caller into the command).
+fn batch_command(hash: &str, batch: &[Caller], keys_per_call: usize, args_per_call: usize) -> Cmd {
+    let keys = batch.iter().flat_map(|c| c.call.keys.iter().map(String::as_bytes));
+    let args = batch.iter().flat_map(|c| c.call.args.iter().map(Vec::as_slice));
+    let bytes: usize = keys.clone().chain(args.clone()).map(<[u8]>::len).sum();
+    let count = 5 + batch.len() * (keys_per_call + args_per_call);
+    let mut cmd = Cmd::with_capacity(count, bytes + 128);
+    cmd.arg("EVALSHA").arg(hash).arg(batch.len() * keys_per_call);
+    for key in keys {
+        cmd.arg(key);
+    }
+    // ARGV[1] and ARGV[2] tell the wrapper how to split the rest per caller.
+    cmd.arg(keys_per_call).arg(args_per_call);
+    for arg in args {
+        cmd.arg(arg);
+    }
+    cmd
+}
+
 async fn run(
     mut conn: RedisConn,
-    script: &'static LazyLock<Script>,
+    script: &'static BatchScript,
     batch: Vec<Caller>,
     keys_per_call: usize,
     args_per_call: usize,
 ) {
-    let mut invocation = script.prepare_invoke();
-    invocation.arg(keys_per_call).arg(args_per_call);
-    for caller in &batch {
-        for key in &caller.call.keys {
-            invocation.key(key);
-        }
-        for arg in &caller.call.args {
-            invocation.arg(arg);
-        }
+    let cmd = batch_command(&script.hash, &batch, keys_per_call, args_per_call);
+    let mut answer = cmd.query_async::<Vec<Value>>(&mut conn).await;
+    if answer
+        .as_ref()
+        .is_err_and(|e| e.kind() == redis::ErrorKind::NoScriptError)
+    {
+        // Redis lost its scripts (a restart, a failover, SCRIPT FLUSH): load and try once more.
+        answer = match conn.load_everywhere(script.source).await {
+            Ok(()) => cmd.query_async::<Vec<Value>>(&mut conn).await,
+            Err(e) => Err(e),
+        };
     }
-    match invocation.invoke_async::<Vec<Value>>(&mut conn).await {
+    match answer {
         Ok(answers) if answers.len() == 2 * batch.len() => {
             let mut answers = answers.into_iter();
             for caller in batch {

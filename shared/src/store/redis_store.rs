@@ -9,9 +9,9 @@ use redis::{AsyncCommands, RedisError};
 
 use std::sync::LazyLock;
 
-use redis::{Script, Value};
+use redis::Value;
 
-use super::redis_batch::{BatchedScript, CallArgs};
+use super::redis_batch::{BatchScript, BatchedScript, CallArgs};
 use super::redis_conn::{PubSubSource, RedisConn};
 use super::redis_scripts::{self, pack_numbers, STATUSES_PER_BUCKET};
 use super::{
@@ -19,10 +19,10 @@ use super::{
     QueueInfo, QueueLimits, Renewal, Route, Store, StoreError, StoredMessage, STATUS_RETENTION_MS, USER_CLIENTS_TTL,
 };
 
-static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::ENQUEUE));
-static PENDING: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::PENDING));
-static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::ACK));
-static INFO: LazyLock<Script> = LazyLock::new(|| Script::new(redis_scripts::INFO));
+static ENQUEUE: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(redis_scripts::ENQUEUE));
+static PENDING: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(redis_scripts::PENDING));
+static ACK: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(redis_scripts::ACK));
+static INFO: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(redis_scripts::INFO));
 
 /// The key of one client's queue hash (`h`, see `redis_scripts`); the
 /// scripts find the client's status buckets from it.
