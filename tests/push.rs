@@ -459,7 +459,19 @@ async fn a_delivery_that_never_came_is_pulled_at_the_next_lease_renewal(kind: St
     assert_eq!((push.seq, json_payload(&push)), (4, json!("next")));
 }
 
+async fn a_json_payload_arrives_as_the_text_it_was_sent_as(kind: StoreKind) {
+    let node = start(kind, |_| {}).await;
+    let mut conn = node.connect("alice", "exact-1", 0).await;
+    // A number beyond 64 bits and a spelling a JSON tree would not keep.
+    let payload = r#"{"id":123456789012345678901234567890,"price":1.50}"#;
+    let body = format!(r#"{{"client_ids":["exact-1"],"payload":{payload}}}"#);
+    let (status, _) = node.post_raw("/v1/push", &body, Some(API_KEY)).await;
+    assert_eq!(status, 202);
+    assert_eq!(recv_push(&mut conn).await.payload.as_ref(), payload.as_bytes());
+}
+
 both_stores!(
+    a_json_payload_arrives_as_the_text_it_was_sent_as,
     a_delivery_that_never_came_is_pulled_at_the_next_lease_renewal,
     a_pushers_traceparent_reaches_the_client,
     online_push_arrives_and_its_ack_is_recorded,

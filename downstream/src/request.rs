@@ -22,8 +22,10 @@ pub struct PushRequest {
     /// Every connected client (qos 0 only).
     #[serde(default)]
     pub all: bool,
-    /// Any JSON value; delivered as its UTF-8 JSON text.
-    pub payload: Option<serde_json::Value>,
+    /// Any JSON value; delivered as the JSON text it was sent as (taken
+    /// as it is, not parsed into a tree and written again: large numbers and
+    /// number spellings stay exact).
+    pub payload: Option<Box<serde_json::value::RawValue>>,
     /// Raw bytes, standard base64.
     pub payload_base64: Option<String>,
     #[serde(default)]
@@ -105,9 +107,7 @@ impl PushRequest {
         let payload = match (self.payload, self.payload_base64) {
             (Some(_), Some(_)) => return Err(ApiError::bad("bad_payload", "send payload or payload_base64, not both")),
             (None, None) => return Err(ApiError::bad("bad_payload", "payload or payload_base64 is required")),
-            (Some(v), None) => {
-                Bytes::from(serde_json::to_vec(&v).map_err(|e| ApiError::bad("bad_payload", e.to_string()))?)
-            }
+            (Some(v), None) => Bytes::copy_from_slice(v.get().as_bytes()),
             (None, Some(b)) => Bytes::from(
                 base64::engine::general_purpose::STANDARD
                     .decode(b.as_bytes())
