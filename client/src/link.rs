@@ -57,8 +57,7 @@ impl Link<'_> {
                     let call = match command {
                         Command::Call(call) => call,
                         Command::Ack(seq) => {
-                            let ack = self.acks.app_acked(seq);
-                self.hold_ack(ack);
+                            hold(&mut self.held_ack, self.acks.app_acked(seq));
                             if let Some(ended) = self.send_held_ack().await {
                                 return ended;
                             }
@@ -108,8 +107,7 @@ impl Link<'_> {
                 // seq 0: qos 0, never stored, nothing to dedupe or ack.
                 let seq = p.seq;
                 if self.acks.is_duplicate(seq) {
-                    let ack = self.acks.passed(seq);
-                    self.hold_ack(ack);
+                    hold(&mut self.held_ack, self.acks.passed(seq));
                     return None;
                 }
                 if self.events.send(Event::Push(p)).await.is_err() {
@@ -118,8 +116,7 @@ impl Link<'_> {
                 if seq == 0 {
                     return None;
                 }
-                let ack = self.acks.push_delivered(seq);
-                self.hold_ack(ack);
+                hold(&mut self.held_ack, self.acks.push_delivered(seq));
                 None
             }
             Frame::Reply(r) => {
@@ -130,8 +127,7 @@ impl Link<'_> {
                 if seq == 0 {
                     return None;
                 }
-                let ack = self.acks.passed(seq);
-                self.hold_ack(ack);
+                hold(&mut self.held_ack, self.acks.passed(seq));
                 None
             }
             Frame::UploadAck(a) => {
@@ -143,8 +139,7 @@ impl Link<'_> {
                 if self.events.send(Event::Gap(g)).await.is_err() {
                     return Some(Ended::AppGone);
                 }
-                let ack = self.acks.passed(to);
-                self.hold_ack(ack);
+                hold(&mut self.held_ack, self.acks.passed(to));
                 None
             }
             Frame::Kicked(k) if k.reason == "replaced" => Some(Ended::Replaced),
@@ -159,13 +154,6 @@ impl Link<'_> {
         }
     }
 
-    /// Notes a cumulative ack to send with the end of the burst.
-    fn hold_ack(&mut self, ack: Option<u64>) {
-        if let Some(seq) = ack {
-            self.held_ack = Some(self.held_ack.map_or(seq, |held| held.max(seq)));
-        }
-    }
-
     /// Sends the held cumulative ack, if any.
     async fn send_held_ack(&mut self) -> Option<Ended> {
         let seq = self.held_ack.take()?;
@@ -173,5 +161,12 @@ impl Link<'_> {
             Ok(()) => None,
             Err(e) => Some(Ended::Lost(e.to_string())),
         }
+    }
+}
+
+/// Notes a cumulative ack to send with the end of the burst (the highest wins).
+fn hold(held: &mut Option<u64>, ack: Option<u64>) {
+    if let Some(seq) = ack {
+        *held = Some(held.map_or(seq, |h| h.max(seq)));
     }
 }

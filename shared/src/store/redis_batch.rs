@@ -161,13 +161,7 @@ async fn send_batches(conn: RedisConn, script: &'static BatchScript, mut rx: mps
             !open || shape.linger.is_zero() || waiting.len() >= MAX_CALLERS || due.is_some_and(|d| d <= Instant::now());
         if room && !waiting.is_empty() && send_now {
             for batch in split(std::mem::take(&mut waiting), shape.by_client) {
-                in_flight.push(run(
-                    conn.clone(),
-                    script,
-                    batch,
-                    shape.keys_per_call,
-                    shape.args_per_call,
-                ));
+                in_flight.push(run(conn.clone(), script, batch, shape));
             }
             due = None;
             continue;
@@ -227,14 +221,8 @@ fn batch_command(hash: &str, batch: &[Caller], keys_per_call: usize, args_per_ca
     cmd
 }
 
-async fn run(
-    mut conn: RedisConn,
-    script: &'static BatchScript,
-    batch: Vec<Caller>,
-    keys_per_call: usize,
-    args_per_call: usize,
-) {
-    let cmd = batch_command(&script.hash, &batch, keys_per_call, args_per_call);
+async fn run(mut conn: RedisConn, script: &'static BatchScript, batch: Vec<Caller>, shape: Shape) {
+    let cmd = batch_command(&script.hash, &batch, shape.keys_per_call, shape.args_per_call);
     let mut answer = cmd.query_async::<Vec<Value>>(&mut conn).await;
     if answer
         .as_ref()
