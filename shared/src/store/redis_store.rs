@@ -27,13 +27,14 @@ static INFO: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(redis_scr
 /// The key of one client's queue hash (`h`, see `redis_scripts`); the
 /// scripts find the client's status buckets from it.
 fn queue_key(keys: &Keys, client_id: &str) -> String {
-    // Concatenation rather than format!: this runs for every queue call.
-    [keys.client(client_id).as_str(), "h"].concat()
+    keys.client_key(client_id, "h")
 }
 
 /// The status bucket of message `seq` (see `redis_scripts`).
 fn status_bucket(keys: &Keys, client_id: &str, seq: u64) -> String {
-    format!("{}s:{}", keys.client(client_id), seq / STATUSES_PER_BUCKET)
+    let mut key = keys.client_key(client_id, "s:");
+    key.push_str(itoa::Buffer::new().format(seq / STATUSES_PER_BUCKET));
+    key
 }
 
 /// Sent marks per pipeline: bounds one request's size.
@@ -294,20 +295,17 @@ impl Store for RedisStore {
         limits: QueueLimits,
         now_ms: u64,
     ) -> Result<Enqueued, StoreError> {
-        let idem_key = format!(
-            "{}i:{}",
-            self.keys.client(client_id),
-            msg.idempotency_key.as_deref().unwrap_or("")
-        );
+        let prefix = self.keys.client(client_id);
+        let idem_key = [prefix.as_str(), "i:", msg.idempotency_key.as_deref().unwrap_or("")].concat();
         let r = &msg.record;
         let idem_ttl = if msg.idempotency_key.is_some() {
             msg.idempotency_ttl_ms.max(1)
         } else {
             0
         };
-        let mut call = CallArgs::with_keys([queue_key(&self.keys, client_id)]);
+        let mut call = CallArgs::with_keys([[prefix.as_str(), "h"].concat()]);
         call.key(idem_key)
-            .key(self.keys.route(client_id))
+            .key([prefix.as_str(), "route"].concat())
             .arg(r.encode())
             .arg(status_base(r))
             .arg(pack_numbers(&[r.expires_ms, r.size()]))
@@ -365,7 +363,9 @@ impl Store for RedisStore {
             for (client_id, seq) in chunk {
                 let bucket = status_bucket(&self.keys, client_id, *seq);
                 let mut mark = redis::cmd("HSETNX");
-                mark.arg(&bucket).arg(format!("{seq}s")).arg(now_ms);
+                let mut field = itoa::Buffer::new().format(*seq).to_owned();
+                field.push('s');
+                mark.arg(&bucket).arg(field).arg(now_ms);
                 let mut life = redis::cmd("PEXPIRE");
                 life.arg(&bucket).arg(STATUS_RETENTION_MS).arg("NX");
                 cmds.extend([mark, life]);
@@ -484,7 +484,14 @@ fn enqueued(client_id: &str, nonce: u32, reply: &str) -> Result<Enqueued, StoreE
 
 /// `<nonce> <created> <expires>`, the part of a status written at enqueue.
 fn status_base(r: &MessageRecord) -> String {
-    format!("{} {} {}", r.nonce, r.created_ms, r.expires_ms)
+    let mut base = String::with_capacity(40);
+    let mut digits = itoa::Buffer::new();
+    base.push_str(digits.format(r.nonce));
+    base.push(' ');
+    base.push_str(digits.format(r.created_ms));
+    base.push(' ');
+    base.push_str(digits.format(r.expires_ms));
+    base
 }
 
 /// Reads what `status_base` wrote.
