@@ -167,7 +167,10 @@ pub fn run(args: ClientArgs) -> ExitCode {
                     connected_once = true;
                     eprintln!("connected to {node_id} (session {session_id})");
                     if let Some(call) = call.clone() {
-                        return one_call(&client, call, timeout).await;
+                        let code = one_call(&client, call, timeout).await;
+                        // A reply is a stored message: its ack goes out before the exit.
+                        client.close().await;
+                        return code;
                     }
                 }
                 Event::Disconnected { reason } if !connected_once => {
@@ -184,6 +187,8 @@ pub fn run(args: ClientArgs) -> ExitCode {
                     });
                     let mut out = std::io::stdout().lock();
                     if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                        drop(out);
+                        client.close().await;
                         return ExitCode::SUCCESS;
                     }
                 }

@@ -343,7 +343,9 @@ async fn batch_wait_ack_and_kick(kind: StoreKind) {
     let a = recv_push(&mut conn).await;
     let b = recv_push(&mut conn).await;
     assert_eq!((a.seq, b.seq), (1, 2));
-    // wait_ack_ms: the call returns once the client acked.
+    assert!(!a.ack_now && !b.ack_now, "nobody waits for these acks");
+    // wait_ack_ms: the call returns once the client acked; the push asks the
+    // client to ack at once (clients otherwise hold acks for a moment).
     let waiter = {
         let node = node.clone();
         tokio::spawn(async move {
@@ -355,6 +357,7 @@ async fn batch_wait_ack_and_kick(kind: StoreKind) {
         })
     };
     let third = recv_push(&mut conn).await;
+    assert!(third.ack_now, "a backend call waits for this ack");
     ack(&mut conn, third.seq).await;
     let (status, body) = waiter.await.expect("waiter");
     assert_eq!(

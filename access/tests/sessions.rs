@@ -171,6 +171,7 @@ fn push(seq: u64) -> Frame {
         msg_id: format!("m{seq}"),
         headers: Default::default(),
         payload: vec![7u8; 100].into(),
+        ack_now: false,
     })
 }
 

@@ -17,7 +17,7 @@ mod link;
 pub mod reconnecting;
 
 pub use calls::CallError;
-pub use reconnecting::{Client, ClientOptions, Endpoint, Event};
+pub use reconnecting::{Client, ClientOptions, Endpoint, Event, DEFAULT_ACK_DELAY};
 
 use bytes::Bytes;
 use duplex_shared::protocol::{

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use duplex_shared::protocol::{Ack, Frame, Ping};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
 use crate::acks::Acks;
@@ -31,10 +31,19 @@ pub(crate) struct Link<'a> {
     pub(crate) events: &'a mpsc::Sender<Event>,
     pub(crate) commands: &'a mut mpsc::Receiver<Command>,
     pub(crate) in_flight: &'a mut InFlight,
-    /// The ack owed for the frames handled so far in this burst: sent once
-    /// no further frame is already waiting, so a burst of pushes costs one
-    /// ack frame (the server then makes one store call for it).
+    /// The cumulative ack owed and not sent yet. It goes out `ack_delay`
+    /// after the burst that made it owed ended (no further frame already
+    /// waiting), so pushes arriving within that time share one ack frame and
+    /// the server one store call. Already counted in `acks.acked`: if the
+    /// connection drops first, the next Connect's `last_seq` carries it.
     pub(crate) held_ack: Option<u64>,
+    pub(crate) ack_delay: Duration,
+    /// When the held ack goes out.
+    pub(crate) ack_due: Option<Instant>,
+    /// A push in the current burst asked for its ack at once (`ack_now`).
+    pub(crate) ack_urgent: bool,
+    /// Set by `Client::close`: send the held ack and end.
+    pub(crate) closing: &'a mut watch::Receiver<bool>,
 }
 
 impl Link<'_> {
@@ -58,7 +67,7 @@ impl Link<'_> {
                         Command::Call(call) => call,
                         Command::Ack(seq) => {
                             hold(&mut self.held_ack, self.acks.app_acked(seq));
-                            if let Some(ended) = self.send_held_ack().await {
+                            if let Some(ended) = self.release_ack().await {
                                 return ended;
                             }
                             continue;
@@ -69,6 +78,15 @@ impl Link<'_> {
                     self.in_flight.add(call);
                     if let Err(e) = self.conn.send(&frame).await {
                         return Ended::Lost(e.to_string());
+                    }
+                    continue;
+                }
+                Ok(()) = self.closing.changed() => {
+                    return self.send_held_ack().await.unwrap_or(Ended::AppGone);
+                }
+                _ = sleep_until(self.ack_due.unwrap_or(next_ping)), if self.ack_due.is_some() => {
+                    if let Some(ended) = self.send_held_ack().await {
+                        return ended;
                     }
                     continue;
                 }
@@ -87,6 +105,11 @@ impl Link<'_> {
             let mut next = Some(frame);
             while let Some(frame) = next.take() {
                 if let Some(ended) = self.handle(frame).await {
+                    if let Ended::GoAway(_) = ended {
+                        // The server asked to move; the connection still
+                        // carries what this one owes.
+                        let _ = self.send_held_ack().await;
+                    }
                     return ended;
                 }
                 next = match self.conn.recv_buffered() {
@@ -94,7 +117,7 @@ impl Link<'_> {
                     Err(e) => return Ended::Lost(e.to_string()),
                 };
             }
-            if let Some(ended) = self.send_held_ack().await {
+            if let Some(ended) = self.release_ack().await {
                 return ended;
             }
         }
@@ -105,7 +128,7 @@ impl Link<'_> {
         match frame {
             Frame::Push(p) => {
                 // seq 0: qos 0, never stored, nothing to dedupe or ack.
-                let seq = p.seq;
+                let (seq, p_ack_now) = (p.seq, p.ack_now);
                 if self.acks.is_duplicate(seq) {
                     hold(&mut self.held_ack, self.acks.passed(seq));
                     return None;
@@ -116,6 +139,7 @@ impl Link<'_> {
                 if seq == 0 {
                     return None;
                 }
+                self.ack_urgent |= p_ack_now;
                 hold(&mut self.held_ack, self.acks.push_delivered(seq));
                 None
             }
@@ -154,8 +178,21 @@ impl Link<'_> {
         }
     }
 
+    /// At the end of a burst: sends the held ack now if there is no delay
+    /// or a push asked for it, else makes sure it is due within the delay.
+    async fn release_ack(&mut self) -> Option<Ended> {
+        self.held_ack?;
+        if self.ack_delay.is_zero() || self.ack_urgent {
+            return self.send_held_ack().await;
+        }
+        self.ack_due.get_or_insert_with(|| Instant::now() + self.ack_delay);
+        None
+    }
+
     /// Sends the held cumulative ack, if any.
     async fn send_held_ack(&mut self) -> Option<Ended> {
+        self.ack_due = None;
+        self.ack_urgent = false;
         let seq = self.held_ack.take()?;
         match self.conn.send(&Frame::Ack(Ack { id: seq, seq })).await {
             Ok(()) => None,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use duplex_shared::protocol::{Frame, Gap, Push, Reply, Request, Upload, UploadAck};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{sleep, Instant};
 
 use crate::acks::Acks;
@@ -54,6 +54,11 @@ impl Endpoint {
     }
 }
 
+/// Default of [`ClientOptions::ack_delay`]: short against a push's life and
+/// the usual `wait_ack_ms`, long enough that a client receiving tens of
+/// pushes a second sends a few acks a second instead of one per push.
+pub const DEFAULT_ACK_DELAY: Duration = Duration::from_millis(100);
+
 /// Produces a fresh token for each connection attempt.
 pub type TokenProvider = Arc<dyn Fn() -> String + Send + Sync>;
 
@@ -73,6 +78,16 @@ pub struct ClientOptions {
     /// false, the application calls `Client::ack` after processing; pushes
     /// it has not acked come again after a reconnect.
     pub auto_ack: bool,
+    /// How long an ack may wait for the acks of pushes arriving after it:
+    /// acks are cumulative, so one frame then covers them all, and each ack
+    /// frame costs the server a store call. Default
+    /// [`DEFAULT_ACK_DELAY`]; zero acks every burst at once. A push whose
+    /// backend call waits for the ack (`wait_ack_ms`) is acked at once
+    /// anyway. An ack still held when the connection drops is not lost: the
+    /// next connection resumes after it. It is lost only if the `Client` is
+    /// dropped first, and then those pushes come again (unless `last_seq`
+    /// says they were processed).
+    pub ack_delay: Duration,
     /// Backoff bounds until the server advises its own.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -91,6 +106,7 @@ impl ClientOptions {
             token,
             last_seq: 0,
             auto_ack: true,
+            ack_delay: DEFAULT_ACK_DELAY,
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             stable_after: Duration::from_secs(30),
@@ -134,6 +150,7 @@ pub struct Client {
     events: mpsc::Receiver<Event>,
     task: tokio::task::JoinHandle<()>,
     wake: Arc<Notify>,
+    closing: watch::Sender<bool>,
     commands: mpsc::Sender<Command>,
     next_id: AtomicU64,
     call_timeout: Duration,
@@ -145,6 +162,9 @@ pub(crate) enum Command {
     Ack(u64),
 }
 
+/// Longest `Client::close` waits to send the held ack.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// Calls waiting for a connection; more make `upload`/`request` wait (backpressure).
 const CALL_QUEUE: usize = 256;
 
@@ -153,14 +173,16 @@ impl Client {
         let (tx, events) = mpsc::channel(256);
         let (commands, commands_rx) = mpsc::channel(CALL_QUEUE);
         let wake = Arc::new(Notify::new());
+        let (closing, closing_rx) = watch::channel(false);
         let call_timeout = options.call_timeout;
-        let task = tokio::spawn(drive(options, tx, commands_rx, wake.clone()));
+        let task = tokio::spawn(drive(options, tx, commands_rx, wake.clone(), closing_rx));
         // Ids stay unique across app restarts (the server deduplicates by client and id).
         let first_id = duplex_shared::store::now_ms().saturating_mul(1000);
         Client {
             events,
             task,
             wake,
+            closing,
             commands,
             next_id: AtomicU64::new(first_id),
             call_timeout,
@@ -214,6 +236,15 @@ impl Client {
         self.wake.notify_waiters();
     }
 
+    /// Stops the client, first sending the ack it holds (see
+    /// `ClientOptions::ack_delay`) if it is connected: pushes handed to the
+    /// application then do not come again to the next instance. Waits at
+    /// most `CLOSE_WAIT` for that; dropping the client instead stops it at once.
+    pub async fn close(mut self) {
+        let _ = self.closing.send(true);
+        let _ = tokio::time::timeout(CLOSE_WAIT, &mut self.task).await;
+    }
+
     /// Next event; `None` once the client stopped (after `Replaced`).
     pub async fn next(&mut self) -> Option<Event> {
         self.events.recv().await
@@ -241,6 +272,7 @@ async fn drive(
     events: mpsc::Sender<Event>,
     mut commands: mpsc::Receiver<Command>,
     wake: Arc<Notify>,
+    mut closing: watch::Receiver<bool>,
 ) {
     let mut in_flight = InFlight::default();
     let mut acks = Acks::new(options.last_seq, options.auto_ack);
@@ -314,6 +346,10 @@ async fn drive(
                         commands: &mut commands,
                         in_flight: &mut in_flight,
                         held_ack: None,
+                        ack_delay: options.ack_delay,
+                        ack_due: None,
+                        ack_urgent: false,
+                        closing: &mut closing,
                     };
                     link.serve(heartbeat).await
                 }
@@ -378,6 +414,7 @@ async fn drive(
         tokio::select! {
             _ = sleep(delay) => {}
             _ = wake.notified() => {}
+            _ = closing.wait_for(|closing| *closing) => return,
         }
     }
 }

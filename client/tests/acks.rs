@@ -1,5 +1,6 @@
 //! The SDK acks a burst of pushes once: the pushes already received together
-//! are handed to the application first, then one cumulative ack goes out.
+//! are handed to the application first, then one cumulative ack goes out,
+//! held for `ack_delay` so that the pushes arriving meanwhile share it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ fn push(seq: u64) -> Frame {
         msg_id: format!("c~{seq}~1"),
         headers: Default::default(),
         payload: bytes::Bytes::from_static(b"{}"),
+        ack_now: false,
     })
 }
 
@@ -72,17 +74,12 @@ async fn next_push(client: &mut Client) -> u64 {
 async fn pushes_received_together_are_acked_once_for_the_highest_seq() {
     let listener = duplex_shared::net::bind_listener("127.0.0.1:0".parse().expect("addr"), 128, false).expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let options = ClientOptions::new(vec![Endpoint::Tcp(addr)], "c", Arc::new(|| "token".to_owned()));
+    let mut options = ClientOptions::new(vec![Endpoint::Tcp(addr)], "c", Arc::new(|| "token".to_owned()));
+    options.ack_delay = Duration::ZERO;
     let mut client = Client::start(options);
 
-    let (mut sock, _) = timeout(WAIT, listener.accept())
-        .await
-        .expect("connects")
-        .expect("accept");
-    let mut decoder = TcpDecoder::new();
-    assert!(matches!(next_frame(&mut sock, &mut decoder).await, Frame::Connect(_)));
+    let (mut sock, mut decoder) = accept_client(&listener).await;
     let mut out = Vec::new();
-    encode_tcp(&connected(), &mut out);
     // Three pushes in one write: the client reads them together.
     for seq in 1..=3 {
         encode_tcp(&push(seq), &mut out);
@@ -107,6 +104,106 @@ async fn pushes_received_together_are_acked_once_for_the_highest_seq() {
     assert_eq!(next_push(&mut client).await, 4);
     match next_frame(&mut sock, &mut decoder).await {
         Frame::Ack(a) => assert_eq!(a.seq, 4),
+        other => panic!("expected an ack, got {}", other.type_name()),
+    }
+}
+
+/// Accepts the client's connection, checks its `Connect` and answers `Connected`.
+async fn accept_client(listener: &tokio::net::TcpListener) -> (TcpStream, TcpDecoder) {
+    let (mut sock, _) = timeout(WAIT, listener.accept())
+        .await
+        .expect("connects")
+        .expect("accept");
+    let mut decoder = TcpDecoder::new();
+    assert!(matches!(next_frame(&mut sock, &mut decoder).await, Frame::Connect(_)));
+    let mut out = Vec::new();
+    encode_tcp(&connected(), &mut out);
+    sock.write_all(&out).await.expect("write");
+    (sock, decoder)
+}
+
+async fn write_frame(sock: &mut TcpStream, frame: &Frame) {
+    let mut out = Vec::new();
+    encode_tcp(frame, &mut out);
+    sock.write_all(&out).await.expect("write");
+}
+
+fn client_with_ack_delay(listener: &tokio::net::TcpListener, ack_delay: Duration) -> Client {
+    let addr = listener.local_addr().expect("addr");
+    let mut options = ClientOptions::new(vec![Endpoint::Tcp(addr)], "c", Arc::new(|| "token".to_owned()));
+    options.ack_delay = ack_delay;
+    Client::start(options)
+}
+
+#[tokio::test]
+async fn pushes_arriving_within_the_ack_delay_share_one_ack() {
+    let listener = duplex_shared::net::bind_listener("127.0.0.1:0".parse().expect("addr"), 128, false).expect("bind");
+    // Long enough that the three separate writes below land within it even
+    // on a slow machine.
+    let mut client = client_with_ack_delay(&listener, Duration::from_secs(2));
+    let (mut sock, mut decoder) = accept_client(&listener).await;
+    // Three separate bursts: each read by the client on its own.
+    for seq in 1..=3 {
+        write_frame(&mut sock, &push(seq)).await;
+        assert_eq!(next_push(&mut client).await, seq);
+    }
+    match next_frame(&mut sock, &mut decoder).await {
+        Frame::Ack(a) => assert_eq!(a.seq, 3, "one ack for the three pushes, after the delay"),
+        other => panic!("expected an ack, got {}", other.type_name()),
+    }
+}
+
+#[tokio::test]
+async fn a_push_whose_sender_waits_for_the_ack_is_acked_at_once() {
+    let listener = duplex_shared::net::bind_listener("127.0.0.1:0".parse().expect("addr"), 128, false).expect("bind");
+    // Far beyond WAIT: an ack that waited for the delay would fail the test.
+    let mut client = client_with_ack_delay(&listener, Duration::from_secs(600));
+    let (mut sock, mut decoder) = accept_client(&listener).await;
+    write_frame(&mut sock, &push(1)).await;
+    assert_eq!(next_push(&mut client).await, 1);
+    let Frame::Push(mut urgent) = push(2) else {
+        unreachable!()
+    };
+    urgent.ack_now = true;
+    write_frame(&mut sock, &Frame::Push(urgent)).await;
+    assert_eq!(next_push(&mut client).await, 2);
+    match next_frame(&mut sock, &mut decoder).await {
+        Frame::Ack(a) => assert_eq!(a.seq, 2, "the held ack of push 1 goes out with it"),
+        other => panic!("expected an ack, got {}", other.type_name()),
+    }
+}
+
+#[tokio::test]
+async fn an_ack_held_when_the_connection_drops_is_the_next_connects_last_seq() {
+    let listener = duplex_shared::net::bind_listener("127.0.0.1:0".parse().expect("addr"), 128, false).expect("bind");
+    let mut client = client_with_ack_delay(&listener, Duration::from_secs(600));
+    let (mut sock, _) = accept_client(&listener).await;
+    write_frame(&mut sock, &push(1)).await;
+    write_frame(&mut sock, &push(2)).await;
+    assert_eq!(next_push(&mut client).await, 1);
+    assert_eq!(next_push(&mut client).await, 2);
+    drop(sock);
+    // `Connected` said to wait 1 s before reconnecting.
+    let (mut sock, _) = timeout(WAIT, listener.accept())
+        .await
+        .expect("reconnects")
+        .expect("accept");
+    match next_frame(&mut sock, &mut TcpDecoder::new()).await {
+        Frame::Connect(c) => assert_eq!(c.last_seq, 2, "the held ack travels as the resume point"),
+        other => panic!("expected connect, got {}", other.type_name()),
+    }
+}
+
+#[tokio::test]
+async fn closing_the_client_sends_the_ack_it_holds() {
+    let listener = duplex_shared::net::bind_listener("127.0.0.1:0".parse().expect("addr"), 128, false).expect("bind");
+    let mut client = client_with_ack_delay(&listener, Duration::from_secs(600));
+    let (mut sock, mut decoder) = accept_client(&listener).await;
+    write_frame(&mut sock, &push(1)).await;
+    assert_eq!(next_push(&mut client).await, 1);
+    timeout(WAIT, client.close()).await.expect("close returns");
+    match next_frame(&mut sock, &mut decoder).await {
+        Frame::Ack(a) => assert_eq!(a.seq, 1, "the held ack goes out before the client stops"),
         other => panic!("expected an ack, got {}", other.type_name()),
     }
 }

@@ -75,6 +75,7 @@ impl Shared {
                 msg_id: qos0_id(),
                 headers: p.headers,
                 payload: p.payload,
+                ack_now: false,
             });
             let delivered = self
                 .nodes
@@ -205,7 +206,8 @@ impl Shared {
                 msg_id: msg_id.clone(),
                 record: msg.record,
             };
-            if self.deliver_stored(client_id, route, stored).await == Delivery::Delivered {
+            let ack_now = p.wait_ack_ms > 0;
+            if self.deliver_stored(client_id, route, stored, ack_now).await == Delivery::Delivered {
                 self.counts.delivery_seconds.observe(accepted.elapsed());
                 r.state = "delivered_to_node";
             }
@@ -226,15 +228,22 @@ impl Shared {
 
     /// Hands a just-stored message to the node holding its client; a failed
     /// delivery goes to the retrier, a missing route waits for the client's replay.
+    /// `ack_now`: the caller waits for the ack, so the client is asked not to
+    /// hold it back.
     pub(crate) async fn deliver_stored(
         &self,
         client_id: &str,
         route: Option<Route>,
         message: StoredMessage,
+        ack_now: bool,
     ) -> Delivery {
         let seq = message.seq;
         let is_push = message.record.reply_to.is_none();
-        let delivery = deliver_via(&*self.nodes, client_id, route, message.frame()).await;
+        let mut frame = message.frame();
+        if let Frame::Push(push) = &mut frame {
+            push.ack_now = ack_now;
+        }
+        let delivery = deliver_via(&*self.nodes, client_id, route, frame).await;
         match delivery {
             // A reply's status is never asked for (its id is not handed out), so it gets no sent mark.
             Delivery::Delivered if is_push => {
@@ -254,6 +263,7 @@ impl Shared {
             msg_id: qos0_id(),
             headers: p.headers.clone(),
             payload: p.payload.clone(),
+            ack_now: false,
         });
         let mut r = item(client_id, "offline");
         if let Frame::Push(push) = &frame {

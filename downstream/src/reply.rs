@@ -45,7 +45,7 @@ impl ReplyLink for Shared {
                     msg_id,
                     record: msg.record,
                 };
-                self.deliver_stored(client_id, route, stored).await;
+                self.deliver_stored(client_id, route, stored, false).await;
                 Ok(())
             }
             Enqueued::Duplicate { .. } => Ok(()),

@@ -41,6 +41,7 @@ fn frame(payload: usize) -> Vec<u8> {
         msg_id: "bench~1~00000000".into(),
         headers: Headers::new(),
         payload: vec![b'x'; payload].into(),
+        ack_now: false,
     });
     encode_body(&push, &mut body);
     body

@@ -50,6 +50,10 @@ pub struct PushArgs {
     /// Start a private `redis-server` on a free loopback port, and stop it after.
     #[arg(long)]
     pub private_redis: bool,
+    /// How long a client holds an ack for the pushes that follow (the SDK's
+    /// `ack_delay`; default the SDK's default, 0 acks every burst at once).
+    #[arg(long, default_value_t = duplex_client::DEFAULT_ACK_DELAY.as_millis() as u64)]
+    pub ack_delay_ms: u64,
 }
 
 /// The send time every bench payload carries (`{"t": <us since the epoch>}`).
@@ -77,7 +81,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
     let pid = servers[0].child.id();
     println!("{}", machine_line());
     println!(
-        "bench push: {} qos-1 messages to {} clients, {} per call, {}, {} store",
+        "bench push: {} qos-1 messages to {} clients, {} per call, {}, {} store, clients hold acks {} ms",
         args.messages,
         args.clients,
         args.batch,
@@ -85,7 +89,8 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
             .map_or(format!("{} calls in flight", args.concurrency), |r| format!(
                 "open loop at {r} msgs/s"
             )),
-        if redis_url.is_some() { "redis" } else { "memory" }
+        if redis_url.is_some() { "redis" } else { "memory" },
+        args.ack_delay_ms
     );
 
     let received = Arc::new(AtomicU64::new(0));
@@ -99,29 +104,8 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
             .await
             .context("client handshake")?;
         let (received, hist) = (received.clone(), hist.clone());
-        readers.push(tokio::spawn(async move {
-            while let Ok(Some(frame)) = conn.recv().await {
-                // As the SDK does: the pushes already received are taken
-                // together and acked once, for the highest seq.
-                let mut next = Some(frame);
-                let mut ack = 0;
-                while let Some(frame) = next.take() {
-                    if let Frame::Push(p) = frame {
-                        let now = wall_us();
-                        let sent = serde_json::from_slice::<Stamp>(&p.payload).map_or(now, |s| s.t);
-                        if let Ok(mut h) = hist.lock() {
-                            let _ = h.record(now.saturating_sub(sent).max(1));
-                        }
-                        received.fetch_add(1, Ordering::Relaxed);
-                        ack = ack.max(p.seq);
-                    }
-                    next = conn.recv_buffered().ok().flatten();
-                }
-                if ack > 0 && conn.send(&Frame::Ack(Ack { id: ack, seq: ack })).await.is_err() {
-                    return;
-                }
-            }
-        }));
+        let ack_delay = Duration::from_millis(args.ack_delay_ms);
+        readers.push(tokio::spawn(read_and_ack(conn, ack_delay, received, hist)));
     }
 
     // For the server's metrics; the load goes through `LoadClient`.
@@ -275,6 +259,59 @@ async fn send(load: &LoadClient, c: usize, batch: usize, clients: usize, message
         Ok(202) => {}
         _ => {
             errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One bench client: records each push's latency and acks as the SDK does:
+/// the pushes already received are taken together, and their cumulative ack
+/// waits `ack_delay` for the acks of the pushes that follow.
+async fn read_and_ack(
+    mut conn: Connection,
+    ack_delay: Duration,
+    received: Arc<AtomicU64>,
+    hist: Arc<Mutex<Histogram<u64>>>,
+) {
+    let mut owed = 0u64;
+    let mut due: Option<tokio::time::Instant> = None;
+    loop {
+        let got = match due {
+            Some(at) => tokio::select! {
+                got = conn.recv() => got,
+                _ = tokio::time::sleep_until(at) => {
+                    due = None;
+                    if conn.send(&Frame::Ack(Ack { id: owed, seq: owed })).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            },
+            None => conn.recv().await,
+        };
+        let Ok(Some(frame)) = got else { return };
+        let mut next = Some(frame);
+        let mut ack = 0;
+        while let Some(frame) = next.take() {
+            if let Frame::Push(p) = frame {
+                let now = wall_us();
+                let sent = serde_json::from_slice::<Stamp>(&p.payload).map_or(now, |s| s.t);
+                if let Ok(mut h) = hist.lock() {
+                    let _ = h.record(now.saturating_sub(sent).max(1));
+                }
+                received.fetch_add(1, Ordering::Relaxed);
+                ack = ack.max(p.seq);
+            }
+            next = conn.recv_buffered().ok().flatten();
+        }
+        if ack > owed {
+            owed = ack;
+            if ack_delay.is_zero() {
+                if conn.send(&Frame::Ack(Ack { id: owed, seq: owed })).await.is_err() {
+                    return;
+                }
+            } else {
+                due.get_or_insert_with(|| tokio::time::Instant::now() + ack_delay);
+            }
         }
     }
 }

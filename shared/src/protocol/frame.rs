@@ -197,6 +197,10 @@ pub struct Push {
     pub headers: Headers,
     #[serde(default)]
     pub payload: Bytes,
+    /// A backend call is waiting for this push's ack (`wait_ack_ms`): ack it
+    /// at once rather than with the next batch of acks. Sent only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ack_now: bool,
 }
 
 /// Cumulative acknowledgement of every push with `seq <=` this one (client -> server).

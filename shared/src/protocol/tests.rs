@@ -207,12 +207,17 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                 seq,
             })
         }),
-        (any::<u64>(), text(), headers(), bytes()).prop_map(|(seq, msg_id, headers, payload)| Frame::Push(Push {
-            seq,
-            msg_id,
-            headers,
-            payload
-        })),
+        (any::<u64>(), text(), headers(), bytes(), any::<bool>()).prop_map(
+            |(seq, msg_id, headers, payload, ack_now)| {
+                Frame::Push(Push {
+                    seq,
+                    msg_id,
+                    headers,
+                    payload,
+                    ack_now,
+                })
+            }
+        ),
         (any::<u64>(), any::<u64>()).prop_map(|(id, seq)| Frame::Ack(Ack { id, seq })),
         (any::<u64>(), any::<u64>(), text()).prop_map(|(from, to, reason)| Frame::Gap(Gap { from, to, reason })),
         (text(), text()).prop_map(|(reason, message)| Frame::Kicked(Kicked { reason, message })),
