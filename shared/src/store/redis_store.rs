@@ -13,7 +13,7 @@ use redis::Value;
 
 use super::redis_batch::{BatchScript, BatchedScript, CallArgs};
 use super::redis_conn::{PubSubSource, RedisConn};
-use super::redis_scripts::{self, pack_numbers, STATUSES_PER_BUCKET};
+use super::redis_scripts::{self, pack_numbers, status_bucket_name};
 use super::{
     message_id, Claim, Enqueued, Keys, LeaseCheck, MessageRecord, MessageState, MessageStatus, NewMessage, Pending,
     QueueInfo, QueueLimits, Renewal, Route, Store, StoreError, StoredMessage, STATUS_RETENTION_MS, USER_CLIENTS_TTL,
@@ -33,7 +33,7 @@ fn queue_key(keys: &Keys, client_id: &str) -> String {
 /// The status bucket of message `seq` (see `redis_scripts`).
 fn status_bucket(keys: &Keys, client_id: &str, seq: u64) -> String {
     let mut key = keys.client_key(client_id, "s:");
-    key.push_str(itoa::Buffer::new().format(seq / STATUSES_PER_BUCKET));
+    key.push_str(&status_bucket_name(seq));
     key
 }
 
