@@ -160,7 +160,18 @@ pub fn run(args: ClientArgs) -> ExitCode {
     runtime.block_on(async move {
         let mut client = Client::start(options);
         let mut connected_once = false;
-        while let Some(event) = client.next().await {
+        let stop = crate::node::wait_for_signal();
+        tokio::pin!(stop);
+        loop {
+            let event = tokio::select! {
+                event = client.next() => event,
+                () = &mut stop => {
+                    // Ctrl-C or SIGTERM: the ack held for the last pushes goes out first.
+                    client.close().await;
+                    return ExitCode::SUCCESS;
+                }
+            };
+            let Some(event) = event else { break };
             match event {
                 Event::Connecting { endpoint } => eprintln!("connecting to {endpoint}"),
                 Event::Connected { node_id, session_id } => {

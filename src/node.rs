@@ -380,7 +380,8 @@ impl Node {
     }
 }
 
-async fn wait_for_signal() {
+/// Ctrl-C or SIGTERM.
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
