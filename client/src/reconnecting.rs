@@ -85,8 +85,11 @@ pub struct ClientOptions {
     /// backend call waits for the ack (`wait_ack_ms`) is acked at once
     /// anyway. An ack still held when the connection drops is not lost: the
     /// next connection resumes after it. It is lost only if the `Client` is
-    /// dropped first, and then those pushes come again (unless `last_seq`
-    /// says they were processed).
+    /// dropped first (`Client::close` sends it), and then those pushes come
+    /// again (unless `last_seq` says they were processed). Pushes count
+    /// against the server's per-client cap until acked, so a client taking
+    /// more than cap / delay pushes a second (10,000 with the defaults)
+    /// should use a shorter delay.
     pub ack_delay: Duration,
     /// Backoff bounds until the server advises its own.
     pub backoff_min: Duration,
