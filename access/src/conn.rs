@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use duplex_shared::links::ClientContext;
-use duplex_shared::protocol::{encode_body, valid_client_id, Connect, ErrorCode, Frame, PROTOCOL_VERSION};
+use duplex_shared::protocol::{
+    body_capacity, encode_body, valid_client_id, Connect, ErrorCode, Frame, PROTOCOL_VERSION,
+};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, warn, Instrument};
@@ -18,7 +20,7 @@ use crate::Shared;
 
 /// Encodes one frame body.
 pub(crate) fn body(frame: &Frame) -> Bytes {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(body_capacity(frame));
     encode_body(frame, &mut out);
     Bytes::from(out)
 }

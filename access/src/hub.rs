@@ -14,7 +14,7 @@ use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use duplex_shared::links::{LinkError, NodeLink};
-use duplex_shared::protocol::{encode_body, Frame};
+use duplex_shared::protocol::{body_capacity, encode_body, Frame};
 use duplex_shared::store::Route;
 
 pub use crate::outbox::{CloseReason, Outbox, Outgoing};
@@ -146,7 +146,7 @@ impl Hub {
             Frame::Reply(r) => r.seq,
             _ => 0,
         };
-        let mut body = Vec::new();
+        let mut body = Vec::with_capacity(body_capacity(frame));
         encode_body(frame, &mut body);
         handle.outbox.push(Outgoing {
             seq,

@@ -302,3 +302,39 @@ fn every_listed_frame_type_is_known_to_the_decoder() {
         assert_ne!(code, Some(ErrorCode::UnknownFrameType), "{name}");
     }
 }
+
+#[test]
+fn a_push_or_reply_body_fits_the_room_reserved_for_it() {
+    let headers: Headers = [
+        ("traceparent".to_owned(), "00-abc-def-01".to_owned()),
+        ("k".to_owned(), "v".to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    let frames = [
+        Frame::Push(Push {
+            seq: u64::MAX,
+            msg_id: "client-with-a-long-id~18446744073709551615~ffffffff".into(),
+            headers: headers.clone(),
+            payload: vec![b'x'; 300].into(),
+            ack_now: true,
+        }),
+        Frame::Reply(Reply {
+            id: u64::MAX,
+            status: 503,
+            headers,
+            body: vec![b'y'; 70_000].into(),
+            seq: u64::MAX,
+        }),
+    ];
+    for frame in frames {
+        let mut body = Vec::new();
+        encode_body(&frame, &mut body);
+        assert!(
+            body.len() <= body_capacity(&frame),
+            "{} > {}",
+            body.len(),
+            body_capacity(&frame)
+        );
+    }
+}

@@ -39,8 +39,11 @@ impl MessageRecord {
     }
 
     pub fn encode(&self) -> Vec<u8> {
+        // Sized up front: growing step by step copied the payload each time.
+        let mut out = Vec::with_capacity(self.size() as usize + 16 * self.headers.len() + 64);
         // Encoding plain data into memory cannot fail.
-        rmp_serde::to_vec_named(self).unwrap_or_default()
+        let _ = rmp_serde::encode::write_named(&mut out, self);
+        out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, super::StoreError> {
