@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use duplex_shared::links::{LinkError, NodeLink};
-use duplex_shared::protocol::{body_capacity, encode_body, Frame};
+use duplex_shared::protocol::Frame;
 use duplex_shared::store::Route;
+
+use crate::conn::body;
 
 pub use crate::outbox::{CloseReason, Outbox, Outgoing};
 use tokio::time::Instant;
@@ -146,12 +147,7 @@ impl Hub {
             Frame::Reply(r) => r.seq,
             _ => 0,
         };
-        let mut body = Vec::with_capacity(body_capacity(frame));
-        encode_body(frame, &mut body);
-        handle.outbox.push(Outgoing {
-            seq,
-            body: Bytes::from(body),
-        })?;
+        handle.outbox.push(Outgoing { seq, body: body(frame) })?;
         self.counted(frame, 1);
         Ok(())
     }
@@ -159,9 +155,7 @@ impl Hub {
     /// Queues `frame` (unsequenced) for every session; returns how many took it.
     /// A full queue closes that session as a slow consumer, as for any delivery.
     pub fn broadcast_local(&self, frame: &Frame) -> u64 {
-        let mut body = Vec::new();
-        encode_body(frame, &mut body);
-        let body = Bytes::from(body);
+        let body = body(frame);
         let handles: Vec<Arc<Outbox>> = self.sessions.iter().map(|e| e.outbox.clone()).collect();
         let took = handles
             .iter()

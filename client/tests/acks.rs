@@ -60,6 +60,14 @@ async fn next_frame(sock: &mut TcpStream, decoder: &mut TcpDecoder) -> Frame {
     }
 }
 
+/// The seq of the next frame the client sends, which must be an ack.
+async fn next_ack(sock: &mut TcpStream, decoder: &mut TcpDecoder) -> u64 {
+    match next_frame(sock, decoder).await {
+        Frame::Ack(a) => a.seq,
+        other => panic!("expected an ack, got {}", other.type_name()),
+    }
+}
+
 async fn next_push(client: &mut Client) -> u64 {
     loop {
         match timeout(WAIT, client.next()).await.expect("an event within 10 s") {
@@ -73,10 +81,7 @@ async fn next_push(client: &mut Client) -> u64 {
 #[tokio::test]
 async fn pushes_received_together_are_acked_once_for_the_highest_seq() {
     let listener = duplex_shared::net::bind_listener("127.0.0.1:0".parse().expect("addr"), 128, false).expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let mut options = ClientOptions::new(vec![Endpoint::Tcp(addr)], "c", Arc::new(|| "token".to_owned()));
-    options.ack_delay = Duration::ZERO;
-    let mut client = Client::start(options);
+    let mut client = client_with_ack_delay(&listener, Duration::ZERO);
 
     let (mut sock, mut decoder) = accept_client(&listener).await;
     let mut out = Vec::new();
@@ -92,20 +97,18 @@ async fn pushes_received_together_are_acked_once_for_the_highest_seq() {
             "pushes reach the application in order"
         );
     }
-    match next_frame(&mut sock, &mut decoder).await {
-        Frame::Ack(a) => assert_eq!(a.seq, 3, "one cumulative ack for the burst, not one per push"),
-        other => panic!("expected an ack, got {}", other.type_name()),
-    }
+    assert_eq!(
+        next_ack(&mut sock, &mut decoder).await,
+        3,
+        "one cumulative ack for the burst, not one per push"
+    );
 
     // A push alone is acked alone, at once.
     let mut out = Vec::new();
     encode_tcp(&push(4), &mut out);
     sock.write_all(&out).await.expect("write");
     assert_eq!(next_push(&mut client).await, 4);
-    match next_frame(&mut sock, &mut decoder).await {
-        Frame::Ack(a) => assert_eq!(a.seq, 4),
-        other => panic!("expected an ack, got {}", other.type_name()),
-    }
+    assert_eq!(next_ack(&mut sock, &mut decoder).await, 4);
 }
 
 /// Accepts the client's connection, checks its `Connect` and answers `Connected`.
@@ -147,10 +150,11 @@ async fn pushes_arriving_within_the_ack_delay_share_one_ack() {
         write_frame(&mut sock, &push(seq)).await;
         assert_eq!(next_push(&mut client).await, seq);
     }
-    match next_frame(&mut sock, &mut decoder).await {
-        Frame::Ack(a) => assert_eq!(a.seq, 3, "one ack for the three pushes, after the delay"),
-        other => panic!("expected an ack, got {}", other.type_name()),
-    }
+    assert_eq!(
+        next_ack(&mut sock, &mut decoder).await,
+        3,
+        "one ack for the three pushes, after the delay"
+    );
 }
 
 #[tokio::test]
@@ -167,10 +171,11 @@ async fn a_push_whose_sender_waits_for_the_ack_is_acked_at_once() {
     urgent.ack_now = true;
     write_frame(&mut sock, &Frame::Push(urgent)).await;
     assert_eq!(next_push(&mut client).await, 2);
-    match next_frame(&mut sock, &mut decoder).await {
-        Frame::Ack(a) => assert_eq!(a.seq, 2, "the held ack of push 1 goes out with it"),
-        other => panic!("expected an ack, got {}", other.type_name()),
-    }
+    assert_eq!(
+        next_ack(&mut sock, &mut decoder).await,
+        2,
+        "the held ack of push 1 goes out with it"
+    );
 }
 
 #[tokio::test]
@@ -202,10 +207,11 @@ async fn closing_the_client_sends_the_ack_it_holds() {
     write_frame(&mut sock, &push(1)).await;
     assert_eq!(next_push(&mut client).await, 1);
     timeout(WAIT, client.close()).await.expect("close returns");
-    match next_frame(&mut sock, &mut decoder).await {
-        Frame::Ack(a) => assert_eq!(a.seq, 1, "the held ack goes out before the client stops"),
-        other => panic!("expected an ack, got {}", other.type_name()),
-    }
+    assert_eq!(
+        next_ack(&mut sock, &mut decoder).await,
+        1,
+        "the held ack goes out before the client stops"
+    );
 }
 
 /// The next frame the client sends over WebSocket.
