@@ -9,6 +9,7 @@ use duplex_shared::links::ClientContext;
 use duplex_shared::protocol::{
     body_capacity, encode_body, valid_client_id, Connect, ErrorCode, Frame, PROTOCOL_VERSION,
 };
+use duplex_shared::store::ClaimError;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, warn, Instrument};
@@ -44,7 +45,19 @@ pub(crate) async fn serve(
         .await
     {
         Ok(c) => c,
-        Err(e) => {
+        Err(ClaimError::Taken) => {
+            debug!(conn_id, "client id belongs to another user, refusing connection");
+            let msg = "this client_id belongs to another user";
+            let _ = send_refusal(
+                &shared,
+                &mut io,
+                &ErrorCode::ClientIdTaken.frame(Some(connect.id), msg, true),
+            )
+            .await;
+            io.shutdown().await;
+            return;
+        }
+        Err(ClaimError::Store(e)) => {
             warn!(conn_id, error = %e, "route write failed, refusing connection");
             let msg = "the route store is unavailable, try again later";
             let _ = send_now(
@@ -126,7 +139,7 @@ async fn authenticate(
             "client_id must be 1..=128 bytes of [A-Za-z0-9._:-]".into(),
         ))
     } else {
-        match shared.verifier.verify(&connect.token) {
+        match shared.verifier.verify_for(&connect.token, &connect.client_id) {
             Ok(claims) => return Some((connect, claims)),
             Err(e) => {
                 debug!(code = e.code.as_str(), "token rejected");

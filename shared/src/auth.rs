@@ -22,10 +22,28 @@ pub struct Claims {
     pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// One audience, or several (RFC 7519 allows both forms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// The one client id this token may connect as, if the issuer binds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
+}
+
+/// The `aud` claim: a string or an array of strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<&str> for Audience {
+    fn from(aud: &str) -> Self {
+        Audience::One(aud.to_owned())
+    }
 }
 
 /// A rejected token, with the protocol code the client receives.
@@ -40,6 +58,7 @@ pub struct AuthError {
 pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
+    require_client_claim: bool,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -82,15 +101,44 @@ impl TokenVerifier {
         let mut validation = Validation::new(jwt_algorithm(cfg.algorithm));
         validation.leeway = cfg.leeway_s;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured audience or issuer is a required claim: a token
+        // without it was not issued for this deployment.
+        let mut required = vec!["exp", "sub"];
         match &cfg.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &cfg.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
-        Ok(TokenVerifier { key, validation })
+        validation.set_required_spec_claims(&required);
+        Ok(TokenVerifier {
+            key,
+            validation,
+            require_client_claim: cfg.require_client_claim,
+        })
+    }
+
+    /// Verifies a token presented by a connection for `client_id`: a `cid`
+    /// claim must name it, and must be there when the configuration says so.
+    pub fn verify_for(&self, token: &str, client_id: &str) -> Result<Claims, AuthError> {
+        let claims = self.verify(token)?;
+        match &claims.cid {
+            Some(cid) if cid == client_id => Ok(claims),
+            Some(_) => Err(AuthError {
+                code: ErrorCode::ClientIdTaken,
+                message: "the token's `cid` claim names another client_id".into(),
+            }),
+            None if self.require_client_claim => Err(AuthError {
+                code: ErrorCode::TokenInvalid,
+                message: "the token has no `cid` claim, which this server requires".into(),
+            }),
+            None => Ok(claims),
+        }
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
@@ -101,6 +149,8 @@ impl TokenVerifier {
                 ErrorKind::InvalidAlgorithm => ErrorCode::TokenWrongAlgorithm,
                 ErrorKind::InvalidAudience => ErrorCode::TokenBadAudience,
                 ErrorKind::InvalidIssuer => ErrorCode::TokenBadIssuer,
+                ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => ErrorCode::TokenBadAudience,
+                ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => ErrorCode::TokenBadIssuer,
                 _ => ErrorCode::TokenInvalid,
             };
             AuthError {
@@ -146,6 +196,7 @@ pub fn dev_claims(sub: &str, ttl_s: u64) -> Claims {
         iat: Some(now),
         aud: None,
         iss: None,
+        cid: None,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Token verification: every algorithm, pinned; claims enforced.
 
-use duplex_shared::auth::{dev_claims, mint_hs256, unix_now, Claims, TokenVerifier};
+use duplex_shared::auth::{dev_claims, mint_hs256, unix_now, Audience, Claims, TokenVerifier};
 use duplex_shared::config::{AuthConfig, JwtAlgorithm};
 use duplex_shared::protocol::ErrorCode;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -95,6 +95,75 @@ fn audience_and_issuer_are_enforced_when_configured() {
         code(&v, &mint_hs256(SECRET, &bad_iss).expect("mint")),
         ErrorCode::TokenBadIssuer
     );
+}
+
+#[test]
+fn configured_audience_and_issuer_are_required_and_aud_may_be_an_array() {
+    let mut cfg = AuthConfig {
+        secret: Some(SECRET.into()),
+        audience: Some("duplex".into()),
+        issuer: Some("https://auth.example".into()),
+        ..AuthConfig::default()
+    };
+    cfg.resolve(false).expect("valid");
+    let v = TokenVerifier::new(&cfg).expect("verifier");
+    let good = Claims {
+        aud: Some(Audience::Many(vec!["billing".into(), "duplex".into()])),
+        iss: Some("https://auth.example".into()),
+        ..dev_claims("u", 60)
+    };
+    assert!(v.verify(&mint_hs256(SECRET, &good).expect("mint")).is_ok());
+    let others = Claims {
+        aud: Some(Audience::Many(vec!["billing".into()])),
+        ..good.clone()
+    };
+    assert_eq!(
+        code(&v, &mint_hs256(SECRET, &others).expect("mint")),
+        ErrorCode::TokenBadAudience
+    );
+    let no_aud = Claims {
+        aud: None,
+        ..good.clone()
+    };
+    assert_eq!(
+        code(&v, &mint_hs256(SECRET, &no_aud).expect("mint")),
+        ErrorCode::TokenBadAudience
+    );
+    let no_iss = Claims { iss: None, ..good };
+    assert_eq!(
+        code(&v, &mint_hs256(SECRET, &no_iss).expect("mint")),
+        ErrorCode::TokenBadIssuer
+    );
+}
+
+#[test]
+fn a_cid_claim_binds_the_token_to_one_client_id() {
+    let v = hs_verifier();
+    let bound = Claims {
+        cid: Some("bob-phone".into()),
+        ..dev_claims("bob", 60)
+    };
+    let token = mint_hs256(SECRET, &bound).expect("mint");
+    assert_eq!(v.verify_for(&token, "bob-phone").expect("own id").sub, "bob");
+    assert_eq!(
+        v.verify_for(&token, "bob-tablet").expect_err("other id").code,
+        ErrorCode::ClientIdTaken
+    );
+    let unbound = mint_hs256(SECRET, &dev_claims("bob", 60)).expect("mint");
+    assert!(v.verify_for(&unbound, "bob-tablet").is_ok());
+
+    let mut cfg = AuthConfig {
+        secret: Some(SECRET.into()),
+        require_client_claim: true,
+        ..AuthConfig::default()
+    };
+    cfg.resolve(false).expect("valid");
+    let strict = TokenVerifier::new(&cfg).expect("verifier");
+    assert_eq!(
+        strict.verify_for(&unbound, "bob-tablet").expect_err("no cid").code,
+        ErrorCode::TokenInvalid
+    );
+    assert!(strict.verify_for(&token, "bob-phone").is_ok());
 }
 
 fn public_key_verifier(alg: JwtAlgorithm, pem: &str) -> TokenVerifier {

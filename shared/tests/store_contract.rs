@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use duplex_shared::store::{Enqueued, MessageRecord, MessageState, NewMessage, QueueLimits, Renewal, Route, Store};
+use duplex_shared::store::{
+    ClaimError, Enqueued, MessageRecord, MessageState, NewMessage, QueueLimits, Renewal, Route, Store,
+};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -27,6 +29,53 @@ async fn routes_are_leases_owned_by_one_connection(store: Arc<dyn Store>) {
     assert_eq!(store.get_route("c1").await.expect("get"), Some(second.route.clone()));
     assert!(store.release_route("c1", &second.route).await.expect("release"));
     assert_eq!(store.get_route("c1").await.expect("get"), None);
+}
+
+async fn a_client_id_belongs_to_the_user_who_first_claimed_it(store: Arc<dyn Store>) {
+    assert_eq!(store.client_owner("bob-phone").await.expect("owner"), None);
+    let bob = store
+        .claim_route("bob-phone", "bob", "node-a", TTL)
+        .await
+        .expect("claim");
+    store
+        .enqueue("bob-phone", &msg("for bob", 60_000, None), LIMITS, NOW)
+        .await
+        .expect("enqueue");
+    assert_eq!(
+        store.client_owner("bob-phone").await.expect("owner").as_deref(),
+        Some("bob")
+    );
+
+    let refused = store.claim_route("bob-phone", "alice", "node-b", TTL).await;
+    assert!(matches!(refused, Err(ClaimError::Taken)), "{refused:?}");
+    assert!(!ClaimError::Taken.retryable());
+    // The refusal changed nothing: same route, same epoch, queue intact.
+    assert_eq!(
+        store.get_route("bob-phone").await.expect("get"),
+        Some(bob.route.clone())
+    );
+    let pending = store.pending("bob-phone", 0, 10, NOW).await.expect("pending");
+    assert_eq!((pending.acked, pending.messages.len()), (0, 1));
+    assert!(!store
+        .user_clients("alice")
+        .await
+        .expect("alice's clients")
+        .contains(&"bob-phone".to_string()));
+
+    // Bob's disconnect does not free the id while his client has state.
+    assert!(store.release_route("bob-phone", &bob.route).await.expect("release"));
+    let refused = store.claim_route("bob-phone", "alice", "node-b", TTL).await;
+    assert!(matches!(refused, Err(ClaimError::Taken)), "{refused:?}");
+    assert_eq!(store.get_route("bob-phone").await.expect("get"), None);
+    let again = store
+        .claim_route("bob-phone", "bob", "node-b", TTL)
+        .await
+        .expect("bob again");
+    assert!(
+        again.route.conn_epoch > bob.route.conn_epoch,
+        "no epoch was spent on alice"
+    );
+    assert_eq!(again.route.conn_epoch, bob.route.conn_epoch + 1);
 }
 
 async fn refresh_renews_restores_and_reports_replaced(store: Arc<dyn Store>) {
@@ -536,6 +585,7 @@ duplex_shared::store_contract!(
     caps_and_expiry_follow_mixed_ttls_acks_and_expiries,
     the_overview_ranks_clients_by_backlog,
     routes_are_leases_owned_by_one_connection,
+    a_client_id_belongs_to_the_user_who_first_claimed_it,
     refresh_renews_restores_and_reports_replaced,
     leases_expire,
     users_list_their_clients,

@@ -405,6 +405,9 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// Clock skew tolerated on `exp`/`nbf`, seconds. Default 30.
     pub leeway_s: u64,
+    /// Every token must carry a `cid` claim equal to the connect's
+    /// `client_id` (a `cid` that is present is always checked). Default false.
+    pub require_client_claim: bool,
 }
 
 impl Default for AuthConfig {
@@ -417,6 +420,7 @@ impl Default for AuthConfig {
             audience: None,
             issuer: None,
             leeway_s: 30,
+            require_client_claim: false,
         }
     }
 }

@@ -244,6 +244,10 @@ pub enum ErrorCode {
     UnexpectedFrame,
     UnsupportedVersion,
     InvalidClientId,
+    /// The client id belongs to another user (or the token names another one).
+    ClientIdTaken,
+    /// `connect.last_seq` beyond any seq a client can have been given.
+    BadLastSeq,
     AuthTimeout,
     TokenInvalid,
     TokenExpired,
@@ -270,6 +274,8 @@ impl ErrorCode {
             ErrorCode::UnexpectedFrame => "unexpected_frame",
             ErrorCode::UnsupportedVersion => "unsupported_version",
             ErrorCode::InvalidClientId => "invalid_client_id",
+            ErrorCode::ClientIdTaken => "client_id_taken",
+            ErrorCode::BadLastSeq => "bad_last_seq",
             ErrorCode::AuthTimeout => "auth_timeout",
             ErrorCode::TokenInvalid => "token_invalid",
             ErrorCode::TokenExpired => "token_expired",

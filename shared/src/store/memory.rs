@@ -10,14 +10,23 @@ use tokio::time::Instant;
 
 use super::memory_queue::ClientQueue;
 use super::{
-    Claim, Enqueued, LeaseCheck, MessageStatus, NewMessage, Pending, QueueInfo, QueueLimits, Renewal, Route, Store,
-    StoreError, USER_CLIENTS_TTL,
+    Claim, ClaimError, Enqueued, LeaseCheck, MessageStatus, NewMessage, Pending, QueueInfo, QueueLimits, Renewal,
+    Route, Store, StoreError, USER_CLIENTS_TTL,
 };
+
+/// Who a client id belongs to, and its connection counter.
+#[derive(Debug)]
+struct ClientIdentity {
+    epoch: u64,
+    owner: String,
+    /// The owner is kept until then, and beyond while the queue holds messages.
+    owner_until: Instant,
+}
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     routes: DashMap<String, (Route, Instant)>,
-    epochs: DashMap<String, u64>,
+    identities: DashMap<String, ClientIdentity>,
     pub(super) queues: DashMap<String, ClientQueue>,
     users: DashMap<String, (HashSet<String>, Instant)>,
     pub(super) upstream: super::memory_upstream::MemoryUpstream,
@@ -44,28 +53,37 @@ impl Store for MemoryStore {
         user_id: &str,
         node_id: &str,
         ttl: Duration,
-    ) -> Result<Claim, StoreError> {
+    ) -> Result<Claim, ClaimError> {
         let now = Instant::now();
-        // The route entry's lock makes epoch assignment and the write one step.
-        let mut slot = self.routes.entry(client_id.to_owned()).or_insert_with(|| {
-            (
-                Route {
-                    node_id: String::new(),
-                    conn_epoch: 0,
-                },
-                now,
-            )
-        });
-        let mut epoch = self.epochs.entry(client_id.to_owned()).or_insert(0);
-        *epoch += 1;
+        // The identity entry's lock makes the owner check, epoch assignment
+        // and route write one step.
+        let mut identity = self
+            .identities
+            .entry(client_id.to_owned())
+            .or_insert_with(|| ClientIdentity {
+                epoch: 0,
+                owner: user_id.to_owned(),
+                owner_until: now,
+            });
+        if identity.owner != user_id {
+            let owner_lives =
+                identity.owner_until > now || self.queues.get(client_id).is_some_and(|q| q.holds_messages());
+            if owner_lives {
+                return Err(ClaimError::Taken);
+            }
+            identity.owner = user_id.to_owned();
+        }
+        identity.owner_until = now + USER_CLIENTS_TTL;
+        identity.epoch += 1;
         let route = Route {
             node_id: node_id.to_owned(),
-            conn_epoch: *epoch,
+            conn_epoch: identity.epoch,
         };
-        drop(epoch);
-        let (old, expires) = std::mem::replace(&mut *slot, (route.clone(), now + ttl));
-        drop(slot);
-        let previous = (expires > now).then_some(old);
+        let previous = match self.routes.insert(client_id.to_owned(), (route.clone(), now + ttl)) {
+            Some((old, expires)) if expires > now => Some(old),
+            _ => None,
+        };
+        drop(identity);
         let mut user = self
             .users
             .entry(user_id.to_owned())
@@ -76,6 +94,14 @@ impl Store for MemoryStore {
         user.0.insert(client_id.to_owned());
         user.1 = now + USER_CLIENTS_TTL;
         Ok(Claim { route, previous })
+    }
+
+    async fn client_owner(&self, client_id: &str) -> Result<Option<String>, StoreError> {
+        let now = Instant::now();
+        Ok(self.identities.get(client_id).and_then(|i| {
+            let lives = i.owner_until > now || self.queues.get(client_id).is_some_and(|q| q.holds_messages());
+            lives.then(|| i.owner.clone())
+        }))
     }
 
     async fn get_route(&self, client_id: &str) -> Result<Option<Route>, StoreError> {

@@ -33,6 +33,11 @@ pub(super) struct ClientQueue {
 }
 
 impl ClientQueue {
+    /// Whether messages are stored for the client (expired ones not yet tidied count too).
+    pub fn holds_messages(&self) -> bool {
+        !self.messages.is_empty()
+    }
+
     /// Expires due messages and forgets statuses and keys past their retention.
     fn tidy(&mut self, now: u64) {
         while let Some(&(when, seq)) = self.message_expiry.first() {

@@ -38,6 +38,26 @@ pub struct Claim {
     pub previous: Option<Route>,
 }
 
+/// Why a route was not claimed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClaimError {
+    /// The client id belongs to another user: nothing was changed (no new
+    /// epoch, no route, no kick). The client is at fault; retrying will not help.
+    #[error("client id belongs to another user")]
+    Taken,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ClaimError {
+    pub fn retryable(&self) -> bool {
+        match self {
+            ClaimError::Taken => false,
+            ClaimError::Store(e) => e.retryable(),
+        }
+    }
+}
+
 /// What a lease renewal found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Renewal {
@@ -124,13 +144,21 @@ pub trait Store: UpstreamState + QueueOverview + Registry + Send + Sync + 'stati
     /// Gives `client_id` a new connection epoch and writes its route lease to
     /// `node_id` (and records the client under its user); returns the new
     /// route and the live route it replaced.
+    ///
+    /// A client id belongs to the user that first claimed it, for as long as
+    /// the client has stored state (at least [`USER_CLIENTS_TTL`] after its
+    /// last claim, and as long as its queue lives): a claim by another user
+    /// is [`ClaimError::Taken`] and changes nothing.
     async fn claim_route(
         &self,
         client_id: &str,
         user_id: &str,
         node_id: &str,
         ttl: Duration,
-    ) -> Result<Claim, StoreError>;
+    ) -> Result<Claim, ClaimError>;
+
+    /// The user owning `client_id`, if any (admin and tests).
+    async fn client_owner(&self, client_id: &str) -> Result<Option<String>, StoreError>;
 
     /// The live route of `client_id`, if any.
     async fn get_route(&self, client_id: &str) -> Result<Option<Route>, StoreError>;
@@ -217,6 +245,11 @@ impl Keys {
 
     pub fn epoch(&self, client_id: &str) -> String {
         self.client_key(client_id, "epoch")
+    }
+
+    /// The user that owns the client id (same slot as its queue).
+    pub fn owner(&self, client_id: &str) -> String {
+        self.client_key(client_id, "owner")
     }
 
     /// Prefix of every key of one client's queue (`...:h`, `...:q`, `...:s:<bucket>`, ...).

@@ -15,6 +15,8 @@
 //!   16, with full buckets; a key per 10 messages costs ~6 bytes each).
 //!   Sent marks are plain `HSETNX` writes (`RedisStore::mark_sent_many`).
 //! - `P i:<key>`: idempotency key -> `seq~nonce`
+//! - `P owner`: the user the client id belongs to (written by the route
+//!   claim); the enqueue extends its life with the queue's
 //!
 //! The pending seqs are those above the low-water mark with an `e<seq>`
 //! field: seqs are given out one by one, acks remove a prefix and expiry
@@ -311,7 +313,13 @@ redis.call('HSET', h, 'r' .. s, rec, 'e' .. s, ev, 'm', struct.pack(COUNTERS, se
 local bk = bucket(status_prefix(h), s)
 redis.call('HSET', bk, s, status)
 if renew_bucket then redis.call('PEXPIREAT', bk, itoa(bu)) end
-if longer then redis.call('PEXPIREAT', h, itoa(granted)) end
+if longer then
+  redis.call('PEXPIREAT', h, itoa(granted))
+  -- The client id stays its owner's while the queue lives (see CLAIM in redis_store.rs).
+  local o = string.sub(h, 1, -2) .. 'owner'
+  local left = redis.call('PTTL', o)
+  if left >= 0 and now + left < granted then redis.call('PEXPIREAT', o, itoa(granted)) end
+end
 if idem_ttl > 0 then redis.call('SET', KEYS[k + 2], s .. '~' .. string.match(status, '^%d+'), 'PX', idem_ttl) end
 local route = routes[i + 1]
 if route then return '1 ' .. s .. ' ' .. route end

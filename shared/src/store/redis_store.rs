@@ -15,8 +15,9 @@ use super::redis_batch::{BatchScript, BatchedScript, CallArgs};
 use super::redis_conn::{PubSubSource, RedisConn};
 use super::redis_scripts::{self, pack_numbers, status_bucket_name};
 use super::{
-    message_id, Claim, Enqueued, Keys, LeaseCheck, MessageRecord, MessageState, MessageStatus, NewMessage, Pending,
-    QueueInfo, QueueLimits, Renewal, Route, Store, StoreError, StoredMessage, STATUS_RETENTION_MS, USER_CLIENTS_TTL,
+    message_id, Claim, ClaimError, Enqueued, Keys, LeaseCheck, MessageRecord, MessageState, MessageStatus, NewMessage,
+    Pending, QueueInfo, QueueLimits, Renewal, Route, Store, StoreError, StoredMessage, STATUS_RETENTION_MS,
+    USER_CLIENTS_TTL,
 };
 
 static ENQUEUE: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(redis_scripts::ENQUEUE));
@@ -74,11 +75,19 @@ if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return {1, seq} end
 if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return {2, seq} end
 return {0, seq}";
 
-/// KEYS[1] route, KEYS[2] epoch counter (same slot). Takes the next epoch and
-/// writes the route `ARGV[1]|epoch` for ARGV[2] ms; returns {epoch, previous}.
+/// KEYS[1] route, KEYS[2] epoch counter, KEYS[3] owner, KEYS[4] queue hash
+/// (one slot). Unless the client id belongs to another user than ARGV[4]
+/// (then `{0}`, nothing changed), takes the next epoch, writes the route
+/// `ARGV[1]|epoch` for ARGV[2] ms and keeps the owner for ARGV[3] ms, or as
+/// long as the queue lives if that is longer (the enqueue script extends it
+/// with the queue); returns {epoch, previous}.
 const CLAIM: &str = r"
+local owner = redis.call('GET', KEYS[3])
+if owner and owner ~= ARGV[4] then return {0, false} end
 local e = redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local life = math.max(tonumber(ARGV[3]), redis.call('PTTL', KEYS[4]))
+redis.call('SET', KEYS[3], ARGV[4], 'PX', life)
 local prev = redis.call('SET', KEYS[1], ARGV[1] .. '|' .. e, 'PX', ARGV[2], 'GET')
 return {e, prev}";
 
@@ -193,30 +202,40 @@ impl Store for RedisStore {
         user_id: &str,
         node_id: &str,
         ttl: Duration,
-    ) -> Result<Claim, StoreError> {
+    ) -> Result<Claim, ClaimError> {
         let user_key = self.keys.user_clients(user_id);
         // Route and user set live in different slots, so these are separate
         // commands, not a transaction: the route is authoritative, the set only a hint.
         let mut claim = redis::cmd("EVAL");
         claim
             .arg(CLAIM)
-            .arg(2)
+            .arg(4)
             .arg(self.keys.route(client_id))
             .arg(self.keys.epoch(client_id))
+            .arg(self.keys.owner(client_id))
+            .arg(queue_key(&self.keys, client_id))
             .arg(node_id)
             .arg(millis(ttl))
-            .arg(millis(USER_CLIENTS_TTL));
-        let mut add = redis::cmd("SADD");
-        add.arg(&user_key).arg(client_id);
-        let mut keep = redis::cmd("PEXPIRE");
-        keep.arg(&user_key).arg(millis(USER_CLIENTS_TTL));
-        let answers = self.conn.run_all(vec![claim, add, keep]).await.map_err(unavailable)?;
-        let (epoch, previous): (u64, Option<String>) = answers
+            .arg(millis(USER_CLIENTS_TTL))
+            .arg(user_id);
+        let answer = self.conn.run_all(vec![claim]).await.map_err(unavailable)?;
+        let (epoch, previous): (u64, Option<String>) = answer
             .first()
             .map(redis::from_redis_value)
             .transpose()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?
             .ok_or_else(|| StoreError::Corrupt("no answer to the route claim".into()))?;
+        if epoch == 0 {
+            return Err(ClaimError::Taken);
+        }
+        // The user set lives in another slot, so it is written after the
+        // claim, not in one transaction: the route is authoritative, the set
+        // only a hint, and a refused claim must not add to it.
+        let mut add = redis::cmd("SADD");
+        add.arg(&user_key).arg(client_id);
+        let mut keep = redis::cmd("PEXPIRE");
+        keep.arg(&user_key).arg(millis(USER_CLIENTS_TTL));
+        self.conn.run_all(vec![add, keep]).await.map_err(unavailable)?;
         Ok(Claim {
             route: Route {
                 node_id: node_id.to_owned(),
@@ -224,6 +243,11 @@ impl Store for RedisStore {
             },
             previous: previous.as_deref().map(Route::decode).transpose()?,
         })
+    }
+
+    async fn client_owner(&self, client_id: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        conn.get(self.keys.owner(client_id)).await.map_err(unavailable)
     }
 
     async fn get_route(&self, client_id: &str) -> Result<Option<Route>, StoreError> {
