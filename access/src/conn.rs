@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use duplex_shared::links::ClientContext;
 use duplex_shared::protocol::{
-    body_capacity, encode_body, valid_client_id, Connect, ErrorCode, Frame, PROTOCOL_VERSION,
+    body_capacity, encode_body, valid_client_id, Connect, ErrorCode, Frame, MAX_LAST_SEQ, PROTOCOL_VERSION,
 };
 use duplex_shared::store::ClaimError;
 use tokio::sync::OwnedSemaphorePermit;
@@ -85,6 +85,8 @@ pub(crate) async fn serve(
         connect_id: connect.id,
         previous: claim.previous,
         sequencer: Sequencer::new(connect.last_seq, metrics, frames_out),
+        resumed_from: 0,
+        acked: 0,
     });
     Box::pin(session.run().instrument(span)).await;
 }
@@ -137,6 +139,12 @@ async fn authenticate(
             ErrorCode::InvalidClientId,
             id,
             "client_id must be 1..=128 bytes of [A-Za-z0-9._:-]".into(),
+        ))
+    } else if connect.last_seq > MAX_LAST_SEQ {
+        Some(refuse(
+            ErrorCode::BadLastSeq,
+            id,
+            format!("last_seq must be at most {MAX_LAST_SEQ}: no seq above it is ever given out"),
         ))
     } else {
         match shared.verifier.verify_for(&connect.token, &connect.client_id) {

@@ -41,6 +41,10 @@ pub(crate) struct Session {
     pub(crate) connect_id: u64,
     pub(crate) previous: Option<Route>,
     pub(crate) sequencer: Sequencer,
+    /// Where this connection's replay started, and the highest ack it
+    /// stored: what was written beyond both is recorded when it ends.
+    pub(crate) resumed_from: u64,
+    pub(crate) acked: u64,
 }
 
 /// Why the serving loop ended.
@@ -225,10 +229,13 @@ impl Session {
         let client_id = self.client.client_id.clone();
         let last_seq = self.sequencer.cursor;
         if last_seq > 0 {
-            if let Err(e) = store.ack(&client_id, last_seq, true, now_ms()).await {
-                return Err(self.store_failed(None, &e).await);
+            match store.resume(&client_id, last_seq, now_ms()).await {
+                // Replay from where the store says earlier connections got to.
+                Ok(after) => self.sequencer.cursor = after,
+                Err(e) => return Err(self.store_failed(None, &e).await),
             }
         }
+        self.resumed_from = self.sequencer.cursor;
         // Bounded by the queue cap; a full batch means more may follow.
         for _ in 0..10_000 {
             let mut bodies = Vec::new();
@@ -303,13 +310,9 @@ impl Session {
             return Ok(());
         }
         self.shared.metrics.inc("duplex_acks_total", &[]);
-        match self
-            .shared
-            .store
-            .ack(&self.client.client_id, seq, false, now_ms())
-            .await
-        {
+        match self.shared.store.ack(&self.client.client_id, seq, now_ms()).await {
             Ok(removed) => {
+                self.acked = self.acked.max(seq);
                 self.shared
                     .metrics
                     .counter("duplex_messages_acked_total", &[])
@@ -434,6 +437,16 @@ impl Session {
     async fn finish(&mut self) {
         let client_id = &self.client.client_id;
         self.shared.hub.unregister(client_id, self.client.route.conn_epoch);
+        // A later connect's last_seq may ack only what was written here; a
+        // client that acked all of it needs no record. If this write is lost
+        // (store down, node killed), the next connect replays duplicates,
+        // never loses messages.
+        let written = self.sequencer.cursor;
+        if written > self.resumed_from.max(self.acked) {
+            if let Err(e) = self.shared.store.note_written(client_id, written).await {
+                warn!(error = %e, "could not record what this connection was written");
+            }
+        }
         match self.shared.store.release_route(client_id, &self.client.route).await {
             Ok(_) => {}
             // The lease expires on its own; nothing else depends on this delete.

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use duplex_shared::auth::{dev_claims, mint_hs256, unix_now, Claims};
-use duplex_shared::protocol::{Frame, Ping};
+use duplex_shared::protocol::{Frame, Ping, MAX_LAST_SEQ};
 use duplex_shared::store::QueueLimits;
 use duplex_shared::testing::message;
 
@@ -36,7 +36,7 @@ async fn another_users_connect_is_refused_and_changes_nothing(kind: StoreKind, v
     let route = node.store.get_route("bob-phone").await.expect("store").expect("route");
 
     // Alice tries bob's id, with a last_seq that would ack bob's message.
-    for last_seq in [0, 1, u64::MAX] {
+    for last_seq in [0, 1, MAX_LAST_SEQ] {
         let mut alice = node.open(via).await;
         let err = alice
             .handshake(&token("alice"), "bob-phone", last_seq)

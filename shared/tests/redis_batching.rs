@@ -75,9 +75,7 @@ async fn acks_arriving_one_after_another_wait_briefly_to_share_a_call() {
     let mut acks = Vec::new();
     for i in 0..5 {
         let store = store.clone();
-        acks.push(tokio::spawn(
-            async move { store.ack(&format!("a{i}"), 1, false, NOW).await },
-        ));
+        acks.push(tokio::spawn(async move { store.ack(&format!("a{i}"), 1, NOW).await }));
         // Enough for the batching task to take this ack and, were it not
         // for the linger, send it alone before the next one arrives.
         for _ in 0..20 {
@@ -189,5 +187,5 @@ async fn scripts_lost_by_redis_are_loaded_again_and_the_call_goes_through() {
         .query_async(&mut conn)
         .await
         .expect("flush");
-    assert_eq!(store.ack("c", 2, false, NOW).await.expect("ack after the flush"), 2);
+    assert_eq!(store.ack("c", 2, NOW).await.expect("ack after the flush"), 2);
 }

@@ -57,7 +57,7 @@ async fn every_queue_key_expires_and_statuses_outlive_their_messages_by_the_rete
             .expect("enqueue");
     }
     store.mark_sent("busy", 1, NOW + 1).await.expect("sent");
-    assert_eq!(store.ack("busy", 40, false, NOW + 2).await.expect("ack"), 40);
+    assert_eq!(store.ack("busy", 40, NOW + 2).await.expect("ack"), 40);
     store
         .enqueue("busy", &msg(expires), LIMITS, NOW + 3)
         .await
@@ -76,7 +76,7 @@ async fn every_queue_key_expires_and_statuses_outlive_their_messages_by_the_rete
         .messages
         .is_empty());
     store.queue_info("idle", NOW).await.expect("info");
-    assert_eq!(store.ack("resumed", 7, true, NOW).await.expect("ack"), 0);
+    assert_eq!(store.resume("resumed", 7, NOW).await.expect("resume"), 0);
     // A sent mark arriving after the message's statuses are gone.
     store.mark_sent("ghost", 5, NOW).await.expect("sent");
 

@@ -52,7 +52,7 @@ async fn a_failover_keeps_stored_messages_and_seqs_without_reconnecting() {
             other => panic!("expected Stored, got {other:?}"),
         }
     }
-    store.ack("f1", 10, false, NOW).await.expect("ack");
+    store.ack("f1", 10, NOW).await.expect("ack");
     let old_master = set.sentinel_says_master().expect("a master");
 
     let new_master = set.failover().expect("failover");

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use duplex_shared::protocol::MAX_LAST_SEQ;
 use duplex_shared::store::{
     ClaimError, Enqueued, MessageRecord, MessageState, NewMessage, QueueLimits, Renewal, Route, Store,
 };
@@ -233,7 +234,7 @@ async fn messages_get_ordered_seqs_and_cumulative_acks(store: Arc<dyn Store>) {
         "wrong nonce"
     );
 
-    assert_eq!(store.ack("q1", 4, false, NOW + 2).await.expect("ack"), 4);
+    assert_eq!(store.ack("q1", 4, NOW + 2).await.expect("ack"), 4);
     let st = status(store.clone()).await;
     assert_eq!(
         (st.state, st.acked_at, st.sent_at),
@@ -242,7 +243,7 @@ async fn messages_get_ordered_seqs_and_cumulative_acks(store: Arc<dyn Store>) {
     let p = store.pending("q1", 0, 10, NOW).await.expect("pending");
     assert_eq!((p.messages.len(), p.messages[0].seq, p.acked), (1, 5, 4));
     assert_eq!(
-        store.ack("q1", 2, false, NOW).await.expect("ack"),
+        store.ack("q1", 2, NOW).await.expect("ack"),
         0,
         "acks are cumulative and never go back"
     );
@@ -283,7 +284,7 @@ async fn sent_marks_in_bulk_record_sent_and_never_undo_acks(store: Arc<dyn Store
             .await
             .expect("enqueue"),
     );
-    store.ack("sm", 2, false, NOW + 1).await.expect("ack");
+    store.ack("sm", 2, NOW + 1).await.expect("ack");
     store
         .mark_sent_many(&[("sm".to_owned(), 1), ("sm".to_owned(), 2)], NOW + 2)
         .await
@@ -377,7 +378,7 @@ async fn caps_refuse_new_messages_and_store_nothing(store: Arc<dyn Store>) {
     ));
     let info = store.queue_info("c1", NOW).await.expect("info");
     assert_eq!((info.pending, info.pending_bytes), (2, 10));
-    store.ack("c1", 2, false, NOW).await.expect("ack");
+    store.ack("c1", 2, NOW).await.expect("ack");
     stored(
         store
             .enqueue("c1", &msg("1", 60_000, None), limits, NOW)
@@ -418,8 +419,9 @@ async fn expired_messages_leave_and_say_so(store: Arc<dyn Store>) {
 }
 
 async fn resume_keeps_new_seqs_above_what_the_client_has_seen(store: Arc<dyn Store>) {
-    // The store lost this client's data, but the client remembers seq 100.
-    store.ack("r1", 100, true, NOW).await.expect("resume");
+    // The store lost this client's data, but the client remembers seq 100:
+    // nothing is acked (nothing was written here), later seqs stay above it.
+    assert_eq!(store.resume("r1", 100, NOW).await.expect("resume"), 0);
     let (seq, _) = stored(
         store
             .enqueue("r1", &msg("x", 60_000, None), LIMITS, NOW)
@@ -427,7 +429,64 @@ async fn resume_keeps_new_seqs_above_what_the_client_has_seen(store: Arc<dyn Sto
             .expect("enqueue"),
     );
     assert_eq!(seq, 101);
-    assert_eq!(store.pending("r1", 0, 10, NOW).await.expect("pending").acked, 100);
+    let pending = store.pending("r1", 0, 10, NOW).await.expect("pending");
+    assert_eq!((pending.acked, pending.messages.len()), (0, 1));
+}
+
+async fn a_resume_acks_only_what_earlier_connections_were_written(store: Arc<dyn Store>) {
+    for i in 1..=5 {
+        store
+            .enqueue("w1", &msg(&format!("m{i}"), 60_000, None), LIMITS, NOW)
+            .await
+            .expect("enqueue");
+    }
+    // No connection was written anything: a last_seq of 5 removes nothing.
+    assert_eq!(store.resume("w1", 5, NOW).await.expect("resume"), 0);
+    assert_eq!(store.queue_info("w1", NOW).await.expect("info").pending, 5);
+    store.note_written("w1", 3).await.expect("note");
+    store.note_written("w1", 2).await.expect("a lower mark never lowers it");
+    assert_eq!(store.resume("w1", 5, NOW).await.expect("resume"), 3);
+    let pending = store.pending("w1", 0, 10, NOW).await.expect("pending");
+    assert_eq!(pending.acked, 3);
+    assert_eq!(pending.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [4, 5]);
+    // A last_seq below the mark acks only up to itself.
+    store.note_written("w1", 5).await.expect("note");
+    assert_eq!(store.resume("w1", 4, NOW).await.expect("resume"), 4);
+    assert_eq!(store.queue_info("w1", NOW).await.expect("info").pending, 1);
+    // A client acked beyond what was noted (the note was lost): its acks count.
+    store.ack("w1", 5, NOW).await.expect("ack");
+    assert_eq!(store.resume("w1", 5, NOW).await.expect("resume"), 5);
+    // No queue, no note: nothing is stored for a client without messages.
+    store.note_written("nobody", 9).await.expect("note");
+    assert_eq!(store.resume("nobody", 9, NOW).await.expect("resume"), 0);
+}
+
+async fn a_huge_last_seq_never_wraps_the_counter_or_breaks_later_pushes(store: Arc<dyn Store>) {
+    store
+        .enqueue("big", &msg("before", 60_000, None), LIMITS, NOW)
+        .await
+        .expect("enqueue");
+    assert_eq!(store.resume("big", u64::MAX, NOW).await.expect("resume"), 0);
+    let (seq, _) = stored(
+        store
+            .enqueue("big", &msg("after", 60_000, None), LIMITS, NOW)
+            .await
+            .expect("enqueue after a huge last_seq"),
+    );
+    assert_eq!(seq, MAX_LAST_SEQ + 1);
+    let pending = store.pending("big", 0, 10, NOW).await.expect("pending");
+    assert_eq!(
+        pending.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [1, MAX_LAST_SEQ + 1]
+    );
+    assert_eq!(store.ack("big", MAX_LAST_SEQ + 1, NOW).await.expect("ack"), 2);
+    let (seq, _) = stored(
+        store
+            .enqueue("big", &msg("later", 60_000, None), LIMITS, NOW)
+            .await
+            .expect("enqueue"),
+    );
+    assert_eq!(seq, MAX_LAST_SEQ + 2);
 }
 
 async fn concurrent_enqueues_get_unique_consecutive_seqs(store: Arc<dyn Store>) {
@@ -469,7 +528,7 @@ async fn the_overview_ranks_clients_by_backlog(store: Arc<dyn Store>) {
                 .expect("enqueue");
         }
     }
-    store.ack("ob", 1, false, NOW).await.expect("ack");
+    store.ack("ob", 1, NOW).await.expect("ack");
     let o = store.overview(2, 100).await.expect("overview");
     let top: Vec<(&str, u64)> = o
         .top_pending
@@ -518,7 +577,7 @@ async fn caps_and_expiry_follow_mixed_ttls_acks_and_expiries(store: Arc<dyn Stor
         Enqueued::Full { messages: 3, .. }
     ));
     // An ack frees its messages' places.
-    store.ack("x1", 3, false, later).await.expect("ack");
+    store.ack("x1", 3, later).await.expect("ack");
     stored(enqueue("long-5", 60_000, later).await);
     stored(enqueue("long-6", 60_000, later).await);
     assert!(matches!(
@@ -568,7 +627,7 @@ async fn concurrent_calls_for_many_clients_each_get_their_own_answer(store: Arc<
     }
     let acks = (0..clients).map(|c| {
         let store = store.clone();
-        async move { store.ack(&format!("many{c}"), 10, false, NOW).await.expect("ack") }
+        async move { store.ack(&format!("many{c}"), 10, NOW).await.expect("ack") }
     });
     assert_eq!(futures_util::future::join_all(acks).await, vec![10; clients]);
     let infos = (0..clients).map(|c| {
@@ -597,5 +656,7 @@ duplex_shared::store_contract!(
     caps_refuse_new_messages_and_store_nothing,
     expired_messages_leave_and_say_so,
     resume_keeps_new_seqs_above_what_the_client_has_seen,
+    a_resume_acks_only_what_earlier_connections_were_written,
+    a_huge_last_seq_never_wraps_the_counter_or_breaks_later_pushes,
     concurrent_enqueues_get_unique_consecutive_seqs,
 );

@@ -45,7 +45,7 @@ async fn holes_wider_than_the_queue_hide_no_pending_message(store: Arc<dyn Store
     let status = store.message_status(c, 70, 0, later).await.expect("status");
     assert!(status.is_none(), "a wrong nonce finds nothing: {status:?}");
     // One ack across the hole removes both messages around it.
-    assert_eq!(store.ack(c, 152, false, later).await.expect("ack"), 2);
+    assert_eq!(store.ack(c, 152, later).await.expect("ack"), 2);
     let info = store.queue_info(c, later).await.expect("info");
     assert_eq!((info.pending, info.pending_bytes, info.last_acked_seq), (0, 0, 152));
     assert!(seqs(&store, c, 0, later).await.is_empty());
@@ -56,13 +56,13 @@ async fn an_ack_beyond_the_last_seq_leaves_later_messages_pending(store: Arc<dyn
     assert_eq!(enqueue(&store, c, "one", 60_000, NOW).await, 1);
     // A client acking a seq it was never given (no resume): what was given
     // out is acked; what comes later is still delivered and ackable.
-    assert_eq!(store.ack(c, 10, false, NOW).await.expect("ack"), 1);
+    assert_eq!(store.ack(c, 10, NOW).await.expect("ack"), 1);
     assert_eq!(enqueue(&store, c, "two", 60_000, NOW).await, 2);
     assert_eq!(seqs(&store, c, 0, NOW).await, vec![2]);
     let pending = store.pending(c, 0, 100, NOW).await.expect("pending");
     let id = &pending.messages[0].msg_id;
     let nonce = duplex_shared::store::parse_message_id(id).expect("our id").2;
-    assert_eq!(store.ack(c, 2, false, NOW).await.expect("ack"), 1);
+    assert_eq!(store.ack(c, 2, NOW).await.expect("ack"), 1);
     let status = store
         .message_status(c, 2, nonce, NOW)
         .await

@@ -171,7 +171,7 @@ async fn life_cycle(
                     async move {
                         for seq in 1..=per_client {
                             if (seq - 1) * clients + c < messages {
-                                s.ack(&client(c), seq, false, now).await?;
+                                s.ack(&client(c), seq, now).await?;
                             }
                         }
                         Ok(())

@@ -68,7 +68,7 @@ impl Upstream {
                 self.config.max_requests_in_flight
             ))
         })?;
-        let key = format!("r:{}", req.id);
+        let key = frame_claim_key(&from.user_id, "r", req.id);
         let claim = self
             .store
             .begin_frame(&from.client_id, &key, deadline_ms + CLAIM_SLACK_MS)
@@ -122,6 +122,13 @@ impl Upstream {
         }
         Ok(())
     }
+}
+
+/// A frame's claim in its client's store slot. The user is part of the key
+/// so a claim can never answer for another user's frame, even if the client
+/// id changed hands after its owner's state expired.
+pub(crate) fn frame_claim_key(user_id: &str, kind: &str, frame_id: u64) -> String {
+    format!("{kind}:{user_id}:{frame_id}")
 }
 
 /// The reply for a call's outcome, and which `duplex_replies_total` kind it is.

@@ -82,7 +82,7 @@ impl Upstream {
         service
             .check_path(&up.path)
             .map_err(|e| LinkError::Rejected(e.to_string()))?;
-        let key = format!("u:{}", up.id);
+        let key = crate::request::frame_claim_key(&from.user_id, "u", up.id);
         let claim_ms = service.config.deadline_ms + 5_000;
         let waited_until = Instant::now() + Duration::from_millis(service.config.deadline_ms);
         let mut poll = Duration::from_millis(20);

@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 /// Protocol version spoken by this build; `Connect.version` must equal it.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The largest `Connect.last_seq` accepted (2^52; more is `bad_last_seq`).
+/// Seqs start at 1 and grow by one per message, so no client can have seen
+/// more; the cap keeps every seq exact where stores and SDKs hold it as a
+/// double (Redis scripts, JavaScript) with 2^52 messages of headroom.
+pub const MAX_LAST_SEQ: u64 = 1 << 52;
+
 /// The wire name of every frame type.
 pub const FRAME_TYPES: [&str; 14] = [
     "connect",

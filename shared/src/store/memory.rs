@@ -181,8 +181,21 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn ack(&self, client_id: &str, seq: u64, resume: bool, now_ms: u64) -> Result<u64, StoreError> {
-        Ok(self.queue(client_id).ack(seq, resume, now_ms))
+    async fn ack(&self, client_id: &str, seq: u64, now_ms: u64) -> Result<u64, StoreError> {
+        Ok(self.queue(client_id).ack(seq, now_ms))
+    }
+
+    async fn resume(&self, client_id: &str, last_seq: u64, now_ms: u64) -> Result<u64, StoreError> {
+        Ok(self
+            .queue(client_id)
+            .resume(last_seq.min(crate::protocol::MAX_LAST_SEQ), now_ms))
+    }
+
+    async fn note_written(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
+        if let Some(mut q) = self.queues.get_mut(client_id) {
+            q.note_written(seq);
+        }
+        Ok(())
     }
 
     async fn mark_sent(&self, client_id: &str, seq: u64, now_ms: u64) -> Result<(), StoreError> {

@@ -20,6 +20,9 @@ struct Status {
 pub(super) struct ClientQueue {
     last_seq: u64,
     acked: u64,
+    /// The highest seq written to any connection of the client (recorded
+    /// when a connection ends): a resume acks no further than this.
+    written: u64,
     bytes: u64,
     expired: u64,
     messages: BTreeMap<u64, MessageRecord>,
@@ -139,12 +142,9 @@ impl ClientQueue {
         }
     }
 
-    pub fn ack(&mut self, seq: u64, resume: bool, now: u64) -> u64 {
+    pub fn ack(&mut self, seq: u64, now: u64) -> u64 {
         // No expiry sweep: a message at or below an ack reached the client.
         self.acked = self.acked.max(seq);
-        if resume && self.last_seq < seq {
-            self.last_seq = seq;
-        }
         let keep = self.messages.split_off(&seq.saturating_add(1));
         let done = std::mem::replace(&mut self.messages, keep);
         for (s, m) in &done {
@@ -156,6 +156,20 @@ impl ClientQueue {
             }
         }
         done.len() as u64
+    }
+
+    /// A connect's `last_seq`: acks what an earlier connection was given,
+    /// no further; keeps later seqs above `last_seq` (in case the store lost
+    /// what the client saw). Returns the seq the replay starts after.
+    pub fn resume(&mut self, last_seq: u64, now: u64) -> u64 {
+        self.last_seq = self.last_seq.max(last_seq);
+        let upto = last_seq.min(self.acked.max(self.written));
+        self.ack(upto, now);
+        upto
+    }
+
+    pub fn note_written(&mut self, seq: u64) {
+        self.written = self.written.max(seq);
     }
 
     pub fn mark_sent(&mut self, seq: u64, now: u64) {

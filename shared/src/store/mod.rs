@@ -191,10 +191,20 @@ pub trait Store: UpstreamState + QueueOverview + Registry + Send + Sync + 'stati
     async fn pending(&self, client_id: &str, after: u64, max: usize, now_ms: u64) -> Result<Pending, StoreError>;
 
     /// Cumulative ack: removes every message with seq <= `seq` and marks it acked.
-    /// With `resume` (the client's `last_seq` on connect), later messages are also
-    /// guaranteed seqs above `seq`, even if the store lost its counter.
     /// Returns how many messages were removed.
-    async fn ack(&self, client_id: &str, seq: u64, resume: bool, now_ms: u64) -> Result<u64, StoreError>;
+    async fn ack(&self, client_id: &str, seq: u64, now_ms: u64) -> Result<u64, StoreError>;
+
+    /// A connect's `last_seq` (at most [`crate::protocol::MAX_LAST_SEQ`]):
+    /// acks up to it, but never beyond what an earlier connection of the
+    /// client was written (`note_written`) or acked, so a made-up `last_seq`
+    /// removes nothing unseen. Later messages get seqs above `last_seq`, even
+    /// if the store lost its counter. Returns the seq the replay starts after.
+    async fn resume(&self, client_id: &str, last_seq: u64, now_ms: u64) -> Result<u64, StoreError>;
+
+    /// Records that a connection of the client was written messages up to
+    /// `seq` (kept as a high-water mark with the queue; nothing is written
+    /// for a client the store holds no queue for).
+    async fn note_written(&self, client_id: &str, seq: u64) -> Result<(), StoreError>;
 
     /// Records that message `seq` was handed to the client's access node.
     async fn mark_sent(&self, client_id: &str, seq: u64, now_ms: u64) -> Result<(), StoreError>;

@@ -6,7 +6,8 @@
 //!   holds the counters, packed as doubles (see [`COUNTERS`]); per pending
 //!   message `r<seq>` -> its record (MessagePack) and `e<seq>` -> its expiry
 //!   and size, packed as two doubles (so acks and expiry read 16 bytes, not
-//!   the record)
+//!   the record); `w` the highest seq written to any connection of the
+//!   client (`NOTE_WRITTEN`), which bounds how far a resume may ack
 //! - `P s:<seq / 10>`: status bucket (named by the seq's decimal digits
 //!   without the last, so `P s:` for seqs 1-9): field `<seq>` = `<nonce> <created>
 //!   <expires>`, and `<seq>s`, `<seq>a`, `<seq>x` the time the message was
@@ -349,23 +350,36 @@ end
 return out"
 );
 
-/// KEYS: h. ARGV: seq now resume. Returns removed count.
+/// KEYS: h. ARGV: seq now resume. Returns the removed count, or with
+/// `resume` (a connect's `last_seq`) the seq the replay starts after: the
+/// ack goes no further than the high-water mark `w` of what earlier
+/// connections were written (or the ack watermark), so a made-up `last_seq`
+/// removes nothing the client never got.
 pub const ACK: &str = batched!(
     r"
 -- No expiry sweep here: a message at or below an ack reached the client, so
 -- it is acked even if its TTL ran out meanwhile.
 local h = KEYS[k + 1]
-local s, now, resume = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+local s, now, resume = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1'
 local ack = tonumber(s)
-local got = redis.call('HMGET', h, 'm', 'e' .. s)
+local got = redis.call('HMGET', h, 'm', 'e' .. s, 'w')
 local seq, n, bytes, acked, low, expired, nexp, granted, bn, bu = counters(got[1])
 local changed, from = false, low
+if resume then
+  -- Later seqs stay above what the client has seen, even if the store lost it.
+  if seq < ack then
+    seq = ack
+    changed = true
+  end
+  local upto = math.max(acked, tonumber(got[3] or '0'))
+  if ack > upto then
+    ack = upto
+    s = itoa(ack)
+    got[2] = redis.call('HGET', h, 'e' .. s)
+  end
+end
 if ack > acked then
   acked = ack
-  changed = true
-end
-if resume == '1' and seq < ack then
-  seq = ack
   changed = true
 end
 -- `low`: nothing at or below it is pending. Usually the ack watermark, but
@@ -404,8 +418,16 @@ if changed then
     redis.call('PEXPIREAT', h, tonumber(now) + RETENTION)
   end
 end
+if resume then return ack end
 return #seqs"
 );
+
+/// KEYS: h. ARGV: seq. Raises the written high-water mark `w` of a queue
+/// that exists (a missing one has nothing a resume could remove).
+pub const NOTE_WRITTEN: &str = r"
+local w = redis.call('HMGET', KEYS[1], 'm', 'w')
+if w[1] and tonumber(ARGV[1]) > tonumber(w[2] or '0') then redis.call('HSET', KEYS[1], 'w', ARGV[1]) end
+return 0";
 
 /// KEYS: h. ARGV: now. Returns {pending, bytes, acked, expired}.
 pub const INFO: &str = batched!(

@@ -19,6 +19,7 @@ use super::{
     Pending, QueueInfo, QueueLimits, Renewal, Route, Store, StoreError, StoredMessage, STATUS_RETENTION_MS,
     USER_CLIENTS_TTL,
 };
+use crate::protocol::MAX_LAST_SEQ;
 
 static ENQUEUE: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(redis_scripts::ENQUEUE));
 static PENDING: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(redis_scripts::PENDING));
@@ -366,10 +367,26 @@ impl Store for RedisStore {
         })
     }
 
-    async fn ack(&self, client_id: &str, seq: u64, resume: bool, now_ms: u64) -> Result<u64, StoreError> {
+    async fn ack(&self, client_id: &str, seq: u64, now_ms: u64) -> Result<u64, StoreError> {
         let mut call = CallArgs::with_keys([queue_key(&self.keys, client_id)]);
-        call.arg(seq).arg(now_ms).arg(u8::from(resume));
+        call.arg(seq).arg(now_ms).arg(0u8);
         int(&self.scripts.ack.call(client_id, call).await?)
+    }
+
+    async fn resume(&self, client_id: &str, last_seq: u64, now_ms: u64) -> Result<u64, StoreError> {
+        let mut call = CallArgs::with_keys([queue_key(&self.keys, client_id)]);
+        call.arg(last_seq.min(MAX_LAST_SEQ)).arg(now_ms).arg(1u8);
+        int(&self.scripts.ack.call(client_id, call).await?)
+    }
+
+    async fn note_written(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
+        let mut note = redis::cmd("EVAL");
+        note.arg(redis_scripts::NOTE_WRITTEN)
+            .arg(1)
+            .arg(queue_key(&self.keys, client_id))
+            .arg(seq.min(MAX_LAST_SEQ));
+        self.conn.run_all(vec![note]).await.map_err(unavailable)?;
+        Ok(())
     }
 
     async fn mark_sent(&self, client_id: &str, seq: u64, now_ms: u64) -> Result<(), StoreError> {
