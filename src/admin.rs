@@ -16,6 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use duplex_downstream::{ApiError, Clients};
+
+use crate::admin_guard::AdminGuard;
 use duplex_shared::metrics::Metrics;
 use duplex_shared::store::Store;
 use duplex_upstream::{AdminError, Upstream};
@@ -43,6 +45,7 @@ pub struct Admin {
 
 /// Serves until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, admin: Admin, stop: CancellationToken) {
+    let token_set = admin.token.is_some();
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -61,6 +64,16 @@ pub async fn serve(listener: TcpListener, admin: Admin, stop: CancellationToken)
         .route("/admin/v1/pools/{service}/endpoints/{endpoint}/isolate", post(isolate))
         .route("/admin/v1/pools/{service}/endpoints/{endpoint}/recover", post(recover))
         .with_state(Arc::new(admin));
+    let app = match listener.local_addr() {
+        Ok(bound) => app.layer(axum::middleware::from_fn_with_state(
+            Arc::new(AdminGuard { bound, token_set }),
+            crate::admin_guard::middleware,
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "admin listener has no address");
+            return;
+        }
+    };
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await

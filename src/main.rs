@@ -12,6 +12,7 @@ use clap::Parser;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod admin;
+mod admin_guard;
 mod bench;
 mod cli;
 mod client_cli;

@@ -286,3 +286,41 @@ async fn a_routing_change_takes_effect_at_once_and_survives_a_restart() {
         "{frame:?}"
     );
 }
+
+#[tokio::test]
+async fn a_web_page_cannot_use_the_tokenless_admin_api() {
+    let backend = Backend::start().await;
+    let config = config_file(&format!(
+        "[upstream.services.orders]\nendpoints = [{{ url = \"{}/api\" }}]\npath_prefixes = [\"/orders\"]\n",
+        backend.url()
+    ));
+    let run = start(&["--config", &config.path]);
+    let url = format!("http://{}/admin/v1/pools/orders/endpoints/0/isolate", run.admin);
+    let http = reqwest::Client::new();
+    let isolated = || async {
+        let (_, pools) = call_json(&http, Method::GET, format!("http://{}/admin/v1/pools", run.admin), None).await;
+        pools["pools"]["orders"][0]["isolated"].clone()
+    };
+    // A form or fetch from another origin, and a DNS-rebinding page (its own
+    // name in Host, so same-origin to the browser): refused, nothing changed.
+    let attacks: [&[(&str, &str)]; 4] = [
+        &[("origin", "https://evil.example")],
+        &[("sec-fetch-site", "cross-site")],
+        &[("origin", "null")],
+        &[("host", "evil.example"), ("origin", "http://evil.example")],
+    ];
+    for headers in attacks {
+        let mut req = http.post(&url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("post");
+        assert_eq!(resp.status().as_u16(), 403, "{headers:?}");
+        let body: serde_json::Value = resp.json().await.expect("json error");
+        assert!(body["code"].is_string(), "{body}");
+        assert_eq!(isolated().await, false, "{headers:?}");
+    }
+    // The operator's own tools still work on loopback without a token.
+    assert_eq!(call_json(&http, Method::POST, url.clone(), None).await.0, 200);
+    assert_eq!(isolated().await, true);
+}
