@@ -161,6 +161,13 @@ async fn start(config: Config, tiers: Tiers) -> Result<Node, ExitCode> {
         eprintln!("duplex: a node running only some tiers shares state through Redis: set redis_url (--redis)");
         return Err(ExitCode::from(64));
     }
+    if tiers.split() && config.registry.internal_secret_generated {
+        eprintln!(
+            "duplex: a node running only some tiers calls its peers with the shared registry.internal_secret: \
+             set it (DUPLEX_REGISTRY__INTERNAL_SECRET), the same on every node"
+        );
+        return Err(ExitCode::from(64));
+    }
     let node_id = config.node_id_or_random();
     let store = connect_store(&config).await?;
     let access_listeners = if tiers.access {

@@ -95,6 +95,18 @@ fn invalid_configuration_exits_64_with_a_readable_message() {
 }
 
 #[test]
+fn a_split_node_with_real_secrets_needs_the_internal_secret() {
+    let out = Command::new(BIN)
+        .args(["upstream", "--redis", "redis://127.0.0.1:1/"])
+        .env("DUPLEX_AUTH__SECRET", "9f2c4d1be0a3477c8a51d2f0c1e4b7aa9f2c4d1b")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("internal_secret"), "{err}");
+}
+
+#[test]
 fn unreachable_redis_exits_69() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")

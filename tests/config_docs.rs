@@ -56,15 +56,34 @@ fn every_config_key_is_documented_and_in_the_example() {
     }
 }
 
-#[test]
-fn the_example_config_loads_and_validates() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
+fn duplex_with_example_config(env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
         .args([
             "--config",
             concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/duplex.example.toml"),
         ])
         .args(["token", "--sub", "someone"])
+        .envs(env.iter().copied())
         .output()
-        .expect("run duplex");
+        .expect("run duplex")
+}
+
+#[test]
+fn the_example_config_loads_and_validates_once_its_secrets_are_real() {
+    // As the example says: the secrets come from the environment.
+    let out = duplex_with_example_config(&[
+        ("DUPLEX_AUTH__SECRET", "4f1c9a2be8d047e6b3a5c1d2e9f08a7b6c5d4e3f"),
+        ("DUPLEX_REGISTRY__INTERNAL_SECRET", "0b9e8d7c6a5f4e3d2c1b0a99"),
+        ("DUPLEX_ADMIN__TOKEN", "7d6c5b4a39281706f5e4d3c2"),
+        ("DUPLEX_DOWNSTREAM__API_KEYS", "[\"a1b2c3d4e5f60718293a4b5c\"]"),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_example_config_with_its_placeholder_secrets_is_refused() {
+    let out = duplex_with_example_config(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("placeholder"), "{err}");
 }

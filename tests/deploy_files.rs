@@ -158,10 +158,45 @@ fn the_compose_node_configuration_loads_with_its_environment() {
         let line = line.trim();
         if let Some((k, v)) = line.split_once(": ") {
             if k.starts_with("DUPLEX_") && k != "DUPLEX_REDIS_URL" {
-                cmd.env(k, v.trim_matches('\''));
+                // Secrets come from the operator's environment: give real ones.
+                let v = match v.strip_prefix("${") {
+                    Some(_) if k.ends_with("API_KEYS") => "[\"6f0e1d2c3b4a59687786950a\"]".to_owned(),
+                    Some(_) => format!("{:x}{:x}", rand::random::<u128>(), rand::random::<u128>()),
+                    None => v.trim_matches('\'').to_owned(),
+                };
+                cmd.env(k, v);
             }
         }
     }
     let out = cmd.args(["token", "--sub", "someone"]).output().expect("run duplex");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_placeholder_secrets_in_deploy_are_refused_at_start() {
+    let k8s = FILES[3].1;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_duplex"));
+    let mut set = 0;
+    for line in k8s.lines() {
+        if let Some((k, v)) = line.trim().split_once(": ") {
+            if k.starts_with("DUPLEX_") && (k.contains("SECRET") || k.ends_with("TOKEN") || k.ends_with("API_KEYS")) {
+                cmd.env(k, v.trim_matches(['"', '\'']));
+                set += 1;
+            }
+        }
+    }
+    assert!(set >= 4, "the k8s Secret sets the four secrets");
+    let out = cmd.args(["token", "--sub", "someone"]).output().expect("run duplex");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("placeholder"), "{err}");
+    // Compose has no placeholder to fall back on: every secret is `${NAME:?...}`.
+    for name in [
+        "DUPLEX_AUTH__SECRET",
+        "DUPLEX_ADMIN__TOKEN",
+        "DUPLEX_REGISTRY__INTERNAL_SECRET",
+        "DUPLEX_DOWNSTREAM__API_KEYS",
+    ] {
+        assert!(FILES[0].1.contains(&format!("{name}: ${{{name}:?")), "{name}");
+    }
 }

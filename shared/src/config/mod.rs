@@ -14,6 +14,8 @@ mod registry;
 mod upstream;
 
 pub use registry::{RegistryConfig, DEV_INTERNAL_SECRET};
+
+mod secrets;
 pub use upstream::{EndpointConfig, ServiceConfig, UpstreamConfig};
 
 /// HS256 secret used when none is configured. Accepted only while every
@@ -114,6 +116,14 @@ impl Config {
                 ))
             }
             _ => {}
+        }
+        secrets::refuse_placeholders(self)?;
+        // The development internal secret is public: once the operator set
+        // real secrets, this node's internal listener gets a random one
+        // unless `registry.internal_secret` is set (a split node needs it set).
+        if self.registry.internal_secret.is_none() && secrets::has_real_secret(self) {
+            self.registry.internal_secret = Some(secrets::random_internal_secret());
+            self.registry.internal_secret_generated = true;
         }
         Ok(())
     }

@@ -21,6 +21,10 @@ pub struct RegistryConfig {
     /// Shared secret of internal calls between nodes, at least 16 bytes; the same on every
     /// node. Required when `internal_listen` is not a loopback address.
     pub internal_secret: Option<String>,
+    /// Set when validation chose a random `internal_secret` (real secrets
+    /// are configured but this one is not): fine alone, not for split nodes.
+    #[serde(skip)]
+    pub internal_secret_generated: bool,
 }
 
 /// Internal secret used when none is configured, accepted only on a loopback internal listener.
@@ -34,6 +38,7 @@ impl Default for RegistryConfig {
             lease_ms: 15_000,
             internal_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             internal_secret: None,
+            internal_secret_generated: false,
         }
     }
 }
