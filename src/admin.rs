@@ -43,8 +43,11 @@ pub struct Admin {
     pub lease_ms: u64,
 }
 
+/// Admin request bodies (routing changes) stay far below this.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
 /// Serves until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, admin: Admin, stop: CancellationToken) {
+pub async fn serve(listener: TcpListener, admin: Admin, limits: duplex_http::HttpLimits, stop: CancellationToken) {
     let token_set = admin.token.is_some();
     let app = Router::new()
         .route("/metrics", get(metrics_text))
@@ -74,12 +77,7 @@ pub async fn serve(listener: TcpListener, admin: Admin, stop: CancellationToken)
             return;
         }
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-    {
-        tracing::error!(error = %e, "admin server failed");
-    }
+    duplex_http::serve(listener, app, limits, stop).await;
 }
 
 async fn metrics_text(State(admin): State<Arc<Admin>>) -> impl IntoResponse {

@@ -142,18 +142,21 @@ struct Node {
 fn serve_internal(
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    limits: duplex_http::HttpLimits,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let stop = CancellationToken::new();
-    let until = stop.clone();
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { until.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            error!(error = %e, "internal listener failed");
-        }
-    });
+    let task = tokio::spawn(duplex_http::serve(listener, app, limits, stop.clone()));
     (stop, task)
+}
+
+/// The bounds of an HTTP listener of this node, with its body limit.
+pub(crate) fn http_limits(config: &Config, max_body_bytes: usize) -> duplex_http::HttpLimits {
+    duplex_http::HttpLimits {
+        max_connections: config.http.max_connections as usize,
+        header_timeout: config.http.header_timeout(),
+        request_timeout: config.http.request_timeout(),
+        max_body_bytes,
+    }
 }
 
 async fn start(config: Config, tiers: Tiers) -> Result<Node, ExitCode> {
@@ -219,6 +222,7 @@ async fn start(config: Config, tiers: Tiers) -> Result<Node, ExitCode> {
             store: store.clone(),
             nodes: nodes.clone(),
             metrics: metrics.clone(),
+            http: config.http.clone(),
         })
     });
     let replies: Arc<dyn ReplyLink> = match &downstream {
@@ -249,7 +253,9 @@ async fn start(config: Config, tiers: Tiers) -> Result<Node, ExitCode> {
         upstream.clone(),
         downstream.as_ref().map(|d| d.replies()),
     ));
-    let internal = serve_internal(internal_listener, internal_app);
+    // A frame and its query/headers; nothing bigger is ever sent between nodes.
+    let internal_body = config.access.max_frame_bytes as usize + 64 * 1024;
+    let internal = serve_internal(internal_listener, internal_app, http_limits(&config, internal_body));
     let shutdown = CancellationToken::new();
     let store_kind = if config.redis_url.is_some() { "redis" } else { "memory" };
     // Registered before the addresses are printed: a node is ready once it is listed.
@@ -343,7 +349,13 @@ async fn start(config: Config, tiers: Tiers) -> Result<Node, ExitCode> {
         _ => None,
     };
     let admin_stop = CancellationToken::new();
-    let admin = tokio::spawn(crate::admin::serve(admin_listener, admin_state, admin_stop.clone()));
+    let admin_limits = http_limits(&config, crate::admin::MAX_BODY_BYTES);
+    let admin = tokio::spawn(crate::admin::serve(
+        admin_listener,
+        admin_state,
+        admin_limits,
+        admin_stop.clone(),
+    ));
     Ok(Node {
         shutdown,
         access,

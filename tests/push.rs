@@ -331,6 +331,13 @@ async fn bad_input_gets_4xx_and_stores_nothing(kind: StoreKind) {
     assert_eq!(node.get("/v1/messages/j1~1~00000000").await.0, 404);
     assert_eq!(node.get("/v1/messages/garbage").await.0, 404);
     assert_eq!(node.get("/v1/nowhere").await.0, 404);
+    // A body over downstream.max_body_bytes (1 MiB by default): the documented JSON 413.
+    let huge = format!(r#"{{"client_ids":["j1"],"payload":"{}"}}"#, "x".repeat(1_100_000));
+    let (got, resp) = node.post_raw("/v1/push", &huge, Some(API_KEY)).await;
+    assert_eq!((got, resp["code"].as_str()), (413, Some("body_too_large")), "{resp}");
+    let (got, resp) = node.post_raw("/v1/push/batch", &huge, Some(API_KEY)).await;
+    assert_eq!((got, resp["code"].as_str()), (413, Some("body_too_large")), "{resp}");
+    assert_eq!(node.get("/v1/clients/j1").await.1["pending"], 0, "nothing was stored");
 }
 
 async fn batch_wait_ack_and_kick(kind: StoreKind) {

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use duplex_shared::config::DownstreamConfig;
+use duplex_shared::config::{DownstreamConfig, HttpConfig};
 use duplex_shared::links::{NodeLink, ReplyLink};
 use duplex_shared::metrics::{Counter, Histogram, Metrics};
 use duplex_shared::store::Store;
@@ -38,6 +38,8 @@ pub struct DownstreamContext {
     /// Reaches access nodes to deliver, kick and broadcast.
     pub nodes: Arc<dyn NodeLink>,
     pub metrics: Arc<Metrics>,
+    /// Bounds of the push API listener (its body limit is `config.max_body_bytes`).
+    pub http: HttpConfig,
 }
 
 /// The tier's listener, bound by the caller.
@@ -96,6 +98,7 @@ const MARKS_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(5)
 /// node can hand its [`ReplyLink`] to the upstream tier first.
 pub struct Downstream {
     shared: Arc<Shared>,
+    http: HttpConfig,
     marks_stop: CancellationToken,
     marks_writer: tokio::task::JoinHandle<()>,
 }
@@ -109,6 +112,7 @@ impl Downstream {
             ctx.config.retry_max_ms,
             ctx.metrics.clone(),
         );
+        let http = ctx.http;
         let marks_stop = CancellationToken::new();
         let (sent_marks, marks_writer) = sent::SentMarks::start(ctx.store.clone(), marks_stop.clone());
         let shared = Arc::new(Shared {
@@ -127,6 +131,7 @@ impl Downstream {
         });
         Downstream {
             shared,
+            http,
             marks_stop,
             marks_writer,
         }
@@ -145,13 +150,13 @@ impl Downstream {
     /// Serves the push API until `shutdown`, then stops retries and flushes sent marks.
     pub async fn serve(self, listeners: DownstreamListeners, shutdown: CancellationToken) {
         let app = api::router(self.shared.clone());
-        let stop = shutdown.clone();
-        if let Err(e) = axum::serve(listeners.http, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-        {
-            tracing::error!(error = %e, "push API server failed");
-        }
+        let limits = duplex_http::HttpLimits {
+            max_connections: self.http.max_connections as usize,
+            header_timeout: self.http.header_timeout(),
+            request_timeout: self.http.request_timeout(),
+            max_body_bytes: self.shared.config.max_body_bytes as usize,
+        };
+        duplex_http::serve(listeners.http, app, limits, shutdown.clone()).await;
         self.shared.retrier.shutdown();
         self.marks_stop.cancel();
         // Bounded: a store that stopped answering must not hold the exit.

@@ -206,6 +206,7 @@ async fn start_full(
         store: store.clone(),
         nodes: flaky,
         metrics: metrics.clone(),
+        http: Default::default(),
     });
     let upstream_tier = Upstream::new(UpstreamContext {
         config: upstream,
