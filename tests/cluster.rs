@@ -103,7 +103,11 @@ async fn a_killed_node_loses_nothing_that_was_accepted() {
 #[tokio::test]
 async fn draining_a_node_with_1000_clients_moves_them_all_and_loses_nothing() {
     let redis = TestRedis::start().expect("redis-server");
-    let env = [("DUPLEX_ACCESS__GOAWAY_WINDOW_MS", "1000")];
+    // The 1000 "devices" all connect at once from the test's one address.
+    let env = [
+        ("DUPLEX_ACCESS__GOAWAY_WINDOW_MS", "1000"),
+        ("DUPLEX_ACCESS__MAX_UNAUTHENTICATED_PER_SOURCE", "1024"),
+    ];
     let mut a = start_with_env(&["--redis", &redis.url(), "--node-id", "node-a"], &env);
     let b = start_with_env(&["--redis", &redis.url(), "--node-id", "node-b"], &env);
     let a_tcp = a.tcp;

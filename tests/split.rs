@@ -340,7 +340,8 @@ async fn draining_an_access_node_with_1000_clients_in_split_mode() {
     let redis = TestRedis::start().expect("redis-server");
     let backend = Backend::start().await;
     let config = config_file(&format!(
-        "[access]\ngoaway_window_ms = 1000\n\n{}",
+        // The 1000 "devices" all connect at once from the test's one address.
+        "[access]\ngoaway_window_ms = 1000\nmax_unauthenticated_per_source = 1024\n\n{}",
         std::fs::read_to_string(&service_config(&backend).path).expect("config")
     ));
     let [mut a, b, _up, _d1, d2] = access_pair(&redis, &config);

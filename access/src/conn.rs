@@ -14,6 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, warn, Instrument};
 
+use crate::preauth::PreAuthGuard;
 use crate::sequencer::Sequencer;
 use crate::session::Session;
 use crate::transport::{ReadEvent, Transport};
@@ -26,18 +27,22 @@ pub(crate) fn body(frame: &Frame) -> Bytes {
     Bytes::from(out)
 }
 
-/// Serves one accepted connection; `permit` is its slot under the connection limit.
+/// Serves one accepted connection; `permit` is its slot under the
+/// connection limit, `preauth` its slot until it authenticates.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     mut io: Transport,
     auth_deadline: Instant,
     conn_id: u64,
     _permit: OwnedSemaphorePermit,
+    preauth: PreAuthGuard,
 ) {
     let Some((connect, claims)) = Box::pin(authenticate(&shared, &mut io, auth_deadline)).await else {
         io.shutdown().await;
         return;
     };
+    // Authenticated: no longer counted against the unauthenticated caps.
+    drop(preauth);
     let client_id = connect.client_id;
     let claim = match shared
         .store
@@ -91,6 +96,9 @@ pub(crate) async fn serve(
     Box::pin(session.run().instrument(span)).await;
 }
 
+/// WebSocket control messages tolerated before `connect`.
+const MAX_CONTROLS_BEFORE_CONNECT: u32 = 8;
+
 /// Reads and checks `Connect`; on failure the client has been told why.
 async fn authenticate(
     shared: &Shared,
@@ -98,7 +106,21 @@ async fn authenticate(
     deadline: Instant,
 ) -> Option<(Connect, duplex_shared::auth::Claims)> {
     let refuse = |code: ErrorCode, id: Option<u64>, msg: String| code.frame(id, msg, true);
-    let frame = match tokio::time::timeout_at(deadline, io.read(&shared.limits)).await {
+    // A few control messages (WebSocket pings) may come first; a stream of
+    // them is no way to hold an unauthenticated socket.
+    let mut controls = 0;
+    let frame = loop {
+        match tokio::time::timeout_at(deadline, io.read(&shared.limits)).await {
+            Ok(ReadEvent::Control) if controls < MAX_CONTROLS_BEFORE_CONNECT => controls += 1,
+            Ok(ReadEvent::Control) => {
+                let msg = "too many control messages before connect".to_owned();
+                let _ = send_refusal(shared, io, &refuse(ErrorCode::RateLimited, None, msg)).await;
+                return None;
+            }
+            other => break other,
+        }
+    };
+    let frame = match frame {
         Err(_) => {
             debug!("no Connect within the auth timeout");
             let f = refuse(
@@ -114,7 +136,7 @@ async fn authenticate(
             let _ = send_refusal(shared, io, &e.code().frame(None, e.to_string(), true)).await;
             return None;
         }
-        Ok(ReadEvent::Closed | ReadEvent::Failed(_)) => return None,
+        Ok(ReadEvent::Closed | ReadEvent::Failed(_) | ReadEvent::Control) => return None,
     };
     let connect = match frame {
         Frame::Connect(c) => c,

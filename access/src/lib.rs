@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`run`]: the tier's entry point, given its context, bound listeners and a shutdown token.
 //! - `listen`: accept loops, the connection limit and refusals.
+//! - `preauth`: caps on unauthenticated sockets, node-wide and per source address.
 //! - `conn`: the task that owns one connection: authentication and route claim.
 //! - `session`: the authenticated connection: serving loop, acks, goodbye, cleanup.
 //! - `sequencer`: stored messages in seq order: replay, hole filling, gap frames.
@@ -36,6 +37,7 @@ pub mod hub;
 mod leases;
 mod listen;
 mod outbox;
+mod preauth;
 mod rate;
 mod sequencer;
 mod session;
@@ -88,6 +90,7 @@ pub(crate) struct Shared {
     shutdown: CancellationToken,
     permits: Arc<Semaphore>,
     refusing: Arc<Semaphore>,
+    preauth: Arc<preauth::PreAuth>,
     next_conn_id: AtomicU64,
     tracker: TaskTracker,
     metrics: Arc<Metrics>,
@@ -110,6 +113,7 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
         limits: ctx.config.limits(),
         permits: Arc::new(Semaphore::new(ctx.config.max_connections)),
         refusing: Arc::new(Semaphore::new(listen::MAX_REFUSING)),
+        preauth: preauth::PreAuth::new(&ctx.config),
         config: ctx.config,
         node_id: ctx.node_id,
         verifier: ctx.verifier,

@@ -1,8 +1,9 @@
 //! Accept loops for the TCP and WebSocket listeners.
 //!
-//! The connection limit is a semaphore taken right after accept: a client
-//! over the limit gets a `server_full` error frame (retryable) instead of a
-//! silent drop or an unbounded wait in the backlog. Refusals themselves are
+//! The unauthenticated-socket caps (`preauth`) and the connection limit are
+//! checked right after accept: a client over one gets a `rate_limited` or
+//! `server_full` error frame (retryable) instead of a silent drop or an
+//! unbounded wait in the backlog. Refusals themselves are
 //! bounded: beyond `MAX_REFUSING` in progress, extra sockets are just closed.
 
 use std::sync::atomic::Ordering;
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn, Instrument};
 
 use crate::conn::{body, serve};
+use crate::preauth::Refusal;
 use crate::transport::{ws_config, Transport, TransportKind};
 use crate::Shared;
 
@@ -37,8 +39,19 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind
                 continue;
             }
         };
+        let preauth = match shared.preauth.admit(peer.ip(), Instant::now()) {
+            Ok(guard) => guard,
+            Err(why) => {
+                let frame = match why {
+                    Refusal::NodeFull => server_full(),
+                    Refusal::SourceLimited => source_limited(),
+                };
+                refuse(&shared, stream, kind, frame);
+                continue;
+            }
+        };
         let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
-            refuse(&shared, stream, kind);
+            refuse(&shared, stream, kind, server_full());
             continue;
         };
         let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
@@ -67,7 +80,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind
                         }
                     }
                 };
-                serve(task_shared, io, auth_deadline, conn_id, permit).await;
+                serve(task_shared, io, auth_deadline, conn_id, permit, preauth).await;
             }
             .instrument(span),
         );
@@ -82,18 +95,25 @@ fn server_full() -> Frame {
     )
 }
 
-fn refuse(shared: &Arc<Shared>, stream: TcpStream, kind: TransportKind) {
-    debug!("refusing connection over the limit");
-    shared.metrics.inc(
-        "duplex_auth_failures_total",
-        &[("code", ErrorCode::ServerFull.as_str())],
-    );
+fn source_limited() -> Frame {
+    ErrorCode::RateLimited.frame(
+        None,
+        "too many connections from this address are being set up; retry later",
+        true,
+    )
+}
+
+fn refuse(shared: &Arc<Shared>, stream: TcpStream, kind: TransportKind, refusal: Frame) {
+    debug!("refusing connection over a limit");
+    if let Frame::Error(e) = &refusal {
+        shared.metrics.inc("duplex_auth_failures_total", &[("code", &e.code)]);
+    }
     shared.frames_out.count("error");
     match kind {
         TransportKind::Tcp => {
             // The socket's send buffer is empty, so a small frame fits without waiting.
             let mut out = Vec::new();
-            encode_tcp(&server_full(), &mut out);
+            encode_tcp(&refusal, &mut out);
             let _ = stream.try_write(&out);
         }
         TransportKind::WebSocket => {
@@ -106,7 +126,7 @@ fn refuse(shared: &Arc<Shared>, stream: TcpStream, kind: TransportKind) {
                 let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(&limits)));
                 if let Ok(Ok(ws)) = tokio::time::timeout(Duration::from_secs(2), handshake).await {
                     let mut io = Transport::Ws(Box::new(ws));
-                    let _ = tokio::time::timeout(Duration::from_secs(2), io.write(&[body(&server_full())])).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), io.write(&[body(&refusal)])).await;
                     io.shutdown().await;
                 }
             });

@@ -21,6 +21,12 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket has refilled completely by `now` (nothing to remember).
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.rate_per_s >= self.burst
+    }
+
     /// Takes one token if available.
     pub fn take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();

@@ -173,7 +173,19 @@ impl Session {
                     for pass in 1..=FRAMES_PER_PASS {
                         let Some(event) = next.take() else { break };
                         silence.as_mut().reset(Instant::now() + silence_limit);
+                        // Whatever costs a read counts: frames, malformed
+                        // ones and WebSocket control messages alike.
+                        let counted = matches!(event, ReadEvent::Frame(_) | ReadEvent::Invalid(_) | ReadEvent::Control);
+                        if counted && !bucket.take(Instant::now()) {
+                            let f = ErrorCode::RateLimited.frame(None, "frame rate limit exceeded", true);
+                            let _ = send_now(&shared, &mut self.io, &f).await;
+                            return self.flush_ack(ack, End::Protocol).await;
+                        }
                         let frame = match event {
+                            ReadEvent::Control => {
+                                next = self.read_buffered(pass);
+                                continue;
+                            }
                             ReadEvent::Frame(f) => f,
                             ReadEvent::Closed => return self.flush_ack(ack, End::ClientLeft).await,
                             ReadEvent::Failed(e) => {
@@ -191,11 +203,6 @@ impl Session {
                                 continue;
                             }
                         };
-                        if !bucket.take(Instant::now()) {
-                            let f = ErrorCode::RateLimited.frame(None, "frame rate limit exceeded", true);
-                            let _ = send_now(&shared, &mut self.io, &f).await;
-                            return self.flush_ack(ack, End::Protocol).await;
-                        }
                         shared.count_frame_in(frame.type_name());
                         if let Frame::Ack(later) = frame {
                             if ack.as_ref().is_none_or(|held| later.seq >= held.seq) {

@@ -22,6 +22,9 @@ pub enum ReadEvent {
     Frame(Frame),
     /// Bytes that are not a valid frame; the error says whether to close.
     Invalid(DecodeError),
+    /// A WebSocket control message (ping, pong): no frame, but it costs a
+    /// read, so it counts against the frame rate like a frame.
+    Control,
     /// The client closed the connection.
     Closed,
     /// The connection failed.
@@ -115,39 +118,33 @@ impl Transport {
                     Err(e) => return ReadEvent::Failed(e.to_string()),
                 }
             },
-            Transport::Ws(ws) => loop {
-                match ws.next().await {
-                    None => return ReadEvent::Closed,
-                    Some(Ok(Message::Binary(body))) => {
-                        return match decode_body(&body, limits) {
-                            Ok(f) => ReadEvent::Frame(f),
-                            Err(e) => ReadEvent::Invalid(e),
-                        }
-                    }
-                    Some(Ok(Message::Text(_))) => {
-                        return ReadEvent::Invalid(DecodeError::Malformed(
-                            "text message: frames travel as binary messages".into(),
-                        ))
-                    }
-                    Some(Ok(Message::Close(_))) => return ReadEvent::Closed,
-                    // Pings are answered by tungstenite on the next write/flush.
-                    Some(Ok(_)) => continue,
-                    // tungstenite stops reading an oversized message before buffering it.
-                    Some(Err(tungstenite::Error::Capacity(e))) => {
-                        let len = match e {
-                            tungstenite::error::CapacityError::MessageTooLong { size, .. } => size as u64,
-                            _ => u64::from(limits.max_frame_bytes) + 1,
-                        };
-                        return ReadEvent::Invalid(DecodeError::TooLarge {
-                            len,
-                            max: limits.max_frame_bytes,
-                        });
-                    }
-                    Some(Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)) => {
-                        return ReadEvent::Closed
-                    }
-                    Some(Err(e)) => return ReadEvent::Failed(e.to_string()),
+            Transport::Ws(ws) => match ws.next().await {
+                None => ReadEvent::Closed,
+                Some(Ok(Message::Binary(body))) => match decode_body(&body, limits) {
+                    Ok(f) => ReadEvent::Frame(f),
+                    Err(e) => ReadEvent::Invalid(e),
+                },
+                Some(Ok(Message::Text(_))) => ReadEvent::Invalid(DecodeError::Malformed(
+                    "text message: frames travel as binary messages".into(),
+                )),
+                Some(Ok(Message::Close(_))) => ReadEvent::Closed,
+                // Pings are answered by tungstenite on the next write/flush.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => ReadEvent::Control,
+                // tungstenite stops reading an oversized message before buffering it.
+                Some(Err(tungstenite::Error::Capacity(e))) => {
+                    let len = match e {
+                        tungstenite::error::CapacityError::MessageTooLong { size, .. } => size as u64,
+                        _ => u64::from(limits.max_frame_bytes) + 1,
+                    };
+                    ReadEvent::Invalid(DecodeError::TooLarge {
+                        len,
+                        max: limits.max_frame_bytes,
+                    })
                 }
+                Some(Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)) => {
+                    ReadEvent::Closed
+                }
+                Some(Err(e)) => ReadEvent::Failed(e.to_string()),
             },
         }
     }

@@ -176,6 +176,85 @@ async fn frame_rate_limit_closes_a_flooding_client() {
     expect_closed(&mut conn).await;
 }
 
+async fn malformed_frames_count_against_the_frame_rate(via: Via) {
+    let node = start_node(StoreKind::Memory, |c| {
+        c.frame_rate_per_s = 1;
+        c.frame_burst = 5;
+    })
+    .await;
+    let mut conn = node.login(via, "alice", "phone-1").await;
+    let garbage: &[u8] = &[0xc1, 0x00, 0xff];
+    for _ in 0..20 {
+        let sent = match via {
+            Via::Tcp => {
+                let mut raw = (garbage.len() as u32).to_be_bytes().to_vec();
+                raw.extend_from_slice(garbage);
+                conn.send_raw(&raw).await
+            }
+            Via::Ws => conn.send_raw(garbage).await,
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    let mut malformed = 0;
+    loop {
+        let e = expect_error(&mut conn).await;
+        if e.code == "rate_limited" {
+            assert!(e.close);
+            break;
+        }
+        assert_eq!(e.code, "malformed_frame");
+        malformed += 1;
+        assert!(malformed <= 6, "burst of 5 (+1 refill at most)");
+    }
+    expect_closed(&mut conn).await;
+}
+
+#[tokio::test]
+async fn websocket_pings_count_against_the_frame_rate() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let node = start_node(StoreKind::Memory, |c| {
+        c.frame_rate_per_s = 1;
+        c.frame_burst = 5;
+    })
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", node.ws))
+        .await
+        .expect("ws");
+    let connect = duplex_shared::protocol::Connect {
+        id: 1,
+        version: PROTOCOL_VERSION,
+        token: token("alice"),
+        client_id: "phone-1".into(),
+        last_seq: 0,
+    };
+    let mut body = Vec::new();
+    duplex_shared::protocol::encode_body(&Frame::Connect(connect), &mut body);
+    ws.send(Message::Binary(body.into())).await.expect("send");
+    for _ in 0..50 {
+        if ws.send(Message::Ping(vec![1u8].into())).await.is_err() {
+            break;
+        }
+    }
+    let limits = duplex_shared::protocol::Limits::default();
+    let mut refused = false;
+    for _ in 0..200 {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => {
+                if let Ok(Frame::Error(e)) = duplex_shared::protocol::decode_body(&b, &limits) {
+                    assert_eq!(e.code, "rate_limited");
+                    refused = true;
+                }
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => break,
+        }
+    }
+    assert!(refused, "a ping flood is cut off like a frame flood");
+}
+
 macro_rules! both_transports {
     ($($name:ident),* $(,)?) => {
         mod tcp { $( #[tokio::test] async fn $name() { super::$name(super::Via::Tcp).await } )* }
@@ -189,4 +268,5 @@ both_transports!(
     malformed_and_unknown_frames_get_error_frames_and_the_connection_survives,
     upstream_failures_reach_the_client_as_retryable_errors,
     first_frame_must_be_connect_with_a_valid_client_id,
+    malformed_frames_count_against_the_frame_rate,
 );

@@ -88,6 +88,12 @@ pub fn start_duplex_with(
             .args(["--admin-listen", "127.0.0.1:0"])
             .env("DUPLEX_ACCESS__REUSE_PORT", "true")
             .env("DUPLEX_ACCESS__MAX_CONNECTIONS", "19500")
+            // A generator process opens up to 19,000 connections from one
+            // source address as fast as it can: lift the per-source bounds
+            // meant for the open internet (the node-wide ones stay).
+            .env("DUPLEX_ACCESS__MAX_UNAUTHENTICATED_PER_SOURCE", "1024")
+            .env("DUPLEX_ACCESS__CONNECT_RATE_PER_SOURCE", "1000000")
+            .env("DUPLEX_ACCESS__CONNECT_BURST_PER_SOURCE", "1000000")
             // Generators stay silent while holding; keep them inside the heartbeat window.
             .env("DUPLEX_ACCESS__HEARTBEAT_MS", "600000")
             .env("DUPLEX_ACCESS__ROUTE_TTL_MS", "1800000")

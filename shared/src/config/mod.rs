@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::{Limits, MAX_NESTING_LIMIT};
 
+mod http;
 mod registry;
 mod upstream;
 
+pub use http::HttpConfig;
 pub use registry::{RegistryConfig, DEV_INTERNAL_SECRET};
 
 mod secrets;
@@ -52,6 +54,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub downstream: DownstreamConfig,
     pub admin: AdminConfig,
+    /// Bounds of the push API, admin and internal HTTP listeners.
+    pub http: HttpConfig,
     pub registry: RegistryConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
@@ -67,6 +71,7 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             downstream: DownstreamConfig::default(),
             admin: AdminConfig::default(),
+            http: HttpConfig::default(),
             registry: RegistryConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
@@ -107,6 +112,7 @@ impl Config {
         self.downstream.resolve(loopback_only, self.access.max_frame_bytes)?;
         self.upstream.validate()?;
         self.registry.validate()?;
+        self.http.validate()?;
         match &self.admin.token {
             Some(t) if t.len() < 16 => return Err(invalid("admin.token", "at least 16 bytes")),
             None if !self.admin.listen.ip().is_loopback() => {
@@ -168,6 +174,15 @@ pub struct AccessConfig {
     pub frame_rate_per_s: u32,
     /// Burst of frames allowed above the sustained rate. Default 200.
     pub frame_burst: u32,
+    /// Sockets not yet authenticated (WebSocket handshake and `connect`
+    /// pending), node-wide, apart from `max_connections`. Default 1024.
+    pub max_unauthenticated: usize,
+    /// Of those, from one source address (an IPv6 /64). Default 256.
+    pub max_unauthenticated_per_source: u32,
+    /// New connections per second from one source address. Default 1000.
+    pub connect_rate_per_source: u32,
+    /// Burst of new connections from one source address. Default 2000.
+    pub connect_burst_per_source: u32,
     /// Reconnect backoff advised to clients: first delay, ms. Default 1000.
     pub reconnect_min_ms: u64,
     /// Reconnect backoff advised to clients: largest delay, ms. Default 60000.
@@ -196,6 +211,10 @@ impl Default for AccessConfig {
             write_timeout_ms: 10_000,
             frame_rate_per_s: 100,
             frame_burst: 200,
+            max_unauthenticated: 1024,
+            max_unauthenticated_per_source: 256,
+            connect_rate_per_source: 1_000,
+            connect_burst_per_source: 2_000,
             reconnect_min_ms: 1_000,
             reconnect_max_ms: 60_000,
             goaway_window_ms: 10_000,
@@ -248,6 +267,16 @@ impl AccessConfig {
             return Err(invalid(
                 &format!("{f}frame_rate_per_s"),
                 "rate and burst must be at least 1",
+            ));
+        }
+        if self.max_unauthenticated == 0
+            || self.max_unauthenticated_per_source == 0
+            || self.connect_rate_per_source == 0
+            || self.connect_burst_per_source == 0
+        {
+            return Err(invalid(
+                &format!("{f}max_unauthenticated"),
+                "the unauthenticated socket caps and the connect rate must be at least 1",
             ));
         }
         if !(1..=65_535).contains(&self.listen_backlog) {
