@@ -4,8 +4,10 @@
 //! scheme, or climb out of the base path.
 //!
 //! Accepted: printable ASCII starting with one `/`, segments that are not
-//! `.` or `..` and not empty, percent escapes that do not decode to `.`, `/`,
-//! `\`, `%` or a control byte, an optional `?query`. Everything else is
+//! empty and not only dots (also before a `;` path parameter: `..;`, `.;`),
+//! percent escapes in the path that do not decode to `.`, `/`, `\`, `%`,
+//! `;`, a control byte or a non-ASCII byte (encoded UTF-8, overlong dots),
+//! an optional `?query`. Everything else is
 //! refused before any request leaves.
 
 use reqwest::Url;
@@ -21,9 +23,9 @@ pub enum PathError {
     NotRelative,
     #[error("the path holds a byte outside printable ASCII (CR, LF, space, control, non-ASCII) or a `\\` or `#`")]
     Character,
-    #[error("the path holds an empty, `.` or `..` segment")]
+    #[error("the path holds an empty segment or one of only dots (`.`, `..`, `..;x`)")]
     Traversal,
-    #[error("the path holds a malformed or forbidden percent escape (encoded `.`, `/`, `\\`, `%` or control)")]
+    #[error("the path holds a malformed or forbidden percent escape (encoded `.`, `/`, `\\`, `%`, `;`, control or non-ASCII)")]
     Escape,
     #[error("the path is outside the service's allowed prefixes")]
     NotAllowed,
@@ -47,11 +49,7 @@ pub fn backend_url(base: &Url, client_path: &str, prefixes: &[String]) -> Result
         Some((p, q)) => (p, Some(q)),
         None => (client_path, None),
     };
-    if path[1..]
-        .split('/')
-        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-        && path != "/"
-    {
+    if path != "/" && path[1..].split('/').any(climbs) {
         return Err(PathError::Traversal);
     }
     check_escapes(path, true)?;
@@ -72,6 +70,15 @@ pub fn backend_url(base: &Url, client_path: &str, prefixes: &[String]) -> Result
     Ok(url)
 }
 
+/// Whether a segment could mean "here" or "up" to some server: empty, or
+/// only dots (`..`, and `...` that some servers fold to it), also with a
+/// servlet path parameter after it (`..;x`, `.;`), which Java servers strip
+/// before resolving the path while proxies do not.
+fn climbs(segment: &str) -> bool {
+    let name = segment.split(';').next().unwrap_or_default();
+    name.bytes().all(|b| b == b'.')
+}
+
 /// Percent escapes must be well formed; in the path they must not hide a
 /// separator, a dot, a second escape level or a control byte.
 fn check_escapes(s: &str, in_path: bool) -> Result<(), PathError> {
@@ -84,7 +91,10 @@ fn check_escapes(s: &str, in_path: bool) -> Result<(), PathError> {
                 .ok()
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or(PathError::Escape)?;
-            let forbidden = value < 0x20 || value == 0x7f || (in_path && b"./\\%".contains(&value));
+            // In the path, no escape may hide a separator, a dot, a path
+            // parameter, a second escape level, or non-ASCII (percent-encoded
+            // UTF-8, including overlong forms of `.` and `/` like `%c0%ae`).
+            let forbidden = value < 0x20 || value == 0x7f || (in_path && (value >= 0x80 || b"./\\%;".contains(&value)));
             if forbidden {
                 return Err(PathError::Escape);
             }
@@ -152,6 +162,17 @@ mod tests {
             ("/a#frag", PathError::Character),
             ("/caf\u{e9}", PathError::Character),
             ("/q?x=%0d%0a", PathError::Escape),
+            // Servlet-style path parameters and overlong dots.
+            ("/public/..;/admin", PathError::Traversal),
+            ("/public/.;/admin", PathError::Traversal),
+            ("/public/..;jsessionid=1/admin", PathError::Traversal),
+            ("/public/;x/admin", PathError::Traversal),
+            ("/public/.../admin", PathError::Traversal),
+            ("/public/..%3b/admin", PathError::Escape),
+            ("/public/%c0%ae%c0%ae/admin", PathError::Escape),
+            ("/public/%e2%80%a5/admin", PathError::Escape),
+            ("/caf%c3%a9", PathError::Escape),
+            ("/public/%u002e%u002e/admin", PathError::Escape),
         ];
         for (path, expected) in attacks {
             assert_eq!(backend_url(&base(), path, &all()), Err(expected), "{path:?}");
