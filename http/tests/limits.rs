@@ -18,6 +18,10 @@ const LIMITS: HttpLimits = HttpLimits {
     max_body_bytes: 1024 * 1024,
 };
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "a handful of connections per test: tokio's backlog of 128 is enough, and this crate does not depend on duplex-shared"
+)]
 async fn start(limits: HttpLimits) -> (SocketAddr, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
