@@ -69,6 +69,39 @@ async fn the_client_reconnects_resumes_and_delivers_each_push_once() {
 }
 
 #[tokio::test]
+async fn an_expiring_token_is_refreshed_without_a_reconnect() {
+    let node = start(StoreKind::Memory, |_| {}).await;
+    let asked = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = asked.clone();
+    // The first token lives 2 s; the provider's next ones an hour.
+    let token = Arc::new(move || {
+        let ttl = match counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => 2,
+            _ => 3600,
+        };
+        mint_hs256(SECRET, &dev_claims("tia", ttl)).expect("mint")
+    });
+    let mut client = Client::start(ClientOptions::new(vec![Endpoint::Tcp(node.tcp)], "tia-phone", token));
+    assert!(matches!(next_event(&mut client).await, Event::Connected { .. }));
+    eventually("the SDK refreshed the token in-band", || async {
+        asked.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+    // Past the first token's expiry (and the refresh), the same connection delivers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    node.push_to("tia-phone", json!("still here")).await;
+    match next_event(&mut client).await {
+        Event::Push(p) => assert_eq!(p.seq, 1),
+        other => panic!("expected the push on the same connection, got {other:?}"),
+    }
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "no reconnect asked for another token"
+    );
+}
+
+#[tokio::test]
 async fn a_second_instance_replaces_the_first_for_good() {
     let node = start(StoreKind::Memory, |_| {}).await;
     let token = Arc::new(|| mint_hs256(SECRET, &dev_claims("sam", 3600)).expect("mint"));

@@ -17,6 +17,7 @@ use tracing::{debug, warn, Instrument};
 use crate::preauth::PreAuthGuard;
 use crate::sequencer::Sequencer;
 use crate::session::Session;
+use crate::token_life::TokenLife;
 use crate::transport::{ReadEvent, Transport};
 use crate::Shared;
 
@@ -79,6 +80,7 @@ pub(crate) async fn serve(
     // Boxed so the serving phase's state is one allocation that does not
     // also carry the (dead) authentication phase's locals.
     let (metrics, frames_out) = (shared.metrics.clone(), shared.frames_out.clone());
+    let shared_grace = shared.verifier.expiry_grace();
     let session = Box::new(Session {
         shared,
         io,
@@ -92,6 +94,7 @@ pub(crate) async fn serve(
         sequencer: Sequencer::new(connect.last_seq, metrics, frames_out),
         resumed_from: 0,
         acked: 0,
+        token: TokenLife::new(claims.exp, shared_grace),
     });
     Box::pin(session.run().instrument(span)).await;
 }

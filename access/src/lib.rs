@@ -41,6 +41,7 @@ mod preauth;
 mod rate;
 mod sequencer;
 mod session;
+mod token_life;
 mod transport;
 
 pub use hub::{Hub, LocalNodes};

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use duplex_shared::links::{ClientContext, LinkError};
-use duplex_shared::protocol::{Ack, Connected, ErrorCode, Frame, GoAway, Kicked, Pong, UploadAck};
+use duplex_shared::protocol::{Ack, Connected, ErrorCode, Frame, GoAway, Kicked, Pong, Refresh, Refreshed, UploadAck};
 use duplex_shared::store::Route;
 use futures_util::FutureExt;
 use tokio::time::{sleep_until, timeout, Instant};
@@ -22,6 +22,7 @@ use crate::hub::SessionHandle;
 use crate::outbox::{CloseReason, Next, Outbox, Outgoing};
 use crate::rate::TokenBucket;
 use crate::sequencer::{now_ms, Sequencer};
+use crate::token_life::{Expiry, TokenLife};
 use crate::transport::{ReadEvent, Transport};
 use crate::Shared;
 
@@ -45,6 +46,8 @@ pub(crate) struct Session {
     /// stored: what was written beyond both is recorded when it ends.
     pub(crate) resumed_from: u64,
     pub(crate) acked: u64,
+    /// The connection's token: when it expires, and the grace after that.
+    pub(crate) token: TokenLife,
 }
 
 /// Why the serving loop ended.
@@ -55,6 +58,7 @@ enum End {
     Closed(CloseReason),
     Shutdown,
     Protocol,
+    TokenExpired,
 }
 
 impl End {
@@ -67,6 +71,7 @@ impl End {
             End::Closed(CloseReason::SlowConsumer) => "slow_consumer",
             End::Shutdown => "shutdown",
             End::Protocol => "protocol_error",
+            End::TokenExpired => "token_expired",
         }
     }
 }
@@ -102,6 +107,7 @@ impl Session {
             reconnect_min_ms: shared.config.reconnect_min_ms,
             reconnect_max_ms: shared.config.reconnect_max_ms,
             max_frame_bytes: shared.limits.max_frame_bytes,
+            token_expires_at: self.token.expires_at(),
         });
         let sent = send_now(&shared, &mut self.io, connected);
         let end = if sent.await.is_err() {
@@ -150,11 +156,25 @@ impl Session {
         let silence = sleep_until(Instant::now() + silence_limit);
         tokio::pin!(silence);
         let mut bucket = TokenBucket::new(shared.config.frame_rate_per_s, shared.config.frame_burst);
+        let expiry = sleep_until(self.token.due());
+        tokio::pin!(expiry);
         let mut batch: Vec<Outgoing> = Vec::new();
         loop {
             tokio::select! {
                 biased;
                 _ = shared.shutdown.cancelled() => return End::Shutdown,
+                _ = &mut expiry => match self.token.on_due() {
+                    Expiry::Warn(warning) => {
+                        if send_now(&shared, &mut self.io, &warning).await.is_err() {
+                            return End::Failed;
+                        }
+                        expiry.as_mut().reset(self.token.due());
+                    }
+                    Expiry::Close(refusal) => {
+                        let _ = send_now(&shared, &mut self.io, &refusal).await;
+                        return End::TokenExpired;
+                    }
+                },
                 next = outbox.next(&mut batch, WRITE_BATCH) => {
                     if let Next::Close(reason) = next {
                         return End::Closed(reason);
@@ -204,7 +224,13 @@ impl Session {
                             }
                         };
                         shared.count_frame_in(frame.type_name());
-                        if let Frame::Ack(later) = frame {
+                        if let Frame::Refresh(refresh) = frame {
+                            let answer = self.refresh(refresh);
+                            expiry.as_mut().reset(self.token.due());
+                            if send_now(&shared, &mut self.io, &answer).await.is_err() {
+                                return End::Failed;
+                            }
+                        } else if let Frame::Ack(later) = frame {
                             if ack.as_ref().is_none_or(|held| later.seq >= held.seq) {
                                 ack = Some(later);
                             }
@@ -351,6 +377,26 @@ impl Session {
         End::Protocol
     }
 
+    /// A new token for this connection: same user (and client id, if it
+    /// names one). A refused refresh leaves the current token in force.
+    fn refresh(&mut self, refresh: Refresh) -> Frame {
+        match self.shared.verifier.verify_for(&refresh.token, &self.client.client_id) {
+            Ok(claims) if claims.sub == self.client.user_id => {
+                self.token.refreshed(claims.exp);
+                Frame::Refreshed(Refreshed {
+                    id: refresh.id,
+                    token_expires_at: claims.exp,
+                })
+            }
+            Ok(_) => ErrorCode::TokenInvalid.frame(
+                Some(refresh.id),
+                "the new token is for another user than this connection's",
+                false,
+            ),
+            Err(e) => e.code.frame(Some(refresh.id), e.message, false),
+        }
+    }
+
     /// Acts on one client frame; returns an immediate answer, if any.
     fn handle(&self, frame: Frame, outbox: &Arc<Outbox>) -> Option<Frame> {
         match frame {
@@ -437,6 +483,7 @@ impl Session {
             End::Silent => debug!("closing silent connection after 3 heartbeat intervals"),
             End::ClientLeft => debug!("client disconnected"),
             End::Failed | End::Protocol => debug!("connection ended on error"),
+            End::TokenExpired => debug!("token expired without a refresh"),
         }
     }
 

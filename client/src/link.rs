@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use duplex_shared::protocol::{Ack, Frame, Ping};
+use duplex_shared::protocol::{Ack, Frame, Ping, Refresh};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
 use crate::acks::Acks;
 use crate::calls::InFlight;
-use crate::reconnecting::{Command, Event};
+use crate::reconnecting::{Command, Event, TokenProvider};
 use crate::Connection;
 
 /// How one connection ended.
@@ -44,7 +44,12 @@ pub(crate) struct Link<'a> {
     pub(crate) ack_urgent: bool,
     /// Set by `Client::close`: send the held ack and end.
     pub(crate) closing: &'a mut watch::Receiver<bool>,
+    /// Asked for a new token when the connection's token expires.
+    pub(crate) token: &'a TokenProvider,
 }
+
+/// The id of the SDK's own `refresh` frames, apart from the application's calls.
+const REFRESH_ID: u64 = u64::MAX;
 
 impl Link<'_> {
     pub(crate) async fn serve(&mut self, heartbeat: Duration) -> Ended {
@@ -169,7 +174,24 @@ impl Link<'_> {
             Frame::Kicked(k) if k.reason == "replaced" => Some(Ended::Replaced),
             Frame::Kicked(k) => Some(Ended::Lost(format!("kicked: {}", k.reason))),
             Frame::GoAway(g) => Some(Ended::GoAway(Duration::from_millis(g.reconnect_after_ms))),
+            Frame::Error(e) if e.close && e.code == "token_expired" => {
+                Some(Ended::TokenExpired(format!("{}: {}", e.code, e.message)))
+            }
             Frame::Error(e) if e.close => Some(Ended::Lost(format!("{}: {}", e.code, e.message))),
+            // The connection's token expired: hand over a new one in-band. If
+            // that one is refused too, the server closes after its grace and
+            // the reconnect asks the provider again.
+            Frame::Error(e) if e.code == "token_expired" && e.id.is_none() => {
+                let refresh = Frame::Refresh(Refresh {
+                    id: REFRESH_ID,
+                    token: (self.token)(),
+                });
+                match self.conn.send(&refresh).await {
+                    Ok(()) => None,
+                    Err(e) => Some(Ended::Lost(e.to_string())),
+                }
+            }
+            Frame::Error(e) if e.id == Some(REFRESH_ID) => None,
             Frame::Error(e) => {
                 self.in_flight.refused(&e);
                 None

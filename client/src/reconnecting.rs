@@ -353,6 +353,7 @@ async fn drive(
                         ack_due: None,
                         ack_urgent: false,
                         closing: &mut closing,
+                        token: &options.token,
                     };
                     link.serve(heartbeat).await
                 }

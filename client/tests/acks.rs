@@ -41,6 +41,7 @@ fn connected() -> Frame {
         reconnect_min_ms: 1_000,
         reconnect_max_ms: 1_000,
         max_frame_bytes: 65_536,
+        token_expires_at: u64::MAX,
     })
 }
 

@@ -36,6 +36,7 @@ async fn reconnect_delays_follow_the_servers_advice_with_jitter() {
                         reconnect_min_ms: 2_000,
                         reconnect_max_ms: 8_000,
                         max_frame_bytes: 65_536,
+                        token_expires_at: u64::MAX,
                     }),
                     &mut out,
                 );

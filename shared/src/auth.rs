@@ -59,6 +59,7 @@ pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
     require_client_claim: bool,
+    expiry_grace: std::time::Duration,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -120,7 +121,13 @@ impl TokenVerifier {
             key,
             validation,
             require_client_claim: cfg.require_client_claim,
+            expiry_grace: std::time::Duration::from_secs(cfg.expiry_grace_s),
         })
+    }
+
+    /// How long a live connection whose token expired may take to refresh it.
+    pub fn expiry_grace(&self) -> std::time::Duration {
+        self.expiry_grace
     }
 
     /// Verifies a token presented by a connection for `client_id`: a `cid`

@@ -447,6 +447,9 @@ pub struct AuthConfig {
     /// Every token must carry a `cid` claim equal to the connect's
     /// `client_id` (a `cid` that is present is always checked). Default false.
     pub require_client_claim: bool,
+    /// After a live connection's token expires, how long the client has to
+    /// send `refresh` with a new one before it is closed, seconds. Default 60.
+    pub expiry_grace_s: u64,
 }
 
 impl Default for AuthConfig {
@@ -460,6 +463,7 @@ impl Default for AuthConfig {
             issuer: None,
             leeway_s: 30,
             require_client_claim: false,
+            expiry_grace_s: 60,
         }
     }
 }
@@ -467,6 +471,9 @@ impl Default for AuthConfig {
 impl AuthConfig {
     /// Fills in the development secret where allowed and checks keys.
     pub fn resolve(&mut self, loopback_only: bool) -> Result<(), ConfigError> {
+        if !(1..=3_600).contains(&self.expiry_grace_s) {
+            return Err(invalid("auth.expiry_grace_s", "must be within 1..=3600 seconds"));
+        }
         match self.algorithm {
             JwtAlgorithm::HS256 => match &self.secret {
                 Some(s) if s.len() < 32 => {

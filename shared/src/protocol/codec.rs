@@ -154,6 +154,8 @@ pub fn decode_body(body: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
         "gap" => Frame::Gap(parse(body)?),
         "kicked" => Frame::Kicked(parse(body)?),
         "go_away" => Frame::GoAway(parse(body)?),
+        "refresh" => Frame::Refresh(parse(body)?),
+        "refreshed" => Frame::Refreshed(parse(body)?),
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(DecodeError::UnknownType(shown));

@@ -19,7 +19,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_LAST_SEQ: u64 = 1 << 52;
 
 /// The wire name of every frame type.
-pub const FRAME_TYPES: [&str; 14] = [
+pub const FRAME_TYPES: [&str; 16] = [
     "connect",
     "connected",
     "error",
@@ -34,6 +34,8 @@ pub const FRAME_TYPES: [&str; 14] = [
     "gap",
     "kicked",
     "go_away",
+    "refresh",
+    "refreshed",
 ];
 
 /// Header map carried by uploads, requests, replies and pushes.
@@ -57,6 +59,8 @@ pub enum Frame {
     Gap(Gap),
     Kicked(Kicked),
     GoAway(GoAway),
+    Refresh(Refresh),
+    Refreshed(Refreshed),
 }
 
 impl Frame {
@@ -77,6 +81,8 @@ impl Frame {
             Frame::Gap(_) => "gap",
             Frame::Kicked(_) => "kicked",
             Frame::GoAway(_) => "go_away",
+            Frame::Refresh(_) => "refresh",
+            Frame::Refreshed(_) => "refreshed",
         }
     }
 }
@@ -109,6 +115,27 @@ pub struct Connected {
     pub reconnect_max_ms: u64,
     /// Largest frame body the server accepts, in bytes.
     pub max_frame_bytes: u32,
+    /// When the connect's token expires (`exp`, seconds since the Unix
+    /// epoch): send `Refresh` with a new token before then.
+    #[serde(default)]
+    pub token_expires_at: u64,
+}
+
+/// A new token for the live connection (client -> server), for the same
+/// user and client id; answered by `Refreshed` or an `Error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refresh {
+    pub id: u64,
+    pub token: String,
+}
+
+/// The connection now runs on the refreshed token (server -> client).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refreshed {
+    /// Echo of `Refresh.id`.
+    pub id: u64,
+    /// The new token's `exp`, seconds since the Unix epoch.
+    pub token_expires_at: u64,
 }
 
 /// An error (server -> client). `id` names the client frame it answers, if any.

@@ -142,10 +142,18 @@ fn any_frame() -> impl Strategy<Value = Frame> {
             any::<u64>(),
             any::<u64>(),
             any::<u64>(),
-            any::<u32>()
+            (any::<u32>(), any::<u64>())
         )
             .prop_map(
-                |(id, session_id, node_id, heartbeat_ms, reconnect_min_ms, reconnect_max_ms, max_frame_bytes)| {
+                |(
+                    id,
+                    session_id,
+                    node_id,
+                    heartbeat_ms,
+                    reconnect_min_ms,
+                    reconnect_max_ms,
+                    (max_frame_bytes, token_expires_at),
+                )| {
                     Frame::Connected(Connected {
                         id,
                         session_id,
@@ -154,6 +162,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                         reconnect_min_ms,
                         reconnect_max_ms,
                         max_frame_bytes,
+                        token_expires_at,
                     })
                 }
             ),
@@ -227,6 +236,9 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                 endpoints,
             })
         }),
+        (any::<u64>(), text()).prop_map(|(id, token)| Frame::Refresh(Refresh { id, token })),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(id, token_expires_at)| Frame::Refreshed(Refreshed { id, token_expires_at })),
     ]
 }
 
