@@ -361,6 +361,68 @@ async fn with_every_backend_down_uploads_are_spooled_and_arrive_in_order(kind: S
     assert!(direct, "uploads never went straight to the backend again");
 }
 
+async fn one_user_cannot_fill_the_spool_for_everyone(kind: StoreKind) {
+    let mut backend = Backend::start().await;
+    backend.down();
+    let config = UpstreamConfig {
+        spool_max_user_items: 3,
+        spool_max_user_bytes: 2048,
+        ..upstream_config(service(&[&backend], |_| {}), None)
+    };
+    let node = node_for(kind, config).await;
+    // Mallory spools her share from one client, then tries from a second one.
+    let mut phone = node.connect("mallory", "mallory-1", 0).await;
+    for id in 1..=3u64 {
+        phone.send(&upload(id, "/events", "{}")).await.expect("send");
+        let ack = upload_ack(&mut phone).await;
+        assert_eq!((ack.id, ack.status, ack.spooled), (id, 202, true));
+    }
+    let mut tablet = node.connect("mallory", "mallory-2", 0).await;
+    for conn in [&mut phone, &mut tablet] {
+        conn.send(&upload(9, "/events", "{}")).await.expect("send");
+        let e = error_frame(conn).await;
+        assert_eq!(
+            (e.id, e.code.as_str(), e.retry, e.close),
+            (Some(9), "upstream_unavailable", true, false),
+            "{e:?}"
+        );
+    }
+    // One upload over a user's byte share is refused, whatever the count.
+    let mut bulk = node.connect("bulk", "bulk-1", 0).await;
+    bulk.send(&upload(1, "/events", &"x".repeat(3000))).await.expect("send");
+    let e = error_frame(&mut bulk).await;
+    assert_eq!((e.code.as_str(), e.retry), ("upstream_unavailable", true), "{e:?}");
+    let refused = node.metrics.counter(
+        "duplex_uploads_spool_refused_total",
+        &[("service", "svc"), ("limit", "user")],
+    );
+    assert_eq!(refused.get(), 3);
+    // Everyone else still spools.
+    let mut ann = node.connect("ann", "ann-1", 0).await;
+    ann.send(&upload(1, "/events", "{}")).await.expect("send");
+    let ack = upload_ack(&mut ann).await;
+    assert_eq!((ack.status, ack.spooled), (202, true));
+    assert_eq!(node.store.spool_len("svc").await.expect("len"), 4);
+    // Once the backend takes the spooled uploads, mallory's share is hers again.
+    backend.up().await;
+    eventually("the spool drained", || async {
+        node.store.spool_len("svc").await.expect("len") == 0
+    })
+    .await;
+    backend.down();
+    let mut spooled_again = false;
+    for id in 10..60u64 {
+        tablet.send(&upload(id, "/events", "{}")).await.expect("send");
+        let ack = upload_ack(&mut tablet).await;
+        if ack.spooled {
+            spooled_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(spooled_again, "the drained share was never given back");
+}
+
 async fn every_ssrf_attempt_is_refused_and_nothing_leaves(kind: StoreKind) {
     let backend = Backend::start().await;
     let node = node_for(kind, upstream_config(service(&[&backend], |_| {}), None)).await;
@@ -421,6 +483,7 @@ both_stores!(
     an_isolated_endpoint_gets_no_traffic_until_recovered,
     retries_never_repeat_a_non_idempotent_request_without_a_key,
     with_every_backend_down_uploads_are_spooled_and_arrive_in_order,
+    one_user_cannot_fill_the_spool_for_everyone,
     every_ssrf_attempt_is_refused_and_nothing_leaves,
     a_redirect_from_the_backend_is_not_followed,
 );

@@ -130,6 +130,11 @@ const CATALOG: &[(&str, &str, &str)] = &[
         "Uploads spooled in the store because no backend took them, by service.",
     ),
     (
+        "duplex_uploads_spool_refused_total",
+        "counter",
+        "Uploads refused because the spool was at a bound, by service and limit (service: the service's items or bytes; user: the user's share).",
+    ),
+    (
         "duplex_spool_delivered_total",
         "counter",
         "Spooled uploads the backend accepted later, by service.",

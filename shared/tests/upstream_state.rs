@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use duplex_shared::store::{FrameClaim, Store};
+use duplex_shared::store::{FrameClaim, SpoolLimits, SpoolPush, SpoolUsage, Store};
 
 async fn a_frame_is_claimed_once_and_its_outcome_is_kept(store: Arc<dyn Store>) {
     assert_eq!(
@@ -47,17 +47,31 @@ async fn an_abandoned_claim_expires(store: Arc<dyn Store>) {
     assert!(claimed_again, "a claim nobody finished is free again after its TTL");
 }
 
+const ROOMY: SpoolLimits = SpoolLimits {
+    max_items: 100,
+    max_bytes: 1 << 20,
+    max_owner_items: 100,
+    max_owner_bytes: 1 << 20,
+};
+
 async fn spools_keep_order_and_their_cap(store: Arc<dyn Store>) {
+    let three = SpoolLimits { max_items: 3, ..ROOMY };
     assert_eq!(store.spool_len("orders").await.expect("len"), 0);
     for i in 0..3u8 {
-        assert!(store.spool_push("orders", &[i, 0xff], 3).await.expect("push"));
+        let pushed = store
+            .spool_push("orders", "ann", &[i, 0xff], &three)
+            .await
+            .expect("push");
+        assert_eq!(pushed, SpoolPush::Stored);
     }
-    assert!(
-        !store.spool_push("orders", b"x", 3).await.expect("push"),
+    assert_eq!(
+        store.spool_push("orders", "bob", b"x", &three).await.expect("push"),
+        SpoolPush::ServiceFull,
         "full spool refuses"
     );
-    assert!(
-        store.spool_push("billing", b"y", 3).await.expect("push"),
+    assert_eq!(
+        store.spool_push("billing", "ann", b"y", &three).await.expect("push"),
+        SpoolPush::Stored,
         "spools are per service"
     );
     let items = store.spool_peek("orders", 10).await.expect("peek");
@@ -68,6 +82,80 @@ async fn spools_keep_order_and_their_cap(store: Arc<dyn Store>) {
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].data, vec![1, 0xff]);
     assert_eq!(store.spool_len("orders").await.expect("len"), 2);
+}
+
+async fn one_owner_cannot_fill_a_spool_for_everyone(store: Arc<dyn Store>) {
+    let limits = SpoolLimits {
+        max_items: 10,
+        max_bytes: 1000,
+        max_owner_items: 3,
+        max_owner_bytes: 250,
+    };
+    let push = |owner: &'static str, len: usize| {
+        let store = store.clone();
+        async move {
+            store
+                .spool_push("orders", owner, &vec![7; len], &limits)
+                .await
+                .expect("push")
+        }
+    };
+    // Bytes: mallory may hold 250 of the spool's 1000.
+    assert_eq!(push("mallory", 200).await, SpoolPush::Stored);
+    assert_eq!(
+        push("mallory", 51).await,
+        SpoolPush::OwnerFull,
+        "one byte over the owner's share"
+    );
+    assert_eq!(
+        push("mallory", 50).await,
+        SpoolPush::Stored,
+        "exactly the owner's share"
+    );
+    // Items: mallory may hold 3.
+    assert_eq!(push("mallory", 0).await, SpoolPush::Stored);
+    assert_eq!(push("mallory", 0).await, SpoolPush::OwnerFull);
+    assert_eq!(
+        store.spool_usage("orders", "mallory").await.expect("usage"),
+        SpoolUsage {
+            bytes: 250,
+            owner_items: 3,
+            owner_bytes: 250
+        }
+    );
+    // Others still have room; the spool's own byte bound still holds for them.
+    assert_eq!(push("ann", 250).await, SpoolPush::Stored);
+    assert_eq!(push("bob", 250).await, SpoolPush::Stored);
+    assert_eq!(push("cy", 250).await, SpoolPush::Stored);
+    assert_eq!(
+        push("dee", 1).await,
+        SpoolPush::ServiceFull,
+        "1000 bytes spooled in all"
+    );
+    // Delivering mallory's uploads gives her share back, and nobody else's changes.
+    let first = store.spool_peek("orders", 1).await.expect("peek");
+    store.spool_remove("orders", &first[0].id).await.expect("remove");
+    store
+        .spool_remove("orders", &first[0].id)
+        .await
+        .expect("a second remove is harmless");
+    assert_eq!(
+        store.spool_usage("orders", "mallory").await.expect("usage"),
+        SpoolUsage {
+            bytes: 800,
+            owner_items: 2,
+            owner_bytes: 50
+        }
+    );
+    assert_eq!(push("mallory", 200).await, SpoolPush::Stored);
+    for item in store.spool_peek("orders", 100).await.expect("peek") {
+        store.spool_remove("orders", &item.id).await.expect("remove");
+    }
+    assert_eq!(
+        store.spool_usage("orders", "ann").await.expect("usage"),
+        SpoolUsage::default(),
+        "an empty spool counts nothing for anyone"
+    );
 }
 
 async fn a_lease_has_one_holder_until_it_lapses(store: Arc<dyn Store>) {
@@ -169,6 +257,7 @@ duplex_shared::store_contract!(
     a_frame_is_claimed_once_and_its_outcome_is_kept,
     an_abandoned_claim_expires,
     spools_keep_order_and_their_cap,
+    one_owner_cannot_fill_a_spool_for_everyone,
     a_lease_has_one_holder_until_it_lapses,
     isolation_is_kept_until_recovered,
 );

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use duplex_shared::links::{ClientContext, LinkError};
 use duplex_shared::protocol::{Headers, Upload, UploadAck};
-use duplex_shared::store::{now_ms, FrameClaim};
+use duplex_shared::store::{now_ms, FrameClaim, SpoolPush};
 use duplex_shared::trace::child_traceparent;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
@@ -154,14 +154,23 @@ impl Upstream {
             }
         }
         let data = rmp_serde::to_vec_named(&spooled).map_err(|e| LinkError::Rejected(e.to_string()))?;
-        let stored = self
+        let pushed = self
             .store
-            .spool_push(&service.name, &data, self.config.spool_max_items)
+            .spool_push(&service.name, &from.user_id, &data, &self.config.spool_limits())
             .await
             .map_err(store_unavailable)?;
-        if !stored {
+        let full = match pushed {
+            SpoolPush::Stored => None,
+            SpoolPush::ServiceFull => Some(("service", "the spool of this service is full")),
+            SpoolPush::OwnerFull => Some(("user", "your uploads already fill your share of this service's spool")),
+        };
+        if let Some((which, why)) = full {
+            self.metrics.inc(
+                "duplex_uploads_spool_refused_total",
+                &[("service", &service.name), ("limit", which)],
+            );
             return Err(LinkError::Unavailable(format!(
-                "the backend is unavailable and the spool of {:?} is full",
+                "the backend of {:?} is unavailable and {why}; resend later",
                 service.name
             )));
         }

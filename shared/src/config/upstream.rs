@@ -17,6 +17,12 @@ pub struct UpstreamConfig {
     pub spool_ttl_s: u64,
     /// Most uploads spooled per service; beyond it an upload is refused (retryable). Default 100000.
     pub spool_max_items: u64,
+    /// Most bytes of uploads spooled per service. Default 268435456 (256 MiB).
+    pub spool_max_bytes: u64,
+    /// Most uploads one user (all of its clients) may have spooled per service. Default 1000.
+    pub spool_max_user_items: u64,
+    /// Most bytes of uploads one user may have spooled per service. Default 16777216 (16 MiB).
+    pub spool_max_user_bytes: u64,
     /// Retries may add at most this percentage of extra calls per service. Default 20.
     pub retry_budget_percent: u32,
     /// Retries always allowed per service and second, so a quiet service can still retry. Default 5.
@@ -43,6 +49,9 @@ impl Default for UpstreamConfig {
             services: BTreeMap::new(),
             spool_ttl_s: 86_400,
             spool_max_items: 100_000,
+            spool_max_bytes: 256 << 20,
+            spool_max_user_items: 1_000,
+            spool_max_user_bytes: 16 << 20,
             retry_budget_percent: 20,
             retry_budget_min_per_s: 5,
             eject_after_failures: 5,
@@ -119,6 +128,16 @@ fn one() -> u32 {
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 impl UpstreamConfig {
+    /// The bounds of each service's spool; owners are users.
+    pub fn spool_limits(&self) -> crate::store::SpoolLimits {
+        crate::store::SpoolLimits {
+            max_items: self.spool_max_items,
+            max_bytes: self.spool_max_bytes,
+            max_owner_items: self.spool_max_user_items,
+            max_owner_bytes: self.spool_max_user_bytes,
+        }
+    }
+
     pub fn validate(&mut self) -> Result<(), ConfigError> {
         if self.retry_budget_percent > 100 {
             return Err(invalid("upstream.retry_budget_percent", "at most 100"));
@@ -139,6 +158,16 @@ impl UpstreamConfig {
             return Err(invalid(
                 "upstream.spool_ttl_s",
                 "spool_ttl_s and spool_max_items must be positive",
+            ));
+        }
+        if self.spool_max_user_items == 0
+            || self.spool_max_user_items > self.spool_max_items
+            || self.spool_max_user_bytes == 0
+            || self.spool_max_user_bytes > self.spool_max_bytes
+        {
+            return Err(invalid(
+                "upstream.spool_max_user_items",
+                "spool_max_user_items and spool_max_user_bytes must be positive and at most spool_max_items and spool_max_bytes",
             ));
         }
         for (name, service) in &mut self.services {

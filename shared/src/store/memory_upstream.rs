@@ -1,13 +1,13 @@
 //! `UpstreamState` of the in-memory store. Expiry uses `tokio::time`, so tests
 //! can pause the clock.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::upstream_state::{FrameClaim, SpoolItem, UpstreamState};
+use super::upstream_state::{FrameClaim, SpoolItem, SpoolLimits, SpoolPush, SpoolUsage, UpstreamState};
 use super::{MemoryStore, StoreError};
 
 /// Upstream tier state of one `MemoryStore`.
@@ -15,12 +15,22 @@ use super::{MemoryStore, StoreError};
 pub(super) struct MemoryUpstream {
     /// (client, key) -> (outcome, `None` while in flight; expiry).
     frames: dashmap::DashMap<(String, String), (Option<String>, Instant)>,
-    /// service -> (next id, items by id).
-    spools: dashmap::DashMap<String, (u64, BTreeMap<u64, Vec<u8>>)>,
+    spools: dashmap::DashMap<String, Spool>,
     leases: dashmap::DashMap<String, (String, Instant)>,
     isolated: std::sync::Mutex<BTreeSet<String>>,
     finished: std::sync::atomic::AtomicU64,
     routing: std::sync::Mutex<Option<String>>,
+}
+
+/// One service's spool and what each owner holds in it.
+#[derive(Debug, Default)]
+struct Spool {
+    next_id: u64,
+    /// id -> (owner, data), in spool order.
+    items: BTreeMap<u64, (String, Vec<u8>)>,
+    bytes: u64,
+    /// owner -> (items, bytes); owners holding nothing are removed.
+    owners: HashMap<String, (u64, u64)>,
 }
 
 /// Finished frames between two sweeps of expired claims.
@@ -69,15 +79,28 @@ impl UpstreamState for MemoryStore {
         Ok(())
     }
 
-    async fn spool_push(&self, service: &str, data: &[u8], max_items: u64) -> Result<bool, StoreError> {
+    async fn spool_push(
+        &self,
+        service: &str,
+        owner: &str,
+        data: &[u8],
+        limits: &SpoolLimits,
+    ) -> Result<SpoolPush, StoreError> {
         let mut spool = self.upstream.spools.entry(service.to_owned()).or_default();
-        if spool.1.len() as u64 >= max_items {
-            return Ok(false);
+        let len = data.len() as u64;
+        if spool.items.len() as u64 >= limits.max_items || spool.bytes + len > limits.max_bytes {
+            return Ok(SpoolPush::ServiceFull);
         }
-        spool.0 += 1;
-        let id = spool.0;
-        spool.1.insert(id, data.to_vec());
-        Ok(true)
+        let (items, bytes) = spool.owners.get(owner).copied().unwrap_or_default();
+        if items >= limits.max_owner_items || bytes + len > limits.max_owner_bytes {
+            return Ok(SpoolPush::OwnerFull);
+        }
+        spool.next_id += 1;
+        let id = spool.next_id;
+        spool.items.insert(id, (owner.to_owned(), data.to_vec()));
+        spool.bytes += len;
+        spool.owners.insert(owner.to_owned(), (items + 1, bytes + len));
+        Ok(SpoolPush::Stored)
     }
 
     async fn spool_peek(&self, service: &str, max: usize) -> Result<Vec<SpoolItem>, StoreError> {
@@ -86,9 +109,10 @@ impl UpstreamState for MemoryStore {
             .spools
             .get(service)
             .map(|s| {
-                s.1.iter()
+                s.items
+                    .iter()
                     .take(max)
-                    .map(|(id, data)| SpoolItem {
+                    .map(|(id, (_, data))| SpoolItem {
                         id: id.to_string(),
                         data: data.clone(),
                     })
@@ -98,14 +122,36 @@ impl UpstreamState for MemoryStore {
     }
 
     async fn spool_remove(&self, service: &str, id: &str) -> Result<(), StoreError> {
-        if let (Some(mut s), Ok(id)) = (self.upstream.spools.get_mut(service), id.parse::<u64>()) {
-            s.1.remove(&id);
+        let (Some(mut spool), Ok(id)) = (self.upstream.spools.get_mut(service), id.parse::<u64>()) else {
+            return Ok(());
+        };
+        let Some((owner, data)) = spool.items.remove(&id) else {
+            return Ok(());
+        };
+        let len = data.len() as u64;
+        spool.bytes -= len;
+        if let Some(held) = spool.owners.get_mut(&owner) {
+            *held = (held.0 - 1, held.1 - len);
+            if held.0 == 0 {
+                spool.owners.remove(&owner);
+            }
         }
         Ok(())
     }
 
     async fn spool_len(&self, service: &str) -> Result<u64, StoreError> {
-        Ok(self.upstream.spools.get(service).map_or(0, |s| s.1.len() as u64))
+        Ok(self.upstream.spools.get(service).map_or(0, |s| s.items.len() as u64))
+    }
+
+    async fn spool_usage(&self, service: &str, owner: &str) -> Result<SpoolUsage, StoreError> {
+        Ok(self.upstream.spools.get(service).map_or_else(SpoolUsage::default, |s| {
+            let (owner_items, owner_bytes) = s.owners.get(owner).copied().unwrap_or_default();
+            SpoolUsage {
+                bytes: s.bytes,
+                owner_items,
+                owner_bytes,
+            }
+        }))
     }
 
     async fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {

@@ -28,7 +28,7 @@ pub use messages::*;
 pub use overview::{Backlog, Overview, QueueOverview};
 pub use redis_store::RedisStore;
 pub use registry::{NodeInfo, Registry};
-pub use upstream_state::{FrameClaim, SpoolItem, UpstreamState};
+pub use upstream_state::{FrameClaim, SpoolItem, SpoolLimits, SpoolPush, SpoolUsage, UpstreamState};
 
 /// The outcome of writing a route: the new route (with its store-assigned
 /// epoch) and the live one it replaced.

@@ -7,14 +7,51 @@ use std::sync::LazyLock;
 use async_trait::async_trait;
 use redis::{AsyncCommands, Script, Value};
 
-use super::upstream_state::{FrameClaim, SpoolItem, UpstreamState};
+use super::upstream_state::{FrameClaim, SpoolItem, SpoolLimits, SpoolPush, SpoolUsage, UpstreamState};
 use super::{RedisStore, StoreError};
 
+/// KEYS: the spool stream, its usage hash (`bytes`, and `n:<owner>` items and
+/// `b:<owner>` bytes per owner). ARGV: data, owner, max_items, max_bytes,
+/// max_owner_items, max_owner_bytes.
 static SPOOL_PUSH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('XADD', KEYS[1], '*', 'd', ARGV[1])
+local len = string.len(ARGV[1])
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[3])
+  or tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0') + len > tonumber(ARGV[4]) then
+  return 'service_full'
+end
+local n = tonumber(redis.call('HGET', KEYS[2], 'n:' .. ARGV[2]) or '0')
+local b = tonumber(redis.call('HGET', KEYS[2], 'b:' .. ARGV[2]) or '0')
+if n >= tonumber(ARGV[5]) or b + len > tonumber(ARGV[6]) then return 'owner_full' end
+redis.call('XADD', KEYS[1], '*', 'd', ARGV[1], 'o', ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'bytes', len)
+redis.call('HINCRBY', KEYS[2], 'n:' .. ARGV[2], 1)
+redis.call('HINCRBY', KEYS[2], 'b:' .. ARGV[2], len)
+return 'stored'",
+    )
+});
+
+/// KEYS: the spool stream, its usage hash. ARGV: the entry id. Entries
+/// spooled before owners were counted carry no `o` field and free nothing.
+static SPOOL_REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #entry == 0 then return 0 end
+local fields = entry[1][2]
+local data, owner = '', nil
+for i = 1, #fields, 2 do
+  if fields[i] == 'd' then data = fields[i + 1] elseif fields[i] == 'o' then owner = fields[i + 1] end
+end
+redis.call('XDEL', KEYS[1], ARGV[1])
+if owner then
+  local len = string.len(data)
+  for field, by in pairs({['bytes'] = len, ['n:' .. owner] = 1, ['b:' .. owner] = len}) do
+    -- 0 - by, not -by: Lua writes -0 for an empty upload, which HINCRBY refuses.
+    if redis.call('HINCRBY', KEYS[2], field, 0 - by) <= 0 then redis.call('HDEL', KEYS[2], field) end
+  end
+end
 return 1",
     )
 });
@@ -42,6 +79,10 @@ impl RedisStore {
 
     fn spool_key(&self, service: &str) -> String {
         format!("{}{{s:{service}}}:spool", self.keys().prefix())
+    }
+
+    fn spool_usage_key(&self, service: &str) -> String {
+        format!("{}{{s:{service}}}:spool:use", self.keys().prefix())
     }
 
     fn isolated_key(&self) -> String {
@@ -89,15 +130,31 @@ impl UpstreamState for RedisStore {
             .map_err(unavailable)
     }
 
-    async fn spool_push(&self, service: &str, data: &[u8], max_items: u64) -> Result<bool, StoreError> {
-        let stored: u8 = SPOOL_PUSH
+    async fn spool_push(
+        &self,
+        service: &str,
+        owner: &str,
+        data: &[u8],
+        limits: &SpoolLimits,
+    ) -> Result<SpoolPush, StoreError> {
+        let outcome: String = SPOOL_PUSH
             .key(self.spool_key(service))
+            .key(self.spool_usage_key(service))
             .arg(data)
-            .arg(max_items)
+            .arg(owner)
+            .arg(limits.max_items)
+            .arg(limits.max_bytes)
+            .arg(limits.max_owner_items)
+            .arg(limits.max_owner_bytes)
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        Ok(stored == 1)
+        match outcome.as_str() {
+            "stored" => Ok(SpoolPush::Stored),
+            "service_full" => Ok(SpoolPush::ServiceFull),
+            "owner_full" => Ok(SpoolPush::OwnerFull),
+            other => Err(StoreError::Corrupt(format!("spool push answered {other:?}"))),
+        }
     }
 
     async fn spool_peek(&self, service: &str, max: usize) -> Result<Vec<SpoolItem>, StoreError> {
@@ -134,10 +191,11 @@ impl UpstreamState for RedisStore {
     }
 
     async fn spool_remove(&self, service: &str, id: &str) -> Result<(), StoreError> {
-        redis::cmd("XDEL")
-            .arg(self.spool_key(service))
+        SPOOL_REMOVE
+            .key(self.spool_key(service))
+            .key(self.spool_usage_key(service))
             .arg(id)
-            .query_async::<()>(&mut self.conn())
+            .invoke_async::<()>(&mut self.conn())
             .await
             .map_err(unavailable)
     }
@@ -148,6 +206,22 @@ impl UpstreamState for RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)
+    }
+
+    async fn spool_usage(&self, service: &str, owner: &str) -> Result<SpoolUsage, StoreError> {
+        let (bytes, owner_items, owner_bytes): (Option<u64>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(self.spool_usage_key(service))
+            .arg("bytes")
+            .arg(format!("n:{owner}"))
+            .arg(format!("b:{owner}"))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(SpoolUsage {
+            bytes: bytes.unwrap_or(0),
+            owner_items: owner_items.unwrap_or(0),
+            owner_bytes: owner_bytes.unwrap_or(0),
+        })
     }
 
     async fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {
