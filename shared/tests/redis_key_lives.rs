@@ -116,3 +116,45 @@ async fn every_queue_key_expires_and_statuses_outlive_their_messages_by_the_rete
         "{resumed:?}"
     );
 }
+
+#[tokio::test]
+async fn a_renewed_connection_keeps_its_owner_past_the_owners_first_life() {
+    use duplex_shared::store::{ClaimError, USER_CLIENTS_TTL};
+    let redis = TestRedis::start().expect("redis-server");
+    let prefix = random_prefix();
+    let store = RedisStore::connect(&redis.url(), &prefix).await.expect("connect");
+    let lease = std::time::Duration::from_secs(30);
+    let claim = store.claim_route("ann-phone", "ann", "n1", lease).await.expect("claim");
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    let owner_keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*owner"))
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    assert_eq!(owner_keys.len(), 1, "{owner_keys:?}");
+    // The connection has lasted almost USER_CLIENTS_TTL: the owner has a second left.
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(&owner_keys[0])
+        .arg(1_000)
+        .query_async(&mut conn)
+        .await
+        .expect("pexpire");
+    store
+        .refresh_routes(&[("ann-phone".to_owned(), claim.route)], lease)
+        .await
+        .expect("renew");
+    let left: i64 = redis::cmd("PTTL")
+        .arg(&owner_keys[0])
+        .query_async(&mut conn)
+        .await
+        .expect("pttl");
+    assert!(
+        left > USER_CLIENTS_TTL.as_millis() as i64 - 60_000,
+        "the renewal gave the owner a new life: {left} ms"
+    );
+    assert!(matches!(
+        store.claim_route("ann-phone", "mallory", "n1", lease).await,
+        Err(ClaimError::Taken)
+    ));
+}

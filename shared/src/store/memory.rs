@@ -16,19 +16,21 @@ use super::{
 
 /// Who a client id belongs to, and its connection counter.
 #[derive(Debug)]
-struct ClientIdentity {
+pub(super) struct ClientIdentity {
     epoch: u64,
     owner: String,
     /// The owner is kept until then, and beyond while the queue holds messages.
-    owner_until: Instant,
+    pub(super) owner_until: Instant,
 }
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    routes: DashMap<String, (Route, Instant)>,
-    identities: DashMap<String, ClientIdentity>,
+    pub(super) routes: DashMap<String, (Route, Instant)>,
+    pub(super) identities: DashMap<String, ClientIdentity>,
     pub(super) queues: DashMap<String, ClientQueue>,
-    users: DashMap<String, (HashSet<String>, Instant)>,
+    pub(super) users: DashMap<String, (HashSet<String>, Instant)>,
+    /// When idle clients were last looked for (see `memory_sweep`).
+    pub(super) last_sweep: std::sync::Mutex<Option<Instant>>,
     pub(super) upstream: super::memory_upstream::MemoryUpstream,
     /// The node registry: node id -> its entry (JSON, as in Redis).
     pub(super) nodes: DashMap<String, String>,
@@ -54,6 +56,7 @@ impl Store for MemoryStore {
         node_id: &str,
         ttl: Duration,
     ) -> Result<Claim, ClaimError> {
+        self.sweep_if_due(super::now_ms());
         let now = Instant::now();
         // The identity entry's lock makes the owner check, epoch assignment
         // and route write one step.
@@ -138,6 +141,11 @@ impl Store for MemoryStore {
                 Renewal::Replaced
             };
             drop(slot);
+            if renewal != Renewal::Replaced {
+                if let Some(mut identity) = self.identities.get_mut(client_id) {
+                    identity.owner_until = identity.owner_until.max(now + USER_CLIENTS_TTL);
+                }
+            }
             let last_seq = self.queues.get(client_id).map_or(0, |q| q.last_seq());
             out.push(LeaseCheck { renewal, last_seq });
         }
@@ -165,6 +173,7 @@ impl Store for MemoryStore {
         limits: QueueLimits,
         now_ms: u64,
     ) -> Result<Enqueued, StoreError> {
+        self.sweep_if_due(now_ms);
         let mut outcome = self.queue(client_id).enqueue(client_id, msg, limits, now_ms);
         if let Enqueued::Stored { route, .. } = &mut outcome {
             *route = self.get_route(client_id).await?;

@@ -41,6 +41,13 @@ impl ClientQueue {
         !self.messages.is_empty()
     }
 
+    /// Whether nothing is left to keep once due messages, statuses and keys
+    /// are tidied: the queue may then be forgotten (as its Redis keys expire).
+    pub fn is_forgettable(&mut self, now: u64) -> bool {
+        self.tidy(now);
+        self.messages.is_empty() && self.statuses.is_empty() && self.idempotency.is_empty()
+    }
+
     /// Expires due messages and forgets statuses and keys past their retention.
     fn tidy(&mut self, now: u64) {
         while let Some(&(when, seq)) = self.message_expiry.first() {

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 
 mod memory;
 mod memory_queue;
+mod memory_sweep;
 mod memory_upstream;
 mod messages;
 mod overview;
@@ -24,6 +25,7 @@ mod registry;
 mod upstream_state;
 
 pub use memory::MemoryStore;
+pub use memory_sweep::MemoryHeld;
 pub use messages::*;
 pub use overview::{Backlog, Overview, QueueOverview};
 pub use redis_store::RedisStore;

@@ -68,13 +68,19 @@ return 0";
 /// Renews KEYS[1] (a route) for ARGV[2] ms while it holds ARGV[1]; writes it
 /// back if it vanished; {1 renewed | 2 restored | 0 owned by another
 /// connection, the client's last seq from its counters KEYS[2] (same slot)}.
+/// A renewed connection keeps its owner KEYS[3] alive too (for ARGV[3] ms,
+/// renewed once half of it is gone), so a connection older than the owner's
+/// life cannot be taken over by another user.
 const RENEW_IF_OWNED: &str = r"
 local v = redis.call('GET', KEYS[1])
 local m = redis.call('HGET', KEYS[2], 'm')
 local seq = m and struct.unpack('<d', m) or 0
-if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return {1, seq} end
-if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return {2, seq} end
-return {0, seq}";
+if v and v ~= ARGV[1] then return {0, seq} end
+if v then redis.call('PEXPIRE', KEYS[1], ARGV[2]) else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+local left = redis.call('PTTL', KEYS[3])
+if left >= 0 and left * 2 < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
+if v then return {1, seq} end
+return {2, seq}";
 
 /// KEYS[1] route, KEYS[2] epoch counter, KEYS[3] owner, KEYS[4] queue hash
 /// (one slot). Unless the client id belongs to another user than ARGV[4]
@@ -278,11 +284,13 @@ impl Store for RedisStore {
                 .map(|(client_id, route)| {
                     let mut cmd = redis::cmd("EVAL");
                     cmd.arg(RENEW_IF_OWNED)
-                        .arg(2)
+                        .arg(3)
                         .arg(self.keys.route(client_id))
                         .arg(queue_key(&self.keys, client_id))
+                        .arg(self.keys.owner(client_id))
                         .arg(route.encode())
-                        .arg(millis(ttl));
+                        .arg(millis(ttl))
+                        .arg(millis(USER_CLIENTS_TTL));
                     cmd
                 })
                 .collect();
