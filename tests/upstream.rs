@@ -157,6 +157,70 @@ async fn upload_reaches_the_backend_once_even_when_resent_after_reconnect(kind: 
     assert_eq!(keys, ["phone-1:u:1", "phone-1:u:2"]);
 }
 
+async fn another_user_can_neither_take_nor_see_a_clients_uploads_and_replies(kind: StoreKind) {
+    let backend = Backend::start().await;
+    let node = node_for(kind, upstream_config(service(&[&backend], |_| {}), None)).await;
+    let mut bob = node.connect("bob", "bob-phone", 0).await;
+    bob.send(&upload(1, "/events", "{\"from\":\"bob\"}"))
+        .await
+        .expect("send");
+    let bobs_ack = upload_ack(&mut bob).await;
+    assert_eq!(bobs_ack.status, 200);
+
+    // Alice can neither connect as bob's client nor touch his claims from her own.
+    let refused = node.try_connect("alice", "bob-phone").await.err().expect("refused");
+    assert!(
+        matches!(&refused, duplex_client::ClientError::Refused(e) if e.code == "client_id_taken"),
+        "{refused}"
+    );
+    let mut alice = node.connect("alice", "alice-phone", 0).await;
+    alice
+        .send(&upload(1, "/events", "{\"from\":\"alice\"}"))
+        .await
+        .expect("send");
+    assert_eq!(
+        upload_ack(&mut alice).await.status,
+        200,
+        "her upload 1 is hers, not bob's record"
+    );
+    let keys: Vec<String> = backend
+        .hits()
+        .iter()
+        .map(|h| h.headers["idempotency-key"].clone())
+        .collect();
+    assert_eq!(keys, ["bob-phone:u:1", "alice-phone:u:1"]);
+    let users: Vec<String> = backend
+        .hits()
+        .iter()
+        .map(|h| h.headers["x-duplex-user-id"].clone())
+        .collect();
+    assert_eq!(users, ["bob", "alice"]);
+
+    // Bob's resend still gets his own outcome, without a second backend call.
+    bob.send(&upload(1, "/events", "{\"from\":\"bob\"}"))
+        .await
+        .expect("send");
+    assert_eq!(upload_ack(&mut bob).await, bobs_ack);
+    assert_eq!(backend.count(), 2);
+
+    // A reply to bob's request waits for bob while he is away; alice's try
+    // to step in meanwhile changes nothing, and bob gets it on reconnect.
+    backend.set(Mode::Slow(Duration::from_millis(300)));
+    bob.send(&request_frame(7, "svc", "GET", "/r/7")).await.expect("send");
+    eventually("the backend has the request", || async { backend.count() == 3 }).await;
+    drop(bob);
+    assert!(node.try_connect("alice", "bob-phone").await.is_err());
+    let mut bob = node.connect("bob", "bob-phone", 0).await;
+    let r = reply(&mut bob).await;
+    assert_eq!((r.id, r.status), (7, 200));
+    // Nothing of bob's reached alice: her next frame answers her own ping.
+    alice
+        .send(&Frame::Ping(duplex_shared::protocol::Ping { id: 99 }))
+        .await
+        .expect("send");
+    assert!(matches!(recv(&mut alice).await, Some(Frame::Pong(p)) if p.id == 99));
+}
+
 async fn request_gets_its_reply_and_a_4xx_is_final(kind: StoreKind) {
     let backend = Backend::start().await;
     let node = node_for(kind, upstream_config(service(&[&backend], |_| {}), None)).await;
@@ -476,6 +540,7 @@ async fn a_redirect_from_the_backend_is_not_followed(kind: StoreKind) {
 
 both_stores!(
     upload_reaches_the_backend_once_even_when_resent_after_reconnect,
+    another_user_can_neither_take_nor_see_a_clients_uploads_and_replies,
     request_gets_its_reply_and_a_4xx_is_final,
     a_reply_arrives_after_the_client_reconnects_while_the_backend_is_slow,
     a_deadline_gives_a_timeout_reply,

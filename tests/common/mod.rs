@@ -261,6 +261,14 @@ impl Node {
         conn
     }
 
+    /// A connect of `client_id` as `user` that may be refused.
+    pub async fn try_connect(&self, user: &str, client_id: &str) -> Result<Connection, duplex_client::ClientError> {
+        let mut conn = Connection::tcp(self.tcp).await.expect("tcp");
+        let token = mint_hs256(SECRET, &dev_claims(user, 3600)).expect("mint");
+        conn.handshake(&token, client_id, 0).await?;
+        Ok(conn)
+    }
+
     pub async fn connect_ws(&self, user: &str, client_id: &str, last_seq: u64) -> Connection {
         let mut conn = Connection::ws(&format!("ws://{}/", self.ws)).await.expect("ws");
         let token = mint_hs256(SECRET, &dev_claims(user, 3600)).expect("mint");
