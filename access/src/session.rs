@@ -194,8 +194,18 @@ impl Session {
                         let Some(event) = next.take() else { break };
                         silence.as_mut().reset(Instant::now() + silence_limit);
                         // Whatever costs a read counts: frames, malformed
-                        // ones and WebSocket control messages alike.
-                        let counted = matches!(event, ReadEvent::Frame(_) | ReadEvent::Invalid(_) | ReadEvent::Control);
+                        // ones and WebSocket control messages alike. Except
+                        // an ack of something new that was written to this
+                        // connection: a client acking each push of a long
+                        // replay is doing as told, and such acks are bounded
+                        // by the pushes written.
+                        let ack_floor = self.acked.max(ack.as_ref().map_or(0, |held| held.seq));
+                        let news = |a: &Ack| a.seq > ack_floor && a.seq <= self.sequencer.cursor;
+                        let counted = match &event {
+                            ReadEvent::Frame(Frame::Ack(a)) => !news(a),
+                            ReadEvent::Frame(_) | ReadEvent::Invalid(_) | ReadEvent::Control => true,
+                            ReadEvent::Closed | ReadEvent::Failed(_) => false,
+                        };
                         if counted && !bucket.take(Instant::now()) {
                             let f = ErrorCode::RateLimited.frame(None, "frame rate limit exceeded", true);
                             let _ = send_now(&shared, &mut self.io, &f).await;

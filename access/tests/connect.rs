@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use duplex_shared::auth::{dev_claims, mint_hs256, unix_now};
-use duplex_shared::protocol::{encode_tcp, Frame, Ping, Upload, PROTOCOL_VERSION};
+use duplex_shared::protocol::{encode_tcp, Ack, Frame, Ping, Upload, PROTOCOL_VERSION};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 
 async fn connects_and_authenticates(via: Via) {
@@ -255,6 +255,48 @@ async fn websocket_pings_count_against_the_frame_rate() {
     assert!(refused, "a ping flood is cut off like a frame flood");
 }
 
+/// A client that acks each push of a long replay on its own is doing what
+/// PROTOCOL.md allows: those acks cost no frame-rate tokens. Acks that tell
+/// nothing new (repeats, seqs never written) still do.
+async fn acking_each_push_of_a_replay_is_not_rate_limited(via: Via) {
+    let node = start_node(StoreKind::Memory, |c| {
+        c.frame_rate_per_s = 1;
+        c.frame_burst = 5;
+    })
+    .await;
+    let now = unix_now() * 1000;
+    let limits = duplex_shared::store::QueueLimits {
+        max_messages: 1_000,
+        max_bytes: 1 << 20,
+    };
+    for _ in 0..200 {
+        let msg = duplex_shared::testing::message(b"m", now, now + 60_000);
+        node.store.enqueue("phone-1", &msg, limits, now).await.expect("enqueue");
+    }
+    let mut conn = node.login(via, "alice", "phone-1").await;
+    for expected in 1..=200u64 {
+        match recv(&mut conn).await {
+            Some(Frame::Push(p)) => {
+                assert_eq!(p.seq, expected);
+                conn.send(&Frame::Ack(Ack { id: p.seq, seq: p.seq }))
+                    .await
+                    .expect("ack");
+            }
+            other => panic!("expected push {expected}, got {other:?}"),
+        }
+    }
+    conn.send(&Frame::Ping(Ping { id: 7 })).await.expect("send");
+    assert!(matches!(recv(&mut conn).await, Some(Frame::Pong(p)) if p.id == 7));
+    // The same ack again and again is a flood like any other.
+    for id in 0..20 {
+        if conn.send(&Frame::Ack(Ack { id, seq: 200 })).await.is_err() {
+            break;
+        }
+    }
+    let e = expect_error(&mut conn).await;
+    assert_eq!((e.code.as_str(), e.close), ("rate_limited", true));
+}
+
 macro_rules! both_transports {
     ($($name:ident),* $(,)?) => {
         mod tcp { $( #[tokio::test] async fn $name() { super::$name(super::Via::Tcp).await } )* }
@@ -269,4 +311,5 @@ both_transports!(
     upstream_failures_reach_the_client_as_retryable_errors,
     first_frame_must_be_connect_with_a_valid_client_id,
     malformed_frames_count_against_the_frame_rate,
+    acking_each_push_of_a_replay_is_not_rate_limited,
 );
