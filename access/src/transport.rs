@@ -10,7 +10,7 @@ use std::io;
 use bytes::Bytes;
 use duplex_shared::protocol::{decode_body, DecodeError, Frame, Limits, TcpDecoder, LENGTH_PREFIX};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -46,6 +46,11 @@ impl TransportKind {
         }
     }
 }
+
+/// How long a closing connection waits for the client to close its side.
+pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// The most input a closing connection reads and discards meanwhile.
+pub const CLOSE_DRAIN_BYTES: usize = 1 << 20;
 
 pub enum Transport {
     Tcp { stream: TcpStream, decoder: TcpDecoder },
@@ -175,14 +180,44 @@ impl Transport {
         }
     }
 
-    /// Closes gracefully: TCP half-close after pending writes, WebSocket close frame.
+    /// Closes gracefully: TCP half-close after pending writes (WebSocket: a
+    /// close frame), then reads and discards what the client still sends,
+    /// until it closes too or [`CLOSE_LINGER`] / [`CLOSE_DRAIN_BYTES`] run
+    /// out. Closing a socket with unread input makes the kernel send a reset
+    /// and throw away output not yet sent: the closing error frame, and
+    /// whatever the client had not read yet, would be lost.
     pub async fn shutdown(&mut self) {
         match self {
             Transport::Tcp { stream, .. } => {
-                let _ = stream.shutdown().await;
+                if stream.shutdown().await.is_err() {
+                    return;
+                }
+                let drain = async {
+                    let mut sink = [0u8; 4096];
+                    let mut drained = 0;
+                    while drained < CLOSE_DRAIN_BYTES {
+                        match stream.read(&mut sink).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => drained += n,
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
             }
             Transport::Ws(ws) => {
-                let _ = SinkExt::close(ws).await;
+                if SinkExt::close(ws).await.is_err() {
+                    return;
+                }
+                let drain = async {
+                    let mut drained = 0;
+                    while drained < CLOSE_DRAIN_BYTES {
+                        match ws.next().await {
+                            Some(Ok(message)) => drained += message.len().max(1),
+                            Some(Err(_)) | None => break,
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
             }
         }
     }

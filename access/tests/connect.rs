@@ -297,6 +297,69 @@ async fn acking_each_push_of_a_replay_is_not_rate_limited(via: Via) {
     assert_eq!((e.code.as_str(), e.close), ("rate_limited", true));
 }
 
+/// The node closes after `rate_limited` while the client is still sending
+/// and has not read its pongs yet (its receive window is full, so the node
+/// still holds output): the pongs and the error frame must reach the client
+/// anyway (written, write side shut, input drained), not vanish in a reset.
+async fn a_closing_error_reaches_a_client_whose_input_is_still_in_flight(via: Via) {
+    let node = start_node(StoreKind::Memory, |c| {
+        c.frame_rate_per_s = 1;
+        c.frame_burst = 1_000;
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(2048).expect("rcvbuf");
+    let addr = match via {
+        Via::Tcp => node.tcp,
+        Via::Ws => node.ws,
+    };
+    let stream = socket.connect(addr).await.expect("connect");
+    let mut conn = match via {
+        Via::Tcp => duplex_client::Connection::from_tcp(stream),
+        Via::Ws => duplex_client::Connection::ws_over(stream, &format!("ws://{addr}/"))
+            .await
+            .expect("ws"),
+    };
+    conn.handshake(&token("alice"), "phone-1", 0).await.expect("handshake");
+    let pings = 3_000u64;
+    match via {
+        Via::Tcp => {
+            let mut out = Vec::new();
+            for id in 0..pings {
+                encode_tcp(&Frame::Ping(Ping { id }), &mut out);
+            }
+            conn.send_raw(&out).await.expect("send");
+        }
+        Via::Ws => {
+            for id in 0..pings {
+                if conn.send(&Frame::Ping(Ping { id })).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let closed = node
+        .metrics
+        .counter("duplex_disconnects_total", &[("reason", "protocol_error")]);
+    eventually("the node ended the session", || async { closed.get() == 1 }).await;
+    let mut pongs = 0;
+    loop {
+        match recv(&mut conn).await {
+            Some(Frame::Pong(p)) => {
+                assert_eq!(p.id, pongs, "pongs in order, none lost");
+                pongs += 1;
+            }
+            Some(Frame::Error(e)) => {
+                assert_eq!((e.code.as_str(), e.close), ("rate_limited", true));
+                break;
+            }
+            other => panic!("expected the rate_limited error, got {other:?} after {pongs} pongs"),
+        }
+    }
+    assert!((1_000..=1_002).contains(&pongs), "the burst of pongs, got {pongs}");
+    expect_closed(&mut conn).await;
+}
+
 macro_rules! both_transports {
     ($($name:ident),* $(,)?) => {
         mod tcp { $( #[tokio::test] async fn $name() { super::$name(super::Via::Tcp).await } )* }
@@ -312,4 +375,5 @@ both_transports!(
     first_frame_must_be_connect_with_a_valid_client_id,
     malformed_frames_count_against_the_frame_rate,
     acking_each_push_of_a_replay_is_not_rate_limited,
+    a_closing_error_reaches_a_client_whose_input_is_still_in_flight,
 );

@@ -87,6 +87,14 @@ impl Connection {
         })
     }
 
+    /// Wraps a WebSocket whose handshake (and perhaps more) the caller did.
+    pub fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Connection {
+            transport: Transport::Ws(Box::new(ws)),
+            limits: client_limits(),
+        }
+    }
+
     /// Runs the WebSocket handshake for `url` over an already connected TCP
     /// stream (e.g. bound to a chosen source address), with small buffers.
     pub async fn ws_over(stream: TcpStream, url: &str) -> Result<Self, ClientError> {

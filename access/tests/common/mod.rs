@@ -40,6 +40,7 @@ pub struct TestNode {
     pub store: Arc<dyn Store>,
     pub shutdown: CancellationToken,
     pub task: Option<JoinHandle<()>>,
+    pub metrics: Arc<duplex_shared::metrics::Metrics>,
     _redis: Option<TestRedis>,
 }
 
@@ -80,6 +81,7 @@ pub async fn start_node_with_store(
     auth.resolve(true).expect("auth");
     let node_id = format!("t-{:06x}", rand::random::<u32>() & 0xffffff);
     let hub = Arc::new(Hub::new(node_id.clone()));
+    let metrics = Arc::new(duplex_shared::metrics::Metrics::new());
     let listeners = AccessListeners::bind(&config).expect("bind");
     let tcp = listeners.tcp.local_addr().expect("addr");
     let ws = listeners.ws.local_addr().expect("addr");
@@ -91,7 +93,7 @@ pub async fn start_node_with_store(
         nodes: Arc::new(LocalNodes::new(hub.clone())),
         upstream: Arc::new(UnreachableBackends),
         hub: hub.clone(),
-        metrics: Default::default(),
+        metrics: metrics.clone(),
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone()));
@@ -103,6 +105,7 @@ pub async fn start_node_with_store(
         store,
         shutdown,
         task: Some(task),
+        metrics,
         _redis: redis,
     }
 }
