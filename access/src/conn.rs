@@ -136,7 +136,7 @@ async fn authenticate(
         }
         Ok(ReadEvent::Frame(f)) => f,
         Ok(ReadEvent::Invalid(e)) => {
-            let _ = send_refusal(shared, io, &e.code().frame(None, e.to_string(), true)).await;
+            let _ = send_refusal(shared, io, &e.code().frame(e.id(), e.to_string(), true)).await;
             return None;
         }
         Ok(ReadEvent::Closed | ReadEvent::Failed(_) | ReadEvent::Control) => return None,

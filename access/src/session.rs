@@ -225,7 +225,7 @@ impl Session {
                             ReadEvent::Invalid(e) => {
                                 debug!(error = %e, "invalid frame");
                                 let close_after = e.must_close();
-                                let f = e.code().frame(None, e.to_string(), close_after);
+                                let f = e.code().frame(e.id(), e.to_string(), close_after);
                                 if send_now(&shared, &mut self.io, &f).await.is_err() || close_after {
                                     return self.flush_ack(ack, End::Protocol).await;
                                 }
@@ -411,7 +411,11 @@ impl Session {
     fn handle(&self, frame: Frame, outbox: &Arc<Outbox>) -> Option<Frame> {
         match frame {
             Frame::Ping(p) => Some(Frame::Pong(Pong { id: p.id })),
-            Frame::Pong(_) => None,
+            Frame::Pong(p) => Some(ErrorCode::UnexpectedFrame.frame(
+                Some(p.id),
+                "pong frames are sent by the server, not the client",
+                false,
+            )),
             Frame::Ack(_) => None,
             Frame::Upload(upload) => {
                 let id = upload.id;

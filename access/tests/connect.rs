@@ -61,18 +61,40 @@ async fn malformed_and_unknown_frames_get_error_frames_and_the_connection_surviv
         Via::Ws => conn.send_raw(garbage).await.expect("send"),
     }
     let e = expect_error(&mut conn).await;
-    assert_eq!(e.code, "malformed_frame");
-    assert!(!e.close);
-    let unknown = rmp_serde::to_vec_named(&serde_json::json!({"type": "teleport", "id": 1})).expect("enc");
-    match via {
-        Via::Tcp => {
-            let mut raw = (unknown.len() as u32).to_be_bytes().to_vec();
-            raw.extend_from_slice(&unknown);
-            conn.send_raw(&raw).await.expect("send");
+    assert_eq!((e.code.as_str(), e.id, e.close), ("malformed_frame", None, false));
+    // Frames whose id can still be read get errors that name it.
+    let with_id = [
+        (
+            serde_json::json!({"type": "teleport", "id": 1}),
+            "unknown_frame_type",
+            1,
+        ),
+        (
+            serde_json::json!({"type": "ack", "id": 3, "seq": "three"}),
+            "malformed_frame",
+            3,
+        ),
+        (serde_json::json!({"type": "upload", "id": 4}), "malformed_frame", 4),
+    ];
+    for (frame, code, id) in with_id {
+        let body = rmp_serde::to_vec_named(&frame).expect("enc");
+        match via {
+            Via::Tcp => {
+                let mut raw = (body.len() as u32).to_be_bytes().to_vec();
+                raw.extend_from_slice(&body);
+                conn.send_raw(&raw).await.expect("send");
+            }
+            Via::Ws => conn.send_raw(&body).await.expect("send"),
         }
-        Via::Ws => conn.send_raw(&unknown).await.expect("send"),
+        let e = expect_error(&mut conn).await;
+        assert_eq!((e.code.as_str(), e.id, e.close), (code, Some(id), false), "{frame}");
     }
-    assert_eq!(expect_error(&mut conn).await.code, "unknown_frame_type");
+    // A pong is the server's to send.
+    conn.send(&Frame::Pong(duplex_shared::protocol::Pong { id: 5 }))
+        .await
+        .expect("send");
+    let e = expect_error(&mut conn).await;
+    assert_eq!((e.code.as_str(), e.id, e.close), ("unexpected_frame", Some(5), false));
     conn.send(&Frame::Ping(Ping { id: 2 })).await.expect("send");
     assert!(matches!(recv(&mut conn).await, Some(Frame::Pong(_))));
 }

@@ -396,10 +396,13 @@ impl DownstreamConfig {
                 "need 1 <= default_ttl_s <= max_ttl_s <= 30 days",
             ));
         }
-        if self.queue_max_messages == 0 || self.queue_max_bytes < u64::from(self.max_payload_bytes) {
+        if self.queue_max_messages == 0 {
+            return Err(invalid(&format!("{f}queue_max_messages"), "must be positive"));
+        }
+        if self.queue_max_bytes < u64::from(self.max_payload_bytes) {
             return Err(invalid(
-                &format!("{f}queue_max_messages"),
-                "caps must hold at least one largest message",
+                &format!("{f}queue_max_bytes"),
+                "must hold at least one largest message (max_payload_bytes)",
             ));
         }
         if self.max_targets == 0 || self.max_batch == 0 || self.idempotency_ttl_s == 0 {

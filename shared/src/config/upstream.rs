@@ -154,20 +154,25 @@ impl UpstreamConfig {
                 "dedup_window_s and max_requests_in_flight must be positive",
             ));
         }
-        if self.spool_ttl_s == 0 || self.spool_max_items == 0 {
-            return Err(invalid(
-                "upstream.spool_ttl_s",
-                "spool_ttl_s and spool_max_items must be positive",
-            ));
+        for (key, value) in [
+            ("upstream.spool_ttl_s", self.spool_ttl_s),
+            ("upstream.spool_max_items", self.spool_max_items),
+            ("upstream.spool_max_bytes", self.spool_max_bytes),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be positive"));
+            }
         }
-        if self.spool_max_user_items == 0
-            || self.spool_max_user_items > self.spool_max_items
-            || self.spool_max_user_bytes == 0
-            || self.spool_max_user_bytes > self.spool_max_bytes
-        {
+        if self.spool_max_user_items == 0 || self.spool_max_user_items > self.spool_max_items {
             return Err(invalid(
                 "upstream.spool_max_user_items",
-                "spool_max_user_items and spool_max_user_bytes must be positive and at most spool_max_items and spool_max_bytes",
+                "must be positive and at most spool_max_items",
+            ));
+        }
+        if self.spool_max_user_bytes == 0 || self.spool_max_user_bytes > self.spool_max_bytes {
+            return Err(invalid(
+                "upstream.spool_max_user_bytes",
+                "must be positive and at most spool_max_bytes",
             ));
         }
         for (name, service) in &mut self.services {

@@ -54,6 +54,10 @@ pub enum DecodeError {
     Malformed(String),
     #[error("unknown frame type `{0}`")]
     UnknownType(String),
+    /// A failure in a frame whose `id` could still be read: the error frame
+    /// names it, so the client knows which of its frames failed.
+    #[error("{error}")]
+    InFrame { id: u64, error: Box<DecodeError> },
 }
 
 impl DecodeError {
@@ -63,6 +67,15 @@ impl DecodeError {
             DecodeError::TooDeep { .. } => ErrorCode::NestingTooDeep,
             DecodeError::Malformed(_) => ErrorCode::Malformed,
             DecodeError::UnknownType(_) => ErrorCode::UnknownFrameType,
+            DecodeError::InFrame { error, .. } => error.code(),
+        }
+    }
+
+    /// The `id` of the frame that failed, when it could be read.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            DecodeError::InFrame { id, .. } => Some(*id),
+            _ => None,
         }
     }
 
@@ -70,12 +83,15 @@ impl DecodeError {
     /// body is never read), so the connection must close. Other errors
     /// concern one body whose bounds are known; the stream stays usable.
     pub fn must_close(&self) -> bool {
-        matches!(self, DecodeError::TooLarge { .. })
+        match self {
+            DecodeError::InFrame { error, .. } => error.must_close(),
+            other => matches!(other, DecodeError::TooLarge { .. }),
+        }
     }
 
     /// The error frame telling the client about this failure.
     pub fn to_frame(&self) -> Frame {
-        self.code().frame(None, self.to_string(), self.must_close())
+        self.code().frame(self.id(), self.to_string(), self.must_close())
     }
 }
 
@@ -139,6 +155,25 @@ pub fn decode_body(body: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
         Err(CheckError::TooDeep) => return Err(DecodeError::TooDeep { max: limits.max_depth }),
         Err(CheckError::Malformed(why)) => return Err(DecodeError::Malformed(why.into())),
     };
+    decode_typed(frame_type, body).map_err(|error| match frame_id(body) {
+        Some(id) => DecodeError::InFrame {
+            id,
+            error: Box::new(error),
+        },
+        None => error,
+    })
+}
+
+/// The `id` field of a well-formed frame map, if it has a valid one.
+fn frame_id(body: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<u64>,
+    }
+    rmp_serde::from_slice::<IdOnly>(body).ok().and_then(|f| f.id)
+}
+
+fn decode_typed(frame_type: &str, body: &[u8]) -> Result<Frame, DecodeError> {
     Ok(match frame_type {
         "connect" => Frame::Connect(parse(body)?),
         "connected" => Frame::Connected(parse(body)?),
