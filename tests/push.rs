@@ -207,6 +207,39 @@ async fn expired_messages_show_as_expired_and_the_client_hears_of_the_gap(kind: 
     assert!(text.contains("duplex_gap_messages_total 1"), "{text}");
 }
 
+async fn a_qos0_push_its_node_cannot_take_is_dropped_and_a_full_queue_counts_once(kind: StoreKind) {
+    // The first delivery to an access node fails, as for a full outbound queue.
+    let node = start_with(kind, |c| c.queue_max_messages = 1, 1).await;
+    let mut conn = node.connect("d", "d1", 0).await;
+    let (status, body) = node
+        .post("/v1/push", &json!({"client_ids": ["d1"], "payload": 1, "qos": 0}))
+        .await;
+    assert_eq!(
+        (status, body["messages"][0]["state"].clone()),
+        (202, json!("dropped")),
+        "{body}"
+    );
+    node.post("/v1/push", &json!({"client_ids": ["d1"], "payload": 2, "qos": 0}))
+        .await;
+    assert_eq!(
+        json_payload(&recv_push(&mut conn).await),
+        json!(2),
+        "the next one arrives"
+    );
+
+    node.push_to("q1", json!(1)).await;
+    let (status, _) = node
+        .post("/v1/push", &json!({"client_ids": ["q1"], "payload": 2}))
+        .await;
+    assert_eq!(status, 429);
+    let batch = json!({"pushes": [{"client_ids": ["q1"], "payload": 3}]});
+    assert_eq!(node.post("/v1/push/batch", &batch).await.0, 202);
+    let refused = node
+        .metrics
+        .counter("duplex_pushes_rejected_total", &[("code", "queue_full")]);
+    assert_eq!(refused.get(), 2, "one refusal each, alone or in a batch");
+}
+
 async fn cap_overflow_refuses_new_pushes_with_429(kind: StoreKind) {
     let node = start(kind, |c| c.queue_max_messages = 2).await;
     node.push_to("i1", json!(1)).await;
@@ -492,6 +525,7 @@ both_stores!(
     idempotent_retry_stores_once,
     expired_messages_show_as_expired_and_the_client_hears_of_the_gap,
     cap_overflow_refuses_new_pushes_with_429,
+    a_qos0_push_its_node_cannot_take_is_dropped_and_a_full_queue_counts_once,
     bad_input_gets_4xx_and_stores_nothing,
     batch_wait_ack_and_kick,
     a_failed_delivery_stays_stored_and_is_retried,

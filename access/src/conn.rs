@@ -14,6 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, warn, Instrument};
 
+use crate::outbox::Outbox;
 use crate::preauth::PreAuthGuard;
 use crate::sequencer::Sequencer;
 use crate::session::Session;
@@ -81,6 +82,7 @@ pub(crate) async fn serve(
     // also carry the (dead) authentication phase's locals.
     let (metrics, frames_out) = (shared.metrics.clone(), shared.frames_out.clone());
     let shared_grace = shared.verifier.expiry_grace();
+    let outbound_queue = shared.config.outbound_queue;
     let session = Box::new(Session {
         shared,
         io,
@@ -94,6 +96,7 @@ pub(crate) async fn serve(
         sequencer: Sequencer::new(connect.last_seq, metrics, frames_out),
         resumed_from: 0,
         acked: 0,
+        outbox: Arc::new(Outbox::new(outbound_queue)),
         token: TokenLife::new(claims.exp, shared_grace),
     });
     Box::pin(session.run().instrument(span)).await;

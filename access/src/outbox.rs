@@ -69,6 +69,8 @@ pub enum Next {
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
+    /// Wakes whoever waits in `overflowed` (the writer, mid-write).
+    overflow: Notify,
     capacity: usize,
     calls_in_flight: AtomicUsize,
     /// The highest stored seq written to the client (or that it had).
@@ -82,6 +84,7 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            overflow: Notify::new(),
             capacity,
             calls_in_flight: AtomicUsize::new(0),
             sent_through: AtomicU64::new(0),
@@ -105,6 +108,7 @@ impl Outbox {
             state.close = Some(CloseReason::SlowConsumer);
             drop(state);
             self.notify.notify_one();
+            self.overflow.notify_waiters();
             return Err(LinkError::QueueFull);
         }
         state.frames.push_back(frame);
@@ -163,6 +167,22 @@ impl Outbox {
 
     pub fn is_closed(&self) -> bool {
         self.state().close.is_some()
+    }
+
+    /// Returns once the queue has overflowed (the connection is a slow
+    /// consumer), so a write stuck on a client that stopped reading can be
+    /// abandoned at once instead of after the write timeout.
+    pub async fn overflowed(&self) {
+        loop {
+            let woken = self.overflow.notified();
+            tokio::pin!(woken);
+            // Registered before the check, so an overflow in between still wakes us.
+            woken.as_mut().enable();
+            if self.state().close == Some(CloseReason::SlowConsumer) {
+                return;
+            }
+            woken.await;
+        }
     }
 
     /// Waits until there is something to do; moves up to `max` frames into `batch`.

@@ -26,6 +26,9 @@ use crate::token_life::{Expiry, TokenLife};
 use crate::transport::{ReadEvent, Transport};
 use crate::Shared;
 
+/// How long a goodbye to a client that may not be reading is given.
+const GOODBYE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Frames already received that one pass of the session loop handles before
 /// it looks at its outbox again (keeps a flood of small frames from starving
 /// deliveries).
@@ -46,6 +49,8 @@ pub(crate) struct Session {
     /// stored: what was written beyond both is recorded when it ends.
     pub(crate) resumed_from: u64,
     pub(crate) acked: u64,
+    /// Frames on their way to this connection (registered in the hub by `run`).
+    pub(crate) outbox: Arc<Outbox>,
     /// The connection's token: when it expires, and the grace after that.
     pub(crate) token: TokenLife,
 }
@@ -59,6 +64,10 @@ enum End {
     Shutdown,
     Protocol,
     TokenExpired,
+    /// A write stalled (the write timeout passed, or the outbox overflowed
+    /// meanwhile): a slow consumer whose stream may end mid-frame, so no
+    /// goodbye frame can follow.
+    Stalled,
 }
 
 impl End {
@@ -68,7 +77,7 @@ impl End {
             End::Failed => "network",
             End::Silent => "heartbeat_timeout",
             End::Closed(CloseReason::Kicked(_)) => "kicked",
-            End::Closed(CloseReason::SlowConsumer) => "slow_consumer",
+            End::Closed(CloseReason::SlowConsumer) | End::Stalled => "slow_consumer",
             End::Shutdown => "shutdown",
             End::Protocol => "protocol_error",
             End::TokenExpired => "token_expired",
@@ -79,7 +88,7 @@ impl End {
 impl Session {
     pub(crate) async fn run(mut self: Box<Self>) {
         let shared = self.shared.clone();
-        let outbox = Arc::new(Outbox::new(shared.config.outbound_queue));
+        let outbox = self.outbox.clone();
         let handle = SessionHandle {
             conn_epoch: self.client.route.conn_epoch,
             user_id: Arc::from(self.client.user_id.as_str()),
@@ -316,9 +325,15 @@ impl Session {
         if bodies.is_empty() {
             return Ok(());
         }
-        match timeout(self.shared.write_timeout(), self.io.write_owned(bodies)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Failed),
+        let outbox = self.outbox.clone();
+        tokio::select! {
+            biased;
+            written = timeout(self.shared.write_timeout(), self.io.write_owned(bodies)) => match written {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::Failed),
+                Err(_) => Err(End::Stalled),
+            },
+            () = outbox.overflowed() => Err(End::Stalled),
         }
     }
 
@@ -484,8 +499,10 @@ impl Session {
             }
             End::Closed(CloseReason::SlowConsumer) => {
                 info!("closing slow consumer");
-                let _ = self.send_kicked("slow_consumer").await;
+                // Best effort: a client that does not read will not read this either.
+                let _ = timeout(GOODBYE_TIMEOUT, self.send_kicked("slow_consumer")).await;
             }
+            End::Stalled => info!("closing slow consumer: a write stalled"),
             End::Shutdown => {
                 let window = self.shared.config.goaway_window_ms.max(1);
                 let frame = Frame::GoAway(GoAway {

@@ -205,10 +205,12 @@ impl Transport {
                 let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
             }
             Transport::Ws(ws) => {
-                if SinkExt::close(ws).await.is_err() {
-                    return;
-                }
-                let drain = async {
+                // The close frame waits behind unsent output, which a client
+                // that stopped reading never takes: bounded like the drain.
+                let close_and_drain = async {
+                    if SinkExt::close(ws).await.is_err() {
+                        return;
+                    }
                     let mut drained = 0;
                     while drained < CLOSE_DRAIN_BYTES {
                         match ws.next().await {
@@ -217,7 +219,7 @@ impl Transport {
                         }
                     }
                 };
-                let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+                let _ = tokio::time::timeout(CLOSE_LINGER, close_and_drain).await;
             }
         }
     }

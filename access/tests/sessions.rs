@@ -255,3 +255,96 @@ stores_and_transports!(
     a_second_login_kicks_the_first_whose_late_disconnect_keeps_the_new_route,
     a_kick_from_another_node_for_an_unregistered_connection_is_not_lost,
 );
+
+/// A client that stopped reading: a small receive buffer, never read after
+/// the handshake.
+async fn stalled_client(node: &TestNode, via: Via, client_id: &str) -> duplex_client::Connection {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(2048).expect("rcvbuf");
+    let addr = match via {
+        Via::Tcp => node.tcp,
+        Via::Ws => node.ws,
+    };
+    let stream = socket.connect(addr).await.expect("connect");
+    let mut conn = match via {
+        Via::Tcp => duplex_client::Connection::from_tcp(stream),
+        Via::Ws => duplex_client::Connection::ws_over(stream, &format!("ws://{addr}/"))
+            .await
+            .expect("ws"),
+    };
+    conn.handshake(&token("u"), client_id, 0).await.expect("handshake");
+    conn
+}
+
+fn big_push() -> Frame {
+    Frame::Push(Push {
+        seq: 0,
+        msg_id: "big".into(),
+        headers: Default::default(),
+        payload: vec![7u8; 32 * 1024].into(),
+        ack_now: false,
+    })
+}
+
+/// Delivers big pushes until the node refuses one; the refusal.
+async fn deliver_until_refused(node: &TestNode, client_id: &str) -> LinkError {
+    for _ in 0..10_000 {
+        match node.hub.deliver_local(client_id, None, &big_push()) {
+            Ok(()) => tokio::time::sleep(Duration::from_millis(1)).await,
+            Err(e) => return e,
+        }
+    }
+    panic!("the node kept taking pushes for a client that reads nothing");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_as_a_slow_consumer_when_its_queue_overflows() {
+    for via in [Via::Tcp, Via::Ws] {
+        // A write timeout far beyond the test: only the overflow can end it.
+        let node = start_node(StoreKind::Memory, |c| {
+            c.outbound_queue = 8;
+            c.write_timeout_ms = 600_000;
+        })
+        .await;
+        let _conn = stalled_client(&node, via, "stalled").await;
+        assert!(matches!(
+            deliver_until_refused(&node, "stalled").await,
+            LinkError::QueueFull
+        ));
+        let slow = node
+            .metrics
+            .counter("duplex_disconnects_total", &[("reason", "slow_consumer")]);
+        eventually("the stalled client is dropped at once", || async { slow.get() == 1 }).await;
+        eventually("and is gone from the node", || async {
+            matches!(
+                node.hub.deliver_local("stalled", None, &big_push()),
+                Err(LinkError::NotHere)
+            )
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_write_that_stalls_past_the_write_timeout_counts_as_a_slow_consumer() {
+    for via in [Via::Tcp, Via::Ws] {
+        let node = start_node(StoreKind::Memory, |c| {
+            c.outbound_queue = 65_536;
+            c.write_timeout_ms = 300;
+        })
+        .await;
+        let _conn = stalled_client(&node, via, "stalled").await;
+        assert!(matches!(
+            deliver_until_refused(&node, "stalled").await,
+            LinkError::NotHere
+        ));
+        let slow = node
+            .metrics
+            .counter("duplex_disconnects_total", &[("reason", "slow_consumer")]);
+        let network = node
+            .metrics
+            .counter("duplex_disconnects_total", &[("reason", "network")]);
+        eventually("the stall is counted as a slow consumer", || async { slow.get() == 1 }).await;
+        assert_eq!(network.get(), 0, "{via:?}: not as a network failure");
+    }
+}

@@ -59,7 +59,11 @@ fn body_too_large(body: &Bytes, shared: &Shared) -> Result<(), ApiError> {
 /// Counts a failed push call by code (and store failures as store errors).
 fn count_failure<T>(shared: &Shared, result: Result<T, ApiError>) -> Result<T, ApiError> {
     if let Err(e) = &result {
-        shared.metrics.inc("duplex_pushes_rejected_total", &[("code", e.code)]);
+        // A full queue was counted where it refused its target (once per
+        // refusal, in batches too); this is the same refusal as a 429.
+        if e.code != "queue_full" {
+            shared.metrics.inc("duplex_pushes_rejected_total", &[("code", e.code)]);
+        }
         if e.code == "store_unavailable" {
             shared
                 .metrics

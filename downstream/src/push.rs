@@ -270,9 +270,16 @@ impl Shared {
             r.message_id = Some(push.msg_id.clone());
         }
         self.counts.accepted_qos0.inc();
-        if deliver(&*self.store, &*self.nodes, client_id, frame).await == Delivery::Delivered {
-            self.counts.delivered.inc();
-            r.state = "delivered_to_node";
+        match deliver(&*self.store, &*self.nodes, client_id, frame).await {
+            Delivery::Delivered => {
+                self.counts.delivered.inc();
+                r.state = "delivered_to_node";
+            }
+            Delivery::NoRoute => {}
+            // Connected, but its node did not take it (full queue, node
+            // gone) or the route could not be read: a qos-0 push is never
+            // retried, so it is dropped.
+            Delivery::Failed => r.state = "dropped",
         }
         r
     }
