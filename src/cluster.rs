@@ -143,6 +143,13 @@ impl NodeLink for ClusterNodes {
         Ok(total)
     }
 
+    async fn is_live(&self, node_id: &str) -> Result<bool, LinkError> {
+        if node_id == self.node_id {
+            return Ok(true);
+        }
+        Ok(self.peers.all().await?.iter().any(|n| n.node_id == node_id))
+    }
+
     async fn connected_since(&self, client_id: &str, route: &Route) -> Result<Option<u64>, LinkError> {
         if route.node_id == self.node_id {
             return self.local.connected_since(client_id, route).await;

@@ -113,3 +113,44 @@ async fn draining_a_node_with_1000_clients_moves_them_all_and_loses_nothing() {
     let a_tcp = a.tcp;
     scenarios::drain_with_1000_clients(a_tcp, b.tcp, "node-a", b.push, terminate(&mut a)).await;
 }
+
+#[tokio::test]
+async fn a_killed_nodes_clients_show_offline_once_its_registry_lease_lapses() {
+    let redis = TestRedis::start().expect("redis-server");
+    // A short registry lease; routes keep their own (longer) lease.
+    let env = [("DUPLEX_REGISTRY__LEASE_MS", "1000")];
+    let mut a = start_with_env(&["--redis", &redis.url(), "--node-id", "node-a"], &env);
+    let b = start_with_env(&["--redis", &redis.url(), "--node-id", "node-b"], &env);
+    let http = reqwest::Client::new();
+    let mut conn = Connection::tcp(a.tcp).await.expect("tcp");
+    conn.handshake(&mint("ivy"), "ivy-phone", 0).await.expect("handshake");
+    let url = format!("http://{}/v1/clients/ivy-phone", b.push);
+    let info = call_json(&http, reqwest::Method::GET, url.clone(), Some("duplex-dev-api-key"))
+        .await
+        .1;
+    assert_eq!(
+        (info["online"].clone(), info["node_id"].clone()),
+        (json!(true), json!("node-a")),
+        "{info}"
+    );
+
+    a.child.kill().expect("SIGKILL node A");
+    let _ = a.child.wait();
+    let started = std::time::Instant::now();
+    let mut offline = false;
+    for _ in 0..100 {
+        let info = call_json(&http, reqwest::Method::GET, url.clone(), Some("duplex-dev-api-key"))
+            .await
+            .1;
+        if info["online"] == json!(false) {
+            assert_eq!(info["node_id"], serde_json::Value::Null, "{info}");
+            offline = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(offline, "still online 5 s after its node died");
+    // The route lease (90 s) has not ended yet: the registry told.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    drop(conn);
+}

@@ -275,7 +275,13 @@ impl Shared {
     /// Where a client is connected and what waits for it.
     pub(crate) async fn client_info(&self, client_id: String) -> Result<ClientInfo, ApiError> {
         check_client_id(&client_id)?;
-        let route = self.store.get_route(&client_id).await?;
+        let mut route = self.store.get_route(&client_id).await?;
+        if let Some(r) = &route {
+            // A route outlives a killed node by its lease; the registry knows sooner.
+            if !self.nodes.is_live(&r.node_id).await.unwrap_or(true) {
+                route = None;
+            }
+        }
         let since = match &route {
             Some(r) => self.nodes.connected_since(&client_id, r).await.ok().flatten(),
             None => None,

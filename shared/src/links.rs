@@ -72,6 +72,13 @@ pub trait NodeLink: Send + Sync + 'static {
     /// When connection `route` of `client_id` was accepted (ms since the Unix epoch),
     /// if it is still connected.
     async fn connected_since(&self, client_id: &str, route: &Route) -> Result<Option<u64>, LinkError>;
+
+    /// Whether `node_id` still holds its registry lease: a route to a node
+    /// that stopped heartbeating (killed, hung) names no live connection.
+    /// One process serving every client itself has no peers to lose.
+    async fn is_live(&self, _node_id: &str) -> Result<bool, LinkError> {
+        Ok(true)
+    }
 }
 
 /// Upstream -> downstream: backend replies to client requests, stored and
