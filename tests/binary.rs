@@ -24,15 +24,18 @@ async fn all_in_one_with_memory_store_serves_tcp_and_websocket_with_a_minted_tok
     let mut ws = Connection::ws(&format!("ws://{}/", run.ws)).await.expect("ws");
     ws.handshake(&token, "tablet-1", 0).await.expect("ws handshake");
     ping_pong(&mut ws).await;
-    let status = terminate(&mut run).await;
-    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    sigterm(&run.child);
+    // Each client is told within the go_away window (10 s) and leaves, as clients do.
     for conn in [&mut tcp, &mut ws] {
-        let frame = tokio::time::timeout(Duration::from_secs(5), conn.recv())
+        let frame = tokio::time::timeout(Duration::from_secs(12), conn.recv())
             .await
             .expect("in time")
             .expect("ok");
-        assert!(matches!(frame, Some(Frame::GoAway(_)) | None), "{frame:?}");
+        assert!(matches!(frame, Some(Frame::GoAway(_))), "{frame:?}");
     }
+    drop((tcp, ws));
+    let status = wait_exit(&mut run.child).await;
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
 }
 
 /// Connects `client_id` to `run` and checks Redis holds its route to `node_id`.

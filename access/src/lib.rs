@@ -33,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 mod conn;
+mod drain;
 pub mod hub;
 mod leases;
 mod listen;
@@ -98,6 +99,9 @@ pub(crate) struct Shared {
     /// `duplex_frames_in_total` / `_out_total` per frame type, resolved once.
     frames_in: FrameCounts,
     pub(crate) frames_out: FrameCounts,
+    /// The other access nodes (`tcp://` and `ws://` endpoints) that
+    /// `go_away` names, read from the registry once per shutdown.
+    drain_targets: tokio::sync::OnceCell<Vec<(String, String)>>,
 }
 
 impl Shared {
@@ -127,6 +131,7 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
         tracker: TaskTracker::new(),
         frames_in: FrameCounts::new(&ctx.metrics, "duplex_frames_in_total"),
         frames_out: FrameCounts::new(&ctx.metrics, "duplex_frames_out_total"),
+        drain_targets: tokio::sync::OnceCell::new(),
         metrics: ctx.metrics,
     });
     shared.hub.count_frames_out(shared.frames_out.clone());

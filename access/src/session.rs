@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use duplex_shared::links::{ClientContext, LinkError};
-use duplex_shared::protocol::{Ack, Connected, ErrorCode, Frame, GoAway, Kicked, Pong, Refresh, Refreshed, UploadAck};
+use duplex_shared::protocol::{Ack, Connected, ErrorCode, Frame, Kicked, Pong, Refresh, Refreshed, UploadAck};
 use duplex_shared::store::Route;
 use futures_util::FutureExt;
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
 
 use crate::conn::{body, send_now};
+use crate::drain::{self, Drain};
 use crate::hub::SessionHandle;
 use crate::outbox::{CloseReason, Next, Outbox, Outgoing};
 use crate::rate::TokenBucket;
@@ -167,11 +168,30 @@ impl Session {
         let mut bucket = TokenBucket::new(shared.config.frame_rate_per_s, shared.config.frame_burst);
         let expiry = sleep_until(self.token.due());
         tokio::pin!(expiry);
+        let mut drain: Option<Drain> = None;
+        let drain_due = sleep_until(Instant::now() + silence_limit);
+        tokio::pin!(drain_due);
         let mut batch: Vec<Outgoing> = Vec::new();
         loop {
             tokio::select! {
                 biased;
-                _ = shared.shutdown.cancelled() => return End::Shutdown,
+                _ = shared.shutdown.cancelled(), if drain.is_none() => {
+                    let started = Drain::start(&shared);
+                    drain_due.as_mut().reset(started.next_deadline());
+                    drain = Some(started);
+                }
+                _ = &mut drain_due, if drain.is_some() => {
+                    let Some(draining) = drain.as_mut() else { return End::Shutdown };
+                    if draining.goaway_at.take().is_none() {
+                        // The grace ended before the client left.
+                        return End::Shutdown;
+                    }
+                    let goaway = drain::goaway_frame(&shared, self.io.kind()).await;
+                    if send_now(&shared, &mut self.io, &goaway).await.is_err() {
+                        return End::Shutdown;
+                    }
+                    drain_due.as_mut().reset(draining.next_deadline());
+                }
                 _ = &mut expiry => match self.token.on_due() {
                     Expiry::Warn(warning) => {
                         if send_now(&shared, &mut self.io, &warning).await.is_err() {
@@ -503,14 +523,8 @@ impl Session {
                 let _ = timeout(GOODBYE_TIMEOUT, self.send_kicked("slow_consumer")).await;
             }
             End::Stalled => info!("closing slow consumer: a write stalled"),
-            End::Shutdown => {
-                let window = self.shared.config.goaway_window_ms.max(1);
-                let frame = Frame::GoAway(GoAway {
-                    reconnect_after_ms: rand::random::<u64>() % window,
-                    endpoints: Vec::new(),
-                });
-                let _ = send_now(&self.shared, &mut self.io, &frame).await;
-            }
+            // `go_away` went out while the connection drained (drain.rs).
+            End::Shutdown => debug!("closing at the end of the shutdown grace"),
             End::Silent => debug!("closing silent connection after 3 heartbeat intervals"),
             End::ClientLeft => debug!("client disconnected"),
             End::Failed | End::Protocol => debug!("connection ended on error"),

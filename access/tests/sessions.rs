@@ -222,22 +222,86 @@ async fn delivery_checks_the_connection_epoch() {
 }
 
 #[tokio::test]
-async fn shutdown_sends_go_away_and_releases_routes() {
+async fn shutdown_spreads_go_away_over_the_window_and_serves_until_each_client_leaves() {
     for kind in [StoreKind::Memory, StoreKind::Redis] {
-        let mut node = start_node(kind, |c| c.goaway_window_ms = 5_000).await;
-        let mut tcp = node.login(Via::Tcp, "u", "c-tcp").await;
-        let mut ws = node.login(Via::Ws, "u", "c-ws").await;
+        let mut node = start_node(kind, |c| {
+            c.goaway_window_ms = 2_000;
+            c.shutdown_grace_ms = 4_000;
+        })
+        .await;
+        let now = duplex_shared::store::now_ms();
+        node.store
+            .register_node(&duplex_shared::store::NodeInfo {
+                node_id: "other".into(),
+                tiers: vec!["access".into()],
+                tcp: "127.0.0.9:7070".into(),
+                ws: "ws://127.0.0.9:7071/".into(),
+                internal: String::new(),
+                region: None,
+                connections: 0,
+                max_connections: 100,
+                expires_ms: now + 60_000,
+            })
+            .await
+            .expect("register");
+        let mut clients = Vec::new();
+        for i in 0..20 {
+            let via = if i % 2 == 0 { Via::Tcp } else { Via::Ws };
+            let id = format!("c{i}");
+            clients.push((via, id.clone(), node.login(via, "u", &id).await));
+        }
+        let mut stays = node.login(Via::Tcp, "u", "stays").await;
+        let stopped = Instant::now();
+        node.shutdown.cancel();
+        // Still served while draining: a push sent now arrives, whenever go_away comes.
+        for (_, id, _) in &clients {
+            node.hub
+                .deliver_local(id, None, &push(0))
+                .expect("delivered while draining");
+        }
+        let mut goaway_times = Vec::new();
+        for (via, id, conn) in &mut clients {
+            let (mut pushed, mut told) = (false, false);
+            while !(pushed && told) {
+                match recv(conn).await {
+                    Some(Frame::Push(_)) => pushed = true,
+                    Some(Frame::GoAway(g)) => {
+                        told = true;
+                        goaway_times.push(stopped.elapsed());
+                        assert!(g.reconnect_after_ms < 1_000, "{g:?}");
+                        let other = match via {
+                            Via::Tcp => "tcp://127.0.0.9:7070",
+                            Via::Ws => "ws://127.0.0.9:7071/",
+                        };
+                        assert_eq!(g.endpoints, vec![other.to_owned()], "{id}");
+                    }
+                    other => panic!("{id}: expected a push and go_away, got {other:?}"),
+                }
+            }
+        }
+        // Each client left when told; their routes are gone as they leave.
+        drop(clients);
+        goaway_times.sort();
+        let spread = goaway_times[goaway_times.len() - 1] - goaway_times[0];
+        assert!(
+            spread >= Duration::from_millis(500),
+            "go_away spread over only {spread:?}"
+        );
+        assert!(goaway_times[goaway_times.len() - 1] < Duration::from_millis(2_500));
+        // The one that stays is told too, then closed at the end of the grace.
+        assert!(matches!(recv(&mut stays).await, Some(Frame::GoAway(_))));
+        expect_closed(&mut stays).await;
+        let closed_after = stopped.elapsed();
+        assert!(
+            closed_after >= Duration::from_millis(3_500) && closed_after < Duration::from_millis(4_500),
+            "{closed_after:?}"
+        );
         let store = node.store.clone();
         node.stop().await;
-        for conn in [&mut tcp, &mut ws] {
-            match recv(conn).await {
-                Some(Frame::GoAway(g)) => assert!(g.reconnect_after_ms < 5_000),
-                other => panic!("expected GoAway, got {other:?}"),
-            }
-            expect_closed(conn).await;
+        for i in 0..20 {
+            assert_eq!(store.get_route(&format!("c{i}")).await.expect("store"), None);
         }
-        assert_eq!(store.get_route("c-tcp").await.expect("store"), None);
-        assert_eq!(store.get_route("c-ws").await.expect("store"), None);
+        assert_eq!(store.get_route("stays").await.expect("store"), None);
     }
 }
 

@@ -194,15 +194,25 @@ pub async fn terminate(run: &mut Running) -> std::process::ExitStatus {
 }
 
 async fn signal_and_wait(child: &mut Child) -> std::process::ExitStatus {
+    sigterm(child);
+    wait_exit(child).await
+}
+
+pub fn sigterm(child: &Child) {
     let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
-    for _ in 0..200 {
+}
+
+/// The exit status, within the default shutdown grace (15 s) and a margin:
+/// a draining node waits for its clients to leave until then.
+pub async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    for _ in 0..400 {
         if let Some(status) = child.try_wait().expect("wait") {
             return status;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("duplex did not exit within 10 s of SIGTERM");
+    panic!("duplex did not exit within 20 s of SIGTERM");
 }
 
 /// Sends a request and waits for its reply; replies to earlier requests that
