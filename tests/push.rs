@@ -240,6 +240,53 @@ async fn a_qos0_push_its_node_cannot_take_is_dropped_and_a_full_queue_counts_onc
     assert_eq!(refused.get(), 2, "one refusal each, alone or in a batch");
 }
 
+/// While Redis does not answer (SIGSTOP), pushes are refused at once with
+/// `503 store_unavailable` instead of each waiting out the store timeouts;
+/// once it answers again they are accepted again.
+#[tokio::test]
+async fn pushes_are_refused_at_once_while_redis_is_unreachable() {
+    let node = start(StoreKind::Redis, |_| {}).await;
+    node.push_to("r1", json!(1)).await;
+    let pid = node.redis_pid().expect("redis").to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    let push = json!({"client_ids": ["r1"], "payload": 2});
+    // The first calls find out (each within the store's timeouts)...
+    let (status, body) = node.post("/v1/push", &push).await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (503, json!("store_unavailable")),
+        "{body}"
+    );
+    // ...then every call is answered at once, far within the 2 s response timeout.
+    let mut slowest = std::time::Duration::ZERO;
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let (status, body) = node.post("/v1/push", &push).await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(
+            (status, body["code"].clone()),
+            (503, json!("store_unavailable")),
+            "{body}"
+        );
+    }
+    signal("-CONT");
+    assert!(
+        slowest < std::time::Duration::from_millis(1_000),
+        "a refusal took {slowest:?}"
+    );
+    eventually("pushes are accepted again", || async {
+        node.post("/v1/push", &push).await.0 == 202
+    })
+    .await;
+}
+
 async fn cap_overflow_refuses_new_pushes_with_429(kind: StoreKind) {
     let node = start(kind, |c| c.queue_max_messages = 2).await;
     node.push_to("i1", json!(1)).await;

@@ -248,6 +248,11 @@ async fn start_full(
 }
 
 impl Node {
+    /// The pid of the node's private redis-server, if it runs on one.
+    pub fn redis_pid(&self) -> Option<u32> {
+        self._redis.as_ref().map(TestRedis::pid)
+    }
+
     /// Shuts the node down (clients get `go_away`).
     pub fn stop(&self) {
         self.shutdown.cancel();

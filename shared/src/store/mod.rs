@@ -17,6 +17,7 @@ mod memory_upstream;
 mod messages;
 mod overview;
 mod redis_batch;
+mod redis_breaker;
 mod redis_conn;
 mod redis_scripts;
 mod redis_store;

@@ -95,7 +95,7 @@ impl BatchedScript {
         linger: Duration,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let by_client = matches!(conn, RedisConn::Cluster(_));
+        let by_client = conn.is_cluster();
         let shape = Shape {
             by_client,
             keys_per_call,

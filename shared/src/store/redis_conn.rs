@@ -22,11 +22,22 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use redis::AsyncConnectionConfig;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
+use super::redis_breaker::Breaker;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A connection to Redis (single, Cluster or Sentinel) behind the store's
+/// circuit breaker (`redis_breaker.rs`): while Redis is unreachable, calls
+/// fail at once instead of each waiting out the timeouts.
 #[derive(Clone)]
-pub enum RedisConn {
+pub struct RedisConn {
+    pub(super) link: RedisLink,
+    breaker: Arc<Breaker>,
+}
+
+#[derive(Clone)]
+pub enum RedisLink {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
     Sentinel(Arc<SentinelConn>),
@@ -117,6 +128,21 @@ fn invalid(message: &str) -> RedisError {
 }
 
 impl RedisConn {
+    fn new(link: RedisLink) -> Self {
+        RedisConn {
+            link,
+            breaker: Arc::new(Breaker::default()),
+        }
+    }
+
+    pub(super) fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.link, RedisLink::Cluster(_))
+    }
+
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
         if url.starts_with("redis+cluster://") {
             let parsed = MultiHostUrl::parse(url, "redis+cluster://")
@@ -126,7 +152,7 @@ impl RedisConn {
                 .response_timeout(RESPONSE_TIMEOUT)
                 .retries(3)
                 .build()?;
-            return Ok(RedisConn::Cluster(client.get_async_connection().await?));
+            return Ok(RedisConn::new(RedisLink::Cluster(client.get_async_connection().await?)));
         }
         if url.starts_with("redis+sentinel://") {
             let (master_name, sentinels, login) = sentinel_parts(url)?;
@@ -140,7 +166,7 @@ impl RedisConn {
                 master: Mutex::new((0, None)),
             };
             conn.reresolve().await?;
-            return Ok(RedisConn::Sentinel(Arc::new(conn)));
+            return Ok(RedisConn::new(RedisLink::Sentinel(Arc::new(conn))));
         }
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
@@ -148,24 +174,24 @@ impl RedisConn {
             .set_response_timeout(RESPONSE_TIMEOUT)
             .set_number_of_retries(2)
             .set_max_delay(1_000);
-        Ok(RedisConn::Single(
+        Ok(RedisConn::new(RedisLink::Single(
             client.get_connection_manager_with_config(config).await?,
-        ))
+        )))
     }
 
     /// Where to subscribe: the server itself, the first node of a cluster
     /// (PUBLISH reaches every node), or the master Sentinel names now (a
     /// demoted master still hears the new one's PUBLISH as its replica).
     pub fn pubsub_source(&self, url: &str) -> PubSubSource {
-        match self {
-            RedisConn::Sentinel(s) => PubSubSource::Sentinel(s.clone()),
-            RedisConn::Cluster(_) => {
+        match &self.link {
+            RedisLink::Sentinel(s) => PubSubSource::Sentinel(s.clone()),
+            RedisLink::Cluster(_) => {
                 let first = MultiHostUrl::parse(url, "redis+cluster://")
                     .and_then(|u| u.node_urls(u.userinfo).into_iter().next())
                     .unwrap_or_default();
                 PubSubSource::Url(first)
             }
-            RedisConn::Single(_) => PubSubSource::Url(url.to_owned()),
+            RedisLink::Single(_) => PubSubSource::Url(url.to_owned()),
         }
     }
 
@@ -177,7 +203,7 @@ impl RedisConn {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        if matches!(self, RedisConn::Cluster(_)) {
+        if self.is_cluster() {
             let calls = cmds.into_iter().map(|cmd| {
                 let mut conn = self.clone();
                 async move { cmd.query_async::<Value>(&mut conn).await }
@@ -196,8 +222,8 @@ impl RedisConn {
         let mut conn = self.clone();
         let mut load = redis::cmd("SCRIPT");
         load.arg("LOAD").arg(script);
-        match &mut conn {
-            RedisConn::Cluster(c) => {
+        match &mut conn.link {
+            RedisLink::Cluster(c) => {
                 for (host, port) in cluster_masters(c).await? {
                     let at = SingleNodeRoutingInfo::ByAddress { host, port };
                     c.route_command(&load, RoutingInfo::SingleNode(at)).await?;
@@ -214,8 +240,8 @@ impl RedisConn {
     /// scan covered the whole keyspace (every master of a cluster).
     pub async fn scan(&self, pattern: &str, max: usize) -> Result<(Vec<String>, bool), RedisError> {
         let mut conn = self.clone();
-        let masters = match &mut conn {
-            RedisConn::Cluster(c) => cluster_masters(c).await?.into_iter().map(Some).collect(),
+        let masters = match &mut conn.link {
+            RedisLink::Cluster(c) => cluster_masters(c).await?.into_iter().map(Some).collect(),
             _ => vec![None],
         };
         let mut keys = Vec::new();
@@ -224,8 +250,8 @@ impl RedisConn {
             loop {
                 let mut cmd = redis::cmd("SCAN");
                 cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
-                let answer = match (&mut conn, &master) {
-                    (RedisConn::Cluster(c), Some((host, port))) => {
+                let answer = match (&mut conn.link, &master) {
+                    (RedisLink::Cluster(c), Some((host, port))) => {
                         let at = SingleNodeRoutingInfo::ByAddress {
                             host: host.clone(),
                             port: *port,
@@ -274,7 +300,7 @@ async fn cluster_masters(c: &mut ClusterConnection) -> Result<Vec<(String, u16)>
     Ok(masters)
 }
 
-/// See `RedisConn::pubsub_source`.
+/// See `RedisLink::pubsub_source`.
 #[derive(Clone)]
 pub enum PubSubSource {
     Url(String),
@@ -363,12 +389,12 @@ fn timed_out(what: &'static str) -> RedisError {
     RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
 }
 
-impl ConnectionLike for RedisConn {
+impl ConnectionLike for RedisLink {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            RedisConn::Single(c) => c.req_packed_command(cmd),
-            RedisConn::Cluster(c) => c.req_packed_command(cmd),
-            RedisConn::Sentinel(s) => Box::pin(async move {
+            RedisLink::Single(c) => c.req_packed_command(cmd),
+            RedisLink::Cluster(c) => c.req_packed_command(cmd),
+            RedisLink::Sentinel(s) => Box::pin(async move {
                 match s.current()?.req_packed_command(cmd).await {
                     Err(e) => s.resend_on(e).await?.req_packed_command(cmd).await,
                     ok => ok,
@@ -384,9 +410,9 @@ impl ConnectionLike for RedisConn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            RedisConn::Single(c) => c.req_packed_commands(cmd, offset, count),
-            RedisConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-            RedisConn::Sentinel(s) => Box::pin(async move {
+            RedisLink::Single(c) => c.req_packed_commands(cmd, offset, count),
+            RedisLink::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            RedisLink::Sentinel(s) => Box::pin(async move {
                 match s.current()?.req_packed_commands(cmd, offset, count).await {
                     Err(e) => s.resend_on(e).await?.req_packed_commands(cmd, offset, count).await,
                     ok => ok,
@@ -397,9 +423,9 @@ impl ConnectionLike for RedisConn {
 
     fn get_db(&self) -> i64 {
         match self {
-            RedisConn::Single(c) => c.get_db(),
-            RedisConn::Cluster(c) => c.get_db(),
-            RedisConn::Sentinel(s) => s.current().map_or(0, |c| c.get_db()),
+            RedisLink::Single(c) => c.get_db(),
+            RedisLink::Cluster(c) => c.get_db(),
+            RedisLink::Sentinel(s) => s.current().map_or(0, |c| c.get_db()),
         }
     }
 }
