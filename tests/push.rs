@@ -287,6 +287,23 @@ async fn pushes_are_refused_at_once_while_redis_is_unreachable() {
     .await;
 }
 
+/// A client that processed seqs up to 50 elsewhere (its store entry lost)
+/// connects; a push sent right after `connected` gets a seq above 50, so the
+/// client does not drop it as already processed.
+async fn a_push_racing_a_resuming_connect_gets_a_seq_above_its_last_seq(kind: StoreKind) {
+    let node = start(kind, |_| {}).await;
+    for round in 0..5u64 {
+        let client = format!("racer-{round}");
+        let mut conn = node.connect("r", &client, 50).await;
+        let (status, body) = node
+            .post("/v1/push", &json!({"client_ids": [client], "payload": round}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["messages"][0]["seq"], 51, "{body}");
+        assert_eq!(recv_push(&mut conn).await.seq, 51);
+    }
+}
+
 async fn cap_overflow_refuses_new_pushes_with_429(kind: StoreKind) {
     let node = start(kind, |c| c.queue_max_messages = 2).await;
     node.push_to("i1", json!(1)).await;
@@ -573,6 +590,7 @@ both_stores!(
     expired_messages_show_as_expired_and_the_client_hears_of_the_gap,
     cap_overflow_refuses_new_pushes_with_429,
     a_qos0_push_its_node_cannot_take_is_dropped_and_a_full_queue_counts_once,
+    a_push_racing_a_resuming_connect_gets_a_seq_above_its_last_seq,
     bad_input_gets_4xx_and_stores_nothing,
     batch_wait_ack_and_kick,
     a_failed_delivery_stays_stored_and_is_retried,

@@ -48,7 +48,13 @@ pub(crate) async fn serve(
     let client_id = connect.client_id;
     let claim = match shared
         .store
-        .claim_route(&client_id, &claims.sub, &shared.node_id, shared.route_ttl())
+        .claim_route_after(
+            &client_id,
+            &claims.sub,
+            &shared.node_id,
+            shared.route_ttl(),
+            connect.last_seq,
+        )
         .await
     {
         Ok(c) => c,

@@ -24,6 +24,10 @@ pub(crate) const FETCH_BATCH: usize = 256;
 #[derive(Debug)]
 pub(crate) struct Sequencer {
     pub cursor: u64,
+    /// The connect's `last_seq`: the client processed everything up to it,
+    /// so missing seqs there are no gap to report (the replay may start
+    /// below it, from what the store knows was written).
+    no_gap_through: u64,
     metrics: Arc<Metrics>,
     frames_out: FrameCounts,
 }
@@ -34,20 +38,22 @@ impl Sequencer {
     pub fn new(last_seq: u64, metrics: Arc<Metrics>, frames_out: FrameCounts) -> Self {
         Sequencer {
             cursor: last_seq,
+            no_gap_through: last_seq,
             metrics,
             frames_out,
         }
     }
 
     fn gap_to(&mut self, seq: u64, out: &mut Vec<Bytes>) {
-        if seq > self.cursor + 1 {
+        let from = self.cursor.max(self.no_gap_through) + 1;
+        if seq > from {
             self.metrics.inc("duplex_gaps_total", &[]);
             self.metrics
                 .counter("duplex_gap_messages_total", &[])
-                .add((seq - self.cursor - 1) as i64);
+                .add((seq - from) as i64);
             self.frames_out.count("gap");
             out.push(body(&Frame::Gap(Gap {
-                from: self.cursor + 1,
+                from,
                 to: seq - 1,
                 reason: "expired".into(),
             })));

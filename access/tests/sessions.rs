@@ -259,15 +259,15 @@ async fn shutdown_spreads_go_away_over_the_window_and_serves_until_each_client_l
                 .deliver_local(id, None, &push(0))
                 .expect("delivered while draining");
         }
-        let mut goaway_times = Vec::new();
-        for (via, id, conn) in &mut clients {
-            let (mut pushed, mut told) = (false, false);
-            while !(pushed && told) {
-                match recv(conn).await {
+        // Every client reads at once, so each go_away is timed as it arrives;
+        // each leaves when told, as clients do.
+        let readers = clients.into_iter().map(|(via, id, mut conn)| async move {
+            let (mut pushed, mut told_at) = (false, None);
+            while !(pushed && told_at.is_some()) {
+                match recv(&mut conn).await {
                     Some(Frame::Push(_)) => pushed = true,
                     Some(Frame::GoAway(g)) => {
-                        told = true;
-                        goaway_times.push(stopped.elapsed());
+                        told_at = Some(stopped.elapsed());
                         assert!(g.reconnect_after_ms < 1_000, "{g:?}");
                         let other = match via {
                             Via::Tcp => "tcp://127.0.0.9:7070",
@@ -278,9 +278,9 @@ async fn shutdown_spreads_go_away_over_the_window_and_serves_until_each_client_l
                     other => panic!("{id}: expected a push and go_away, got {other:?}"),
                 }
             }
-        }
-        // Each client left when told; their routes are gone as they leave.
-        drop(clients);
+            told_at.expect("told")
+        });
+        let mut goaway_times = futures_util::future::join_all(readers).await;
         goaway_times.sort();
         let spread = goaway_times[goaway_times.len() - 1] - goaway_times[0];
         assert!(

@@ -73,7 +73,42 @@ async fn an_ack_beyond_the_last_seq_leaves_later_messages_pending(store: Arc<dyn
     assert_eq!((info.pending, info.last_acked_seq), (0, 10));
 }
 
+/// A message stored between a connect's route claim and its resume (a push
+/// racing the connect) gets a seq above the connect's `last_seq`: the claim
+/// raised the counter, so the client never drops it as already processed.
+async fn a_claim_raises_the_seq_counter_before_the_route_is_visible(store: Arc<dyn Store>) {
+    let ttl = std::time::Duration::from_secs(30);
+    store
+        .claim_route_after("fresh", "u", "node-a", ttl, 50)
+        .await
+        .expect("claim");
+    assert_eq!(enqueue(&store, "fresh", "racing", 60_000, NOW).await, 51);
+    // A client with stored messages: the counter only ever goes up.
+    assert_eq!(enqueue(&store, "busy", "one", 60_000, NOW).await, 1);
+    assert_eq!(enqueue(&store, "busy", "two", 60_000, NOW).await, 2);
+    store
+        .claim_route_after("busy", "u", "node-a", ttl, 1)
+        .await
+        .expect("claim");
+    assert_eq!(enqueue(&store, "busy", "three", 60_000, NOW).await, 3);
+    store
+        .claim_route_after("busy", "u", "node-a", ttl, 10)
+        .await
+        .expect("claim");
+    assert_eq!(enqueue(&store, "busy", "four", 60_000, NOW).await, 11);
+    let pending = store.pending("busy", 0, 10, NOW).await.expect("pending");
+    let seqs: Vec<u64> = pending.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 11], "nothing stored was touched");
+    // Another user's claim changes nothing, the counter included.
+    assert!(store
+        .claim_route_after("busy", "mallory", "node-b", ttl, 1_000)
+        .await
+        .is_err());
+    assert_eq!(enqueue(&store, "busy", "five", 60_000, NOW).await, 12);
+}
+
 duplex_shared::store_contract!(
+    a_claim_raises_the_seq_counter_before_the_route_is_visible,
     holes_wider_than_the_queue_hide_no_pending_message,
     an_ack_beyond_the_last_seq_leaves_later_messages_pending,
 );

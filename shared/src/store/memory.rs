@@ -49,12 +49,13 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn claim_route(
+    async fn claim_route_after(
         &self,
         client_id: &str,
         user_id: &str,
         node_id: &str,
         ttl: Duration,
+        last_seq: u64,
     ) -> Result<Claim, ClaimError> {
         self.sweep_if_due(super::now_ms());
         let now = Instant::now();
@@ -78,6 +79,10 @@ impl Store for MemoryStore {
         }
         identity.owner_until = now + USER_CLIENTS_TTL;
         identity.epoch += 1;
+        if last_seq > 0 {
+            self.queue(client_id)
+                .raise_seq(last_seq.min(crate::protocol::MAX_LAST_SEQ));
+        }
         let route = Route {
             node_id: node_id.to_owned(),
             conn_epoch: identity.epoch,

@@ -168,6 +168,11 @@ impl ClientQueue {
     /// A connect's `last_seq`: acks what an earlier connection was given,
     /// no further; keeps later seqs above `last_seq` (in case the store lost
     /// what the client saw). Returns the seq the replay starts after.
+    /// Later seqs go above `last_seq` (a connect's), even if the store lost the queue.
+    pub fn raise_seq(&mut self, last_seq: u64) {
+        self.last_seq = self.last_seq.max(last_seq);
+    }
+
     pub fn resume(&mut self, last_seq: u64, now: u64) -> u64 {
         self.last_seq = self.last_seq.max(last_seq);
         let upto = last_seq.min(self.acked.max(self.written));

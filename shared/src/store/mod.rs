@@ -158,6 +158,22 @@ pub trait Store: UpstreamState + QueueOverview + Registry + Send + Sync + 'stati
         user_id: &str,
         node_id: &str,
         ttl: Duration,
+    ) -> Result<Claim, ClaimError> {
+        self.claim_route_after(client_id, user_id, node_id, ttl, 0).await
+    }
+
+    /// [`Self::claim_route`] for a connect that has processed every seq up
+    /// to `last_seq`: in the same step the client's seq counter is raised to
+    /// it, so a message stored once the route is visible, even before the
+    /// connection's resume, gets a seq above `last_seq` (one at or below it
+    /// would be dropped by the client as already processed).
+    async fn claim_route_after(
+        &self,
+        client_id: &str,
+        user_id: &str,
+        node_id: &str,
+        ttl: Duration,
+        last_seq: u64,
     ) -> Result<Claim, ClaimError>;
 
     /// The user owning `client_id`, if any (admin and tests).

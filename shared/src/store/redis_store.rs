@@ -87,10 +87,24 @@ return {2, seq}";
 /// (then `{0}`, nothing changed), takes the next epoch, writes the route
 /// `ARGV[1]|epoch` for ARGV[2] ms and keeps the owner for ARGV[3] ms, or as
 /// long as the queue lives if that is longer (the enqueue script extends it
-/// with the queue); returns {epoch, previous}.
+/// with the queue); raises the queue's seq counter to ARGV[5] (the
+/// connect's `last_seq`) before the route is visible; returns {epoch, previous}.
 const CLAIM: &str = r"
 local owner = redis.call('GET', KEYS[3])
 if owner and owner ~= ARGV[4] then return {0, false} end
+local last = tonumber(ARGV[5])
+if last > 0 then
+  -- The seq is the first double of the packed counters (COUNTERS in
+  -- redis_scripts.rs); a queue without counters gets them as the scripts'
+  -- `counters()` defaults, with that seq.
+  local m = redis.call('HGET', KEYS[4], 'm')
+  if not m then
+    redis.call('HSET', KEYS[4], 'm', struct.pack('<dddddddddd', last, 0, 0, 0, 0, 0, 9007199254740991, 0, -1, 0))
+    if redis.call('PTTL', KEYS[4]) == -1 then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
+  elseif struct.unpack('<d', m) < last then
+    redis.call('HSET', KEYS[4], 'm', struct.pack('<d', last) .. string.sub(m, 9))
+  end
+end
 local e = redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local life = math.max(tonumber(ARGV[3]), redis.call('PTTL', KEYS[4]))
@@ -203,12 +217,13 @@ fn millis(d: Duration) -> u64 {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn claim_route(
+    async fn claim_route_after(
         &self,
         client_id: &str,
         user_id: &str,
         node_id: &str,
         ttl: Duration,
+        last_seq: u64,
     ) -> Result<Claim, ClaimError> {
         let user_key = self.keys.user_clients(user_id);
         // Route and user set live in different slots, so these are separate
@@ -224,7 +239,8 @@ impl Store for RedisStore {
             .arg(node_id)
             .arg(millis(ttl))
             .arg(millis(USER_CLIENTS_TTL))
-            .arg(user_id);
+            .arg(user_id)
+            .arg(last_seq.min(crate::protocol::MAX_LAST_SEQ));
         let answer = self.conn.run_all(vec![claim]).await.map_err(unavailable)?;
         let (epoch, previous): (u64, Option<String>) = answer
             .first()
