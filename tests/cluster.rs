@@ -154,3 +154,91 @@ async fn a_killed_nodes_clients_show_offline_once_its_registry_lease_lapses() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     drop(conn);
 }
+
+/// The liveness rule: SDK clients on a node that hangs (SIGSTOP) notice the
+/// missing pong within the advertised deadline, move to the other node and
+/// receive new pushes there, long before the hung node comes back.
+#[tokio::test]
+async fn sdk_clients_leave_a_hung_node_within_the_pong_deadline() {
+    use duplex_client::{Client, ClientOptions, Endpoint, Event};
+    let redis = TestRedis::start().expect("redis-server");
+    let env = [
+        ("DUPLEX_ACCESS__HEARTBEAT_MS", "500"),
+        ("DUPLEX_ACCESS__PONG_DEADLINE_MS", "1000"),
+        ("DUPLEX_REGISTRY__LEASE_MS", "1000"),
+    ];
+    let a = start_with_env(&["--redis", &redis.url(), "--node-id", "node-a"], &env);
+    let b = start_with_env(&["--redis", &redis.url(), "--node-id", "node-b"], &env);
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let token = mint("liv");
+        let mut options = ClientOptions::new(
+            vec![Endpoint::Tcp(a.tcp), Endpoint::Tcp(b.tcp)],
+            format!("liv-{i}"),
+            std::sync::Arc::new(move || token.clone()),
+        );
+        options.backoff_min = std::time::Duration::from_millis(20);
+        options.backoff_max = std::time::Duration::from_millis(200);
+        options.connect_timeout = std::time::Duration::from_secs(1);
+        clients.push(Client::start(options));
+    }
+    let connected_to = |event: Option<Event>| match event {
+        Some(Event::Connected { node_id, .. }) => Some(node_id),
+        _ => None,
+    };
+    for client in &mut clients {
+        loop {
+            let event = tokio::time::timeout(std::time::Duration::from_secs(10), client.next())
+                .await
+                .expect("an event");
+            if let Some(node) = connected_to(event) {
+                assert_eq!(node, "node-a");
+                break;
+            }
+        }
+    }
+    let pid = a.child.id().to_string();
+    let signal = |sig: &str| {
+        let done = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(done.success());
+    };
+    signal("-STOP");
+    let stopped = std::time::Instant::now();
+    let http = reqwest::Client::new();
+    for (i, client) in clients.iter_mut().enumerate() {
+        loop {
+            let event = tokio::time::timeout(std::time::Duration::from_secs(10), client.next())
+                .await
+                .expect("an event within 10 s of the node hanging");
+            if let Some(node) = connected_to(event) {
+                assert_eq!(node, "node-b");
+                break;
+            }
+        }
+        let push = json!({"client_ids": [format!("liv-{i}")], "payload": "after the hang"});
+        let resp = http
+            .post(format!("http://{}/v1/push", b.push))
+            .bearer_auth("duplex-dev-api-key")
+            .json(&push)
+            .send()
+            .await
+            .expect("push");
+        assert_eq!(resp.status(), 202);
+        loop {
+            let event = tokio::time::timeout(std::time::Duration::from_secs(10), client.next())
+                .await
+                .expect("the push within 10 s");
+            if let Some(Event::Push(p)) = event {
+                assert_eq!(p.payload.as_ref(), b"\"after the hang\"");
+                break;
+            }
+        }
+    }
+    // heartbeat (0.5 s) + pong deadline (1 s) + reconnect backoff, with room for a slow machine.
+    let moved_after = stopped.elapsed();
+    signal("-CONT");
+    assert!(moved_after < std::time::Duration::from_secs(8), "{moved_after:?}");
+}

@@ -118,6 +118,7 @@ impl Session {
             reconnect_max_ms: shared.config.reconnect_max_ms,
             max_frame_bytes: shared.limits.max_frame_bytes,
             token_expires_at: self.token.expires_at(),
+            pong_deadline_ms: shared.config.pong_deadline_ms,
         });
         let sent = send_now(&shared, &mut self.io, connected);
         let end = if sent.await.is_err() {

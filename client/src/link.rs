@@ -17,6 +17,9 @@ use crate::Connection;
 /// How one connection ended.
 pub(crate) enum Ended {
     Lost(String),
+    /// A ping went unanswered past the server's pong deadline: the node
+    /// hangs, so the next attempt goes to another endpoint.
+    Unresponsive(String),
     /// The server refused the token as expired: a fresh one is worth trying at once.
     TokenExpired(String),
     GoAway(Duration),
@@ -52,7 +55,9 @@ pub(crate) struct Link<'a> {
 const REFRESH_ID: u64 = u64::MAX;
 
 impl Link<'_> {
-    pub(crate) async fn serve(&mut self, heartbeat: Duration) -> Ended {
+    /// `pong_deadline`: the liveness rule (PROTOCOL.md): a ping unanswered
+    /// that long ends the connection.
+    pub(crate) async fn serve(&mut self, heartbeat: Duration, pong_deadline: Duration) -> Ended {
         for frame in self.in_flight.unanswered() {
             if let Err(e) = self.conn.send(&frame).await {
                 return Ended::Lost(e.to_string());
@@ -60,8 +65,16 @@ impl Link<'_> {
         }
         let mut next_ping = Instant::now() + heartbeat;
         let mut ping_id = 0u64;
+        // When the oldest unanswered ping's pong is due.
+        let mut pong_due: Option<Instant> = None;
         loop {
             let frame = tokio::select! {
+                _ = sleep_until(pong_due.unwrap_or(next_ping)), if pong_due.is_some() => {
+                    return Ended::Unresponsive(format!(
+                        "no pong within {} ms: the node does not answer",
+                        pong_deadline.as_millis()
+                    ));
+                }
                 received = self.conn.recv() => match received {
                     Ok(Some(f)) => f,
                     Ok(None) => return Ended::Lost("server closed the connection".into()),
@@ -101,6 +114,9 @@ impl Link<'_> {
                         return Ended::Lost(e.to_string());
                     }
                     next_ping = Instant::now() + heartbeat;
+                    if pong_due.is_none() {
+                        pong_due = Some(Instant::now() + pong_deadline);
+                    }
                     continue;
                 }
             };
@@ -109,6 +125,9 @@ impl Link<'_> {
             // (`acks.acked` is the next Connect's `last_seq`).
             let mut next = Some(frame);
             while let Some(frame) = next.take() {
+                if matches!(frame, Frame::Pong(_)) {
+                    pong_due = None;
+                }
                 if let Some(ended) = self.handle(frame).await {
                     if let Ended::GoAway(_) = ended {
                         // The server asked to move; the connection still

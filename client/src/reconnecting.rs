@@ -98,6 +98,9 @@ pub struct ClientOptions {
     pub stable_after: Duration,
     /// Longest wait for an upload's ack or a request's reply, across reconnects. Default 60 s.
     pub call_timeout: Duration,
+    /// Longest a connect plus handshake may take before the endpoint counts
+    /// as failed (a hung node accepts TCP but never answers). Default 10 s.
+    pub connect_timeout: Duration,
 }
 
 impl ClientOptions {
@@ -114,6 +117,7 @@ impl ClientOptions {
             backoff_max: Duration::from_secs(30),
             stable_after: Duration::from_secs(30),
             call_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -326,8 +330,22 @@ async fn drive(
             return;
         }
         let started = Instant::now();
-        let ended = match connect(endpoint).await {
-            Ok(mut conn) => match conn.handshake(&(options.token)(), &options.client_id, acks.acked).await {
+        let timed_out = || -> ClientError {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no `connected` within the connect timeout",
+            )
+            .into()
+        };
+        let connected = tokio::time::timeout(options.connect_timeout, connect(endpoint)).await;
+        let ended = match connected.unwrap_or_else(|_| Err(timed_out())) {
+            Ok(mut conn) => match tokio::time::timeout(
+                options.connect_timeout,
+                conn.handshake(&(options.token)(), &options.client_id, acks.acked),
+            )
+            .await
+            .unwrap_or_else(|_| Err(timed_out()))
+            {
                 Ok(hello) => {
                     chooser.succeeded(index);
                     fresh_token_tried = false;
@@ -355,7 +373,16 @@ async fn drive(
                         closing: &mut closing,
                         token: &options.token,
                     };
-                    link.serve(heartbeat).await
+                    // A server that advertises no deadline gets the heartbeat as one.
+                    let pong_deadline = match hello.pong_deadline_ms {
+                        0 => heartbeat,
+                        ms => Duration::from_millis(ms),
+                    };
+                    let ended = link.serve(heartbeat, pong_deadline).await;
+                    if let Ended::Unresponsive(_) = ended {
+                        chooser.failed(index);
+                    }
+                    ended
                 }
                 Err(ClientError::Unexpected("kicked")) => Ended::Replaced,
                 Err(ClientError::Refused(e)) if e.code == "token_expired" => {
@@ -403,7 +430,7 @@ async fn drive(
                 attempt = attempt.saturating_add(1);
                 d
             }
-            Ended::Lost(reason) => {
+            Ended::Lost(reason) | Ended::Unresponsive(reason) => {
                 if events.send(Event::Disconnected { reason }).await.is_err() {
                     return;
                 }

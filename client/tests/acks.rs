@@ -42,6 +42,7 @@ fn connected() -> Frame {
         reconnect_max_ms: 1_000,
         max_frame_bytes: 65_536,
         token_expires_at: u64::MAX,
+        pong_deadline_ms: 5_000,
     })
 }
 

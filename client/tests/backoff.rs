@@ -37,6 +37,7 @@ async fn reconnect_delays_follow_the_servers_advice_with_jitter() {
                         reconnect_max_ms: 8_000,
                         max_frame_bytes: 65_536,
                         token_expires_at: u64::MAX,
+                        pong_deadline_ms: 5_000,
                     }),
                     &mut out,
                 );

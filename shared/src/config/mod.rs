@@ -164,6 +164,9 @@ pub struct AccessConfig {
     pub auth_timeout_ms: u64,
     /// Heartbeat interval advised to clients, ms; silence for 3 intervals closes. Default 30000.
     pub heartbeat_ms: u64,
+    /// Advised to clients: a `ping` not answered by `pong` within this long
+    /// means the connection is dead (the node hangs); reconnect elsewhere, ms. Default 5000.
+    pub pong_deadline_ms: u64,
     /// Route lease lifetime, ms; renewed every third of it while connected. Default 90000.
     pub route_ttl_ms: u64,
     /// Frames queued for one connection before it counts as a slow consumer and is closed. Default 256.
@@ -206,6 +209,7 @@ impl Default for AccessConfig {
             max_nesting: 16,
             auth_timeout_ms: 10_000,
             heartbeat_ms: 30_000,
+            pong_deadline_ms: 5_000,
             route_ttl_ms: 90_000,
             outbound_queue: 256,
             write_timeout_ms: 10_000,
@@ -244,6 +248,7 @@ impl AccessConfig {
         for (name, v) in [
             ("auth_timeout_ms", self.auth_timeout_ms),
             ("heartbeat_ms", self.heartbeat_ms),
+            ("pong_deadline_ms", self.pong_deadline_ms),
             ("write_timeout_ms", self.write_timeout_ms),
             ("reconnect_min_ms", self.reconnect_min_ms),
         ] {

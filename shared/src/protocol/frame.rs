@@ -119,6 +119,10 @@ pub struct Connected {
     /// epoch): send `Refresh` with a new token before then.
     #[serde(default)]
     pub token_expires_at: u64,
+    /// A `ping` not answered within this long (ms) means the connection is
+    /// dead: close it and reconnect, preferably elsewhere. 0: not advertised.
+    #[serde(default)]
+    pub pong_deadline_ms: u64,
 }
 
 /// A new token for the live connection (client -> server), for the same

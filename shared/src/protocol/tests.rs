@@ -142,7 +142,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
             any::<u64>(),
             any::<u64>(),
             any::<u64>(),
-            (any::<u32>(), any::<u64>())
+            (any::<u32>(), any::<u64>(), any::<u64>())
         )
             .prop_map(
                 |(
@@ -152,7 +152,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                     heartbeat_ms,
                     reconnect_min_ms,
                     reconnect_max_ms,
-                    (max_frame_bytes, token_expires_at),
+                    (max_frame_bytes, token_expires_at, pong_deadline_ms),
                 )| {
                     Frame::Connected(Connected {
                         id,
@@ -163,6 +163,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                         reconnect_max_ms,
                         max_frame_bytes,
                         token_expires_at,
+                        pong_deadline_ms,
                     })
                 }
             ),
