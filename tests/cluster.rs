@@ -88,19 +88,6 @@ async fn pushes_kicks_and_replacements_cross_nodes_on(redis_url: &str) {
 }
 
 #[tokio::test]
-async fn a_killed_node_loses_nothing_that_was_accepted() {
-    let redis = TestRedis::start().expect("redis-server");
-    let mut a = start(&["--redis", &redis.url(), "--node-id", "node-a"]);
-    let b = start(&["--redis", &redis.url(), "--node-id", "node-b"]);
-    let a_tcp = a.tcp;
-    scenarios::kill_during_a_push_stream(a_tcp, b.tcp, "node-a", b.push, move || {
-        a.child.kill().expect("SIGKILL node A");
-        let _ = a.child.wait();
-    })
-    .await;
-}
-
-#[tokio::test]
 async fn draining_a_node_with_1000_clients_moves_them_all_and_loses_nothing() {
     let redis = TestRedis::start().expect("redis-server");
     // The 1000 "devices" all connect at once from the test's one address.

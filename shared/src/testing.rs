@@ -28,12 +28,37 @@ impl TestRedis {
     }
 
     /// Starts `redis-server` on `port` (e.g. to restart one on the same address).
+    pub fn start_on(port: u16) -> Result<Self, String> {
+        Self::spawn_on(port, &["--save", "", "--appendonly", "no"])
+    }
+
+    /// Starts `redis-server` on `port` writing every command to an append-only
+    /// file in `dir` before answering (`appendfsync always`): a restart on the
+    /// same port and `dir` keeps everything it acknowledged.
+    pub fn start_durable_on(port: u16, dir: &std::path::Path) -> Result<Self, String> {
+        let dir = dir.to_str().ok_or("a UTF-8 directory")?;
+        Self::spawn_on(
+            port,
+            &[
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                dir,
+            ],
+        )
+    }
+
     // Synchronous on purpose (usable from any test); the sleep paces readiness polling.
     #[allow(clippy::disallowed_methods)]
-    pub fn start_on(port: u16) -> Result<Self, String> {
+    fn spawn_on(port: u16, persistence: &[&str]) -> Result<Self, String> {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+            .args(persistence)
+            .args(["--protected-mode", "yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 use super::process::mint;
 
 /// A client on node A (`a_tcp`, which may fall back to `b_tcp`) while 1,000
-/// qos-1 pushes are posted to `push_api`; `kill_a` SIGKILLs node A after the
-/// 300th arrived. Every accepted push must reach the app once, in seq order.
+/// qos-1 pushes are posted to `push_api`; `kill_a` is the fault injected
+/// after the 300th arrived (SIGKILL or SIGSTOP of node A, a Redis restart).
+/// Every accepted push must reach the app once, with its own seq, in order.
 pub async fn kill_during_a_push_stream(
     a_tcp: SocketAddr,
     b_tcp: SocketAddr,
@@ -48,15 +49,28 @@ pub async fn kill_during_a_push_stream(
         let http = reqwest::Client::new();
         let mut accepted = Vec::new();
         for n in 0..1_000u32 {
-            let resp = http
-                .post(format!("http://{push_api}/v1/push"))
-                .bearer_auth("duplex-dev-api-key")
-                .json(&json!({"client_ids": ["max-phone"], "payload": n}))
-                .send()
-                .await
-                .expect("push");
-            assert_eq!(resp.status(), 202, "node B accepts while node A dies");
-            let v: Value = resp.json().await.expect("json");
+            // A 503 (the store restarting) is retried with the same key, as
+            // backends do: the push is stored once either way.
+            let push = json!({"client_ids": ["max-phone"], "payload": n, "idempotency_key": format!("n{n}")});
+            let mut answer = None;
+            for _ in 0..400 {
+                let resp = http
+                    .post(format!("http://{push_api}/v1/push"))
+                    .bearer_auth("duplex-dev-api-key")
+                    .json(&push)
+                    .send()
+                    .await
+                    .expect("push");
+                match resp.status().as_u16() {
+                    202 => {
+                        answer = Some(resp.json::<Value>().await.expect("json"));
+                        break;
+                    }
+                    503 => tokio::time::sleep(Duration::from_millis(50)).await,
+                    other => panic!("push {n} answered {other}"),
+                }
+            }
+            let v = answer.unwrap_or_else(|| panic!("push {n} was never accepted"));
             accepted.push((v["messages"][0]["seq"].as_u64().expect("seq"), n));
         }
         accepted
