@@ -304,6 +304,36 @@ async fn a_push_racing_a_resuming_connect_gets_a_seq_above_its_last_seq(kind: St
     }
 }
 
+/// API.md: an expired message is reported with a `gap` "before the next
+/// message it gets", also on a live connection: a stored message whose
+/// delivery never came expires, and the next push arrives after the gap.
+async fn a_connected_client_hears_of_an_expired_message_before_the_next_one(kind: StoreKind) {
+    let node = start(kind, |_| {}).await;
+    let mut conn = node.connect("g", "live-gap", 0).await;
+    // Stored without a delivery (as if its downstream node died), expiring at once.
+    let now = duplex_shared::store::now_ms();
+    let limits = duplex_shared::store::QueueLimits {
+        max_messages: 10,
+        max_bytes: 1 << 20,
+    };
+    let lost = duplex_shared::testing::message(b"lost", now, now + 50);
+    node.store
+        .enqueue("live-gap", &lost, limits, now)
+        .await
+        .expect("enqueue");
+    eventually("the message expired", || async {
+        node.get("/v1/clients/live-gap").await.1["pending"] == 0
+    })
+    .await;
+    node.push_to("live-gap", json!("next")).await;
+    match recv(&mut conn).await {
+        Some(Frame::Gap(g)) => assert_eq!((g.from, g.to, g.reason.as_str()), (1, 1, "expired")),
+        other => panic!("expected the gap first, got {other:?}"),
+    }
+    let next = recv_push(&mut conn).await;
+    assert_eq!((next.seq, json_payload(&next)), (2, json!("next")));
+}
+
 async fn cap_overflow_refuses_new_pushes_with_429(kind: StoreKind) {
     let node = start(kind, |c| c.queue_max_messages = 2).await;
     node.push_to("i1", json!(1)).await;
@@ -591,6 +621,7 @@ both_stores!(
     cap_overflow_refuses_new_pushes_with_429,
     a_qos0_push_its_node_cannot_take_is_dropped_and_a_full_queue_counts_once,
     a_push_racing_a_resuming_connect_gets_a_seq_above_its_last_seq,
+    a_connected_client_hears_of_an_expired_message_before_the_next_one,
     bad_input_gets_4xx_and_stores_nothing,
     batch_wait_ack_and_kick,
     a_failed_delivery_stays_stored_and_is_retried,
