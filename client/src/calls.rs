@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use duplex_shared::protocol::{ErrorFrame, Frame, Reply, UploadAck};
+use duplex_protocol::{ErrorFrame, Frame, Reply, UploadAck};
 use tokio::sync::oneshot;
 
 /// A call that ended without the answer it asked for.

@@ -20,7 +20,7 @@ pub use calls::CallError;
 pub use reconnecting::{Client, ClientOptions, Endpoint, Event, DEFAULT_ACK_DELAY};
 
 use bytes::Bytes;
-use duplex_shared::protocol::{
+use duplex_protocol::{
     decode_body, encode_body, encode_tcp, Connect, Connected, DecodeError, ErrorFrame, Frame, Limits, TcpDecoder,
     PROTOCOL_VERSION,
 };

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use duplex_shared::protocol::{Ack, Frame, Ping, Refresh};
+use duplex_protocol::{Ack, Frame, Ping, Refresh};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 

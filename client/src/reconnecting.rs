@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use duplex_shared::protocol::{Frame, Gap, Push, Reply, Request, Upload, UploadAck};
+use duplex_protocol::{Frame, Gap, Push, Reply, Request, Upload, UploadAck};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{sleep, Instant};
 
@@ -184,7 +184,10 @@ impl Client {
         let call_timeout = options.call_timeout;
         let task = tokio::spawn(drive(options, tx, commands_rx, wake.clone(), closing_rx));
         // Ids stay unique across app restarts (the server deduplicates by client and id).
-        let first_id = duplex_shared::store::now_ms().saturating_mul(1000);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let first_id = now_ms.saturating_mul(1000);
         Client {
             events,
             task,

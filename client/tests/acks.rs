@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use duplex_client::{Client, ClientOptions, Endpoint, Event};
-use duplex_shared::protocol::{decode_body, encode_body, encode_tcp, Connected, Frame, Limits, Push, TcpDecoder};
+use duplex_protocol::{decode_body, encode_body, encode_tcp, Connected, Frame, Limits, Push, TcpDecoder};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

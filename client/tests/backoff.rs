@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use duplex_client::{Client, ClientOptions, Endpoint, Event};
-use duplex_shared::protocol::{encode_tcp, Connected, Frame};
+use duplex_protocol::{encode_tcp, Connected, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 

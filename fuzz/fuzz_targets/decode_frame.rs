@@ -3,7 +3,7 @@
 //! that decodes must encode and decode back to itself.
 #![no_main]
 
-use duplex_shared::protocol::{decode_body, encode_body, Limits, TcpDecoder};
+use duplex_protocol::{decode_body, encode_body, Limits, TcpDecoder};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

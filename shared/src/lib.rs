@@ -14,7 +14,8 @@ pub mod config;
 pub mod links;
 pub mod metrics;
 pub mod net;
-pub mod protocol;
+/// The wire protocol lives in its own crate (the SDK's only Duplex dependency).
+pub use duplex_protocol as protocol;
 pub mod store;
 pub mod trace;
 

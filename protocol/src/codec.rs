@@ -108,7 +108,7 @@ pub fn encode_tcp(frame: &Frame, out: &mut Vec<u8>) {
 /// Room for `frame`'s encoded body, so that encoding it does not grow the
 /// buffer step by step (each step a copy; measurable per push).
 pub fn body_capacity(frame: &Frame) -> usize {
-    let headers = |h: &crate::protocol::Headers| h.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>();
+    let headers = |h: &crate::Headers| h.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>();
     match frame {
         Frame::Push(p) => 64 + p.msg_id.len() + headers(&p.headers) + p.payload.len(),
         Frame::Reply(r) => 64 + headers(&r.headers) + r.body.len(),
