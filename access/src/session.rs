@@ -65,6 +65,9 @@ enum End {
     Shutdown,
     Protocol,
     TokenExpired,
+    /// The store failed while the connection was delivering: the client
+    /// reconnects and resumes (not the client's fault, so not a protocol error).
+    StoreUnavailable,
     /// A write stalled (the write timeout passed, or the outbox overflowed
     /// meanwhile): a slow consumer whose stream may end mid-frame, so no
     /// goodbye frame can follow.
@@ -81,6 +84,7 @@ impl End {
             End::Closed(CloseReason::SlowConsumer) | End::Stalled => "slow_consumer",
             End::Shutdown => "shutdown",
             End::Protocol => "protocol_error",
+            End::StoreUnavailable => "store_unavailable",
             End::TokenExpired => "token_expired",
         }
     }
@@ -415,12 +419,9 @@ impl Session {
         self.shared
             .metrics
             .inc("duplex_store_errors_total", &[("tier", "access")]);
-        self.shared
-            .metrics
-            .inc("duplex_store_errors_total", &[("tier", "access")]);
         let f = ErrorCode::StoreUnavailable.frame(id, "the message store is unavailable, reconnect later", true);
         let _ = send_now(&self.shared, &mut self.io, &f).await;
-        End::Protocol
+        End::StoreUnavailable
     }
 
     /// A new token for this connection: same user (and client id, if it
@@ -529,6 +530,7 @@ impl Session {
             End::Silent => debug!("closing silent connection after 3 heartbeat intervals"),
             End::ClientLeft => debug!("client disconnected"),
             End::Failed | End::Protocol => debug!("connection ended on error"),
+            End::StoreUnavailable => debug!("connection ended: the store failed"),
             End::TokenExpired => debug!("token expired without a refresh"),
         }
     }

@@ -412,3 +412,28 @@ async fn a_write_that_stalls_past_the_write_timeout_counts_as_a_slow_consumer() 
         assert_eq!(network.get(), 0, "{via:?}: not as a network failure");
     }
 }
+
+/// A store failure while delivering ends the connection with
+/// `store_unavailable`: counted once, and as `store_unavailable`, not as a
+/// protocol error (the client did nothing wrong).
+#[tokio::test]
+async fn a_store_failure_while_delivering_is_counted_once_and_not_as_a_protocol_error() {
+    let mut node = start_node(StoreKind::Redis, |_| {}).await;
+    let mut conn = node.login(Via::Tcp, "u", "c1").await;
+    node.kill_redis();
+    // A stored push above a hole: the connection must read the store for the ones below.
+    node.hub.deliver_local("c1", None, &push(5)).expect("queued");
+    let e = expect_error(&mut conn).await;
+    assert_eq!((e.code.as_str(), e.retry, e.close), ("store_unavailable", true, true));
+    expect_closed(&mut conn).await;
+    let gone = node
+        .metrics
+        .counter("duplex_disconnects_total", &[("reason", "store_unavailable")]);
+    eventually("the disconnect is counted", || async { gone.get() == 1 }).await;
+    let protocol = node
+        .metrics
+        .counter("duplex_disconnects_total", &[("reason", "protocol_error")]);
+    assert_eq!(protocol.get(), 0);
+    let errors = node.metrics.counter("duplex_store_errors_total", &[("tier", "access")]);
+    assert_eq!(errors.get(), 1, "one failure, counted once");
+}

@@ -111,6 +111,11 @@ pub async fn start_node_with_store(
 }
 
 impl TestNode {
+    /// Kills the node's private redis-server (if it has one): every store call fails from now on.
+    pub fn kill_redis(&mut self) {
+        self._redis.take();
+    }
+
     pub async fn open(&self, via: Via) -> Connection {
         match via {
             Via::Tcp => Connection::tcp(self.tcp).await.expect("tcp connect"),
