@@ -72,6 +72,7 @@ impl ClusterNodes {
             200..=299 => Ok(resp),
             404 => Err(LinkError::NotHere),
             429 => Err(LinkError::QueueFull),
+            500 => Err(LinkError::Internal("node answered 500".into())),
             s => Err(LinkError::Unavailable(format!("node answered {s}"))),
         }
     }
@@ -211,6 +212,7 @@ pub(crate) fn status_of(e: &LinkError) -> StatusCode {
         LinkError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
         LinkError::Rejected(_) => StatusCode::BAD_REQUEST,
         LinkError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        LinkError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -122,6 +122,7 @@ impl RemoteUpstream {
                     let message = String::from_utf8_lossy(&bytes).into_owned();
                     return Err(match status.as_u16() {
                         400 => LinkError::Rejected(message),
+                        500 => LinkError::Internal(message),
                         _ => LinkError::Unavailable(message),
                     });
                 }

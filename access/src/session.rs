@@ -569,6 +569,7 @@ fn too_many_in_flight(id: u64) -> Frame {
 fn link_error(id: u64, e: &LinkError) -> Frame {
     let code = match e {
         LinkError::Rejected(_) => ErrorCode::Rejected,
+        LinkError::Internal(_) => ErrorCode::Internal,
         _ => ErrorCode::UpstreamUnavailable,
     };
     code.frame(Some(id), e.to_string(), false)

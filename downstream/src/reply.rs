@@ -37,7 +37,7 @@ impl ReplyLink for Shared {
             .store
             .enqueue(client_id, &msg, limits, now)
             .await
-            .map_err(|e| LinkError::Unavailable(e.to_string()))?;
+            .map_err(LinkError::from)?;
         match enqueued {
             Enqueued::Stored { seq, msg_id, route } => {
                 let stored = StoredMessage {

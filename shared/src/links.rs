@@ -30,11 +30,27 @@ pub enum LinkError {
     /// The frame was refused and repeating it will not help.
     #[error("rejected: {0}")]
     Rejected(String),
+    /// The serving side failed in a way repeating will not fix (it reads
+    /// corrupt stored data, or has a bug): the caller was not at fault.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 impl LinkError {
     pub fn retryable(&self) -> bool {
-        !matches!(self, LinkError::Rejected(_))
+        !matches!(self, LinkError::Rejected(_) | LinkError::Internal(_))
+    }
+}
+
+impl From<crate::store::StoreError> for LinkError {
+    /// Keeps whether retrying may help: an unreachable store may come back,
+    /// corrupt data or a failed store client will not.
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::Unavailable(_) => LinkError::Unavailable(format!("store: {e}")),
+            StoreError::Corrupt(_) | StoreError::Internal(_) => LinkError::Internal(format!("store: {e}")),
+        }
     }
 }
 
@@ -89,4 +105,20 @@ pub trait ReplyLink: Send + Sync + 'static {
     /// epoch) and hands it to the client's current connection. Storing the
     /// same request id twice keeps the first reply.
     async fn reply(&self, client_id: &str, reply: crate::protocol::Reply, expires_ms: u64) -> Result<(), LinkError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn a_store_error_keeps_whether_retrying_may_help() {
+        let down = LinkError::from(StoreError::Unavailable("refused".into()));
+        assert!(matches!(down, LinkError::Unavailable(_)) && down.retryable());
+        let corrupt = LinkError::from(StoreError::Corrupt("spool entry".into()));
+        assert!(matches!(corrupt, LinkError::Internal(_)) && !corrupt.retryable());
+        let broken = LinkError::from(StoreError::Internal("closed".into()));
+        assert!(matches!(broken, LinkError::Internal(_)) && !broken.retryable());
+    }
 }

@@ -242,5 +242,5 @@ impl Upstream {
 }
 
 fn store_unavailable(e: duplex_shared::store::StoreError) -> LinkError {
-    LinkError::Unavailable(format!("store: {e}"))
+    LinkError::from(e)
 }
