@@ -147,7 +147,7 @@ impl Hub {
             Frame::Reply(r) => r.seq,
             _ => 0,
         };
-        handle.outbox.push(Outgoing { seq, body: body(frame) })?;
+        handle.outbox.push(Outgoing::Frame { seq, body: body(frame) })?;
         self.counted(frame, 1);
         Ok(())
     }
@@ -160,7 +160,7 @@ impl Hub {
         let took = handles
             .iter()
             .filter(|o| {
-                o.push(Outgoing {
+                o.push(Outgoing::Frame {
                     seq: 0,
                     body: body.clone(),
                 })

@@ -28,25 +28,25 @@ pub enum CloseReason {
     SlowConsumer,
 }
 
-/// One encoded frame waiting to be written.
+/// What waits in a connection's queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    /// The stored message's seq, or 0 for frames outside the stored sequence.
-    pub seq: u64,
-    /// Empty for a catch-up: no frame, but pull stored messages through `seq`.
-    pub body: Bytes,
+pub enum Outgoing {
+    /// An encoded frame: `seq` is the stored message's seq, or 0 for frames
+    /// outside the stored sequence.
+    Frame { seq: u64, body: Bytes },
+    /// No frame: pull the stored messages through `seq` from the store.
+    CatchUp { seq: u64 },
 }
 
 impl Outgoing {
-    pub fn catch_up(seq: u64) -> Self {
-        Outgoing {
-            seq,
-            body: Bytes::new(),
+    pub fn seq(&self) -> u64 {
+        match self {
+            Outgoing::Frame { seq, .. } | Outgoing::CatchUp { seq } => *seq,
         }
     }
 
     pub fn is_catch_up(&self) -> bool {
-        self.seq > 0 && self.body.is_empty()
+        matches!(self, Outgoing::CatchUp { .. })
     }
 }
 
@@ -121,7 +121,7 @@ impl Outbox {
     pub fn push_answer(&self, body: Bytes) {
         let mut state = self.state();
         if state.close.is_none() {
-            state.frames.push_back(Outgoing { seq: 0, body });
+            state.frames.push_back(Outgoing::Frame { seq: 0, body });
         }
         drop(state);
         self.notify.notify_one();
@@ -148,7 +148,7 @@ impl Outbox {
         if state.close.is_some() {
             return false;
         }
-        state.frames.push_back(Outgoing::catch_up(last_seq));
+        state.frames.push_back(Outgoing::CatchUp { seq: last_seq });
         drop(state);
         self.notify.notify_one();
         true
@@ -224,7 +224,7 @@ mod tests {
     use super::*;
 
     fn item(b: &'static [u8]) -> Outgoing {
-        Outgoing {
+        Outgoing::Frame {
             seq: 0,
             body: Bytes::from_static(b),
         }
@@ -249,7 +249,7 @@ mod tests {
         let outbox = Outbox::new(10);
         for i in 0..5u8 {
             outbox
-                .push(Outgoing {
+                .push(Outgoing::Frame {
                     seq: 0,
                     body: Bytes::from(vec![i]),
                 })
@@ -258,7 +258,14 @@ mod tests {
         let mut batch = Vec::new();
         assert_eq!(outbox.next(&mut batch, 3).await, Next::Write);
         assert_eq!(outbox.next(&mut batch, 3).await, Next::Write);
-        assert_eq!(batch.iter().map(|o| o.body[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        let firsts: Vec<u8> = batch
+            .iter()
+            .map(|o| match o {
+                Outgoing::Frame { body, .. } => body[0],
+                Outgoing::CatchUp { .. } => panic!("no catch-up was queued"),
+            })
+            .collect();
+        assert_eq!(firsts, vec![0, 1, 2, 3, 4]);
         outbox.close(CloseReason::Kicked("replaced".into()));
         outbox.close(CloseReason::SlowConsumer);
         assert_eq!(
@@ -282,7 +289,7 @@ mod tests {
             batch.iter().map(Outgoing::is_catch_up).collect::<Vec<_>>(),
             vec![false, true, true]
         );
-        assert_eq!(batch[2].seq, 8);
+        assert_eq!(batch[2].seq(), 8);
     }
 
     #[test]

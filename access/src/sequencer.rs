@@ -107,40 +107,41 @@ impl Sequencer {
         // in seq order, those queued together need no store read. (Frames
         // outside the stored sequence, seq 0, go first; nothing orders them
         // against stored ones.)
-        items.sort_by_key(|item| item.seq);
+        items.sort_by_key(Outgoing::seq);
         for item in items {
-            if item.is_catch_up() {
-                // Bounded: every round either advances the cursor by a full batch or ends.
-                for _ in 0..1_000 {
-                    if self.cursor >= item.seq
-                        || !self
-                            .catch_up(store, client_id, Some(item.seq + 1), "catch_up", out)
-                            .await?
-                    {
-                        break;
+            let (seq, body) = match item {
+                Outgoing::CatchUp { seq } => {
+                    // Bounded: every round either advances the cursor by a full batch or ends.
+                    for _ in 0..1_000 {
+                        if self.cursor >= seq
+                            || !self.catch_up(store, client_id, Some(seq + 1), "catch_up", out).await?
+                        {
+                            break;
+                        }
                     }
+                    continue;
                 }
-                continue;
-            }
-            if item.seq == 0 {
-                out.push(item.body);
-                continue;
-            }
-            if item.seq <= self.cursor {
+                Outgoing::Frame { seq: 0, body } => {
+                    out.push(body);
+                    continue;
+                }
+                Outgoing::Frame { seq, body } => (seq, body),
+            };
+            if seq <= self.cursor {
                 continue;
             }
             // Bounded: every round either advances the cursor by a full batch or ends.
             for _ in 0..1_000 {
-                if item.seq == self.cursor + 1 || !self.catch_up(store, client_id, Some(item.seq), "hole", out).await? {
+                if seq == self.cursor + 1 || !self.catch_up(store, client_id, Some(seq), "hole", out).await? {
                     break;
                 }
             }
-            if item.seq <= self.cursor {
+            if seq <= self.cursor {
                 continue;
             }
-            self.gap_to(item.seq, out);
-            out.push(item.body);
-            self.cursor = item.seq;
+            self.gap_to(seq, out);
+            out.push(body);
+            self.cursor = seq;
         }
         Ok(())
     }
@@ -169,7 +170,7 @@ mod tests {
                 msg_id: format!("c~{seq}~{}", msg.record.nonce),
                 record: msg.record,
             };
-            items.push(Outgoing {
+            items.push(Outgoing::Frame {
                 seq,
                 body: body(&m.frame()),
             });
