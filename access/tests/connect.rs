@@ -329,20 +329,7 @@ async fn a_closing_error_reaches_a_client_whose_input_is_still_in_flight(via: Vi
         c.frame_burst = 1_000;
     })
     .await;
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(2048).expect("rcvbuf");
-    let addr = match via {
-        Via::Tcp => node.tcp,
-        Via::Ws => node.ws,
-    };
-    let stream = socket.connect(addr).await.expect("connect");
-    let mut conn = match via {
-        Via::Tcp => duplex_client::Connection::from_tcp(stream),
-        Via::Ws => duplex_client::Connection::ws_over(stream, &format!("ws://{addr}/"))
-            .await
-            .expect("ws"),
-    };
-    conn.handshake(&token("alice"), "phone-1", 0).await.expect("handshake");
+    let mut conn = node.login_with_small_receive_buffer(via, "alice", "phone-1").await;
     let pings = 3_000u64;
     match via {
         Via::Tcp => {

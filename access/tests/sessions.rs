@@ -320,26 +320,6 @@ stores_and_transports!(
     a_kick_from_another_node_for_an_unregistered_connection_is_not_lost,
 );
 
-/// A client that stopped reading: a small receive buffer, never read after
-/// the handshake.
-async fn stalled_client(node: &TestNode, via: Via, client_id: &str) -> duplex_client::Connection {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(2048).expect("rcvbuf");
-    let addr = match via {
-        Via::Tcp => node.tcp,
-        Via::Ws => node.ws,
-    };
-    let stream = socket.connect(addr).await.expect("connect");
-    let mut conn = match via {
-        Via::Tcp => duplex_client::Connection::from_tcp(stream),
-        Via::Ws => duplex_client::Connection::ws_over(stream, &format!("ws://{addr}/"))
-            .await
-            .expect("ws"),
-    };
-    conn.handshake(&token("u"), client_id, 0).await.expect("handshake");
-    conn
-}
-
 fn big_push() -> Frame {
     Frame::Push(Push {
         seq: 0,
@@ -370,7 +350,7 @@ async fn a_client_that_stops_reading_is_dropped_as_a_slow_consumer_when_its_queu
             c.write_timeout_ms = 600_000;
         })
         .await;
-        let _conn = stalled_client(&node, via, "stalled").await;
+        let _conn = node.login_with_small_receive_buffer(via, "u", "stalled").await;
         assert!(matches!(
             deliver_until_refused(&node, "stalled").await,
             LinkError::QueueFull
@@ -397,7 +377,7 @@ async fn a_write_that_stalls_past_the_write_timeout_counts_as_a_slow_consumer() 
             c.write_timeout_ms = 300;
         })
         .await;
-        let _conn = stalled_client(&node, via, "stalled").await;
+        let _conn = node.login_with_small_receive_buffer(via, "u", "stalled").await;
         assert!(matches!(
             deliver_until_refused(&node, "stalled").await,
             LinkError::NotHere

@@ -123,6 +123,24 @@ impl TestNode {
         }
     }
 
+    /// Logs in as `user` with `client_id` from a socket with a 2 KiB receive
+    /// buffer: a client that stops reading fills it at once.
+    pub async fn login_with_small_receive_buffer(&self, via: Via, user: &str, client_id: &str) -> Connection {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(2048).expect("rcvbuf");
+        let addr = match via {
+            Via::Tcp => self.tcp,
+            Via::Ws => self.ws,
+        };
+        let stream = socket.connect(addr).await.expect("connect");
+        let mut conn = match via {
+            Via::Tcp => Connection::from_tcp(stream),
+            Via::Ws => Connection::ws_over(stream, &format!("ws://{addr}/")).await.expect("ws"),
+        };
+        conn.handshake(&token(user), client_id, 0).await.expect("handshake");
+        conn
+    }
+
     /// Opens and authenticates as `user` with `client_id`.
     pub async fn login(&self, via: Via, user: &str, client_id: &str) -> Connection {
         let mut conn = self.open(via).await;
