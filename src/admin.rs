@@ -19,7 +19,7 @@ use duplex_downstream::{ApiError, Clients};
 
 use crate::admin_guard::AdminGuard;
 use duplex_shared::metrics::Metrics;
-use duplex_shared::store::Store;
+use duplex_store::Store;
 use duplex_upstream::{AdminError, Upstream};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -154,7 +154,7 @@ async fn nodes(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response 
     if let Some(r) = refused(&admin, &headers) {
         return r;
     }
-    let registered = match admin.store.nodes(duplex_shared::store::now_ms()).await {
+    let registered = match admin.store.nodes(duplex_store::now_ms()).await {
         Ok(n) => n,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
     };

@@ -21,7 +21,7 @@ use duplex_access::{Hub, LocalNodes};
 use duplex_shared::auth::constant_time_eq;
 use duplex_shared::links::{LinkError, NodeLink};
 use duplex_shared::protocol::{decode_body, encode_body, Frame, Limits};
-use duplex_shared::store::Route;
+use duplex_store::Route;
 use serde::Deserialize;
 
 use crate::peers::Peers;

@@ -11,7 +11,7 @@ use duplex_shared::auth::{dev_claims, mint_hs256, TokenVerifier};
 use duplex_shared::config::{Config, JwtAlgorithm, LogConfig, DEV_API_KEY, DEV_SECRET};
 use duplex_shared::links::{ReplyLink, UpstreamLink};
 use duplex_shared::metrics::Metrics;
-use duplex_shared::store::{MemoryStore, RedisStore, Store};
+use duplex_store::{MemoryStore, RedisStore, Store};
 use duplex_upstream::{Upstream, UpstreamContext, UpstreamListeners};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -121,7 +121,7 @@ async fn connect_store(config: &Config) -> Result<Arc<dyn Store>, ExitCode> {
         eprintln!("duplex: cannot connect to Redis at {url}: {e}");
         ExitCode::from(69)
     })?;
-    duplex_shared::store::Store::ping(&store).await.map_err(|e| {
+    duplex_store::Store::ping(&store).await.map_err(|e| {
         eprintln!("duplex: Redis at {url} does not answer: {e}");
         ExitCode::from(69)
     })?;

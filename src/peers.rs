@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use duplex_shared::links::LinkError;
-use duplex_shared::store::{now_ms, NodeInfo, Store};
+use duplex_store::{now_ms, NodeInfo, Store};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use duplex_shared::config::Config;
 use duplex_shared::metrics::Metrics;
-use duplex_shared::store::{now_ms, NodeInfo, Store};
+use duplex_store::{now_ms, NodeInfo, Store};
 use tokio_util::sync::CancellationToken;
 
 /// When this node last renewed its entry (ms since the epoch), for readiness.
@@ -79,7 +79,7 @@ pub async fn register(
     node: &mut NodeInfo,
     lease_ms: u64,
     fresh: &Freshness,
-) -> Result<(), duplex_shared::store::StoreError> {
+) -> Result<(), duplex_store::StoreError> {
     let now = now_ms();
     node.expires_ms = now + lease_ms;
     store.register_node(node).await?;

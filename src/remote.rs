@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use duplex_shared::config::UpstreamConfig;
 use duplex_shared::links::{ClientContext, LinkError, ReplyLink, UpstreamLink};
 use duplex_shared::protocol::{decode_body, Frame, Limits, Reply, Request, Upload, UploadAck};
-use duplex_shared::store::Route;
+use duplex_store::Route;
 use duplex_upstream::{Forwarded, Upstream};
 use serde::Deserialize;
 

@@ -10,8 +10,9 @@ use common::process::*;
 
 use duplex_client::Connection;
 use duplex_shared::protocol::Frame;
-use duplex_shared::store::{RedisStore, Store};
-use duplex_shared::testing::TestRedis;
+use duplex_store::RedisStore;
+use duplex_store::Routes;
+use duplex_testkit::TestRedis;
 
 #[tokio::test]
 async fn all_in_one_with_memory_store_serves_tcp_and_websocket_with_a_minted_token() {

@@ -190,7 +190,7 @@ async fn requests_reach_the_configured_backend_and_the_admin_api_isolates_it() {
 
 #[tokio::test]
 async fn a_routing_change_takes_effect_at_once_and_survives_a_restart() {
-    let redis = duplex_shared::testing::TestRedis::start().expect("redis-server");
+    let redis = duplex_testkit::TestRedis::start().expect("redis-server");
     let (orders, billing) = (Backend::start().await, Backend::start().await);
     let config = config_file(&format!(
         "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n[upstream.services.orders]\nendpoints = [{{ url = \"{}\" }}]\n",

@@ -7,7 +7,7 @@ use common::process::*;
 use common::scenarios;
 use duplex_client::Connection;
 use duplex_shared::protocol::Frame;
-use duplex_shared::testing::{TestRedis, TestRedisCluster};
+use duplex_testkit::{TestRedis, TestRedisCluster};
 use serde_json::json;
 
 #[tokio::test]

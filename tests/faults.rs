@@ -7,7 +7,7 @@ mod common;
 
 use common::process::*;
 use common::scenarios;
-use duplex_shared::testing::TestRedis;
+use duplex_testkit::TestRedis;
 
 /// Both nodes: a fast heartbeat and pong deadline (the liveness rule) and a
 /// short registry lease, so a hung node is left and skipped within seconds.

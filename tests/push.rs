@@ -311,12 +311,12 @@ async fn a_connected_client_hears_of_an_expired_message_before_the_next_one(kind
     let node = start(kind, |_| {}).await;
     let mut conn = node.connect("g", "live-gap", 0).await;
     // Stored without a delivery (as if its downstream node died), expiring at once.
-    let now = duplex_shared::store::now_ms();
-    let limits = duplex_shared::store::QueueLimits {
+    let now = duplex_store::now_ms();
+    let limits = duplex_store::QueueLimits {
         max_messages: 10,
         max_bytes: 1 << 20,
     };
-    let lost = duplex_shared::testing::message(b"lost", now, now + 50);
+    let lost = duplex_testkit::message(b"lost", now, now + 50);
     node.store
         .enqueue("live-gap", &lost, limits, now)
         .await
@@ -564,14 +564,14 @@ async fn a_delivery_that_never_came_is_pulled_at_the_next_lease_renewal(kind: St
     })
     .await;
     let mut conn = node.connect("s", "s1", 0).await;
-    let limits = duplex_shared::store::QueueLimits {
+    let limits = duplex_store::QueueLimits {
         max_messages: 100,
         max_bytes: 100_000,
     };
-    let now = duplex_shared::store::now_ms();
+    let now = duplex_store::now_ms();
     for i in 1..=3 {
-        let message = duplex_shared::store::NewMessage {
-            record: duplex_shared::store::MessageRecord {
+        let message = duplex_store::NewMessage {
+            record: duplex_store::MessageRecord {
                 reply_to: None,
                 nonce: rand::random(),
                 headers: Default::default(),

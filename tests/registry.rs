@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::process::*;
-use duplex_shared::testing::TestRedis;
+use duplex_testkit::TestRedis;
 use serde_json::Value;
 
 /// Node ids in a `{"nodes": [...]}` answer.

@@ -11,7 +11,7 @@ use common::backend::{Backend, Mode};
 use common::process::*;
 use duplex_client::Connection;
 use duplex_shared::protocol::{Ack, Frame, Upload};
-use duplex_shared::testing::{TestRedis, TestRedisCluster};
+use duplex_testkit::{TestRedis, TestRedisCluster};
 use serde_json::{json, Value};
 
 const API_KEY: &str = "duplex-dev-api-key";

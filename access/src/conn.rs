@@ -9,7 +9,7 @@ use duplex_shared::links::ClientContext;
 use duplex_shared::protocol::{
     body_capacity, encode_body, valid_client_id, Connect, ErrorCode, Frame, MAX_LAST_SEQ, PROTOCOL_VERSION,
 };
-use duplex_shared::store::ClaimError;
+use duplex_store::ClaimError;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, warn, Instrument};

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use duplex_shared::protocol::{Frame, GoAway};
-use duplex_shared::store::now_ms;
+use duplex_store::now_ms;
 use tokio::time::Instant;
 
 use crate::transport::TransportKind;

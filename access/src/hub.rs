@@ -14,7 +14,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use duplex_shared::links::{LinkError, NodeLink};
 use duplex_shared::protocol::Frame;
-use duplex_shared::store::Route;
+use duplex_store::Route;
 
 use crate::conn::body;
 

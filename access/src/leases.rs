@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use duplex_shared::store::Renewal;
+use duplex_store::Renewal;
 use tracing::{debug, warn};
 
 use crate::Shared;

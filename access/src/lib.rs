@@ -25,7 +25,7 @@ use duplex_shared::links::{NodeLink, UpstreamLink};
 use duplex_shared::metrics::{FrameCounts, Metrics};
 use duplex_shared::net::bind_listener;
 use duplex_shared::protocol::Limits;
-use duplex_shared::store::Store;
+use duplex_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;

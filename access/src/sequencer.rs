@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use duplex_shared::metrics::{FrameCounts, Metrics};
 use duplex_shared::protocol::{Frame, Gap};
-use duplex_shared::store::{Store, StoreError};
+use duplex_store::{Store, StoreError};
 
 use crate::conn::body;
 use crate::outbox::Outgoing;
@@ -32,7 +32,7 @@ pub(crate) struct Sequencer {
     frames_out: FrameCounts,
 }
 
-pub(crate) use duplex_shared::store::now_ms;
+pub(crate) use duplex_store::now_ms;
 
 impl Sequencer {
     pub fn new(last_seq: u64, metrics: Arc<Metrics>, frames_out: FrameCounts) -> Self {
@@ -149,8 +149,8 @@ impl Sequencer {
 
 #[cfg(test)]
 mod tests {
-    use duplex_shared::store::{MemoryStore, QueueLimits, StoredMessage};
-    use duplex_shared::testing::message;
+    use duplex_store::{MemoryStore, QueueLimits, StoredMessage};
+    use duplex_testkit::message;
 
     use super::*;
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use duplex_shared::links::{ClientContext, LinkError};
 use duplex_shared::protocol::{Ack, Connected, ErrorCode, Frame, Kicked, Pong, Refresh, Refreshed, UploadAck};
-use duplex_shared::store::Route;
+use duplex_store::Route;
 use futures_util::FutureExt;
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
@@ -414,7 +414,7 @@ impl Session {
     }
 
     /// Tells the client the store failed and ends the connection; it reconnects and resumes.
-    async fn store_failed(&mut self, id: Option<u64>, e: &duplex_shared::store::StoreError) -> End {
+    async fn store_failed(&mut self, id: Option<u64>, e: &duplex_store::StoreError) -> End {
         warn!(error = %e, "store failed while delivering");
         self.shared
             .metrics

@@ -287,12 +287,12 @@ async fn acking_each_push_of_a_replay_is_not_rate_limited(via: Via) {
     })
     .await;
     let now = unix_now() * 1000;
-    let limits = duplex_shared::store::QueueLimits {
+    let limits = duplex_store::QueueLimits {
         max_messages: 1_000,
         max_bytes: 1 << 20,
     };
     for _ in 0..200 {
-        let msg = duplex_shared::testing::message(b"m", now, now + 60_000);
+        let msg = duplex_testkit::message(b"m", now, now + 60_000);
         node.store.enqueue("phone-1", &msg, limits, now).await.expect("enqueue");
     }
     let mut conn = node.login(via, "alice", "phone-1").await;

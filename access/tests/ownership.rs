@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use duplex_shared::auth::{dev_claims, mint_hs256, unix_now, Claims};
 use duplex_shared::protocol::{Frame, Ping, MAX_LAST_SEQ};
-use duplex_shared::store::QueueLimits;
-use duplex_shared::testing::message;
+use duplex_store::QueueLimits;
+use duplex_testkit::message;
 
 const LIMITS: QueueLimits = QueueLimits {
     max_messages: 100,

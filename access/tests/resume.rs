@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use duplex_shared::auth::unix_now;
 use duplex_shared::protocol::{Frame, MAX_LAST_SEQ};
-use duplex_shared::store::QueueLimits;
-use duplex_shared::testing::message;
+use duplex_store::QueueLimits;
+use duplex_testkit::message;
 
 const LIMITS: QueueLimits = QueueLimits {
     max_messages: 100,
@@ -85,7 +85,7 @@ async fn a_last_seq_above_the_cap_is_refused_and_changes_nothing(kind: StoreKind
         .await
         .expect("later pushes still work")
     {
-        duplex_shared::store::Enqueued::Stored { seq, .. } => seq,
+        duplex_store::Enqueued::Stored { seq, .. } => seq,
         other => panic!("{other:?}"),
     };
     assert_eq!(seq, MAX_LAST_SEQ + 1);

@@ -229,9 +229,9 @@ async fn shutdown_spreads_go_away_over_the_window_and_serves_until_each_client_l
             c.shutdown_grace_ms = 4_000;
         })
         .await;
-        let now = duplex_shared::store::now_ms();
+        let now = duplex_store::now_ms();
         node.store
-            .register_node(&duplex_shared::store::NodeInfo {
+            .register_node(&duplex_store::NodeInfo {
                 node_id: "other".into(),
                 tiers: vec!["access".into()],
                 tcp: "127.0.0.9:7070".into(),

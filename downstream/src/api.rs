@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use duplex_shared::protocol::valid_client_id;
-use duplex_shared::store::parse_message_id;
+use duplex_store::parse_message_id;
 use serde::Serialize;
 use tracing::Instrument;
 

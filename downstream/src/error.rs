@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use duplex_shared::store::StoreError;
+use duplex_store::StoreError;
 use serde::Serialize;
 
 /// A request that failed, naming the party at fault through its status.

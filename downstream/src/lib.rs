@@ -16,7 +16,7 @@ use std::sync::Arc;
 use duplex_shared::config::{DownstreamConfig, HttpConfig};
 use duplex_shared::links::{NodeLink, ReplyLink};
 use duplex_shared::metrics::{Counter, Histogram, Metrics};
-use duplex_shared::store::Store;
+use duplex_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +66,7 @@ pub(crate) struct Counts {
     delivery_seconds: Histogram,
 }
 
-pub(crate) use duplex_shared::store::now_ms;
+pub(crate) use duplex_store::now_ms;
 
 /// Serves the push API until `shutdown` is cancelled, then finishes the
 /// requests in flight. Stored messages need no draining: they are in the store.

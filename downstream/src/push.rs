@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use duplex_shared::links::NodeLink;
 use duplex_shared::protocol::{Frame, Push};
-use duplex_shared::store::{
+use duplex_store::{
     parse_message_id, Enqueued, MessageRecord, MessageState, NewMessage, QueueLimits, Route, Store, StoredMessage,
 };
 use futures_util::stream::{self, StreamExt};

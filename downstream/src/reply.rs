@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use duplex_shared::links::{LinkError, ReplyLink};
 use duplex_shared::protocol::Reply;
-use duplex_shared::store::{Enqueued, MessageRecord, NewMessage, QueueLimits, ReplyTo, StoredMessage};
+use duplex_store::{Enqueued, MessageRecord, NewMessage, QueueLimits, ReplyTo, StoredMessage};
 
 use crate::{now_ms, Shared};
 

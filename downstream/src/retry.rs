@@ -17,7 +17,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use duplex_shared::links::NodeLink;
 use duplex_shared::metrics::{Counter, Metrics};
-use duplex_shared::store::Store;
+use duplex_store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::now_ms;

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use duplex_shared::store::Store;
+use duplex_store::Store;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -91,8 +91,8 @@ fn take_queued(rx: &mut mpsc::Receiver<(String, u64)>, batch: &mut Vec<(String, 
 mod tests {
     use std::time::Duration;
 
-    use duplex_shared::store::{MemoryStore, MessageState, QueueLimits, Store};
-    use duplex_shared::testing::message;
+    use duplex_store::{MemoryStore, MessageState, QueueLimits, Store};
+    use duplex_testkit::message;
 
     use super::*;
 

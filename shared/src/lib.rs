@@ -4,7 +4,6 @@
 //! - [`protocol`]: the wire protocol, sans-IO (frames, structural check, codec).
 //! - [`config`]: typed, validated configuration of every tier.
 //! - [`auth`]: JWT verification with a pinned algorithm.
-//! - [`store`]: the `Store` trait with memory and Redis implementations.
 //! - [`links`]: traits through which tiers call each other.
 //! - [`metrics`]: counters and gauges in the Prometheus text format.
 //! - [`net`]: listener setup (backlog, `SO_REUSEPORT`).
@@ -16,8 +15,4 @@ pub mod metrics;
 pub mod net;
 /// The wire protocol lives in its own crate (the SDK's only Duplex dependency).
 pub use duplex_protocol as protocol;
-pub mod store;
 pub mod trace;
-
-#[cfg(feature = "testing")]
-pub mod testing;

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 
 use crate::protocol::{Frame, Request, Upload, UploadAck};
-use crate::store::Route;
+use duplex_store::Route;
 
 /// Who sent a frame: fixed at authentication, passed along with every forward.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,11 +42,11 @@ impl LinkError {
     }
 }
 
-impl From<crate::store::StoreError> for LinkError {
+impl From<duplex_store::StoreError> for LinkError {
     /// Keeps whether retrying may help: an unreachable store may come back,
     /// corrupt data or a failed store client will not.
-    fn from(e: crate::store::StoreError) -> Self {
-        use crate::store::StoreError;
+    fn from(e: duplex_store::StoreError) -> Self {
+        use duplex_store::StoreError;
         match e {
             StoreError::Unavailable(_) => LinkError::Unavailable(format!("store: {e}")),
             StoreError::Corrupt(_) | StoreError::Internal(_) => LinkError::Internal(format!("store: {e}")),
@@ -110,7 +110,7 @@ pub trait ReplyLink: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreError;
+    use duplex_store::StoreError;
 
     #[test]
     fn a_store_error_keeps_whether_retrying_may_help() {

@@ -129,7 +129,7 @@ pub async fn run(args: InternalArgs) -> anyhow::Result<()> {
 
     let private = match &args.redis {
         Some(_) => None,
-        None => Some(duplex_shared::testing::TestRedis::start().map_err(anyhow::Error::msg)?),
+        None => Some(duplex_testkit::TestRedis::start().map_err(anyhow::Error::msg)?),
     };
     let redis_url = args
         .redis

@@ -39,9 +39,9 @@ impl Drop for Server {
 pub fn redis_for(
     private: bool,
     url: &Option<String>,
-) -> anyhow::Result<(Option<duplex_shared::testing::TestRedis>, Option<String>)> {
+) -> anyhow::Result<(Option<duplex_testkit::TestRedis>, Option<String>)> {
     if private {
-        let server = duplex_shared::testing::TestRedis::start().map_err(anyhow::Error::msg)?;
+        let server = duplex_testkit::TestRedis::start().map_err(anyhow::Error::msg)?;
         let url = server.url();
         return Ok((Some(server), Some(url)));
     }

@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use duplex_shared::store::{Enqueued, MemoryStore, QueueLimits, RedisStore, Store};
-use duplex_shared::testing::{message, random_prefix};
+use duplex_store::{Enqueued, MemoryStore, QueueLimits, RedisStore, Store};
+use duplex_testkit::{message, random_prefix};
 
 use super::procfs::{cpu_seconds, machine_line};
 
@@ -113,7 +113,7 @@ async fn life_cycle(
 ) -> anyhow::Result<Vec<Phase>> {
     let (clients, messages) = (args.clients, args.messages);
     let payload: Arc<[u8]> = vec![b'x'; args.payload].into();
-    let now = duplex_shared::store::now_ms();
+    let now = duplex_store::now_ms();
     let limits = QueueLimits {
         max_messages: messages,
         max_bytes: u64::MAX / 2,

@@ -37,7 +37,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
         bail!("--clients within 1..=15000 and a positive --window-ms");
     }
     let exe = std::env::current_exe().context("locating the duplex binary")?;
-    let redis = duplex_shared::testing::TestRedis::start().map_err(anyhow::Error::msg)?;
+    let redis = duplex_testkit::TestRedis::start().map_err(anyhow::Error::msg)?;
     let dir = std::env::temp_dir().join(format!("duplex-bench-storm-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("duplex.toml");

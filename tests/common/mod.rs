@@ -20,9 +20,9 @@ use duplex_shared::config::{AccessConfig, AuthConfig, DownstreamConfig, Upstream
 use duplex_shared::links::{LinkError, NodeLink};
 use duplex_shared::metrics::Metrics;
 use duplex_shared::protocol::{Ack, Frame, Push};
-use duplex_shared::store::Route;
-use duplex_shared::store::{MemoryStore, RedisStore, Store};
-use duplex_shared::testing::{random_prefix, TestRedis};
+use duplex_store::Route;
+use duplex_store::{MemoryStore, RedisStore, Store};
+use duplex_testkit::{random_prefix, TestRedis};
 use duplex_upstream::{Upstream, UpstreamContext, UpstreamListeners};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;

@@ -23,7 +23,7 @@ use duplex_shared::config::UpstreamConfig;
 use duplex_shared::links::{ClientContext, LinkError, ReplyLink, UpstreamLink};
 use duplex_shared::metrics::Metrics;
 use duplex_shared::protocol::{Request, Upload, UploadAck};
-use duplex_shared::store::Store;
+use duplex_store::Store;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -241,6 +241,6 @@ impl Upstream {
     }
 }
 
-fn store_unavailable(e: duplex_shared::store::StoreError) -> LinkError {
+fn store_unavailable(e: duplex_store::StoreError) -> LinkError {
     LinkError::from(e)
 }

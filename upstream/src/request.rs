@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use duplex_shared::links::{ClientContext, LinkError, ReplyLink};
 use duplex_shared::protocol::{Headers, Reply, Request};
-use duplex_shared::store::{now_ms, FrameClaim};
 use duplex_shared::trace::child_traceparent;
+use duplex_store::{now_ms, FrameClaim};
 use reqwest::Method;
 use tokio::time::Instant;
 

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use duplex_shared::store::now_ms;
+use duplex_store::now_ms;
 use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

@@ -13,8 +13,8 @@ use duplex_client::Connection;
 use duplex_shared::auth::{dev_claims, mint_hs256, TokenVerifier};
 use duplex_shared::config::{AccessConfig, AuthConfig};
 use duplex_shared::protocol::{ErrorFrame, Frame};
-use duplex_shared::store::{MemoryStore, RedisStore, Store};
-use duplex_shared::testing::{random_prefix, TestRedis};
+use duplex_store::{MemoryStore, RedisStore, Store};
+use duplex_testkit::{random_prefix, TestRedis};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

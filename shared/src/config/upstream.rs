@@ -129,8 +129,8 @@ const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OP
 
 impl UpstreamConfig {
     /// The bounds of each service's spool; owners are users.
-    pub fn spool_limits(&self) -> crate::store::SpoolLimits {
-        crate::store::SpoolLimits {
+    pub fn spool_limits(&self) -> duplex_store::SpoolLimits {
+        duplex_store::SpoolLimits {
             max_items: self.spool_max_items,
             max_bytes: self.spool_max_bytes,
             max_owner_items: self.spool_max_user_items,

@@ -1,6 +1,6 @@
 //! The in-memory store forgets clients the way Redis keys expire: a client
 //! with no live route, no stored state (messages, statuses, idempotency keys
-//! all past their retention) and an owner past [`super::USER_CLIENTS_TTL`]
+//! all past their retention) and an owner past [`crate::USER_CLIENTS_TTL`]
 //! since its last connect leaves nothing behind. Without this every client id
 //! ever connected or pushed to would stay in memory for the life of the
 //! process.

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use duplex_shared::store::{Enqueued, NewMessage, QueueLimits, RedisStore, Store, StoreError};
-use duplex_shared::testing::{message, random_prefix, TestRedisSentinel};
+use duplex_store::MessageQueue;
+use duplex_store::{Enqueued, NewMessage, QueueLimits, RedisStore, StoreError};
+use duplex_testkit::{message, random_prefix, TestRedisSentinel};
 
 const NOW: u64 = 1_800_000_000_000;
 const LIMITS: QueueLimits = QueueLimits {

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use duplex_shared::store::{Enqueued, MessageState, QueueLimits, Store};
-use duplex_shared::testing::message;
+use duplex_store::{Enqueued, MessageState, QueueLimits, Store};
+use duplex_testkit::message;
 
 const NOW: u64 = 1_800_000_000_000;
 const LIMITS: QueueLimits = QueueLimits {
@@ -61,7 +61,7 @@ async fn an_ack_beyond_the_last_seq_leaves_later_messages_pending(store: Arc<dyn
     assert_eq!(seqs(&store, c, 0, NOW).await, vec![2]);
     let pending = store.pending(c, 0, 100, NOW).await.expect("pending");
     let id = &pending.messages[0].msg_id;
-    let nonce = duplex_shared::store::parse_message_id(id).expect("our id").2;
+    let nonce = duplex_store::parse_message_id(id).expect("our id").2;
     assert_eq!(store.ack(c, 2, NOW).await.expect("ack"), 1);
     let status = store
         .message_status(c, 2, nonce, NOW)
@@ -107,7 +107,7 @@ async fn a_claim_raises_the_seq_counter_before_the_route_is_visible(store: Arc<d
     assert_eq!(enqueue(&store, "busy", "five", 60_000, NOW).await, 12);
 }
 
-duplex_shared::store_contract!(
+duplex_testkit::store_contract!(
     a_claim_raises_the_seq_counter_before_the_route_is_visible,
     holes_wider_than_the_queue_hide_no_pending_message,
     an_ack_beyond_the_last_seq_leaves_later_messages_pending,

@@ -4,10 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use duplex_shared::protocol::MAX_LAST_SEQ;
-use duplex_shared::store::{
-    ClaimError, Enqueued, MessageRecord, MessageState, NewMessage, QueueLimits, Renewal, Route, Store,
-};
+use duplex_protocol::MAX_LAST_SEQ;
+use duplex_store::{ClaimError, Enqueued, MessageRecord, MessageState, NewMessage, QueueLimits, Renewal, Route, Store};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -218,7 +216,7 @@ async fn messages_get_ordered_seqs_and_cumulative_acks(store: Arc<dyn Store>) {
     assert_eq!(p.messages[0].msg_id, ids[2]);
     assert_eq!(store.pending("q1", 0, 2, NOW).await.expect("pending").messages.len(), 2);
 
-    let (client, seq, nonce) = duplex_shared::store::parse_message_id(&ids[3]).expect("our id");
+    let (client, seq, nonce) = duplex_store::parse_message_id(&ids[3]).expect("our id");
     let status = |s: Arc<dyn Store>| async move {
         s.message_status(client, seq, nonce, NOW + 1)
             .await
@@ -290,7 +288,7 @@ async fn sent_marks_in_bulk_record_sent_and_never_undo_acks(store: Arc<dyn Store
         .await
         .expect("marks");
     for id in [id1, id2] {
-        let (c, s, n) = duplex_shared::store::parse_message_id(&id).expect("id");
+        let (c, s, n) = duplex_store::parse_message_id(&id).expect("id");
         let st = store
             .message_status(c, s, n, NOW + 3)
             .await
@@ -312,7 +310,7 @@ async fn sent_marks_in_bulk_record_sent_and_never_undo_acks(store: Arc<dyn Store
         .mark_sent_many(&[("sm".to_owned(), 3)], NOW + 4)
         .await
         .expect("marks");
-    let (c, s, n) = duplex_shared::store::parse_message_id(&id3).expect("id");
+    let (c, s, n) = duplex_store::parse_message_id(&id3).expect("id");
     let st = store
         .message_status(c, s, n, NOW + 5)
         .await
@@ -407,7 +405,7 @@ async fn expired_messages_leave_and_say_so(store: Arc<dyn Store>) {
         vec![2],
         "seq 1 expired"
     );
-    let (client, seq, nonce) = duplex_shared::store::parse_message_id(&short).expect("id");
+    let (client, seq, nonce) = duplex_store::parse_message_id(&short).expect("id");
     let st = store
         .message_status(client, seq, nonce, later)
         .await
@@ -639,7 +637,7 @@ async fn concurrent_calls_for_many_clients_each_get_their_own_answer(store: Arc<
     }
 }
 
-duplex_shared::store_contract!(
+duplex_testkit::store_contract!(
     concurrent_calls_for_many_clients_each_get_their_own_answer,
     caps_and_expiry_follow_mixed_ttls_acks_and_expiries,
     the_overview_ranks_clients_by_backlog,

@@ -443,7 +443,7 @@ return {n, bytes, acked, expired}"
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::STATUS_RETENTION_MS;
+    use crate::STATUS_RETENTION_MS;
 
     /// Messages whose statuses share one bucket key (`PER_BUCKET` in the
     /// scripts, which only compare bucket numbers; the names come from

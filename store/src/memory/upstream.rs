@@ -7,12 +7,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::upstream_state::{FrameClaim, SpoolItem, SpoolLimits, SpoolPush, SpoolUsage, UpstreamState};
-use super::{MemoryStore, StoreError};
+use crate::upstream_state::{FrameClaim, SpoolItem, SpoolLimits, SpoolPush, SpoolUsage, UpstreamState};
+use crate::{MemoryStore, StoreError};
 
 /// Upstream tier state of one `MemoryStore`.
 #[derive(Debug, Default)]
-pub(super) struct MemoryUpstream {
+pub(crate) struct MemoryUpstream {
     /// (client, key) -> (outcome, `None` while in flight; expiry).
     frames: dashmap::DashMap<(String, String), (Option<String>, Instant)>,
     spools: dashmap::DashMap<String, Spool>,

@@ -5,8 +5,8 @@
 
 use async_trait::async_trait;
 
-use super::redis_scripts::{unpack_counters, PENDING_BYTES, PENDING_COUNT};
-use super::{now_ms, MemoryStore, RedisStore, StoreError};
+use crate::redis::scripts::{unpack_counters, PENDING_BYTES, PENDING_COUNT};
+use crate::{now_ms, MemoryStore, RedisStore, StoreError};
 
 /// One client's backlog.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

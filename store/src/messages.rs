@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{Frame, Headers, Push, Reply};
+use duplex_protocol::{Frame, Headers, Push, Reply};
 
 /// A message as the store keeps it (seq and id are derived from where it is stored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,8 +46,8 @@ impl MessageRecord {
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, super::StoreError> {
-        rmp_serde::from_slice(bytes).map_err(|e| super::StoreError::Corrupt(format!("message record: {e}")))
+    pub fn decode(bytes: &[u8]) -> Result<Self, crate::StoreError> {
+        rmp_serde::from_slice(bytes).map_err(|e| crate::StoreError::Corrupt(format!("message record: {e}")))
     }
 }
 
@@ -101,7 +101,7 @@ pub fn parse_message_id(id: &str) -> Option<(&str, u64, u32)> {
     let client = parts.next()?;
     let seq = parts.next()?.parse().ok()?;
     let nonce = u32::from_str_radix(parts.next()?, 16).ok()?;
-    (parts.next().is_none() && crate::protocol::valid_client_id(client)).then_some((client, seq, nonce))
+    (parts.next().is_none() && duplex_protocol::valid_client_id(client)).then_some((client, seq, nonce))
 }
 
 /// Caps on one client's queue. Overflow policy: a new message that would
@@ -130,7 +130,7 @@ pub enum Enqueued {
     Stored {
         seq: u64,
         msg_id: String,
-        route: Option<super::Route>,
+        route: Option<crate::Route>,
     },
     /// The idempotency key was seen: this is the message stored the first time.
     Duplicate { seq: u64, msg_id: String },

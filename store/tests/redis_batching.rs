@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use duplex_shared::store::{Enqueued, NewMessage, QueueLimits, RedisStore, Store, StoreError};
-use duplex_shared::testing::{message, random_prefix, TestRedis};
+use duplex_store::MessageQueue;
+use duplex_store::{Enqueued, NewMessage, QueueLimits, RedisStore, StoreError};
+use duplex_testkit::{message, random_prefix, TestRedis};
 
 const NOW: u64 = 1_800_000_000_000;
 const LIMITS: QueueLimits = QueueLimits {

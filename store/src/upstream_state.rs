@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 
-use super::StoreError;
+use crate::StoreError;
 
 /// What an earlier sender of the same client frame left.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use duplex_shared::store::{FrameClaim, SpoolLimits, SpoolPush, SpoolUsage, Store};
+use duplex_store::{FrameClaim, SpoolLimits, SpoolPush, SpoolUsage, Store};
 
 async fn a_frame_is_claimed_once_and_its_outcome_is_kept(store: Arc<dyn Store>) {
     assert_eq!(
@@ -201,7 +201,7 @@ async fn the_routing_table_is_kept(store: Arc<dyn Store>) {
 }
 
 async fn registered_nodes_show_until_their_lease_ends(store: Arc<dyn Store>) {
-    let node = |id: &str, expires_ms| duplex_shared::store::NodeInfo {
+    let node = |id: &str, expires_ms| duplex_store::NodeInfo {
         node_id: id.into(),
         tiers: vec!["access".into()],
         tcp: "10.0.0.1:7070".into(),
@@ -214,7 +214,7 @@ async fn registered_nodes_show_until_their_lease_ends(store: Arc<dyn Store>) {
     };
     store.register_node(&node("n1", 2_000)).await.expect("register");
     store.register_node(&node("n2", 1_500)).await.expect("register");
-    let ids = |nodes: Vec<duplex_shared::store::NodeInfo>| nodes.into_iter().map(|n| n.node_id).collect::<Vec<_>>();
+    let ids = |nodes: Vec<duplex_store::NodeInfo>| nodes.into_iter().map(|n| n.node_id).collect::<Vec<_>>();
     assert_eq!(ids(store.nodes(1_000).await.expect("nodes")), ["n1", "n2"]);
     assert_eq!(
         ids(store.nodes(1_600).await.expect("nodes")),
@@ -250,7 +250,7 @@ async fn registry_changes_are_announced_to_every_listener(store: Arc<dyn Store>)
     );
 }
 
-duplex_shared::store_contract!(
+duplex_testkit::store_contract!(
     registry_changes_are_announced_to_every_listener,
     registered_nodes_show_until_their_lease_ends,
     the_routing_table_is_kept,

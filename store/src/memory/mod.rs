@@ -8,33 +8,38 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use super::memory_queue::ClientQueue;
-use super::{
-    Claim, ClaimError, Enqueued, LeaseCheck, MessageStatus, NewMessage, Pending, QueueInfo, QueueLimits, Renewal,
-    Route, Store, StoreError, USER_CLIENTS_TTL,
+pub(crate) mod queue;
+mod sweep;
+pub(crate) mod upstream;
+
+use crate::{
+    Claim, ClaimError, Enqueued, LeaseCheck, MessageQueue, MessageStatus, NewMessage, Pending, QueueInfo, QueueLimits,
+    Renewal, Route, Routes, Store, StoreError, USER_CLIENTS_TTL,
 };
+use queue::ClientQueue;
+pub use sweep::MemoryHeld;
 
 /// Who a client id belongs to, and its connection counter.
 #[derive(Debug)]
-pub(super) struct ClientIdentity {
+pub(crate) struct ClientIdentity {
     epoch: u64,
     owner: String,
     /// The owner is kept until then, and beyond while the queue holds messages.
-    pub(super) owner_until: Instant,
+    pub(crate) owner_until: Instant,
 }
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    pub(super) routes: DashMap<String, (Route, Instant)>,
-    pub(super) identities: DashMap<String, ClientIdentity>,
-    pub(super) queues: DashMap<String, ClientQueue>,
-    pub(super) users: DashMap<String, (HashSet<String>, Instant)>,
-    /// When idle clients were last looked for (see `memory_sweep`).
-    pub(super) last_sweep: std::sync::Mutex<Option<Instant>>,
-    pub(super) upstream: super::memory_upstream::MemoryUpstream,
+    pub(crate) routes: DashMap<String, (Route, Instant)>,
+    pub(crate) identities: DashMap<String, ClientIdentity>,
+    pub(crate) queues: DashMap<String, ClientQueue>,
+    pub(crate) users: DashMap<String, (HashSet<String>, Instant)>,
+    /// When idle clients were last looked for (see `sweep`).
+    pub(crate) last_sweep: std::sync::Mutex<Option<Instant>>,
+    pub(crate) upstream: upstream::MemoryUpstream,
     /// The node registry: node id -> its entry (JSON, as in Redis).
-    pub(super) nodes: DashMap<String, String>,
-    pub(super) announcements: super::registry::Announcements,
+    pub(crate) nodes: DashMap<String, String>,
+    pub(crate) announcements: crate::registry::Announcements,
 }
 
 impl MemoryStore {
@@ -48,7 +53,7 @@ impl MemoryStore {
 }
 
 #[async_trait]
-impl Store for MemoryStore {
+impl Routes for MemoryStore {
     async fn claim_route_after(
         &self,
         client_id: &str,
@@ -57,7 +62,7 @@ impl Store for MemoryStore {
         ttl: Duration,
         last_seq: u64,
     ) -> Result<Claim, ClaimError> {
-        self.sweep_if_due(super::now_ms());
+        self.sweep_if_due(crate::now_ms());
         let now = Instant::now();
         // The identity entry's lock makes the owner check, epoch assignment
         // and route write one step.
@@ -81,7 +86,7 @@ impl Store for MemoryStore {
         identity.epoch += 1;
         if last_seq > 0 {
             self.queue(client_id)
-                .raise_seq(last_seq.min(crate::protocol::MAX_LAST_SEQ));
+                .raise_seq(last_seq.min(duplex_protocol::MAX_LAST_SEQ));
         }
         let route = Route {
             node_id: node_id.to_owned(),
@@ -166,11 +171,17 @@ impl Store for MemoryStore {
             .map(|e| e.0.iter().cloned().collect())
             .unwrap_or_default())
     }
+}
 
+#[async_trait]
+impl Store for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
 
+#[async_trait]
+impl MessageQueue for MemoryStore {
     async fn enqueue(
         &self,
         client_id: &str,
@@ -202,7 +213,7 @@ impl Store for MemoryStore {
     async fn resume(&self, client_id: &str, last_seq: u64, now_ms: u64) -> Result<u64, StoreError> {
         Ok(self
             .queue(client_id)
-            .resume(last_seq.min(crate::protocol::MAX_LAST_SEQ), now_ms))
+            .resume(last_seq.min(duplex_protocol::MAX_LAST_SEQ), now_ms))
     }
 
     async fn note_written(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {

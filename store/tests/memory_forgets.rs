@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use duplex_shared::store::{
-    now_ms, ClaimError, MemoryHeld, MemoryStore, QueueLimits, Renewal, Store, STATUS_RETENTION_MS, USER_CLIENTS_TTL,
+use duplex_store::{
+    now_ms, ClaimError, MemoryHeld, MemoryStore, QueueLimits, Renewal, STATUS_RETENTION_MS, USER_CLIENTS_TTL,
 };
-use duplex_shared::testing::message;
+use duplex_store::{MessageQueue, Routes};
+use duplex_testkit::message;
 
 const LIMITS: QueueLimits = QueueLimits {
     max_messages: 100,

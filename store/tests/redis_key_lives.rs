@@ -2,8 +2,9 @@
 //! expiry, no later than needed by more than the granted slack, and a message's
 //! status outlives the message by the promised retention.
 
-use duplex_shared::store::{NewMessage, QueueLimits, RedisStore, Store, STATUS_RETENTION_MS};
-use duplex_shared::testing::{message, random_prefix, TestRedis};
+use duplex_store::{MessageQueue, Routes};
+use duplex_store::{NewMessage, QueueLimits, RedisStore, STATUS_RETENTION_MS};
+use duplex_testkit::{message, random_prefix, TestRedis};
 
 /// Ahead of the wall clock, so absolute expiries written by the store are in the future.
 const NOW: u64 = 1_900_000_000_000;
@@ -119,7 +120,7 @@ async fn every_queue_key_expires_and_statuses_outlive_their_messages_by_the_rete
 
 #[tokio::test]
 async fn a_renewed_connection_keeps_its_owner_past_the_owners_first_life() {
-    use duplex_shared::store::{ClaimError, USER_CLIENTS_TTL};
+    use duplex_store::{ClaimError, USER_CLIENTS_TTL};
     let redis = TestRedis::start().expect("redis-server");
     let prefix = random_prefix();
     let store = RedisStore::connect(&redis.url(), &prefix).await.expect("connect");

@@ -7,8 +7,8 @@ use std::sync::LazyLock;
 use async_trait::async_trait;
 use redis::{AsyncCommands, Script, Value};
 
-use super::upstream_state::{FrameClaim, SpoolItem, SpoolLimits, SpoolPush, SpoolUsage, UpstreamState};
-use super::{RedisStore, StoreError};
+use crate::upstream_state::{FrameClaim, SpoolItem, SpoolLimits, SpoolPush, SpoolUsage, UpstreamState};
+use crate::{RedisStore, StoreError};
 
 /// KEYS: the spool stream, its usage hash (`bytes`, and `n:<owner>` items and
 /// `b:<owner>` bytes per owner). ARGV: data, owner, max_items, max_bytes,
@@ -238,7 +238,7 @@ impl UpstreamState for RedisStore {
     async fn set_isolated(&self, key: &str, isolated: bool) -> Result<(), StoreError> {
         let mut conn = self.conn();
         if isolated {
-            conn.hset::<_, _, _, ()>(self.isolated_key(), key, super::now_ms())
+            conn.hset::<_, _, _, ()>(self.isolated_key(), key, crate::now_ms())
                 .await
                 .map_err(unavailable)
         } else {

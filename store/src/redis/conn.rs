@@ -22,7 +22,7 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use redis::AsyncConnectionConfig;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
-use super::redis_breaker::Breaker;
+use super::breaker::Breaker;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);

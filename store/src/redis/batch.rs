@@ -16,7 +16,7 @@ use redis::{Cmd, Script, ToRedisArgs, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::redis_conn::RedisConn;
+use super::conn::RedisConn;
 use super::StoreError;
 
 /// Callers per EVALSHA: bounds how long one script holds Redis (about 20 us

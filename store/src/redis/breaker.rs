@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
-use super::redis_conn::RedisConn;
+use super::conn::RedisConn;
 
 /// While the circuit is open, one call per this interval is let through to see
 /// whether Redis is back.

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::messages::*;
+use crate::messages::*;
 
 #[derive(Debug, Clone)]
 struct Status {
@@ -17,7 +17,7 @@ struct Status {
 }
 
 #[derive(Debug, Default)]
-pub(super) struct ClientQueue {
+pub(crate) struct ClientQueue {
     last_seq: u64,
     acked: u64,
     /// The highest seq written to any connection of the client (recorded

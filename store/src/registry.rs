@@ -8,8 +8,8 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::redis_conn::PubSubSource;
-use super::{MemoryStore, RedisStore, StoreError};
+use crate::redis::conn::PubSubSource;
+use crate::{MemoryStore, RedisStore, StoreError};
 
 /// One node as the registry knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
