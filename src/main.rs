@@ -1,29 +1,29 @@
 //! The `duplex` binary: parses configuration, sets up logging, and hands over
-//! to the tiers. Exit codes: 64 bad configuration or usage, 69 a dependency
-//! (Redis) unavailable at start, 71 cannot bind a listener.
+//! to `duplex-node` (or to the SDK for `duplex client`, to the bench crate
+//! for `duplex bench`). Exit codes: 64 bad configuration or usage, 69 a
+//! dependency (Redis) unavailable at start, 70 an internal failure, 71 cannot
+//! bind a listener.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
+use duplex_node::{Node, Tiers, Wiring};
+use duplex_shared::config::{Config, LogConfig};
+use tracing::info;
 
 // jemalloc: glibc malloc took ~38% of the CPU in the push benchmark (perf);
 // jemalloc gave +25% Redis push throughput at the same memory per connection.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-mod admin;
-mod admin_guard;
 mod bench;
 mod cli;
 mod client_cli;
-mod cluster;
-mod node;
-mod peers;
-mod registry;
-mod remote;
+mod signal;
+mod token;
 
 use cli::{Cli, Command};
-use node::Tiers;
 
 const EXIT_CONFIG: u8 = 64;
 
@@ -37,35 +37,54 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Run) {
-        Command::Token(args) => node::print_token(&config, &args),
+        Command::Token(args) => token::print(&config, &args),
         Command::Run => run(config, Tiers::ALL),
-        Command::Access => run(
-            config,
-            Tiers {
-                access: true,
-                ..Tiers::NONE
-            },
-        ),
-        Command::Upstream => run(
-            config,
-            Tiers {
-                upstream: true,
-                ..Tiers::NONE
-            },
-        ),
-        Command::Downstream => run(
-            config,
-            Tiers {
-                downstream: true,
-                ..Tiers::NONE
-            },
-        ),
+        Command::Access => run(config, Tiers::ACCESS),
+        Command::Upstream => run(config, Tiers::UPSTREAM),
+        Command::Downstream => run(config, Tiers::DOWNSTREAM),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Client(args) => client_cli::run(args),
     }
 }
 
-fn run(config: duplex_shared::config::Config, tiers: Tiers) -> ExitCode {
-    node::init_tracing(&config.log);
-    node::run(config, tiers)
+fn init_tracing(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs a node until SIGTERM or Ctrl-C, then drains it.
+fn run(config: Config, tiers: Tiers) -> ExitCode {
+    init_tracing(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("duplex: cannot start the runtime: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    runtime.block_on(async move {
+        let node = match Node::start(config, tiers, Wiring::default()).await {
+            Ok(node) => node,
+            Err(e) => {
+                eprintln!("duplex: {e}");
+                return ExitCode::from(e.exit_code());
+            }
+        };
+        // Whoever started us may have stopped reading stdout; that must not end the node.
+        let _ = write!(std::io::stdout(), "{}", node.banner());
+        signal::wait_for_signal().await;
+        info!("signal received");
+        match node.stop().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(70),
+        }
+    })
 }

@@ -12,23 +12,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use duplex_access::{AccessContext, AccessListeners, Hub, LocalNodes};
+use duplex_access::Hub;
 use duplex_client::Connection;
-use duplex_downstream::{Downstream, DownstreamContext, DownstreamListeners};
-use duplex_shared::auth::{dev_claims, mint_hs256, TokenVerifier};
-use duplex_shared::config::{AccessConfig, AuthConfig, DownstreamConfig, UpstreamConfig};
+use duplex_node::{Tiers, Wiring};
+use duplex_shared::auth::{dev_claims, mint_hs256};
+use duplex_shared::config::{AccessConfig, AuthConfig, Config, DownstreamConfig, UpstreamConfig};
 use duplex_shared::links::{LinkError, NodeLink};
 use duplex_shared::metrics::Metrics;
 use duplex_shared::protocol::{Ack, Frame, Push};
 use duplex_store::Route;
 use duplex_store::{MemoryStore, RedisStore, Store};
 use duplex_testkit::{random_prefix, TestRedis};
-use duplex_upstream::{Upstream, UpstreamContext, UpstreamListeners};
+use duplex_upstream::Upstream;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "end-to-end-tests-secret-with-32-bytes+";
 pub const API_KEY: &str = "end-to-end-api-key-0123456789";
+pub const INTERNAL_SECRET: &str = "end-to-end-internal-secret-0123456789";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
@@ -45,13 +45,13 @@ pub struct Node {
     pub upstream: Arc<Upstream>,
     pub http: reqwest::Client,
     pub metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
+    node: duplex_node::Node,
     _redis: Option<TestRedis>,
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.node.begin_stop();
     }
 }
 
@@ -61,7 +61,7 @@ pub async fn start(kind: StoreKind, tweak: impl FnOnce(&mut DownstreamConfig)) -
 
 /// A `NodeLink` whose first `failures` deliveries fail as if the node were unreachable.
 struct FlakyNodes {
-    inner: Arc<LocalNodes>,
+    inner: Arc<dyn NodeLink>,
     failures: std::sync::atomic::AtomicUsize,
 }
 
@@ -159,90 +159,62 @@ async fn start_full(
     tweak_access: impl FnOnce(&mut AccessConfig),
     tweak: impl FnOnce(&mut DownstreamConfig),
     failing_deliveries: usize,
-    mut upstream: UpstreamConfig,
+    upstream: UpstreamConfig,
 ) -> Node {
-    upstream.validate().expect("valid upstream config");
-    let mut access = AccessConfig {
-        tcp_listen: "127.0.0.1:0".parse().expect("addr"),
-        ws_listen: "127.0.0.1:0".parse().expect("addr"),
-        // Clients told to go away come back within half a second (tests wait 10 s at most).
-        goaway_window_ms: 500,
-        ..AccessConfig::default()
+    let any = "127.0.0.1:0".parse().expect("addr");
+    let mut config = Config {
+        node_id: Some(node_id.into()),
+        access: AccessConfig {
+            tcp_listen: any,
+            ws_listen: any,
+            // Clients told to go away come back within half a second (tests wait 10 s at most).
+            goaway_window_ms: 500,
+            ..AccessConfig::default()
+        },
+        downstream: DownstreamConfig {
+            http_listen: any,
+            api_keys: vec![API_KEY.into()],
+            retry_min_ms: 20,
+            retry_max_ms: 200,
+            ..DownstreamConfig::default()
+        },
+        upstream,
+        auth: AuthConfig {
+            secret: Some(SECRET.into()),
+            ..AuthConfig::default()
+        },
+        ..Config::default()
     };
-    tweak_access(&mut access);
-    let mut downstream = DownstreamConfig {
-        http_listen: "127.0.0.1:0".parse().expect("addr"),
-        api_keys: vec![API_KEY.into()],
-        retry_min_ms: 20,
-        retry_max_ms: 200,
-        ..DownstreamConfig::default()
+    config.admin.listen = any;
+    config.registry.internal_listen = any;
+    // Nodes sharing a store call each other like a deployment's nodes do.
+    config.registry.internal_secret = Some(INTERNAL_SECRET.into());
+    tweak_access(&mut config.access);
+    tweak(&mut config.downstream);
+    config.validate().expect("valid config");
+    let wiring = Wiring {
+        store: Some(store),
+        wrap_node_link: Some(Box::new(move |inner: Arc<dyn NodeLink>| -> Arc<dyn NodeLink> {
+            Arc::new(FlakyNodes {
+                inner,
+                failures: failing_deliveries.into(),
+            })
+        })),
     };
-    tweak(&mut downstream);
-    downstream
-        .resolve(true, access.max_frame_bytes)
-        .expect("valid downstream config");
-    let mut auth = AuthConfig {
-        secret: Some(SECRET.into()),
-        ..AuthConfig::default()
-    };
-    auth.resolve(true).expect("auth");
-    let hub = Arc::new(Hub::new(node_id));
-    let nodes = Arc::new(LocalNodes::new(hub.clone()));
-    let listeners = AccessListeners::bind(&access).expect("bind");
-    let (tcp, ws) = (
-        listeners.tcp.local_addr().expect("addr"),
-        listeners.ws.local_addr().expect("addr"),
-    );
-    let http = duplex_shared::net::bind_listener(downstream.http_listen, 128, false).expect("bind");
-    let api = format!("http://{}", http.local_addr().expect("addr"));
-    let shutdown = CancellationToken::new();
-    let metrics = Arc::new(Metrics::new());
-    let flaky = Arc::new(FlakyNodes {
-        inner: nodes.clone(),
-        failures: failing_deliveries.into(),
-    });
-    let downstream_tier = Downstream::start(DownstreamContext {
-        config: downstream,
-        store: store.clone(),
-        nodes: flaky,
-        metrics: metrics.clone(),
-        http: Default::default(),
-    });
-    let upstream_tier = Upstream::new(UpstreamContext {
-        config: upstream,
-        node_id: node_id.into(),
-        store: store.clone(),
-        replies: downstream_tier.replies(),
-        metrics: metrics.clone(),
-    })
-    .expect("upstream");
-    let ctx = AccessContext {
-        config: access,
-        node_id: node_id.into(),
-        verifier: Arc::new(TokenVerifier::new(&auth).expect("verifier")),
-        store: store.clone(),
-        nodes,
-        upstream: upstream_tier.clone(),
-        hub: hub.clone(),
-        metrics: metrics.clone(),
-    };
-    tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone()));
-    tokio::spawn(downstream_tier.serve(DownstreamListeners { http }, shutdown.clone()));
-    tokio::spawn(
-        upstream_tier
-            .clone()
-            .serve(UpstreamListeners::default(), shutdown.clone()),
-    );
+    let node = duplex_node::Node::start(config, Tiers::ALL, wiring)
+        .await
+        .expect("node starts");
+    let (tcp, ws) = node.addresses.client.expect("client listeners");
     Node {
         tcp,
         ws,
-        api,
-        store,
-        hub,
-        upstream: upstream_tier,
+        api: format!("http://{}", node.addresses.push_api.expect("push API")),
+        store: node.store.clone(),
+        hub: node.hub.clone(),
+        upstream: node.upstream.clone().expect("upstream tier"),
         http: reqwest::Client::new(),
-        metrics,
-        shutdown,
+        metrics: node.metrics.clone(),
+        node,
         _redis: redis,
     }
 }
@@ -255,7 +227,7 @@ impl Node {
 
     /// Shuts the node down (clients get `go_away`).
     pub fn stop(&self) {
-        self.shutdown.cancel();
+        self.node.begin_stop();
     }
 
     /// Connects `client_id` of `user` over TCP, resuming after `last_seq`.

@@ -27,8 +27,8 @@ use duplex_store::Route;
 use duplex_upstream::{Forwarded, Upstream};
 use serde::Deserialize;
 
-use crate::cluster::{authorized, frame_bytes, internal_http, status_of};
-use crate::peers::Peers;
+use super::cluster::{authorized, frame_bytes, internal_http, status_of};
+use super::peers::Peers;
 
 /// How many upstream nodes one call may try before it gives up.
 const MAX_NODES_PER_CALL: usize = 3;

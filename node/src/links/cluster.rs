@@ -24,7 +24,7 @@ use duplex_shared::protocol::{decode_body, encode_body, Frame, Limits};
 use duplex_store::Route;
 use serde::Deserialize;
 
-use crate::peers::Peers;
+use super::peers::Peers;
 
 pub struct ClusterNodes {
     node_id: String,

@@ -7,6 +7,8 @@
 //! lease is fresh, and the node is not draining. A load balancer or Kubernetes stops sending new clients to a node
 //! that is not ready.
 
+mod guard;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +19,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use duplex_downstream::{ApiError, Clients};
 
-use crate::admin_guard::AdminGuard;
 use duplex_shared::metrics::Metrics;
 use duplex_store::Store;
 use duplex_upstream::{AdminError, Upstream};
+use guard::AdminGuard;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -70,7 +72,7 @@ pub async fn serve(listener: TcpListener, admin: Admin, limits: duplex_http::Htt
     let app = match listener.local_addr() {
         Ok(bound) => app.layer(axum::middleware::from_fn_with_state(
             Arc::new(AdminGuard { bound, token_set }),
-            crate::admin_guard::middleware,
+            guard::middleware,
         )),
         Err(e) => {
             tracing::error!(error = %e, "admin listener has no address");
