@@ -37,9 +37,8 @@ pub enum Command {
     Token(TokenArgs),
     /// Connect like an app and print pushes as JSON lines.
     Client(crate::client_cli::ClientArgs),
-    /// Load generators; they only ever target 127.0.0.0/8.
-    #[command(subcommand)]
-    Bench(crate::bench::BenchCommand),
+    /// Load generators (runs `duplex-bench`); they only ever target 127.0.0.0/8.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]

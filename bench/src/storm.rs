@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use duplex_client::{Client, ClientOptions, Endpoint, Event};
 use duplex_shared::auth::{dev_claims, mint_hs256};
@@ -17,7 +17,7 @@ use duplex_shared::config::DEV_SECRET;
 use hdrhistogram::Histogram;
 
 use super::procfs::machine_line;
-use super::servers::{free_ports, start_duplex_with};
+use super::servers::{duplex_exe, free_ports, start_duplex_with};
 
 #[derive(Debug, Args)]
 pub struct StormArgs {
@@ -36,7 +36,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
     if args.clients == 0 || args.clients > 15_000 || args.window_ms == 0 {
         bail!("--clients within 1..=15000 and a positive --window-ms");
     }
-    let exe = std::env::current_exe().context("locating the duplex binary")?;
+    let exe = duplex_exe()?;
     let redis = duplex_testkit::TestRedis::start().map_err(anyhow::Error::msg)?;
     let dir = std::env::temp_dir().join(format!("duplex-bench-storm-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -20,7 +20,7 @@ use duplex_shared::protocol::{Ack, Frame, Request};
 use hdrhistogram::Histogram;
 
 use super::procfs::{cpu_seconds, machine_line};
-use super::servers::{free_ports, redis_for, start_duplex_with, Server};
+use super::servers::{duplex_exe, free_ports, redis_for, start_duplex_with, Server};
 
 #[derive(Debug, Args)]
 pub struct RequestArgs {
@@ -64,11 +64,12 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
     if args.clients == 0 || args.clients > 10_000 || args.requests < args.clients {
         bail!("--clients within 1..=10000 and --requests at least --clients");
     }
-    let exe = std::env::current_exe().context("locating the duplex binary")?;
+    let exe = duplex_exe()?;
+    let generator = std::env::current_exe().context("locating the duplex-bench binary")?;
     let backend_port = free_ports()?.0;
     let backend = Server {
-        child: std::process::Command::new(&exe)
-            .args(["bench", "backend", "--port", &backend_port.to_string()])
+        child: std::process::Command::new(&generator)
+            .args(["backend", "--port", &backend_port.to_string()])
             .spawn()
             .context("starting the bench backend")?,
         metrics_url: None,

@@ -24,7 +24,7 @@ use serde_json::json;
 
 use super::http_load::LoadClient;
 use super::procfs::{cpu_seconds, machine_line, rss_kib};
-use super::servers::{free_ports, redis_for, start_duplex};
+use super::servers::{duplex_exe, free_ports, redis_for, start_duplex};
 use super::store::{loopback_url, redis_counters};
 
 #[derive(Debug, Args)]
@@ -74,7 +74,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
     if args.clients == 0 || args.clients > 15_000 || args.batch == 0 || args.batch > 100 || args.messages == 0 {
         bail!("--clients within 1..=15000, --batch within 1..=100, --messages positive");
     }
-    let exe = std::env::current_exe().context("locating the duplex binary")?;
+    let exe = duplex_exe()?;
     let (private, redis_url) = redis_for(args.private_redis, &args.redis)?;
     let ports = free_ports()?;
     let servers = start_duplex(&exe, 1, ports, redis_url.as_deref())?;

@@ -1,9 +1,12 @@
-//! Load generators (`duplex bench ...`). Every load is bounded in count and
-//! time and only ever targets 127.0.0.0/8.
+//! Load generators (`duplex-bench ...`, also run as `duplex bench ...`).
+//! Every load is bounded in count and time and only ever targets
+//! 127.0.0.0/8. They start `duplex` servers as child processes (the binary
+//! next to `duplex-bench`), so the product binary carries none of this code
+//! and none of the test support it uses (private Redis servers).
 
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
 
 mod connect;
 mod http_load;
@@ -15,6 +18,14 @@ mod servers;
 mod store;
 mod storm;
 mod worker;
+
+/// `duplex-bench`'s command line.
+#[derive(Debug, Parser)]
+#[command(name = "duplex-bench", version, about = "Duplex load generators (127.0.0.0/8 only)")]
+pub struct BenchCli {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {

@@ -2,7 +2,7 @@
 //! processes on one port with `SO_REUSEPORT`) or a peer such as Mosquitto.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,24 @@ impl Drop for Server {
 
 /// The Redis the servers should use: a private `redis-server` started here
 /// (kept alive by the returned handle), the given URL, or none (memory store).
+/// The `duplex` binary the bench starts: `$DUPLEX_BIN`, else the one next
+/// to this `duplex-bench` (both are built by `cargo build --release`).
+pub fn duplex_exe() -> anyhow::Result<PathBuf> {
+    let exe = match std::env::var_os("DUPLEX_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::current_exe()
+            .context("locating the duplex-bench binary")?
+            .with_file_name("duplex"),
+    };
+    if !exe.is_file() {
+        bail!(
+            "no duplex binary at {} (build both with `cargo build --release`, or set DUPLEX_BIN)",
+            exe.display()
+        );
+    }
+    Ok(exe)
+}
+
 pub fn redis_for(
     private: bool,
     url: &Option<String>,

@@ -20,7 +20,7 @@ use duplex_shared::auth::{dev_claims, mint_hs256};
 use duplex_shared::config::DEV_SECRET;
 
 use super::procfs::{cpu_seconds, machine_line, rss_kib};
-use super::servers::{free_ports, redis_for, start_duplex, start_mosquitto, Server};
+use super::servers::{duplex_exe, free_ports, redis_for, start_duplex, start_mosquitto, Server};
 
 /// Connections one server process is asked to hold at most (fd limit 20,000).
 const PER_SERVER: usize = 18_000;
@@ -87,7 +87,8 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
             bail!("--peer supports `mosquitto`, with at most 19,000 connections (one process)");
         }
     }
-    let exe = std::env::current_exe().context("locating the duplex binary")?;
+    let exe = duplex_exe()?;
+    let generator = std::env::current_exe().context("locating the duplex-bench binary")?;
     let (private, redis_url) = redis_for(args.private_redis, &args.redis)?;
     let servers_n = args.servers.unwrap_or(args.connections.div_ceil(PER_SERVER)).max(1);
     println!("{}", machine_line());
@@ -102,7 +103,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     let ports = free_ports()?;
     let servers = start_duplex(&exe, servers_n, ports, redis_url.as_deref())?;
     let port = if args.transport == "tcp" { ports.0 } else { ports.1 };
-    let duplex = measure(&exe, &args, &servers, port, &args.transport).await?;
+    let duplex = measure(&generator, &args, &servers, port, &args.transport).await?;
     drop(servers);
     report("duplex", &duplex, args.hold);
     if let Some(r) = &private {
@@ -118,7 +119,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir)?;
         let port = free_ports()?.0; // mosquitto needs one
         let server = start_mosquitto(port, &dir).await?;
-        let peer = measure(&exe, &args, std::slice::from_ref(&server), port, "mqtt").await;
+        let peer = measure(&generator, &args, std::slice::from_ref(&server), port, "mqtt").await;
         drop(server);
         let _ = std::fs::remove_dir_all(&dir);
         let peer = peer?;
@@ -182,7 +183,7 @@ async fn measure(
         let count = args.per_worker.min(args.connections - w * args.per_worker);
         let source = Ipv4Addr::new(127, run_tag, (w / 250) as u8 + 1, (w % 250) as u8 + 2);
         let mut child = Command::new(exe)
-            .args(["bench", "connect-worker", "--target", &format!("127.0.0.1:{port}")])
+            .args(["connect-worker", "--target", &format!("127.0.0.1:{port}")])
             .args(["--transport", transport, "--count", &count.to_string()])
             .args(["--source", &source.to_string(), "--token", &token])
             .args([
