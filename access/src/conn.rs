@@ -4,30 +4,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use duplex_shared::links::ClientContext;
-use duplex_shared::protocol::{
-    body_capacity, encode_body, valid_client_id, Connect, ErrorCode, Frame, MAX_LAST_SEQ, PROTOCOL_VERSION,
-};
+use duplex_shared::protocol::{valid_client_id, Connect, ErrorCode, Frame, MAX_LAST_SEQ, PROTOCOL_VERSION};
 use duplex_store::ClaimError;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 use tracing::{debug, warn, Instrument};
 
 use crate::outbox::Outbox;
 use crate::preauth::PreAuthGuard;
+use crate::send::send_now;
 use crate::sequencer::Sequencer;
 use crate::session::Session;
 use crate::token_life::TokenLife;
 use crate::transport::{ReadEvent, Transport};
 use crate::Shared;
-
-/// Encodes one frame body.
-pub(crate) fn body(frame: &Frame) -> Bytes {
-    let mut out = Vec::with_capacity(body_capacity(frame));
-    encode_body(frame, &mut out);
-    Bytes::from(out)
-}
 
 /// Serves one accepted connection; `permit` is its slot under the
 /// connection limit, `preauth` its slot until it authenticates.
@@ -202,24 +193,6 @@ async fn send_refusal(shared: &Shared, io: &mut Transport, frame: &Frame) -> Res
     }
     send_now(shared, io, frame).await
 }
-
-/// Writes one frame immediately, bounded by the write timeout.
-///
-/// Boxed, like every transient await of a connection task: an async fn's
-/// state is as large as its largest await, and idle connections would carry
-/// that size for their whole life.
-pub(crate) fn send_now<'a>(shared: &Shared, io: &'a mut Transport, frame: &Frame) -> BoxFuture<'a, Result<(), ()>> {
-    shared.frames_out.frame(frame);
-    let write = timeout(shared.write_timeout(), io.write_owned(vec![body(frame)]));
-    Box::pin(async move {
-        match write.await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(()),
-        }
-    })
-}
-
-pub(crate) type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 impl Shared {
     pub(crate) fn route_ttl(&self) -> Duration {

@@ -16,7 +16,7 @@ use duplex_shared::links::{LinkError, NodeLink};
 use duplex_shared::protocol::Frame;
 use duplex_store::Route;
 
-use crate::conn::body;
+use crate::send::body;
 
 pub use crate::outbox::{CloseReason, Outbox, Outgoing};
 use tokio::time::Instant;

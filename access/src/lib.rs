@@ -40,6 +40,7 @@ mod listen;
 mod outbox;
 mod preauth;
 mod rate;
+mod send;
 mod sequencer;
 mod session;
 mod token_life;

@@ -15,8 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tracing::{debug, warn, Instrument};
 
-use crate::conn::{body, serve};
+use crate::conn::serve;
 use crate::preauth::Refusal;
+use crate::send::body;
 use crate::transport::{ws_config, Transport, TransportKind};
 use crate::Shared;
 

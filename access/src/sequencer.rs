@@ -15,8 +15,8 @@ use duplex_shared::metrics::{FrameCounts, Metrics};
 use duplex_shared::protocol::{Frame, Gap};
 use duplex_store::{Store, StoreError};
 
-use crate::conn::body;
 use crate::outbox::Outgoing;
+use crate::send::body;
 
 /// Pending messages fetched from the store per round trip.
 pub(crate) const FETCH_BATCH: usize = 256;

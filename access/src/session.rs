@@ -17,11 +17,11 @@ use futures_util::FutureExt;
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
 
-use crate::conn::{body, send_now};
 use crate::drain::{self, Drain};
 use crate::hub::SessionHandle;
 use crate::outbox::{CloseReason, Next, Outbox, Outgoing};
 use crate::rate::TokenBucket;
+use crate::send::{body, send_now};
 use crate::sequencer::{now_ms, Sequencer};
 use crate::token_life::{Expiry, TokenLife};
 use crate::transport::{ReadEvent, Transport};

@@ -85,3 +85,9 @@ impl InFlight {
         }
     }
 }
+
+/// What the application asks of the connection task.
+pub(crate) enum Command {
+    Call(Outgoing),
+    Ack(u64),
+}

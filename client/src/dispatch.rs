@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::reconnecting::Endpoint;
+use crate::options::Endpoint;
 
 /// Endpoints and their weights (1..=100) from the first dispatcher that answers.
 pub async fn fetch_nodes(dispatchers: &[String]) -> Result<Vec<(Endpoint, u32)>, String> {

@@ -41,7 +41,7 @@ impl Chooser {
         } else {
             let candidates: Vec<usize> = (0..n).filter(|&i| usable(i)).collect();
             let total: u32 = candidates.iter().map(|&i| self.weights[i].max(1)).sum();
-            let mut ticket = crate::reconnecting::rand_below(total.max(1));
+            let mut ticket = crate::backoff::rand_below(total.max(1));
             candidates.into_iter().find(|&i| {
                 let w = self.weights[i].max(1);
                 if ticket < w {

@@ -5,19 +5,26 @@
 //!   receives frames, plus the `Connect` handshake.
 //! - [`reconnecting`]: [`Client`], which reconnects with backoff, resumes,
 //!   drops duplicates, acks and keeps the heartbeat; `link` serves one live
-//!   connection of it.
+//!   connection of it, `acks` holds its acks, `calls` its uploads and requests.
+//! - `options`: [`ClientOptions`], [`Endpoint`] and the [`Event`]s an app reads;
+//!   `endpoints` picks the next endpoint, [`dispatch`] asks a node for them,
+//!   `backoff` spreads reconnects.
 
 use std::net::SocketAddr;
 
 mod acks;
+mod backoff;
 mod calls;
 pub mod dispatch;
 mod endpoints;
 mod link;
+mod options;
 pub mod reconnecting;
 
+pub use backoff::backoff_delay;
 pub use calls::CallError;
-pub use reconnecting::{Client, ClientOptions, Endpoint, Event, DEFAULT_ACK_DELAY};
+pub use options::{ClientOptions, Endpoint, Event, TokenProvider, DEFAULT_ACK_DELAY};
+pub use reconnecting::Client;
 
 use bytes::Bytes;
 use duplex_protocol::{

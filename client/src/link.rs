@@ -10,8 +10,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
 use crate::acks::Acks;
+use crate::calls::Command;
 use crate::calls::InFlight;
-use crate::reconnecting::{Command, Event, TokenProvider};
+use crate::options::{Event, TokenProvider};
 use crate::Connection;
 
 /// How one connection ended.

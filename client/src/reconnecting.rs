@@ -8,149 +8,22 @@
 //! unbounded buffering). Uploads and requests (`Client::upload`,
 //! `Client::request`) survive reconnects: see `calls`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use duplex_protocol::{Frame, Gap, Push, Reply, Request, Upload, UploadAck};
+use duplex_protocol::{Frame, Reply, Request, Upload, UploadAck};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{sleep, Instant};
 
 use crate::acks::Acks;
-use crate::calls::{Answer, CallError, InFlight, Outgoing};
+use crate::backoff::{backoff_delay, rand_unit};
+use crate::calls::{Answer, CallError, Command, InFlight, Outgoing};
 use crate::endpoints::Chooser;
 use crate::link::{Ended, Link};
+use crate::options::{ClientOptions, Endpoint, Event};
 use crate::{ClientError, Connection};
-
-/// Where to connect.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    Tcp(SocketAddr),
-    /// `ws://host:port/`
-    Ws(String),
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Endpoint::Tcp(addr) => write!(f, "tcp://{addr}"),
-            Endpoint::Ws(url) => f.write_str(url),
-        }
-    }
-}
-
-impl Endpoint {
-    /// Parses `tcp://host:port` or `ws://host:port/`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if let Some(rest) = s.strip_prefix("tcp://") {
-            rest.parse().map(Endpoint::Tcp).map_err(|e| format!("{s}: {e}"))
-        } else if s.starts_with("ws://") {
-            Ok(Endpoint::Ws(s.to_owned()))
-        } else {
-            Err(format!("{s}: use tcp://host:port or ws://host:port/"))
-        }
-    }
-}
-
-/// Default of [`ClientOptions::ack_delay`]: short against a push's life and
-/// the usual `wait_ack_ms`, long enough that a client receiving tens of
-/// pushes a second sends a few acks a second instead of one per push.
-pub const DEFAULT_ACK_DELAY: Duration = Duration::from_millis(100);
-
-/// Produces a fresh token for each connection attempt.
-pub type TokenProvider = Arc<dyn Fn() -> String + Send + Sync>;
-
-#[derive(Clone)]
-pub struct ClientOptions {
-    pub endpoints: Vec<Endpoint>,
-    /// Dispatcher URLs (`http://<push API>/v1/nodes` of any nodes), tried in order. When
-    /// set, the endpoints come from the first that answers (weighted by the nodes' free
-    /// capacity), fetched again after every failed or ended connection; `endpoints` is
-    /// the fallback while no dispatcher answers.
-    pub dispatchers: Vec<String>,
-    pub client_id: String,
-    pub token: TokenProvider,
-    /// Highest seq the application already processed (persist it across app restarts).
-    pub last_seq: u64,
-    /// Ack each push once it is handed to the application (default). When
-    /// false, the application calls `Client::ack` after processing; pushes
-    /// it has not acked come again after a reconnect.
-    pub auto_ack: bool,
-    /// How long an ack may wait for the acks of pushes arriving after it:
-    /// acks are cumulative, so one frame then covers them all, and each ack
-    /// frame costs the server a store call. Default
-    /// [`DEFAULT_ACK_DELAY`]; zero acks every burst at once. A push whose
-    /// backend call waits for the ack (`wait_ack_ms`) is acked at once
-    /// anyway. An ack still held when the connection drops is not lost: the
-    /// next connection resumes after it. It is lost only if the `Client` is
-    /// dropped first (`Client::close` sends it), and then those pushes come
-    /// again (unless `last_seq` says they were processed). Pushes count
-    /// against the server's per-client cap until acked, so a client taking
-    /// more than cap / delay pushes a second (10,000 with the defaults)
-    /// should use a shorter delay.
-    pub ack_delay: Duration,
-    /// Backoff bounds until the server advises its own.
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-    /// A connection that lasted this long resets the backoff.
-    pub stable_after: Duration,
-    /// Longest wait for an upload's ack or a request's reply, across reconnects. Default 60 s.
-    pub call_timeout: Duration,
-    /// Longest a connect plus handshake may take before the endpoint counts
-    /// as failed (a hung node accepts TCP but never answers). Default 10 s.
-    pub connect_timeout: Duration,
-}
-
-impl ClientOptions {
-    pub fn new(endpoints: Vec<Endpoint>, client_id: impl Into<String>, token: TokenProvider) -> Self {
-        ClientOptions {
-            endpoints,
-            dispatchers: Vec::new(),
-            client_id: client_id.into(),
-            token,
-            last_seq: 0,
-            auto_ack: true,
-            ack_delay: DEFAULT_ACK_DELAY,
-            backoff_min: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
-            stable_after: Duration::from_secs(30),
-            call_timeout: Duration::from_secs(60),
-            connect_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// What the application sees.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// An attempt to connect to this endpoint starts.
-    Connecting {
-        endpoint: String,
-    },
-    Connected {
-        node_id: String,
-        session_id: String,
-    },
-    Disconnected {
-        reason: String,
-    },
-    /// A push, each stored one exactly once (duplicates are dropped by seq).
-    Push(Push),
-    /// Pushes `from..=to` expired before they could be delivered.
-    Gap(Gap),
-    /// Closed for good: another instance of this client connected.
-    Replaced,
-}
-
-/// Delay before reconnect attempt `attempt` (0-based): uniform in
-/// `[0, min(max, min_delay * 2^attempt)]` ("full jitter"). `unit` is a random
-/// number in `[0, 1)`.
-pub fn backoff_delay(attempt: u32, min: Duration, max: Duration, unit: f64) -> Duration {
-    let cap = min.saturating_mul(1u32 << attempt.min(20)).min(max);
-    cap.mul_f64(unit.clamp(0.0, 1.0))
-}
 
 /// A running client; dropping it stops the connection.
 pub struct Client {
@@ -161,12 +34,6 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     next_id: AtomicU64,
     call_timeout: Duration,
-}
-
-/// What the application asks of the connection task.
-pub(crate) enum Command {
-    Call(Outgoing),
-    Ack(u64),
 }
 
 /// Longest `Client::close` waits to send the held ack.
@@ -451,20 +318,6 @@ async fn drive(
             _ = closing.wait_for(|closing| *closing) => return,
         }
     }
-}
-
-/// A number in `0..n` (`n > 0`), for spreading choices.
-pub(crate) fn rand_below(n: u32) -> u32 {
-    ((rand_unit() * f64::from(n)) as u32).min(n.saturating_sub(1))
-}
-
-fn rand_unit() -> f64 {
-    // Spread reconnects of many clients; quality needs are modest.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    f64::from(nanos % 1_000_000) / 1_000_000.0
 }
 
 #[cfg(test)]
