@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 
-use crate::redis::scripts::{unpack_counters, PENDING_BYTES, PENDING_COUNT};
+use crate::redis::scripts::unpack_counters;
 use crate::{now_ms, MemoryStore, RedisStore, StoreError};
 
 /// One client's backlog.
@@ -95,7 +95,7 @@ impl QueueOverview for RedisStore {
             let answers = values.iter().map(|v| {
                 let packed: Option<Vec<u8>> = redis::from_redis_value(v).unwrap_or(None);
                 match packed.as_deref().and_then(unpack_counters) {
-                    Some(c) => (c[PENDING_COUNT] as u64, c[PENDING_BYTES] as u64),
+                    Some(c) => (c.pending as u64, c.bytes as u64),
                     None => (0, 0),
                 }
             });

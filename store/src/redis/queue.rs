@@ -214,14 +214,14 @@ impl MessageQueue for RedisStore {
     }
 }
 
-/// The ENQUEUE script's answer: `1 <seq> [<route>]`, `2 <seq>~<nonce>` or
-/// `3 <count> <bytes>`.
+/// What enqueue.lua answered: `stored <seq> [<route>]`, `duplicate
+/// <seq>~<nonce>` or `full <count> <bytes>`.
 fn enqueued(client_id: &str, nonce: u32, reply: &str) -> Result<Enqueued, StoreError> {
     let corrupt = || StoreError::Corrupt(format!("enqueue reply {reply:?}"));
     let mut parts = reply.splitn(3, ' ');
     let (code, first, rest) = (parts.next(), parts.next().ok_or_else(corrupt)?, parts.next());
     match code {
-        Some("1") => {
+        Some("stored") => {
             let seq = first.parse().map_err(|_| corrupt())?;
             Ok(Enqueued::Stored {
                 seq,
@@ -229,7 +229,7 @@ fn enqueued(client_id: &str, nonce: u32, reply: &str) -> Result<Enqueued, StoreE
                 route: rest.map(Route::decode).transpose()?,
             })
         }
-        Some("2") => {
+        Some("duplicate") => {
             let (seq, nonce) = first
                 .split_once('~')
                 .and_then(|(s, n)| Some((s.parse().ok()?, n.parse().ok()?)))
@@ -239,7 +239,7 @@ fn enqueued(client_id: &str, nonce: u32, reply: &str) -> Result<Enqueued, StoreE
                 msg_id: message_id(client_id, seq, nonce),
             })
         }
-        Some("3") => Ok(Enqueued::Full {
+        Some("full") => Ok(Enqueued::Full {
             messages: first.parse().map_err(|_| corrupt())?,
             bytes: rest.and_then(|b| b.parse().ok()).ok_or_else(corrupt)?,
         }),
