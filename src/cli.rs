@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use duplex_shared::config::{Config, ConfigError};
+use duplex_node::config::{Config, ConfigError};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 

@@ -8,8 +8,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
+use duplex_node::config::{Config, LogConfig};
 use duplex_node::{Node, Tiers, Wiring};
-use duplex_shared::config::{Config, LogConfig};
 use tracing::info;
 
 // jemalloc: glibc malloc took ~38% of the CPU in the push benchmark (perf);

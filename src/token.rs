@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use duplex_shared::auth::{dev_claims, mint_hs256};
-use duplex_shared::config::{Config, JwtAlgorithm, DEV_SECRET};
+use duplex_access::auth::{dev_claims, mint_hs256};
+use duplex_node::config::{Config, JwtAlgorithm, DEV_SECRET};
 
 use crate::cli::TokenArgs;
 

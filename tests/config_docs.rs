@@ -1,7 +1,7 @@
 //! The documented configuration cannot rot: the example file loads, and every
 //! key of the real configuration appears in docs/CONFIG.md and in the example.
 
-use duplex_shared::config::{Config, EndpointConfig, ServiceConfig};
+use duplex_node::config::{Config, EndpointConfig, ServiceConfig};
 
 fn keys(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
     if let serde_json::Value::Object(map) = value {

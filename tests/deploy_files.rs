@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use duplex_shared::config::Config;
+use duplex_node::config::Config;
 
 const FILES: [(&str, &str); 7] = [
     ("docker-compose.yml", include_str!("../deploy/docker-compose.yml")),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use duplex_access::auth::{dev_claims, mint_hs256};
 use duplex_client::{Client, ClientOptions, Endpoint, Event};
-use duplex_shared::auth::{dev_claims, mint_hs256};
 use serde_json::json;
 
 /// The next event other than `Connecting` (attempts are not what these tests look at).
@@ -155,11 +155,11 @@ async fn go_away_moves_the_client_to_another_endpoint_and_nothing_is_lost() {
 
 /// A node whose service `svc` calls `backend`.
 async fn node_with_backend(kind: StoreKind, backend: &common::backend::Backend) -> Node {
-    let mut upstream = duplex_shared::config::UpstreamConfig::default();
+    let mut upstream = duplex_node::config::UpstreamConfig::default();
     upstream.services.insert(
         "svc".into(),
-        duplex_shared::config::ServiceConfig {
-            endpoints: vec![duplex_shared::config::EndpointConfig {
+        duplex_node::config::ServiceConfig {
+            endpoints: vec![duplex_node::config::EndpointConfig {
                 url: backend.url(),
                 weight: 1,
             }],

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::backend::{Backend, Mode};
 use common::*;
 use duplex_client::Connection;
-use duplex_shared::config::{EndpointConfig, ServiceConfig, UpstreamConfig};
+use duplex_node::config::{EndpointConfig, ServiceConfig, UpstreamConfig};
 use duplex_shared::protocol::{ErrorFrame, Frame, Reply, Upload, UploadAck};
 
 fn service(backends: &[&Backend], tweak: impl FnOnce(&mut ServiceConfig)) -> ServiceConfig {

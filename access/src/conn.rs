@@ -107,7 +107,7 @@ async fn authenticate(
     shared: &Shared,
     io: &mut Transport,
     deadline: Instant,
-) -> Option<(Connect, duplex_shared::auth::Claims)> {
+) -> Option<(Connect, crate::auth::Claims)> {
     let refuse = |code: ErrorCode, id: Option<u64>, msg: String| code.frame(id, msg, true);
     // A few control messages (WebSocket pings) may come first; a stream of
     // them is no way to hold an unauthenticated socket.

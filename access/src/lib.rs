@@ -19,8 +19,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use duplex_shared::auth::TokenVerifier;
-use duplex_shared::config::AccessConfig;
+use crate::auth::TokenVerifier;
+use crate::config::AccessConfig;
 use duplex_shared::links::{NodeLink, UpstreamLink};
 use duplex_shared::metrics::{FrameCounts, Metrics};
 use duplex_shared::net::bind_listener;
@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+pub mod auth;
+pub mod config;
 mod conn;
 mod drain;
 pub mod hub;

@@ -98,7 +98,7 @@ impl Session {
             conn_epoch: self.client.route.conn_epoch,
             user_id: Arc::from(self.client.user_id.as_str()),
             outbox: outbox.clone(),
-            connected_at_ms: duplex_shared::auth::unix_now() * 1000,
+            connected_at_ms: crate::auth::unix_now() * 1000,
         };
         if shared.hub.register(&self.client.client_id, handle).is_err() {
             debug!("a newer connection of this client already won");

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use duplex_shared::auth::unix_now;
+use crate::auth::unix_now;
 use duplex_shared::protocol::{ErrorCode, Frame};
 use tokio::time::Instant;
 

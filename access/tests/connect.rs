@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use duplex_shared::auth::{dev_claims, mint_hs256, unix_now};
+use duplex_access::auth::{dev_claims, mint_hs256, unix_now};
 use duplex_shared::protocol::{encode_tcp, Ack, Frame, Ping, Upload, PROTOCOL_VERSION};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 

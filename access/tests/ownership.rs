@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use duplex_shared::auth::{dev_claims, mint_hs256, unix_now, Claims};
+use duplex_access::auth::{dev_claims, mint_hs256, unix_now, Claims};
 use duplex_shared::protocol::{Frame, Ping, MAX_LAST_SEQ};
 use duplex_store::QueueLimits;
 use duplex_testkit::message;

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use duplex_shared::auth::unix_now;
+use duplex_access::auth::unix_now;
 use duplex_shared::protocol::{Frame, MAX_LAST_SEQ};
 use duplex_store::QueueLimits;
 use duplex_testkit::message;

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use duplex_access::auth::{dev_claims, mint_hs256, unix_now};
 use duplex_client::Connection;
-use duplex_shared::auth::{dev_claims, mint_hs256, unix_now};
 use duplex_shared::protocol::{Frame, Ping, Refresh};
 use tokio::time::Instant;
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use duplex_shared::auth::{dev_claims, mint_hs256};
-use duplex_shared::config::DEV_SECRET;
+use duplex_access::auth::{dev_claims, mint_hs256};
+use duplex_node::config::DEV_SECRET;
 
 use super::procfs::{cpu_seconds, machine_line, rss_kib};
 use super::servers::{duplex_exe, free_ports, redis_for, start_duplex, start_mosquitto, Server};

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use duplex_access::auth::{dev_claims, mint_hs256};
 use duplex_client::Connection;
-use duplex_shared::auth::{dev_claims, mint_hs256};
-use duplex_shared::config::DEV_SECRET;
+use duplex_node::config::DEV_SECRET;
 use duplex_shared::protocol::{Ack, Frame, Request};
 use hdrhistogram::Histogram;
 

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
+use duplex_access::auth::{dev_claims, mint_hs256};
 use duplex_client::{Client, ClientOptions, Endpoint, Event};
-use duplex_shared::auth::{dev_claims, mint_hs256};
-use duplex_shared::config::DEV_SECRET;
+use duplex_node::config::DEV_SECRET;
 use hdrhistogram::Histogram;
 
 use super::procfs::machine_line;

@@ -40,7 +40,7 @@ fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
         .ok_or_else(ApiError::unauthorized)?;
     // Every key is compared, so the time taken does not depend on which one matches.
     let ok = shared.config.api_keys.iter().fold(false, |acc, k| {
-        acc | duplex_shared::auth::constant_time_eq(k.as_bytes(), presented.as_bytes())
+        acc | duplex_shared::secrets::constant_time_eq(k.as_bytes(), presented.as_bytes())
     });
     ok.then_some(()).ok_or_else(ApiError::unauthorized)
 }

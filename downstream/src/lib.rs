@@ -13,7 +13,8 @@
 
 use std::sync::Arc;
 
-use duplex_shared::config::{DownstreamConfig, HttpConfig};
+use crate::config::DownstreamConfig;
+use duplex_shared::config::HttpConfig;
 use duplex_shared::links::{NodeLink, ReplyLink};
 use duplex_shared::metrics::{Counter, Histogram, Metrics};
 use duplex_store::Store;
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod api;
+pub mod config;
 mod error;
 mod push;
 mod reply;

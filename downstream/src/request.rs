@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::DownstreamConfig;
 use base64::Engine;
 use bytes::Bytes;
-use duplex_shared::config::DownstreamConfig;
 use duplex_shared::protocol::valid_client_id;
 use serde::Deserialize;
 

@@ -12,6 +12,7 @@
 //! - `admin`: the admin listener (metrics, health, admin API, dashboard).
 
 mod admin;
+pub mod config;
 pub mod links;
 mod registry;
 mod wiring;
@@ -141,11 +142,7 @@ pub struct Node {
 impl Node {
     /// Builds and starts a node running `tiers` (see [`Wiring`] for what a
     /// test may put in place of the defaults).
-    pub async fn start(
-        config: duplex_shared::config::Config,
-        tiers: Tiers,
-        wiring: Wiring,
-    ) -> Result<Node, StartError> {
+    pub async fn start(config: crate::config::Config, tiers: Tiers, wiring: Wiring) -> Result<Node, StartError> {
         wiring::start(config, tiers, wiring).await
     }
 

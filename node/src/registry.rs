@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use duplex_shared::config::Config;
+use crate::config::Config;
 use duplex_shared::metrics::Metrics;
 use duplex_store::{now_ms, NodeInfo, Store};
 use tokio_util::sync::CancellationToken;

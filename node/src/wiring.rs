@@ -6,10 +6,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::config::{Config, DEV_API_KEY, DEV_SECRET};
+use duplex_access::auth::TokenVerifier;
 use duplex_access::{AccessContext, AccessListeners, Hub};
 use duplex_downstream::{Downstream, DownstreamContext, DownstreamListeners};
-use duplex_shared::auth::TokenVerifier;
-use duplex_shared::config::{Config, DEV_API_KEY, DEV_SECRET};
 use duplex_shared::links::{NodeLink, ReplyLink, UpstreamLink};
 use duplex_shared::metrics::Metrics;
 use duplex_store::{MemoryStore, RedisStore, Store};

@@ -2,17 +2,17 @@
 //!
 //! # Layout
 //! - [`protocol`]: the wire protocol, sans-IO (frames, structural check, codec).
-//! - [`config`]: typed, validated configuration of every tier.
-//! - [`auth`]: JWT verification with a pinned algorithm.
+//! - [`config`]: the configuration error every section uses, and the HTTP listeners' bounds.
 //! - [`links`]: traits through which tiers call each other.
 //! - [`metrics`]: counters and gauges in the Prometheus text format.
 //! - [`net`]: listener setup (backlog, `SO_REUSEPORT`).
+//! - [`secrets`]: constant-time comparison of API keys, tokens and secrets.
 
-pub mod auth;
 pub mod config;
 pub mod links;
 pub mod metrics;
 pub mod net;
+pub mod secrets;
 /// The wire protocol lives in its own crate (the SDK's only Duplex dependency).
 pub use duplex_protocol as protocol;
 pub mod trace;

@@ -12,11 +12,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use duplex_access::auth::{dev_claims, mint_hs256};
 use duplex_access::Hub;
 use duplex_client::Connection;
+use duplex_node::config::{AccessConfig, AuthConfig, Config, DownstreamConfig, UpstreamConfig};
 use duplex_node::{Tiers, Wiring};
-use duplex_shared::auth::{dev_claims, mint_hs256};
-use duplex_shared::config::{AccessConfig, AuthConfig, Config, DownstreamConfig, UpstreamConfig};
 use duplex_shared::links::{LinkError, NodeLink};
 use duplex_shared::metrics::Metrics;
 use duplex_shared::protocol::{Ack, Frame, Push};

@@ -5,8 +5,8 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use crate::config::{ServiceConfig, UpstreamConfig};
 use bytes::{Bytes, BytesMut};
-use duplex_shared::config::{ServiceConfig, UpstreamConfig};
 use duplex_shared::metrics::{Counter, Histogram, Metrics};
 use duplex_shared::protocol::Headers;
 use reqwest::header::{HeaderName, HeaderValue};

@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::UpstreamConfig;
 use async_trait::async_trait;
-use duplex_shared::config::UpstreamConfig;
 use duplex_shared::links::{ClientContext, LinkError, ReplyLink, UpstreamLink};
 use duplex_shared::metrics::Metrics;
 use duplex_shared::protocol::{Request, Upload, UploadAck};
@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 mod budget;
 mod call;
+pub mod config;
 mod health;
 pub mod path;
 mod pool;

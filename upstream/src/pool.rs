@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use duplex_shared::config::{ServiceConfig, UpstreamConfig};
+use crate::config::{ServiceConfig, UpstreamConfig};
 use rand::Rng;
 use reqwest::Url;
 use tokio::time::Instant;
@@ -260,7 +260,7 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
-    use duplex_shared::config::EndpointConfig;
+    use crate::config::EndpointConfig;
 
     use super::*;
 

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use duplex_shared::config::{ServiceConfig, UpstreamConfig};
+use crate::config::{ServiceConfig, UpstreamConfig};
 
 use crate::call::Service;
 use crate::{health, spool, AdminError, Upstream};

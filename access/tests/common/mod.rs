@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use duplex_access::auth::{dev_claims, mint_hs256, TokenVerifier};
+use duplex_access::config::{AccessConfig, AuthConfig};
 use duplex_access::{AccessContext, AccessListeners, Hub, LocalNodes};
 use duplex_client::Connection;
-use duplex_shared::auth::{dev_claims, mint_hs256, TokenVerifier};
-use duplex_shared::config::{AccessConfig, AuthConfig};
 use duplex_shared::protocol::{ErrorFrame, Frame};
 use duplex_store::{MemoryStore, RedisStore, Store};
 use duplex_testkit::{random_prefix, TestRedis};

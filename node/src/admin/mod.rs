@@ -128,7 +128,7 @@ fn refused(admin: &Admin, headers: &HeaderMap) -> Option<Response> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    (!duplex_shared::auth::constant_time_eq(given.as_bytes(), expected.as_bytes())).then(|| {
+    (!duplex_shared::secrets::constant_time_eq(given.as_bytes(), expected.as_bytes())).then(|| {
         error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

@@ -18,9 +18,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use duplex_access::{Hub, LocalNodes};
-use duplex_shared::auth::constant_time_eq;
 use duplex_shared::links::{LinkError, NodeLink};
 use duplex_shared::protocol::{decode_body, encode_body, Frame, Limits};
+use duplex_shared::secrets::constant_time_eq;
 use duplex_store::Route;
 use serde::Deserialize;
 

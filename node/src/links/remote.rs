@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::UpstreamConfig;
 use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -20,7 +21,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use duplex_shared::config::UpstreamConfig;
 use duplex_shared::links::{ClientContext, LinkError, ReplyLink, UpstreamLink};
 use duplex_shared::protocol::{decode_body, Frame, Limits, Reply, Request, Upload, UploadAck};
 use duplex_store::Route;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{invalid, ConfigError};
+use duplex_shared::config::{invalid, ConfigError};
 
 /// Upstream tier: backend services and how calls to them are balanced, retried and spooled.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! Token verification: every algorithm, pinned; claims enforced.
 
-use duplex_shared::auth::{dev_claims, mint_hs256, unix_now, Audience, Claims, TokenVerifier};
-use duplex_shared::config::{AuthConfig, JwtAlgorithm};
+use duplex_access::auth::{dev_claims, mint_hs256, unix_now, Audience, Claims, TokenVerifier};
+use duplex_access::config::{AuthConfig, JwtAlgorithm};
 use duplex_shared::protocol::ErrorCode;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 

@@ -8,8 +8,9 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AuthConfig, ConfigError, JwtAlgorithm};
-use crate::protocol::ErrorCode;
+use crate::config::{AuthConfig, JwtAlgorithm};
+use duplex_shared::config::ConfigError;
+use duplex_shared::protocol::ErrorCode;
 
 /// Claims Duplex reads from a token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -205,10 +206,4 @@ pub fn dev_claims(sub: &str, ttl_s: u64) -> Claims {
         iss: None,
         cid: None,
     }
-}
-
-/// Constant-time comparison of secrets (API keys, admin tokens), so response
-/// timing does not reveal how much of a guess was right.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -1,6 +1,6 @@
 //! A configuration error names the key that is wrong.
 
-use duplex_shared::config::{Config, ConfigError, UpstreamConfig};
+use duplex_node::config::{Config, ConfigError, UpstreamConfig};
 
 fn field_of(e: ConfigError) -> String {
     match e {

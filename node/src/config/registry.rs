@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{invalid, ConfigError};
+use duplex_shared::config::{invalid, ConfigError};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
