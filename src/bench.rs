@@ -26,7 +26,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
     // exec only returns on failure.
     let error = Command::new(&bench).args(&args.args).exec();
     eprintln!(
-        "duplex: cannot run {}: {error} (build it with `cargo build --release`, which builds duplex-bench too)",
+        "duplex: cannot run {}: {error} (build it: `cargo build --release --workspace`, or `-p duplex-bench`)",
         bench.display()
     );
     ExitCode::from(69)

@@ -37,6 +37,7 @@ pub mod config;
 mod conn;
 mod drain;
 pub mod hub;
+mod inbound;
 mod leases;
 mod listen;
 mod outbox;

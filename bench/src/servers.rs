@@ -37,7 +37,7 @@ impl Drop for Server {
 /// The Redis the servers should use: a private `redis-server` started here
 /// (kept alive by the returned handle), the given URL, or none (memory store).
 /// The `duplex` binary the bench starts: `$DUPLEX_BIN`, else the one next
-/// to this `duplex-bench` (both are built by `cargo build --release`).
+/// to this `duplex-bench` (both are built by `cargo build --release --workspace`).
 pub fn duplex_exe() -> anyhow::Result<PathBuf> {
     let exe = match std::env::var_os("DUPLEX_BIN") {
         Some(path) => PathBuf::from(path),
@@ -47,7 +47,7 @@ pub fn duplex_exe() -> anyhow::Result<PathBuf> {
     };
     if !exe.is_file() {
         bail!(
-            "no duplex binary at {} (build both with `cargo build --release`, or set DUPLEX_BIN)",
+            "no duplex binary at {} (build both with `cargo build --release --workspace`, or set DUPLEX_BIN)",
             exe.display()
         );
     }

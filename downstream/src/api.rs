@@ -19,7 +19,7 @@ use crate::push::PushResponse;
 use crate::request::{parse_json, BatchRequest, PushRequest, ValidPush};
 use crate::{now_ms, Shared};
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.config.max_body_bytes as usize;
     Router::new()
         .route("/v1/nodes", get(nodes))

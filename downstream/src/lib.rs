@@ -149,9 +149,15 @@ impl Downstream {
         self.shared.clone()
     }
 
+    /// The push API's routes (docs/API.md), for a caller that serves them
+    /// itself; [`Downstream::serve`] serves them with the listener's bounds.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.shared.clone())
+    }
+
     /// Serves the push API until `shutdown`, then stops retries and flushes sent marks.
     pub async fn serve(self, listeners: DownstreamListeners, shutdown: CancellationToken) {
-        let app = api::router(self.shared.clone());
+        let app = self.router();
         let limits = duplex_http::HttpLimits {
             max_connections: self.http.max_connections as usize,
             header_timeout: self.http.header_timeout(),

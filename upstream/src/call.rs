@@ -87,25 +87,81 @@ pub struct Service {
     pub spool_wake: Notify,
     /// Ends this service's background work (shutdown, or replaced in the routing table).
     pub stop: tokio_util::sync::CancellationToken,
-    /// `duplex_replies_total` by kind: backend, timeout, unavailable, error.
-    pub replies: [Counter; 4],
+    /// `duplex_replies_total` by kind.
+    replies: ByKind<4>,
     /// Per endpoint (by index): try durations.
     call_seconds: Vec<Histogram>,
 }
 
-/// Try outcomes of one endpoint, in the order of `OUTCOMES`.
-const OUTCOMES: [&str; 6] = [
-    "ok",
-    "client_error",
-    "server_error",
-    "timeout",
-    "connect_error",
-    "error",
-];
+/// How one try of a backend call ended (the `outcome` label of
+/// `duplex_backend_calls_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TryOutcome {
+    Ok,
+    ClientError,
+    ServerError,
+    Timeout,
+    ConnectError,
+    Error,
+}
+
+impl TryOutcome {
+    /// Every outcome, in the order of an endpoint's counters.
+    const ALL: [TryOutcome; 6] = [
+        TryOutcome::Ok,
+        TryOutcome::ClientError,
+        TryOutcome::ServerError,
+        TryOutcome::Timeout,
+        TryOutcome::ConnectError,
+        TryOutcome::Error,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            TryOutcome::Ok => "ok",
+            TryOutcome::ClientError => "client_error",
+            TryOutcome::ServerError => "server_error",
+            TryOutcome::Timeout => "timeout",
+            TryOutcome::ConnectError => "connect_error",
+            TryOutcome::Error => "error",
+        }
+    }
+}
+
+/// What a reply to a client's request came from (the `kind` label of
+/// `duplex_replies_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    Backend,
+    Timeout,
+    Unavailable,
+    Error,
+}
+
+impl ReplyKind {
+    const ALL: [ReplyKind; 4] = [
+        ReplyKind::Backend,
+        ReplyKind::Timeout,
+        ReplyKind::Unavailable,
+        ReplyKind::Error,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ReplyKind::Backend => "backend",
+            ReplyKind::Timeout => "timeout",
+            ReplyKind::Unavailable => "unavailable",
+            ReplyKind::Error => "error",
+        }
+    }
+}
+
+/// One counter per variant of an outcome enum, indexed by the variant.
+struct ByKind<const N: usize>([Counter; N]);
 
 struct Counts {
     /// Per endpoint (by index), per outcome.
-    outcomes: Vec<[Counter; 6]>,
+    outcomes: Vec<ByKind<6>>,
     retries: Counter,
     budget_exhausted: Counter,
     ejections: Counter,
@@ -113,6 +169,11 @@ struct Counts {
 }
 
 impl Service {
+    /// Counts a reply handed back for a client's request.
+    pub fn count_reply(&self, kind: ReplyKind) {
+        self.replies.0[kind as usize].inc();
+    }
+
     pub fn new(
         name: &str,
         config: &ServiceConfig,
@@ -125,12 +186,12 @@ impl Service {
         let outcomes = urls
             .iter()
             .map(|url| {
-                OUTCOMES.map(|outcome| {
+                ByKind(TryOutcome::ALL.map(|outcome| {
                     metrics.counter(
                         "duplex_backend_calls_total",
-                        &[("service", name), ("endpoint", url), ("outcome", outcome)],
+                        &[("service", name), ("endpoint", url), ("outcome", outcome.label())],
                     )
-                })
+                }))
             })
             .collect();
         let call_seconds = urls
@@ -148,8 +209,10 @@ impl Service {
             spool_wake: Notify::new(),
             stop,
             call_seconds,
-            replies: ["backend", "timeout", "unavailable", "error"]
-                .map(|kind| metrics.counter("duplex_replies_total", &[("service", name), ("kind", kind)])),
+            replies: ByKind(
+                ReplyKind::ALL
+                    .map(|kind| metrics.counter("duplex_replies_total", &[("service", name), ("kind", kind.label())])),
+            ),
             counts: Counts {
                 outcomes,
                 retries: metrics.counter("duplex_backend_retries_total", &[("service", name)]),
@@ -270,15 +333,15 @@ impl Service {
             h.observe(started.elapsed());
         }
         let outcome = match &result {
-            Ok(r) if r.status >= 500 => 2,
-            Ok(r) if r.status >= 400 => 1,
-            Ok(_) => 0,
-            Err(e) if e.is_timeout() => 3,
-            Err(e) if e.is_connect() => 4,
-            Err(_) => 5,
+            Ok(r) if r.status >= 500 => TryOutcome::ServerError,
+            Ok(r) if r.status >= 400 => TryOutcome::ClientError,
+            Ok(_) => TryOutcome::Ok,
+            Err(e) if e.is_timeout() => TryOutcome::Timeout,
+            Err(e) if e.is_connect() => TryOutcome::ConnectError,
+            Err(_) => TryOutcome::Error,
         };
         if let Some(counters) = self.counts.outcomes.get(index) {
-            counters[outcome].inc();
+            counters.0[outcome as usize].inc();
         }
         result.map_err(|e| {
             if e.is_timeout() {

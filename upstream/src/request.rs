@@ -14,7 +14,7 @@ use duplex_store::{now_ms, FrameClaim};
 use reqwest::Method;
 use tokio::time::Instant;
 
-use crate::call::{idempotency_key, BackendResponse, Call, CallError};
+use crate::call::{idempotency_key, BackendResponse, Call, CallError, ReplyKind};
 use crate::{store_unavailable, Upstream};
 
 /// A claim outlives the deadline by this much, so a resend that races a slow reply stays quiet.
@@ -79,7 +79,7 @@ impl Upstream {
             if how.takeover && !retry_safe {
                 // The backend may or may not have seen it: say so rather than repeat it.
                 let (reply, kind) = reply_for(req.id, Err(CallError::Lost));
-                service.replies[kind].inc();
+                service.count_reply(kind);
                 deliver_reply(&*self.replies, &from.client_id, reply, deadline_ms).await;
                 return Ok(());
             }
@@ -111,7 +111,7 @@ impl Upstream {
                 Err(_) => Err(CallError::Timeout),
             };
             let (reply, kind) = reply_for(req.id, result);
-            service.replies[kind].inc();
+            service.count_reply(kind);
             // The claim stays until it expires (deadline + slack): a resend meanwhile
             // finds it and waits for this reply instead of calling the backend again.
             deliver_reply(&*replies, &from.client_id, reply, deadline_ms).await;
@@ -132,8 +132,8 @@ pub(crate) fn frame_claim_key(user_id: &str, kind: &str, frame_id: u64) -> Strin
 }
 
 /// The reply for a call's outcome, and which `duplex_replies_total` kind it is.
-fn reply_for(id: u64, result: Result<BackendResponse, CallError>) -> (Reply, usize) {
-    let failure = |status: u16, code: &str, message: String, kind: usize| {
+fn reply_for(id: u64, result: Result<BackendResponse, CallError>) -> (Reply, ReplyKind) {
+    let failure = |status: u16, code: &str, message: String, kind: ReplyKind| {
         let mut headers = Headers::new();
         headers.insert("x-duplex-error".into(), code.to_owned());
         let reply = Reply {
@@ -154,21 +154,21 @@ fn reply_for(id: u64, result: Result<BackendResponse, CallError>) -> (Reply, usi
                 body: r.body,
                 seq: 0,
             },
-            0,
+            ReplyKind::Backend,
         ),
-        Err(CallError::Timeout) => failure(504, "timeout", "the request deadline passed".into(), 1),
+        Err(CallError::Timeout) => failure(504, "timeout", "the request deadline passed".into(), ReplyKind::Timeout),
         Err(CallError::PoolUnavailable) => failure(
             503,
             "unavailable",
             "no backend endpoint of the service is available".into(),
-            2,
+            ReplyKind::Unavailable,
         ),
-        Err(e @ CallError::Transport(_)) => failure(502, "backend_error", e.to_string(), 3),
+        Err(e @ CallError::Transport(_)) => failure(502, "backend_error", e.to_string(), ReplyKind::Error),
         Err(CallError::Lost) => failure(
             502,
             "upstream_lost",
             "the upstream node handling this request was lost; the backend may have received it".into(),
-            3,
+            ReplyKind::Error,
         ),
     }
 }

@@ -1,5 +1,5 @@
 //! One client's message queue in memory: the same rules as the Redis scripts
-//! (`redis_scripts.rs`), written once in Rust.
+//! (`store/scripts/`), written once in Rust.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

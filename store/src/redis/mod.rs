@@ -43,7 +43,7 @@ fn array(v: Value) -> Result<Vec<Value>, StoreError> {
 /// How long an ack may wait for others to share its script call.
 const ACK_LINGER: Duration = Duration::from_millis(1);
 
-/// The queue scripts, each with its batching task (`redis_batch`).
+/// The queue scripts, each with its batching task (`batch.rs`).
 #[derive(Clone)]
 struct QueueScripts {
     enqueue: BatchedScript,
@@ -53,7 +53,7 @@ struct QueueScripts {
 }
 
 impl QueueScripts {
-    /// Key and argument counts as in `redis_scripts`.
+    /// Key and argument counts per caller, as each script reads them (`store/scripts/*.lua`).
     fn start(conn: &RedisConn) -> Self {
         QueueScripts {
             enqueue: BatchedScript::start(conn.clone(), &ENQUEUE, 3, 4, Duration::ZERO),
@@ -90,7 +90,7 @@ fn unavailable(e: RedisError) -> StoreError {
 
 impl RedisStore {
     /// Connects to `url` (one server, `redis+cluster://` or
-    /// `redis+sentinel://`, see `redis_conn`); every key starts with `prefix`.
+    /// `redis+sentinel://`, see `conn.rs`); every key starts with `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
         let conn = RedisConn::connect(url).await.map_err(unavailable)?;
         // Loaded up front: otherwise every call in flight at the start meets

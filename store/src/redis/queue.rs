@@ -7,25 +7,25 @@ use duplex_protocol::MAX_LAST_SEQ;
 use redis::Value;
 
 use super::batch::{BatchScript, CallArgs};
-use super::scripts::{self as redis_scripts, pack_numbers, status_bucket_name};
+use super::scripts::{self, pack_numbers, status_bucket_name};
 use super::{array, int, unavailable, Keys, RedisStore};
 use crate::{
     message_id, Enqueued, MessageQueue, MessageRecord, MessageState, MessageStatus, NewMessage, Pending, QueueInfo,
     QueueLimits, Route, StoreError, StoredMessage, STATUS_RETENTION_MS,
 };
 
-pub(super) static ENQUEUE: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(redis_scripts::ENQUEUE));
-pub(super) static PENDING: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(redis_scripts::PENDING));
-pub(super) static ACK: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(redis_scripts::ACK));
-pub(super) static INFO: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(redis_scripts::INFO));
+pub(super) static ENQUEUE: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(scripts::ENQUEUE));
+pub(super) static PENDING: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(scripts::PENDING));
+pub(super) static ACK: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(scripts::ACK));
+pub(super) static INFO: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(scripts::INFO));
 
-/// The key of one client's queue hash (`h`, see `redis_scripts`); the
+/// The key of one client's queue hash (`h`, see `scripts.rs`); the
 /// scripts find the client's status buckets from it.
 pub(super) fn queue_key(keys: &Keys, client_id: &str) -> String {
     keys.client_key(client_id, "h")
 }
 
-/// The status bucket of message `seq` (see `redis_scripts`).
+/// The status bucket of message `seq` (see `scripts.rs`).
 fn status_bucket(keys: &Keys, client_id: &str, seq: u64) -> String {
     let mut key = keys.client_key(client_id, "s:");
     key.push_str(&status_bucket_name(seq));
@@ -105,7 +105,7 @@ impl MessageQueue for RedisStore {
 
     async fn note_written(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
         let mut note = redis::cmd("EVAL");
-        note.arg(redis_scripts::NOTE_WRITTEN)
+        note.arg(scripts::NOTE_WRITTEN)
             .arg(1)
             .arg(queue_key(&self.keys, client_id))
             .arg(seq.min(MAX_LAST_SEQ));
