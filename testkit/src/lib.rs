@@ -1,9 +1,12 @@
 //! What Duplex's tests and benches share, never linked into the product:
 //! private Redis deployments (a server, Sentinel, Cluster), the store
-//! contract suite that runs one test on every store and deployment, and
-//! small builders of test data.
+//! contract suite that runs one test on every store and deployment, small
+//! builders of test data, and (feature `node`) a whole node in process,
+//! built through `duplex-node` as the binary builds it.
 
 mod cluster;
+#[cfg(feature = "node")]
+pub mod node;
 mod redis;
 mod sentinel;
 
