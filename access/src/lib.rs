@@ -42,7 +42,6 @@ mod leases;
 mod listen;
 mod outbox;
 mod preauth;
-mod rate;
 mod send;
 mod sequencer;
 mod session;

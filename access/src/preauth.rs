@@ -18,7 +18,7 @@ use crate::config::AccessConfig;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::rate::TokenBucket;
+use duplex_shared::rate::TokenBucket;
 
 /// Sources remembered at most.
 const MAX_SOURCES: usize = 65_536;

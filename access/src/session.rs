@@ -20,12 +20,12 @@ use tracing::{debug, info, warn};
 use crate::drain::{self, Drain};
 use crate::hub::SessionHandle;
 use crate::outbox::{CloseReason, Next, Outbox, Outgoing};
-use crate::rate::TokenBucket;
 use crate::send::send_now;
 use crate::sequencer::{now_ms, Sequencer};
 use crate::token_life::{Expiry, TokenLife};
 use crate::transport::{ReadEvent, Transport};
 use crate::Shared;
+use duplex_shared::rate::TokenBucket;
 
 /// How long a goodbye to a client that may not be reading is given.
 const GOODBYE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);

@@ -6,12 +6,14 @@
 //! - [`links`]: traits through which tiers call each other.
 //! - [`metrics`]: counters and gauges in the Prometheus text format.
 //! - [`net`]: listener setup (backlog, `SO_REUSEPORT`).
+//! - [`rate`]: the token bucket behind every rate limit and the retry budget.
 //! - [`secrets`]: constant-time comparison of API keys, tokens and secrets.
 
 pub mod config;
 pub mod links;
 pub mod metrics;
 pub mod net;
+pub mod rate;
 pub mod secrets;
 /// The wire protocol lives in its own crate (the SDK's only Duplex dependency).
 pub use duplex_protocol as protocol;

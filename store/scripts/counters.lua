@@ -13,8 +13,10 @@
 --   bucket       the newest status bucket's number, and `bucket_until` its life
 local COUNTERS = '<dddddddddd'
 local NO_EXPIRY = 9007199254740991
--- One table per script call, reused by each of its callers in turn.
-local C = {}
+-- One table per script call, reused by each of its callers in turn; built
+-- with every field, so that loading the counters never grows it.
+local C = {seq = 0, pending = 0, bytes = 0, acked = 0, low = 0, expired = 0, next_expiry = 0, granted = 0,
+  bucket = 0, bucket_until = 0}
 -- Loads the counters packed in m into c; a client without them starts from zero.
 local function load_counters(c, m)
   if m then

@@ -9,10 +9,12 @@ mod cluster;
 pub mod node;
 mod redis;
 mod sentinel;
+mod wait;
 
 pub use cluster::TestRedisCluster;
 pub use redis::TestRedis;
 pub use sentinel::TestRedisSentinel;
+pub use wait::{eventually, recv};
 
 /// The store crate, for [`store_contract!`]'s expansions in other crates.
 #[doc(hidden)]

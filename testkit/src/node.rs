@@ -4,8 +4,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
+pub use crate::wait::{eventually, recv};
 use crate::{random_prefix, TestRedis};
 use duplex_access::auth::{dev_claims, mint_hs256};
 use duplex_access::Hub;
@@ -297,14 +297,6 @@ async fn answer(req: reqwest::RequestBuilder) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-/// Next frame within 5 s; `None` when the server closed.
-pub async fn recv(conn: &mut Connection) -> Option<Frame> {
-    tokio::time::timeout(Duration::from_secs(5), conn.recv())
-        .await
-        .expect("a frame within 5 s")
-        .expect("readable")
-}
-
 pub async fn recv_push(conn: &mut Connection) -> Push {
     match recv(conn).await {
         Some(Frame::Push(p)) => p,
@@ -327,21 +319,6 @@ pub fn request_frame(id: u64, service: &str, method: &str, path: &str) -> Frame 
         body: Default::default(),
         timeout_ms: 0,
     })
-}
-
-/// Polls `check` every 10 ms for up to 5 s.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..500 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 pub fn json_payload(p: &Push) -> Value {

@@ -5,13 +5,14 @@
 
 use std::sync::Mutex;
 
+use duplex_shared::rate::TokenBucket;
 use tokio::time::Instant;
 
 pub struct RetryBudget {
     ratio: f64,
-    min_per_s: f64,
-    cap: f64,
-    state: Mutex<(f64, Instant)>,
+    /// Retries available: earned by calls (`ratio` each) and by time
+    /// (`min_per_s`), at most ten beyond the steady allowance.
+    tokens: Mutex<TokenBucket>,
 }
 
 impl RetryBudget {
@@ -19,37 +20,22 @@ impl RetryBudget {
         let min_per_s = f64::from(min_per_s);
         RetryBudget {
             ratio: f64::from(percent) / 100.0,
-            min_per_s,
-            cap: 10.0 + min_per_s,
-            state: Mutex::new((min_per_s, Instant::now())),
+            tokens: Mutex::new(TokenBucket::starting_with(min_per_s, 10.0 + min_per_s, min_per_s)),
         }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut f64) -> T) -> T {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let elapsed = now.duration_since(state.1).as_secs_f64();
-        state.0 = (state.0 + elapsed * self.min_per_s).min(self.cap);
-        state.1 = now;
-        f(&mut state.0)
+    fn with<T>(&self, f: impl FnOnce(&mut TokenBucket) -> T) -> T {
+        f(&mut self.tokens.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Counts a first attempt: it earns `percent`/100 of a retry.
     pub fn on_call(&self) {
-        let (ratio, cap) = (self.ratio, self.cap);
-        self.with(|tokens| *tokens = (*tokens + ratio).min(cap));
+        self.with(|tokens| tokens.add(self.ratio, Instant::now()));
     }
 
     /// Takes one retry from the budget, if there is one.
     pub fn try_retry(&self) -> bool {
-        self.with(|tokens| {
-            if *tokens >= 1.0 {
-                *tokens -= 1.0;
-                true
-            } else {
-                false
-            }
-        })
+        self.with(|tokens| tokens.take(Instant::now()))
     }
 }
 

@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +42,9 @@ pub struct TestNode {
     pub metrics: Arc<duplex_shared::metrics::Metrics>,
     _redis: Option<TestRedis>,
 }
+
+#[allow(unused_imports)]
+pub use duplex_testkit::{eventually, recv};
 
 pub fn test_config() -> AccessConfig {
     AccessConfig {
@@ -163,14 +165,6 @@ pub fn token(user: &str) -> String {
     mint_hs256(SECRET, &dev_claims(user, 3600)).expect("mint")
 }
 
-/// Next frame within 5 s (real time); `None` when the server closed.
-pub async fn recv(conn: &mut Connection) -> Option<Frame> {
-    tokio::time::timeout(Duration::from_secs(5), conn.recv())
-        .await
-        .expect("a frame or a close within 5 s")
-        .expect("readable")
-}
-
 pub async fn expect_error(conn: &mut Connection) -> ErrorFrame {
     match recv(conn).await {
         Some(Frame::Error(e)) => e,
@@ -187,21 +181,6 @@ pub async fn expect_closed(conn: &mut Connection) {
         }
     }
     panic!("connection not closed");
-}
-
-/// Polls `check` every 10 ms for up to 5 s.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..500 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 /// The access tier's view of an upstream tier whose backends are all down:

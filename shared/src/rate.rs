@@ -1,4 +1,5 @@
-//! Per-connection frame rate limit: a token bucket on tokio's clock.
+//! A token bucket on tokio's clock: a connection's frame rate, a source's
+//! connect rate, a backend service's retry budget.
 
 use tokio::time::Instant;
 
@@ -21,6 +22,28 @@ impl TokenBucket {
         }
     }
 
+    /// A bucket holding `tokens` now, refilled at `rate_per_s` up to `burst`.
+    pub fn starting_with(rate_per_s: f64, burst: f64, tokens: f64) -> Self {
+        TokenBucket {
+            rate_per_s,
+            burst,
+            tokens: tokens.min(burst),
+            last: Instant::now(),
+        }
+    }
+
+    /// Adds `tokens` (up to the burst), as earned by something other than time.
+    pub fn add(&mut self, tokens: f64, now: Instant) {
+        self.refill(now);
+        self.tokens = (self.tokens + tokens).min(self.burst);
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate_per_s).min(self.burst);
+    }
+
     /// Whether the bucket has refilled completely by `now` (nothing to remember).
     pub fn is_full(&self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -29,9 +52,7 @@ impl TokenBucket {
 
     /// Takes one token if available.
     pub fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate_per_s).min(self.burst);
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
