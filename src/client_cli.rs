@@ -131,7 +131,7 @@ async fn one_call(client: &Client, call: Frame, timeout: std::time::Duration) ->
 
 #[allow(clippy::print_stdout)]
 pub fn run(args: ClientArgs) -> ExitCode {
-    let endpoints: Result<Vec<Endpoint>, String> = args.urls.iter().map(|u| Endpoint::parse(u)).collect();
+    let endpoints: Result<Vec<Endpoint>, _> = args.urls.iter().map(|u| Endpoint::parse(u)).collect();
     let endpoints = match endpoints {
         Ok(e) => e,
         Err(e) => {

@@ -177,14 +177,19 @@ impl TokenVerifier {
 }
 
 /// Mints an HS256 token (development and tests): `sub`, valid for `ttl_s` from `now_s`.
-pub fn mint_hs256(secret: &str, claims: &Claims) -> Result<String, String> {
+pub fn mint_hs256(secret: &str, claims: &Claims) -> Result<String, MintError> {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )
-    .map_err(|e| e.to_string())
+    .map_err(|e| MintError(e.to_string()))
 }
+
+/// A token could not be signed (this node's fault, not the caller's).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot sign the token: {0}")]
+pub struct MintError(String);
 
 /// Seconds since the Unix epoch, from the wall clock (token times are wall-clock times).
 pub fn unix_now() -> u64 {

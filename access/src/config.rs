@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use duplex_shared::config::{invalid, ConfigError};
-use duplex_shared::protocol::{Limits, MAX_NESTING_LIMIT};
+use duplex_shared::protocol::{Limits, LimitsError, MAX_NESTING_LIMIT};
 use serde::{Deserialize, Serialize};
 
 /// HS256 secret used when none is configured. Accepted only while every
@@ -104,9 +104,13 @@ impl AccessConfig {
         if self.max_connections == 0 {
             return Err(invalid(&format!("{f}max_connections"), "must be at least 1"));
         }
-        self.limits()
-            .validate()
-            .map_err(|m| invalid(&format!("{f}max_frame_bytes/max_nesting"), m))?;
+        self.limits().validate().map_err(|e| {
+            let key = match e {
+                LimitsError::FrameTooSmall => "max_frame_bytes",
+                LimitsError::DepthOutOfRange => "max_nesting",
+            };
+            invalid(&format!("{f}{key}"), e.to_string())
+        })?;
         if self.max_frame_bytes > 16 * 1024 * 1024 {
             return Err(invalid(&format!("{f}max_frame_bytes"), "must be at most 16 MiB"));
         }

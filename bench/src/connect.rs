@@ -173,7 +173,7 @@ async fn measure(
     let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
     let base_rss: u64 = pids.iter().filter_map(|&p| rss_kib(p)).sum();
     let base_cpu: f64 = pids.iter().filter_map(|&p| cpu_seconds(p)).sum();
-    let token = mint_hs256(DEV_SECRET, &dev_claims("bench", 3600)).map_err(anyhow::Error::msg)?;
+    let token = mint_hs256(DEV_SECRET, &dev_claims("bench", 3600))?;
     let run_tag: u8 = rand::random::<u8>().max(1);
     let workers_n = args.connections.div_ceil(args.per_worker);
     let (tx, rx) = mpsc::channel::<(usize, String)>();

@@ -95,7 +95,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
 
     let received = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
-    let token = mint_hs256(DEV_SECRET, &dev_claims("bench", 3600)).map_err(anyhow::Error::msg)?;
+    let token = mint_hs256(DEV_SECRET, &dev_claims("bench", 3600))?;
     let tcp = std::net::SocketAddr::from(([127, 0, 0, 1], ports.0));
     let mut readers = Vec::new();
     for i in 0..args.clients {

@@ -204,7 +204,7 @@ fn record(hist: &Mutex<Histogram<u64>>, started: Instant, ok: bool, errors: &Ato
 
 /// `clients` Duplex clients sending request frames and acking the replies.
 async fn through_duplex(args: &RequestArgs, tcp_port: u16, requests: usize, pids: (u32, u32)) -> anyhow::Result<Phase> {
-    let token = mint_hs256(DEV_SECRET, &dev_claims("bench", 3600)).map_err(anyhow::Error::msg)?;
+    let token = mint_hs256(DEV_SECRET, &dev_claims("bench", 3600))?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], tcp_port));
     let mut conns = Vec::new();
     for i in 0..args.clients {

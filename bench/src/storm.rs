@@ -51,7 +51,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
         args.clients, args.window_ms
     );
 
-    let token = mint_hs256(DEV_SECRET, &dev_claims("storm", 3600)).map_err(anyhow::Error::msg)?;
+    let token = mint_hs256(DEV_SECRET, &dev_claims("storm", 3600))?;
     let endpoints = vec![
         Endpoint::Tcp(([127, 0, 0, 1], ports_a.0).into()),
         Endpoint::Tcp(([127, 0, 0, 1], ports_b.0).into()),

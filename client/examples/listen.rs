@@ -11,7 +11,7 @@ use duplex_client::{Client, ClientOptions, Endpoint, Event};
 async fn main() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
     let usage = "usage: listen <tcp://host:port | ws://host:port/> <client_id> <token>";
-    let endpoint = Endpoint::parse(&args.next().ok_or(usage)?)?;
+    let endpoint = Endpoint::parse(&args.next().ok_or(usage)?).map_err(|e| e.to_string())?;
     let client_id = args.next().ok_or(usage)?;
     let token = args.next().ok_or(usage)?;
     let mut client = Client::start(ClientOptions::new(

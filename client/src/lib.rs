@@ -23,7 +23,7 @@ pub mod reconnecting;
 
 pub use backoff::backoff_delay;
 pub use calls::CallError;
-pub use options::{ClientOptions, Endpoint, Event, TokenProvider, DEFAULT_ACK_DELAY};
+pub use options::{BadEndpoint, ClientOptions, Endpoint, Event, TokenProvider, DEFAULT_ACK_DELAY};
 pub use reconnecting::Client;
 
 use bytes::Bytes;

@@ -26,16 +26,23 @@ impl std::fmt::Display for Endpoint {
 
 impl Endpoint {
     /// Parses `tcp://host:port` or `ws://host:port/`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, BadEndpoint> {
         if let Some(rest) = s.strip_prefix("tcp://") {
-            rest.parse().map(Endpoint::Tcp).map_err(|e| format!("{s}: {e}"))
+            rest.parse()
+                .map(Endpoint::Tcp)
+                .map_err(|e| BadEndpoint(format!("{s}: {e}")))
         } else if s.starts_with("ws://") {
             Ok(Endpoint::Ws(s.to_owned()))
         } else {
-            Err(format!("{s}: use tcp://host:port or ws://host:port/"))
+            Err(BadEndpoint(format!("{s}: use tcp://host:port or ws://host:port/")))
         }
     }
 }
+
+/// An endpoint URL that [`Endpoint::parse`] cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadEndpoint(String);
 
 /// Default of [`ClientOptions::ack_delay`]: short against a push's life and
 /// the usual `wait_ack_ms`, long enough that a client receiving tens of

@@ -181,7 +181,7 @@ fn build_tiers(
     wrap_node_link: Option<NodeLinkWrapper>,
 ) -> Result<Built, StartError> {
     let secret = config.registry.secret();
-    let internal = |e: String| StartError::Internal(format!("cannot build the node-to-node client: {e}"));
+    let internal = |e: reqwest::Error| StartError::Internal(format!("cannot build the node-to-node client: {e}"));
     let hub = Arc::new(Hub::new(node_id.to_owned()));
     let peers = Peers::new(store.clone());
     let mut nodes: Arc<dyn NodeLink> =

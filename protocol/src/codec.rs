@@ -32,15 +32,24 @@ impl Default for Limits {
 }
 
 impl Limits {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), LimitsError> {
         if self.max_frame_bytes < 256 {
-            return Err("max_frame_bytes must be at least 256".into());
+            return Err(LimitsError::FrameTooSmall);
         }
         if self.max_depth < 2 || self.max_depth > MAX_NESTING_LIMIT {
-            return Err(format!("max_depth must be within 2..={MAX_NESTING_LIMIT}"));
+            return Err(LimitsError::DepthOutOfRange);
         }
         Ok(())
     }
+}
+
+/// Limits no connection could work with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsError {
+    #[error("the frame size limit must be at least 256 bytes")]
+    FrameTooSmall,
+    #[error("the nesting limit must be within 2..={MAX_NESTING_LIMIT}")]
+    DepthOutOfRange,
 }
 
 /// Why bytes could not become a frame.

@@ -36,18 +36,17 @@ pub struct ClusterNodes {
 }
 
 /// The client for internal calls; `timeout` bounds a whole call.
-pub fn internal_http(timeout: Duration) -> Result<reqwest::Client, String> {
+pub fn internal_http(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .tcp_nodelay(true)
         .timeout(timeout)
         .pool_max_idle_per_host(64)
         .build()
-        .map_err(|e| format!("internal HTTP client: {e}"))
 }
 
 impl ClusterNodes {
     /// `hub` holds this node's connections (none on a node without the access tier).
-    pub fn new(hub: Arc<Hub>, peers: Arc<Peers>, secret: &str) -> Result<Self, String> {
+    pub fn new(hub: Arc<Hub>, peers: Arc<Peers>, secret: &str) -> Result<Self, reqwest::Error> {
         Ok(ClusterNodes {
             node_id: hub.node_id().to_owned(),
             local: LocalNodes::new(hub.clone()),

@@ -45,7 +45,7 @@ pub struct RemoteUpstream {
 }
 
 impl RemoteUpstream {
-    pub fn new(peers: Arc<Peers>, secret: &str, config: UpstreamConfig) -> Result<Self, String> {
+    pub fn new(peers: Arc<Peers>, secret: &str, config: UpstreamConfig) -> Result<Self, reqwest::Error> {
         let longest = config.services.values().map(|s| s.deadline_ms).max().unwrap_or(60_000);
         Ok(RemoteUpstream {
             peers,
@@ -167,7 +167,7 @@ pub struct RemoteReplies {
 }
 
 impl RemoteReplies {
-    pub fn new(peers: Arc<Peers>, secret: &str) -> Result<Self, String> {
+    pub fn new(peers: Arc<Peers>, secret: &str) -> Result<Self, reqwest::Error> {
         Ok(RemoteReplies {
             peers,
             http: internal_http(Duration::from_secs(5))?,
