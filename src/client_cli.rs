@@ -15,9 +15,13 @@ use duplex_shared::protocol::{Frame, Request, Upload};
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Endpoint(s): tcp://host:port or ws://host:port/ (repeat for fallbacks).
+    /// Endpoint(s): tcp://host:port, tls://host:port, ws://host:port/ or
+    /// wss://host:port/ (repeat for fallbacks).
     #[arg(long = "url", required = true)]
     pub urls: Vec<String>,
+    /// PEM file of a CA to trust for tls:// and wss:// besides the webpki roots.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// JWT to connect with.
     #[arg(long, env = "DUPLEX_TOKEN")]
     pub token: String,
@@ -157,6 +161,15 @@ pub fn run(args: ClientArgs) -> ExitCode {
     let token = args.token.clone();
     let mut options = ClientOptions::new(endpoints, args.client_id, Arc::new(move || token.clone()));
     options.last_seq = args.last_seq;
+    if let Some(ca) = &args.ca_file {
+        match duplex_client::TlsClient::with_extra_ca(ca) {
+            Ok(tls) => options.tls = Some(tls),
+            Err(e) => {
+                eprintln!("duplex client: {e}");
+                return ExitCode::from(64);
+            }
+        }
+    }
     runtime.block_on(async move {
         let mut client = Client::start(options);
         let mut connected_once = false;

@@ -21,6 +21,12 @@ pub struct AccessConfig {
     pub tcp_listen: SocketAddr,
     /// WebSocket listener (binary messages, path `/`). Default `127.0.0.1:7071`.
     pub ws_listen: SocketAddr,
+    /// Private TCP protocol over TLS (ALPN `duplex/1`); needs `access.tls`. Default: none.
+    pub tls_listen: Option<SocketAddr>,
+    /// WebSocket over TLS (`wss://`); needs `access.tls`. Default: none.
+    pub wss_listen: Option<SocketAddr>,
+    /// Certificate of the TLS listeners, reloaded on SIGHUP and when the files change.
+    pub tls: Option<TlsConfig>,
     /// Listen backlog of both listeners. Default 4096 (tokio's 128 drops SYNs under connect bursts).
     pub listen_backlog: u32,
     /// Set `SO_REUSEPORT` so several processes can share the ports. Default false.
@@ -68,11 +74,27 @@ pub struct AccessConfig {
     pub shutdown_grace_ms: u64,
 }
 
+/// The TLS listeners' certificate (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate signed by one of these CAs (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
 impl Default for AccessConfig {
     fn default() -> Self {
         AccessConfig {
             tcp_listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             ws_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            tls_listen: None,
+            wss_listen: None,
+            tls: None,
             listen_backlog: 4096,
             reuse_port: false,
             max_connections: 100_000,
@@ -103,6 +125,22 @@ impl AccessConfig {
         let f = "access.";
         if self.max_connections == 0 {
             return Err(invalid(&format!("{f}max_connections"), "must be at least 1"));
+        }
+        let tls_listener = self.tls_listen.is_some() || self.wss_listen.is_some();
+        match &self.tls {
+            None if tls_listener => {
+                return Err(invalid(
+                    &format!("{f}tls"),
+                    "tls_listen and wss_listen need access.tls.cert_file and key_file",
+                ))
+            }
+            Some(_) if !tls_listener => {
+                return Err(invalid(
+                    &format!("{f}tls"),
+                    "set access.tls_listen and/or access.wss_listen to serve TLS",
+                ))
+            }
+            _ => {}
         }
         self.limits().validate().map_err(|e| {
             let key = match e {
@@ -173,7 +211,10 @@ impl AccessConfig {
     }
 
     pub fn all_loopback(&self) -> bool {
-        self.tcp_listen.ip().is_loopback() && self.ws_listen.ip().is_loopback()
+        [Some(self.tcp_listen), Some(self.ws_listen), self.tls_listen, self.wss_listen]
+            .into_iter()
+            .flatten()
+            .all(|a| a.ip().is_loopback())
     }
 
     pub fn heartbeat(&self) -> Duration {

@@ -68,11 +68,14 @@ pub(crate) async fn goaway_frame(shared: &Shared, kind: TransportKind) -> Frame 
             }
         })
         .await;
+    // The registry lists plain endpoints only: a TLS client is never sent
+    // to one; it picks from its own list.
     let endpoints = others
         .iter()
-        .map(|(tcp, ws)| match kind {
-            TransportKind::Tcp => tcp.clone(),
-            TransportKind::WebSocket => ws.clone(),
+        .filter_map(|(tcp, ws)| match kind {
+            TransportKind::Tcp => Some(tcp.clone()),
+            TransportKind::WebSocket => Some(ws.clone()),
+            TransportKind::Tls | TransportKind::Wss => None,
         })
         .collect();
     Frame::GoAway(GoAway {

@@ -8,11 +8,11 @@
 //! - `conn`: the task that owns one connection: authentication and route claim.
 //! - `session`: the authenticated connection: serving loop, acks, goodbye, cleanup.
 //! - `sequencer`: stored messages in seq order: replay, hole filling, gap frames.
-//! - `transport`: TCP and WebSocket behind one read/write interface.
+//! - `transport`: TCP and WebSocket, plain or over TLS, behind one read/write interface.
+//! - [`tls`]: the TLS listeners' certificate: loading, resumption, reload on SIGHUP or file change.
 //! - [`hub`]: the session table, local delivery and kicks, `LocalNodes`.
 //! - `outbox`: a connection's bounded outbound queue and close signal (overflow policy).
 //! - `leases`: batched renewal of this node's route leases.
-//! - `rate`: per-connection frame rate limit.
 
 use std::io;
 use std::sync::atomic::AtomicU64;
@@ -45,6 +45,7 @@ mod preauth;
 mod send;
 mod sequencer;
 mod session;
+pub mod tls;
 mod token_life;
 mod transport;
 
@@ -64,6 +65,8 @@ pub struct AccessContext {
     pub hub: Arc<Hub>,
     /// Where the tier counts what it does (rendered by the node's admin endpoint).
     pub metrics: Arc<Metrics>,
+    /// The TLS listeners' certificate (loaded by the caller, so a bad one stops the start).
+    pub tls: Option<Arc<tls::Certificates>>,
 }
 
 /// The tier's listeners, bound by the caller (so tests can use port 0).
@@ -71,14 +74,21 @@ pub struct AccessContext {
 pub struct AccessListeners {
     pub tcp: TcpListener,
     pub ws: TcpListener,
+    /// The private protocol over TLS, if configured.
+    pub tls: Option<TcpListener>,
+    /// WebSocket over TLS, if configured.
+    pub wss: Option<TcpListener>,
 }
 
 impl AccessListeners {
-    /// Binds both listeners as configured (backlog, `SO_REUSEPORT`).
+    /// Binds the configured listeners (backlog, `SO_REUSEPORT`).
     pub fn bind(config: &AccessConfig) -> io::Result<Self> {
+        let bind = |addr| bind_listener(addr, config.listen_backlog, config.reuse_port);
         Ok(AccessListeners {
-            tcp: bind_listener(config.tcp_listen, config.listen_backlog, config.reuse_port)?,
-            ws: bind_listener(config.ws_listen, config.listen_backlog, config.reuse_port)?,
+            tcp: bind(config.tcp_listen)?,
+            ws: bind(config.ws_listen)?,
+            tls: config.tls_listen.map(bind).transpose()?,
+            wss: config.wss_listen.map(bind).transpose()?,
         })
     }
 }
@@ -105,6 +115,7 @@ pub(crate) struct Shared {
     /// The other access nodes (`tcp://` and `ws://` endpoints) that
     /// `go_away` names, read from the registry once per shutdown.
     drain_targets: tokio::sync::OnceCell<Vec<(String, String)>>,
+    tls: Option<Arc<tls::Certificates>>,
 }
 
 impl Shared {
@@ -136,6 +147,7 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
         frames_out: FrameCounts::new(&ctx.metrics, "duplex_frames_out_total"),
         drain_targets: tokio::sync::OnceCell::new(),
         metrics: ctx.metrics,
+        tls: ctx.tls,
     });
     shared.hub.count_frames_out(shared.frames_out.clone());
     let tcp = tokio::spawn(listen::accept_loop(shared.clone(), listeners.tcp, TransportKind::Tcp));
@@ -144,9 +156,21 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
         listeners.ws,
         TransportKind::WebSocket,
     ));
+    let mut tls_loops = Vec::new();
+    for (listener, kind) in [(listeners.tls, TransportKind::Tls), (listeners.wss, TransportKind::Wss)] {
+        if let Some(listener) = listener {
+            tls_loops.push(tokio::spawn(listen::accept_loop(shared.clone(), listener, kind)));
+        }
+    }
+    if let Some(certs) = &shared.tls {
+        tls_loops.push(tokio::spawn(tls::watch(certs.clone(), shutdown.clone())));
+    }
     let renew = tokio::spawn(leases::renew_forever(shared.clone()));
     shutdown.cancelled().await;
     let _ = tokio::join!(tcp, ws, renew);
+    for task in tls_loops {
+        let _ = task.await;
+    }
     shared.tracker.close();
     let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
     info!(connections = shared.hub.len(), "access draining");

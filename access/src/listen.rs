@@ -13,6 +13,7 @@ use std::time::Duration;
 use duplex_shared::protocol::{encode_tcp, ErrorCode, Frame};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+use tokio_util::either::Either;
 use tracing::{debug, warn, Instrument};
 
 use crate::conn::serve;
@@ -61,30 +62,57 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind
         let task_shared = shared.clone();
         shared.tracker.spawn(
             async move {
-                let io = match kind {
-                    TransportKind::Tcp => Transport::tcp(stream),
-                    TransportKind::WebSocket => {
-                        let _ = stream.set_nodelay(true);
-                        let handshake =
-                            tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(&task_shared.limits)));
-                        // Boxed: the handshake is transient and its state is large.
-                        match Box::pin(tokio::time::timeout_at(auth_deadline, handshake)).await {
-                            Ok(Ok(ws)) => Transport::Ws(Box::new(ws)),
-                            Ok(Err(e)) => {
-                                debug!(error = %e, "websocket handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                debug!("websocket handshake timed out");
-                                return;
-                            }
-                        }
-                    }
+                // The TLS and WebSocket handshakes count inside the auth
+                // timeout, holding the socket's pre-auth slot.
+                let Some(io) = open(&task_shared, stream, kind, auth_deadline).await else {
+                    return;
                 };
                 serve(task_shared, io, auth_deadline, conn_id, permit, preauth).await;
             }
             .instrument(span),
         );
+    }
+}
+
+/// The transport of an accepted socket: the TLS handshake (TLS listeners),
+/// then the WebSocket upgrade (WebSocket listeners), both by `deadline`.
+/// `None` if one failed or took too long.
+async fn open(shared: &Shared, stream: TcpStream, kind: TransportKind, deadline: Instant) -> Option<Transport> {
+    let _ = stream.set_nodelay(true);
+    let stream = match (kind, &shared.tls) {
+        (TransportKind::Tcp, _) => return Some(Transport::tcp(stream)),
+        (TransportKind::WebSocket, _) => Either::Left(stream),
+        (TransportKind::Tls | TransportKind::Wss, None) => return None,
+        (TransportKind::Tls | TransportKind::Wss, Some(certs)) => {
+            let acceptor = if kind == TransportKind::Tls { certs.tcp() } else { certs.wss() };
+            // Boxed: the handshake is transient and its state is large.
+            match Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(stream))).await {
+                Ok(Ok(tls)) if kind == TransportKind::Tls => return Some(Transport::tls(tls)),
+                Ok(Ok(tls)) => Either::Right(Box::new(tls)),
+                Ok(Err(e)) => {
+                    debug!(error = %e, "TLS handshake failed");
+                    shared.metrics.inc("duplex_tls_handshake_failures_total", &[("reason", "refused")]);
+                    return None;
+                }
+                Err(_) => {
+                    debug!("TLS handshake timed out");
+                    shared.metrics.inc("duplex_tls_handshake_failures_total", &[("reason", "timeout")]);
+                    return None;
+                }
+            }
+        }
+    };
+    let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(&shared.limits)));
+    match Box::pin(tokio::time::timeout_at(deadline, handshake)).await {
+        Ok(Ok(ws)) => Some(Transport::Ws(Box::new(ws))),
+        Ok(Err(e)) => {
+            debug!(error = %e, "websocket handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!("websocket handshake timed out");
+            None
+        }
     }
 }
 
@@ -117,16 +145,17 @@ fn refuse(shared: &Arc<Shared>, stream: TcpStream, kind: TransportKind, refusal:
             encode_tcp(&refusal, &mut out);
             let _ = stream.try_write(&out);
         }
-        TransportKind::WebSocket => {
+        // A refusal over WebSocket or TLS needs a handshake first: bounded
+        // in time and in how many run at once.
+        TransportKind::WebSocket | TransportKind::Tls | TransportKind::Wss => {
             let Ok(slot) = shared.refusing.clone().try_acquire_owned() else {
                 return;
             };
-            let limits = shared.limits;
+            let shared = shared.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(&limits)));
-                if let Ok(Ok(ws)) = tokio::time::timeout(Duration::from_secs(2), handshake).await {
-                    let mut io = Transport::Ws(Box::new(ws));
+                let deadline = Instant::now() + Duration::from_secs(2);
+                if let Some(mut io) = open(&shared, stream, kind, deadline).await {
                     let _ = tokio::time::timeout(Duration::from_secs(2), io.write(&[body(&refusal)])).await;
                     io.shutdown().await;
                 }

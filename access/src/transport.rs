@@ -1,5 +1,6 @@
-//! The two client transports behind one interface: the length-prefixed TCP
-//! protocol and WebSocket binary messages. Both carry the same frame bodies.
+//! The client transports behind one interface: the length-prefixed TCP
+//! protocol and WebSocket binary messages, each plain or over TLS. All carry
+//! the same frame bodies.
 //!
 //! Reads are cancel-safe (used inside `select!`): the TCP side waits for
 //! readability and then reads without awaiting, into a stack buffer, so an
@@ -10,8 +11,10 @@ use std::io;
 use bytes::Bytes;
 use duplex_shared::protocol::{decode_body, DecodeError, Frame, Limits, TcpDecoder, LENGTH_PREFIX};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -36,6 +39,10 @@ pub enum ReadEvent {
 pub enum TransportKind {
     Tcp,
     WebSocket,
+    /// The private protocol over TLS.
+    Tls,
+    /// WebSocket over TLS.
+    Wss,
 }
 
 impl TransportKind {
@@ -43,9 +50,18 @@ impl TransportKind {
         match self {
             TransportKind::Tcp => "tcp",
             TransportKind::WebSocket => "ws",
+            TransportKind::Tls => "tls",
+            TransportKind::Wss => "wss",
         }
     }
+
+    pub fn is_websocket(self) -> bool {
+        matches!(self, TransportKind::WebSocket | TransportKind::Wss)
+    }
 }
+
+/// A client's byte stream under WebSocket: plain, or TLS.
+pub type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// How long a closing connection waits for the client to close its side.
 pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -54,7 +70,10 @@ pub const CLOSE_DRAIN_BYTES: usize = 1 << 20;
 
 pub enum Transport {
     Tcp { stream: TcpStream, decoder: TcpDecoder },
-    Ws(Box<WebSocketStream<TcpStream>>),
+    /// The private protocol over TLS: reads go through rustls, so they are
+    /// plain `read`s into a stack buffer (no readiness trick).
+    Tls { stream: Box<TlsStream<TcpStream>>, decoder: TcpDecoder },
+    Ws(Box<WebSocketStream<Stream>>),
 }
 
 /// WebSocket limits: tungstenite's defaults (64 MiB messages, 128 KiB read
@@ -81,10 +100,22 @@ impl Transport {
         }
     }
 
+    pub fn tls(stream: TlsStream<TcpStream>) -> Self {
+        let _ = stream.get_ref().0.set_nodelay(true);
+        Transport::Tls {
+            stream: Box::new(stream),
+            decoder: TcpDecoder::new(),
+        }
+    }
+
     pub fn kind(&self) -> TransportKind {
         match self {
             Transport::Tcp { .. } => TransportKind::Tcp,
-            Transport::Ws(_) => TransportKind::WebSocket,
+            Transport::Tls { .. } => TransportKind::Tls,
+            Transport::Ws(ws) => match ws.get_ref() {
+                Either::Left(_) => TransportKind::WebSocket,
+                Either::Right(_) => TransportKind::Wss,
+            },
         }
     }
 
@@ -120,6 +151,22 @@ impl Transport {
                     Ok(n) => decoder.feed(&chunk[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => decoder.feed(&chunk[..got]),
                     Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return ReadEvent::Closed,
+                    Err(e) => return ReadEvent::Failed(e.to_string()),
+                }
+            },
+            Transport::Tls { stream, decoder } => loop {
+                match decoder.next_frame(limits) {
+                    Ok(Some(frame)) => return ReadEvent::Frame(frame),
+                    Ok(None) => {}
+                    Err(e) => return ReadEvent::Invalid(e),
+                }
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) => return ReadEvent::Closed,
+                    Ok(n) => decoder.feed(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return ReadEvent::Closed,
+                    // A peer that closes without close_notify: a close as far as frames go.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return ReadEvent::Closed,
                     Err(e) => return ReadEvent::Failed(e.to_string()),
                 }
             },
@@ -162,14 +209,10 @@ impl Transport {
     /// Writes encoded frame bodies in one go (one syscall on TCP when it fits).
     pub async fn write(&mut self, bodies: &[Bytes]) -> io::Result<()> {
         match self {
-            Transport::Tcp { stream, .. } => {
-                let total: usize = bodies.iter().map(|b| b.len() + LENGTH_PREFIX).sum();
-                let mut out = Vec::with_capacity(total);
-                for b in bodies {
-                    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-                    out.extend_from_slice(b);
-                }
-                stream.write_all(&out).await
+            Transport::Tcp { stream, .. } => stream.write_all(&length_prefixed(bodies)).await,
+            Transport::Tls { stream, .. } => {
+                stream.write_all(&length_prefixed(bodies)).await?;
+                stream.flush().await
             }
             Transport::Ws(ws) => {
                 for b in bodies {
@@ -188,22 +231,9 @@ impl Transport {
     /// whatever the client had not read yet, would be lost.
     pub async fn shutdown(&mut self) {
         match self {
-            Transport::Tcp { stream, .. } => {
-                if stream.shutdown().await.is_err() {
-                    return;
-                }
-                let drain = async {
-                    let mut sink = [0u8; 4096];
-                    let mut drained = 0;
-                    while drained < CLOSE_DRAIN_BYTES {
-                        match stream.read(&mut sink).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => drained += n,
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
-            }
+            Transport::Tcp { stream, .. } => shutdown_and_drain(stream).await,
+            // TLS: close_notify, then the same drain.
+            Transport::Tls { stream, .. } => shutdown_and_drain(stream.as_mut()).await,
             Transport::Ws(ws) => {
                 // The close frame waits behind unsent output, which a client
                 // that stopped reading never takes: bounded like the drain.
@@ -223,6 +253,35 @@ impl Transport {
             }
         }
     }
+}
+
+/// Frame bodies with their length prefixes, in one buffer (one write).
+fn length_prefixed(bodies: &[Bytes]) -> Vec<u8> {
+    let total: usize = bodies.iter().map(|b| b.len() + LENGTH_PREFIX).sum();
+    let mut out = Vec::with_capacity(total);
+    for b in bodies {
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+/// Half-closes after pending writes, then reads and discards for a bounded time.
+async fn shutdown_and_drain<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < CLOSE_DRAIN_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
 }
 
 fn ws_io(e: tungstenite::Error) -> io::Error {

@@ -38,9 +38,9 @@ async fn fetch_one(http: &reqwest::Client, url: &str) -> Result<Vec<(Endpoint, u
     Ok(nodes
         .iter()
         .filter_map(|n| {
-            // TCP when the address is numeric; the WebSocket URL otherwise (it takes host names).
-            let endpoint = match n["tcp"].as_str().and_then(|t| t.parse().ok()) {
-                Some(addr) => Endpoint::Tcp(addr),
+            // TCP (an address or a host name); the WebSocket URL when a node has no TCP endpoint.
+            let endpoint = match n["tcp"].as_str().and_then(|t| Endpoint::parse(&format!("tcp://{t}")).ok()) {
+                Some(tcp) => tcp,
                 None => Endpoint::Ws(n["ws"].as_str()?.to_owned()),
             };
             let weight = n["weight"].as_u64().unwrap_or(1).clamp(1, 100) as u32;

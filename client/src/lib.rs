@@ -20,11 +20,13 @@ mod endpoints;
 mod link;
 mod options;
 pub mod reconnecting;
+mod tls;
 
 pub use backoff::backoff_delay;
 pub use calls::CallError;
 pub use options::{BadEndpoint, ClientOptions, Endpoint, Event, TokenProvider, DEFAULT_ACK_DELAY};
 pub use reconnecting::Client;
+pub use tls::{TlsClient, TlsError};
 
 use bytes::Bytes;
 use duplex_protocol::{
@@ -36,7 +38,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::either::Either;
+
+/// The byte stream under a connection: plain TCP, or TLS over it.
+pub type Stream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +59,16 @@ pub enum ClientError {
     Closed,
     #[error("unexpected frame from server: {0}")]
     Unexpected(&'static str),
+    /// The server's certificate was not trusted or did not name the host, or a CA file was unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("bad URL {0}")]
+    BadUrl(String),
 }
 
 enum Transport {
-    Tcp { stream: TcpStream, decoder: TcpDecoder },
-    Ws(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
+    Tcp { stream: Stream, decoder: TcpDecoder },
+    Ws(Box<WebSocketStream<Stream>>),
 }
 
 /// One connection to an access node.
@@ -73,9 +84,27 @@ impl Connection {
         Ok(Self::from_tcp(stream))
     }
 
+    /// Opens a TCP connection to a host name (or literal address) and port.
+    pub async fn tcp_host(host: &str, port: u16) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect((host, port)).await?;
+        Ok(Self::from_tcp(stream))
+    }
+
+    /// Opens the private protocol over TLS to `host:port`, trusting `tls`'s CAs.
+    pub async fn tls(host: &str, port: u16, tls: &TlsClient) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect((host, port)).await?;
+        let _ = stream.set_nodelay(true);
+        let stream = tls.handshake(stream, host, false).await?;
+        Ok(Self::over(Either::Right(Box::new(stream))))
+    }
+
     /// Wraps an already connected TCP stream (e.g. bound to a chosen source address).
     pub fn from_tcp(stream: TcpStream) -> Self {
         let _ = stream.set_nodelay(true);
+        Self::over(Either::Left(stream))
+    }
+
+    fn over(stream: Stream) -> Self {
         Connection {
             transport: Transport::Tcp {
                 stream,
@@ -85,17 +114,30 @@ impl Connection {
         }
     }
 
-    /// Opens a WebSocket connection (`ws://host:port/`).
+    /// Opens a WebSocket connection (`ws://host:port/path`).
     pub async fn ws(url: &str) -> Result<Self, ClientError> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.map_err(Box::new)?;
-        Ok(Connection {
-            transport: Transport::Ws(Box::new(ws)),
-            limits: client_limits(),
-        })
+        let (host, port) = host_port(url, "ws", 80)?;
+        let stream = TcpStream::connect((host.as_str(), port)).await?;
+        let _ = stream.set_nodelay(true);
+        Self::ws_handshake(Either::Left(stream), url).await
+    }
+
+    /// Opens a WebSocket connection over TLS (`wss://host:port/path`), trusting `tls`'s CAs.
+    pub async fn wss(url: &str, tls: &TlsClient) -> Result<Self, ClientError> {
+        let (host, port) = host_port(url, "wss", 443)?;
+        let stream = TcpStream::connect((host.as_str(), port)).await?;
+        let _ = stream.set_nodelay(true);
+        let stream = tls.handshake(stream, &host, true).await?;
+        Self::ws_handshake(Either::Right(Box::new(stream)), url).await
+    }
+
+    async fn ws_handshake(stream: Stream, url: &str) -> Result<Self, ClientError> {
+        let (ws, _) = tokio_tungstenite::client_async(url, stream).await.map_err(Box::new)?;
+        Ok(Self::from_ws(ws))
     }
 
     /// Wraps a WebSocket whose handshake (and perhaps more) the caller did.
-    pub fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+    pub fn from_ws(ws: WebSocketStream<Stream>) -> Self {
         Connection {
             transport: Transport::Ws(Box::new(ws)),
             limits: client_limits(),
@@ -107,7 +149,7 @@ impl Connection {
     pub async fn ws_over(stream: TcpStream, url: &str) -> Result<Self, ClientError> {
         let _ = stream.set_nodelay(true);
         let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(stream), Some(config))
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url, Either::Left(stream), Some(config))
             .await
             .map_err(Box::new)?;
         Ok(Connection {
@@ -123,6 +165,8 @@ impl Connection {
                 let mut out = Vec::new();
                 encode_tcp(frame, &mut out);
                 stream.write_all(&out).await?;
+                // TLS holds written bytes until flushed; plain TCP sends at once.
+                stream.flush().await?;
             }
             Transport::Ws(ws) => {
                 let mut out = Vec::new();
@@ -137,7 +181,10 @@ impl Connection {
     /// For tests of how the server treats broken input.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         match &mut self.transport {
-            Transport::Tcp { stream, .. } => stream.write_all(bytes).await?,
+            Transport::Tcp { stream, .. } => {
+                stream.write_all(bytes).await?;
+                stream.flush().await?;
+            }
             Transport::Ws(ws) => ws
                 .send(Message::Binary(Bytes::copy_from_slice(bytes)))
                 .await
@@ -227,6 +274,21 @@ fn ws_frame(
         Some(Ok(Message::Binary(body))) => Ok(Some(Some(decode_body(&body, limits)?))),
         Some(Ok(_)) => Ok(None),
     }
+}
+
+/// The host and port of a WebSocket URL (`scheme://host[:port]/...`).
+fn host_port(url: &str, scheme: &str, default_port: u16) -> Result<(String, u16), ClientError> {
+    let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse().map_err(|e| ClientError::BadUrl(format!("{url}: {e}")))?;
+    if uri.scheme_str() != Some(scheme) {
+        return Err(ClientError::BadUrl(format!("{url}: expected {scheme}://")));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| ClientError::BadUrl(format!("{url}: no host")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok((host, uri.port_u16().unwrap_or(default_port)))
 }
 
 fn client_limits() -> Limits {

@@ -7,36 +7,64 @@ use std::time::Duration;
 
 use duplex_protocol::{Gap, Push};
 
+use crate::tls::TlsClient;
+
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
+    /// `tcp://address:port`
     Tcp(SocketAddr),
-    /// `ws://host:port/`
+    /// `tcp://name:port`, the name resolved at each connect.
+    TcpHost { host: String, port: u16 },
+    /// `tls://host:port`: the private protocol over TLS.
+    Tls { host: String, port: u16 },
+    /// `ws://host:port/path`
     Ws(String),
+    /// `wss://host:port/path`
+    Wss(String),
 }
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Endpoint::Tcp(addr) => write!(f, "tcp://{addr}"),
-            Endpoint::Ws(url) => f.write_str(url),
+            Endpoint::TcpHost { host, port } => write!(f, "tcp://{host}:{port}"),
+            Endpoint::Tls { host, port } => write!(f, "tls://{host}:{port}"),
+            Endpoint::Ws(url) | Endpoint::Wss(url) => f.write_str(url),
         }
     }
 }
 
 impl Endpoint {
-    /// Parses `tcp://host:port` or `ws://host:port/`.
+    /// Parses `tcp://host:port`, `tls://host:port`, `ws://host:port/path`
+    /// or `wss://host:port/path` (a host is a name or an address).
     pub fn parse(s: &str) -> Result<Self, BadEndpoint> {
+        let usage = || BadEndpoint(format!("{s}: use tcp://host:port, tls://host:port, ws://host:port/ or wss://host:port/"));
         if let Some(rest) = s.strip_prefix("tcp://") {
-            rest.parse()
-                .map(Endpoint::Tcp)
-                .map_err(|e| BadEndpoint(format!("{s}: {e}")))
+            if let Ok(addr) = rest.parse() {
+                return Ok(Endpoint::Tcp(addr));
+            }
+            let (host, port) = host_and_port(rest).ok_or_else(usage)?;
+            Ok(Endpoint::TcpHost { host, port })
+        } else if let Some(rest) = s.strip_prefix("tls://") {
+            let (host, port) = host_and_port(rest).ok_or_else(usage)?;
+            Ok(Endpoint::Tls { host, port })
         } else if s.starts_with("ws://") {
             Ok(Endpoint::Ws(s.to_owned()))
+        } else if s.starts_with("wss://") {
+            Ok(Endpoint::Wss(s.to_owned()))
         } else {
-            Err(BadEndpoint(format!("{s}: use tcp://host:port or ws://host:port/")))
+            Err(usage())
         }
     }
+}
+
+/// `host:port` or `[v6]:port`, with a non-empty host and a port.
+fn host_and_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty() && !host.contains('/')).then_some(())?;
+    Some((host.to_owned(), port.parse().ok()?))
 }
 
 /// An endpoint URL that [`Endpoint::parse`] cannot use.
@@ -91,6 +119,9 @@ pub struct ClientOptions {
     /// Longest a connect plus handshake may take before the endpoint counts
     /// as failed (a hung node accepts TCP but never answers). Default 10 s.
     pub connect_timeout: Duration,
+    /// Which CAs `tls://` and `wss://` endpoints are checked against.
+    /// Default (`None`): the webpki roots; see [`TlsClient::with_extra_ca`].
+    pub tls: Option<TlsClient>,
 }
 
 impl ClientOptions {
@@ -108,6 +139,7 @@ impl ClientOptions {
             stable_after: Duration::from_secs(30),
             call_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::calls::{Answer, CallError, Command, InFlight, Outgoing};
 use crate::endpoints::Chooser;
 use crate::link::{Ended, Link};
 use crate::options::{ClientOptions, Endpoint, Event};
-use crate::{ClientError, Connection};
+use crate::{ClientError, Connection, TlsClient};
 
 /// A running client; dropping it stops the connection.
 pub struct Client {
@@ -134,10 +134,21 @@ impl Drop for Client {
     }
 }
 
-async fn connect(endpoint: &Endpoint) -> Result<Connection, ClientError> {
+/// The CAs a TLS endpoint is checked against: the application's, else the webpki roots.
+fn trust(tls: &Option<TlsClient>) -> Result<TlsClient, ClientError> {
+    match tls {
+        Some(t) => Ok(t.clone()),
+        None => Ok(TlsClient::webpki()?),
+    }
+}
+
+async fn connect(endpoint: &Endpoint, tls: &Option<TlsClient>) -> Result<Connection, ClientError> {
     match endpoint {
         Endpoint::Tcp(addr) => Connection::tcp(*addr).await,
+        Endpoint::TcpHost { host, port } => Connection::tcp_host(host, *port).await,
+        Endpoint::Tls { host, port } => Connection::tls(host, *port, &trust(tls)?).await,
         Endpoint::Ws(url) => Connection::ws(url).await,
+        Endpoint::Wss(url) => Connection::wss(url, &trust(tls)?).await,
     }
 }
 
@@ -207,7 +218,7 @@ async fn drive(
             )
             .into()
         };
-        let connected = tokio::time::timeout(options.connect_timeout, connect(endpoint)).await;
+        let connected = tokio::time::timeout(options.connect_timeout, connect(endpoint, &options.tls)).await;
         let ended = match connected.unwrap_or_else(|_| Err(timed_out())) {
             Ok(mut conn) => match tokio::time::timeout(
                 options.connect_timeout,

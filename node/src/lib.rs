@@ -112,6 +112,9 @@ impl StartError {
 pub struct Addresses {
     /// Client TCP and WebSocket listeners (access tier).
     pub client: Option<(SocketAddr, SocketAddr)>,
+    /// The private protocol over TLS, and WebSocket over TLS, where configured.
+    pub client_tls: Option<SocketAddr>,
+    pub client_wss: Option<SocketAddr>,
     /// Push API (downstream tier).
     pub push_api: Option<SocketAddr>,
     pub internal: SocketAddr,
@@ -161,6 +164,12 @@ impl Node {
         );
         if let Some((tcp, ws)) = a.client {
             banner += &format!("  client tcp:       {tcp}\n  client websocket: ws://{ws}/\n");
+        }
+        if let Some(tls) = a.client_tls {
+            banner += &format!("  client tls:       tls://{tls}\n");
+        }
+        if let Some(wss) = a.client_wss {
+            banner += &format!("  client wss:       wss://{wss}/\n");
         }
         if let Some(push) = a.push_api {
             banner += &format!("  push API:         http://{push}/v1/push\n");

@@ -149,6 +149,8 @@ fn bind_all(config: &Config, tiers: Tiers) -> Result<Listeners, StartError> {
             Some(l) => Some((local(&l.tcp)?, local(&l.ws)?)),
             None => None,
         },
+        client_tls: access.as_ref().and_then(|l| l.tls.as_ref()).map(local).transpose()?,
+        client_wss: access.as_ref().and_then(|l| l.wss.as_ref()).map(local).transpose()?,
         push_api: push.as_ref().map(local).transpose()?,
         internal: local(&internal)?,
         admin: local(&admin)?,
@@ -242,7 +244,15 @@ fn access_context(
     if config.auth.secret.as_deref() == Some(DEV_SECRET) {
         warn!("using the built-in development secret; set auth.secret before exposing this node");
     }
+    let tls = match &config.access.tls {
+        Some(files) => Some(
+            duplex_access::tls::Certificates::load(files)
+                .map_err(|e| StartError::Config(format!("access.tls: {e}")))?,
+        ),
+        None => None,
+    };
     Ok(AccessContext {
+        tls,
         config: config.access.clone(),
         node_id: node_id.to_owned(),
         verifier: Arc::new(verifier),

@@ -35,6 +35,9 @@ pub struct TestNode {
     pub node_id: String,
     pub tcp: SocketAddr,
     pub ws: SocketAddr,
+    /// The TLS listeners, when the test configured them.
+    pub tls: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
     pub hub: Arc<Hub>,
     pub store: Arc<dyn Store>,
     pub shutdown: CancellationToken,
@@ -87,7 +90,14 @@ pub async fn start_node_with_store(
     let listeners = AccessListeners::bind(&config).expect("bind");
     let tcp = listeners.tcp.local_addr().expect("addr");
     let ws = listeners.ws.local_addr().expect("addr");
+    let tls_addr = listeners.tls.as_ref().map(|l| l.local_addr().expect("addr"));
+    let wss_addr = listeners.wss.as_ref().map(|l| l.local_addr().expect("addr"));
+    let certs = config
+        .tls
+        .as_ref()
+        .map(|files| duplex_access::tls::Certificates::load(files).expect("test certificate"));
     let ctx = AccessContext {
+        tls: certs,
         config,
         node_id: node_id.clone(),
         verifier: Arc::new(TokenVerifier::new(&auth).expect("verifier")),
@@ -103,6 +113,8 @@ pub async fn start_node_with_store(
         node_id,
         tcp,
         ws,
+        tls: tls_addr,
+        wss: wss_addr,
         hub,
         store,
         shutdown,
