@@ -173,7 +173,7 @@ pub fn run(args: ClientArgs) -> ExitCode {
     runtime.block_on(async move {
         let mut client = Client::start(options);
         let mut connected_once = false;
-        let stop = crate::signal::wait_for_signal();
+        let stop = crate::signal::wait_for_signal(None);
         tokio::pin!(stop);
         loop {
             let event = tokio::select! {

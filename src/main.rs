@@ -71,6 +71,7 @@ fn run(config: Config, tiers: Tiers) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let hangup = signal::keep_sighup();
         let node = match Node::start(config, tiers, Wiring::default()).await {
             Ok(node) => node,
             Err(e) => {
@@ -80,7 +81,7 @@ fn run(config: Config, tiers: Tiers) -> ExitCode {
         };
         // Whoever started us may have stopped reading stdout; that must not end the node.
         let _ = write!(std::io::stdout(), "{}", node.banner());
-        signal::wait_for_signal().await;
+        signal::wait_for_signal(hangup).await;
         info!("signal received");
         match node.stop().await {
             Ok(()) => ExitCode::SUCCESS,

@@ -211,10 +211,15 @@ impl AccessConfig {
     }
 
     pub fn all_loopback(&self) -> bool {
-        [Some(self.tcp_listen), Some(self.ws_listen), self.tls_listen, self.wss_listen]
-            .into_iter()
-            .flatten()
-            .all(|a| a.ip().is_loopback())
+        [
+            Some(self.tcp_listen),
+            Some(self.ws_listen),
+            self.tls_listen,
+            self.wss_listen,
+        ]
+        .into_iter()
+        .flatten()
+        .all(|a| a.ip().is_loopback())
     }
 
     pub fn heartbeat(&self) -> Duration {

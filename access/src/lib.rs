@@ -163,7 +163,10 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
         }
     }
     if let Some(certs) = &shared.tls {
-        tls_loops.push(tokio::spawn(tls::watch(certs.clone(), shutdown.clone())));
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| warn!(error = %e, "no SIGHUP handler: the certificate reloads only when its files change"))
+            .ok();
+        tls_loops.push(tokio::spawn(tls::watch(certs.clone(), hangup, shutdown.clone())));
     }
     let renew = tokio::spawn(leases::renew_forever(shared.clone()));
     shutdown.cancelled().await;

@@ -84,19 +84,27 @@ async fn open(shared: &Shared, stream: TcpStream, kind: TransportKind, deadline:
         (TransportKind::WebSocket, _) => Either::Left(stream),
         (TransportKind::Tls | TransportKind::Wss, None) => return None,
         (TransportKind::Tls | TransportKind::Wss, Some(certs)) => {
-            let acceptor = if kind == TransportKind::Tls { certs.tcp() } else { certs.wss() };
+            let acceptor = if kind == TransportKind::Tls {
+                certs.tcp()
+            } else {
+                certs.wss()
+            };
             // Boxed: the handshake is transient and its state is large.
             match Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(stream))).await {
                 Ok(Ok(tls)) if kind == TransportKind::Tls => return Some(Transport::tls(tls)),
                 Ok(Ok(tls)) => Either::Right(Box::new(tls)),
                 Ok(Err(e)) => {
                     debug!(error = %e, "TLS handshake failed");
-                    shared.metrics.inc("duplex_tls_handshake_failures_total", &[("reason", "refused")]);
+                    shared
+                        .metrics
+                        .inc("duplex_tls_handshake_failures_total", &[("reason", "refused")]);
                     return None;
                 }
                 Err(_) => {
                     debug!("TLS handshake timed out");
-                    shared.metrics.inc("duplex_tls_handshake_failures_total", &[("reason", "timeout")]);
+                    shared
+                        .metrics
+                        .inc("duplex_tls_handshake_failures_total", &[("reason", "timeout")]);
                     return None;
                 }
             }

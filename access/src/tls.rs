@@ -18,6 +18,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
+use tokio::signal::unix::Signal;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -124,11 +125,15 @@ impl Certificates {
 }
 
 fn stamps(files: &TlsConfig) -> Vec<Option<SystemTime>> {
-    [Some(&files.cert_file), Some(&files.key_file), files.client_ca_file.as_ref()]
-        .into_iter()
-        .flatten()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .collect()
+    [
+        Some(&files.cert_file),
+        Some(&files.key_file),
+        files.client_ca_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    .collect()
 }
 
 fn build(
@@ -179,10 +184,10 @@ fn build(
     })
 }
 
-/// Reloads `certs` on SIGHUP and when its files change, until `shutdown`.
-pub async fn watch(certs: Arc<Certificates>, shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup()).ok();
+/// Reloads `certs` on SIGHUP (`hangup`, registered by the caller before
+/// the node reports ready, so an early SIGHUP cannot kill the process) and
+/// when its files change, until `shutdown`.
+pub async fn watch(certs: Arc<Certificates>, mut hangup: Option<Signal>, shutdown: CancellationToken) {
     let mut check = tokio::time::interval(FILE_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

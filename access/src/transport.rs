@@ -14,10 +14,10 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tokio_util::either::Either;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::either::Either;
 
 /// One read from a client.
 #[derive(Debug)]
@@ -69,10 +69,16 @@ pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 pub const CLOSE_DRAIN_BYTES: usize = 1 << 20;
 
 pub enum Transport {
-    Tcp { stream: TcpStream, decoder: TcpDecoder },
+    Tcp {
+        stream: TcpStream,
+        decoder: TcpDecoder,
+    },
     /// The private protocol over TLS: reads go through rustls, so they are
     /// plain `read`s into a stack buffer (no readiness trick).
-    Tls { stream: Box<TlsStream<TcpStream>>, decoder: TcpDecoder },
+    Tls {
+        stream: Box<TlsStream<TcpStream>>,
+        decoder: TcpDecoder,
+    },
     Ws(Box<WebSocketStream<Stream>>),
 }
 

@@ -39,7 +39,10 @@ async fn fetch_one(http: &reqwest::Client, url: &str) -> Result<Vec<(Endpoint, u
         .iter()
         .filter_map(|n| {
             // TCP (an address or a host name); the WebSocket URL when a node has no TCP endpoint.
-            let endpoint = match n["tcp"].as_str().and_then(|t| Endpoint::parse(&format!("tcp://{t}")).ok()) {
+            let endpoint = match n["tcp"]
+                .as_str()
+                .and_then(|t| Endpoint::parse(&format!("tcp://{t}")).ok())
+            {
                 Some(tcp) => tcp,
                 None => Endpoint::Ws(n["ws"].as_str()?.to_owned()),
             };

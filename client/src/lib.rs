@@ -278,7 +278,8 @@ fn ws_frame(
 
 /// The host and port of a WebSocket URL (`scheme://host[:port]/...`).
 fn host_port(url: &str, scheme: &str, default_port: u16) -> Result<(String, u16), ClientError> {
-    let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse().map_err(|e| ClientError::BadUrl(format!("{url}: {e}")))?;
+    let uri: tokio_tungstenite::tungstenite::http::Uri =
+        url.parse().map_err(|e| ClientError::BadUrl(format!("{url}: {e}")))?;
     if uri.scheme_str() != Some(scheme) {
         return Err(ClientError::BadUrl(format!("{url}: expected {scheme}://")));
     }

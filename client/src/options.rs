@@ -39,7 +39,11 @@ impl Endpoint {
     /// Parses `tcp://host:port`, `tls://host:port`, `ws://host:port/path`
     /// or `wss://host:port/path` (a host is a name or an address).
     pub fn parse(s: &str) -> Result<Self, BadEndpoint> {
-        let usage = || BadEndpoint(format!("{s}: use tcp://host:port, tls://host:port, ws://host:port/ or wss://host:port/"));
+        let usage = || {
+            BadEndpoint(format!(
+                "{s}: use tcp://host:port, tls://host:port, ws://host:port/ or wss://host:port/"
+            ))
+        };
         if let Some(rest) = s.strip_prefix("tcp://") {
             if let Ok(addr) = rest.parse() {
                 return Ok(Endpoint::Tcp(addr));

@@ -49,7 +49,9 @@ impl TlsClient {
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let mut added = 0;
-        for cert in CertificateDer::pem_file_iter(pem_file).map_err(|e| TlsError(format!("{}: {e}", pem_file.display())))? {
+        for cert in
+            CertificateDer::pem_file_iter(pem_file).map_err(|e| TlsError(format!("{}: {e}", pem_file.display())))?
+        {
             let cert = cert.map_err(|e| TlsError(format!("{}: {e}", pem_file.display())))?;
             roots
                 .add(cert)

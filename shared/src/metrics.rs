@@ -34,6 +34,11 @@ const CATALOG: &[(&str, &str, &str)] = &[
         "Connections refused before or at authentication, by error code.",
     ),
     (
+        "duplex_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes on the client listeners that failed (refused) or did not finish in time (timeout).",
+    ),
+    (
         "duplex_frames_in_total",
         "counter",
         "Frames received from clients, by frame type.",

@@ -1,9 +1,11 @@
 //! What Duplex's tests and benches share, never linked into the product:
 //! private Redis deployments (a server, Sentinel, Cluster), the store
 //! contract suite that runs one test on every store and deployment, small
-//! builders of test data, and (feature `node`) a whole node in process,
+//! builders of test data, certificates from a private CA for TLS tests,
+//! and (feature `node`) a whole node in process,
 //! built through `duplex-node` as the binary builds it.
 
+mod certs;
 mod cluster;
 #[cfg(feature = "node")]
 pub mod node;
@@ -11,6 +13,7 @@ mod redis;
 mod sentinel;
 mod wait;
 
+pub use certs::{CertFiles, TestCa};
 pub use cluster::TestRedisCluster;
 pub use redis::TestRedis;
 pub use sentinel::TestRedisSentinel;

@@ -17,6 +17,9 @@ pub struct Running {
     pub ws: SocketAddr,
     pub push: SocketAddr,
     pub admin: SocketAddr,
+    /// The TLS listeners, when configured.
+    pub tls: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
 }
 
 impl Drop for Running {
@@ -83,6 +86,8 @@ pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Running {
         ws: addr("ws"),
         push: addr("push"),
         admin: addr("admin"),
+        tls: printed.get("tls").copied(),
+        wss: printed.get("wss").copied(),
         child,
     }
 }
@@ -151,6 +156,8 @@ fn spawn(command: &[&str], extra: &[&str], env: &[(&str, &str)]) -> (Child, Hash
     let labels = [
         ("client tcp:", "tcp", "", ""),
         ("client websocket:", "ws", "ws://", "/"),
+        ("client tls:", "tls", "tls://", ""),
+        ("client wss:", "wss", "wss://", "/"),
         ("push API:", "push", "http://", "/v1/push"),
         ("admin:", "admin", "http://", "/metrics"),
     ];

@@ -1,0 +1,150 @@
+//! The TLS listeners over real TLS sockets, with certificates from a CA the
+//! test makes: the SDK connects over tls:// and wss:// trusting that CA,
+//! fails clearly with another CA or a host name the certificate does not
+//! name, a handshake never started is bounded by the auth timeout, and a
+//! new certificate on disk reaches new connections while old ones stay.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use duplex_access::config::TlsConfig;
+use duplex_client::{ClientError, Connection, TlsClient};
+use duplex_shared::protocol::{Frame, Ping};
+use duplex_testkit::{CertFiles, TestCa};
+use tokio::io::AsyncReadExt;
+
+async fn tls_node(files: &CertFiles) -> TestNode {
+    let tls = TlsConfig {
+        cert_file: files.cert.clone(),
+        key_file: files.key.clone(),
+        client_ca_file: None,
+    };
+    start_node(StoreKind::Memory, |c| {
+        c.tls_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.wss_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.tls = Some(tls);
+        c.auth_timeout_ms = 500;
+    })
+    .await
+}
+
+async fn ping_pong(conn: &mut Connection, id: u64) {
+    conn.send(&Frame::Ping(Ping { id })).await.expect("ping");
+    match recv(conn).await {
+        Some(Frame::Pong(p)) => assert_eq!(p.id, id),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+}
+
+fn trusting(files: &CertFiles) -> TlsClient {
+    TlsClient::with_extra_ca(&files.ca).expect("CA file")
+}
+
+#[tokio::test]
+async fn the_sdk_connects_over_tls_and_wss_trusting_a_private_ca() {
+    let ca = TestCa::new("duplex test CA");
+    let files = ca.files(&["localhost"]);
+    let node = tls_node(&files).await;
+    let tls = trusting(&files);
+
+    let port = node.tls.expect("tls listener").port();
+    let mut conn = Connection::tls("localhost", port, &tls).await.expect("tls connect");
+    conn.handshake(&token("ann"), "ann-phone", 0)
+        .await
+        .expect("connect over tls");
+    ping_pong(&mut conn, 7).await;
+
+    let url = format!("wss://localhost:{}/", node.wss.expect("wss listener").port());
+    let mut ws = Connection::wss(&url, &tls).await.expect("wss connect");
+    ws.handshake(&token("bob"), "bob-phone", 0)
+        .await
+        .expect("connect over wss");
+    ping_pong(&mut ws, 8).await;
+    eventually("both clients registered", || async { node.hub.len() == 2 }).await;
+}
+
+#[tokio::test]
+async fn another_ca_or_a_name_the_certificate_lacks_is_refused_clearly() {
+    let ca = TestCa::new("duplex test CA");
+    let files = ca.files(&["localhost"]);
+    let node = tls_node(&files).await;
+    let port = node.tls.expect("tls listener").port();
+
+    let stranger = TestCa::new("someone else's CA").files(&["localhost"]);
+    match Connection::tls("localhost", port, &trusting(&stranger)).await {
+        Err(ClientError::Tls(e)) => assert!(e.to_string().contains("UnknownIssuer"), "{e}"),
+        Err(other) => panic!("expected a TLS error, got {other}"),
+        Ok(_) => panic!("a certificate from an untrusted CA was accepted"),
+    }
+
+    // 127.0.0.1 is a name this certificate does not carry.
+    match Connection::tls("127.0.0.1", port, &trusting(&files)).await {
+        Err(ClientError::Tls(e)) => assert!(e.to_string().contains("not valid for name"), "{e}"),
+        Err(other) => panic!("expected a TLS error, got {other}"),
+        Ok(_) => panic!("a certificate for another name was accepted"),
+    }
+    let failures = node.metrics.render();
+    assert!(failures.contains("duplex_tls_handshake_failures_total"), "{failures}");
+}
+
+#[tokio::test]
+async fn a_tls_handshake_never_started_is_closed_at_the_auth_timeout() {
+    let files = TestCa::new("duplex test CA").files(&["localhost"]);
+    let node = tls_node(&files).await;
+    let mut silent = tokio::net::TcpStream::connect(node.tls.expect("tls listener"))
+        .await
+        .expect("tcp");
+    let mut byte = [0u8; 1];
+    // auth_timeout_ms is 500: the node closes well within 5 s.
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut byte))
+        .await
+        .expect("closed by the node");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+#[tokio::test]
+async fn a_new_certificate_on_disk_reaches_new_connections_and_old_ones_stay() {
+    let first = TestCa::new("first CA");
+    let files = first.files(&["localhost"]);
+    let node = tls_node(&files).await;
+    let port = node.tls.expect("tls listener").port();
+    let first_ca = files.ca.with_file_name("first-ca.pem");
+    std::fs::write(&first_ca, first.pem()).expect("write");
+    let old_trust = trusting(&files);
+    let mut old = Connection::tls("localhost", port, &old_trust).await.expect("tls");
+    old.handshake(&token("ann"), "ann-phone", 0).await.expect("connect");
+
+    // A broken certificate is refused and the current one kept.
+    std::fs::write(&files.cert, "not a certificate").expect("write");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut still = Connection::tls("localhost", port, &old_trust)
+        .await
+        .expect("old certificate kept");
+    still.handshake(&token("cy"), "cy-phone", 0).await.expect("connect");
+
+    let second = TestCa::new("second CA");
+    second.write(&files, &["localhost"]);
+    let new_trust = trusting(&files);
+    let mut fresh = None;
+    for _ in 0..100 {
+        if let Ok(conn) = Connection::tls("localhost", port, &new_trust).await {
+            fresh = Some(conn);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut fresh = fresh.expect("the new certificate is served within 10 s");
+    fresh.handshake(&token("bob"), "bob-phone", 0).await.expect("connect");
+    // A client without a session to resume (which skips the certificate)
+    // trusting only the first CA no longer gets a certificate it accepts.
+    let only_first = TlsClient::with_extra_ca(&first_ca).expect("CA file");
+    assert!(
+        Connection::tls("localhost", port, &only_first).await.is_err(),
+        "new handshakes no longer get the old certificate"
+    );
+    // The connection made before the reload still works.
+    ping_pong(&mut old, 9).await;
+    ping_pong(&mut fresh, 10).await;
+}

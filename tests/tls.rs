@@ -1,0 +1,108 @@
+//! The `duplex` binary with TLS listeners: pushes reach a client over
+//! tls:// and wss://, and SIGHUP serves a new certificate to new connections
+//! while the ones made before keep working.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::process::*;
+use duplex_client::{Connection, TlsClient};
+use duplex_testkit::{CertFiles, TestCa};
+
+fn tls_config(files: &CertFiles) -> ConfigFile {
+    config_file(&format!(
+        "[access]\ntls_listen = \"127.0.0.1:0\"\nwss_listen = \"127.0.0.1:0\"\n\
+         tls = {{ cert_file = \"{}\", key_file = \"{}\" }}\n",
+        files.cert.display(),
+        files.key.display()
+    ))
+}
+
+fn modified(path: &std::path::Path) -> SystemTime {
+    std::fs::metadata(path).and_then(|m| m.modified()).expect("mtime")
+}
+
+/// Gives `path` the modification time `at`, so only SIGHUP can make the node look again.
+fn backdate(path: &std::path::Path, at: SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(at))
+        .expect("set mtime");
+}
+
+#[tokio::test]
+async fn pushes_reach_clients_over_tls_and_wss() {
+    let files = TestCa::new("duplex test CA").files(&["localhost"]);
+    let config = tls_config(&files);
+    let node = start(&["--config", &config.path]);
+    let trust = TlsClient::with_extra_ca(&files.ca).expect("CA");
+
+    let mut tls = Connection::tls("localhost", node.tls.expect("tls printed").port(), &trust)
+        .await
+        .expect("tls");
+    tls.handshake(&mint("ann"), "ann-phone", 0).await.expect("connect");
+    push_arrives_live(node.push, "ann-phone", &mut tls).await;
+
+    let url = format!("wss://localhost:{}/", node.wss.expect("wss printed").port());
+    let mut wss = Connection::wss(&url, &trust).await.expect("wss");
+    wss.handshake(&mint("bob"), "bob-phone", 0).await.expect("connect");
+    push_arrives_live(node.push, "bob-phone", &mut wss).await;
+}
+
+#[tokio::test]
+async fn sighup_serves_a_new_certificate_to_new_connections_and_keeps_old_ones() {
+    let first = TestCa::new("first CA");
+    let files = first.files(&["localhost"]);
+    let first_ca = files.ca.with_file_name("first-ca.pem");
+    std::fs::write(&first_ca, first.pem()).expect("write");
+    let config = tls_config(&files);
+    let mut node = start(&["--config", &config.path]);
+    let port = node.tls.expect("tls printed").port();
+    let old_trust = TlsClient::with_extra_ca(&first_ca).expect("CA");
+    let mut old = Connection::tls("localhost", port, &old_trust).await.expect("tls");
+    old.handshake(&mint("ann"), "ann-phone", 0).await.expect("connect");
+
+    // The new certificate carries the old files' times: the node's file
+    // check sees no change, so only the SIGHUP below can load it.
+    let stamps = (modified(&files.cert), modified(&files.key));
+    TestCa::new("second CA").write(&files, &["localhost"]);
+    backdate(&files.cert, stamps.0);
+    backdate(&files.key, stamps.1);
+    let new_trust = TlsClient::with_extra_ca(&files.ca).expect("CA");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        Connection::tls("localhost", port, &new_trust).await.is_err(),
+        "not reloaded before SIGHUP"
+    );
+
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &node.child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    let mut fresh = None;
+    for _ in 0..100 {
+        if let Ok(conn) = Connection::tls("localhost", port, &new_trust).await {
+            fresh = Some(conn);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut fresh = fresh.expect("the new certificate is served within 5 s of SIGHUP");
+    fresh.handshake(&mint("bob"), "bob-phone", 0).await.expect("connect");
+    assert!(
+        Connection::tls("localhost", port, &TlsClient::with_extra_ca(&first_ca).expect("CA"))
+            .await
+            .is_err(),
+        "new handshakes no longer get the old certificate"
+    );
+    // The node is alive and the connection from before the reload still gets pushes.
+    assert!(
+        node.child.try_wait().expect("wait").is_none(),
+        "SIGHUP must not end the node"
+    );
+    push_arrives_live(node.push, "ann-phone", &mut old).await;
+    push_arrives_live(node.push, "bob-phone", &mut fresh).await;
+}
