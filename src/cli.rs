@@ -36,7 +36,7 @@ pub enum Command {
     /// Mint a development token (HS256) from the configured secret and print it.
     Token(TokenArgs),
     /// Connect like an app and print pushes as JSON lines.
-    Client(crate::client_cli::ClientArgs),
+    Client(Box<crate::client_cli::ClientArgs>),
     /// Load generators (runs `duplex-bench`); they only ever target 127.0.0.0/8.
     Bench(crate::bench::BenchArgs),
 }

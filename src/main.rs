@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         Command::Upstream => run(config, Tiers::UPSTREAM),
         Command::Downstream => run(config, Tiers::DOWNSTREAM),
         Command::Bench(cmd) => bench::run(cmd),
-        Command::Client(args) => client_cli::run(args),
+        Command::Client(args) => client_cli::run(*args),
     }
 }
 
