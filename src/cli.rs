@@ -35,6 +35,9 @@ pub enum Command {
     Downstream,
     /// Mint a development token (HS256) from the configured secret and print it.
     Token(TokenArgs),
+    /// Certificates for trying TLS (`duplex cert dev`).
+    #[command(subcommand)]
+    Cert(crate::cert::CertCommand),
     /// Connect like an app and print pushes as JSON lines.
     Client(Box<crate::client_cli::ClientArgs>),
     /// Load generators (runs `duplex-bench`); they only ever target 127.0.0.0/8.

@@ -18,6 +18,7 @@ use tracing::info;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod bench;
+mod cert;
 mod cli;
 mod client_cli;
 mod signal;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Token(args) => token::print(&config, &args),
+        Command::Cert(cmd) => cert::run(cmd),
         Command::Run => run(config, Tiers::ALL),
         Command::Access => run(config, Tiers::ACCESS),
         Command::Upstream => run(config, Tiers::UPSTREAM),
