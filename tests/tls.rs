@@ -1,6 +1,7 @@
 //! The `duplex` binary with TLS listeners: pushes reach a client over
 //! tls:// and wss://, and SIGHUP serves a new certificate to new connections
-//! while the ones made before keep working.
+//! while the ones made before keep working; a node keeps its state in Redis
+//! over TLS (`rediss://` with a private CA).
 
 mod common;
 
@@ -105,4 +106,14 @@ async fn sighup_serves_a_new_certificate_to_new_connections_and_keeps_old_ones()
     );
     push_arrives_live(node.push, "ann-phone", &mut old).await;
     push_arrives_live(node.push, "bob-phone", &mut fresh).await;
+}
+
+#[tokio::test]
+async fn a_node_keeps_its_state_in_redis_over_tls() {
+    let redis = duplex_testkit::TestRedisTls::start().expect("redis-server with TLS");
+    let ca = redis.certs.ca.to_str().expect("utf-8").to_owned();
+    let node = start_with_env(&["--redis", &redis.url()], &[("DUPLEX_REDIS_CA_FILE", &ca)]);
+    let mut conn = Connection::tcp(node.tcp).await.expect("tcp");
+    conn.handshake(&mint("ann"), "ann-phone", 0).await.expect("connect");
+    push_arrives_live(node.push, "ann-phone", &mut conn).await;
 }

@@ -93,7 +93,13 @@ async fn connect_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     let Some(url) = &config.redis_url else {
         return Ok(Arc::new(MemoryStore::new()));
     };
-    let store = RedisStore::connect(url, &config.key_prefix)
+    let ca = match &config.redis_ca_file {
+        Some(path) => Some(
+            std::fs::read(path).map_err(|e| StartError::Config(format!("redis_ca_file {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let store = RedisStore::connect_trusting(url, &config.key_prefix, ca.as_deref())
         .await
         .map_err(|e| StartError::StoreUnavailable(format!("cannot connect to Redis at {url}: {e}")))?;
     Store::ping(&store)

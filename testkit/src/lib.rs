@@ -10,12 +10,14 @@ mod cluster;
 #[cfg(feature = "node")]
 pub mod node;
 mod redis;
+mod redis_tls;
 mod sentinel;
 mod wait;
 
 pub use certs::{CertFiles, TestCa};
 pub use cluster::TestRedisCluster;
 pub use redis::TestRedis;
+pub use redis_tls::TestRedisTls;
 pub use sentinel::TestRedisSentinel;
 pub use wait::{eventually, recv};
 

@@ -26,6 +26,9 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prefix of every store key, so several deployments can share one Redis. Default `dx:`.
     pub key_prefix: String,
+    /// PEM file of a CA that a `rediss://` server's certificate may be signed by,
+    /// besides the system's roots. Default: none.
+    pub redis_ca_file: Option<std::path::PathBuf>,
     pub access: AccessConfig,
     pub upstream: UpstreamConfig,
     pub downstream: DownstreamConfig,
@@ -43,6 +46,7 @@ impl Default for Config {
             node_id: None,
             redis_url: None,
             key_prefix: "dx:".into(),
+            redis_ca_file: None,
             access: AccessConfig::default(),
             upstream: UpstreamConfig::default(),
             downstream: DownstreamConfig::default(),

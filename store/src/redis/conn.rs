@@ -143,7 +143,9 @@ impl RedisConn {
         matches!(self.link, RedisLink::Cluster(_))
     }
 
-    pub async fn connect(url: &str) -> Result<Self, RedisError> {
+    /// Connects to `url`; a `rediss://` server's certificate is checked
+    /// against the system's roots and `ca_pem` (PEM, e.g. a private CA).
+    pub async fn connect(url: &str, ca_pem: Option<&[u8]>) -> Result<Self, RedisError> {
         if url.starts_with("redis+cluster://") {
             let parsed = MultiHostUrl::parse(url, "redis+cluster://")
                 .ok_or_else(|| invalid("redis+cluster:// needs [user:password@]host:port[,host:port...]"))?;
@@ -168,7 +170,7 @@ impl RedisConn {
             conn.reresolve().await?;
             return Ok(RedisConn::new(RedisLink::Sentinel(Arc::new(conn))));
         }
-        let client = redis::Client::open(url)?;
+        let client = single_client(url, ca_pem)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(RESPONSE_TIMEOUT)
@@ -182,16 +184,16 @@ impl RedisConn {
     /// Where to subscribe: the server itself, the first node of a cluster
     /// (PUBLISH reaches every node), or the master Sentinel names now (a
     /// demoted master still hears the new one's PUBLISH as its replica).
-    pub fn pubsub_source(&self, url: &str) -> PubSubSource {
+    pub fn pubsub_source(&self, url: &str, ca_pem: Option<&[u8]>) -> PubSubSource {
         match &self.link {
             RedisLink::Sentinel(s) => PubSubSource::Sentinel(s.clone()),
             RedisLink::Cluster(_) => {
                 let first = MultiHostUrl::parse(url, "redis+cluster://")
                     .and_then(|u| u.node_urls(u.userinfo).into_iter().next())
                     .unwrap_or_default();
-                PubSubSource::Url(first)
+                PubSubSource::Url(first, None)
             }
-            RedisLink::Single(_) => PubSubSource::Url(url.to_owned()),
+            RedisLink::Single(_) => PubSubSource::Url(url.to_owned(), ca_pem.map(<[u8]>::to_vec)),
         }
     }
 
@@ -303,14 +305,29 @@ async fn cluster_masters(c: &mut ClusterConnection) -> Result<Vec<(String, u16)>
 /// See `RedisLink::pubsub_source`.
 #[derive(Clone)]
 pub enum PubSubSource {
-    Url(String),
+    /// A server's URL and the extra CA its `rediss://` certificate is checked against.
+    Url(String, Option<Vec<u8>>),
     Sentinel(Arc<SentinelConn>),
+}
+
+/// A client of one server; `rediss://` with `ca_pem` trusts that CA too.
+fn single_client(url: &str, ca_pem: Option<&[u8]>) -> Result<redis::Client, RedisError> {
+    match ca_pem {
+        Some(ca) if url.starts_with("rediss://") => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.to_vec()),
+            },
+        ),
+        _ => redis::Client::open(url),
+    }
 }
 
 impl PubSubSource {
     pub async fn client(&self) -> Result<redis::Client, RedisError> {
         match self {
-            PubSubSource::Url(url) => redis::Client::open(url.as_str()),
+            PubSubSource::Url(url, ca) => single_client(url, ca.as_deref()),
             PubSubSource::Sentinel(s) => s.sentinels.lock().await.async_get_client().await,
         }
     }

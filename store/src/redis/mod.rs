@@ -92,7 +92,13 @@ impl RedisStore {
     /// Connects to `url` (one server, `redis+cluster://` or
     /// `redis+sentinel://`, see `conn.rs`); every key starts with `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let conn = RedisConn::connect(url).await.map_err(unavailable)?;
+        Self::connect_trusting(url, prefix, None).await
+    }
+
+    /// [`RedisStore::connect`] where a `rediss://` server's certificate may
+    /// also be signed by the CA in `ca_pem` (PEM), besides the system's roots.
+    pub async fn connect_trusting(url: &str, prefix: &str, ca_pem: Option<&[u8]>) -> Result<Self, StoreError> {
+        let conn = RedisConn::connect(url, ca_pem).await.map_err(unavailable)?;
         // Loaded up front: otherwise every call in flight at the start meets
         // NOSCRIPT and loads the script itself. Best effort (calls load it too).
         for script in [scripts::ENQUEUE, scripts::PENDING, scripts::ACK, scripts::INFO] {
@@ -101,7 +107,7 @@ impl RedisStore {
             }
         }
         Ok(RedisStore {
-            pubsub: conn.pubsub_source(url),
+            pubsub: conn.pubsub_source(url, ca_pem),
             scripts: QueueScripts::start(&conn),
             conn,
             keys: Keys::new(prefix),

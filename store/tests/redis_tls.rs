@@ -1,0 +1,40 @@
+//! `rediss://`: the Redis store over TLS to a private TLS-only
+//! `redis-server`, whose certificate comes from a CA the test makes.
+
+use duplex_store::{Enqueued, MessageQueue, RedisStore, Routes};
+use duplex_testkit::{message, random_prefix, TestCa, TestRedisTls};
+
+const NOW: u64 = 1_800_000_000_000;
+
+#[tokio::test]
+async fn the_store_works_over_tls_trusting_the_servers_ca() {
+    let server = TestRedisTls::start().expect("redis-server with TLS");
+    let store = RedisStore::connect_trusting(&server.url(), &random_prefix(), Some(&server.ca_pem()))
+        .await
+        .expect("connect over TLS");
+    let claim = store
+        .claim_route("c1", "u1", "n1", std::time::Duration::from_secs(30))
+        .await
+        .expect("claim");
+    let limits = duplex_store::QueueLimits {
+        max_messages: 10,
+        max_bytes: 10_000,
+    };
+    match store
+        .enqueue("c1", &message(b"over tls", NOW, NOW + 60_000), limits, NOW)
+        .await
+    {
+        Ok(Enqueued::Stored { seq: 1, route, .. }) => assert_eq!(route, Some(claim.route)),
+        other => panic!("expected seq 1 stored, got {other:?}"),
+    }
+    let pending = store.pending("c1", 0, 10, NOW).await.expect("pending");
+    assert_eq!(pending.messages.len(), 1);
+}
+
+#[tokio::test]
+async fn a_server_certificate_from_another_ca_is_refused() {
+    let server = TestRedisTls::start().expect("redis-server with TLS");
+    let stranger = TestCa::new("someone else's CA").pem();
+    let refused = RedisStore::connect_trusting(&server.url(), &random_prefix(), Some(stranger.as_bytes())).await;
+    assert!(refused.is_err(), "a certificate from an untrusted CA was accepted");
+}
