@@ -20,7 +20,7 @@ use duplex_access::auth::{dev_claims, mint_hs256};
 use duplex_node::config::DEV_SECRET;
 
 use super::procfs::{cpu_seconds, machine_line, rss_kib};
-use super::servers::{duplex_exe, free_ports, redis_for, start_duplex, start_mosquitto, Server};
+use super::servers::{duplex_exe, free_ports, redis_for, start_duplex, start_duplex_with, start_mosquitto, Server};
 
 /// Connections one server process is asked to hold at most (fd limit 20,000).
 const PER_SERVER: usize = 18_000;
@@ -30,7 +30,8 @@ pub struct ConnectArgs {
     /// Connections to open.
     #[arg(long, default_value_t = 10_000)]
     pub connections: usize,
-    /// `tcp` or `ws`.
+    /// `tcp`, `ws`, `tls` or `wss`. With `tls` and `wss` the run is done twice on
+    /// fresh servers, full handshakes then resumed sessions, and compared.
     #[arg(long, default_value = "tcp")]
     pub transport: String,
     /// Server processes sharing the port; default: enough for 18,000 connections each.
@@ -76,8 +77,8 @@ impl Outcome {
 
 #[allow(clippy::print_stdout)]
 pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
-    if !matches!(args.transport.as_str(), "tcp" | "ws") {
-        bail!("--transport must be tcp or ws");
+    if !matches!(args.transport.as_str(), "tcp" | "ws" | "tls" | "wss") {
+        bail!("--transport must be tcp, ws, tls or wss");
     }
     if args.connections == 0 || args.per_worker == 0 || args.per_worker > 19_000 {
         bail!("--connections must be positive and --per-worker within 1..=19000");
@@ -100,10 +101,13 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         if redis_url.is_some() { "redis" } else { "memory" }
     );
 
+    if matches!(args.transport.as_str(), "tls" | "wss") {
+        return measure_tls(&exe, &generator, &args, servers_n, redis_url.as_deref()).await;
+    }
     let ports = free_ports()?;
     let servers = start_duplex(&exe, servers_n, ports, redis_url.as_deref())?;
     let port = if args.transport == "tcp" { ports.0 } else { ports.1 };
-    let duplex = measure(&generator, &args, &servers, port, &args.transport).await?;
+    let duplex = measure(&generator, &args, &servers, port, &args.transport, &[]).await?;
     drop(servers);
     report("duplex", &duplex, args.hold);
     if let Some(r) = &private {
@@ -119,7 +123,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir)?;
         let port = free_ports()?.0; // mosquitto needs one
         let server = start_mosquitto(port, &dir).await?;
-        let peer = measure(&generator, &args, std::slice::from_ref(&server), port, "mqtt").await;
+        let peer = measure(&generator, &args, std::slice::from_ref(&server), port, "mqtt", &[]).await;
         drop(server);
         let _ = std::fs::remove_dir_all(&dir);
         let peer = peer?;
@@ -133,6 +137,53 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     }
     if duplex.failed > 0 {
         bail!("{} connections failed", duplex.failed);
+    }
+    Ok(())
+}
+
+/// TLS or WSS: full handshakes, then resumed sessions, each on fresh
+/// servers with a certificate from a CA made for the run.
+#[allow(clippy::print_stdout)]
+async fn measure_tls(
+    exe: &Path,
+    generator: &Path,
+    args: &ConnectArgs,
+    servers_n: usize,
+    redis_url: Option<&str>,
+) -> anyhow::Result<()> {
+    let certs = duplex_testkit::TestCa::new("duplex bench CA").files(&["127.0.0.1"]);
+    let (tls_port, wss_port, _) = free_ports()?;
+    let config = certs.cert.with_file_name("duplex.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[access]\ntls_listen = \"127.0.0.1:{tls_port}\"\nwss_listen = \"127.0.0.1:{wss_port}\"\n\
+             tls = {{ cert_file = \"{}\", key_file = \"{}\" }}\n",
+            certs.cert.display(),
+            certs.key.display()
+        ),
+    )?;
+    let port = if args.transport == "tls" { tls_port } else { wss_port };
+    let ca = certs.ca.to_string_lossy().into_owned();
+    let mut outcomes = Vec::new();
+    for (name, extra) in [
+        ("full handshakes", vec!["--ca-file", ca.as_str(), "--no-resumption"]),
+        ("resumed sessions", vec!["--ca-file", ca.as_str()]),
+    ] {
+        let servers = start_duplex_with(exe, servers_n, free_ports()?, redis_url, Some(&config), "bench")?;
+        let outcome = measure(generator, args, &servers, port, &args.transport, &extra).await?;
+        drop(servers);
+        report(&format!("duplex {} ({name})", args.transport), &outcome, args.hold);
+        outcomes.push(outcome);
+    }
+    let (full, resumed) = (&outcomes[0], &outcomes[1]);
+    println!(
+        "ratio resumed/full: connect rate {:.2}x, server CPU per connection {:.2}x",
+        (resumed.ok as f64 / resumed.connect_secs) / (full.ok as f64 / full.connect_secs),
+        (resumed.cpu / resumed.ok.max(1) as f64) / (full.cpu / full.ok.max(1) as f64).max(1e-9),
+    );
+    if full.failed + resumed.failed > 0 {
+        bail!("{} connections failed", full.failed + resumed.failed);
     }
     Ok(())
 }
@@ -168,6 +219,7 @@ async fn measure(
     servers: &[Server],
     port: u16,
     transport: &str,
+    extra: &[&str],
 ) -> anyhow::Result<Outcome> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
@@ -192,6 +244,7 @@ async fn measure(
                 "--concurrency",
                 &args.concurrency.to_string(),
             ])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

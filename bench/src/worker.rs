@@ -15,7 +15,7 @@ use tokio::net::{TcpSocket, TcpStream};
 pub struct WorkerArgs {
     #[arg(long)]
     pub target: SocketAddr,
-    /// `tcp`, `ws`, or `mqtt` (an MQTT 3.1.1 CONNECT, for the Mosquitto baseline).
+    /// `tcp`, `ws`, `tls`, `wss`, or `mqtt` (an MQTT 3.1.1 CONNECT, for the Mosquitto baseline).
     #[arg(long)]
     pub transport: String,
     #[arg(long)]
@@ -28,6 +28,12 @@ pub struct WorkerArgs {
     pub prefix: String,
     #[arg(long)]
     pub concurrency: usize,
+    /// For `tls` and `wss`: the CA the servers' certificate is signed by.
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// For `tls` and `wss`: a full handshake for every connection.
+    #[arg(long)]
+    pub no_resumption: bool,
 }
 
 /// A held connection; only kept alive, never read.
@@ -44,12 +50,25 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     if args.count > 19_000 {
         bail!("a generator holds at most 19,000 connections");
     }
+    // One TLS client for all of this generator's connections: with
+    // resumption on, each full handshake leaves tickets the next ones use.
+    let tls = match &args.ca_file {
+        Some(ca) => {
+            let tls = duplex_client::TlsClient::with_extra_ca(ca)?;
+            Some(if args.no_resumption {
+                tls.without_resumption()?
+            } else {
+                tls
+            })
+        }
+        None => None,
+    };
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..args.count {
         let sem = sem.clone();
         let (token, client_id) = (args.token.clone(), format!("{}-{i}", args.prefix));
-        let (target, source, transport) = (args.target, args.source, args.transport.clone());
+        let (target, source, transport, tls) = (args.target, args.source, args.transport.clone(), tls.clone());
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await.ok()?;
             let attempt = async {
@@ -66,6 +85,18 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
                     "mqtt" => mqtt_connect(stream, &client_id).await.map(|s| Held::Raw { _stream: s }),
                     "ws" => {
                         let mut conn = Connection::ws_over(stream, &format!("ws://{target}/")).await.ok()?;
+                        conn.handshake(&token, &client_id, 0).await.ok()?;
+                        Some(Held::Duplex { _conn: Box::new(conn) })
+                    }
+                    "tls" => {
+                        let host = target.ip().to_string();
+                        let mut conn = Connection::tls_over(stream, &host, tls.as_ref()?).await.ok()?;
+                        conn.handshake(&token, &client_id, 0).await.ok()?;
+                        Some(Held::Duplex { _conn: Box::new(conn) })
+                    }
+                    "wss" => {
+                        let url = format!("wss://{target}/");
+                        let mut conn = Connection::wss_over(stream, &url, tls.as_ref()?).await.ok()?;
                         conn.handshake(&token, &client_id, 0).await.ok()?;
                         Some(Held::Duplex { _conn: Box::new(conn) })
                     }

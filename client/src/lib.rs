@@ -93,6 +93,12 @@ impl Connection {
     /// Opens the private protocol over TLS to `host:port`, trusting `tls`'s CAs.
     pub async fn tls(host: &str, port: u16, tls: &TlsClient) -> Result<Self, ClientError> {
         let stream = TcpStream::connect((host, port)).await?;
+        Self::tls_over(stream, host, tls).await
+    }
+
+    /// The private protocol over TLS on an already connected TCP stream;
+    /// `host` is the name the server's certificate must carry.
+    pub async fn tls_over(stream: TcpStream, host: &str, tls: &TlsClient) -> Result<Self, ClientError> {
         let _ = stream.set_nodelay(true);
         let stream = tls.handshake(stream, host, false).await?;
         Ok(Self::over(Either::Right(Box::new(stream))))
@@ -126,6 +132,12 @@ impl Connection {
     pub async fn wss(url: &str, tls: &TlsClient) -> Result<Self, ClientError> {
         let (host, port) = host_port(url, "wss", 443)?;
         let stream = TcpStream::connect((host.as_str(), port)).await?;
+        Self::wss_over(stream, url, tls).await
+    }
+
+    /// WebSocket over TLS on an already connected TCP stream.
+    pub async fn wss_over(stream: TcpStream, url: &str, tls: &TlsClient) -> Result<Self, ClientError> {
+        let (host, _) = host_port(url, "wss", 443)?;
         let _ = stream.set_nodelay(true);
         let stream = tls.handshake(stream, &host, true).await?;
         Self::ws_handshake(Either::Right(Box::new(stream)), url).await

@@ -21,12 +21,12 @@ const ALPN_HTTP1: &[u8] = b"http/1.1";
 pub struct TlsClient {
     duplex: TlsConnector,
     http1: TlsConnector,
-    roots: usize,
+    roots: Arc<RootCertStore>,
 }
 
 impl std::fmt::Debug for TlsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsClient").field("roots", &self.roots).finish()
+        f.debug_struct("TlsClient").field("roots", &self.roots.len()).finish()
     }
 }
 
@@ -65,8 +65,16 @@ impl TlsClient {
     }
 
     fn trusting(roots: RootCertStore) -> Result<Self, TlsError> {
-        let count = roots.len();
-        let roots = Arc::new(roots);
+        Self::build(Arc::new(roots), true)
+    }
+
+    /// The same trust, without session resumption: every connect pays a
+    /// full handshake (for measuring what resumption saves).
+    pub fn without_resumption(&self) -> Result<Self, TlsError> {
+        Self::build(self.roots.clone(), false)
+    }
+
+    fn build(roots: Arc<RootCertStore>, resume: bool) -> Result<Self, TlsError> {
         let connector = |alpn: &[u8]| -> Result<TlsConnector, TlsError> {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let mut config = ClientConfig::builder_with_provider(provider)
@@ -75,12 +83,15 @@ impl TlsClient {
                 .with_root_certificates(roots.clone())
                 .with_no_client_auth();
             config.alpn_protocols = vec![alpn.to_vec()];
+            if !resume {
+                config.resumption = rustls::client::Resumption::disabled();
+            }
             Ok(TlsConnector::from(Arc::new(config)))
         };
         Ok(TlsClient {
             duplex: connector(ALPN_DUPLEX)?,
             http1: connector(ALPN_HTTP1)?,
-            roots: count,
+            roots,
         })
     }
 
