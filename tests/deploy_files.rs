@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use duplex_node::config::Config;
+use duplex_node::config::{Config, TlsConfig};
 
 const FILES: [(&str, &str); 7] = [
     ("docker-compose.yml", include_str!("../deploy/docker-compose.yml")),
@@ -37,7 +37,14 @@ fn config_keys() -> BTreeSet<String> {
         }
     }
     let mut keys = BTreeSet::new();
-    walk("", &serde_json::to_value(Config::default()).expect("config"), &mut keys);
+    // Optional tables are unset by default: set them so their keys count too.
+    let mut config = Config::default();
+    config.access.tls = Some(TlsConfig {
+        cert_file: "cert.pem".into(),
+        key_file: "key.pem".into(),
+        client_ca_file: None,
+    });
+    walk("", &serde_json::to_value(config).expect("config"), &mut keys);
     keys
 }
 
@@ -138,7 +145,12 @@ fn proxies_and_probes_use_the_ports_the_nodes_listen_on() {
     }
     let haproxy = FILES[2].1;
     for line in haproxy.lines().filter(|l| l.trim_start().starts_with("server ")) {
-        assert!(line.contains(":7070 ") || line.contains(":7071 "), "{line}");
+        assert!(
+            [":7070 ", ":7071 ", ":7443 ", ":7444 "]
+                .iter()
+                .any(|p| line.contains(p)),
+            "{line}"
+        );
         assert!(line.contains("check port 7090"), "health from the admin port: {line}");
     }
     assert!(haproxy.contains("GET /readyz"));

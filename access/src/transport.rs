@@ -160,22 +160,10 @@ impl Transport {
                     Err(e) => return ReadEvent::Failed(e.to_string()),
                 }
             },
-            Transport::Tls { stream, decoder } => loop {
-                match decoder.next_frame(limits) {
-                    Ok(Some(frame)) => return ReadEvent::Frame(frame),
-                    Ok(None) => {}
-                    Err(e) => return ReadEvent::Invalid(e),
-                }
-                let mut chunk = [0u8; 4096];
-                match stream.read(&mut chunk).await {
-                    Ok(0) => return ReadEvent::Closed,
-                    Ok(n) => decoder.feed(&chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return ReadEvent::Closed,
-                    // A peer that closes without close_notify: a close as far as frames go.
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return ReadEvent::Closed,
-                    Err(e) => return ReadEvent::Failed(e.to_string()),
-                }
-            },
+            // Boxed: its read buffer is held across the await, and every
+            // connection's read future would otherwise carry it (measured:
+            // +2 KiB per idle plain TCP connection).
+            Transport::Tls { stream, decoder } => Box::pin(read_tls(stream, decoder, limits)).await,
             Transport::Ws(ws) => match ws.next().await {
                 None => ReadEvent::Closed,
                 Some(Ok(Message::Binary(body))) => match decode_body(&body, limits) {
@@ -257,6 +245,26 @@ impl Transport {
                 };
                 let _ = tokio::time::timeout(CLOSE_LINGER, close_and_drain).await;
             }
+        }
+    }
+}
+
+/// The next frame of the private protocol over TLS.
+async fn read_tls(stream: &mut TlsStream<TcpStream>, decoder: &mut TcpDecoder, limits: &Limits) -> ReadEvent {
+    loop {
+        match decoder.next_frame(limits) {
+            Ok(Some(frame)) => return ReadEvent::Frame(frame),
+            Ok(None) => {}
+            Err(e) => return ReadEvent::Invalid(e),
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) => return ReadEvent::Closed,
+            Ok(n) => decoder.feed(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return ReadEvent::Closed,
+            // A peer that closes without close_notify: a close as far as frames go.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return ReadEvent::Closed,
+            Err(e) => return ReadEvent::Failed(e.to_string()),
         }
     }
 }

@@ -36,10 +36,12 @@ impl Drop for Server {
 
 /// The Redis the servers should use: a private `redis-server` started here
 /// (kept alive by the returned handle), the given URL, or none (memory store).
-/// The `duplex` binary the bench starts: `$DUPLEX_BIN`, else the one next
+/// The `duplex` binary the bench starts: `$BENCH_DUPLEX_BIN`, else the one next
 /// to this `duplex-bench` (both are built by `cargo build --release --workspace`).
+/// Not a `DUPLEX_` name: the servers inherit the environment and read every
+/// `DUPLEX_*` variable as configuration.
 pub fn duplex_exe() -> anyhow::Result<PathBuf> {
-    let exe = match std::env::var_os("DUPLEX_BIN") {
+    let exe = match std::env::var_os("BENCH_DUPLEX_BIN") {
         Some(path) => PathBuf::from(path),
         None => std::env::current_exe()
             .context("locating the duplex-bench binary")?
@@ -47,7 +49,7 @@ pub fn duplex_exe() -> anyhow::Result<PathBuf> {
     };
     if !exe.is_file() {
         bail!(
-            "no duplex binary at {} (build both with `cargo build --release --workspace`, or set DUPLEX_BIN)",
+            "no duplex binary at {} (build both with `cargo build --release --workspace`, or set BENCH_DUPLEX_BIN)",
             exe.display()
         );
     }

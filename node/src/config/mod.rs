@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 mod registry;
 mod secrets;
 
-pub use duplex_access::config::{AccessConfig, AuthConfig, JwtAlgorithm, DEV_SECRET};
+pub use duplex_access::config::{AccessConfig, AuthConfig, JwtAlgorithm, TlsConfig, DEV_SECRET};
 pub use duplex_downstream::config::{DownstreamConfig, DEV_API_KEY};
 pub use duplex_shared::config::{invalid, ConfigError, HttpConfig};
 pub use duplex_upstream::config::{EndpointConfig, ServiceConfig, UpstreamConfig};
