@@ -16,10 +16,15 @@ use duplex_testkit::{CertFiles, TestCa};
 use tokio::io::AsyncReadExt;
 
 async fn tls_node(files: &CertFiles) -> TestNode {
+    tls_node_requiring(files, None).await
+}
+
+/// `client_ca`: when set, clients must present a certificate it signed (mTLS).
+async fn tls_node_requiring(files: &CertFiles, client_ca: Option<&CertFiles>) -> TestNode {
     let tls = TlsConfig {
         cert_file: files.cert.clone(),
         key_file: files.key.clone(),
-        client_ca_file: None,
+        client_ca_file: client_ca.map(|c| c.ca.clone()),
     };
     start_node(StoreKind::Memory, |c| {
         c.tls_listen = Some("127.0.0.1:0".parse().expect("addr"));
@@ -147,4 +152,43 @@ async fn a_new_certificate_on_disk_reaches_new_connections_and_old_ones_stay() {
     // The connection made before the reload still works.
     ping_pong(&mut old, 9).await;
     ping_pong(&mut fresh, 10).await;
+}
+
+/// Connects over TLS and logs in; whether the node let the client in.
+async fn logs_in(port: u16, tls: &TlsClient, client_id: &str) -> bool {
+    let Ok(mut conn) = Connection::tls("localhost", port, tls).await else {
+        return false;
+    };
+    // TLS 1.3 checks the client's certificate after the client's side of
+    // the handshake: a refusal shows on the first exchange.
+    if conn.handshake(&token("fleet"), client_id, 0).await.is_err() {
+        return false;
+    }
+    conn.send(&Frame::Ping(Ping { id: 1 })).await.is_ok() && matches!(recv(&mut conn).await, Some(Frame::Pong(_)))
+}
+
+#[tokio::test]
+async fn with_a_client_ca_only_devices_holding_its_certificate_get_in() {
+    let server = TestCa::new("server CA").files(&["localhost"]);
+    let fleet = TestCa::new("device fleet CA").files(&["device-1"]);
+    let strangers = TestCa::new("another fleet CA").files(&["device-9"]);
+    let node = tls_node_requiring(&server, Some(&fleet)).await;
+    let port = node.tls.expect("tls listener").port();
+    let trust = trusting(&server);
+
+    let device = trust
+        .with_client_certificate(&fleet.cert, &fleet.key)
+        .expect("device certificate");
+    assert!(logs_in(port, &device, "device-1").await, "a fleet device gets in");
+    assert!(
+        !logs_in(port, &trust, "no-cert").await,
+        "no client certificate, no entry"
+    );
+    let stranger = trust
+        .with_client_certificate(&strangers.cert, &strangers.key)
+        .expect("stranger certificate");
+    assert!(
+        !logs_in(port, &stranger, "device-9").await,
+        "a certificate from another CA is refused"
+    );
 }

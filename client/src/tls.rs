@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -22,6 +22,9 @@ pub struct TlsClient {
     duplex: TlsConnector,
     http1: TlsConnector,
     roots: Arc<RootCertStore>,
+    resume: bool,
+    /// A client certificate (chain, key) for servers that require one (mTLS).
+    identity: Option<Arc<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>>,
 }
 
 impl std::fmt::Debug for TlsClient {
@@ -65,23 +68,44 @@ impl TlsClient {
     }
 
     fn trusting(roots: RootCertStore) -> Result<Self, TlsError> {
-        Self::build(Arc::new(roots), true)
+        Self::build(Arc::new(roots), true, None)
     }
 
     /// The same trust, without session resumption: every connect pays a
     /// full handshake (for measuring what resumption saves).
     pub fn without_resumption(&self) -> Result<Self, TlsError> {
-        Self::build(self.roots.clone(), false)
+        Self::build(self.roots.clone(), false, self.identity.clone())
     }
 
-    fn build(roots: Arc<RootCertStore>, resume: bool) -> Result<Self, TlsError> {
+    /// The same trust, presenting the client certificate in `cert_file`
+    /// (PEM chain) with its key to servers that require one (mTLS).
+    pub fn with_client_certificate(&self, cert_file: &Path, key_file: &Path) -> Result<Self, TlsError> {
+        let read_error = |path: &Path, e: &dyn std::fmt::Display| TlsError(format!("{}: {e}", path.display()));
+        let chain = CertificateDer::pem_file_iter(cert_file)
+            .map_err(|e| read_error(cert_file, &e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| read_error(cert_file, &e))?;
+        let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| read_error(key_file, &e))?;
+        Self::build(self.roots.clone(), self.resume, Some(Arc::new((chain, key))))
+    }
+
+    fn build(
+        roots: Arc<RootCertStore>,
+        resume: bool,
+        identity: Option<Arc<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>>,
+    ) -> Result<Self, TlsError> {
         let connector = |alpn: &[u8]| -> Result<TlsConnector, TlsError> {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut config = ClientConfig::builder_with_provider(provider)
+            let builder = ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .map_err(|e| TlsError(e.to_string()))?
-                .with_root_certificates(roots.clone())
-                .with_no_client_auth();
+                .with_root_certificates(roots.clone());
+            let mut config = match &identity {
+                Some(id) => builder
+                    .with_client_auth_cert(id.0.clone(), id.1.clone_key())
+                    .map_err(|e| TlsError(format!("client certificate: {e}")))?,
+                None => builder.with_no_client_auth(),
+            };
             config.alpn_protocols = vec![alpn.to_vec()];
             if !resume {
                 config.resumption = rustls::client::Resumption::disabled();
@@ -92,6 +116,8 @@ impl TlsClient {
             duplex: connector(ALPN_DUPLEX)?,
             http1: connector(ALPN_HTTP1)?,
             roots,
+            resume,
+            identity,
         })
     }
 
