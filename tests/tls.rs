@@ -50,6 +50,18 @@ async fn pushes_reach_clients_over_tls_and_wss() {
     let mut wss = Connection::wss(&url, &trust).await.expect("wss");
     wss.handshake(&mint("bob"), "bob-phone", 0).await.expect("connect");
     push_arrives_live(node.push, "bob-phone", &mut wss).await;
+
+    // The dispatcher lists the TLS endpoints next to the plain ones.
+    let (_, nodes) = call_json(
+        &reqwest::Client::new(),
+        reqwest::Method::GET,
+        format!("http://{}/v1/nodes", node.push),
+        None,
+    )
+    .await;
+    let listed = &nodes["nodes"][0];
+    assert_eq!(listed["tls"], format!("{}", node.tls.expect("tls")), "{nodes}");
+    assert_eq!(listed["wss"], format!("wss://{}/", node.wss.expect("wss")), "{nodes}");
 }
 
 #[tokio::test]

@@ -59,7 +59,6 @@ pub(crate) async fn goaway_frame(shared: &Shared, kind: TransportKind) -> Frame 
                 Ok(nodes) => nodes
                     .into_iter()
                     .filter(|n| n.node_id != shared.node_id && n.tiers.iter().any(|t| t == "access"))
-                    .map(|n| (format!("tcp://{}", n.tcp), n.ws))
                     .collect(),
                 Err(e) => {
                     tracing::warn!(error = %e, "registry unreadable: go_away names no other node");
@@ -68,14 +67,15 @@ pub(crate) async fn goaway_frame(shared: &Shared, kind: TransportKind) -> Frame 
             }
         })
         .await;
-    // The registry lists plain endpoints only: a TLS client is never sent
-    // to one; it picks from its own list.
+    // A client is sent to the same kind of endpoint it came over: a TLS
+    // client never to a plain one (nodes without TLS listeners are skipped).
     let endpoints = others
         .iter()
-        .filter_map(|(tcp, ws)| match kind {
-            TransportKind::Tcp => Some(tcp.clone()),
-            TransportKind::WebSocket => Some(ws.clone()),
-            TransportKind::Tls | TransportKind::Wss => None,
+        .filter_map(|n| match kind {
+            TransportKind::Tcp => Some(format!("tcp://{}", n.tcp)),
+            TransportKind::WebSocket => Some(n.ws.clone()),
+            TransportKind::Tls => n.tls.as_ref().map(|t| format!("tls://{t}")),
+            TransportKind::Wss => n.wss.clone(),
         })
         .collect();
     Frame::GoAway(GoAway {

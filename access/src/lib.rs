@@ -112,9 +112,9 @@ pub(crate) struct Shared {
     /// `duplex_frames_in_total` / `_out_total` per frame type, resolved once.
     frames_in: FrameCounts,
     pub(crate) frames_out: FrameCounts,
-    /// The other access nodes (`tcp://` and `ws://` endpoints) that
-    /// `go_away` names, read from the registry once per shutdown.
-    drain_targets: tokio::sync::OnceCell<Vec<(String, String)>>,
+    /// The other access nodes that `go_away` names, read from the
+    /// registry once per shutdown.
+    drain_targets: tokio::sync::OnceCell<Vec<duplex_store::NodeInfo>>,
     tls: Option<Arc<tls::Certificates>>,
 }
 

@@ -236,6 +236,8 @@ async fn shutdown_spreads_go_away_over_the_window_and_serves_until_each_client_l
                 tiers: vec!["access".into()],
                 tcp: "127.0.0.9:7070".into(),
                 ws: "ws://127.0.0.9:7071/".into(),
+                tls: None,
+                wss: None,
                 internal: String::new(),
                 region: None,
                 connections: 0,

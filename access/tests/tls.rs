@@ -21,6 +21,14 @@ async fn tls_node(files: &CertFiles) -> TestNode {
 
 /// `client_ca`: when set, clients must present a certificate it signed (mTLS).
 async fn tls_node_requiring(files: &CertFiles, client_ca: Option<&CertFiles>) -> TestNode {
+    tls_node_with(files, client_ca, |_| {}).await
+}
+
+async fn tls_node_with(
+    files: &CertFiles,
+    client_ca: Option<&CertFiles>,
+    tweak: impl FnOnce(&mut duplex_access::config::AccessConfig),
+) -> TestNode {
     let tls = TlsConfig {
         cert_file: files.cert.clone(),
         key_file: files.key.clone(),
@@ -31,6 +39,7 @@ async fn tls_node_requiring(files: &CertFiles, client_ca: Option<&CertFiles>) ->
         c.wss_listen = Some("127.0.0.1:0".parse().expect("addr"));
         c.tls = Some(tls);
         c.auth_timeout_ms = 500;
+        tweak(c);
     })
     .await
 }
@@ -191,4 +200,51 @@ async fn with_a_client_ca_only_devices_holding_its_certificate_get_in() {
         !logs_in(port, &stranger, "device-9").await,
         "a certificate from another CA is refused"
     );
+}
+
+#[tokio::test]
+async fn a_draining_node_sends_tls_clients_to_tls_endpoints_only() {
+    let files = TestCa::new("duplex test CA").files(&["localhost"]);
+    let node = tls_node_with(&files, None, |c| {
+        c.goaway_window_ms = 200;
+        c.shutdown_grace_ms = 2_000;
+    })
+    .await;
+    let now = duplex_store::now_ms();
+    for (id, tls, wss) in [
+        ("plain-only", None, None),
+        ("with-tls", Some("127.0.0.9:7443"), Some("wss://127.0.0.9:7444/")),
+    ] {
+        node.store
+            .register_node(&duplex_store::NodeInfo {
+                node_id: id.into(),
+                tiers: vec!["access".into()],
+                tcp: "127.0.0.9:7070".into(),
+                ws: "ws://127.0.0.9:7071/".into(),
+                tls: tls.map(str::to_owned),
+                wss: wss.map(str::to_owned),
+                internal: String::new(),
+                region: None,
+                connections: 0,
+                max_connections: 100,
+                expires_ms: now + 60_000,
+            })
+            .await
+            .expect("register");
+    }
+    let trust = trusting(&files);
+    let mut tls = Connection::tls("localhost", node.tls.expect("tls").port(), &trust)
+        .await
+        .expect("tls");
+    tls.handshake(&token("ann"), "ann-phone", 0).await.expect("connect");
+    let url = format!("wss://localhost:{}/", node.wss.expect("wss").port());
+    let mut wss = Connection::wss(&url, &trust).await.expect("wss");
+    wss.handshake(&token("bob"), "bob-phone", 0).await.expect("connect");
+    node.shutdown.cancel();
+    for (conn, expected) in [(&mut tls, "tls://127.0.0.9:7443"), (&mut wss, "wss://127.0.0.9:7444/")] {
+        match recv(conn).await {
+            Some(Frame::GoAway(g)) => assert_eq!(g.endpoints, vec![expected.to_owned()]),
+            other => panic!("expected go_away, got {other:?}"),
+        }
+    }
 }

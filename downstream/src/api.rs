@@ -109,6 +109,8 @@ async fn nodes(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> 
                 "node_id": n.node_id,
                 "tcp": n.tcp,
                 "ws": n.ws,
+                "tls": n.tls,
+                "wss": n.wss,
                 "region": n.region,
                 "weight": weight,
             })

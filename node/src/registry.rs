@@ -43,16 +43,10 @@ fn outward_ip() -> Option<IpAddr> {
     Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_unspecified())
 }
 
-/// The entry of this node, for its bound listeners; `access` holds the
-/// client listeners (TCP, WebSocket) when the node runs the access tier.
-pub fn entry(
-    config: &Config,
-    node_id: &str,
-    tiers: &[&str],
-    access: Option<(SocketAddr, SocketAddr)>,
-    internal: SocketAddr,
-) -> NodeInfo {
-    let (tcp, ws, max_connections) = match access {
+/// The entry of this node, for its bound listeners (the client ones when
+/// the node runs the access tier).
+pub fn entry(config: &Config, node_id: &str, tiers: &[&str], addresses: &crate::Addresses) -> NodeInfo {
+    let (tcp, ws, max_connections) = match addresses.client {
         Some((tcp, ws)) => (
             advertised(config, tcp),
             format!("ws://{}/", advertised(config, ws)),
@@ -65,7 +59,11 @@ pub fn entry(
         tiers: tiers.iter().map(|t| (*t).to_owned()).collect(),
         tcp,
         ws,
-        internal: format!("http://{}", advertised(config, internal)),
+        tls: addresses.client_tls.map(|a| advertised(config, a)),
+        wss: addresses
+            .client_wss
+            .map(|a| format!("wss://{}/", advertised(config, a))),
+        internal: format!("http://{}", advertised(config, addresses.internal)),
         region: config.registry.region.clone(),
         connections: 0,
         max_connections,

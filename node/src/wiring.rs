@@ -312,7 +312,7 @@ pub(crate) async fn start(config: Config, tiers: Tiers, wiring: Wiring) -> Resul
     let store_kind = if config.redis_url.is_some() { "redis" } else { "memory" };
     // Registered before the node reports its addresses: a node is ready once it is listed.
     let fresh = registry::Freshness::default();
-    let mut entry = registry::entry(&config, &node_id, &tiers.names(), addresses.client, addresses.internal);
+    let mut entry = registry::entry(&config, &node_id, &tiers.names(), &addresses);
     if let Err(e) = registry::register(&*store, &mut entry, config.registry.lease_ms, &fresh).await {
         warn!(error = %e, "cannot write this node's registry entry yet; retrying in the background");
     }

@@ -19,6 +19,12 @@ pub struct NodeInfo {
     /// Where clients connect: `host:port` for TCP, `ws://host:port/` for WebSocket.
     pub tcp: String,
     pub ws: String,
+    /// The TLS listeners, where the node has them: `host:port` for the
+    /// private protocol over TLS, `wss://host:port/` for WebSocket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wss: Option<String>,
     /// Base URL of the node's internal listener (`http://host:port`), for other nodes.
     #[serde(default)]
     pub internal: String,

@@ -206,6 +206,8 @@ async fn registered_nodes_show_until_their_lease_ends(store: Arc<dyn Store>) {
         tiers: vec!["access".into()],
         tcp: "10.0.0.1:7070".into(),
         ws: "ws://10.0.0.1:7071/".into(),
+        tls: None,
+        wss: None,
         internal: "http://10.0.0.1:7095".into(),
         region: None,
         connections: 3,
