@@ -1,7 +1,8 @@
 //! The `duplex` binary with TLS listeners: pushes reach a client over
 //! tls:// and wss://, and SIGHUP serves a new certificate to new connections
 //! while the ones made before keep working; a node keeps its state in Redis
-//! over TLS (`rediss://` with a private CA).
+//! over TLS (`rediss://` with a private CA); split nodes call each other
+//! over TLS (`registry.internal_tls`).
 
 mod common;
 
@@ -128,4 +129,49 @@ async fn a_node_keeps_its_state_in_redis_over_tls() {
     let mut conn = Connection::tcp(node.tcp).await.expect("tcp");
     conn.handshake(&mint("ann"), "ann-phone", 0).await.expect("connect");
     push_arrives_live(node.push, "ann-phone", &mut conn).await;
+}
+
+#[tokio::test]
+async fn split_nodes_call_each_other_over_tls_and_a_node_without_the_ca_cannot() {
+    let redis = duplex_testkit::TestRedis::start().expect("redis-server");
+    let certs = TestCa::new("internal CA").files(&["127.0.0.1"]);
+    let with_tls = config_file(&format!(
+        "[registry]\ninternal_tls = {{ cert_file = \"{}\", key_file = \"{}\", ca_file = \"{}\" }}\n",
+        certs.cert.display(),
+        certs.key.display(),
+        certs.ca.display()
+    ));
+    let args = |config: &str| {
+        vec![
+            "--redis".to_owned(),
+            redis.url(),
+            "--config".to_owned(),
+            config.to_owned(),
+        ]
+    };
+    let tls_args = args(&with_tls.path);
+    let tls_args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+    let access = start_tier("access", &tls_args);
+    let downstream = start_tier("downstream", &tls_args);
+    let mut conn = Connection::tcp(access.tcp()).await.expect("tcp");
+    conn.handshake(&mint("ann"), "ann-phone", 0).await.expect("connect");
+    // downstream -> access over the access node's https internal listener.
+    push_arrives_live(downstream.push(), "ann-phone", &mut conn).await;
+
+    // A downstream node that lacks the internal CA cannot reach it: the push is stored, not delivered.
+    let plain = config_file("");
+    let plain_args = args(&plain.path);
+    let plain_args: Vec<&str> = plain_args.iter().map(String::as_str).collect();
+    let outsider = start_tier("downstream", &plain_args);
+    let resp: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{}/v1/push", outsider.push()))
+        .bearer_auth("duplex-dev-api-key")
+        .json(&serde_json::json!({"client_ids": ["ann-phone"], "payload": {"hi": 2}}))
+        .send()
+        .await
+        .expect("push")
+        .json()
+        .await
+        .expect("json");
+    assert_ne!(resp["messages"][0]["state"], "delivered_to_node", "{resp}");
 }

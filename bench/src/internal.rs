@@ -100,7 +100,7 @@ pub async fn run(args: InternalArgs) -> anyhow::Result<()> {
     tokio::spawn(async move { axum::serve(listener, app).await });
     let url = format!("http://{addr}/internal/v1/deliver");
 
-    let http1 = duplex_node::links::cluster::internal_http(Duration::from_secs(5))?;
+    let http1 = duplex_node::links::cluster::internal_http(Duration::from_secs(5), None)?;
     let (b, u) = (body.clone(), url.clone());
     let h1 = drive("http/1.1 keep-alive pool", &args, move |_| {
         let (c, b, u) = (http1.clone(), b.clone(), u.clone());

@@ -142,9 +142,35 @@ async fn refuse_full(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
+/// Where a TLS listener gets the acceptor for each new connection (so a
+/// reloaded certificate reaches new connections).
+pub type TlsAcceptors = Arc<dyn Fn() -> tokio_rustls::TlsAcceptor + Send + Sync>;
+
 /// Serves `router` (wrapped by [`bounded`]) on `listener` until `shutdown`,
 /// then lets open requests finish for up to 10 s.
 pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, shutdown: CancellationToken) {
+    serve_maybe_tls(listener, router, limits, None, shutdown).await
+}
+
+/// [`serve`] over TLS: each connection's handshake must finish within the
+/// header timeout.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    tls: TlsAcceptors,
+    shutdown: CancellationToken,
+) {
+    serve_maybe_tls(listener, router, limits, Some(tls), shutdown).await
+}
+
+async fn serve_maybe_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    tls: Option<TlsAcceptors>,
+    shutdown: CancellationToken,
+) {
     let router = bounded(router, &limits);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
@@ -183,11 +209,28 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
             continue;
         };
         let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            let _ = connection.await;
-            drop(permit);
-        });
+        match &tls {
+            None => {
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                    drop(permit);
+                });
+            }
+            Some(acceptors) => {
+                let (acceptor, builder, watcher) = (acceptors(), builder.clone(), graceful.watcher());
+                let handshake_limit = limits.header_timeout;
+                tokio::spawn(async move {
+                    let Ok(Ok(stream)) = tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await else {
+                        return;
+                    };
+                    let _ = watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), service))
+                        .await;
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(DRAIN_LIMIT, graceful.shutdown()).await.is_err() {

@@ -118,6 +118,8 @@ pub struct Addresses {
     /// Push API (downstream tier).
     pub push_api: Option<SocketAddr>,
     pub internal: SocketAddr,
+    /// Whether the internal listener speaks HTTPS (`registry.internal_tls`).
+    pub internal_tls: bool,
     pub admin: SocketAddr,
 }
 
@@ -175,8 +177,10 @@ impl Node {
             banner += &format!("  push API:         http://{push}/v1/push\n");
         }
         banner += &format!(
-            "  internal:         http://{}\n  admin:            http://{}/metrics\n",
-            a.internal, a.admin
+            "  internal:         {}://{}\n  admin:            http://{}/metrics\n",
+            if a.internal_tls { "https" } else { "http" },
+            a.internal,
+            a.admin
         );
         if self.tiers.access {
             banner += "  mint a token:     duplex token --sub alice\n";

@@ -159,6 +159,7 @@ fn bind_all(config: &Config, tiers: Tiers) -> Result<Listeners, StartError> {
         client_wss: access.as_ref().and_then(|l| l.wss.as_ref()).map(local).transpose()?,
         push_api: push.as_ref().map(local).transpose()?,
         internal: local(&internal)?,
+        internal_tls: config.registry.internal_tls.is_some(),
         admin: local(&admin)?,
     };
     Ok(Listeners {
@@ -180,6 +181,30 @@ struct Built {
     upstream_link: Option<Arc<dyn UpstreamLink>>,
 }
 
+/// Node-to-node TLS, when configured: the certificate the internal listener
+/// serves (reloadable) and the CA the peers' certificates are checked against.
+struct InternalTls {
+    certs: Arc<duplex_access::tls::Certificates>,
+    ca_pem: Vec<u8>,
+}
+
+fn internal_tls(config: &Config) -> Result<Option<InternalTls>, StartError> {
+    let Some(files) = &config.registry.internal_tls else {
+        return Ok(None);
+    };
+    let bad = |e: String| StartError::Config(format!("registry.internal_tls: {e}"));
+    let certs = duplex_access::tls::Certificates::load(&duplex_access::config::TlsConfig {
+        cert_file: files.cert_file.clone(),
+        key_file: files.key_file.clone(),
+        client_ca_file: None,
+    })
+    .map_err(|e| bad(e.to_string()))?;
+    let ca_pem = std::fs::read(&files.ca_file).map_err(|e| bad(format!("{}: {e}", files.ca_file.display())))?;
+    // Refused here rather than at the first call to a peer.
+    reqwest::Certificate::from_pem(&ca_pem).map_err(|e| bad(format!("{}: {e}", files.ca_file.display())))?;
+    Ok(Some(InternalTls { certs, ca_pem }))
+}
+
 fn build_tiers(
     config: &Config,
     tiers: Tiers,
@@ -187,13 +212,14 @@ fn build_tiers(
     store: &Arc<dyn Store>,
     metrics: &Arc<Metrics>,
     wrap_node_link: Option<NodeLinkWrapper>,
+    ca_pem: Option<&[u8]>,
 ) -> Result<Built, StartError> {
     let secret = config.registry.secret();
     let internal = |e: reqwest::Error| StartError::Internal(format!("cannot build the node-to-node client: {e}"));
     let hub = Arc::new(Hub::new(node_id.to_owned()));
     let peers = Peers::new(store.clone());
     let mut nodes: Arc<dyn NodeLink> =
-        Arc::new(cluster::ClusterNodes::new(hub.clone(), peers.clone(), secret).map_err(internal)?);
+        Arc::new(cluster::ClusterNodes::new(hub.clone(), peers.clone(), secret, ca_pem).map_err(internal)?);
     if let Some(wrap) = wrap_node_link {
         nodes = wrap(nodes);
     }
@@ -208,7 +234,7 @@ fn build_tiers(
     });
     let replies: Arc<dyn ReplyLink> = match &downstream {
         Some(d) => d.replies(),
-        None => Arc::new(remote::RemoteReplies::new(peers.clone(), secret).map_err(internal)?),
+        None => Arc::new(remote::RemoteReplies::new(peers.clone(), secret, ca_pem).map_err(internal)?),
     };
     let upstream = if tiers.upstream {
         let context = UpstreamContext {
@@ -226,7 +252,7 @@ fn build_tiers(
         (_, false) => None,
         (Some(u), true) => Some(u.clone()),
         (None, true) => Some(Arc::new(
-            remote::RemoteUpstream::new(peers, secret, config.upstream.clone()).map_err(internal)?,
+            remote::RemoteUpstream::new(peers, secret, config.upstream.clone(), ca_pem).map_err(internal)?,
         )),
     };
     Ok(Built {
@@ -280,7 +306,17 @@ pub(crate) async fn start(config: Config, tiers: Tiers, wiring: Wiring) -> Resul
     let listeners = bind_all(&config, tiers)?;
     let addresses = listeners.addresses;
     let metrics = Arc::new(Metrics::new());
-    let built = build_tiers(&config, tiers, &node_id, &store, &metrics, wiring.wrap_node_link)?;
+    let internal_tls = internal_tls(&config)?;
+    let ca_pem = internal_tls.as_ref().map(|t| t.ca_pem.as_slice());
+    let built = build_tiers(
+        &config,
+        tiers,
+        &node_id,
+        &store,
+        &metrics,
+        wiring.wrap_node_link,
+        ca_pem,
+    )?;
     let access_context = match &built.upstream_link {
         Some(link) => Some(access_context(
             &config,
@@ -303,16 +339,34 @@ pub(crate) async fn start(config: Config, tiers: Tiers, wiring: Wiring) -> Resul
     // A frame and its query/headers; nothing bigger is ever sent between nodes.
     let internal_body = config.access.max_frame_bytes as usize + 64 * 1024;
     let internal_stop = CancellationToken::new();
-    let internal = tokio::spawn(duplex_http::serve(
-        listeners.internal,
-        internal_app,
-        http_limits(&config, internal_body),
-        internal_stop.clone(),
-    ));
+    let internal_limits = http_limits(&config, internal_body);
+    let internal = match &internal_tls {
+        None => tokio::spawn(duplex_http::serve(
+            listeners.internal,
+            internal_app,
+            internal_limits,
+            internal_stop.clone(),
+        )),
+        Some(tls) => {
+            let certs = tls.certs.clone();
+            let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            tokio::spawn(duplex_access::tls::watch(certs.clone(), hangup, internal_stop.clone()));
+            tokio::spawn(duplex_http::serve_tls(
+                listeners.internal,
+                internal_app,
+                internal_limits,
+                Arc::new(move || certs.wss()),
+                internal_stop.clone(),
+            ))
+        }
+    };
     let store_kind = if config.redis_url.is_some() { "redis" } else { "memory" };
     // Registered before the node reports its addresses: a node is ready once it is listed.
     let fresh = registry::Freshness::default();
     let mut entry = registry::entry(&config, &node_id, &tiers.names(), &addresses);
+    if internal_tls.is_some() {
+        entry.internal = entry.internal.replacen("http://", "https://", 1);
+    }
     if let Err(e) = registry::register(&*store, &mut entry, config.registry.lease_ms, &fresh).await {
         warn!(error = %e, "cannot write this node's registry entry yet; retrying in the background");
     }

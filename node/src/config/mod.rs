@@ -14,7 +14,7 @@ pub use duplex_access::config::{AccessConfig, AuthConfig, JwtAlgorithm, TlsConfi
 pub use duplex_downstream::config::{DownstreamConfig, DEV_API_KEY};
 pub use duplex_shared::config::{invalid, ConfigError, HttpConfig};
 pub use duplex_upstream::config::{EndpointConfig, ServiceConfig, UpstreamConfig};
-pub use registry::{RegistryConfig, DEV_INTERNAL_SECRET};
+pub use registry::{InternalTls, RegistryConfig, DEV_INTERNAL_SECRET};
 
 /// Whole-node configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -21,10 +21,24 @@ pub struct RegistryConfig {
     /// Shared secret of internal calls between nodes, at least 16 bytes; the same on every
     /// node. Required when `internal_listen` is not a loopback address.
     pub internal_secret: Option<String>,
+    /// TLS of the internal listener and of this node's calls to the others'
+    /// (every node of a deployment sets it, with certificates from one CA).
+    pub internal_tls: Option<InternalTls>,
     /// Set when validation chose a random `internal_secret` (real secrets
     /// are configured but this one is not): fine alone, not for split nodes.
     #[serde(skip)]
     pub internal_secret_generated: bool,
+}
+
+/// Certificates of node-to-node traffic (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InternalTls {
+    /// This node's certificate chain, for the host it advertises.
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    /// The CA the other nodes' certificates are signed by.
+    pub ca_file: std::path::PathBuf,
 }
 
 /// Internal secret used when none is configured, accepted only on a loopback internal listener.
@@ -38,6 +52,7 @@ impl Default for RegistryConfig {
             lease_ms: 15_000,
             internal_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             internal_secret: None,
+            internal_tls: None,
             internal_secret_generated: false,
         }
     }

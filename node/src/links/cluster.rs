@@ -35,24 +35,28 @@ pub struct ClusterNodes {
     secret: String,
 }
 
-/// The client for internal calls; `timeout` bounds a whole call.
-pub fn internal_http(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+/// The client for internal calls; `timeout` bounds a whole call. With
+/// `ca_pem`, `https://` peers' certificates are checked against that CA.
+pub fn internal_http(timeout: Duration, ca_pem: Option<&[u8]>) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
         .tcp_nodelay(true)
         .timeout(timeout)
-        .pool_max_idle_per_host(64)
-        .build()
+        .pool_max_idle_per_host(64);
+    if let Some(ca) = ca_pem {
+        builder = builder.add_root_certificate(reqwest::Certificate::from_pem(ca)?);
+    }
+    builder.build()
 }
 
 impl ClusterNodes {
     /// `hub` holds this node's connections (none on a node without the access tier).
-    pub fn new(hub: Arc<Hub>, peers: Arc<Peers>, secret: &str) -> Result<Self, reqwest::Error> {
+    pub fn new(hub: Arc<Hub>, peers: Arc<Peers>, secret: &str, ca_pem: Option<&[u8]>) -> Result<Self, reqwest::Error> {
         Ok(ClusterNodes {
             node_id: hub.node_id().to_owned(),
             local: LocalNodes::new(hub.clone()),
             hub,
             peers,
-            http: internal_http(Duration::from_secs(3))?,
+            http: internal_http(Duration::from_secs(3), ca_pem)?,
             secret: secret.to_owned(),
         })
     }

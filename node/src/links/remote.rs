@@ -45,11 +45,16 @@ pub struct RemoteUpstream {
 }
 
 impl RemoteUpstream {
-    pub fn new(peers: Arc<Peers>, secret: &str, config: UpstreamConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        peers: Arc<Peers>,
+        secret: &str,
+        config: UpstreamConfig,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, reqwest::Error> {
         let longest = config.services.values().map(|s| s.deadline_ms).max().unwrap_or(60_000);
         Ok(RemoteUpstream {
             peers,
-            http: internal_http(Duration::from_millis(longest) + FORWARD_SLACK)?,
+            http: internal_http(Duration::from_millis(longest) + FORWARD_SLACK, ca_pem)?,
             secret: secret.to_owned(),
             config,
         })
@@ -167,10 +172,10 @@ pub struct RemoteReplies {
 }
 
 impl RemoteReplies {
-    pub fn new(peers: Arc<Peers>, secret: &str) -> Result<Self, reqwest::Error> {
+    pub fn new(peers: Arc<Peers>, secret: &str, ca_pem: Option<&[u8]>) -> Result<Self, reqwest::Error> {
         Ok(RemoteReplies {
             peers,
-            http: internal_http(Duration::from_secs(5))?,
+            http: internal_http(Duration::from_secs(5), ca_pem)?,
             secret: secret.to_owned(),
         })
     }
