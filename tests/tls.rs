@@ -163,15 +163,6 @@ async fn split_nodes_call_each_other_over_tls_and_a_node_without_the_ca_cannot()
     let plain_args = args(&plain.path);
     let plain_args: Vec<&str> = plain_args.iter().map(String::as_str).collect();
     let outsider = start_tier("downstream", &plain_args);
-    let resp: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{}/v1/push", outsider.push()))
-        .bearer_auth("duplex-dev-api-key")
-        .json(&serde_json::json!({"client_ids": ["ann-phone"], "payload": {"hi": 2}}))
-        .send()
-        .await
-        .expect("push")
-        .json()
-        .await
-        .expect("json");
+    let resp = push_hi(outsider.push(), "ann-phone").await;
     assert_ne!(resp["messages"][0]["state"], "delivered_to_node", "{resp}");
 }

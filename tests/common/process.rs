@@ -252,10 +252,9 @@ pub async fn next_frame(conn: &mut Connection) -> Option<Frame> {
         .expect("readable")
 }
 
-/// Posts `{"hi": 1}` for `client_id` to `push_api`, which must hand it to the
-/// client's node at once; `conn` receives and acks it.
-pub async fn push_arrives_live(push_api: SocketAddr, client_id: &str, conn: &mut Connection) -> Push {
-    let resp: serde_json::Value = reqwest::Client::new()
+/// Posts `{"hi": 1}` for `client_id` to `push_api` (development API key); the answer.
+pub async fn push_hi(push_api: SocketAddr, client_id: &str) -> serde_json::Value {
+    reqwest::Client::new()
         .post(format!("http://{push_api}/v1/push"))
         .bearer_auth("duplex-dev-api-key")
         .json(&serde_json::json!({"client_ids": [client_id], "payload": {"hi": 1}}))
@@ -264,7 +263,13 @@ pub async fn push_arrives_live(push_api: SocketAddr, client_id: &str, conn: &mut
         .expect("push")
         .json()
         .await
-        .expect("json");
+        .expect("json")
+}
+
+/// Posts `{"hi": 1}` for `client_id` to `push_api`, which must hand it to the
+/// client's node at once; `conn` receives and acks it.
+pub async fn push_arrives_live(push_api: SocketAddr, client_id: &str, conn: &mut Connection) -> Push {
+    let resp = push_hi(push_api, client_id).await;
     assert_eq!(resp["messages"][0]["state"], "delivered_to_node", "{resp}");
     let push = match next_frame(conn).await {
         Some(Frame::Push(p)) => p,
