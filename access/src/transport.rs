@@ -160,10 +160,7 @@ impl Transport {
                     Err(e) => return ReadEvent::Failed(e.to_string()),
                 }
             },
-            // Boxed: its read buffer is held across the await, and every
-            // connection's read future would otherwise carry it (measured:
-            // +2 KiB per idle plain TCP connection).
-            Transport::Tls { stream, decoder } => Box::pin(read_tls(stream, decoder, limits)).await,
+            Transport::Tls { stream, decoder } => read_tls(stream, decoder, limits).await,
             Transport::Ws(ws) => match ws.next().await {
                 None => ReadEvent::Closed,
                 Some(Ok(Message::Binary(body))) => match decode_body(&body, limits) {
@@ -249,22 +246,43 @@ impl Transport {
     }
 }
 
-/// The next frame of the private protocol over TLS.
+/// The next frame of the private protocol over TLS. Like the plain TCP
+/// read it waits for the socket's readiness holding no buffer (an idle
+/// connection's read future stays small), then takes what rustls has
+/// without waiting: a read that would wait means rustls holds no more
+/// plaintext and the socket is drained, so waiting for readiness again is
+/// right. Cancel-safe: bytes read are fed to the decoder before any await.
 async fn read_tls(stream: &mut TlsStream<TcpStream>, decoder: &mut TcpDecoder, limits: &Limits) -> ReadEvent {
+    use futures_util::FutureExt;
     loop {
         match decoder.next_frame(limits) {
             Ok(Some(frame)) => return ReadEvent::Frame(frame),
             Ok(None) => {}
             Err(e) => return ReadEvent::Invalid(e),
         }
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk).await {
-            Ok(0) => return ReadEvent::Closed,
-            Ok(n) => decoder.feed(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return ReadEvent::Closed,
+        // In its own block, so that the chunk is not kept across the await below.
+        let read = {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).now_or_never() {
+                Some(Ok(n)) if n > 0 => {
+                    decoder.feed(&chunk[..n]);
+                    None
+                }
+                other => Some(other),
+            }
+        };
+        match read {
+            // Fed the decoder: look for a frame, then read on.
+            None => continue,
+            Some(Some(Ok(_))) => return ReadEvent::Closed,
+            Some(Some(Err(e))) if e.kind() == io::ErrorKind::ConnectionReset => return ReadEvent::Closed,
             // A peer that closes without close_notify: a close as far as frames go.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return ReadEvent::Closed,
-            Err(e) => return ReadEvent::Failed(e.to_string()),
+            Some(Some(Err(e))) if e.kind() == io::ErrorKind::UnexpectedEof => return ReadEvent::Closed,
+            Some(Some(Err(e))) => return ReadEvent::Failed(e.to_string()),
+            Some(None) => {}
+        }
+        if let Err(e) = stream.get_ref().0.readable().await {
+            return ReadEvent::Failed(e.to_string());
         }
     }
 }

@@ -163,29 +163,63 @@ async fn measure_tls(
             certs.key.display()
         ),
     )?;
-    let port = if args.transport == "tls" { tls_port } else { wss_port };
+    let plain = if args.transport == "tls" { "tcp" } else { "ws" };
     let ca = certs.ca.to_string_lossy().into_owned();
     let mut outcomes = Vec::new();
-    for (name, extra) in [
-        ("full handshakes", vec!["--ca-file", ca.as_str(), "--no-resumption"]),
-        ("resumed sessions", vec!["--ca-file", ca.as_str()]),
+    // The plain transport first, on servers configured the same, for the side-by-side ratios.
+    for (name, transport, extra) in [
+        ("plain", plain, vec![]),
+        (
+            "full handshakes",
+            args.transport.as_str(),
+            vec!["--ca-file", ca.as_str(), "--no-resumption"],
+        ),
+        (
+            "resumed sessions",
+            args.transport.as_str(),
+            vec!["--ca-file", ca.as_str()],
+        ),
     ] {
-        let servers = start_duplex_with(exe, servers_n, free_ports()?, redis_url, Some(&config), "bench")?;
-        let outcome = measure(generator, args, &servers, port, &args.transport, &extra).await?;
+        let ports = free_ports()?;
+        let port = match transport {
+            "tcp" => ports.0,
+            "ws" => ports.1,
+            "tls" => tls_port,
+            _ => wss_port,
+        };
+        let servers = start_duplex_with(exe, servers_n, ports, redis_url, Some(&config), "bench")?;
+        let outcome = measure(generator, args, &servers, port, transport, &extra).await?;
         drop(servers);
-        report(&format!("duplex {} ({name})", args.transport), &outcome, args.hold);
+        report(&format!("duplex {transport} ({name})"), &outcome, args.hold);
         outcomes.push(outcome);
     }
-    let (full, resumed) = (&outcomes[0], &outcomes[1]);
+    let (plain, full, resumed) = (&outcomes[0], &outcomes[1], &outcomes[2]);
+    let rate = |o: &Outcome| o.ok as f64 / o.connect_secs;
+    let cpu = |o: &Outcome| o.cpu / o.ok.max(1) as f64;
     println!(
-        "ratio resumed/full: connect rate {:.2}x, server CPU per connection {:.2}x",
-        (resumed.ok as f64 / resumed.connect_secs) / (full.ok as f64 / full.connect_secs),
-        (resumed.cpu / resumed.ok.max(1) as f64) / (full.cpu / full.ok.max(1) as f64).max(1e-9),
+        "{} adds {:.2} KiB per idle connection to {}",
+        args.transport,
+        full.per_conn_kib(full.end_rss) - plain.per_conn_kib(plain.end_rss),
+        plain_name(&args.transport)
+    );
+    println!(
+        "ratio resumed/full: connect rate {:.2}x, server CPU per connection {:.2}x; full/plain connect rate {:.2}x",
+        rate(resumed) / rate(full),
+        cpu(resumed) / cpu(full).max(1e-9),
+        rate(full) / rate(plain),
     );
     if full.failed + resumed.failed > 0 {
         bail!("{} connections failed", full.failed + resumed.failed);
     }
     Ok(())
+}
+
+fn plain_name(transport: &str) -> &'static str {
+    if transport == "tls" {
+        "plain TCP"
+    } else {
+        "plain WebSocket"
+    }
 }
 
 #[allow(clippy::print_stdout)]
