@@ -166,3 +166,41 @@ async fn split_nodes_call_each_other_over_tls_and_a_node_without_the_ca_cannot()
     let resp = push_hi(outsider.push(), "ann-phone").await;
     assert_ne!(resp["messages"][0]["state"], "delivered_to_node", "{resp}");
 }
+
+#[tokio::test]
+async fn a_client_asking_the_dispatcher_for_tls_gets_a_tls_endpoint_and_its_pushes() {
+    use duplex_client::{Client, ClientOptions, Event};
+    let files = TestCa::new("duplex test CA").files(&["127.0.0.1", "localhost"]);
+    let config = tls_config(&files);
+    let node = start(&["--config", &config.path]);
+    let token = mint("ann");
+    let mut options = ClientOptions::new(Vec::new(), "ann-phone", std::sync::Arc::new(move || token.clone()));
+    options.dispatchers = vec![format!("http://{}/v1/nodes", node.push)];
+    options.dispatch_tls = true;
+    options.tls = Some(TlsClient::with_extra_ca(&files.ca).expect("CA"));
+    let mut client = Client::start(options);
+    let tls_port = node.tls.expect("tls printed").port();
+    let mut pushed = false;
+    for _ in 0..20 {
+        let event = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("client running");
+        match event {
+            Event::Connecting { endpoint } => {
+                assert_eq!(endpoint, format!("tls://127.0.0.1:{tls_port}"), "only TLS endpoints")
+            }
+            Event::Connected { .. } => {
+                push_hi(node.push, "ann-phone").await;
+            }
+            Event::Push(p) => {
+                assert_eq!(p.seq, 1);
+                pushed = true;
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pushed, "the push arrived over TLS");
+    client.close().await;
+}

@@ -6,24 +6,31 @@ use std::time::Duration;
 
 use crate::options::Endpoint;
 
-/// Endpoints and their weights (1..=100) from the first dispatcher that answers.
-pub async fn fetch_nodes(dispatchers: &[String]) -> Result<Vec<(Endpoint, u32)>, String> {
+/// No dispatcher gave a usable list; the last one's reason.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("dispatch: {0}")]
+pub struct DispatchError(String);
+
+/// Endpoints and their weights (1..=100) from the first dispatcher that
+/// answers. With `tls`, only nodes with TLS listeners, as `tls://` (or
+/// `wss://`) endpoints: a client that wants TLS is never given a plain one.
+pub async fn fetch_nodes(dispatchers: &[String], tls: bool) -> Result<Vec<(Endpoint, u32)>, DispatchError> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| DispatchError(e.to_string()))?;
     let mut last = "no dispatcher configured".to_owned();
     for url in dispatchers {
-        match fetch_one(&http, url).await {
+        match fetch_one(&http, url, tls).await {
             Ok(nodes) if !nodes.is_empty() => return Ok(nodes),
             Ok(_) => last = format!("{url}: no access node listed"),
             Err(e) => last = format!("{url}: {e}"),
         }
     }
-    Err(last)
+    Err(DispatchError(last))
 }
 
-async fn fetch_one(http: &reqwest::Client, url: &str) -> Result<Vec<(Endpoint, u32)>, String> {
+async fn fetch_one(http: &reqwest::Client, url: &str, tls: bool) -> Result<Vec<(Endpoint, u32)>, String> {
     let body: serde_json::Value = http
         .get(url)
         .send()
@@ -38,16 +45,31 @@ async fn fetch_one(http: &reqwest::Client, url: &str) -> Result<Vec<(Endpoint, u
     Ok(nodes
         .iter()
         .filter_map(|n| {
-            // TCP (an address or a host name); the WebSocket URL when a node has no TCP endpoint.
-            let endpoint = match n["tcp"]
-                .as_str()
-                .and_then(|t| Endpoint::parse(&format!("tcp://{t}")).ok())
-            {
-                Some(tcp) => tcp,
-                None => Endpoint::Ws(n["ws"].as_str()?.to_owned()),
-            };
+            let endpoint = if tls { tls_endpoint(n)? } else { plain_endpoint(n)? };
             let weight = n["weight"].as_u64().unwrap_or(1).clamp(1, 100) as u32;
             Some((endpoint, weight))
         })
         .collect())
+}
+
+/// TCP (an address or a host name); the WebSocket URL when a node has no TCP endpoint.
+fn plain_endpoint(n: &serde_json::Value) -> Option<Endpoint> {
+    match n["tcp"]
+        .as_str()
+        .and_then(|t| Endpoint::parse(&format!("tcp://{t}")).ok())
+    {
+        Some(tcp) => Some(tcp),
+        None => Some(Endpoint::Ws(n["ws"].as_str()?.to_owned())),
+    }
+}
+
+/// The private protocol over TLS; WSS when a node has only that.
+fn tls_endpoint(n: &serde_json::Value) -> Option<Endpoint> {
+    match n["tls"]
+        .as_str()
+        .and_then(|t| Endpoint::parse(&format!("tls://{t}")).ok())
+    {
+        Some(tls) => Some(tls),
+        None => Some(Endpoint::Wss(n["wss"].as_str()?.to_owned())),
+    }
 }

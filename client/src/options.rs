@@ -123,6 +123,9 @@ pub struct ClientOptions {
     /// Longest a connect plus handshake may take before the endpoint counts
     /// as failed (a hung node accepts TCP but never answers). Default 10 s.
     pub connect_timeout: Duration,
+    /// Take only TLS endpoints from the dispatchers (`tls://`, else `wss://`;
+    /// nodes without TLS listeners are skipped). Default false.
+    pub dispatch_tls: bool,
     /// Which CAs `tls://` and `wss://` endpoints are checked against.
     /// Default (`None`): the webpki roots; see [`TlsClient::with_extra_ca`].
     pub tls: Option<TlsClient>,
@@ -143,6 +146,7 @@ impl ClientOptions {
             stable_after: Duration::from_secs(30),
             call_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
+            dispatch_tls: false,
             tls: None,
         }
     }

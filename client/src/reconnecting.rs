@@ -172,7 +172,7 @@ async fn drive(
     let mut refresh = !options.dispatchers.is_empty();
     loop {
         if refresh {
-            if let Ok(nodes) = crate::dispatch::fetch_nodes(&options.dispatchers).await {
+            if let Ok(nodes) = crate::dispatch::fetch_nodes(&options.dispatchers, options.dispatch_tls).await {
                 let failures: Vec<(Endpoint, Instant)> = (0..endpoints.len())
                     .filter_map(|i| Some((endpoints[i].clone(), chooser.failed_at(i)?)))
                     .collect();

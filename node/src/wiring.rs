@@ -244,7 +244,11 @@ fn build_tiers(
             replies,
             metrics: metrics.clone(),
         };
-        Some(Upstream::new(context).map_err(|e| StartError::Config(e.to_string()))?)
+        let upstream = Upstream::new(context).map_err(|e| match e {
+            duplex_upstream::StartError::Config(e) => StartError::Config(e.to_string()),
+            e @ duplex_upstream::StartError::Http(_) => StartError::Internal(e.to_string()),
+        })?;
+        Some(upstream)
     } else {
         None
     };

@@ -63,7 +63,7 @@ pub async fn run(
     ctx: UpstreamContext,
     listeners: UpstreamListeners,
     shutdown: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     Upstream::new(ctx)?.serve(listeners, shutdown).await;
     Ok(())
 }
@@ -99,17 +99,27 @@ pub enum AdminError {
     Invalid(String),
 }
 
+/// Why the tier could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A service's pool cannot be built from its configuration (the operator's to fix).
+    #[error(transparent)]
+    Config(#[from] duplex_shared::config::ConfigError),
+    /// The HTTP client could not be built (this node's fault).
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
 impl Upstream {
     /// Builds every service's pool; fails on an endpoint URL the HTTP client refuses.
-    pub fn new(ctx: UpstreamContext) -> Result<Arc<Self>, String> {
+    pub fn new(ctx: UpstreamContext) -> Result<Arc<Self>, StartError> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
             .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .build()?;
         let stop = CancellationToken::new();
         let services = ctx
             .config
@@ -123,10 +133,11 @@ impl Upstream {
                     http.clone(),
                     &ctx.metrics,
                     stop.child_token(),
-                )?;
+                )
+                .map_err(|m| duplex_shared::config::invalid(&format!("upstream.services.{name}"), m))?;
                 Ok((name.clone(), Arc::new(s)))
             })
-            .collect::<Result<BTreeMap<_, _>, String>>()?;
+            .collect::<Result<BTreeMap<_, _>, StartError>>()?;
         Ok(Arc::new(Upstream {
             services: std::sync::RwLock::new(Arc::new(services)),
             http,
