@@ -1,8 +1,9 @@
-//! `rediss://`: the Redis store over TLS to a private TLS-only
-//! `redis-server`, whose certificate comes from a CA the test makes.
+//! `rediss://` and `rediss+cluster://`: the Redis store over TLS to a
+//! private TLS-only `redis-server` and 3-master Cluster, whose certificates
+//! come from a CA the test makes.
 
 use duplex_store::{Enqueued, MessageQueue, RedisStore, Routes};
-use duplex_testkit::{message, random_prefix, TestCa, TestRedisTls};
+use duplex_testkit::{message, random_prefix, TestCa, TestRedisCluster, TestRedisTls};
 
 const NOW: u64 = 1_800_000_000_000;
 
@@ -37,4 +38,37 @@ async fn a_server_certificate_from_another_ca_is_refused() {
     let stranger = TestCa::new("someone else's CA").pem();
     let refused = RedisStore::connect_trusting(&server.url(), &random_prefix(), Some(stranger.as_bytes())).await;
     assert!(refused.is_err(), "a certificate from an untrusted CA was accepted");
+}
+
+#[tokio::test]
+async fn the_store_works_over_tls_on_a_cluster() {
+    let cluster = TestRedisCluster::start_tls().expect("redis cluster with TLS");
+    let ca = std::fs::read(&cluster.certs.as_ref().expect("certs").ca).expect("CA");
+    let store = RedisStore::connect_trusting(&cluster.url(), &random_prefix(), Some(&ca))
+        .await
+        .expect("connect over TLS");
+    let limits = duplex_store::QueueLimits {
+        max_messages: 10,
+        max_bytes: 10_000,
+    };
+    // Clients spread over the slots, so every master is reached over TLS.
+    for i in 0..20 {
+        let client = format!("c{i}");
+        match store
+            .enqueue(&client, &message(b"over tls", NOW, NOW + 60_000), limits, NOW)
+            .await
+        {
+            Ok(Enqueued::Stored { seq: 1, .. }) => {}
+            other => panic!("expected seq 1 stored for {client}, got {other:?}"),
+        }
+        assert_eq!(
+            store
+                .pending(&client, 0, 10, NOW)
+                .await
+                .expect("pending")
+                .messages
+                .len(),
+            1
+        );
+    }
 }

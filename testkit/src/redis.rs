@@ -148,8 +148,10 @@ pub(crate) fn pace() {
     std::thread::sleep(Duration::from_millis(50));
 }
 
-pub(crate) fn cluster_ok(port: u16) -> bool {
+/// `cli_args`: redis-cli's TLS arguments for a TLS cluster.
+pub(crate) fn cluster_ok(port: u16, cli_args: &[String]) -> bool {
     Command::new("redis-cli")
+        .args(cli_args)
         .args(["-p", &port.to_string(), "cluster", "info"])
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))

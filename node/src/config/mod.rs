@@ -74,12 +74,13 @@ impl Config {
                 "rediss://",
                 "redis+unix://",
                 "redis+cluster://",
+                "rediss+cluster://",
                 "redis+sentinel://",
             ];
             if !schemes.iter().any(|s| url.starts_with(s)) {
                 return Err(invalid(
                     "redis_url",
-                    "must start with redis://, rediss://, redis+unix://, redis+cluster:// or redis+sentinel://",
+                    "must start with redis://, rediss://, redis+unix://, redis+cluster://, rediss+cluster:// or redis+sentinel://",
                 ));
             }
         }

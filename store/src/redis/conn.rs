@@ -87,10 +87,11 @@ impl<'a> MultiHostUrl<'a> {
         self.query.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
     }
 
-    /// `redis://[userinfo@]host/` for each host.
-    fn node_urls(&self, userinfo: Option<&str>) -> Vec<String> {
+    /// `redis://[userinfo@]host/` (`rediss://` with `tls`) for each host.
+    fn node_urls(&self, userinfo: Option<&str>, tls: bool) -> Vec<String> {
         let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
-        self.hosts.iter().map(|h| format!("redis://{auth}{h}/")).collect()
+        let scheme = if tls { "rediss" } else { "redis" };
+        self.hosts.iter().map(|h| format!("{scheme}://{auth}{h}/")).collect()
     }
 }
 
@@ -114,7 +115,7 @@ fn sentinel_parts(url: &str) -> Result<(String, Vec<String>, redis::RedisConnect
     let master = redis::IntoConnectionInfo::into_connection_info(master_url.as_str())?.redis;
     Ok((
         parsed.path.to_owned(),
-        parsed.node_urls(sentinel_auth.as_deref()),
+        parsed.node_urls(sentinel_auth.as_deref(), false),
         master,
     ))
 }
@@ -146,14 +147,24 @@ impl RedisConn {
     /// Connects to `url`; a `rediss://` server's certificate is checked
     /// against the system's roots and `ca_pem` (PEM, e.g. a private CA).
     pub async fn connect(url: &str, ca_pem: Option<&[u8]>) -> Result<Self, RedisError> {
-        if url.starts_with("redis+cluster://") {
-            let parsed = MultiHostUrl::parse(url, "redis+cluster://")
+        if let Some(tls) = cluster_scheme(url) {
+            let scheme = if tls { "rediss+cluster://" } else { "redis+cluster://" };
+            let parsed = MultiHostUrl::parse(url, scheme)
                 .ok_or_else(|| invalid("redis+cluster:// needs [user:password@]host:port[,host:port...]"))?;
-            let client = redis::cluster::ClusterClient::builder(parsed.node_urls(parsed.userinfo))
+            let mut builder = redis::cluster::ClusterClient::builder(parsed.node_urls(parsed.userinfo, tls))
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(RESPONSE_TIMEOUT)
-                .retries(3)
-                .build()?;
+                .retries(3);
+            if tls {
+                builder = builder.tls(redis::cluster::TlsMode::Secure);
+                if let Some(ca) = ca_pem {
+                    builder = builder.certs(redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca.to_vec()),
+                    });
+                }
+            }
+            let client = builder.build()?;
             return Ok(RedisConn::new(RedisLink::Cluster(client.get_async_connection().await?)));
         }
         if url.starts_with("redis+sentinel://") {
@@ -188,10 +199,12 @@ impl RedisConn {
         match &self.link {
             RedisLink::Sentinel(s) => PubSubSource::Sentinel(s.clone()),
             RedisLink::Cluster(_) => {
-                let first = MultiHostUrl::parse(url, "redis+cluster://")
-                    .and_then(|u| u.node_urls(u.userinfo).into_iter().next())
+                let tls = cluster_scheme(url) == Some(true);
+                let scheme = if tls { "rediss+cluster://" } else { "redis+cluster://" };
+                let first = MultiHostUrl::parse(url, scheme)
+                    .and_then(|u| u.node_urls(u.userinfo, tls).into_iter().next())
                     .unwrap_or_default();
-                PubSubSource::Url(first, None)
+                PubSubSource::Url(first, ca_pem.map(<[u8]>::to_vec))
             }
             RedisLink::Single(_) => PubSubSource::Url(url.to_owned(), ca_pem.map(<[u8]>::to_vec)),
         }
@@ -308,6 +321,17 @@ pub enum PubSubSource {
     /// A server's URL and the extra CA its `rediss://` certificate is checked against.
     Url(String, Option<Vec<u8>>),
     Sentinel(Arc<SentinelConn>),
+}
+
+/// `Some(tls)` for a Cluster URL (`redis+cluster://`, or `rediss+cluster://` over TLS).
+fn cluster_scheme(url: &str) -> Option<bool> {
+    if url.starts_with("redis+cluster://") {
+        Some(false)
+    } else if url.starts_with("rediss+cluster://") {
+        Some(true)
+    } else {
+        None
+    }
 }
 
 /// A client of one server; `rediss://` with `ca_pem` trusts that CA too.
@@ -463,7 +487,7 @@ mod tests {
         assert_eq!(u.path, "main");
         assert_eq!(u.param("db"), Some("2"));
         assert_eq!(
-            u.node_urls(u.userinfo),
+            u.node_urls(u.userinfo, false),
             vec![
                 "redis://app:s%40cret@10.0.0.1:26379/",
                 "redis://app:s%40cret@10.0.0.2:26379/"
