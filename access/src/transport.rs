@@ -221,6 +221,13 @@ impl Transport {
     /// and throw away output not yet sent: the closing error frame, and
     /// whatever the client had not read yet, would be lost.
     pub async fn shutdown(&mut self) {
+        // Boxed: the drain's buffers would otherwise be part of the state of
+        // every connection's task, idle or not (measured: +7.3 KiB per idle
+        // TCP connection, 5.33 -> 12.66 KiB, since 37393ad).
+        Box::pin(self.close_and_drain()).await
+    }
+
+    async fn close_and_drain(&mut self) {
         match self {
             Transport::Tcp { stream, .. } => shutdown_and_drain(stream).await,
             // TLS: close_notify, then the same drain.
