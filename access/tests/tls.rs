@@ -119,6 +119,40 @@ async fn a_tls_handshake_never_started_is_closed_at_the_auth_timeout() {
 }
 
 #[tokio::test]
+async fn plaintext_or_garbage_on_a_tls_port_is_closed_and_counted() {
+    use tokio::io::AsyncWriteExt;
+    let files = TestCa::new("duplex test CA").files(&["localhost"]);
+    let node = tls_node(&files).await;
+    for junk in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0x16, 0x03, 0x01, 0xff, 0xff, 0x00][..],
+    ] {
+        let mut raw = tokio::net::TcpStream::connect(node.tls.expect("tls listener"))
+            .await
+            .expect("tcp");
+        raw.write_all(junk).await.expect("write");
+        let mut buf = [0u8; 256];
+        // The node answers with at most a TLS alert, then closes, well within the 500 ms auth timeout.
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match raw.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the node closed the connection");
+    }
+    let text = node.metrics.render();
+    assert!(
+        text.contains("duplex_tls_handshake_failures_total{reason=\"refused\"} 2"),
+        "{text}"
+    );
+    assert_eq!(node.hub.len(), 0);
+}
+
+#[tokio::test]
 async fn a_new_certificate_on_disk_reaches_new_connections_and_old_ones_stay() {
     let first = TestCa::new("first CA");
     let files = first.files(&["localhost"]);

@@ -134,15 +134,17 @@ impl Drop for Client {
     }
 }
 
-/// The CAs a TLS endpoint is checked against: the application's, else the webpki roots.
-fn trust(tls: &Option<TlsClient>) -> Result<TlsClient, ClientError> {
+/// The CAs a TLS endpoint is checked against: the application's, else the
+/// webpki roots, built on first use and kept, so that every reconnect uses
+/// the same TLS client and can resume the session of the last one.
+fn trust(tls: &mut Option<TlsClient>) -> Result<TlsClient, ClientError> {
     match tls {
         Some(t) => Ok(t.clone()),
-        None => Ok(TlsClient::webpki()?),
+        None => Ok(tls.insert(TlsClient::webpki()?).clone()),
     }
 }
 
-async fn connect(endpoint: &Endpoint, tls: &Option<TlsClient>) -> Result<Connection, ClientError> {
+async fn connect(endpoint: &Endpoint, tls: &mut Option<TlsClient>) -> Result<Connection, ClientError> {
     match endpoint {
         Endpoint::Tcp(addr) => Connection::tcp(*addr).await,
         Endpoint::TcpHost { host, port } => Connection::tcp_host(host, *port).await,
@@ -168,6 +170,7 @@ async fn drive(
     let mut attempt: u32 = 0;
     let mut endpoints = options.endpoints.clone();
     let mut chooser = Chooser::new(endpoints.len(), FAILED_ENDPOINT_MEMORY);
+    let mut tls = options.tls.clone();
     let mut fresh_token_tried = false;
     let mut refresh = !options.dispatchers.is_empty();
     loop {
@@ -218,7 +221,7 @@ async fn drive(
             )
             .into()
         };
-        let connected = tokio::time::timeout(options.connect_timeout, connect(endpoint, &options.tls)).await;
+        let connected = tokio::time::timeout(options.connect_timeout, connect(endpoint, &mut tls)).await;
         let ended = match connected.unwrap_or_else(|_| Err(timed_out())) {
             Ok(mut conn) => match tokio::time::timeout(
                 options.connect_timeout,

@@ -41,16 +41,13 @@ pub struct TlsError(pub String);
 impl TlsClient {
     /// Trusts the webpki roots only.
     pub fn webpki() -> Result<Self, TlsError> {
-        let mut roots = RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        Self::trusting(roots)
+        Self::trusting(webpki_store())
     }
 
     /// Trusts the webpki roots and the CA certificates in `pem_file` (e.g. a
     /// private CA of a test or an internal deployment).
     pub fn with_extra_ca(pem_file: &Path) -> Result<Self, TlsError> {
-        let mut roots = RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let mut roots = webpki_store();
         let mut added = 0;
         for cert in
             CertificateDer::pem_file_iter(pem_file).map_err(|e| TlsError(format!("{}: {e}", pem_file.display())))?
@@ -136,4 +133,10 @@ impl TlsClient {
             .await
             .map_err(|e| TlsError(format!("handshake with {host}: {e}")))
     }
+}
+
+fn webpki_store() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    roots
 }
