@@ -116,7 +116,10 @@ async fn nodes(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> 
             })
         })
         .collect();
-    Ok(Json(serde_json::json!({ "nodes": nodes })).into_response())
+    // Public and the same for everyone: web apps on any origin may read it (a plain GET, so
+    // browsers send no preflight and this one header is all CORS needs).
+    let anyone = [(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")];
+    Ok((anyone, Json(serde_json::json!({ "nodes": nodes }))).into_response())
 }
 
 /// The caller's `traceparent`, when it is a valid one.

@@ -43,7 +43,8 @@ export class Acks {
   /** A stored push was handed to the application; an ack to send, if any. */
   pushDelivered(seq: number): number | undefined {
     this.delivered = Math.max(this.delivered, seq);
-    if (!this.auto) {
+    // An application that acked it already (from inside its listener) owes nothing for it.
+    if (!this.auto && seq > this.appAcked) {
       const last = this.outstanding[this.outstanding.length - 1];
       if (last === undefined || seq > last) {
         this.outstanding.push(seq);

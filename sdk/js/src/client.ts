@@ -85,6 +85,16 @@ export interface ClientEvents {
 
 type Listener<K extends keyof ClientEvents> = (event: ClientEvents[K]) => void | Promise<void>;
 
+/**
+ * A listener's bug must not stop the client (the event counts as handed over all the same);
+ * it is rethrown apart, where the platform reports uncaught errors.
+ */
+function reportListenerError(e: unknown): void {
+  queueMicrotask(() => {
+    throw e;
+  });
+}
+
 /** Longest `close()` waits for the held ack to be written. */
 const CLOSE_WAIT_MS = 2000;
 
@@ -205,20 +215,24 @@ export class Client {
     void this.emit("state", state);
   }
 
-  /** Calls every listener of `type`, and waits for those that return a promise. */
-  private async emit<K extends keyof ClientEvents>(type: K, event: ClientEvents[K]): Promise<void> {
+  /**
+   * Calls every listener of `type`; a promise when some returned one (all of them are then
+   * awaited). Nothing is awaited otherwise, so a push handled by plain listeners is counted
+   * as processed before anything else runs.
+   */
+  private emit<K extends keyof ClientEvents>(type: K, event: ClientEvents[K]): Promise<void> | undefined {
     const set = this.listeners.get(type);
-    if (!set) return;
+    if (!set) return undefined;
+    let pending: Promise<void>[] | undefined;
     for (const listener of [...set]) {
       try {
-        await (listener as Listener<K>)(event);
+        const result = (listener as Listener<K>)(event);
+        if (result instanceof Promise) (pending ??= []).push(result.catch(reportListenerError));
       } catch (e) {
-        // A listener's bug must not stop the client; it is handed over all the same.
-        queueMicrotask(() => {
-          throw e;
-        });
+        reportListenerError(e);
       }
     }
+    return pending && Promise.all(pending).then(() => undefined);
   }
 
   /** Waits `ms`, or less if `reconnectNow()` or `close()` is called. */
@@ -282,8 +296,8 @@ export class Client {
         case "replaced":
           this.stopped = true;
           this.calls.stopAll("another instance of this client id connected");
-          await this.emit("replaced", {});
           this.setState("closed");
+          this.emit("replaced", {});
           return;
         case "go_away":
           chooser.failed(index);

@@ -40,8 +40,9 @@ export interface LinkHost {
   readonly calls: Calls;
   readonly ackDelayMs: number;
   token(): Promise<string>;
-  deliverPush(push: Push): Promise<void>;
-  deliverGap(gap: Gap): Promise<void>;
+  /** A promise when the application is still processing it. */
+  deliverPush(push: Push): Promise<void> | undefined;
+  deliverGap(gap: Gap): Promise<void> | undefined;
   kicked(reason: string, message: string): void;
 }
 
@@ -201,6 +202,7 @@ export class Link implements TransportSink {
           this.queue = this.queue.slice(this.queueHead);
           this.queueHead = 0;
         }
+        // Bookkeeping of a frame whose listeners return nothing is done before this yields.
         const ended = await this.handle(frame);
         if (ended) {
           if (ended.kind === "go_away") this.sendHeldAck();
@@ -223,7 +225,8 @@ export class Link implements TransportSink {
           this.hold(acks.passed(push.seq));
           return undefined;
         }
-        await this.host.deliverPush(push);
+        const processing = this.host.deliverPush(push);
+        if (processing) await processing;
         // seq 0: qos 0, never stored, nothing to ack.
         if (push.seq === 0 || this.phase !== "open") return undefined;
         this.ackUrgent ||= push.ackNow;
@@ -243,7 +246,8 @@ export class Link implements TransportSink {
       }
       case "gap": {
         const { type: _, ...gap } = frame;
-        await this.host.deliverGap(gap);
+        const processing = this.host.deliverGap(gap);
+        if (processing) await processing;
         if (this.phase === "open") this.hold(acks.passed(gap.to));
         return undefined;
       }
