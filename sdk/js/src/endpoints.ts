@@ -125,8 +125,11 @@ export async function fetchNodes(
 ): Promise<{ endpoint: Endpoint; weight: number }[]> {
   let last = "no dispatcher configured";
   for (const url of dispatchers) {
+    // Not AbortSignal.timeout: React Native lacks it.
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), timeoutMs);
     try {
-      const response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+      const response = await fetch(url, { signal: abort.signal });
       if (!response.ok) {
         last = `${url}: HTTP ${response.status}`;
         continue;
@@ -145,6 +148,8 @@ export async function fetchNodes(
       last = `${url}: no access node listed with ${schemes.join(" or ")}`;
     } catch (e) {
       last = `${url}: ${(e as Error).message}`;
+    } finally {
+      clearTimeout(timer);
     }
   }
   throw new DispatchError(`dispatch: ${last}`);

@@ -13,12 +13,12 @@ import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-/** The server under test: `DUPLEX_BIN`, else the workspace's debug build. */
-export const DUPLEX_BIN = process.env.DUPLEX_BIN ?? resolve(here, "../../../target/debug/duplex");
+/** The server under test: `TEST_DUPLEX_BIN`, else the workspace's debug build. */
+export const DUPLEX_BIN = process.env.TEST_DUPLEX_BIN ?? resolve(here, "../../../target/debug/duplex");
 
 function requireBinary() {
   if (!existsSync(DUPLEX_BIN)) {
-    throw new Error(`${DUPLEX_BIN} is missing: run \`cargo build --bin duplex\` in the repository first (or set DUPLEX_BIN)`);
+    throw new Error(`${DUPLEX_BIN} is missing: run \`cargo build --bin duplex\` in the repository first (or set TEST_DUPLEX_BIN)`);
   }
 }
 
@@ -46,7 +46,7 @@ export class Servers {
         "--admin-listen", "127.0.0.1:0",
         ...extra,
       ],
-      { env: { ...process.env, RUST_LOG: "warn", ...env }, stdio: ["ignore", "pipe", process.env.DUPLEX_TEST_LOG ? "inherit" : "ignore"] },
+      { env: { ...process.env, RUST_LOG: "warn", ...env }, stdio: ["ignore", "pipe", process.env.TEST_DUPLEX_LOG ? "inherit" : "ignore"] },
     );
     this.children.push(child);
     const printed = {};
@@ -71,6 +71,9 @@ export class Servers {
       }
     })();
     await Promise.race([ready, exited, deadline(20_000, "duplex printed no addresses within 20 s")]);
+    if (!printed.admin || !printed.push) {
+      throw new Error(`duplex ended its output before printing its addresses (set TEST_DUPLEX_LOG=1 to see why)`);
+    }
     // Keep reading stdout so the server never writes into a full pipe.
     lines.on("line", () => {});
     const pushBase = printed.push.replace(/\/v1\/push$/, "");
