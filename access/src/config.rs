@@ -46,7 +46,8 @@ pub struct AccessConfig {
     pub pong_deadline_ms: u64,
     /// Route lease lifetime, ms; renewed every third of it while connected. Default 90000.
     pub route_ttl_ms: u64,
-    /// Frames queued for one connection before it counts as a slow consumer and is closed. Default 256.
+    /// Frames queued for one connection; stored messages beyond it are written from the store
+    /// once it drains, qos-0 ones are dropped. Default 256.
     pub outbound_queue: usize,
     /// Longest a write to a client may stall before the connection is closed, ms. Default 10000.
     pub write_timeout_ms: u64,

@@ -18,7 +18,7 @@ use duplex_store::Route;
 
 use crate::send::body;
 
-pub use crate::outbox::{CloseReason, Outbox, Outgoing};
+pub use crate::outbox::{CloseReason, Outbox, Outgoing, Queued};
 use tokio::time::Instant;
 
 /// What the table holds for one connection.
@@ -50,6 +50,8 @@ pub struct Hub {
     kicked: DashMap<String, (u64, Instant)>,
     /// `duplex_frames_out_total`, set when the access tier starts.
     frames_out: std::sync::OnceLock<duplex_shared::metrics::FrameCounts>,
+    /// `duplex_outbound_deferred_total`, set with `frames_out`.
+    deferred: std::sync::OnceLock<duplex_shared::metrics::Counter>,
 }
 
 impl Hub {
@@ -59,6 +61,7 @@ impl Hub {
             sessions: DashMap::new(),
             kicked: DashMap::new(),
             frames_out: std::sync::OnceLock::new(),
+            deferred: std::sync::OnceLock::new(),
         }
     }
 
@@ -125,9 +128,11 @@ impl Hub {
         }
     }
 
-    /// Counts the frames this hub queues for clients in `counts`.
-    pub fn count_frames_out(&self, counts: duplex_shared::metrics::FrameCounts) {
+    /// Counts the frames this hub queues for clients in `counts`, and the
+    /// deliveries left to the store for a full queue in `deferred`.
+    pub fn count_into(&self, counts: duplex_shared::metrics::FrameCounts, deferred: duplex_shared::metrics::Counter) {
         let _ = self.frames_out.set(counts);
+        let _ = self.deferred.set(deferred);
     }
 
     fn counted(&self, frame: &Frame, times: u64) {
@@ -147,13 +152,20 @@ impl Hub {
             Frame::Reply(r) => r.seq,
             _ => 0,
         };
-        handle.outbox.push(Outgoing::Frame { seq, body: body(frame) })?;
-        self.counted(frame, 1);
+        match handle.outbox.push(Outgoing::Frame { seq, body: body(frame) })? {
+            Queued::Frame => self.counted(frame, 1),
+            // Counted as a frame out when the catch-up writes it.
+            Queued::FromStore => {
+                if let Some(c) = self.deferred.get() {
+                    c.inc();
+                }
+            }
+        }
         Ok(())
     }
 
-    /// Queues `frame` (unsequenced) for every session; returns how many took it.
-    /// A full queue closes that session as a slow consumer, as for any delivery.
+    /// Queues `frame` (unsequenced) for every session; returns how many took it
+    /// (a session whose queue is full drops it, as any qos-0 frame).
     pub fn broadcast_local(&self, frame: &Frame) -> u64 {
         let body = body(frame);
         let handles: Vec<Arc<Outbox>> = self.sessions.iter().map(|e| e.outbox.clone()).collect();

@@ -149,7 +149,10 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
         metrics: ctx.metrics,
         tls: ctx.tls,
     });
-    shared.hub.count_frames_out(shared.frames_out.clone());
+    shared.hub.count_into(
+        shared.frames_out.clone(),
+        shared.metrics.counter("duplex_outbound_deferred_total", &[]),
+    );
     let tcp = tokio::spawn(listen::accept_loop(shared.clone(), listeners.tcp, TransportKind::Tcp));
     let ws = tokio::spawn(listen::accept_loop(
         shared.clone(),

@@ -1,12 +1,19 @@
 //! The outbound side of one connection: a bounded queue of encoded frames and
 //! the close signal, shared between the session table and the connection task.
 //!
-//! Overflow policy (disconnect the slow consumer): a delivery that finds
-//! `capacity` frames already queued is refused with `LinkError::QueueFull`,
-//! so a stored message stays stored and is retried, and the connection is
-//! closed with `kicked(slow_consumer)`; the client reconnects and resumes from
-//! its `last_seq`. Answers to the client's own uploads and requests bypass the
-//! capacity: they are bounded by the per-connection in-flight limit instead.
+//! Overflow policy (write it from the store): a stored delivery that finds
+//! `capacity` frames already queued is not queued as a frame; one catch-up
+//! marker at the tail covers it and every later one, and the connection
+//! reads them from the store when it gets there, in seq order, in batches.
+//! The queue stays bounded, nothing stored is refused or lost, and a client
+//! that reads steadily but more slowly than a burst arrives (concurrent batch
+//! pushes, live pushes during a long replay) keeps its connection instead of
+//! being kicked and reconnecting into the same burst. An unstored (qos 0)
+//! frame that finds the queue full is refused with `LinkError::QueueFull`
+//! (the push reports it `dropped`). A client that stops reading is closed
+//! when a write stalls past the write timeout (the session's job). Answers to
+//! the client's own uploads and requests bypass the capacity: they are
+//! bounded by the per-connection in-flight limit instead.
 //!
 //! An idle connection's queue holds no allocation: it is released whenever it
 //! drains, which keeps memory per idle connection small.
@@ -24,8 +31,15 @@ use tokio::sync::Notify;
 pub enum CloseReason {
     /// Closed with a `Kicked` frame (`replaced`, `admin`, ...).
     Kicked(String),
-    /// The outbound queue overflowed.
-    SlowConsumer,
+}
+
+/// Where a delivery went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Its frame waits in the queue.
+    Frame,
+    /// The queue was full: the connection writes it from the store (a catch-up).
+    FromStore,
 }
 
 /// What waits in a connection's queue.
@@ -69,8 +83,6 @@ pub enum Next {
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
-    /// Wakes whoever waits in `overflowed` (the writer, mid-write).
-    overflow: Notify,
     capacity: usize,
     calls_in_flight: AtomicUsize,
     /// The highest stored seq written to the client (or that it had).
@@ -84,7 +96,6 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
-            overflow: Notify::new(),
             capacity,
             calls_in_flight: AtomicUsize::new(0),
             sent_through: AtomicU64::new(0),
@@ -98,23 +109,31 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a delivery; a full queue closes the connection as a slow consumer.
-    pub fn push(&self, frame: Outgoing) -> Result<(), LinkError> {
+    /// Queues a delivery; past the capacity a stored one is left to a catch-up
+    /// from the store and an unstored one is refused (the module's overflow policy).
+    pub fn push(&self, frame: Outgoing) -> Result<Queued, LinkError> {
         let mut state = self.state();
         if state.close.is_some() {
             return Err(LinkError::NotHere);
         }
-        if state.frames.len() >= self.capacity {
-            state.close = Some(CloseReason::SlowConsumer);
-            drop(state);
-            self.notify.notify_one();
-            self.overflow.notify_waiters();
-            return Err(LinkError::QueueFull);
-        }
-        state.frames.push_back(frame);
+        let queued = if state.frames.len() < self.capacity {
+            state.frames.push_back(frame);
+            Queued::Frame
+        } else {
+            let seq = frame.seq();
+            if seq == 0 {
+                return Err(LinkError::QueueFull);
+            }
+            // Once full, the tail is this marker, so the queue grows by one entry at most.
+            match state.frames.back_mut() {
+                Some(Outgoing::CatchUp { seq: through }) => *through = (*through).max(seq),
+                _ => state.frames.push_back(Outgoing::CatchUp { seq }),
+            }
+            Queued::FromStore
+        };
         drop(state);
         self.notify.notify_one();
-        Ok(())
+        Ok(queued)
     }
 
     /// Queues the answer to one of the client's own uploads or requests.
@@ -169,22 +188,6 @@ impl Outbox {
         self.state().close.is_some()
     }
 
-    /// Returns once the queue has overflowed (the connection is a slow
-    /// consumer), so a write stuck on a client that stopped reading can be
-    /// abandoned at once instead of after the write timeout.
-    pub async fn overflowed(&self) {
-        loop {
-            let woken = self.overflow.notified();
-            tokio::pin!(woken);
-            // Registered before the check, so an overflow in between still wakes us.
-            woken.as_mut().enable();
-            if self.state().close == Some(CloseReason::SlowConsumer) {
-                return;
-            }
-            woken.await;
-        }
-    }
-
     /// Waits until there is something to do; moves up to `max` frames into `batch`.
     /// Cancel-safe: frames are only taken in the poll that returns.
     pub async fn next(&self, batch: &mut Vec<Outgoing>, max: usize) -> Next {
@@ -230,18 +233,33 @@ mod tests {
         }
     }
 
+    fn stored(seq: u64) -> Outgoing {
+        Outgoing::Frame {
+            seq,
+            body: Bytes::from(vec![seq as u8]),
+        }
+    }
+
     #[tokio::test]
-    async fn full_queue_refuses_and_closes_as_slow_consumer() {
+    async fn a_full_queue_leaves_stored_deliveries_to_one_catch_up_and_refuses_unstored_ones() {
         let outbox = Outbox::new(2);
-        outbox.push(item(b"a")).expect("queued");
-        outbox.push(item(b"b")).expect("queued");
-        assert!(matches!(outbox.push(item(b"c")), Err(LinkError::QueueFull)));
+        assert!(matches!(outbox.push(stored(1)), Ok(Queued::Frame)));
+        assert!(matches!(outbox.push(stored(2)), Ok(Queued::Frame)));
+        for seq in [4, 3, 6, 5] {
+            assert!(matches!(outbox.push(stored(seq)), Ok(Queued::FromStore)), "seq {seq}");
+        }
+        assert!(matches!(outbox.push(item(b"qos0")), Err(LinkError::QueueFull)));
         let mut batch = Vec::new();
         assert_eq!(
             outbox.next(&mut batch, 64).await,
-            Next::Close(CloseReason::SlowConsumer)
+            Next::Write,
+            "the connection stays open"
         );
-        assert!(matches!(outbox.push(item(b"d")), Err(LinkError::NotHere)));
+        assert_eq!(batch, vec![stored(1), stored(2), Outgoing::CatchUp { seq: 6 }]);
+        assert!(
+            matches!(outbox.push(stored(7)), Ok(Queued::Frame)),
+            "drained: frames again"
+        );
     }
 
     #[tokio::test]
@@ -267,7 +285,7 @@ mod tests {
             .collect();
         assert_eq!(firsts, vec![0, 1, 2, 3, 4]);
         outbox.close(CloseReason::Kicked("replaced".into()));
-        outbox.close(CloseReason::SlowConsumer);
+        outbox.close(CloseReason::Kicked("admin".into()));
         assert_eq!(
             outbox.next(&mut batch, 3).await,
             Next::Close(CloseReason::Kicked("replaced".into()))

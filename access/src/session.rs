@@ -27,9 +27,6 @@ use crate::transport::{ReadEvent, Transport};
 use crate::Shared;
 use duplex_shared::rate::TokenBucket;
 
-/// How long a goodbye to a client that may not be reading is given.
-const GOODBYE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
-
 /// Frames already received that one pass of the session loop handles before
 /// it looks at its outbox again (keeps a flood of small frames from starving
 /// deliveries).
@@ -68,9 +65,8 @@ pub(crate) enum End {
     /// The store failed while the connection was delivering: the client
     /// reconnects and resumes (not the client's fault, so not a protocol error).
     StoreUnavailable,
-    /// A write stalled (the write timeout passed, or the outbox overflowed
-    /// meanwhile): a slow consumer whose stream may end mid-frame, so no
-    /// goodbye frame can follow.
+    /// A write stalled past the write timeout: a slow consumer whose stream
+    /// may end mid-frame, so no goodbye frame can follow.
     Stalled,
 }
 
@@ -81,7 +77,7 @@ impl End {
             End::Failed => "network",
             End::Silent => "heartbeat_timeout",
             End::Closed(CloseReason::Kicked(_)) => "kicked",
-            End::Closed(CloseReason::SlowConsumer) | End::Stalled => "slow_consumer",
+            End::Stalled => "slow_consumer",
             End::Shutdown => "shutdown",
             End::Protocol => "protocol_error",
             End::StoreUnavailable => "store_unavailable",
@@ -350,15 +346,10 @@ impl Session {
         if bodies.is_empty() {
             return Ok(());
         }
-        let outbox = self.outbox.clone();
-        tokio::select! {
-            biased;
-            written = timeout(self.shared.write_timeout(), self.io.write_owned(bodies)) => match written {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(End::Failed),
-                Err(_) => Err(End::Stalled),
-            },
-            () = outbox.overflowed() => Err(End::Stalled),
+        match timeout(self.shared.write_timeout(), self.io.write_owned(bodies)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Failed),
+            Err(_) => Err(End::Stalled),
         }
     }
 
@@ -376,7 +367,6 @@ impl Session {
             reason: reason.to_owned(),
             message: match reason {
                 "replaced" => "the same client_id connected again".to_owned(),
-                "slow_consumer" => "the connection did not read its messages fast enough".to_owned(),
                 _ => format!("closed by the server: {reason}"),
             },
         });
@@ -389,11 +379,6 @@ impl Session {
             End::Closed(CloseReason::Kicked(reason)) => {
                 info!(reason = %reason, "kicked");
                 let _ = self.send_kicked(&reason).await;
-            }
-            End::Closed(CloseReason::SlowConsumer) => {
-                info!("closing slow consumer");
-                // Best effort: a client that does not read will not read this either.
-                let _ = timeout(GOODBYE_TIMEOUT, self.send_kicked("slow_consumer")).await;
             }
             End::Stalled => info!("closing slow consumer: a write stalled"),
             // `go_away` went out while the connection drained (drain.rs).

@@ -62,7 +62,12 @@ const CATALOG: &[(&str, &str, &str)] = &[
     (
         "duplex_sequencer_fetches_total",
         "counter",
-        "Reads of a client's stored messages by its connection, by reason: replay (on connect), catch_up (told to at lease renewal), hole (a delivery arrived before the ones under it).",
+        "Reads of a client's stored messages by its connection, by reason: replay (on connect), catch_up (told to at lease renewal, or deliveries deferred for a full outbound queue), hole (a delivery arrived before the ones under it).",
+    ),
+    (
+        "duplex_outbound_deferred_total",
+        "counter",
+        "Stored deliveries that found a connection's outbound queue full (access.outbound_queue) and are written from the store instead, after what is queued.",
     ),
     (
         "duplex_gaps_total",
