@@ -107,6 +107,7 @@ export class Client {
   private currentState: ClientState = "idle";
   private stopped = false;
   private wake: (() => void) | undefined;
+  private wakeEarly = false;
   private running: Promise<void> | undefined;
 
   constructor(options: ClientOptions) {
@@ -181,7 +182,9 @@ export class Client {
    * back (the browser's `online` event, React Native's NetInfo). Does nothing while connected.
    */
   reconnectNow(): void {
-    this.wake?.();
+    if (this.wake) this.wake();
+    // Between a connection's end and the start of its backoff: that backoff is skipped.
+    else if (this.currentState === "waiting") this.wakeEarly = true;
   }
 
   /**
@@ -237,6 +240,10 @@ export class Client {
 
   /** Waits `ms`, or less if `reconnectNow()` or `close()` is called. */
   private pause(ms: number): Promise<void> {
+    if (this.wakeEarly || this.stopped) {
+      this.wakeEarly = false;
+      return Promise.resolve();
+    }
     return new Promise((resolve) => {
       const timer = setTimeout(done, ms);
       const self = this;
@@ -282,6 +289,7 @@ export class Client {
       const index = chooser.pick();
       const endpoint = endpoints[index] as Endpoint;
       this.setState("connecting");
+      this.wakeEarly = false;
       await this.emit("connecting", { endpoint: endpoint.url });
       const started = performance.now();
       const { ended, opened } = await this.connection(endpoint, (hello) => {
@@ -291,6 +299,8 @@ export class Client {
         max = Math.max(hello.reconnectMaxMs, hello.reconnectMinMs, 1);
       });
       if (ended.kind === "closed" || this.stopped) return;
+      // Listeners of `disconnected` already see the state it leads to.
+      if (ended.kind !== "replaced") this.setState("waiting");
       let delay: number;
       switch (ended.kind) {
         case "replaced":

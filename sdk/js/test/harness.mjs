@@ -53,6 +53,7 @@ export class Servers {
     const labels = [
       ["client tcp:", "tcp"],
       ["client websocket:", "ws"],
+      ["client tls:", "tls"],
       ["push API:", "push"],
       ["admin:", "admin"],
     ];
@@ -82,6 +83,8 @@ export class Servers {
       pid: child.pid,
       tcp: `tcp://${printed.tcp}`,
       ws: printed.ws,
+      /** `tls://127.0.0.1:port`, when a TLS listener is configured. */
+      tls: printed.tls,
       pushBase,
       signal: (sig) => process.kill(child.pid, sig),
       exited: () => new Promise((r) => (child.exitCode !== null ? r(child.exitCode) : child.once("exit", r))),
