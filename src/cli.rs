@@ -82,8 +82,17 @@ pub struct ConfigFlags {
     pub log_format: Option<String>,
 }
 
+/// A validated configuration, and the `DUPLEX_*` variables it ignored (they
+/// name no key; see `env_keys`), for the caller to warn about.
+pub struct Loaded {
+    pub config: Config,
+    pub ignored_variables: Vec<String>,
+}
+
 /// Builds and validates the configuration.
-pub fn load_config(flags: &ConfigFlags) -> Result<Config, ConfigError> {
+pub fn load_config(flags: &ConfigFlags) -> Result<Loaded, ConfigError> {
+    let schema = std::sync::Arc::new(crate::env_keys::Schema::new(&Config::default()));
+    let ignored_variables = schema.unknown_variables(std::env::vars().map(|(name, _)| name));
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
     if let Some(path) = &flags.config {
         if !path.is_file() {
@@ -94,7 +103,13 @@ pub fn load_config(flags: &ConfigFlags) -> Result<Config, ConfigError> {
         }
         figment = figment.merge(Toml::file(path));
     }
-    figment = figment.merge(Env::prefixed("DUPLEX_").ignore(&["CONFIG", "TOKEN"]).split("__"));
+    let known = schema.clone();
+    figment = figment.merge(
+        Env::prefixed("DUPLEX_")
+            .ignore(&["CONFIG", "TOKEN"])
+            .split("__")
+            .filter(move |key| known.knows(&key.as_str().to_ascii_lowercase())),
+    );
     if let Some(v) = &flags.redis {
         figment = figment.merge(("redis_url", v));
     }
@@ -124,5 +139,8 @@ pub fn load_config(flags: &ConfigFlags) -> Result<Config, ConfigError> {
             message: "must be text or json".into(),
         });
     }
-    Ok(config)
+    Ok(Loaded {
+        config,
+        ignored_variables,
+    })
 }

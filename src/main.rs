@@ -4,13 +4,13 @@
 //! dependency (Redis) unavailable at start, 70 an internal failure, 71 cannot
 //! bind a listener.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
 use duplex_node::config::{Config, LogConfig};
 use duplex_node::{Node, Tiers, Wiring};
-use tracing::info;
+use tracing::{info, warn};
 
 // jemalloc: glibc malloc took ~38% of the CPU in the push benchmark (perf);
 // jemalloc gave +25% Redis push throughput at the same memory per connection.
@@ -21,6 +21,7 @@ mod bench;
 mod cert;
 mod cli;
 mod client_cli;
+mod env_keys;
 mod signal;
 mod token;
 
@@ -30,8 +31,11 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match cli::load_config(&cli.config) {
-        Ok(c) => c,
+    let cli::Loaded {
+        config,
+        ignored_variables: ignored,
+    } = match cli::load_config(&cli.config) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("duplex: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -40,10 +44,10 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Token(args) => token::print(&config, &args),
         Command::Cert(cmd) => cert::run(cmd),
-        Command::Run => run(config, Tiers::ALL),
-        Command::Access => run(config, Tiers::ACCESS),
-        Command::Upstream => run(config, Tiers::UPSTREAM),
-        Command::Downstream => run(config, Tiers::DOWNSTREAM),
+        Command::Run => run(config, Tiers::ALL, &ignored),
+        Command::Access => run(config, Tiers::ACCESS, &ignored),
+        Command::Upstream => run(config, Tiers::UPSTREAM, &ignored),
+        Command::Downstream => run(config, Tiers::DOWNSTREAM, &ignored),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Client(args) => client_cli::run(*args),
     }
@@ -52,8 +56,10 @@ fn main() -> ExitCode {
 fn init_tracing(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.filter));
+    // Colours only for a person at a terminal: not in files, journald or a log collector.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if log.format == "json" {
         builder.json().init();
@@ -63,8 +69,11 @@ fn init_tracing(log: &LogConfig) {
 }
 
 /// Runs a node until SIGTERM or Ctrl-C, then drains it.
-fn run(config: Config, tiers: Tiers) -> ExitCode {
+fn run(config: Config, tiers: Tiers, ignored_variables: &[String]) -> ExitCode {
     init_tracing(&config.log);
+    for variable in ignored_variables {
+        warn!(%variable, "ignoring an environment variable that names no configuration key (a typo, or another program's)");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -70,6 +70,53 @@ async fn redis_url_switches_to_the_redis_store() {
     );
 }
 
+/// Kubernetes puts `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT...` into every pod for
+/// every Service: a Service named `duplex-clients` gives `DUPLEX_CLIENTS_*`. They
+/// name no configuration key: the node warns and runs (it used to exit 64 and crash-loop).
+#[tokio::test]
+async fn kubernetes_service_variables_do_not_stop_the_node() {
+    let env = [
+        ("DUPLEX_CLIENTS_SERVICE_HOST", "10.96.0.12"),
+        ("DUPLEX_CLIENTS_SERVICE_PORT", "7070"),
+        ("DUPLEX_CLIENTS_PORT", "tcp://10.96.0.12:7070"),
+        ("DUPLEX_CLIENTS_PORT_7070_TCP_ADDR", "10.96.0.12"),
+        ("DUPLEX_ACCESS__HEARTBEAT_MS", "20000"),
+    ];
+    let mut run = start_with_env(&[], &env);
+    let mut tcp = Connection::tcp(run.tcp).await.expect("tcp");
+    let hello = tcp.handshake(&mint("kate"), "kate-phone", 0).await.expect("handshake");
+    assert_eq!(hello.heartbeat_ms, 20_000, "real keys still apply");
+    drop(tcp);
+    assert!(terminate(&mut run).await.success());
+}
+
+/// The ignored variable is named in a warning, and logs written to a pipe carry no colour codes.
+#[test]
+fn an_ignored_variable_is_logged_without_colour_codes() {
+    let mut child = Command::new(BIN)
+        .args(EPHEMERAL_LISTENERS)
+        .env("DUPLEX_CLIENTS_SERVICE_HOST", "10.96.0.12")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let warning = BufReader::new(stderr)
+        .lines()
+        .take(20)
+        .map_while(Result::ok)
+        .find(|line| line.contains("DUPLEX_CLIENTS_SERVICE_HOST"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let warning = warning.expect("a warning naming the variable");
+    assert!(
+        warning.contains("WARN") && warning.contains("names no configuration key"),
+        "{warning}"
+    );
+    assert!(!warning.contains('\u{1b}'), "no ANSI escapes on a pipe: {warning:?}");
+}
+
 #[test]
 fn invalid_configuration_exits_64_with_a_readable_message() {
     let out = Command::new(BIN)

@@ -185,6 +185,18 @@ fn the_compose_node_configuration_loads_with_its_environment() {
 }
 
 #[test]
+fn kubernetes_pods_get_no_service_link_variables() {
+    let k8s = FILES[3].1;
+    let pods = k8s.matches("containers:").count();
+    assert!(pods >= 3, "access, upstream and downstream");
+    assert_eq!(
+        k8s.matches("enableServiceLinks: false").count(),
+        pods,
+        "every pod template"
+    );
+}
+
+#[test]
 fn the_placeholder_secrets_in_deploy_are_refused_at_start() {
     let k8s = FILES[3].1;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_duplex"));
