@@ -35,6 +35,8 @@ pub enum Command {
     Downstream,
     /// Mint a development token (HS256) from the configured secret and print it.
     Token(TokenArgs),
+    /// Check the configuration (file, environment, flags) and print every problem; exit 64 if any.
+    CheckConfig,
     /// Certificates for trying TLS (`duplex cert dev`).
     #[command(subcommand)]
     Cert(crate::cert::CertCommand),
@@ -82,14 +84,15 @@ pub struct ConfigFlags {
     pub log_format: Option<String>,
 }
 
-/// A validated configuration, and the `DUPLEX_*` variables it ignored (they
-/// name no key; see `env_keys`), for the caller to warn about.
+/// A configuration as read (the caller validates it: `Config::validate`, or
+/// `Config::problems` for `check-config`), and the `DUPLEX_*` variables it
+/// ignored (they name no key; see `env_keys`), for the caller to warn about.
 pub struct Loaded {
     pub config: Config,
     pub ignored_variables: Vec<String>,
 }
 
-/// Builds and validates the configuration.
+/// Reads the configuration from its sources.
 pub fn load_config(flags: &ConfigFlags) -> Result<Loaded, ConfigError> {
     let schema = std::sync::Arc::new(crate::env_keys::Schema::new(&Config::default()));
     let ignored_variables = schema.unknown_variables(std::env::vars().map(|(name, _)| name));
@@ -131,14 +134,7 @@ pub fn load_config(flags: &ConfigFlags) -> Result<Loaded, ConfigError> {
     if let Some(v) = &flags.log_format {
         figment = figment.merge(("log.format", v));
     }
-    let mut config: Config = figment.extract().map_err(|e| ConfigError::Load(e.to_string()))?;
-    config.validate()?;
-    if !matches!(config.log.format.as_str(), "text" | "json") {
-        return Err(ConfigError::Invalid {
-            field: "log.format".into(),
-            message: "must be text or json".into(),
-        });
-    }
+    let config: Config = figment.extract().map_err(|e| ConfigError::Load(e.to_string()))?;
     Ok(Loaded {
         config,
         ignored_variables,

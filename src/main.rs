@@ -32,7 +32,7 @@ const EXIT_CONFIG: u8 = 64;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cli::Loaded {
-        config,
+        mut config,
         ignored_variables: ignored,
     } = match cli::load_config(&cli.config) {
         Ok(loaded) => loaded,
@@ -41,7 +41,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    if let Command::CheckConfig = command {
+        return check_config(&mut config, &ignored);
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("duplex: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match command {
+        Command::CheckConfig => check_config(&mut config, &ignored),
         Command::Token(args) => token::print(&config, &args),
         Command::Cert(cmd) => cert::run(cmd),
         Command::Run => run(config, Tiers::ALL, &ignored),
@@ -50,6 +59,24 @@ fn main() -> ExitCode {
         Command::Downstream => run(config, Tiers::DOWNSTREAM, &ignored),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Client(args) => client_cli::run(*args),
+    }
+}
+
+/// `duplex check-config`: every problem at once on stderr, exit 64 if any.
+fn check_config(config: &mut Config, ignored_variables: &[String]) -> ExitCode {
+    for variable in ignored_variables {
+        eprintln!("duplex: warning: {variable} names no configuration key and is ignored");
+    }
+    let problems = config.problems();
+    for problem in &problems {
+        eprintln!("duplex: {problem}");
+    }
+    if problems.is_empty() {
+        let _ = writeln!(std::io::stdout(), "configuration OK");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("duplex: {} problem(s) in the configuration", problems.len());
+        ExitCode::from(EXIT_CONFIG)
     }
 }
 

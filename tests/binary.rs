@@ -117,6 +117,35 @@ fn an_ignored_variable_is_logged_without_colour_codes() {
     assert!(!warning.contains('\u{1b}'), "no ANSI escapes on a pipe: {warning:?}");
 }
 
+/// `duplex check-config` names every problem at once (not just the first) and exits 64;
+/// a good configuration says so and exits 0.
+#[test]
+fn check_config_reports_every_problem_at_once() {
+    let ok = Command::new(BIN).arg("check-config").output().expect("run");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "configuration OK");
+    let bad = Command::new(BIN)
+        .args(["check-config", "--admin-listen", "0.0.0.0:7090"])
+        .env("DUPLEX_KEY_PREFIX", "{x}")
+        .env("DUPLEX_ACCESS__HEARTBEAT_MS", "0")
+        .env("DUPLEX_LOG__FORMAT", "xml")
+        .env("DUPLEX_NO_SUCH_KEY", "1")
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    for named in [
+        "key_prefix",
+        "access.heartbeat_ms",
+        "admin.token",
+        "log.format",
+        "DUPLEX_NO_SUCH_KEY",
+        "4 problem(s)",
+    ] {
+        assert!(err.contains(named), "{named} in {err}");
+    }
+}
+
 #[test]
 fn invalid_configuration_exits_64_with_a_readable_message() {
     let out = Command::new(BIN)

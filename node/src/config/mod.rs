@@ -61,11 +61,26 @@ impl Default for Config {
 
 impl Config {
     /// Checks every field and fills in what depends on others (the
-    /// development secret on loopback-only nodes).
+    /// development secret on loopback-only nodes); the first problem.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
+        match self.problems().into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem at once (`duplex check-config`): one per check, each
+    /// section's own checks stopping at its first. Fills in what `validate` fills in.
+    pub fn problems(&mut self) -> Vec<ConfigError> {
+        let mut found = Vec::new();
+        let mut check = |result: Result<(), ConfigError>| {
+            if let Err(e) = result {
+                found.push(e);
+            }
+        };
         if let Some(id) = &self.node_id {
             if !duplex_protocol::valid_client_id(id) || id.contains('|') {
-                return Err(invalid("node_id", "use 1..=128 of [A-Za-z0-9._:-]"));
+                check(Err(invalid("node_id", "use 1..=128 of [A-Za-z0-9._:-]")));
             }
         }
         if let Some(url) = &self.redis_url {
@@ -78,33 +93,34 @@ impl Config {
                 "redis+sentinel://",
             ];
             if !schemes.iter().any(|s| url.starts_with(s)) {
-                return Err(invalid(
+                check(Err(invalid(
                     "redis_url",
                     "must start with redis://, rediss://, redis+unix://, redis+cluster://, rediss+cluster:// or redis+sentinel://",
-                ));
+                )));
             }
         }
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
-            return Err(invalid("key_prefix", "must be non-empty and hold no braces"));
+            check(Err(invalid("key_prefix", "must be non-empty and hold no braces")));
         }
-        self.access.validate()?;
+        check(self.access.validate());
         let loopback_only = self.access.all_loopback() && self.downstream.http_listen.ip().is_loopback();
-        self.auth.resolve(loopback_only)?;
-        self.downstream.resolve(loopback_only, self.access.max_frame_bytes)?;
-        self.upstream.validate()?;
-        self.registry.validate()?;
-        self.http.validate()?;
+        check(self.auth.resolve(loopback_only));
+        check(self.downstream.resolve(loopback_only, self.access.max_frame_bytes));
+        check(self.upstream.validate());
+        check(self.registry.validate());
+        check(self.http.validate());
         match &self.admin.token {
-            Some(t) if t.len() < 16 => return Err(invalid("admin.token", "at least 16 bytes")),
-            None if !self.admin.listen.ip().is_loopback() => {
-                return Err(invalid(
-                    "admin.token",
-                    "required when admin.listen is not a loopback address",
-                ))
-            }
+            Some(t) if t.len() < 16 => check(Err(invalid("admin.token", "at least 16 bytes"))),
+            None if !self.admin.listen.ip().is_loopback() => check(Err(invalid(
+                "admin.token",
+                "required when admin.listen is not a loopback address",
+            ))),
             _ => {}
         }
-        secrets::refuse_placeholders(self)?;
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            check(Err(invalid("log.format", "must be text or json")));
+        }
+        check(secrets::refuse_placeholders(self));
         // The development internal secret is public: once the operator set
         // real secrets, this node's internal listener gets a random one
         // unless `registry.internal_secret` is set (a split node needs it set).
@@ -112,7 +128,7 @@ impl Config {
             self.registry.internal_secret = Some(secrets::random_internal_secret());
             self.registry.internal_secret_generated = true;
         }
-        Ok(())
+        found
     }
 
     /// The configured node id, or a fresh random one.
