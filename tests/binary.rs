@@ -195,10 +195,15 @@ fn unreachable_redis_exits_69() {
         .port();
     let out = Command::new(BIN)
         .args(EPHEMERAL_LISTENERS)
-        .args(["--redis", &format!("redis://127.0.0.1:{port}/")])
+        .args(["--redis", &format!("redis://:hunter2-secret@127.0.0.1:{port}/")])
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    // The operator learns where and why, never the password.
+    assert!(err.contains(&format!("redis://:***@127.0.0.1:{port}/")), "{err}");
+    assert!(err.contains("refused"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
 }
 
 #[tokio::test]

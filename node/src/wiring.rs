@@ -99,12 +99,13 @@ async fn connect_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
         ),
         None => None,
     };
+    let shown = crate::config::redact_url(url);
     let store = RedisStore::connect_trusting(url, &config.key_prefix, ca.as_deref())
         .await
-        .map_err(|e| StartError::StoreUnavailable(format!("cannot connect to Redis at {url}: {e}")))?;
+        .map_err(|e| StartError::StoreUnavailable(format!("cannot connect to Redis at {shown}: {e}")))?;
     Store::ping(&store)
         .await
-        .map_err(|e| StartError::StoreUnavailable(format!("Redis at {url} does not answer: {e}")))?;
+        .map_err(|e| StartError::StoreUnavailable(format!("Redis at {shown} does not answer: {e}")))?;
     Ok(Arc::new(store))
 }
 
