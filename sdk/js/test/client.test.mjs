@@ -7,7 +7,7 @@ import { decode } from "@msgpack/msgpack";
 
 import { Client, DuplexError } from "../dist/index.js";
 import { nodeConnector } from "../dist/node.js";
-import { clientInfo, collect, eventually, mint, push, Servers } from "./harness.mjs";
+import { clientInfo, collect, eventually, mint, push, Servers, startClient } from "./harness.mjs";
 
 const text = (bytes) => new TextDecoder().decode(bytes);
 
@@ -32,28 +32,13 @@ function recording(inner = nodeConnector()) {
   };
 }
 
-function start(endpoint, clientId, extra = {}) {
-  const client = new Client({
-    endpoints: endpoint ? [endpoint] : [],
-    clientId,
-    token: () => mint(clientId.split("-")[0]),
-    connector: nodeConnector(),
-    backoffMinMs: 10,
-    backoffMaxMs: 50,
-    ...extra,
-  });
-  const events = collect(client);
-  client.start();
-  return { client, events };
-}
-
 for (const transport of ["tcp", "ws"]) {
   test(`over ${transport}: connects, receives pushes once, resumes after a server-side drop without duplicates`, async (t) => {
     const servers = new Servers();
     t.after(() => servers.cleanup());
     const node = await servers.duplex();
     const clientId = `sam-${transport}`;
-    const { client, events } = start(node[transport], clientId);
+    const { client, events } = startClient(node[transport], clientId);
     t.after(() => client.close());
     assert.equal((await events.next("connected")).endpoint, node[transport]);
     await push(node, clientId, { n: 1 });
@@ -81,7 +66,7 @@ test("held acks: a burst of pushes is acked by a few cumulative acks; ack_now is
   t.after(() => servers.cleanup());
   const node = await servers.duplex();
   const { sent, connector } = recording();
-  const { client, events } = start(node.tcp, "hal-phone", { connector });
+  const { client, events } = startClient(node.tcp, "hal-phone", { connector });
   t.after(() => client.close());
   await events.next("connected");
   const burst = 50;
@@ -93,7 +78,7 @@ test("held acks: a burst of pushes is acked by a few cumulative acks; ack_now is
   assert.deepEqual(acks.map((a) => a.seq), [...acks.map((a) => a.seq)].sort((a, b) => a - b), "cumulative, rising");
 
   // A backend waiting for the ack: with a one-minute delay it can only arrive in time through ack_now.
-  const slow = start(node.tcp, "hal-tablet", { ackDelayMs: 60_000 });
+  const slow = startClient(node.tcp, "hal-tablet", { ackDelayMs: 60_000 });
   t.after(() => slow.client.close());
   await slow.events.next("connected");
   const answer = await push(node, "hal-tablet", "now", { wait_ack_ms: 5000 });
@@ -105,28 +90,34 @@ test("close() sends the held ack, so the next instance gets nothing again", asyn
   const servers = new Servers();
   t.after(() => servers.cleanup());
   const node = await servers.duplex();
-  const first = start(node.ws, "cal-phone", { ackDelayMs: 60_000 });
+  const first = startClient(node.ws, "cal-phone", { ackDelayMs: 60_000 });
   await first.events.next("connected");
   await push(node, "cal-phone", "once");
   await first.events.next("push");
   await first.client.close();
   assert.equal(first.client.state, "closed");
   await eventually("ack stored", async () => (await clientInfo(node, "cal-phone"))[1].last_acked_seq === 1);
-  const next = start(node.tcp, "cal-phone");
+  const next = startClient(node.tcp, "cal-phone");
   t.after(() => next.client.close());
   await next.events.next("connected");
   await push(node, "cal-phone", "twice?");
   assert.equal((await next.events.next("push")).seq, 2, "push 1 did not come again");
 });
 
-test("uploads and requests survive a reconnect and reach the backend once", async (t) => {
+/** A node whose service `svc` calls a fake backend. */
+async function nodeWithBackend(t) {
   const servers = new Servers();
   t.after(() => servers.cleanup());
   const backend = await servers.backend();
   const node = await servers.duplex({
     config: `[upstream.services.svc]\nendpoints = [{ url = "${backend.url}", weight = 1 }]\ntry_timeout_ms = 8000\n`,
   });
-  const { client, events } = start(node.tcp, "ann-phone");
+  return { backend, node };
+}
+
+test("uploads and requests survive a reconnect and reach the backend once", async (t) => {
+  const { backend, node } = await nodeWithBackend(t);
+  const { client, events } = startClient(node.tcp, "ann-phone");
   t.after(() => client.close());
   await events.next("connected");
   const ack = await client.upload({ service: "svc", path: "/events", body: "first" });
@@ -154,16 +145,11 @@ test("uploads and requests survive a reconnect and reach the backend once", asyn
 });
 
 test("a request whose reply arrives while the client is away resolves after the reconnect", async (t) => {
-  const servers = new Servers();
-  t.after(() => servers.cleanup());
-  const backend = await servers.backend();
-  const node = await servers.duplex({
-    config: `[upstream.services.svc]\nendpoints = [{ url = "${backend.url}", weight = 1 }]\ntry_timeout_ms = 8000\n`,
-  });
+  const { backend, node } = await nodeWithBackend(t);
   // The token provider holds the reconnect back until the reply is stored (it may be async).
   let gate;
   let release;
-  const { client, events } = start(node.ws, "rob-phone", {
+  const { client, events } = startClient(node.ws, "rob-phone", {
     token: () => (gate ?? Promise.resolve()).then(() => mint("rob")),
   });
   t.after(() => client.close());
@@ -186,7 +172,7 @@ test("with explicit acks, unacked pushes come again after a reconnect", async (t
   const servers = new Servers();
   t.after(() => servers.cleanup());
   const node = await servers.duplex();
-  const { client, events } = start(node.tcp, "eve-phone", { autoAck: false });
+  const { client, events } = startClient(node.tcp, "eve-phone", { autoAck: false });
   t.after(() => client.close());
   await events.next("connected");
   await push(node, "eve-phone", 1);
@@ -206,9 +192,9 @@ test("a second instance replaces the first for good, and its calls fail as stopp
   const servers = new Servers();
   t.after(() => servers.cleanup());
   const node = await servers.duplex();
-  const first = start(node.tcp, "dup-phone");
+  const first = startClient(node.tcp, "dup-phone");
   await first.events.next("connected");
-  const second = start(node.ws, "dup-phone");
+  const second = startClient(node.ws, "dup-phone");
   t.after(() => second.client.close());
   await second.events.next("connected");
   await first.events.next("replaced");
@@ -248,7 +234,7 @@ test("the dispatcher's list gives each connector the transport it opens", async 
   web.start();
   t.after(() => web.close());
   assert.equal((await webEvents.next("connected")).endpoint, node.ws, "WebSocket only: the node's ws URL");
-  const { client, events } = start(undefined, "dia-node", { endpoints: [], dispatchers });
+  const { client, events } = startClient([], "dia-node", { dispatchers });
   t.after(() => client.close());
   assert.equal((await events.next("connected")).endpoint, node.tcp, "Node: the private TCP protocol first");
 });

@@ -4,9 +4,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Client } from "../dist/index.js";
-import { nodeConnector } from "../dist/node.js";
-import { collect, mint, push, Servers } from "./harness.mjs";
+import { push, Servers, startClient } from "./harness.mjs";
 
 const text = (bytes) => new TextDecoder().decode(bytes);
 
@@ -17,26 +15,11 @@ async function twoNodes(servers, env = {}) {
   return [a, b];
 }
 
-function start(endpoints, clientId, extra = {}) {
-  const client = new Client({
-    endpoints,
-    clientId,
-    token: () => mint("gus"),
-    connector: nodeConnector(),
-    backoffMinMs: 20,
-    backoffMaxMs: 200,
-    ...extra,
-  });
-  const events = collect(client);
-  client.start();
-  return { client, events };
-}
-
 test("go_away moves the client to the other node and nothing is lost", async (t) => {
   const servers = new Servers();
   t.after(() => servers.cleanup());
   const [a, b] = await twoNodes(servers);
-  const { client, events } = start([a.tcp, b.ws], "gus-phone");
+  const { client, events } = startClient([a.tcp, b.ws], "gus-phone");
   t.after(() => client.close());
   assert.equal((await events.next("connected")).nodeId, "node-a");
   await push(a, "gus-phone", 1);
@@ -59,7 +42,7 @@ test("liveness: clients on a node that hangs (SIGSTOP) are on the other node wit
     DUPLEX_ACCESS__PONG_DEADLINE_MS: "1000",
     DUPLEX_REGISTRY__LEASE_MS: "1000",
   });
-  const clients = [0, 1, 2].map((i) => start([a.tcp, b.tcp], `liv-${i}`, { connectTimeoutMs: 1000 }));
+  const clients = [0, 1, 2].map((i) => startClient([a.tcp, b.tcp], `liv-${i}`, { connectTimeoutMs: 1000 }));
   for (const { client, events } of clients) {
     t.after(() => client.close());
     assert.equal((await events.next("connected")).nodeId, "node-a");

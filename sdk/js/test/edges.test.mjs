@@ -7,24 +7,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 
-import { Client } from "../dist/index.js";
 import { nodeConnector } from "../dist/node.js";
-import { collect, DUPLEX_BIN, eventually, mint, push, clientInfo, Servers } from "./harness.mjs";
-
-function start(endpoint, clientId, extra = {}) {
-  const client = new Client({
-    endpoints: [endpoint],
-    clientId,
-    token: () => mint(clientId.split("-")[0]),
-    connector: nodeConnector(),
-    backoffMinMs: 10,
-    backoffMaxMs: 50,
-    ...extra,
-  });
-  const events = collect(client);
-  client.start();
-  return { client, events };
-}
+import { clientInfo, DUPLEX_BIN, eventually, push, Servers, startClient } from "./harness.mjs";
 
 test("over tls:// with a private CA; without it the certificate is refused and nothing connects", async (t) => {
   const servers = new Servers();
@@ -41,13 +25,13 @@ test("over tls:// with a private CA; without it the certificate is refused and n
   });
   assert.ok(node.tls, "the node printed its TLS listener");
   const endpoint = node.tls.replace("127.0.0.1", "localhost");
-  const trusted = start(endpoint, "tess-phone", { connector: nodeConnector({ ca: readFileSync(join(dir, "ca.pem")) }) });
+  const trusted = startClient(endpoint, "tess-phone", { connector: nodeConnector({ ca: readFileSync(join(dir, "ca.pem")) }) });
   t.after(() => trusted.client.close());
   assert.equal((await trusted.events.next("connected")).endpoint, endpoint);
   await push(node, "tess-phone", "over tls");
   assert.equal(new TextDecoder().decode((await trusted.events.next("push")).payload), '"over tls"');
 
-  const untrusted = start(endpoint, "tess-laptop");
+  const untrusted = startClient(endpoint, "tess-laptop");
   t.after(() => untrusted.client.close());
   assert.match((await untrusted.events.next("disconnected")).reason, /self[- ]signed|unable to verify|certificate/i);
   assert.equal(untrusted.events.all("connected").length, 0);
@@ -65,7 +49,7 @@ test("a push that expired while the client was away arrives as a gap, and the ne
     const response = await fetch(`${node.pushBase}/v1/messages/${id}`, { headers: { authorization: "Bearer duplex-dev-api-key" } });
     return (await response.json()).state === "expired";
   });
-  const { client, events } = start(node.ws, "gil-phone");
+  const { client, events } = startClient(node.ws, "gil-phone");
   t.after(() => client.close());
   assert.deepEqual(await events.next("gap"), { from: 1, to: 1, reason: "expired" });
   assert.equal((await events.next("push")).seq, 2);
@@ -76,7 +60,7 @@ test("reconnectNow() ends a long backoff at once", async (t) => {
   const servers = new Servers();
   t.after(() => servers.cleanup());
   const node = await servers.duplex({ env: { DUPLEX_ACCESS__RECONNECT_MIN_MS: "60000", DUPLEX_ACCESS__RECONNECT_MAX_MS: "60000" } });
-  const { client, events } = start(node.tcp, "ned-phone", { backoffMinMs: 60_000, backoffMaxMs: 60_000 });
+  const { client, events } = startClient(node.tcp, "ned-phone", { backoffMinMs: 60_000, backoffMaxMs: 60_000 });
   t.after(() => client.close());
   await events.next("connected");
   // Full jitter picks the delay at random: pinned near its 60 s cap, so only reconnectNow() can end it in time.

@@ -11,6 +11,9 @@ import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 
+import { Client } from "../dist/index.js";
+import { nodeConnector } from "../dist/node.js";
+
 const here = dirname(fileURLToPath(import.meta.url));
 
 /** The server under test: `TEST_DUPLEX_BIN`, else the workspace's debug build. */
@@ -167,6 +170,25 @@ export async function clientInfo(node, clientId, method = "GET") {
     headers: { authorization: `Bearer ${API_KEY}` },
   });
   return [response.status, await response.json()];
+}
+
+/**
+ * Starts a client over the Node connector with short backoffs, its token minted for the user
+ * named by the client id's first part (`sam-phone` -> `sam`); its events collected.
+ */
+export function startClient(endpoints, clientId, extra = {}) {
+  const client = new Client({
+    endpoints: [endpoints ?? []].flat(),
+    clientId,
+    token: () => mint(clientId.split("-")[0]),
+    connector: nodeConnector(),
+    backoffMinMs: 10,
+    backoffMaxMs: 50,
+    ...extra,
+  });
+  const events = collect(client);
+  client.start();
+  return { client, events };
 }
 
 /** Polls `check` every 20 ms until it holds, at most `ms`. */
