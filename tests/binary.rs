@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::process::*;
+use duplex_testkit::eventually;
 
 use duplex_client::Connection;
 use duplex_shared::protocol::Frame;
@@ -144,6 +145,67 @@ fn check_config_reports_every_problem_at_once() {
     ] {
         assert!(err.contains(named), "{named} in {err}");
     }
+}
+
+/// What support needs at INFO: connects and disconnects with who, how, why and for how
+/// long; refused connections with the code and the peer; refused push API calls.
+#[tokio::test]
+async fn connections_refusals_and_refused_push_calls_are_logged_at_info() {
+    let (run, logs) = start_logged(&[]);
+    let logged = |parts: &'static [&'static str]| {
+        let logs = logs.clone();
+        move || {
+            let logs = logs.clone();
+            async move {
+                let lines = logs.lock().unwrap_or_else(|p| p.into_inner());
+                lines.iter().any(|l| parts.iter().all(|p| l.contains(p)))
+            }
+        }
+    };
+    let mut conn = Connection::tcp(run.tcp).await.expect("tcp");
+    conn.handshake(&mint("lou"), "lou-phone", 0).await.expect("handshake");
+    eventually(
+        "connect logged",
+        logged(&[
+            "INFO",
+            "client connected",
+            "client_id=lou-phone",
+            "user_id=lou",
+            "transport=\"tcp\"",
+        ]),
+    )
+    .await;
+    drop(conn);
+    eventually(
+        "disconnect logged",
+        logged(&[
+            "client disconnected",
+            "client_id=lou-phone",
+            "reason=\"client_left\"",
+            "duration_ms=",
+        ]),
+    )
+    .await;
+    let mut bad = Connection::tcp(run.tcp).await.expect("tcp");
+    assert!(bad.handshake("not-a-jwt", "lou-tablet", 0).await.is_err());
+    eventually(
+        "refusal logged",
+        logged(&["INFO", "connection refused", "code=token_invalid", "peer=127.0.0.1:"]),
+    )
+    .await;
+    let refused = reqwest::Client::new()
+        .post(format!("http://{}/v1/push", run.push))
+        .bearer_auth("wrong-key")
+        .body("{}")
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(refused.status(), 401);
+    eventually(
+        "refused push call logged",
+        logged(&["INFO", "push API call refused", "status=401"]),
+    )
+    .await;
 }
 
 #[test]

@@ -9,7 +9,7 @@ use duplex_shared::protocol::{valid_client_id, Connect, ErrorCode, Frame, MAX_LA
 use duplex_store::ClaimError;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::outbox::Outbox;
 use crate::preauth::PreAuthGuard;
@@ -190,6 +190,9 @@ async fn authenticate(
 async fn send_refusal(shared: &Shared, io: &mut Transport, frame: &Frame) -> Result<(), ()> {
     if let Frame::Error(e) = frame {
         shared.metrics.inc("duplex_auth_failures_total", &[("code", &e.code)]);
+        // What support asks first about a client that cannot connect: who, how and why.
+        let peer = io.peer().map(|p| p.to_string()).unwrap_or_default();
+        info!(code = %e.code, %peer, transport = io.kind().label(), "connection refused");
     }
     send_now(shared, io, frame).await
 }

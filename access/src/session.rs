@@ -103,6 +103,7 @@ impl Session {
             return;
         }
         self.kick_previous();
+        let connected_at_ms = crate::sequencer::now_ms();
         let transport = self.io.kind().label();
         let open = shared
             .metrics
@@ -124,7 +125,12 @@ impl Session {
         let end = if sent.await.is_err() {
             End::Failed
         } else {
-            debug!(user_id = %self.client.user_id, "connected");
+            info!(
+                client_id = %self.client.client_id,
+                user_id = %self.client.user_id,
+                transport,
+                "client connected"
+            );
             match Box::pin(self.resume()).await {
                 Ok(()) => {
                     outbox.note_sent(self.sequencer.cursor);
@@ -136,6 +142,14 @@ impl Session {
         shared
             .metrics
             .inc("duplex_disconnects_total", &[("reason", end.label())]);
+        info!(
+            client_id = %self.client.client_id,
+            user_id = %self.client.user_id,
+            transport,
+            reason = end.label(),
+            duration_ms = crate::sequencer::now_ms().saturating_sub(connected_at_ms),
+            "client disconnected"
+        );
         Box::pin(self.say_goodbye(end)).await;
         Box::pin(self.finish()).await;
         open.dec();

@@ -114,6 +114,19 @@ impl Transport {
         }
     }
 
+    /// The client's address, asked of the socket (for logs: nothing per connection keeps it).
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        let tcp = match self {
+            Transport::Tcp { stream, .. } => stream,
+            Transport::Tls { stream, .. } => stream.get_ref().0,
+            Transport::Ws(ws) => match ws.get_ref() {
+                Either::Left(tcp) => tcp,
+                Either::Right(tls) => tls.get_ref().0,
+            },
+        };
+        tcp.peer_addr().ok()
+    }
+
     pub fn kind(&self) -> TransportKind {
         match self {
             Transport::Tcp { .. } => TransportKind::Tcp,

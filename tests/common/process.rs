@@ -79,7 +79,21 @@ pub fn start(extra: &[&str]) -> Running {
 }
 
 pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Running {
-    let (child, printed) = spawn(&[], extra, env);
+    let (child, printed) = spawn(&[], extra, env, None);
+    running(child, printed)
+}
+
+/// Log lines a node wrote to stderr, as they come.
+pub type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Starts `duplex` logging at INFO; its log lines are collected.
+pub fn start_logged(extra: &[&str]) -> (Running, LogLines) {
+    let lines = LogLines::default();
+    let (child, printed) = spawn(&[], extra, &[], Some(lines.clone()));
+    (running(child, printed), lines)
+}
+
+fn running(child: Child, printed: HashMap<&'static str, SocketAddr>) -> Running {
     let addr = |label: &str| *printed.get(label).unwrap_or_else(|| panic!("printed {label} address"));
     Running {
         tcp: addr("tcp"),
@@ -129,7 +143,7 @@ impl TierNode {
 
 /// Starts `duplex <tier>` (access, upstream or downstream) on ephemeral ports.
 pub fn start_tier(tier: &str, extra: &[&str]) -> TierNode {
-    let (child, printed) = spawn(&[tier], extra, &[]);
+    let (child, printed) = spawn(&[tier], extra, &[], None);
     TierNode {
         child,
         tcp: printed.get("tcp").copied(),
@@ -139,17 +153,29 @@ pub fn start_tier(tier: &str, extra: &[&str]) -> TierNode {
 }
 
 /// Spawns the binary and reads the addresses it prints, up to the admin line (always last).
-fn spawn(command: &[&str], extra: &[&str], env: &[(&str, &str)]) -> (Child, HashMap<&'static str, SocketAddr>) {
+fn spawn(
+    command: &[&str],
+    extra: &[&str],
+    env: &[(&str, &str)],
+    logs: Option<LogLines>,
+) -> (Child, HashMap<&'static str, SocketAddr>) {
     let mut child = Command::new(BIN)
         .args(command)
         .args(EPHEMERAL_LISTENERS)
         .args(extra)
         .envs(env.iter().copied())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", if logs.is_some() { "info" } else { "warn" })
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(if logs.is_some() { Stdio::piped() } else { Stdio::null() })
         .spawn()
         .expect("spawn duplex");
+    if let (Some(logs), Some(stderr)) = (logs, child.stderr.take()) {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                logs.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+    }
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut printed = HashMap::new();
