@@ -26,6 +26,19 @@ async fn all_in_one_with_memory_store_serves_tcp_and_websocket_with_a_minted_tok
     let mut ws = Connection::ws(&format!("ws://{}/", run.ws)).await.expect("ws");
     ws.handshake(&token, "tablet-1", 0).await.expect("ws handshake");
     ping_pong(&mut ws).await;
+    let metrics = reqwest::get(format!("http://{}/metrics", run.admin))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for series in [
+        "duplex_build_info{version=",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+    ] {
+        assert!(metrics.contains(series), "{series} in /metrics");
+    }
     sigterm(&run.child);
     // Each client is told within the go_away window (10 s) and leaves, as clients do.
     for conn in [&mut tcp, &mut ws] {

@@ -6,6 +6,7 @@
 //! - [`links`]: traits through which tiers call each other.
 //! - [`metrics`]: counters and gauges in the Prometheus text format.
 //! - [`net`]: listener setup (backlog, `SO_REUSEPORT`).
+//! - [`process_metrics`]: the process's CPU, memory, file descriptors and build, at scrape time.
 //! - [`rate`]: the token bucket behind every rate limit and the retry budget.
 //! - [`secrets`]: constant-time comparison of API keys, tokens and secrets.
 
@@ -13,6 +14,7 @@ pub mod config;
 pub mod links;
 pub mod metrics;
 pub mod net;
+pub mod process_metrics;
 pub mod rate;
 pub mod secrets;
 /// The wire protocol lives in its own crate (the SDK's only Duplex dependency).

@@ -365,6 +365,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name} 0");
             }
         }
+        crate::process_metrics::render(&mut out);
         out
     }
 }
