@@ -162,13 +162,14 @@ export class Client {
   /** Sends an upload and resolves with its ack, across reconnects. */
   upload(upload: Upload): Promise<UploadAck> {
     if (this.stopped) return this.stoppedCall();
-    return this.calls.start((id) => ({ type: "upload", id, ...upload }), (frame) => this.sendIfOpen(frame));
+    // The client's own type and id win over any the caller's object carries.
+    return this.calls.start((id) => ({ ...upload, type: "upload", id }), (frame) => this.sendIfOpen(frame));
   }
 
   /** Sends a request and resolves with the reply, which may arrive on a later connection. */
   request(request: Request): Promise<Reply> {
     if (this.stopped) return this.stoppedCall();
-    return this.calls.start((id) => ({ type: "request", id, ...request }), (frame) => this.sendIfOpen(frame));
+    return this.calls.start((id) => ({ ...request, type: "request", id }), (frame) => this.sendIfOpen(frame));
   }
 
   /** With `autoAck: false`: the application processed every push up to `seq`. */
@@ -200,7 +201,10 @@ export class Client {
     this.calls.stopAll("the client was closed");
     this.setState("closed");
     if (this.running) {
-      await Promise.race([this.running, new Promise((r) => setTimeout(r, CLOSE_WAIT_MS))]);
+      // A timer left behind would keep a Node process alive after close().
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([this.running, new Promise((r) => (timer = setTimeout(r, CLOSE_WAIT_MS)))]);
+      clearTimeout(timer);
     }
   }
 

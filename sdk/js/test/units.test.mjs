@@ -126,3 +126,38 @@ test("recently failed endpoints are skipped until forgiven", () => {
 function decodeRaw(body) {
   return Object.fromEntries(Object.entries(decodeMsgpack(body)));
 }
+
+test("a call's own type and id win over keys the caller's object carries", async () => {
+  const { Client } = await import("../dist/index.js");
+  // An in-memory server: answers connect and uploads, records what the client sent.
+  const sent = [];
+  const connector = {
+    schemes: ["ws"],
+    async open(_endpoint, sink) {
+      const answer = (frame) => queueMicrotask(() => sink.frame(encode(frame)));
+      return {
+        send(body) {
+          const frame = decodeMsgpack(body);
+          sent.push(frame);
+          if (frame.type === "connect") {
+            answer({ type: "connected", id: 1, session_id: "n|1", node_id: "n", heartbeat_ms: 30_000,
+              reconnect_min_ms: 10, reconnect_max_ms: 20, max_frame_bytes: 65_536 });
+          } else if (frame.type === "upload") {
+            answer({ type: "upload_ack", id: frame.id, status: 200 });
+          }
+        },
+        close() {},
+      };
+    },
+  };
+  const client = new Client({ endpoints: ["ws://127.0.0.1:1/"], clientId: "c", token: () => "t", connector });
+  client.start();
+  const sneaky = { service: "s", path: "/p", id: 7, type: "ack" };
+  const ack = await client.upload(sneaky);
+  const upload = sent.find((f) => f.type === "upload");
+  assert.ok(upload, JSON.stringify(sent));
+  assert.notEqual(upload.id, 7);
+  assert.equal(ack.id, upload.id);
+  assert.equal(sent.filter((f) => f.type === "ack").length, 0);
+  await client.close();
+});
