@@ -285,6 +285,20 @@ async fn a_routing_change_takes_effect_at_once_and_survives_a_restart() {
         matches!(frame, Some(Frame::Error(ref e)) if e.message.contains("unknown service")),
         "{frame:?}"
     );
+    // A removed service's series go with it (its endpoint showed as up until the restart).
+    let metrics = http
+        .get(format!("http://{}/metrics", run.admin))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(!metrics.contains("service=\"billing\""), "{metrics}");
+    assert!(
+        metrics.contains("duplex_backend_endpoint_up{service=\"orders\""),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -297,6 +297,27 @@ pub struct Metrics {
     histograms: DashMap<(&'static str, String), Histogram>,
 }
 
+/// The `k="v"` parts of a label key (a `,` inside a quoted value does not split).
+fn split_labels(key: &str) -> Vec<&str> {
+    let (mut parts, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (i, c) in key.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&key[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < key.len() {
+        parts.push(&key[start..]);
+    }
+    parts
+}
+
 fn label_key(labels: &[(&str, &str)]) -> String {
     let mut key = String::new();
     for (i, (k, v)) in labels.iter().enumerate() {
@@ -310,6 +331,20 @@ fn label_key(labels: &[(&str, &str)]) -> String {
 impl Metrics {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Drops every series (and histogram) whose labels include all of
+    /// `labels`: what a removed backend service or endpoint leaves behind,
+    /// which would otherwise be exported (as up, say) until the restart.
+    /// Handles still held elsewhere keep counting, unexported.
+    pub fn forget(&self, labels: &[(&str, &str)]) {
+        let pairs: Vec<String> = labels.iter().map(|l| label_key(std::slice::from_ref(l))).collect();
+        let matches = |key: &str| {
+            let parts: Vec<&str> = split_labels(key);
+            pairs.iter().all(|p| parts.contains(&p.as_str()))
+        };
+        self.series.retain(|(_, key), _| !matches(key));
+        self.histograms.retain(|(_, key), _| !matches(key));
     }
 
     /// The series `name{labels}`; created at zero on first use.
@@ -373,6 +408,33 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forgetting_a_service_or_one_endpoint_drops_exactly_its_series() {
+        let m = Metrics::new();
+        let up = |service: &str, endpoint: &str| {
+            m.counter(
+                "duplex_backend_endpoint_up",
+                &[("service", service), ("endpoint", endpoint)],
+            )
+        };
+        up("billing", "http://b/1,2").inc();
+        up("billing", "http://b/3").inc();
+        up("orders", "http://o/1").inc();
+        m.counter("duplex_backend_unavailable_total", &[("service", "billing")])
+            .inc();
+        m.forget(&[("service", "billing"), ("endpoint", "http://b/1,2")]);
+        let text = m.render();
+        assert!(!text.contains("http://b/1,2"), "{text}");
+        assert!(text.contains("endpoint=\"http://b/3\""), "{text}");
+        m.forget(&[("service", "billing")]);
+        let text = m.render();
+        assert!(!text.contains("billing"), "{text}");
+        assert!(
+            text.contains("duplex_backend_endpoint_up{service=\"orders\",endpoint=\"http://o/1\"} 1"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn renders_series_with_labels_help_and_type() {

@@ -97,8 +97,24 @@ impl Upstream {
         }
         *self.services.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         for (name, s) in old.iter() {
-            if services.get(name) != Some(&s.config) {
+            let new = services.get(name);
+            if new != Some(&s.config) {
                 s.stop.cancel();
+            }
+            // Before the new watchers start: they register the series that stay.
+            match new {
+                None => self.metrics.forget(&[("service", name)]),
+                Some(new) => {
+                    for gone in s
+                        .config
+                        .endpoints
+                        .iter()
+                        .filter(|e| !new.endpoints.iter().any(|n| n.url == e.url))
+                    {
+                        self.metrics
+                            .forget(&[("service", name), ("endpoint", gone.url.as_str())]);
+                    }
+                }
             }
         }
         if !self.stop.is_cancelled() {
