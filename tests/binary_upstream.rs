@@ -21,6 +21,12 @@ async fn ask_service(conn: &mut Connection, id: u64, service: &str) -> Reply {
     ask_with(conn, id, service, "GET", "/orders/1").await
 }
 
+/// The admin listener's `/metrics` text (`admin`: `http://host:port`).
+async fn metrics_text(http: &reqwest::Client, admin: &str) -> String {
+    let response = http.get(format!("{admin}/metrics")).send().await.expect("metrics");
+    response.text().await.expect("text")
+}
+
 #[tokio::test]
 async fn requests_reach_the_configured_backend_and_the_admin_api_isolates_it() {
     let backend = Backend::start().await;
@@ -79,14 +85,7 @@ async fn requests_reach_the_configured_backend_and_the_admin_api_isolates_it() {
     let r = ask(&mut conn, 2).await;
     assert_eq!((r.status, r.headers["x-duplex-error"].as_str()), (503, "unavailable"));
     assert_eq!(backend.count(), 3);
-    let metrics = http
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_text(&http, &admin).await;
     assert!(
         metrics.contains("duplex_backend_unavailable_total{service=\"orders\"} 1"),
         "{metrics}"
@@ -286,14 +285,7 @@ async fn a_routing_change_takes_effect_at_once_and_survives_a_restart() {
         "{frame:?}"
     );
     // A removed service's series go with it (its endpoint showed as up until the restart).
-    let metrics = http
-        .get(format!("http://{}/metrics", run.admin))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_text(&http, &format!("http://{}", run.admin)).await;
     assert!(!metrics.contains("service=\"billing\""), "{metrics}");
     assert!(
         metrics.contains("duplex_backend_endpoint_up{service=\"orders\""),
