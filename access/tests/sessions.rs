@@ -222,23 +222,7 @@ async fn shutdown_spreads_go_away_over_the_window_and_serves_until_each_client_l
             c.shutdown_grace_ms = 4_000;
         })
         .await;
-        let now = duplex_store::now_ms();
-        node.store
-            .register_node(&duplex_store::NodeInfo {
-                node_id: "other".into(),
-                tiers: vec!["access".into()],
-                tcp: "127.0.0.9:7070".into(),
-                ws: "ws://127.0.0.9:7071/".into(),
-                tls: None,
-                wss: None,
-                internal: String::new(),
-                region: None,
-                connections: 0,
-                max_connections: 100,
-                expires_ms: now + 60_000,
-            })
-            .await
-            .expect("register");
+        register_peer_node(&*node.store, "other", None, None).await;
         let mut clients = Vec::new();
         for i in 0..20 {
             let via = if i % 2 == 0 { Via::Tcp } else { Via::Ws };

@@ -244,27 +244,11 @@ async fn a_draining_node_sends_tls_clients_to_tls_endpoints_only() {
         c.shutdown_grace_ms = 2_000;
     })
     .await;
-    let now = duplex_store::now_ms();
     for (id, tls, wss) in [
         ("plain-only", None, None),
         ("with-tls", Some("127.0.0.9:7443"), Some("wss://127.0.0.9:7444/")),
     ] {
-        node.store
-            .register_node(&duplex_store::NodeInfo {
-                node_id: id.into(),
-                tiers: vec!["access".into()],
-                tcp: "127.0.0.9:7070".into(),
-                ws: "ws://127.0.0.9:7071/".into(),
-                tls: tls.map(str::to_owned),
-                wss: wss.map(str::to_owned),
-                internal: String::new(),
-                region: None,
-                connections: 0,
-                max_connections: 100,
-                expires_ms: now + 60_000,
-            })
-            .await
-            .expect("register");
+        register_peer_node(&*node.store, id, tls, wss).await;
     }
     let trust = trusting(&files);
     let mut tls = Connection::tls("localhost", node.tls.expect("tls").port(), &trust)

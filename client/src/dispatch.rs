@@ -45,31 +45,30 @@ async fn fetch_one(http: &reqwest::Client, url: &str, tls: bool) -> Result<Vec<(
     Ok(nodes
         .iter()
         .filter_map(|n| {
-            let endpoint = if tls { tls_endpoint(n)? } else { plain_endpoint(n)? };
+            let endpoint = if tls {
+                listed_endpoint(n, "tls", "wss", Endpoint::Wss)?
+            } else {
+                listed_endpoint(n, "tcp", "ws", Endpoint::Ws)?
+            };
             let weight = n["weight"].as_u64().unwrap_or(1).clamp(1, 100) as u32;
             Some((endpoint, weight))
         })
         .collect())
 }
 
-/// TCP (an address or a host name); the WebSocket URL when a node has no TCP endpoint.
-fn plain_endpoint(n: &serde_json::Value) -> Option<Endpoint> {
-    match n["tcp"]
+/// The node's stream endpoint (`tcp` or `tls`: an address or a host name,
+/// used with that scheme); its WebSocket URL (`ws` or `wss`) when it has none.
+fn listed_endpoint(
+    n: &serde_json::Value,
+    stream: &str,
+    websocket: &str,
+    from_url: fn(String) -> Endpoint,
+) -> Option<Endpoint> {
+    match n[stream]
         .as_str()
-        .and_then(|t| Endpoint::parse(&format!("tcp://{t}")).ok())
+        .and_then(|t| Endpoint::parse(&format!("{stream}://{t}")).ok())
     {
-        Some(tcp) => Some(tcp),
-        None => Some(Endpoint::Ws(n["ws"].as_str()?.to_owned())),
-    }
-}
-
-/// The private protocol over TLS; WSS when a node has only that.
-fn tls_endpoint(n: &serde_json::Value) -> Option<Endpoint> {
-    match n["tls"]
-        .as_str()
-        .and_then(|t| Endpoint::parse(&format!("tls://{t}")).ok())
-    {
-        Some(tls) => Some(tls),
-        None => Some(Endpoint::Wss(n["wss"].as_str()?.to_owned())),
+        Some(endpoint) => Some(endpoint),
+        None => Some(from_url(n[websocket].as_str()?.to_owned())),
     }
 }

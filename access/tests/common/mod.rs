@@ -217,3 +217,24 @@ impl duplex_shared::links::UpstreamLink for UnreachableBackends {
         Err(duplex_shared::links::LinkError::Unavailable("backends down".into()))
     }
 }
+
+/// Registers another live access node `node_id` (on 127.0.0.9, its TLS
+/// listeners when given) in `store`, for drains to send clients to.
+pub async fn register_peer_node(store: &dyn Store, node_id: &str, tls: Option<&str>, wss: Option<&str>) {
+    store
+        .register_node(&duplex_store::NodeInfo {
+            node_id: node_id.into(),
+            tiers: vec!["access".into()],
+            tcp: "127.0.0.9:7070".into(),
+            ws: "ws://127.0.0.9:7071/".into(),
+            tls: tls.map(str::to_owned),
+            wss: wss.map(str::to_owned),
+            internal: String::new(),
+            region: None,
+            connections: 0,
+            max_connections: 100,
+            expires_ms: duplex_store::now_ms() + 60_000,
+        })
+        .await
+        .expect("register");
+}
