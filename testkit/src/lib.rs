@@ -5,6 +5,7 @@
 //! and (feature `node`) a whole node in process,
 //! built through `duplex-node` as the binary builds it.
 
+mod brokers;
 mod certs;
 mod cluster;
 #[cfg(feature = "node")]
@@ -14,6 +15,7 @@ mod redis_tls;
 mod sentinel;
 mod wait;
 
+pub use brokers::{TestNats, TestRabbit};
 pub use certs::{CertFiles, TestCa};
 pub use cluster::TestRedisCluster;
 pub use redis::TestRedis;

@@ -1,0 +1,290 @@
+//! Redis Streams: a consumer group read with `XREADGROUP`, entries acked with
+//! `XACK`, and the pending entries of a consumer that died (or of a retry)
+//! taken over with `XAUTOCLAIM` once idle. Entries carry the message in a
+//! field named `body`.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Value;
+use tokio::time::Instant;
+
+use crate::config::{RedisSinkConfig, RedisSourceConfig};
+use crate::{BrokerError, DeadLetter, Delivery, Settle, Sink, Source};
+
+const BROKER: &str = "redis";
+
+/// `XREADGROUP ... BLOCK`: how long one read waits for new entries, so
+/// claim passes still run on a quiet stream.
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// Longest wait for any answer; above `BLOCK`.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The field an entry's message is in.
+pub const BODY_FIELD: &str = "body";
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::unavailable(BROKER, e)
+}
+
+async fn connect(url: &str) -> Result<ConnectionManager, BrokerError> {
+    let shown = duplex_shared::secrets::redact_url(url);
+    let client = redis::Client::open(url).map_err(|e| BrokerError::refused(BROKER, format!("{shown}: {e}")))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(RESPONSE_TIMEOUT)
+        .set_response_timeout(RESPONSE_TIMEOUT)
+        .set_number_of_retries(1);
+    client
+        .get_connection_manager_with_config(config)
+        .await
+        .map_err(|e| unavailable(format!("connecting to {shown}: {e}")))
+}
+
+pub(crate) struct RedisSource {
+    /// Blocking reads wait on their own connection, so acks are not queued behind them.
+    reads: ConnectionManager,
+    writes: ConnectionManager,
+    config: RedisSourceConfig,
+    consumer: String,
+    ready: VecDeque<(String, Bytes)>,
+    next_claim: Instant,
+    claim_cursor: String,
+}
+
+impl RedisSource {
+    pub(crate) async fn connect(c: &RedisSourceConfig, consumer: &str) -> Result<Self, BrokerError> {
+        let mut writes = connect(&c.url).await?;
+        let reads = connect(&c.url).await?;
+        // From the stream's start: entries published before the first node
+        // ever ran are pushes too.
+        let created: Result<Value, redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&c.stream)
+            .arg(&c.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut writes)
+            .await;
+        if let Err(e) = created {
+            if e.code() != Some("BUSYGROUP") {
+                return Err(unavailable(format!("creating group {} on {}: {e}", c.group, c.stream)));
+            }
+        }
+        Ok(RedisSource {
+            reads,
+            writes,
+            config: c.clone(),
+            consumer: consumer.to_owned(),
+            ready: VecDeque::new(),
+            next_claim: Instant::now(),
+            claim_cursor: "0-0".to_owned(),
+        })
+    }
+
+    /// One `XAUTOCLAIM` step: entries idle past `claim_idle_ms`, whoever held them.
+    async fn claim(&mut self) -> Result<(), BrokerError> {
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.config.stream)
+            .arg(&self.config.group)
+            .arg(&self.consumer)
+            .arg(self.config.claim_idle_ms)
+            .arg(&self.claim_cursor)
+            .arg("COUNT")
+            .arg(self.config.max_in_flight)
+            .query_async(&mut self.writes)
+            .await
+            .map_err(unavailable)?;
+        let Value::Array(parts) = reply else {
+            return Err(unavailable("unexpected XAUTOCLAIM reply"));
+        };
+        let mut parts = parts.into_iter();
+        let cursor = parts.next().and_then(text).unwrap_or_else(|| "0-0".to_owned());
+        if let Some(entries) = parts.next() {
+            entries_into(entries, &mut self.ready);
+        }
+        if cursor == "0-0" {
+            // A full pass: look again when entries read now could have gone idle.
+            self.next_claim = Instant::now() + Duration::from_millis(self.config.claim_idle_ms / 2);
+        }
+        self.claim_cursor = cursor;
+        Ok(())
+    }
+
+    async fn read_new(&mut self) -> Result<(), BrokerError> {
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.config.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(self.config.max_in_flight)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.config.stream)
+            .arg(">")
+            .query_async(&mut self.reads)
+            .await
+            .map_err(unavailable)?;
+        // Nil when BLOCK ran out; else [[stream, entries]].
+        if let Value::Array(streams) = reply {
+            for stream in streams {
+                if let Value::Array(pair) = stream {
+                    if let Some(entries) = pair.into_iter().nth(1) {
+                        entries_into(entries, &mut self.ready);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn text(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Appends `[[id, [field, value, ...]], ...]`; an entry deleted while
+/// pending comes as `[id, nil]` and is skipped (it has no message).
+fn entries_into(entries: Value, out: &mut VecDeque<(String, Bytes)>) {
+    let Value::Array(entries) = entries else { return };
+    for entry in entries {
+        let Value::Array(entry) = entry else { continue };
+        let mut entry = entry.into_iter();
+        let Some(id) = entry.next().and_then(text) else { continue };
+        let Some(Value::Array(fields)) = entry.next() else { continue };
+        let mut body = Bytes::new();
+        let mut fields = fields.into_iter();
+        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+            if matches!(&name, Value::BulkString(n) if n == BODY_FIELD.as_bytes()) {
+                if let Value::BulkString(b) = value {
+                    body = Bytes::from(b);
+                }
+            }
+        }
+        out.push_back((id, body));
+    }
+}
+
+#[async_trait]
+impl Source for RedisSource {
+    async fn next(&mut self) -> Result<Delivery, BrokerError> {
+        loop {
+            if let Some((id, body)) = self.ready.pop_front() {
+                let settle = RedisSettle {
+                    writes: self.writes.clone(),
+                    stream: self.config.stream.clone(),
+                    group: self.config.group.clone(),
+                    dead_letter_stream: self.config.dead_letter_stream.clone(),
+                    dead_letter_max_len: self.config.dead_letter_max_len,
+                    id: id.clone(),
+                };
+                return Ok(Delivery::new(body, id, Box::new(settle)));
+            }
+            if Instant::now() >= self.next_claim {
+                self.claim().await?;
+            } else {
+                self.read_new().await?;
+            }
+        }
+    }
+}
+
+struct RedisSettle {
+    writes: ConnectionManager,
+    stream: String,
+    group: String,
+    dead_letter_stream: String,
+    dead_letter_max_len: u64,
+    id: String,
+}
+
+#[async_trait]
+impl Settle for RedisSettle {
+    async fn ack(mut self: Box<Self>) -> Result<(), BrokerError> {
+        redis::cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&self.id)
+            .query_async::<i64>(&mut self.writes)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    /// Left pending: the entry is claimed again once idle for `claim_idle_ms`.
+    async fn retry(self: Box<Self>, _after: Duration) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn dead_letter(mut self: Box<Self>, body: Bytes, id: &str, reason: &DeadLetter) -> Result<(), BrokerError> {
+        // One transaction: the dead letter is written exactly when the entry is acked.
+        redis::pipe()
+            .atomic()
+            .cmd("XADD")
+            .arg(&self.dead_letter_stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.dead_letter_max_len)
+            .arg("*")
+            .arg(BODY_FIELD)
+            .arg(body.as_ref())
+            .arg("code")
+            .arg(&reason.code)
+            .arg("message")
+            .arg(&reason.message)
+            .arg("id")
+            .arg(id)
+            .ignore()
+            .cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(id)
+            .ignore()
+            .query_async::<()>(&mut self.writes)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+pub(crate) struct RedisSink {
+    writes: ConnectionManager,
+    config: RedisSinkConfig,
+}
+
+impl RedisSink {
+    pub(crate) async fn connect(c: &RedisSinkConfig) -> Result<Self, BrokerError> {
+        Ok(RedisSink {
+            writes: connect(&c.url).await?,
+            config: c.clone(),
+        })
+    }
+}
+
+#[async_trait]
+impl Sink for RedisSink {
+    async fn publish(&self, body: Bytes, headers: &[(&str, &str)]) -> Result<(), BrokerError> {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.config.stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.config.max_len)
+            .arg("*")
+            .arg(BODY_FIELD)
+            .arg(body.as_ref());
+        for (k, v) in headers.iter().filter(|(k, _)| *k != BODY_FIELD) {
+            cmd.arg(*k).arg(*v);
+        }
+        cmd.query_async::<String>(&mut self.writes.clone())
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+}

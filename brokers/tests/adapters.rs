@@ -1,0 +1,206 @@
+//! Each adapter against a real broker the test starts on free loopback ports:
+//! consume and ack, retry (the message comes again), dead-letter (it lands in
+//! the dead-letter destination with the reason, and the source moves on),
+//! and a sink whose confirmed message survives a broker restart.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use duplex_brokers::config::{
+    AmqpSinkConfig, AmqpSourceConfig, NatsSinkConfig, NatsSourceConfig, RedisSinkConfig, RedisSourceConfig,
+};
+use duplex_brokers::{connect_sink, connect_source, DeadLetter, Delivery, SinkConfig, Source, SourceConfig};
+use duplex_testkit::{TestNats, TestRabbit, TestRedis};
+
+async fn next(source: &mut Box<dyn Source>) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(20), source.next())
+        .await
+        .expect("a message within 20 s")
+        .expect("the source reads")
+}
+
+/// Publishes `a`, `b`, `c` through `sink` (into the source's queue) and goes
+/// through every way of settling them; `dead` reads the dead-letter destination.
+async fn settle_each_way(source_cfg: SourceConfig, sink_cfg: SinkConfig, dead: SourceConfig) {
+    let sink = connect_sink(&sink_cfg).await.expect("sink connects");
+    let mut source = connect_source(&source_cfg, "node-a").await.expect("source connects");
+    for body in ["a", "b", "c"] {
+        sink.publish(Bytes::from(body), &[("trace", "t1")]).await.expect("confirmed");
+    }
+    let first = next(&mut source).await;
+    assert_eq!(first.body, "a");
+    first.ack().await.expect("acked");
+
+    let second = next(&mut source).await;
+    assert_eq!(second.body, "b");
+    second.retry_after(Duration::from_millis(50)).await.expect("retry");
+
+    let third = next(&mut source).await;
+    assert_eq!(third.body, "c");
+    let reason = DeadLetter {
+        code: "bad_request".into(),
+        message: "payload is not JSON".into(),
+    };
+    third.dead_letter(&reason).await.expect("dead-lettered");
+
+    // The retried message comes again (Redis: once idle past claim_idle_ms).
+    let again = next(&mut source).await;
+    assert_eq!(again.body, "b");
+    again.ack().await.expect("acked");
+
+    // The dead letter is readable where it was sent, with its body intact.
+    let mut dead = connect_source(&dead, "inspector").await.expect("dead-letter reader");
+    let letter = next(&mut dead).await;
+    assert_eq!(letter.body, "c");
+    letter.ack().await.expect("acked");
+
+    // Nothing else is left: a's ack and c's dead-lettering stuck.
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), source.next()).await;
+    assert!(quiet.is_err(), "an acked or dead-lettered message came again: {quiet:?}");
+}
+
+/// A confirmed publish is still there after the broker is killed and restarted.
+async fn survives_restart(sink_cfg: SinkConfig, source_cfg: SourceConfig, restart: impl FnOnce()) {
+    let sink = connect_sink(&sink_cfg).await.expect("sink connects");
+    sink.publish(Bytes::from("kept"), &[]).await.expect("confirmed");
+    drop(sink);
+    restart();
+    let mut source = connect_source(&source_cfg, "node-b").await.expect("source reconnects");
+    let kept = next(&mut source).await;
+    assert_eq!(kept.body, "kept");
+    kept.ack().await.expect("acked");
+}
+
+fn nats_source(url: &str, stream: &str, subject: &str) -> SourceConfig {
+    SourceConfig::Nats(NatsSourceConfig {
+        name: "test".into(),
+        url: url.into(),
+        stream: stream.into(),
+        subject: subject.into(),
+        durable: "duplex".into(),
+        dead_letter_subject: format!("{subject}.dead"),
+        max_in_flight: 16,
+        ack_wait_s: 30,
+    })
+}
+
+fn amqp_source(url: &str, queue: &str) -> SourceConfig {
+    SourceConfig::Amqp(AmqpSourceConfig {
+        name: "test".into(),
+        url: url.into(),
+        queue: queue.into(),
+        dead_letter_queue: format!("{queue}.dead"),
+        max_in_flight: 16,
+    })
+}
+
+fn redis_source(url: &str, stream: &str) -> SourceConfig {
+    SourceConfig::Redis(RedisSourceConfig {
+        name: "test".into(),
+        url: url.into(),
+        stream: stream.into(),
+        group: "duplex".into(),
+        dead_letter_stream: format!("{stream}:dead"),
+        dead_letter_max_len: 1000,
+        claim_idle_ms: 300,
+        max_in_flight: 16,
+    })
+}
+
+#[tokio::test]
+async fn nats_jetstream_settles_each_way_and_keeps_confirmed_messages() {
+    let mut nats = TestNats::start().expect("nats-server -js");
+    let url = nats.url();
+    let sink = SinkConfig::Nats(NatsSinkConfig {
+        url: url.clone(),
+        stream: "PUSH".into(),
+        subject: "push".into(),
+    });
+    let dead = nats_source(&url, "PUSH_DEAD", "push.dead");
+    settle_each_way(nats_source(&url, "PUSH", "push"), sink, dead).await;
+
+    let sink = SinkConfig::Nats(NatsSinkConfig {
+        url: url.clone(),
+        stream: "UPLOADS".into(),
+        subject: "uploads".into(),
+    });
+    survives_restart(sink, nats_source(&url, "UPLOADS", "uploads"), || {
+        nats.restart().expect("restarts")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn amqp_settles_each_way_and_keeps_confirmed_messages() {
+    let mut rabbit = TestRabbit::start().expect("rabbitmq-server");
+    let url = rabbit.url();
+    let sink = SinkConfig::Amqp(AmqpSinkConfig {
+        url: url.clone(),
+        queue: "push".into(),
+    });
+    settle_each_way(amqp_source(&url, "push"), sink, amqp_source(&url, "push.dead")).await;
+
+    let sink = SinkConfig::Amqp(AmqpSinkConfig {
+        url: url.clone(),
+        queue: "uploads".into(),
+    });
+    survives_restart(sink, amqp_source(&url, "uploads"), || rabbit.restart().expect("restarts")).await;
+}
+
+#[tokio::test]
+async fn redis_streams_settle_each_way() {
+    let redis = TestRedis::start().expect("redis-server");
+    let url = redis.url();
+    let sink = SinkConfig::Redis(RedisSinkConfig {
+        url: url.clone(),
+        stream: "push".into(),
+        max_len: 1000,
+    });
+    settle_each_way(redis_source(&url, "push"), sink, redis_source(&url, "push:dead")).await;
+}
+
+#[tokio::test]
+async fn redis_streams_survive_a_restart_with_an_append_only_file() {
+    let dir = std::env::temp_dir().join(format!("duplex-streams-{}", duplex_testkit::random_prefix().trim_end_matches(':')));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = TestRedis::start().expect("probe").port();
+    let mut redis = Some(TestRedis::start_durable_on(port, &dir).expect("redis-server"));
+    let url = format!("redis://127.0.0.1:{port}/");
+    let sink = SinkConfig::Redis(RedisSinkConfig {
+        url: url.clone(),
+        stream: "uploads".into(),
+        max_len: 1000,
+    });
+    survives_restart(sink, redis_source(&url, "uploads"), || {
+        drop(redis.take());
+        redis = Some(TestRedis::start_durable_on(port, &dir).expect("restarts"));
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A dead consumer's pending entries are taken over by another once idle.
+#[tokio::test]
+async fn a_dead_redis_consumers_messages_are_claimed_by_another() {
+    let redis = TestRedis::start().expect("redis-server");
+    let url = redis.url();
+    let sink = connect_sink(&SinkConfig::Redis(RedisSinkConfig {
+        url: url.clone(),
+        stream: "work".into(),
+        max_len: 1000,
+    }))
+    .await
+    .expect("sink");
+    let cfg = redis_source(&url, "work");
+    let mut doomed = connect_source(&cfg, "node-dies").await.expect("source");
+    let mut heir = connect_source(&cfg, "node-lives").await.expect("source");
+    sink.publish(Bytes::from("orphan"), &[]).await.expect("confirmed");
+    let taken = next(&mut doomed).await;
+    assert_eq!(taken.body, "orphan");
+    // The consumer dies holding it: neither acked nor settled.
+    drop(taken);
+    drop(doomed);
+    let claimed = next(&mut heir).await;
+    assert_eq!(claimed.body, "orphan");
+    claimed.ack().await.expect("acked");
+}

@@ -1,0 +1,159 @@
+//! Private message brokers for tests and benches: `nats-server -js` and
+//! `rabbitmq-server`, each on free loopback ports with its own data
+//! directory, restartable on the same ports and data (to test durability),
+//! killed with everything they started on drop.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use crate::redis::{free_port, pace};
+
+/// A broker process group and its directory.
+struct Broker {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+    name: &'static str,
+}
+
+impl Broker {
+    fn new(name: &'static str) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("duplex-{name}-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{name} dir: {e}"))?;
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        Ok(Broker {
+            child: None,
+            dir,
+            port,
+            name,
+        })
+    }
+
+    /// Runs `cmd` in its own process group (RabbitMQ's script starts the
+    /// Erlang VM as a child) and waits until the port takes connections.
+    fn spawn(&mut self, cmd: &mut Command, within: Duration) -> Result<(), String> {
+        let log = std::fs::File::create(self.dir.join("server.log")).map_err(|e| e.to_string())?;
+        let child = cmd
+            .process_group(0)
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run {} (see README, \"Test it\"): {e}", self.name))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(format!("{} exited: {status}; log in {}", self.name, self.dir.display()));
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            pace();
+        }
+        Err(format!("{} did not listen within {within:?}", self.name))
+    }
+
+    /// SIGKILL to the whole group: nothing gets to flush or say goodbye.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `nats-server` with JetStream (file storage in its own directory).
+pub struct TestNats {
+    broker: Broker,
+}
+
+impl TestNats {
+    pub fn start() -> Result<Self, String> {
+        let mut nats = TestNats {
+            broker: Broker::new("nats-server")?,
+        };
+        nats.run()?;
+        Ok(nats)
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let port = self.broker.port.to_string();
+        let store = self.broker.dir.join("js");
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"]).arg(&store);
+        self.broker.spawn(&mut cmd, Duration::from_secs(20))
+    }
+
+    /// SIGKILL, then start again on the same port and data.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.broker.kill();
+        self.run()
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.broker.port)
+    }
+}
+
+/// `rabbitmq-server` as its own Erlang node (own name, ports, database,
+/// cookie and no plugins), beside any RabbitMQ the machine runs.
+pub struct TestRabbit {
+    broker: Broker,
+    node: String,
+    dist_port: u16,
+}
+
+impl TestRabbit {
+    pub fn start() -> Result<Self, String> {
+        let broker = Broker::new("rabbitmq-server")?;
+        let dist_port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let node = format!("duplex{:08x}@localhost", rand::random::<u32>());
+        let plugins = broker.dir.join("enabled_plugins");
+        std::fs::write(&plugins, "[].\n").map_err(|e| e.to_string())?;
+        let mut rabbit = TestRabbit { broker, node, dist_port };
+        rabbit.run()?;
+        Ok(rabbit)
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let dir = &self.broker.dir;
+        let server = ["/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/sbin/rabbitmq-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("rabbitmq-server");
+        let mut cmd = Command::new(server);
+        cmd.env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.broker.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"))
+            .env("HOME", dir);
+        // The Erlang VM boots for several seconds before the AMQP listener opens.
+        self.broker.spawn(&mut cmd, Duration::from_secs(90))
+    }
+
+    /// SIGKILL, then start again on the same ports and database.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.broker.kill();
+        self.run()
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.broker.port)
+    }
+}
