@@ -126,9 +126,21 @@ impl Source for AmqpSource {
             Some(Err(e)) => return Err(unavailable(e)),
             None => return Err(unavailable("the consumer was cancelled")),
         };
+        let headers = delivery
+            .properties
+            .headers()
+            .iter()
+            .flat_map(|table| table.inner())
+            .filter_map(|(k, v)| match v {
+                AMQPValue::LongString(s) => Some((k.to_string(), String::from_utf8_lossy(s.as_bytes()).into_owned())),
+                AMQPValue::ShortString(s) => Some((k.to_string(), s.to_string())),
+                _ => None,
+            })
+            .collect();
         Ok(Delivery::new(
             Bytes::from(delivery.data),
             delivery.delivery_tag.to_string(),
+            headers,
             Box::new(AmqpSettle {
                 acker: delivery.acker,
                 channel: self.channel.clone(),

@@ -76,7 +76,7 @@ pub struct RedisSourceConfig {
     /// Consumer group shared by the nodes. Default `duplex`.
     #[serde(default = "default_group")]
     pub group: String,
-    /// Stream of the dead letters (fields `body`, `code`, `message`, `id`).
+    /// Stream of the dead letters (fields `body`, `duplex-error-code`, `duplex-error-message`, `duplex-original-id`).
     pub dead_letter_stream: String,
     /// The dead-letter stream is trimmed (`MAXLEN ~`) to about this many entries. Default 100000.
     #[serde(default = "default_max_len")]

@@ -99,6 +99,8 @@ pub struct Delivery {
     pub body: Bytes,
     /// The broker's id for logs and dead letters (stream sequence, delivery tag, entry id).
     pub id: String,
+    /// Text headers (NATS, AMQP) or the entry's other fields (Redis).
+    pub headers: Vec<(String, String)>,
     settle: Box<dyn Settle>,
 }
 
@@ -112,8 +114,18 @@ impl std::fmt::Debug for Delivery {
 }
 
 impl Delivery {
-    pub(crate) fn new(body: Bytes, id: String, settle: Box<dyn Settle>) -> Self {
-        Delivery { body, id, settle }
+    pub(crate) fn new(body: Bytes, id: String, headers: Vec<(String, String)>, settle: Box<dyn Settle>) -> Self {
+        Delivery {
+            body,
+            id,
+            headers,
+            settle,
+        }
+    }
+
+    /// The first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// Done: the broker may forget the message.
@@ -131,7 +143,7 @@ impl Delivery {
     /// reason, confirmed there, and only then acked. When that write fails the
     /// message stays unacked, so it is not lost.
     pub async fn dead_letter(self, reason: &DeadLetter) -> Result<(), BrokerError> {
-        let Delivery { body, id, settle } = self;
+        let Delivery { body, id, settle, .. } = self;
         settle.dead_letter(body, &id, reason).await
     }
 }

@@ -119,9 +119,16 @@ impl Source for NatsSource {
             .map(|i| i.stream_sequence.to_string())
             .unwrap_or_default();
         let (message, acker) = message.split();
+        let headers = message
+            .headers
+            .iter()
+            .flat_map(|map| map.iter())
+            .flat_map(|(k, values)| values.iter().map(move |v| (k.to_string(), v.to_string())))
+            .collect();
         Ok(Delivery::new(
             message.payload,
             id,
+            headers,
             Box::new(NatsSettle {
                 acker,
                 js: self.js.clone(),

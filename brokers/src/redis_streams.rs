@@ -13,7 +13,7 @@ use redis::Value;
 use tokio::time::Instant;
 
 use crate::config::{RedisSinkConfig, RedisSourceConfig};
-use crate::{BrokerError, DeadLetter, Delivery, Settle, Sink, Source};
+use crate::{BrokerError, DeadLetter, Delivery, Settle, Sink, Source, DEAD_LETTER_CODE, DEAD_LETTER_MESSAGE, DEAD_LETTER_ORIGIN};
 
 const BROKER: &str = "redis";
 
@@ -50,7 +50,7 @@ pub(crate) struct RedisSource {
     writes: ConnectionManager,
     config: RedisSourceConfig,
     consumer: String,
-    ready: VecDeque<(String, Bytes)>,
+    ready: VecDeque<Entry>,
     next_claim: Instant,
     claim_cursor: String,
 }
@@ -151,25 +151,36 @@ fn text(v: Value) -> Option<String> {
     }
 }
 
+struct Entry {
+    id: String,
+    body: Bytes,
+    fields: Vec<(String, String)>,
+}
+
 /// Appends `[[id, [field, value, ...]], ...]`; an entry deleted while
 /// pending comes as `[id, nil]` and is skipped (it has no message).
-fn entries_into(entries: Value, out: &mut VecDeque<(String, Bytes)>) {
+fn entries_into(entries: Value, out: &mut VecDeque<Entry>) {
     let Value::Array(entries) = entries else { return };
     for entry in entries {
         let Value::Array(entry) = entry else { continue };
         let mut entry = entry.into_iter();
         let Some(id) = entry.next().and_then(text) else { continue };
         let Some(Value::Array(fields)) = entry.next() else { continue };
-        let mut body = Bytes::new();
+        let mut entry = Entry {
+            id,
+            body: Bytes::new(),
+            fields: Vec::new(),
+        };
         let mut fields = fields.into_iter();
-        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-            if matches!(&name, Value::BulkString(n) if n == BODY_FIELD.as_bytes()) {
-                if let Value::BulkString(b) = value {
-                    body = Bytes::from(b);
-                }
+        while let (Some(Value::BulkString(name)), Some(Value::BulkString(value))) = (fields.next(), fields.next()) {
+            if name == BODY_FIELD.as_bytes() && entry.body.is_empty() {
+                entry.body = Bytes::from(value);
+            } else {
+                let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+                entry.fields.push((text(name), text(value)));
             }
         }
-        out.push_back((id, body));
+        out.push_back(entry);
     }
 }
 
@@ -177,7 +188,7 @@ fn entries_into(entries: Value, out: &mut VecDeque<(String, Bytes)>) {
 impl Source for RedisSource {
     async fn next(&mut self) -> Result<Delivery, BrokerError> {
         loop {
-            if let Some((id, body)) = self.ready.pop_front() {
+            if let Some(Entry { id, body, fields }) = self.ready.pop_front() {
                 let settle = RedisSettle {
                     writes: self.writes.clone(),
                     stream: self.config.stream.clone(),
@@ -186,7 +197,7 @@ impl Source for RedisSource {
                     dead_letter_max_len: self.config.dead_letter_max_len,
                     id: id.clone(),
                 };
-                return Ok(Delivery::new(body, id, Box::new(settle)));
+                return Ok(Delivery::new(body, id, fields, Box::new(settle)));
             }
             if Instant::now() >= self.next_claim {
                 self.claim().await?;
@@ -236,11 +247,11 @@ impl Settle for RedisSettle {
             .arg("*")
             .arg(BODY_FIELD)
             .arg(body.as_ref())
-            .arg("code")
+            .arg(DEAD_LETTER_CODE)
             .arg(&reason.code)
-            .arg("message")
+            .arg(DEAD_LETTER_MESSAGE)
             .arg(&reason.message)
-            .arg("id")
+            .arg(DEAD_LETTER_ORIGIN)
             .arg(id)
             .ignore()
             .cmd("XACK")

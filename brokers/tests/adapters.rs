@@ -29,6 +29,7 @@ async fn settle_each_way(source_cfg: SourceConfig, sink_cfg: SinkConfig, dead: S
     }
     let first = next(&mut source).await;
     assert_eq!(first.body, "a");
+    assert_eq!(first.header("trace"), Some("t1"), "headers travel: {:?}", first.headers);
     first.ack().await.expect("acked");
 
     let second = next(&mut source).await;
@@ -52,6 +53,9 @@ async fn settle_each_way(source_cfg: SourceConfig, sink_cfg: SinkConfig, dead: S
     let mut dead = connect_source(&dead, "inspector").await.expect("dead-letter reader");
     let letter = next(&mut dead).await;
     assert_eq!(letter.body, "c");
+    assert_eq!(letter.header(duplex_brokers::DEAD_LETTER_CODE), Some("bad_request"));
+    assert_eq!(letter.header(duplex_brokers::DEAD_LETTER_MESSAGE), Some("payload is not JSON"));
+    assert!(letter.header(duplex_brokers::DEAD_LETTER_ORIGIN).is_some_and(|id| !id.is_empty()));
     letter.ack().await.expect("acked");
 
     // Nothing else is left: a's ack and c's dead-lettering stuck.

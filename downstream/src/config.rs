@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use duplex_brokers::SourceConfig;
 use duplex_shared::config::{invalid, ConfigError};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,9 @@ pub struct DownstreamConfig {
     pub retry_max_ms: u64,
     /// Most `wait_ack_ms` a push may ask for. Default 30000.
     pub max_wait_ack_ms: u64,
+    /// Message queues backends push through, besides the HTTP API (docs/QUEUES.md).
+    /// TOML only: `[[downstream.sources]]` with `kind = "nats" | "amqp" | "redis"`.
+    pub sources: Vec<SourceConfig>,
 }
 
 impl Default for DownstreamConfig {
@@ -61,6 +65,7 @@ impl Default for DownstreamConfig {
             retry_min_ms: 200,
             retry_max_ms: 30_000,
             max_wait_ack_ms: 30_000,
+            sources: Vec::new(),
         }
     }
 }
@@ -120,6 +125,12 @@ impl DownstreamConfig {
                 &format!("{f}retry_max_ms"),
                 "need 0 < retry_min_ms <= retry_max_ms",
             ));
+        }
+        for (i, source) in self.sources.iter().enumerate() {
+            source.check(&format!("{f}sources[{i}]"))?;
+            if self.sources[..i].iter().any(|s| s.name() == source.name()) {
+                return Err(invalid(&format!("{f}sources[{i}].name"), "each source needs its own name"));
+            }
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! - `retry`: per-client redelivery with backoff and full jitter.
 //! - `reply`: replies to client requests, stored and delivered like pushes.
 //! - `sent`: batched, best-effort `sent` status marks.
+//! - `sources`: push commands consumed from message queues (`downstream.sources`).
 //! - `error`: failures as `{code, message}` JSON responses.
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ mod reply;
 mod request;
 mod retry;
 mod sent;
+mod sources;
 
 pub use error::ApiError;
 
@@ -36,6 +38,8 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct DownstreamContext {
     pub config: DownstreamConfig,
+    /// This node's id: its consumer name where a broker needs one per process.
+    pub node_id: String,
     pub store: Arc<dyn Store>,
     /// Reaches access nodes to deliver, kick and broadcast.
     pub nodes: Arc<dyn NodeLink>,
@@ -52,6 +56,7 @@ pub struct DownstreamListeners {
 
 pub(crate) struct Shared {
     config: DownstreamConfig,
+    node_id: String,
     store: Arc<dyn Store>,
     nodes: Arc<dyn NodeLink>,
     retrier: retry::Retrier,
@@ -119,6 +124,7 @@ impl Downstream {
         let (sent_marks, marks_writer) = sent::SentMarks::start(ctx.store.clone(), marks_stop.clone());
         let shared = Arc::new(Shared {
             config: ctx.config,
+            node_id: ctx.node_id,
             store: ctx.store,
             nodes: ctx.nodes,
             retrier,
@@ -164,7 +170,11 @@ impl Downstream {
             request_timeout: self.http.request_timeout(),
             max_body_bytes: self.shared.config.max_body_bytes as usize,
         };
+        let mut consumers = tokio::task::JoinSet::new();
+        sources::spawn_all(self.shared.clone(), &self.shared.node_id, shutdown.clone(), &mut consumers);
         duplex_http::serve(listeners.http, app, limits, shutdown.clone()).await;
+        // Each consumer bounds its own drain (sources::DRAIN_LIMIT).
+        while consumers.join_next().await.is_some() {}
         self.shared.retrier.shutdown();
         self.marks_stop.cancel();
         // Bounded: a store that stopped answering must not hold the exit.

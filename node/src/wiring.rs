@@ -227,6 +227,7 @@ fn build_tiers(
     let downstream = tiers.downstream.then(|| {
         Downstream::start(DownstreamContext {
             config: config.downstream.clone(),
+            node_id: node_id.to_owned(),
             store: store.clone(),
             nodes: nodes.clone(),
             metrics: metrics.clone(),

@@ -85,6 +85,16 @@ const CATALOG: &[(&str, &str, &str)] = &[
         "Push targets accepted by the push API, by qos.",
     ),
     (
+        "duplex_source_messages_total",
+        "counter",
+        "Push commands read from a message queue, by source and outcome (pushed, dead_lettered, retried).",
+    ),
+    (
+        "duplex_source_errors_total",
+        "counter",
+        "Times a message-queue source could not connect or lost its connection, by source.",
+    ),
+    (
         "duplex_pushes_rejected_total",
         "counter",
         "Push API requests or targets refused, by error code.",

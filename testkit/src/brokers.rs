@@ -32,8 +32,9 @@ impl Broker {
     }
 
     /// Runs `cmd` in its own process group (RabbitMQ's script starts the
-    /// Erlang VM as a child) and waits until the port takes connections.
-    fn spawn(&mut self, cmd: &mut Command, within: Duration) -> Result<(), String> {
+    /// Erlang VM as a child) and waits until the server greets a client in
+    /// its protocol (`greeting` is the first bytes it sends after `hello`).
+    fn spawn(&mut self, cmd: &mut Command, within: Duration, hello: &[u8], greeting: &[u8]) -> Result<(), String> {
         let log = std::fs::File::create(self.dir.join("server.log")).map_err(|e| e.to_string())?;
         let child = cmd
             .process_group(0)
@@ -47,7 +48,7 @@ impl Broker {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 return Err(format!("{} exited: {status}; log in {}", self.name, self.dir.display()));
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if greets(self.port, hello, greeting) {
                 return Ok(());
             }
             pace();
@@ -65,6 +66,17 @@ impl Broker {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether the server on `port` answers `hello` with bytes starting `greeting`.
+fn greets(port: u16, hello: &[u8], greeting: &[u8]) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = vec![0u8; greeting.len()];
+    s.write_all(hello).is_ok() && s.read_exact(&mut buf).is_ok() && buf == greeting
 }
 
 impl Drop for Broker {
@@ -93,7 +105,7 @@ impl TestNats {
         let store = self.broker.dir.join("js");
         let mut cmd = Command::new("nats-server");
         cmd.args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"]).arg(&store);
-        self.broker.spawn(&mut cmd, Duration::from_secs(20))
+        self.broker.spawn(&mut cmd, Duration::from_secs(20), b"", b"INFO ")
     }
 
     /// SIGKILL, then start again on the same port and data.
@@ -144,7 +156,9 @@ impl TestRabbit {
             .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"))
             .env("HOME", dir);
         // The Erlang VM boots for several seconds before the AMQP listener opens.
-        self.broker.spawn(&mut cmd, Duration::from_secs(90))
+        // Connection.Start: a method frame (type 1) on channel 0.
+        self.broker
+            .spawn(&mut cmd, Duration::from_secs(90), b"AMQP\x00\x00\x09\x01", &[1, 0, 0])
     }
 
     /// SIGKILL, then start again on the same ports and database.
