@@ -4,7 +4,7 @@ use duplex_shared::config::{invalid, ConfigError};
 use serde::{Deserialize, Serialize};
 
 /// A queue that backends publish push commands to.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SourceConfig {
     Nats(NatsSourceConfig),
@@ -13,7 +13,7 @@ pub enum SourceConfig {
 }
 
 /// A queue that uploads go to instead of an HTTP backend.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SinkConfig {
     Nats(NatsSinkConfig),
@@ -23,7 +23,7 @@ pub enum SinkConfig {
 
 /// NATS JetStream: a durable pull consumer on a stream; every node naming the
 /// same `durable` shares its messages.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSourceConfig {
     /// Names the source in metrics and logs.
@@ -48,7 +48,7 @@ pub struct NatsSourceConfig {
 }
 
 /// AMQP 0-9-1 (RabbitMQ): a durable queue with manual acks; every node consuming it shares it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSourceConfig {
     pub name: String,
@@ -65,7 +65,7 @@ pub struct AmqpSourceConfig {
 
 /// Redis Streams: a consumer group; a node that dies leaves its pending
 /// entries to the others, which claim them once idle for `claim_idle_ms`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSourceConfig {
     pub name: String,
@@ -89,7 +89,7 @@ pub struct RedisSourceConfig {
     pub max_in_flight: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSinkConfig {
     pub url: String,
@@ -98,7 +98,7 @@ pub struct NatsSinkConfig {
     pub subject: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSinkConfig {
     pub url: String,
@@ -106,7 +106,7 @@ pub struct AmqpSinkConfig {
     pub queue: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSinkConfig {
     pub url: String,

@@ -85,6 +85,11 @@ const CATALOG: &[(&str, &str, &str)] = &[
         "Push targets accepted by the push API, by qos.",
     ),
     (
+        "duplex_uploads_published_total",
+        "counter",
+        "Uploads to a service's queue sink, by service and outcome (confirmed, failed).",
+    ),
+    (
         "duplex_source_messages_total",
         "counter",
         "Push commands read from a message queue, by source and outcome (pushed, dead_lettered, retried).",

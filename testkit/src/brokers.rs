@@ -110,7 +110,17 @@ impl TestNats {
 
     /// SIGKILL, then start again on the same port and data.
     pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.run()
+    }
+
+    /// SIGKILL: the broker is gone until [`Self::start_again`].
+    pub fn stop(&mut self) {
         self.broker.kill();
+    }
+
+    /// Starts a stopped broker on the same port and data.
+    pub fn start_again(&mut self) -> Result<(), String> {
         self.run()
     }
 
@@ -163,7 +173,17 @@ impl TestRabbit {
 
     /// SIGKILL, then start again on the same ports and database.
     pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.run()
+    }
+
+    /// SIGKILL: the broker is gone until [`Self::start_again`].
+    pub fn stop(&mut self) {
         self.broker.kill();
+    }
+
+    /// Starts a stopped broker on the same ports and database.
+    pub fn start_again(&mut self) -> Result<(), String> {
         self.run()
     }
 

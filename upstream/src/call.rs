@@ -81,6 +81,8 @@ pub struct Service {
     http: reqwest::Client,
     max_reply_bytes: usize,
     counts: Counts,
+    /// Where uploads go instead of the endpoints, when configured.
+    pub sink: Option<crate::sink::LazySink>,
     /// This node knows of uploads waiting in the spool: new ones queue behind them.
     pub spool_waiting: AtomicBool,
     /// Wakes the spool worker when an upload was spooled.
@@ -169,6 +171,11 @@ struct Counts {
 }
 
 impl Service {
+    /// Whether a client frame's header (`lower`case) goes on to the backend or queue.
+    pub fn passes(&self, lower: &str) -> bool {
+        !RESERVED.contains(&lower) && !lower.starts_with("x-duplex-") && self.config.pass_headers.iter().any(|p| p == lower)
+    }
+
     /// Counts a reply handed back for a client's request.
     pub fn count_reply(&self, kind: ReplyKind) {
         self.replies.0[kind as usize].inc();
@@ -205,6 +212,7 @@ impl Service {
             budget: RetryBudget::new(upstream.retry_budget_percent, upstream.retry_budget_min_per_s),
             http,
             max_reply_bytes: upstream.max_reply_bytes as usize,
+            sink: config.sink.clone().map(crate::sink::LazySink::new),
             spool_waiting: AtomicBool::new(false),
             spool_wake: Notify::new(),
             stop,
@@ -225,7 +233,11 @@ impl Service {
 
     /// Checks a client path against this service without calling anything.
     pub fn check_path(&self, path: &str) -> Result<(), PathError> {
-        backend_url(&self.pool.endpoints[0].url, path, &self.config.path_prefixes).map(|_| ())
+        // A sink-only service has no endpoint URL: the path is checked against a neutral base.
+        static NEUTRAL: std::sync::LazyLock<reqwest::Url> =
+            std::sync::LazyLock::new(|| reqwest::Url::parse("http://queue.invalid/").expect("a valid URL"));
+        let base = self.pool.endpoints.first().map_or(&*NEUTRAL, |e| &e.url);
+        backend_url(base, path, &self.config.path_prefixes).map(|_| ())
     }
 
     /// Runs `call` (its path checked by the caller with `check_path`): tries
@@ -291,7 +303,7 @@ impl Service {
             .header("traceparent", &call.traceparent);
         for (name, value) in call.headers {
             let lower = name.to_ascii_lowercase();
-            if RESERVED.contains(&lower.as_str()) || !self.config.pass_headers.contains(&lower) {
+            if !self.passes(&lower) {
                 continue;
             }
             if let (Ok(n), Ok(v)) = (HeaderName::try_from(lower), HeaderValue::try_from(value.as_str())) {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use duplex_brokers::SinkConfig;
 use serde::{Deserialize, Serialize};
 
 use duplex_shared::config::{invalid, ConfigError};
@@ -90,6 +91,9 @@ pub struct ServiceConfig {
     pub max_concurrency: u32,
     /// The backend honours `Idempotency-Key`, so non-idempotent requests may be retried. Default false.
     pub idempotency_keys: bool,
+    /// Uploads go to this message queue instead of the endpoints (docs/QUEUES.md); requests
+    /// stay HTTP. With a sink, `endpoints` may be empty: the service then takes uploads only.
+    pub sink: Option<SinkConfig>,
 }
 
 impl Default for ServiceConfig {
@@ -106,6 +110,7 @@ impl Default for ServiceConfig {
             reply_headers: vec!["content-type".into()],
             max_concurrency: 256,
             idempotency_keys: false,
+            sink: None,
         }
     }
 }
@@ -191,8 +196,11 @@ impl UpstreamConfig {
 
 impl ServiceConfig {
     fn validate(&mut self, f: &str) -> Result<(), ConfigError> {
-        if self.endpoints.is_empty() {
-            return Err(invalid(&format!("{f}.endpoints"), "at least one endpoint"));
+        if self.endpoints.is_empty() && self.sink.is_none() {
+            return Err(invalid(&format!("{f}.endpoints"), "at least one endpoint (or a sink)"));
+        }
+        if let Some(sink) = &self.sink {
+            sink.check(&format!("{f}.sink"))?;
         }
         for (i, e) in self.endpoints.iter().enumerate() {
             let field = format!("{f}.endpoints[{i}].url");

@@ -36,6 +36,7 @@ pub mod path;
 mod pool;
 mod request;
 mod routing;
+mod sink;
 mod spool;
 mod upload;
 

@@ -46,6 +46,12 @@ impl Upstream {
         how: Forwarded,
     ) -> Result<(), LinkError> {
         let service = self.service(&req.service)?;
+        if service.config.endpoints.is_empty() {
+            return Err(LinkError::Rejected(format!(
+                "service {:?} takes uploads only (its uploads go to a queue)",
+                service.name
+            )));
+        }
         let method = Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
             .ok()
             .filter(|m| service.config.methods.iter().any(|allowed| allowed == m.as_str()))

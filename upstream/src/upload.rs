@@ -129,6 +129,9 @@ impl Upstream {
     }
 
     async fn upload_once(&self, service: &Service, from: &ClientContext, up: Upload) -> Result<UploadAck, LinkError> {
+        if let Some(sink) = &service.sink {
+            return self.upload_to_sink(service, sink, from, up).await;
+        }
         let spooled = Spooled {
             client_id: from.client_id.clone(),
             user_id: from.user_id.clone(),
@@ -183,5 +186,53 @@ impl Upstream {
             status: 202,
             spooled: true,
         })
+    }
+
+    /// The broker's confirm is the ack; without one the client resends (same id, same key).
+    async fn upload_to_sink(
+        &self,
+        service: &Service,
+        sink: &crate::sink::LazySink,
+        from: &ClientContext,
+        up: Upload,
+    ) -> Result<UploadAck, LinkError> {
+        let upload_id = up.id.to_string();
+        let key = idempotency_key(&from.client_id, "u", up.id);
+        let traceparent = child_traceparent(up.headers.get("traceparent").map(String::as_str));
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("x-duplex-client-id", &from.client_id),
+            ("x-duplex-user-id", &from.user_id),
+            ("x-duplex-upload-id", &upload_id),
+            ("x-duplex-path", &up.path),
+            ("idempotency-key", &key),
+            ("traceparent", &traceparent),
+        ];
+        let passed: Vec<(String, &str)> = up
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
+            .filter(|(k, _)| service.passes(k))
+            .collect();
+        headers.extend(passed.iter().map(|(k, v)| (k.as_str(), *v)));
+        match sink.publish(up.body, &headers).await {
+            Ok(()) => {
+                self.metrics
+                    .inc("duplex_uploads_published_total", &[("service", &service.name), ("outcome", "confirmed")]);
+                Ok(UploadAck {
+                    id: up.id,
+                    status: 202,
+                    spooled: false,
+                })
+            }
+            Err(e) => {
+                self.metrics
+                    .inc("duplex_uploads_published_total", &[("service", &service.name), ("outcome", "failed")]);
+                tracing::warn!(service = %service.name, error = %e, "upload not confirmed by the queue");
+                Err(LinkError::Unavailable(format!(
+                    "the queue of service {:?} did not confirm the upload; resend later",
+                    service.name
+                )))
+            }
+        }
     }
 }
