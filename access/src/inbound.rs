@@ -107,7 +107,7 @@ impl Session {
                 // The call outlives a disconnect on purpose: the backend still gets
                 // the upload, and the client's resend carries the same idempotency key.
                 tokio::spawn(async move {
-                    let answer = match upstream.upload(&from, upload).await {
+                    let answer = match contained(upstream.upload(&from, upload)).await {
                         Ok(ack) => Frame::UploadAck(UploadAck { id, ..ack }),
                         Err(e) => link_error(id, &e),
                     };
@@ -125,7 +125,7 @@ impl Session {
                 let (upstream, from, outbox) = (self.shared.upstream.clone(), self.client.clone(), outbox.clone());
                 let frames_out = self.shared.frames_out.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = upstream.request(&from, request).await {
+                    if let Err(e) = contained(upstream.request(&from, request)).await {
                         let refusal = link_error(id, &e);
                         frames_out.frame(&refusal);
                         outbox.push_answer(body(&refusal));
@@ -150,6 +150,16 @@ fn too_many_in_flight(id: u64) -> Frame {
         format!("at most {MAX_IN_FLIGHT} uploads and requests may be in flight per connection"),
         false,
     )
+}
+
+/// A call that panicked answers as an internal error: the client gets its
+/// answer frame and the in-flight slot is given back.
+async fn contained<T>(call: impl std::future::Future<Output = Result<T, LinkError>>) -> Result<T, LinkError> {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|_| {
+        warn!("a client call panicked inside the gateway; answered as an internal error");
+        Err(LinkError::Internal("the call failed inside the gateway".into()))
+    })
 }
 
 fn link_error(id: u64, e: &LinkError) -> Frame {
