@@ -6,10 +6,16 @@ use duplex_node::config::{Config, EndpointConfig, ServiceConfig};
 fn keys(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
     if let serde_json::Value::Object(map) = value {
         for (k, v) in map {
-            if v.is_object() {
-                keys(&format!("{prefix}{k}."), v, out);
-            } else {
-                out.push(format!("{prefix}{k}"));
+            match v {
+                serde_json::Value::Object(_) => keys(&format!("{prefix}{k}."), v, out),
+                // A list of tables (`[[downstream.sources]]`): the list and each table's keys.
+                serde_json::Value::Array(items) if items.iter().any(|i| i.is_object()) => {
+                    out.push(format!("{prefix}{k}"));
+                    for item in items {
+                        keys(&format!("{prefix}{k}[]."), item, out);
+                    }
+                }
+                _ => out.push(format!("{prefix}{k}")),
             }
         }
     }
@@ -30,6 +36,23 @@ fn every_config_key_is_documented_and_in_the_example() {
                 weight: 1,
             }],
             health_path: Some("/healthz".into()),
+            ..ServiceConfig::default()
+        },
+    );
+    // A source of each kind and a sink, so their keys are checked too.
+    let sources: Vec<duplex_brokers::SourceConfig> = serde_json::from_value(serde_json::json!([
+        {"kind": "nats", "name": "n", "url": "nats://h", "stream": "S", "subject": "s", "dead_letter_subject": "d"},
+        {"kind": "amqp", "name": "a", "url": "amqp://h", "queue": "q", "dead_letter_queue": "d"},
+        {"kind": "redis", "name": "r", "url": "redis://h", "stream": "s", "dead_letter_stream": "d"},
+    ]))
+    .expect("sources");
+    config.downstream.sources = sources;
+    let sink: duplex_brokers::SinkConfig =
+        serde_json::from_value(serde_json::json!({"kind": "redis", "url": "redis://h", "stream": "u"})).expect("sink");
+    config.upstream.services.insert(
+        "events".into(),
+        ServiceConfig {
+            sink: Some(sink),
             ..ServiceConfig::default()
         },
     );

@@ -88,7 +88,10 @@ async fn uploads_are_acked_once_the_queue_has_them(sink_toml: &str, reader: Sour
     let first = tokio::time::timeout(Duration::from_secs(15), conn.recv()).await;
     // The node's log tells why when it did not answer (a panic, a refused config).
     let Ok(Ok(Some(Frame::UploadAck(ack)))) = first else {
-        panic!("no ack: {first:?}; logs: {:#?}", logs.lock().map(|l| l.clone()).unwrap_or_default())
+        panic!(
+            "no ack: {first:?}; logs: {:#?}",
+            logs.lock().map(|l| l.clone()).unwrap_or_default()
+        )
     };
     assert_eq!((ack.id, ack.status, ack.spooled), (1, 202, false));
 
@@ -129,7 +132,11 @@ async fn uploads_are_acked_once_the_queue_has_them(sink_toml: &str, reader: Sour
             other => panic!("expected an ack or a retryable error, got {other:?}"),
         }
     }
-    assert_eq!(resent.map(|a| a.status), Some(202), "the resend was acked once the broker was back");
+    assert_eq!(
+        resent.map(|a| a.status),
+        Some(202),
+        "the resend was acked once the broker was back"
+    );
 
     // Both acked uploads survive a kill of the broker.
     broker.stop();
@@ -142,10 +149,19 @@ async fn uploads_are_acked_once_the_queue_has_them(sink_toml: &str, reader: Sour
             .expect("a message within 20 s")
             .expect("readable");
         assert_eq!(m.header("x-duplex-client-id"), Some("phone-1"));
-        assert_eq!(m.header("x-duplex-user-id"), Some("alice"), "the client cannot forge it: {:?}", m.headers);
+        assert_eq!(
+            m.header("x-duplex-user-id"),
+            Some("alice"),
+            "the client cannot forge it: {:?}",
+            m.headers
+        );
         assert_eq!(m.header("x-duplex-path"), Some("/events/clicks"));
         assert_eq!(m.header("content-type"), Some("application/json"));
-        assert!(m.header("idempotency-key").is_some_and(|k| k.contains("phone-1")), "{:?}", m.headers);
+        assert!(
+            m.header("idempotency-key").is_some_and(|k| k.contains("phone-1")),
+            "{:?}",
+            m.headers
+        );
         bodies.push(String::from_utf8(m.body.to_vec()).expect("utf-8"));
         m.ack().await.expect("acked");
     }

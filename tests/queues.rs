@@ -21,7 +21,10 @@ use duplex_testkit::{TestNats, TestRabbit, TestRedis};
 const MESSAGES: u32 = 300;
 
 fn node(tier: &str, store: &TestRedis, id: &str, config: &ConfigFile) -> TierNode {
-    start_tier(tier, &["--redis", &store.url(), "--node-id", id, "--config", &config.path])
+    start_tier(
+        tier,
+        &["--redis", &store.url(), "--node-id", id, "--config", &config.path],
+    )
 }
 
 async fn metric_sum(node: &TierNode, prefix: &str) -> u64 {
@@ -39,7 +42,12 @@ async fn metric_sum(node: &TierNode, prefix: &str) -> u64 {
 
 /// `source_toml` is one `[[downstream.sources]]` table; `sink` publishes into
 /// that source; `dead` reads its dead letters.
-async fn exactly_once_across_a_downstream_sigkill(store: &TestRedis, source_toml: &str, sink: SinkConfig, dead: SourceConfig) {
+async fn exactly_once_across_a_downstream_sigkill(
+    store: &TestRedis,
+    source_toml: &str,
+    sink: SinkConfig,
+    dead: SourceConfig,
+) {
     let config = config_file(source_toml);
     let access = node("access", store, "access-a", &config);
     let mut doomed = node("downstream", store, "down-1", &config);
@@ -64,15 +72,20 @@ async fn exactly_once_across_a_downstream_sigkill(store: &TestRedis, source_toml
 
     let sink = connect_sink(&sink).await.expect("publisher connects");
     // Refused for what they are: not JSON, and a qos-1 push without an idempotency key.
-    sink.publish(Bytes::from_static(b"not json"), &[]).await.expect("confirmed");
+    sink.publish(Bytes::from_static(b"not json"), &[])
+        .await
+        .expect("confirmed");
     sink.publish(Bytes::from(r#"{"client_ids": ["max-phone"], "payload": -1}"#), &[])
         .await
         .expect("confirmed");
     // Paced, so the kill lands while both nodes are consuming.
     let publisher = tokio::spawn(async move {
         for n in 0..MESSAGES {
-            let push = serde_json::json!({"client_ids": ["max-phone"], "payload": n, "idempotency_key": format!("q{n}")});
-            sink.publish(Bytes::from(push.to_string()), &[]).await.expect("confirmed");
+            let push =
+                serde_json::json!({"client_ids": ["max-phone"], "payload": n, "idempotency_key": format!("q{n}")});
+            sink.publish(Bytes::from(push.to_string()), &[])
+                .await
+                .expect("confirmed");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
@@ -81,7 +94,11 @@ async fn exactly_once_across_a_downstream_sigkill(store: &TestRedis, source_toml
     let mut seqs = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while seen.len() < MESSAGES as usize {
-        assert!(tokio::time::Instant::now() < deadline, "only {} of {MESSAGES} arrived", seen.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {MESSAGES} arrived",
+            seen.len()
+        );
         let event = tokio::time::timeout(Duration::from_secs(30), client.next())
             .await
             .expect("an event within 30 s")
@@ -112,7 +129,12 @@ async fn exactly_once_across_a_downstream_sigkill(store: &TestRedis, source_toml
     seqs.dedup();
     assert_eq!(seqs.len(), MESSAGES as usize, "one stored copy per message");
     assert!(
-        metric_sum(&heir, "duplex_source_messages_total{source=\"pushes\",outcome=\"pushed\"}").await > 0,
+        metric_sum(
+            &heir,
+            "duplex_source_messages_total{source=\"pushes\",outcome=\"pushed\"}"
+        )
+        .await
+            > 0,
         "the surviving node consumed its share"
     );
 

@@ -156,10 +156,13 @@ fn too_many_in_flight(id: u64) -> Frame {
 /// answer frame and the in-flight slot is given back.
 async fn contained<T>(call: impl std::future::Future<Output = Result<T, LinkError>>) -> Result<T, LinkError> {
     use futures_util::FutureExt;
-    std::panic::AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|_| {
-        warn!("a client call panicked inside the gateway; answered as an internal error");
-        Err(LinkError::Internal("the call failed inside the gateway".into()))
-    })
+    std::panic::AssertUnwindSafe(call)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            warn!("a client call panicked inside the gateway; answered as an internal error");
+            Err(LinkError::Internal("the call failed inside the gateway".into()))
+        })
 }
 
 fn link_error(id: u64, e: &LinkError) -> Frame {

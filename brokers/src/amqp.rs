@@ -7,14 +7,16 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 use crate::config::{AmqpSinkConfig, AmqpSourceConfig};
-use crate::{BrokerError, DeadLetter, Delivery, Settle, Sink, Source, DEAD_LETTER_CODE, DEAD_LETTER_MESSAGE, DEAD_LETTER_ORIGIN};
+use crate::{
+    BrokerError, DeadLetter, Delivery, Settle, Sink, Source, DEAD_LETTER_CODE, DEAD_LETTER_MESSAGE, DEAD_LETTER_ORIGIN,
+};
 
 const BROKER: &str = "amqp";
 
@@ -34,7 +36,12 @@ async fn open(url: &str, queues: &[&str]) -> Result<(Connection, Channel), Broke
     let conn = tokio::time::timeout(REQUEST_TIMEOUT, connecting)
         .await
         .map_err(|_| unavailable("connect timed out"))?
-        .map_err(|e| unavailable(format!("connecting to {}: {e}", duplex_shared::secrets::redact_url(url))))?;
+        .map_err(|e| {
+            unavailable(format!(
+                "connecting to {}: {e}",
+                duplex_shared::secrets::redact_url(url)
+            ))
+        })?;
     let channel = conn.create_channel().await.map_err(unavailable)?;
     for queue in queues {
         channel
@@ -50,7 +57,12 @@ async fn open(url: &str, queues: &[&str]) -> Result<(Connection, Channel), Broke
 }
 
 /// Publishes to a queue through the default exchange and waits for the confirm.
-async fn publish_confirmed(channel: &Channel, queue: &str, body: &[u8], headers: FieldTable) -> Result<(), BrokerError> {
+async fn publish_confirmed(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    headers: FieldTable,
+) -> Result<(), BrokerError> {
     let properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_headers(headers);
@@ -75,7 +87,10 @@ async fn publish_confirmed(channel: &Channel, queue: &str, body: &[u8], headers:
         .map_err(unavailable)?;
     // `mandatory`: a message no queue took comes back with the confirm.
     if confirm.is_nack() || confirm.take_message().is_some() {
-        return Err(BrokerError::refused(BROKER, format!("queue {queue} did not take the message")));
+        return Err(BrokerError::refused(
+            BROKER,
+            format!("queue {queue} did not take the message"),
+        ));
     }
     Ok(())
 }

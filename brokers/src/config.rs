@@ -155,7 +155,8 @@ impl SourceConfig {
     /// Checks names and bounds; `field` is where the source sits in the config.
     pub fn check(&self, field: &str) -> Result<(), ConfigError> {
         let name = self.name();
-        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
             return Err(invalid(&format!("{field}.name"), "1 to 64 of A-Z a-z 0-9 - _ ."));
         }
         let (in_flight, names): (u32, Vec<(&str, &str)>) = match self {
@@ -199,7 +200,10 @@ impl SourceConfig {
                 return Err(invalid(&format!("{field}.stream"), "a JetStream name has no . * or >"));
             }
             if c.subject == c.dead_letter_subject {
-                return Err(invalid(&format!("{field}.dead_letter_subject"), "must differ from subject"));
+                return Err(invalid(
+                    &format!("{field}.dead_letter_subject"),
+                    "must differ from subject",
+                ));
             }
         }
         Ok(())
@@ -241,7 +245,9 @@ mod tests {
             ]}"#,
         );
         match &w.sources[0] {
-            SourceConfig::Nats(c) => assert_eq!((c.durable.as_str(), c.max_in_flight, c.ack_wait_s), ("duplex", 256, 30)),
+            SourceConfig::Nats(c) => {
+                assert_eq!((c.durable.as_str(), c.max_in_flight, c.ack_wait_s), ("duplex", 256, 30))
+            }
             other => panic!("{other:?}"),
         }
         match &w.sources[1] {

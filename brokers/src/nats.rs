@@ -11,7 +11,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::config::{NatsSinkConfig, NatsSourceConfig};
-use crate::{BrokerError, DeadLetter, Delivery, Settle, Sink, Source, DEAD_LETTER_CODE, DEAD_LETTER_MESSAGE, DEAD_LETTER_ORIGIN};
+use crate::{
+    BrokerError, DeadLetter, Delivery, Settle, Sink, Source, DEAD_LETTER_CODE, DEAD_LETTER_MESSAGE, DEAD_LETTER_ORIGIN,
+};
 
 const BROKER: &str = "nats";
 
@@ -28,7 +30,12 @@ async fn connect(url: &str) -> Result<jetstream::Context, BrokerError> {
         .request_timeout(Some(REQUEST_TIMEOUT))
         .connect(url)
         .await
-        .map_err(|e| unavailable(format!("connecting to {}: {e}", duplex_shared::secrets::redact_url(url))))?;
+        .map_err(|e| {
+            unavailable(format!(
+                "connecting to {}: {e}",
+                duplex_shared::secrets::redact_url(url)
+            ))
+        })?;
     Ok(jetstream::new(client))
 }
 
@@ -151,7 +158,10 @@ impl Settle for NatsSettle {
     }
 
     async fn retry(self: Box<Self>, after: Duration) -> Result<(), BrokerError> {
-        self.acker.ack_with(AckKind::Nak(Some(after))).await.map_err(unavailable)
+        self.acker
+            .ack_with(AckKind::Nak(Some(after)))
+            .await
+            .map_err(unavailable)
     }
 
     async fn dead_letter(self: Box<Self>, body: Bytes, id: &str, reason: &DeadLetter) -> Result<(), BrokerError> {

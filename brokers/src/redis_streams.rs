@@ -13,7 +13,9 @@ use redis::Value;
 use tokio::time::Instant;
 
 use crate::config::{RedisSinkConfig, RedisSourceConfig};
-use crate::{BrokerError, DeadLetter, Delivery, Settle, Sink, Source, DEAD_LETTER_CODE, DEAD_LETTER_MESSAGE, DEAD_LETTER_ORIGIN};
+use crate::{
+    BrokerError, DeadLetter, Delivery, Settle, Sink, Source, DEAD_LETTER_CODE, DEAD_LETTER_MESSAGE, DEAD_LETTER_ORIGIN,
+};
 
 const BROKER: &str = "redis";
 
@@ -164,8 +166,12 @@ fn entries_into(entries: Value, out: &mut VecDeque<Entry>) {
     for entry in entries {
         let Value::Array(entry) = entry else { continue };
         let mut entry = entry.into_iter();
-        let Some(id) = entry.next().and_then(text) else { continue };
-        let Some(Value::Array(fields)) = entry.next() else { continue };
+        let Some(id) = entry.next().and_then(text) else {
+            continue;
+        };
+        let Some(Value::Array(fields)) = entry.next() else {
+            continue;
+        };
         let mut entry = Entry {
             id,
             body: Bytes::new(),

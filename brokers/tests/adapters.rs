@@ -25,7 +25,9 @@ async fn settle_each_way(source_cfg: SourceConfig, sink_cfg: SinkConfig, dead: S
     let sink = connect_sink(&sink_cfg).await.expect("sink connects");
     let mut source = connect_source(&source_cfg, "node-a").await.expect("source connects");
     for body in ["a", "b", "c"] {
-        sink.publish(Bytes::from(body), &[("trace", "t1")]).await.expect("confirmed");
+        sink.publish(Bytes::from(body), &[("trace", "t1")])
+            .await
+            .expect("confirmed");
     }
     let first = next(&mut source).await;
     assert_eq!(first.body, "a");
@@ -54,13 +56,21 @@ async fn settle_each_way(source_cfg: SourceConfig, sink_cfg: SinkConfig, dead: S
     let letter = next(&mut dead).await;
     assert_eq!(letter.body, "c");
     assert_eq!(letter.header(duplex_brokers::DEAD_LETTER_CODE), Some("bad_request"));
-    assert_eq!(letter.header(duplex_brokers::DEAD_LETTER_MESSAGE), Some("payload is not JSON"));
-    assert!(letter.header(duplex_brokers::DEAD_LETTER_ORIGIN).is_some_and(|id| !id.is_empty()));
+    assert_eq!(
+        letter.header(duplex_brokers::DEAD_LETTER_MESSAGE),
+        Some("payload is not JSON")
+    );
+    assert!(letter
+        .header(duplex_brokers::DEAD_LETTER_ORIGIN)
+        .is_some_and(|id| !id.is_empty()));
     letter.ack().await.expect("acked");
 
     // Nothing else is left: a's ack and c's dead-lettering stuck.
     let quiet = tokio::time::timeout(Duration::from_millis(1500), source.next()).await;
-    assert!(quiet.is_err(), "an acked or dead-lettered message came again: {quiet:?}");
+    assert!(
+        quiet.is_err(),
+        "an acked or dead-lettered message came again: {quiet:?}"
+    );
 }
 
 /// A confirmed publish is still there after the broker is killed and restarted.
@@ -148,7 +158,10 @@ async fn amqp_settles_each_way_and_keeps_confirmed_messages() {
         url: url.clone(),
         queue: "uploads".into(),
     });
-    survives_restart(sink, amqp_source(&url, "uploads"), || rabbit.restart().expect("restarts")).await;
+    survives_restart(sink, amqp_source(&url, "uploads"), || {
+        rabbit.restart().expect("restarts")
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -165,7 +178,10 @@ async fn redis_streams_settle_each_way() {
 
 #[tokio::test]
 async fn redis_streams_survive_a_restart_with_an_append_only_file() {
-    let dir = std::env::temp_dir().join(format!("duplex-streams-{}", duplex_testkit::random_prefix().trim_end_matches(':')));
+    let dir = std::env::temp_dir().join(format!(
+        "duplex-streams-{}",
+        duplex_testkit::random_prefix().trim_end_matches(':')
+    ));
     std::fs::create_dir_all(&dir).expect("dir");
     let port = TestRedis::start().expect("probe").port();
     let mut redis = Some(TestRedis::start_durable_on(port, &dir).expect("redis-server"));

@@ -129,7 +129,10 @@ impl DownstreamConfig {
         for (i, source) in self.sources.iter().enumerate() {
             source.check(&format!("{f}sources[{i}]"))?;
             if self.sources[..i].iter().any(|s| s.name() == source.name()) {
-                return Err(invalid(&format!("{f}sources[{i}].name"), "each source needs its own name"));
+                return Err(invalid(
+                    &format!("{f}sources[{i}].name"),
+                    "each source needs its own name",
+                ));
             }
         }
         Ok(())

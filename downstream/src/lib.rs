@@ -171,7 +171,12 @@ impl Downstream {
             max_body_bytes: self.shared.config.max_body_bytes as usize,
         };
         let mut consumers = tokio::task::JoinSet::new();
-        sources::spawn_all(self.shared.clone(), &self.shared.node_id, shutdown.clone(), &mut consumers);
+        sources::spawn_all(
+            self.shared.clone(),
+            &self.shared.node_id,
+            shutdown.clone(),
+            &mut consumers,
+        );
         duplex_http::serve(listeners.http, app, limits, shutdown.clone()).await;
         // Each consumer bounds its own drain (sources::DRAIN_LIMIT).
         while consumers.join_next().await.is_some() {}

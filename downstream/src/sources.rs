@@ -41,12 +41,7 @@ const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 /// Consumes every configured source until `shutdown`.
-pub(crate) fn spawn_all(
-    shared: Arc<Shared>,
-    consumer: &str,
-    shutdown: CancellationToken,
-    tasks: &mut JoinSet<()>,
-) {
+pub(crate) fn spawn_all(shared: Arc<Shared>, consumer: &str, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
     for cfg in shared.config.sources.clone() {
         let shared = shared.clone();
         let consumer = consumer.to_owned();
@@ -57,7 +52,9 @@ pub(crate) fn spawn_all(
 
 async fn consume(shared: Arc<Shared>, cfg: SourceConfig, consumer: String, shutdown: CancellationToken) {
     let name = cfg.name().to_owned();
-    let errors = shared.metrics.counter("duplex_source_errors_total", &[("source", &name)]);
+    let errors = shared
+        .metrics
+        .counter("duplex_source_errors_total", &[("source", &name)]);
     let mut attempt = 0u32;
     loop {
         let connected = tokio::select! {
@@ -91,7 +88,12 @@ type Job = (Delivery, Result<ValidPush, ApiError>);
 
 /// Reads from one connected source into the lanes until shutdown (`None`)
 /// or the connection fails (`Some`).
-async fn pump(shared: &Arc<Shared>, name: &str, source: &mut dyn Source, shutdown: &CancellationToken) -> Option<BrokerError> {
+async fn pump(
+    shared: &Arc<Shared>,
+    name: &str,
+    source: &mut dyn Source,
+    shutdown: &CancellationToken,
+) -> Option<BrokerError> {
     let mut lanes = JoinSet::new();
     let senders: Vec<mpsc::Sender<Job>> = (0..LANES)
         .map(|_| {
@@ -154,16 +156,20 @@ fn parse(shared: &Shared, body: &[u8]) -> Result<ValidPush, ApiError> {
         ));
     }
     if valid.wait_ack_ms > 0 {
-        return Err(ApiError::bad("bad_wait_ack", "wait_ack_ms is for the HTTP API; a queue has no one waiting"));
+        return Err(ApiError::bad(
+            "bad_wait_ack",
+            "wait_ack_ms is for the HTTP API; a queue has no one waiting",
+        ));
     }
     Ok(valid)
 }
 
 async fn lane(shared: Arc<Shared>, name: String, mut jobs: mpsc::Receiver<Job>) {
     let count = |outcome: &str| {
-        shared
-            .metrics
-            .inc("duplex_source_messages_total", &[("source", &name), ("outcome", outcome)])
+        shared.metrics.inc(
+            "duplex_source_messages_total",
+            &[("source", &name), ("outcome", outcome)],
+        )
     };
     let mut failures = 0u32;
     while let Some((delivery, parsed)) = jobs.recv().await {

@@ -144,7 +144,11 @@ impl TestRabbit {
         let node = format!("duplex{:08x}@localhost", rand::random::<u32>());
         let plugins = broker.dir.join("enabled_plugins");
         std::fs::write(&plugins, "[].\n").map_err(|e| e.to_string())?;
-        let mut rabbit = TestRabbit { broker, node, dist_port };
+        let mut rabbit = TestRabbit {
+            broker,
+            node,
+            dist_port,
+        };
         rabbit.run()?;
         Ok(rabbit)
     }

@@ -173,7 +173,9 @@ struct Counts {
 impl Service {
     /// Whether a client frame's header (`lower`case) goes on to the backend or queue.
     pub fn passes(&self, lower: &str) -> bool {
-        !RESERVED.contains(&lower) && !lower.starts_with("x-duplex-") && self.config.pass_headers.iter().any(|p| p == lower)
+        !RESERVED.contains(&lower)
+            && !lower.starts_with("x-duplex-")
+            && self.config.pass_headers.iter().any(|p| p == lower)
     }
 
     /// Counts a reply handed back for a client's request.

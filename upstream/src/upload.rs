@@ -216,8 +216,10 @@ impl Upstream {
         headers.extend(passed.iter().map(|(k, v)| (k.as_str(), *v)));
         match sink.publish(up.body, &headers).await {
             Ok(()) => {
-                self.metrics
-                    .inc("duplex_uploads_published_total", &[("service", &service.name), ("outcome", "confirmed")]);
+                self.metrics.inc(
+                    "duplex_uploads_published_total",
+                    &[("service", &service.name), ("outcome", "confirmed")],
+                );
                 Ok(UploadAck {
                     id: up.id,
                     status: 202,
@@ -225,8 +227,10 @@ impl Upstream {
                 })
             }
             Err(e) => {
-                self.metrics
-                    .inc("duplex_uploads_published_total", &[("service", &service.name), ("outcome", "failed")]);
+                self.metrics.inc(
+                    "duplex_uploads_published_total",
+                    &[("service", &service.name), ("outcome", "failed")],
+                );
                 tracing::warn!(service = %service.name, error = %e, "upload not confirmed by the queue");
                 Err(LinkError::Unavailable(format!(
                     "the queue of service {:?} did not confirm the upload; resend later",

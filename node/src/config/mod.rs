@@ -13,9 +13,9 @@ mod secrets;
 pub use duplex_access::config::{AccessConfig, AuthConfig, JwtAlgorithm, TlsConfig, DEV_SECRET};
 pub use duplex_downstream::config::{DownstreamConfig, DEV_API_KEY};
 pub use duplex_shared::config::{invalid, ConfigError, HttpConfig};
+pub use duplex_shared::secrets::redact_url;
 pub use duplex_upstream::config::{EndpointConfig, ServiceConfig, UpstreamConfig};
 pub use registry::{InternalTls, RegistryConfig, DEV_INTERNAL_SECRET};
-pub use duplex_shared::secrets::redact_url;
 
 /// Whole-node configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
