@@ -13,6 +13,7 @@ mod http_load;
 mod internal;
 mod procfs;
 mod push;
+mod queues;
 mod request;
 mod servers;
 mod store;
@@ -44,6 +45,9 @@ pub enum BenchCommand {
     /// Compare transports for calls between nodes (HTTP/1.1 pool, HTTP/2,
     /// Redis streams) carrying the same deliver call, side by side.
     Internal(internal::InternalArgs),
+    /// Push through the HTTP API and through each message-queue source (NATS
+    /// JetStream, RabbitMQ, Redis Streams) side by side, Redis store; msgs/s and ratios.
+    Queues(queues::QueuesArgs),
     /// The message queue's own cost per message (store, sent mark, ack) on the
     /// memory store and Redis side by side, without HTTP or clients.
     Store(store::StoreArgs),
@@ -102,6 +106,7 @@ pub fn run(cmd: BenchCommand) -> ExitCode {
         BenchCommand::Storm(args) => runtime.block_on(storm::run(args)),
         BenchCommand::Internal(args) => runtime.block_on(internal::run(args)),
         BenchCommand::Store(args) => runtime.block_on(store::run(args)),
+        BenchCommand::Queues(args) => runtime.block_on(queues::run(args)),
         BenchCommand::Backend(args) => runtime.block_on(request::backend(args)),
         BenchCommand::ConnectWorker(args) => runtime.block_on(worker::worker(args)),
     };

@@ -19,6 +19,18 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// CPU time the whole machine spent busy and in all, seconds (all cores, from /proc/stat):
+/// the busy share of a phase says whether the cores, not a process, set its rate.
+pub fn machine_cpu_seconds() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<f64> = line.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let total: f64 = ticks.iter().sum();
+    // idle and iowait
+    let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0.0);
+    Some(((total - idle) / 100.0, total / 100.0))
+}
+
 /// CPU model, cores, kernel and open-file limit, for the report header.
 pub fn machine_line() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

@@ -62,7 +62,7 @@ struct Stamp {
     t: u64,
 }
 
-fn wall_us() -> u64 {
+pub(crate) fn wall_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -266,7 +266,7 @@ async fn send(load: &LoadClient, c: usize, batch: usize, clients: usize, message
 /// One bench client: records each push's latency and acks as the SDK does:
 /// the pushes already received are taken together, and their cumulative ack
 /// waits `ack_delay` for the acks of the pushes that follow.
-async fn read_and_ack(
+pub(crate) async fn read_and_ack(
     mut conn: Connection,
     ack_delay: Duration,
     received: Arc<AtomicU64>,
