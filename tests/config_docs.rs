@@ -56,6 +56,14 @@ fn every_config_key_is_documented_and_in_the_example() {
             ..ServiceConfig::default()
         },
     );
+    config.events.webhook = Some(duplex_node::config::WebhookConfig {
+        url: "https://backend.internal/events".into(),
+        secret: "0123456789abcdef0123".into(),
+        timeout_ms: 5000,
+        max_attempts: 5,
+        retry_min_ms: 200,
+        retry_max_ms: 10000,
+    });
     keys("", &serde_json::to_value(config).expect("serialize"), &mut all);
     assert!(all.len() > 20, "{all:?}");
     for key in &all {

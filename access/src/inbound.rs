@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use duplex_shared::events::{EventDetail, EventKind};
 use duplex_shared::links::LinkError;
 use duplex_shared::protocol::{Ack, ErrorCode, Frame, Pong, Refresh, Refreshed, UploadAck};
 use tracing::warn;
@@ -43,6 +44,13 @@ impl Session {
                     .metrics
                     .counter("duplex_messages_acked_total", &[])
                     .add(removed as i64);
+                if removed > 0 {
+                    self.shared
+                        .event(EventKind::Acked, &self.client, || EventDetail::Acked {
+                            up_to_seq: seq,
+                            messages: removed,
+                        });
+                }
                 Ok(())
             }
             Err(e) => {

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crate::auth::TokenVerifier;
 use crate::config::AccessConfig;
+use duplex_shared::events::{ClientEvent, EventDetail, EventKind, EventSink};
 use duplex_shared::links::{NodeLink, UpstreamLink};
 use duplex_shared::metrics::{FrameCounts, Metrics};
 use duplex_shared::net::bind_listener;
@@ -67,6 +68,8 @@ pub struct AccessContext {
     pub metrics: Arc<Metrics>,
     /// The TLS listeners' certificate (loaded by the caller, so a bad one stops the start).
     pub tls: Option<Arc<tls::Certificates>>,
+    /// Where lifecycle events go (docs/EVENTS.md); `None`: none are built.
+    pub events: Option<Arc<dyn EventSink>>,
 }
 
 /// The tier's listeners, bound by the caller (so tests can use port 0).
@@ -116,9 +119,29 @@ pub(crate) struct Shared {
     /// registry once per shutdown.
     drain_targets: tokio::sync::OnceCell<Vec<duplex_store::NodeInfo>>,
     tls: Option<Arc<tls::Certificates>>,
+    events: Option<Arc<dyn EventSink>>,
 }
 
 impl Shared {
+    /// Emits a lifecycle event about `client` when that kind is configured.
+    pub(crate) fn event(
+        &self,
+        kind: EventKind,
+        client: &duplex_shared::links::ClientContext,
+        detail: impl FnOnce() -> EventDetail,
+    ) {
+        if let Some(events) = self.events.as_ref().filter(|e| e.wants(kind)) {
+            events.emit(ClientEvent {
+                kind,
+                time_ms: duplex_store::now_ms(),
+                node_id: self.node_id.clone(),
+                client_id: client.client_id.clone(),
+                user_id: client.user_id.clone(),
+                detail: detail(),
+            });
+        }
+    }
+
     pub(crate) fn count_frame_in(&self, type_name: &str) {
         self.frames_in.count(type_name);
     }
@@ -148,6 +171,7 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
         drain_targets: tokio::sync::OnceCell::new(),
         metrics: ctx.metrics,
         tls: ctx.tls,
+        events: ctx.events,
     });
     shared.hub.count_into(
         shared.frames_out.clone(),

@@ -30,6 +30,8 @@ pub(crate) struct Sequencer {
     no_gap_through: u64,
     metrics: Arc<Metrics>,
     frames_out: FrameCounts,
+    /// Gaps sent since the session last took them (for lifecycle events); empty, it allocates nothing.
+    gaps: Vec<(u64, u64)>,
 }
 
 pub(crate) use duplex_store::now_ms;
@@ -41,7 +43,13 @@ impl Sequencer {
             no_gap_through: last_seq,
             metrics,
             frames_out,
+            gaps: Vec::new(),
         }
+    }
+
+    /// The gaps (`from..=to`) sent since the last call.
+    pub fn take_gaps(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.gaps)
     }
 
     fn gap_to(&mut self, seq: u64, out: &mut Vec<Bytes>) {
@@ -52,6 +60,7 @@ impl Sequencer {
                 .counter("duplex_gap_messages_total", &[])
                 .add((seq - from) as i64);
             self.frames_out.count("gap");
+            self.gaps.push((from, seq - 1));
             out.push(body(&Frame::Gap(Gap {
                 from,
                 to: seq - 1,

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use duplex_shared::events::{EventDetail, EventKind};
 use duplex_shared::links::ClientContext;
 use duplex_shared::protocol::{Ack, Connected, ErrorCode, Frame, Kicked};
 use duplex_store::Route;
@@ -131,6 +132,9 @@ impl Session {
                 transport,
                 "client connected"
             );
+            shared.event(EventKind::Connected, &self.client, || EventDetail::Connected {
+                transport,
+            });
             match Box::pin(self.resume()).await {
                 Ok(()) => {
                     outbox.note_sent(self.sequencer.cursor);
@@ -142,14 +146,20 @@ impl Session {
         shared
             .metrics
             .inc("duplex_disconnects_total", &[("reason", end.label())]);
+        let duration_ms = crate::sequencer::now_ms().saturating_sub(connected_at_ms);
         info!(
             client_id = %self.client.client_id,
             user_id = %self.client.user_id,
             transport,
             reason = end.label(),
-            duration_ms = crate::sequencer::now_ms().saturating_sub(connected_at_ms),
+            duration_ms,
             "client disconnected"
         );
+        shared.event(EventKind::Disconnected, &self.client, || EventDetail::Disconnected {
+            transport,
+            reason: end.label(),
+            duration_ms,
+        });
         Box::pin(self.say_goodbye(end)).await;
         Box::pin(self.finish()).await;
         open.dec();
@@ -334,6 +344,7 @@ impl Session {
                 Ok(more) => more,
                 Err(e) => return Err(self.store_failed(None, &e).await),
             };
+            self.report_gaps();
             self.write(bodies).await?;
             if !more {
                 break;
@@ -353,7 +364,19 @@ impl Session {
         {
             return Err(self.store_failed(None, &e).await);
         }
+        self.report_gaps();
         self.write(bodies).await
+    }
+
+    /// A `gap` event per gap frame just prepared.
+    fn report_gaps(&mut self) {
+        for (from_seq, to_seq) in self.sequencer.take_gaps() {
+            self.shared.event(EventKind::Gap, &self.client, || EventDetail::Gap {
+                from_seq,
+                to_seq,
+                reason: "expired",
+            });
+        }
     }
 
     async fn write(&mut self, bodies: Vec<Bytes>) -> Result<(), End> {

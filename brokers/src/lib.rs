@@ -26,9 +26,11 @@ use bytes::Bytes;
 mod amqp;
 pub mod config;
 mod nats;
+mod reconnecting;
 mod redis_streams;
 
 pub use config::{SinkConfig, SourceConfig};
+pub use reconnecting::ReconnectingSink;
 
 /// A broker operation that failed, and whether trying again can help.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -43,6 +43,8 @@ pub(crate) struct Tasks {
     registry: JoinHandle<()>,
     internal: (CancellationToken, JoinHandle<()>),
     admin: (CancellationToken, JoinHandle<()>),
+    /// Stopped after the access tier, so its last `disconnected` events go out.
+    events: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
 impl Tasks {
@@ -52,6 +54,10 @@ impl Tasks {
         let mut failed = false;
         for tier in [self.access, self.upstream, self.downstream].into_iter().flatten() {
             failed |= tier.await.is_err();
+        }
+        if let Some((stop, task)) = self.events {
+            stop.cancel();
+            let _ = task.await;
         }
         let _ = self.registry.await;
         // In-flight internal calls were answered while the tiers drained.
@@ -299,6 +305,7 @@ fn access_context(
         upstream,
         hub: built.hub.clone(),
         metrics: metrics.clone(),
+        events: None,
     })
 }
 
@@ -323,7 +330,12 @@ pub(crate) async fn start(config: Config, tiers: Tiers, wiring: Wiring) -> Resul
         wiring.wrap_node_link,
         ca_pem,
     )?;
-    let access_context = match &built.upstream_link {
+    let events_stop = CancellationToken::new();
+    let events = match &built.upstream_link {
+        Some(_) => duplex_events::Events::start(&config.events, &metrics, events_stop.clone()),
+        None => None,
+    };
+    let mut access_context = match &built.upstream_link {
         Some(link) => Some(access_context(
             &config,
             &node_id,
@@ -334,6 +346,9 @@ pub(crate) async fn start(config: Config, tiers: Tiers, wiring: Wiring) -> Resul
         )?),
         None => None,
     };
+    if let (Some(ctx), Some((events, _))) = (access_context.as_mut(), events.as_ref()) {
+        ctx.events = Some(events.clone());
+    }
     let secret = config.registry.secret();
     let limits = config.access.limits();
     let internal_app = cluster::router(built.hub.clone(), secret, limits).merge(remote::router(
@@ -439,6 +454,7 @@ pub(crate) async fn start(config: Config, tiers: Tiers, wiring: Wiring) -> Resul
             registry,
             internal: (internal_stop, internal),
             admin: (admin_stop, admin),
+            events: events.map(|(_, task)| (events_stop, task)),
         },
     })
 }

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`protocol`]: the wire protocol, sans-IO (frames, structural check, codec).
 //! - [`config`]: the configuration error every section uses, and the HTTP listeners' bounds.
+//! - [`events`]: lifecycle events for backends and the sink the access tier hands them to.
 //! - [`links`]: traits through which tiers call each other.
 //! - [`metrics`]: counters and gauges in the Prometheus text format.
 //! - [`net`]: listener setup (backlog, `SO_REUSEPORT`).
@@ -11,6 +12,7 @@
 //! - [`secrets`]: constant-time comparison of API keys, tokens and secrets.
 
 pub mod config;
+pub mod events;
 pub mod links;
 pub mod metrics;
 pub mod net;

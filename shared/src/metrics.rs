@@ -90,6 +90,26 @@ const CATALOG: &[(&str, &str, &str)] = &[
         "Uploads to a service's queue sink, by service and outcome (confirmed, failed).",
     ),
     (
+        "duplex_events_emitted_total",
+        "counter",
+        "Lifecycle events taken into the node's event buffer, by type.",
+    ),
+    (
+        "duplex_events_dropped_total",
+        "counter",
+        "Lifecycle events given up, by reason (buffer_full, webhook_failed, webhook_refused, sink_failed, shutdown).",
+    ),
+    (
+        "duplex_events_delivered_total",
+        "counter",
+        "Lifecycle events a destination took, by destination (webhook, sink).",
+    ),
+    (
+        "duplex_event_retries_total",
+        "counter",
+        "Event batches sent again after a failed try, by destination.",
+    ),
+    (
         "duplex_source_messages_total",
         "counter",
         "Push commands read from a message queue, by source and outcome (pushed, dead_lettered, retried).",

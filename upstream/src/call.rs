@@ -82,7 +82,7 @@ pub struct Service {
     max_reply_bytes: usize,
     counts: Counts,
     /// Where uploads go instead of the endpoints, when configured.
-    pub sink: Option<crate::sink::LazySink>,
+    pub sink: Option<duplex_brokers::ReconnectingSink>,
     /// This node knows of uploads waiting in the spool: new ones queue behind them.
     pub spool_waiting: AtomicBool,
     /// Wakes the spool worker when an upload was spooled.
@@ -214,7 +214,7 @@ impl Service {
             budget: RetryBudget::new(upstream.retry_budget_percent, upstream.retry_budget_min_per_s),
             http,
             max_reply_bytes: upstream.max_reply_bytes as usize,
-            sink: config.sink.clone().map(crate::sink::LazySink::new),
+            sink: config.sink.clone().map(duplex_brokers::ReconnectingSink::new),
             spool_waiting: AtomicBool::new(false),
             spool_wake: Notify::new(),
             stop,

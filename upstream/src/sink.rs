@@ -7,47 +7,64 @@
 //! (`<client>:u:<id>`, as the HTTP call has): a confirm lost on the way makes
 //! the client resend, and the consumer drops the second copy by that key.
 
-use std::sync::Arc;
+use duplex_brokers::ReconnectingSink;
+use duplex_shared::links::{ClientContext, LinkError};
+use duplex_shared::protocol::{Upload, UploadAck};
+use duplex_shared::trace::child_traceparent;
 
-use bytes::Bytes;
-use duplex_brokers::{connect_sink, BrokerError, Sink, SinkConfig};
-use tokio::sync::Mutex;
+use crate::call::{idempotency_key, Service};
+use crate::Upstream;
 
-/// A service's sink, connected on first use and again after a failure.
-pub(crate) struct LazySink {
-    config: SinkConfig,
-    connected: Mutex<Option<Arc<dyn Sink>>>,
-}
-
-impl LazySink {
-    pub fn new(config: SinkConfig) -> Self {
-        LazySink {
-            config,
-            connected: Mutex::new(None),
-        }
-    }
-
-    async fn sink(&self) -> Result<Arc<dyn Sink>, BrokerError> {
-        // Held while connecting, so a burst of uploads opens one connection.
-        let mut connected = self.connected.lock().await;
-        if let Some(sink) = connected.as_ref() {
-            return Ok(sink.clone());
-        }
-        let sink: Arc<dyn Sink> = Arc::from(connect_sink(&self.config).await?);
-        *connected = Some(sink.clone());
-        Ok(sink)
-    }
-
-    pub async fn publish(&self, body: Bytes, headers: &[(&str, &str)]) -> Result<(), BrokerError> {
-        let sink = self.sink().await?;
-        let result = sink.publish(body, headers).await;
-        if matches!(&result, Err(e) if e.retryable()) {
-            // The connection may be the broken part: the next upload connects afresh.
-            let mut connected = self.connected.lock().await;
-            if connected.as_ref().is_some_and(|c| Arc::ptr_eq(c, &sink)) {
-                *connected = None;
+impl Upstream {
+    /// The broker's confirm is the ack; without one the client resends (same id, same key).
+    pub(crate) async fn upload_to_sink(
+        &self,
+        service: &Service,
+        sink: &ReconnectingSink,
+        from: &ClientContext,
+        up: Upload,
+    ) -> Result<UploadAck, LinkError> {
+        let upload_id = up.id.to_string();
+        let key = idempotency_key(&from.client_id, "u", up.id);
+        let traceparent = child_traceparent(up.headers.get("traceparent").map(String::as_str));
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("x-duplex-client-id", &from.client_id),
+            ("x-duplex-user-id", &from.user_id),
+            ("x-duplex-upload-id", &upload_id),
+            ("x-duplex-path", &up.path),
+            ("idempotency-key", &key),
+            ("traceparent", &traceparent),
+        ];
+        let passed: Vec<(String, &str)> = up
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
+            .filter(|(k, _)| service.passes(k))
+            .collect();
+        headers.extend(passed.iter().map(|(k, v)| (k.as_str(), *v)));
+        match sink.publish(up.body, &headers).await {
+            Ok(()) => {
+                self.metrics.inc(
+                    "duplex_uploads_published_total",
+                    &[("service", &service.name), ("outcome", "confirmed")],
+                );
+                Ok(UploadAck {
+                    id: up.id,
+                    status: 202,
+                    spooled: false,
+                })
+            }
+            Err(e) => {
+                self.metrics.inc(
+                    "duplex_uploads_published_total",
+                    &[("service", &service.name), ("outcome", "failed")],
+                );
+                tracing::warn!(service = %service.name, error = %e, "upload not confirmed by the queue");
+                Err(LinkError::Unavailable(format!(
+                    "the queue of service {:?} did not confirm the upload; resend later",
+                    service.name
+                )))
             }
         }
-        result
     }
 }

@@ -106,6 +106,7 @@ pub async fn start_node_with_store(
         upstream: Arc::new(UnreachableBackends),
         hub: hub.clone(),
         metrics: metrics.clone(),
+        events: None,
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(duplex_access::run(ctx, listeners, shutdown.clone()));

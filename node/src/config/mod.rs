@@ -12,6 +12,7 @@ mod secrets;
 
 pub use duplex_access::config::{AccessConfig, AuthConfig, JwtAlgorithm, TlsConfig, DEV_SECRET};
 pub use duplex_downstream::config::{DownstreamConfig, DEV_API_KEY};
+pub use duplex_events::{EventsConfig, WebhookConfig};
 pub use duplex_shared::config::{invalid, ConfigError, HttpConfig};
 pub use duplex_shared::secrets::redact_url;
 pub use duplex_upstream::config::{EndpointConfig, ServiceConfig, UpstreamConfig};
@@ -39,6 +40,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    /// Lifecycle events to backends (docs/EVENTS.md). Default: none sent.
+    pub events: EventsConfig,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -110,6 +114,7 @@ impl Config {
         check(self.upstream.validate());
         check(self.registry.validate());
         check(self.http.validate());
+        check(self.events.validate());
         match &self.admin.token {
             Some(t) if t.len() < 16 => check(Err(invalid("admin.token", "at least 16 bytes"))),
             None if !self.admin.listen.ip().is_loopback() => check(Err(invalid(

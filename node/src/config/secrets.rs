@@ -28,6 +28,9 @@ pub(super) fn refuse_placeholders(cfg: &Config) -> Result<(), ConfigError> {
     for k in &cfg.downstream.api_keys {
         secrets.push(("downstream.api_keys", k));
     }
+    if let Some(w) = &cfg.events.webhook {
+        secrets.push(("events.webhook.secret", &w.secret));
+    }
     match secrets.iter().find(|(_, s)| is_placeholder(s)) {
         Some((field, _)) => Err(invalid(
             field,
