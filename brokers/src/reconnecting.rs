@@ -32,6 +32,12 @@ impl ReconnectingSink {
         Ok(sink)
     }
 
+    /// Connects now (declaring the queue or stream), so the first upload
+    /// does not pay for it and a broker that is not there shows at start.
+    pub async fn connect(&self) -> Result<(), BrokerError> {
+        self.sink().await.map(drop)
+    }
+
     pub async fn publish(&self, body: Bytes, headers: &[(&str, &str)]) -> Result<(), BrokerError> {
         let sink = self.sink().await?;
         let result = sink.publish(body, headers).await;

@@ -111,8 +111,46 @@ impl RedisSource {
         if cursor == "0-0" {
             // A full pass: look again when entries read now could have gone idle.
             self.next_claim = Instant::now() + Duration::from_millis(self.config.claim_idle_ms / 2);
+            self.forget_gone_consumers().await?;
         }
         self.claim_cursor = cursor;
+        Ok(())
+    }
+
+    /// Each process joins the group under its own name, so the names of
+    /// nodes that are gone would pile up in the group. A consumer holding
+    /// nothing and idle for ten claim periods is deleted: nothing is lost
+    /// (it holds no entries), and a live one that was merely quiet is
+    /// recreated by its next read.
+    async fn forget_gone_consumers(&mut self) -> Result<(), BrokerError> {
+        let reply: Value = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.config.stream)
+            .arg(&self.config.group)
+            .query_async(&mut self.writes)
+            .await
+            .map_err(unavailable)?;
+        let idle_limit = self.config.claim_idle_ms.saturating_mul(10);
+        let Value::Array(consumers) = reply else { return Ok(()) };
+        for consumer in consumers {
+            let fields = flat_fields(consumer);
+            let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+            let (Some(Value::BulkString(name)), Some(Value::Int(pending)), Some(Value::Int(idle))) =
+                (field("name"), field("pending"), field("idle"))
+            else {
+                continue;
+            };
+            if *pending == 0 && u64::try_from(*idle).unwrap_or(0) > idle_limit && name != self.consumer.as_bytes() {
+                redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&self.config.stream)
+                    .arg(&self.config.group)
+                    .arg(name.as_slice())
+                    .query_async::<i64>(&mut self.writes)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
         Ok(())
     }
 
@@ -142,6 +180,24 @@ impl RedisSource {
             }
         }
         Ok(())
+    }
+}
+
+/// A reply that is a map (RESP3) or a flat `[name, value, ...]` array (RESP2).
+fn flat_fields(v: Value) -> Vec<(String, Value)> {
+    match v {
+        Value::Map(pairs) => pairs.into_iter().filter_map(|(k, v)| Some((text(k)?, v))).collect(),
+        Value::Array(items) => {
+            let mut out = Vec::new();
+            let mut items = items.into_iter();
+            while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                if let Some(k) = text(k) {
+                    out.push((k, v));
+                }
+            }
+            out
+        }
+        _ => Vec::new(),
     }
 }
 

@@ -268,4 +268,35 @@ async fn a_dead_redis_consumers_messages_are_claimed_by_another() {
     let claimed = next(&mut heir).await;
     assert_eq!(claimed.body, "orphan");
     claimed.ack().await.expect("acked");
+
+    // The dead consumer's name, holding nothing, leaves the group once idle
+    // for ten claim periods (3 s here); the heir notices on its claim passes.
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+    let mut names = Vec::new();
+    for _ in 0..100 {
+        // Keeps the heir reading, so its claim passes run.
+        let _ = tokio::time::timeout(Duration::from_millis(100), heir.next()).await;
+        let info: Vec<redis::Value> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg("work")
+            .arg("duplex")
+            .query_async(&mut conn)
+            .await
+            .expect("xinfo");
+        names = info
+            .into_iter()
+            .filter_map(|c| match c {
+                redis::Value::Array(f) => f.into_iter().nth(1).and_then(|n| match n {
+                    redis::Value::BulkString(b) => String::from_utf8(b).ok(),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .collect();
+        if names == ["node-lives"] {
+            break;
+        }
+    }
+    assert_eq!(names, ["node-lives"], "the dead consumer left the group");
 }

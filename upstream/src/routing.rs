@@ -20,6 +20,22 @@ impl Upstream {
     }
 
     pub(crate) fn start_service(self: &Arc<Self>, service: Arc<Service>) {
+        if service.sink.is_some() {
+            // Declares the queue at start: RabbitMQ was seen to lose a queue declared
+            // seconds before a crash, with what it had confirmed (docs/QUEUES.md).
+            let s = service.clone();
+            self.background.spawn(async move {
+                let Some(sink) = s.sink.as_ref() else { return };
+                tokio::select! {
+                    _ = s.stop.cancelled() => {}
+                    connected = sink.connect() => {
+                        if let Err(e) = connected {
+                            tracing::warn!(service = %s.name, error = %e, "queue sink not reachable yet; its uploads get retryable errors until it is");
+                        }
+                    }
+                }
+            });
+        }
         self.background
             .spawn(health::watch(self.clone(), service.clone(), service.stop.clone()));
         self.background
