@@ -221,6 +221,37 @@ async fn connections_refusals_and_refused_push_calls_are_logged_at_info() {
     .await;
 }
 
+/// JSON logs: one object per line, the caller's trace id on a push API line.
+#[tokio::test]
+async fn json_logs_carry_the_callers_trace_id() {
+    let (run, logs) = start_logged(&["--log-format", "json"]);
+    let refused = reqwest::Client::new()
+        .post(format!("http://{}/v1/push", run.push))
+        .bearer_auth("duplex-dev-api-key")
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .body(r#"{"client_ids": ["bad id"], "payload": 1}"#)
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(refused.status(), 400);
+    let refusal = move || {
+        let logs = logs.clone();
+        async move {
+            let lines = logs.lock().unwrap_or_else(|p| p.into_inner());
+            lines
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|v| {
+                    v["fields"]["message"] == "push API call refused"
+                        && v["fields"]["code"] == "bad_client_id"
+                        && v["span"]["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+                        && v["span"]["path"] == "/v1/push"
+                })
+        }
+    };
+    eventually("the refusal logged as JSON with the trace id", refusal).await;
+}
+
 #[test]
 fn invalid_configuration_exits_64_with_a_readable_message() {
     let out = Command::new(BIN)

@@ -29,7 +29,26 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/clients/{client_id}", get(client_info).delete(kick_client))
         .fallback(|| async { ApiError::not_found("no_route", "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(in_request_span))
         .with_state(shared)
+}
+
+/// Every log line of a call, refusals included, carries the caller's trace
+/// id (from `traceparent`) when it sent one: JSON logs show it in `span`.
+async fn in_request_span(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let trace_id = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(duplex_shared::trace::trace_id)
+        .map(str::to_owned);
+    let span = tracing::info_span!(
+        "push_api",
+        method = %request.method(),
+        path = %request.uri().path(),
+        trace_id = trace_id.as_deref()
+    );
+    next.run(request).instrument(span).await
 }
 
 fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -75,13 +75,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status.as_u16();
         if self.status.is_server_error() {
-            tracing::warn!(status, code = self.code, message = %self.message, "push API error");
+            tracing::warn!(status, code = self.code, detail = %self.message, "push API error");
         } else if self.status == axum::http::StatusCode::TOO_MANY_REQUESTS {
             // Load shedding, possibly thousands a second: counted in duplex_pushes_rejected_total.
-            tracing::debug!(status, code = self.code, message = %self.message, "push API call refused");
+            tracing::debug!(status, code = self.code, detail = %self.message, "push API call refused");
         } else {
             // A backend's mistake (bad key, bad body, unknown path): support needs to see it.
-            tracing::info!(status, code = self.code, message = %self.message, "push API call refused");
+            // `detail`, not `message`: JSON logs already use that key for the event's text.
+            tracing::info!(status, code = self.code, detail = %self.message, "push API call refused");
         }
         (
             self.status,
