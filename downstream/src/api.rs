@@ -23,6 +23,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.config.max_body_bytes as usize;
     Router::new()
         .route("/v1/nodes", get(nodes))
+        .route("/openapi.json", get(openapi_document))
         .route("/v1/push", post(push))
         .route("/v1/push/batch", post(push_batch))
         .route("/v1/messages/{id}", get(message_status))
@@ -141,6 +142,15 @@ async fn nodes(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> 
     Ok((anyone, Json(serde_json::json!({ "nodes": nodes }))).into_response())
 }
 
+/// The API's OpenAPI 3.1 document; public, like the API's documentation.
+async fn openapi_document() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        crate::openapi::DOCUMENT.as_str(),
+    )
+        .into_response()
+}
+
 /// The caller's `traceparent`, when it is a valid one.
 fn traceparent(headers: &HeaderMap) -> Option<String> {
     let t = headers.get("traceparent")?.to_str().ok()?;
@@ -248,7 +258,8 @@ async fn message_status(
     Ok(Json(status).into_response())
 }
 
-#[derive(Serialize)]
+/// `GET /v1/clients/{client_id}`: route and queue of one client.
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ClientInfo {
     client_id: String,
     online: bool,

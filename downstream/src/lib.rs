@@ -11,6 +11,7 @@
 //! - `sent`: batched, best-effort `sent` status marks.
 //! - `sources`: push commands consumed from message queues (`downstream.sources`).
 //! - `error`: failures as `{code, message}` JSON responses.
+//! - `openapi`: the OpenAPI 3.1 document served at `/openapi.json`.
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 mod api;
 pub mod config;
 mod error;
+mod openapi;
 mod push;
 mod reply;
 mod request;

@@ -24,7 +24,7 @@ use crate::{now_ms, Shared};
 const PARALLEL_TARGETS: usize = 32;
 
 /// One target's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ItemResult {
     pub client_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -40,13 +40,13 @@ pub struct ItemResult {
     pub error: Option<ItemError>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ItemError {
     pub code: &'static str,
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PushResponse {
     pub messages: Vec<ItemResult>,
     /// For `all`: how many connections took the message.

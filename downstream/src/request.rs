@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::error::ApiError;
 
 /// Body of `POST /v1/push` (and each item of `/v1/push/batch`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PushRequest {
     #[serde(default)]
@@ -25,6 +25,7 @@ pub struct PushRequest {
     /// Any JSON value; delivered as the JSON text it was sent as (taken
     /// as it is, not parsed into a tree and written again: large numbers and
     /// number spellings stay exact).
+    #[schema(value_type = Option<serde_json::Value>)]
     pub payload: Option<Box<serde_json::value::RawValue>>,
     /// Raw bytes, standard base64.
     pub payload_base64: Option<String>,
@@ -40,7 +41,7 @@ pub struct PushRequest {
 }
 
 /// Body of `POST /v1/push/batch`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     pub pushes: Vec<PushRequest>,
