@@ -121,3 +121,59 @@ async fn every_documented_endpoint_and_example_is_in_the_served_openapi_document
         .expect("get");
     assert_eq!(refused.status(), 401);
 }
+
+#[tokio::test]
+async fn every_admin_call_of_operations_md_is_in_the_admin_openapi_document() {
+    const TOKEN: &str = "admin-token-for-the-openapi-test";
+    let config = config_file(&format!("[admin]\ntoken = \"{TOKEN}\"\n"));
+    let run = start(&["--config", &config.path]);
+    let url = format!("http://{}/openapi.json", run.admin);
+    let anonymous = reqwest::get(&url).await.expect("get");
+    assert_eq!(anonymous.status(), 401, "behind the admin token like the API");
+    let document: Value = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert!(document["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")));
+
+    let operations = include_str!("../docs/OPERATIONS.md");
+    let table = operations.split("## Admin API").nth(1).expect("admin section");
+    let mut calls = 0;
+    for row in table.lines().filter(|l| l.starts_with("| `")) {
+        let call = row.trim_start_matches("| `").split('`').next().unwrap_or("");
+        let Some((method, path)) = call.split_once(' ') else {
+            continue;
+        };
+        let path = path.split('?').next().unwrap_or(path);
+        let method = method.to_lowercase();
+        assert!(
+            document["paths"][path][&method].is_object(),
+            "{method} {path} is not in the admin /openapi.json"
+        );
+        calls += 1;
+        // The routing row's example body is a service as the API takes it.
+        if method == "put" {
+            let example = row
+                .split("(`")
+                .nth(1)
+                .and_then(|r| r.split("`;").next())
+                .expect("PUT example");
+            let body: Value = serde_json::from_str(example).expect("example JSON");
+            validate(
+                &document,
+                "/components/schemas/ServiceConfig",
+                &body,
+                "PUT service example",
+            );
+        }
+    }
+    assert!(calls >= 10, "only {calls} admin calls found");
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert!(document["paths"][path]["get"].is_object(), "{path}");
+    }
+}

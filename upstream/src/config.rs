@@ -66,7 +66,7 @@ impl Default for UpstreamConfig {
 }
 
 /// One backend service: a pool of endpoints and what clients may call on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServiceConfig {
     /// Backend endpoints; the client's path is appended to each URL's path.
@@ -93,6 +93,7 @@ pub struct ServiceConfig {
     pub idempotency_keys: bool,
     /// Uploads go to this message queue instead of the endpoints (docs/QUEUES.md); requests
     /// stay HTTP. With a sink, `endpoints` may be empty: the service then takes uploads only.
+    #[schema(value_type = Option<Object>)]
     pub sink: Option<SinkConfig>,
 }
 
@@ -116,7 +117,7 @@ impl Default for ServiceConfig {
 }
 
 /// One backend endpoint of a pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// Base URL, `http://` or `https://`, no query or fragment, e.g. `http://10.0.0.5:8080/api`.

@@ -8,6 +8,7 @@
 //! that is not ready.
 
 mod guard;
+mod openapi;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,7 @@ pub async fn serve(listener: TcpListener, admin: Admin, limits: duplex_http::Htt
         .route("/readyz", get(readyz))
         .route("/", get(|| async { axum::response::Redirect::to("/dashboard") }))
         .route("/dashboard", get(dashboard))
+        .route("/openapi.json", get(openapi_document))
         .route("/admin/v1/nodes", get(nodes))
         .route("/admin/v1/clients/{client_id}", get(client).delete(kick))
         .route("/admin/v1/queues", get(queues))
@@ -288,6 +290,14 @@ async fn kick(State(admin): State<Arc<Admin>>, headers: HeaderMap, Path(client_i
         Ok(v) => Json(v).into_response(),
         Err(e) => api_error(e),
     }
+}
+
+/// The admin API's OpenAPI 3.1 document, behind the admin token like the API.
+async fn openapi_document(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if let Some(r) = refused(&admin, &headers) {
+        return r;
+    }
+    ([(header::CONTENT_TYPE, "application/json")], openapi::DOCUMENT.as_str()).into_response()
 }
 
 async fn pools(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
