@@ -357,6 +357,7 @@ pub(crate) async fn start(config: Config, tiers: Tiers, wiring: Wiring) -> Resul
         built.upstream.clone(),
         built.downstream.as_ref().map(|d| d.replies()),
     ));
+    let internal_app = cluster::require_secret(internal_app, secret);
     // A frame and its query/headers; nothing bigger is ever sent between nodes.
     let internal_body = config.access.max_frame_bytes as usize + 64 * 1024;
     let internal_stop = CancellationToken::new();

@@ -20,6 +20,8 @@ pub struct Running {
     /// The TLS listeners, when configured.
     pub tls: Option<SocketAddr>,
     pub wss: Option<SocketAddr>,
+    /// The node-to-node listener (`http://` or `https://`).
+    pub internal: Option<SocketAddr>,
 }
 
 impl Drop for Running {
@@ -102,6 +104,7 @@ fn running(child: Child, printed: HashMap<&'static str, SocketAddr>) -> Running 
         admin: addr("admin"),
         tls: printed.get("tls").copied(),
         wss: printed.get("wss").copied(),
+        internal: printed.get("internal").copied(),
         child,
     }
 }
@@ -185,13 +188,18 @@ fn spawn(
         ("client tls:", "tls", "tls://", ""),
         ("client wss:", "wss", "wss://", "/"),
         ("push API:", "push", "http://", "/v1/push"),
+        ("internal:", "internal", "https://", ""),
         ("admin:", "admin", "http://", "/metrics"),
     ];
     for _ in 0..10 {
         let Some(Ok(line)) = lines.next() else { break };
         for (prefix, label, scheme, suffix) in labels {
             if let Some(a) = line.trim().strip_prefix(prefix) {
-                let a = a.trim().trim_start_matches(scheme).trim_end_matches(suffix);
+                let a = a
+                    .trim()
+                    .trim_start_matches(scheme)
+                    .trim_start_matches("http://")
+                    .trim_end_matches(suffix);
                 printed.insert(label, a.parse().unwrap_or_else(|_| panic!("{label} address {a}")));
             }
         }

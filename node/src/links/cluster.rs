@@ -193,6 +193,25 @@ pub fn router(hub: Arc<Hub>, secret: &str, limits: Limits) -> Router {
         }))
 }
 
+/// Refuses every internal call without the secret before anything of the
+/// request is parsed, so a caller without it learns nothing (not even which
+/// queries or bodies would be accepted): 401, empty body.
+pub(crate) fn require_secret(router: axum::Router, secret: &str) -> axum::Router {
+    let secret: Arc<str> = Arc::from(secret);
+    router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let secret = secret.clone();
+            async move {
+                if authorized(&secret, request.headers()) {
+                    next.run(request).await
+                } else {
+                    StatusCode::UNAUTHORIZED.into_response()
+                }
+            }
+        },
+    ))
+}
+
 pub(crate) fn authorized(secret: &str, headers: &HeaderMap) -> bool {
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
