@@ -194,6 +194,7 @@ async fn events_go_to_a_queue_sink_too() {
     drop(conn);
     let mut source = connect_source(
         &SourceConfig::Redis(RedisSourceConfig {
+            ca_file: None,
             name: "reader".into(),
             url: redis.url(),
             stream: "duplex:events".into(),

@@ -176,6 +176,7 @@ async fn nats_jetstream_sink() {
     let url = nats.url();
     let sink = format!("sink = {{ kind = \"nats\", url = \"{url}\", stream = \"UPLOADS\", subject = \"uploads\" }}");
     let reader = SourceConfig::Nats(NatsSourceConfig {
+        ca_file: None,
         name: "reader".into(),
         url,
         stream: "UPLOADS".into(),
@@ -212,6 +213,7 @@ async fn redis_stream_sink() {
     let url = format!("redis://127.0.0.1:{port}/");
     let sink = format!("sink = {{ kind = \"redis\", url = \"{url}\", stream = \"uploads\" }}");
     let reader = SourceConfig::Redis(RedisSourceConfig {
+        ca_file: None,
         name: "reader".into(),
         url,
         stream: "uploads".into(),

@@ -162,11 +162,13 @@ async fn nats_jetstream_pushes_arrive_once_across_a_downstream_kill() {
         "[[downstream.sources]]\nkind = \"nats\"\nname = \"pushes\"\nurl = \"{url}\"\nstream = \"PUSH\"\nsubject = \"push\"\ndead_letter_subject = \"push.dead\"\nack_wait_s = 2\n"
     );
     let sink = SinkConfig::Nats(NatsSinkConfig {
+        ca_file: None,
         url: url.clone(),
         stream: "PUSH".into(),
         subject: "push".into(),
     });
     let dead = SourceConfig::Nats(NatsSourceConfig {
+        ca_file: None,
         name: "dead".into(),
         url,
         stream: "PUSH_DEAD".into(),
@@ -209,11 +211,13 @@ async fn redis_stream_pushes_arrive_once_across_a_downstream_kill() {
         "[[downstream.sources]]\nkind = \"redis\"\nname = \"pushes\"\nurl = \"{url}\"\nstream = \"push\"\ndead_letter_stream = \"push:dead\"\nclaim_idle_ms = 500\n"
     );
     let sink = SinkConfig::Redis(RedisSinkConfig {
+        ca_file: None,
         url: url.clone(),
         stream: "push".into(),
         max_len: 100_000,
     });
     let dead = SourceConfig::Redis(RedisSourceConfig {
+        ca_file: None,
         name: "dead".into(),
         url,
         stream: "push:dead".into(),

@@ -133,6 +133,7 @@ pub async fn run(args: QueuesArgs) -> anyhow::Result<()> {
         (
             "nats",
             sink(SinkConfig::Nats(NatsSinkConfig {
+                ca_file: None,
                 url: nats.url(),
                 stream: "BENCH".into(),
                 subject: "bench.push".into(),
@@ -150,6 +151,7 @@ pub async fn run(args: QueuesArgs) -> anyhow::Result<()> {
         (
             "redis",
             sink(SinkConfig::Redis(RedisSinkConfig {
+                ca_file: None,
                 url: store.url(),
                 stream: "bench:push".into(),
                 max_len: 10_000_000,

@@ -30,6 +30,10 @@ pub struct NatsSourceConfig {
     pub name: String,
     /// `nats://host:4222` (`tls://` for TLS; user and password in the URL).
     pub url: String,
+    /// PEM file of a CA the server's certificate may be signed by (a `tls://` URL,
+    /// or TLS required when set), besides the system's roots. Default: none.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// The JetStream stream, created (file storage) when missing.
     pub stream: String,
     /// Subject the stream takes and the consumer reads.
@@ -71,6 +75,10 @@ pub struct RedisSourceConfig {
     pub name: String,
     /// `redis://host:6379/0` or `rediss://` (single server).
     pub url: String,
+    /// PEM file of the CA a `rediss://` server's certificate is signed by, instead
+    /// of the system's roots. Default: none.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// The stream; the group is created at its start (`0`) when missing.
     pub stream: String,
     /// Consumer group shared by the nodes. Default `duplex`.
@@ -93,6 +101,10 @@ pub struct RedisSourceConfig {
 #[serde(deny_unknown_fields)]
 pub struct NatsSinkConfig {
     pub url: String,
+    /// PEM file of a CA the server's certificate may be signed by (a `tls://` URL,
+    /// or TLS required when set), besides the system's roots. Default: none.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// The stream that must take `subject`, created (file storage) when missing.
     pub stream: String,
     pub subject: String,
@@ -110,6 +122,10 @@ pub struct AmqpSinkConfig {
 #[serde(deny_unknown_fields)]
 pub struct RedisSinkConfig {
     pub url: String,
+    /// PEM file of the CA a `rediss://` server's certificate is signed by, instead
+    /// of the system's roots. Default: none.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     pub stream: String,
     /// Trimmed (`MAXLEN ~`) to about this many entries. Default 1000000.
     #[serde(default = "default_sink_max_len")]

@@ -24,18 +24,19 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::unavailable(BROKER, e)
 }
 
-async fn connect(url: &str) -> Result<jetstream::Context, BrokerError> {
-    let client = async_nats::ConnectOptions::new()
+async fn connect(url: &str, ca_file: Option<&std::path::Path>) -> Result<jetstream::Context, BrokerError> {
+    let mut options = async_nats::ConnectOptions::new()
         .connection_timeout(REQUEST_TIMEOUT)
-        .request_timeout(Some(REQUEST_TIMEOUT))
-        .connect(url)
-        .await
-        .map_err(|e| {
-            unavailable(format!(
-                "connecting to {}: {e}",
-                duplex_shared::secrets::redact_url(url)
-            ))
-        })?;
+        .request_timeout(Some(REQUEST_TIMEOUT));
+    if let Some(ca) = ca_file {
+        options = options.add_root_certificates(ca.to_owned()).require_tls(true);
+    }
+    let client = options.connect(url).await.map_err(|e| {
+        unavailable(format!(
+            "connecting to {}: {e}",
+            duplex_shared::secrets::redact_url(url)
+        ))
+    })?;
     Ok(jetstream::new(client))
 }
 
@@ -75,7 +76,7 @@ pub(crate) struct NatsSource {
 
 impl NatsSource {
     pub(crate) async fn connect(c: &NatsSourceConfig) -> Result<Self, BrokerError> {
-        let js = connect(&c.url).await?;
+        let js = connect(&c.url, c.ca_file.as_deref()).await?;
         ensure_stream(&js, &c.stream, &c.subject).await?;
         // The dead letters need a stream too, or their PubAck never comes.
         if js.stream_by_subject(c.dead_letter_subject.clone()).await.is_err() {
@@ -189,7 +190,7 @@ pub(crate) struct NatsSink {
 
 impl NatsSink {
     pub(crate) async fn connect(c: &NatsSinkConfig) -> Result<Self, BrokerError> {
-        let js = connect(&c.url).await?;
+        let js = connect(&c.url, c.ca_file.as_deref()).await?;
         ensure_stream(&js, &c.stream, &c.subject).await?;
         Ok(NatsSink {
             js,

@@ -33,9 +33,20 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::unavailable(BROKER, e)
 }
 
-async fn connect(url: &str) -> Result<ConnectionManager, BrokerError> {
+async fn connect(url: &str, ca_file: Option<&std::path::Path>) -> Result<ConnectionManager, BrokerError> {
     let shown = duplex_shared::secrets::redact_url(url);
-    let client = redis::Client::open(url).map_err(|e| BrokerError::refused(BROKER, format!("{shown}: {e}")))?;
+    let client = match ca_file {
+        None => redis::Client::open(url),
+        Some(ca) => {
+            let pem = std::fs::read(ca).map_err(|e| BrokerError::refused(BROKER, format!("{}: {e}", ca.display())))?;
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            };
+            redis::Client::build_with_tls(url, certs)
+        }
+    }
+    .map_err(|e| BrokerError::refused(BROKER, format!("{shown}: {e}")))?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(RESPONSE_TIMEOUT)
         .set_response_timeout(RESPONSE_TIMEOUT)
@@ -59,8 +70,8 @@ pub(crate) struct RedisSource {
 
 impl RedisSource {
     pub(crate) async fn connect(c: &RedisSourceConfig, consumer: &str) -> Result<Self, BrokerError> {
-        let mut writes = connect(&c.url).await?;
-        let reads = connect(&c.url).await?;
+        let mut writes = connect(&c.url, c.ca_file.as_deref()).await?;
+        let reads = connect(&c.url, c.ca_file.as_deref()).await?;
         // From the stream's start: entries published before the first node
         // ever ran are pushes too.
         let created: Result<Value, redis::RedisError> = redis::cmd("XGROUP")
@@ -335,7 +346,7 @@ pub(crate) struct RedisSink {
 impl RedisSink {
     pub(crate) async fn connect(c: &RedisSinkConfig) -> Result<Self, BrokerError> {
         Ok(RedisSink {
-            writes: connect(&c.url).await?,
+            writes: connect(&c.url, c.ca_file.as_deref()).await?,
             config: c.clone(),
         })
     }

@@ -136,6 +136,7 @@ async fn survives_restart(sink_cfg: SinkConfig, source_cfg: SourceConfig, broker
 
 fn nats_source(url: &str, stream: &str, subject: &str) -> SourceConfig {
     SourceConfig::Nats(NatsSourceConfig {
+        ca_file: None,
         name: "test".into(),
         url: url.into(),
         stream: stream.into(),
@@ -159,6 +160,7 @@ fn amqp_source(url: &str, queue: &str) -> SourceConfig {
 
 fn redis_source(url: &str, stream: &str) -> SourceConfig {
     SourceConfig::Redis(RedisSourceConfig {
+        ca_file: None,
         name: "test".into(),
         url: url.into(),
         stream: stream.into(),
@@ -175,6 +177,7 @@ async fn nats_jetstream_settles_each_way_and_keeps_confirmed_messages() {
     let mut nats = TestNats::start().expect("nats-server -js");
     let url = nats.url();
     let sink = SinkConfig::Nats(NatsSinkConfig {
+        ca_file: None,
         url: url.clone(),
         stream: "PUSH".into(),
         subject: "push".into(),
@@ -183,6 +186,7 @@ async fn nats_jetstream_settles_each_way_and_keeps_confirmed_messages() {
     settle_each_way(nats_source(&url, "PUSH", "push"), sink, dead).await;
 
     let sink = SinkConfig::Nats(NatsSinkConfig {
+        ca_file: None,
         url: url.clone(),
         stream: "UPLOADS".into(),
         subject: "uploads".into(),
@@ -212,6 +216,7 @@ async fn redis_streams_settle_each_way() {
     let redis = TestRedis::start().expect("redis-server");
     let url = redis.url();
     let sink = SinkConfig::Redis(RedisSinkConfig {
+        ca_file: None,
         url: url.clone(),
         stream: "push".into(),
         max_len: 1000,
@@ -235,6 +240,7 @@ async fn redis_streams_survive_a_restart_with_an_append_only_file() {
     };
     let url = format!("redis://127.0.0.1:{port}/");
     let sink = SinkConfig::Redis(RedisSinkConfig {
+        ca_file: None,
         url: url.clone(),
         stream: "uploads".into(),
         max_len: 1000,
@@ -250,6 +256,7 @@ async fn a_dead_redis_consumers_messages_are_claimed_by_another() {
     let redis = TestRedis::start().expect("redis-server");
     let url = redis.url();
     let sink = connect_sink(&SinkConfig::Redis(RedisSinkConfig {
+        ca_file: None,
         url: url.clone(),
         stream: "work".into(),
         max_len: 1000,
@@ -299,4 +306,78 @@ async fn a_dead_redis_consumers_messages_are_claimed_by_another() {
         }
     }
     assert_eq!(names, ["node-lives"], "the dead consumer left the group");
+}
+
+/// Over TLS with a private CA: the source and sink connect trusting the CA
+/// file, and a connection trusting another CA is refused.
+async fn settles_over_tls(source: SourceConfig, sink: SinkConfig, untrusting: SourceConfig) {
+    let sink = connect_sink(&sink).await.expect("sink connects over TLS");
+    sink.publish(Bytes::from("sealed"), &[]).await.expect("confirmed");
+    let mut source = connect_source(&source, "node-tls")
+        .await
+        .expect("source connects over TLS");
+    let m = next(&mut source).await;
+    assert_eq!(m.body, "sealed");
+    m.ack().await.expect("acked");
+    let refused = connect_source(&untrusting, "node-x").await;
+    assert!(refused.is_err(), "a server whose CA is not trusted was accepted");
+}
+
+fn other_ca() -> duplex_testkit::CertFiles {
+    duplex_testkit::TestCa::new("someone else's CA").files(&["127.0.0.1"])
+}
+
+#[tokio::test]
+async fn nats_jetstream_over_tls_with_a_private_ca() {
+    let nats = TestNats::start_tls().expect("nats-server --tls");
+    let url = nats.url();
+    let ca = nats.ca_file();
+    let mut source = nats_source(&url, "SEALED", "sealed");
+    let mut untrusting = source.clone();
+    let other = other_ca();
+    if let (SourceConfig::Nats(c), SourceConfig::Nats(u)) = (&mut source, &mut untrusting) {
+        c.ca_file = ca.clone();
+        u.ca_file = Some(other.ca.clone());
+    }
+    let sink = SinkConfig::Nats(NatsSinkConfig {
+        url,
+        ca_file: ca,
+        stream: "SEALED".into(),
+        subject: "sealed".into(),
+    });
+    settles_over_tls(source, sink, untrusting).await;
+}
+
+#[tokio::test]
+async fn redis_streams_over_tls_with_a_private_ca() {
+    let redis = duplex_testkit::TestRedisTls::start().expect("redis-server with TLS");
+    let dir = tempfile_dir();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, redis.ca_pem()).expect("ca file");
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    let mut source = redis_source(&url, "sealed");
+    let mut untrusting = source.clone();
+    let other = other_ca();
+    if let (SourceConfig::Redis(c), SourceConfig::Redis(u)) = (&mut source, &mut untrusting) {
+        c.ca_file = Some(ca.clone());
+        u.ca_file = Some(other.ca.clone());
+    }
+    let sink = SinkConfig::Redis(RedisSinkConfig {
+        url,
+        ca_file: Some(ca),
+        stream: "sealed".into(),
+        max_len: 1000,
+    });
+    settles_over_tls(source, sink, untrusting).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "duplex-broker-tls-{}",
+        duplex_testkit::random_prefix().trim_end_matches(':')
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
 }

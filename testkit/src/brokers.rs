@@ -153,15 +153,35 @@ impl Drop for Broker {
 /// `nats-server` with JetStream (file storage in its own directory).
 pub struct TestNats {
     broker: Broker,
+    /// Served over TLS with this certificate, when set.
+    tls: Option<crate::CertFiles>,
 }
 
 impl TestNats {
     pub fn start() -> Result<Self, String> {
+        Self::start_with(None)
+    }
+
+    /// A server that requires TLS, with a certificate for 127.0.0.1 from a
+    /// CA made here ([`Self::ca_file`]).
+    pub fn start_tls() -> Result<Self, String> {
+        Self::start_with(Some(
+            crate::TestCa::new("nats test CA").files(&["127.0.0.1", "localhost"]),
+        ))
+    }
+
+    fn start_with(tls: Option<crate::CertFiles>) -> Result<Self, String> {
         let mut nats = TestNats {
             broker: Broker::new("nats-server")?,
+            tls,
         };
         nats.run()?;
         Ok(nats)
+    }
+
+    /// The CA of a TLS server's certificate.
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        self.tls.as_ref().map(|c| c.ca.clone())
     }
 
     fn run(&mut self) -> Result<(), String> {
@@ -169,6 +189,13 @@ impl TestNats {
         let store = self.broker.dir.join("js");
         let mut cmd = Command::new("nats-server");
         cmd.args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"]).arg(&store);
+        if let Some(certs) = &self.tls {
+            cmd.arg("--tls")
+                .arg("--tlscert")
+                .arg(&certs.cert)
+                .arg("--tlskey")
+                .arg(&certs.key);
+        }
         self.broker
             .spawn(&mut cmd, Duration::from_secs(20), b"", b"INFO ", None)
     }
@@ -190,7 +217,8 @@ impl TestNats {
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.broker.port)
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.broker.port)
     }
 
     /// The end of the server's log, for failure messages.
