@@ -93,20 +93,9 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         args.ack_delay_ms
     );
 
-    let received = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
-    let token = mint_hs256(DEV_SECRET, &dev_claims("bench", 3600))?;
     let tcp = std::net::SocketAddr::from(([127, 0, 0, 1], ports.0));
-    let mut readers = Vec::new();
-    for i in 0..args.clients {
-        let mut conn = Connection::tcp(tcp).await.context("connecting a client")?;
-        conn.handshake(&token, &format!("bp-{i}"), 0)
-            .await
-            .context("client handshake")?;
-        let (received, hist) = (received.clone(), hist.clone());
-        let ack_delay = Duration::from_millis(args.ack_delay_ms);
-        readers.push(tokio::spawn(read_and_ack(conn, ack_delay, received, hist)));
-    }
+    let readers = ReceivingClients::connect(tcp, "bp", args.clients, Duration::from_millis(args.ack_delay_ms)).await?;
+    let (received, hist) = (readers.received.clone(), readers.latency.clone());
 
     // For the server's metrics; the load goes through `LoadClient`.
     let http = reqwest::Client::new();
@@ -229,9 +218,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
     if let Some(r) = &private {
         println!("private redis-server: RSS {} KiB", rss_kib(r.pid()).unwrap_or(0));
     }
-    for r in readers {
-        r.abort();
-    }
+    drop(readers);
     drop(servers);
     if got < args.messages as u64 {
         bail!(
@@ -263,10 +250,57 @@ async fn send(load: &LoadClient, c: usize, batch: usize, clients: usize, message
     }
 }
 
+/// `n` connected clients (`<prefix>-<i>`) reading pushes, counting them,
+/// recording their latency and acking them as the SDK does.
+pub(crate) struct ReceivingClients {
+    pub received: Arc<AtomicU64>,
+    pub latency: Arc<Mutex<Histogram<u64>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ReceivingClients {
+    pub async fn connect(
+        tcp: std::net::SocketAddr,
+        prefix: &str,
+        n: usize,
+        ack_delay: Duration,
+    ) -> anyhow::Result<Self> {
+        let received = Arc::new(AtomicU64::new(0));
+        let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?));
+        let token = mint_hs256(DEV_SECRET, &dev_claims("bench", 3600))?;
+        let mut readers = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut conn = Connection::tcp(tcp).await.context("connecting a client")?;
+            conn.handshake(&token, &format!("{prefix}-{i}"), 0)
+                .await
+                .context("client handshake")?;
+            readers.push(tokio::spawn(read_and_ack(
+                conn,
+                ack_delay,
+                received.clone(),
+                latency.clone(),
+            )));
+        }
+        Ok(ReceivingClients {
+            received,
+            latency,
+            readers,
+        })
+    }
+}
+
+impl Drop for ReceivingClients {
+    fn drop(&mut self) {
+        for r in &self.readers {
+            r.abort();
+        }
+    }
+}
+
 /// One bench client: records each push's latency and acks as the SDK does:
 /// the pushes already received are taken together, and their cumulative ack
 /// waits `ack_delay` for the acks of the pushes that follow.
-pub(crate) async fn read_and_ack(
+async fn read_and_ack(
     mut conn: Connection,
     ack_delay: Duration,
     received: Arc<AtomicU64>,

@@ -13,21 +13,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bytes::Bytes;
 use clap::Args;
-use duplex_access::auth::{dev_claims, mint_hs256};
 use duplex_brokers::config::{AmqpSinkConfig, NatsSinkConfig, RedisSinkConfig};
 use duplex_brokers::{connect_sink, Sink, SinkConfig};
-use duplex_client::Connection;
-use duplex_node::config::{DEV_API_KEY, DEV_SECRET};
+use duplex_node::config::DEV_API_KEY;
 use duplex_testkit::{TestNats, TestRabbit, TestRedis};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
 use super::http_load::LoadClient;
 use super::procfs::{cpu_seconds, machine_cpu_seconds, machine_line};
-use super::push::{read_and_ack, wall_us};
+use super::push::{wall_us, ReceivingClients};
 use super::servers::{duplex_exe, free_ports, start_duplex_with};
 
 #[derive(Debug, Args)]
@@ -99,23 +97,9 @@ pub async fn run(args: QueuesArgs) -> anyhow::Result<()> {
         args.messages, args.clients, args.concurrency, args.rounds
     );
 
-    let received = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?));
-    let token = mint_hs256(DEV_SECRET, &dev_claims("bench", 3600))?;
     let tcp = std::net::SocketAddr::from(([127, 0, 0, 1], ports.0));
-    let mut readers = Vec::new();
-    for i in 0..args.clients {
-        let mut conn = Connection::tcp(tcp).await.context("connecting a client")?;
-        conn.handshake(&token, &format!("bq-{i}"), 0)
-            .await
-            .context("client handshake")?;
-        readers.push(tokio::spawn(read_and_ack(
-            conn,
-            duplex_client::DEFAULT_ACK_DELAY,
-            received.clone(),
-            hist.clone(),
-        )));
-    }
+    let readers = ReceivingClients::connect(tcp, "bq", args.clients, duplex_client::DEFAULT_ACK_DELAY).await?;
+    let (received, hist) = (readers.received.clone(), readers.latency.clone());
 
     let http = Path::Http(Arc::new(LoadClient::new(
         std::net::SocketAddr::from(([127, 0, 0, 1], ports.2)),
@@ -190,9 +174,7 @@ pub async fn run(args: QueuesArgs) -> anyhow::Result<()> {
             median(phases.iter().map(|p| p.machine_busy * 100.0).collect()),
         );
     }
-    for r in readers {
-        r.abort();
-    }
+    drop(readers);
     drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
