@@ -110,14 +110,12 @@ async fn a_signed_webhook_gets_connected_acked_disconnected_and_gap_events() {
         (gap["from_seq"].as_u64(), gap["to_seq"].as_u64(), gap["reason"].as_str()),
         (Some(1), Some(1), Some("expired"))
     );
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| e["type"] == "connected" && e["client_id"] == "phone-1")
-            .count(),
-        2,
-        "the refused batch came again (and was recorded both times)"
-    );
+    // Refused at least once (the backend answered 503 until the test switched it), then taken.
+    let copies = events
+        .iter()
+        .filter(|e| e["type"] == "connected" && e["client_id"] == "phone-1")
+        .count();
+    assert!(copies >= 2, "the refused batch came again: {copies}");
 
     // Every call is signed over its exact body; a retry keeps its batch id.
     let mut batch_ids = Vec::new();
