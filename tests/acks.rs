@@ -49,6 +49,9 @@ async fn a_burst_of_acks_received_together_costs_one_store_call(kind: StoreKind)
         node.get("/v1/clients/burst").await.1["last_acked_seq"] == 41
     })
     .await;
+    // Write-to-ack latency: one push timed per ack round trip, here the replay's and 41's.
+    let text = node.metrics.render();
+    assert!(text.contains("duplex_push_ack_seconds_count 2"), "{text}");
 }
 
 async fn acks_sent_just_before_leaving_still_count(kind: StoreKind) {

@@ -93,6 +93,7 @@ pub(crate) async fn serve(
         sequencer: Sequencer::new(connect.last_seq, metrics, frames_out),
         resumed_from: 0,
         acked: 0,
+        ack_probe: None,
         outbox: Arc::new(Outbox::new(outbound_queue)),
         token: TokenLife::new(claims.exp, shared_grace),
     });

@@ -40,6 +40,12 @@ impl Session {
         match self.shared.store.ack(&self.client.client_id, seq, now_ms()).await {
             Ok(removed) => {
                 self.acked = self.acked.max(seq);
+                if let Some((probe, written)) = self.ack_probe {
+                    if seq >= probe {
+                        self.shared.push_ack_seconds.observe(written.elapsed());
+                        self.ack_probe = None;
+                    }
+                }
                 self.shared
                     .metrics
                     .counter("duplex_messages_acked_total", &[])

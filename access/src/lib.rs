@@ -120,6 +120,8 @@ pub(crate) struct Shared {
     drain_targets: tokio::sync::OnceCell<Vec<duplex_store::NodeInfo>>,
     tls: Option<Arc<tls::Certificates>>,
     events: Option<Arc<dyn EventSink>>,
+    /// `duplex_push_ack_seconds`, resolved once (observed on acks).
+    push_ack_seconds: duplex_shared::metrics::Histogram,
 }
 
 impl Shared {
@@ -168,6 +170,7 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
         tracker: TaskTracker::new(),
         frames_in: FrameCounts::new(&ctx.metrics, "duplex_frames_in_total"),
         frames_out: FrameCounts::new(&ctx.metrics, "duplex_frames_out_total"),
+        push_ack_seconds: ctx.metrics.histogram("duplex_push_ack_seconds", &[]),
         drain_targets: tokio::sync::OnceCell::new(),
         metrics: ctx.metrics,
         tls: ctx.tls,

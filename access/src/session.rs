@@ -48,6 +48,10 @@ pub(crate) struct Session {
     /// stored: what was written beyond both is recorded when it ends.
     pub(crate) resumed_from: u64,
     pub(crate) acked: u64,
+    /// The first stored push written since the last sample of write-to-ack
+    /// latency, and when: one push per ack round trip is timed, so the
+    /// histogram costs a few bytes per connection, not one entry per push.
+    pub(crate) ack_probe: Option<(u64, Instant)>,
     /// Frames on their way to this connection (registered in the hub by `run`).
     pub(crate) outbox: Arc<Outbox>,
     /// The connection's token: when it expires, and the grace after that.
@@ -384,7 +388,12 @@ impl Session {
             return Ok(());
         }
         match timeout(self.shared.write_timeout(), self.io.write_owned(bodies)).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                if self.ack_probe.is_none() && self.sequencer.cursor > self.acked {
+                    self.ack_probe = Some((self.sequencer.cursor, Instant::now()));
+                }
+                Ok(())
+            }
             Ok(Err(_)) => Err(End::Failed),
             Err(_) => Err(End::Stalled),
         }

@@ -215,6 +215,11 @@ const CATALOG: &[(&str, &str, &str)] = &[
         "Time from a qos-1 push being accepted to its hand-over to the client's access node (first attempt).",
     ),
     (
+        "duplex_push_ack_seconds",
+        "histogram",
+        "Time from a stored push written to the client's connection to the client's ack covering it (one push per ack round trip is timed).",
+    ),
+    (
         "duplex_backend_call_seconds",
         "histogram",
         "Duration of tries against backend endpoints, by service and endpoint.",
