@@ -195,6 +195,7 @@ async fn rabbitmq_sink() {
     let url = rabbit.url();
     let sink = format!("sink = {{ kind = \"amqp\", url = \"{url}\", queue = \"uploads\" }}");
     let reader = SourceConfig::Amqp(AmqpSourceConfig {
+        ca_file: None,
         name: "reader".into(),
         url,
         queue: "uploads".into(),

@@ -190,10 +190,12 @@ async fn rabbitmq_pushes_arrive_once_across_a_downstream_kill() {
         "[[downstream.sources]]\nkind = \"amqp\"\nname = \"pushes\"\nurl = \"{url}\"\nqueue = \"push\"\ndead_letter_queue = \"push.dead\"\n"
     );
     let sink = SinkConfig::Amqp(AmqpSinkConfig {
+        ca_file: None,
         url: url.clone(),
         queue: "push".into(),
     });
     let dead = SourceConfig::Amqp(AmqpSourceConfig {
+        ca_file: None,
         name: "dead".into(),
         url,
         queue: "push.dead".into(),

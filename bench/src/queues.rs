@@ -127,6 +127,7 @@ pub async fn run(args: QueuesArgs) -> anyhow::Result<()> {
         (
             "amqp",
             sink(SinkConfig::Amqp(AmqpSinkConfig {
+                ca_file: None,
                 url: rabbit.url(),
                 queue: "bench.push".into(),
             }))

@@ -30,18 +30,37 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::unavailable(BROKER, e)
 }
 
-/// A connection with one channel in confirm mode and `queues` declared durable.
-async fn open(url: &str, queues: &[&str]) -> Result<(Connection, Channel), BrokerError> {
-    let connecting = Connection::connect(url, ConnectionProperties::default());
-    let conn = tokio::time::timeout(REQUEST_TIMEOUT, connecting)
-        .await
+/// A connection with one channel in confirm mode and `queues` declared
+/// durable; `ca_file` is a private CA an `amqps://` server's certificate is signed by.
+async fn open(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    queues: &[&str],
+) -> Result<(Connection, Channel), BrokerError> {
+    let shown = duplex_shared::secrets::redact_url(url);
+    let connected = match ca_file {
+        None => {
+            tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                Connection::connect(url, ConnectionProperties::default()),
+            )
+            .await
+        }
+        Some(ca) => {
+            let pem = std::fs::read_to_string(ca)
+                .map_err(|e| BrokerError::refused(BROKER, format!("{}: {e}", ca.display())))?;
+            let tls = lapin::tcp::OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(pem),
+            };
+            let runtime = lapin::runtime::default_runtime().map_err(unavailable)?;
+            let connecting = Connection::connect_with_config(url, ConnectionProperties::default(), tls, runtime);
+            tokio::time::timeout(REQUEST_TIMEOUT, connecting).await
+        }
+    };
+    let conn = connected
         .map_err(|_| unavailable("connect timed out"))?
-        .map_err(|e| {
-            unavailable(format!(
-                "connecting to {}: {e}",
-                duplex_shared::secrets::redact_url(url)
-            ))
-        })?;
+        .map_err(|e| unavailable(format!("connecting to {shown}: {e}")))?;
     let channel = conn.create_channel().await.map_err(unavailable)?;
     for queue in queues {
         channel
@@ -109,7 +128,7 @@ pub(crate) struct AmqpSource {
 
 impl AmqpSource {
     pub(crate) async fn connect(c: &AmqpSourceConfig) -> Result<Self, BrokerError> {
-        let (conn, channel) = open(&c.url, &[&c.queue, &c.dead_letter_queue]).await?;
+        let (conn, channel) = open(&c.url, c.ca_file.as_deref(), &[&c.queue, &c.dead_letter_queue]).await?;
         let prefetch = u16::try_from(c.max_in_flight).unwrap_or(u16::MAX);
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
@@ -216,7 +235,7 @@ pub(crate) struct AmqpSink {
 
 impl AmqpSink {
     pub(crate) async fn connect(c: &AmqpSinkConfig) -> Result<Self, BrokerError> {
-        let (conn, channel) = open(&c.url, &[&c.queue]).await?;
+        let (conn, channel) = open(&c.url, c.ca_file.as_deref(), &[&c.queue]).await?;
         Ok(AmqpSink {
             _conn: conn,
             channel,

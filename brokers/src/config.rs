@@ -58,6 +58,10 @@ pub struct AmqpSourceConfig {
     pub name: String,
     /// `amqp://user:password@host:5672/%2f` (`amqps://` for TLS).
     pub url: String,
+    /// PEM file of a private CA an `amqps://` server's certificate is signed by,
+    /// instead of the built-in web roots. Default: none.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Durable queue, declared when missing.
     pub queue: String,
     /// Durable queue of the dead letters (published with confirms).
@@ -114,6 +118,10 @@ pub struct NatsSinkConfig {
 #[serde(deny_unknown_fields)]
 pub struct AmqpSinkConfig {
     pub url: String,
+    /// PEM file of a private CA an `amqps://` server's certificate is signed by,
+    /// instead of the built-in web roots. Default: none.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Durable queue, declared when missing; messages are persistent (delivery mode 2).
     pub queue: String,
 }

@@ -150,6 +150,7 @@ fn nats_source(url: &str, stream: &str, subject: &str) -> SourceConfig {
 
 fn amqp_source(url: &str, queue: &str) -> SourceConfig {
     SourceConfig::Amqp(AmqpSourceConfig {
+        ca_file: None,
         name: "test".into(),
         url: url.into(),
         queue: queue.into(),
@@ -199,12 +200,14 @@ async fn amqp_settles_each_way_and_keeps_confirmed_messages() {
     let mut rabbit = TestRabbit::start().expect("rabbitmq-server");
     let url = rabbit.url();
     let sink = SinkConfig::Amqp(AmqpSinkConfig {
+        ca_file: None,
         url: url.clone(),
         queue: "push".into(),
     });
     settle_each_way(amqp_source(&url, "push"), sink, amqp_source(&url, "push.dead")).await;
 
     let sink = SinkConfig::Amqp(AmqpSinkConfig {
+        ca_file: None,
         url: url.clone(),
         queue: "uploads".into(),
     });
@@ -371,6 +374,25 @@ async fn redis_streams_over_tls_with_a_private_ca() {
     });
     settles_over_tls(source, sink, untrusting).await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn amqp_over_tls_with_a_private_ca() {
+    let rabbit = TestRabbit::start_tls().expect("rabbitmq-server with TLS");
+    let url = rabbit.tls_url().expect("amqps listener");
+    let mut source = amqp_source(&url, "sealed");
+    let mut untrusting = source.clone();
+    let other = other_ca();
+    if let (SourceConfig::Amqp(c), SourceConfig::Amqp(u)) = (&mut source, &mut untrusting) {
+        c.ca_file = rabbit.ca_file();
+        u.ca_file = Some(other.ca.clone());
+    }
+    let sink = SinkConfig::Amqp(AmqpSinkConfig {
+        url,
+        ca_file: rabbit.ca_file(),
+        queue: "sealed".into(),
+    });
+    settles_over_tls(source, sink, untrusting).await;
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

@@ -233,22 +233,61 @@ pub struct TestRabbit {
     broker: Broker,
     node: String,
     dist_port: u16,
+    /// An `amqps://` listener beside the plain one: its port and certificate.
+    tls: Option<(u16, crate::CertFiles)>,
 }
 
 impl TestRabbit {
     pub fn start() -> Result<Self, String> {
+        Self::start_with(false)
+    }
+
+    /// With an `amqps://` listener too ([`Self::tls_url`]), its certificate
+    /// for 127.0.0.1 from a CA made here ([`Self::ca_file`]).
+    pub fn start_tls() -> Result<Self, String> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Result<Self, String> {
         let broker = Broker::new("rabbitmq-server")?;
         let dist_port = free_port().map_err(|e| format!("no free port: {e}"))?;
         let node = format!("duplex{:08x}@localhost", rand::random::<u32>());
         let plugins = broker.dir.join("enabled_plugins");
         std::fs::write(&plugins, "[].\n").map_err(|e| e.to_string())?;
+        let tls = if tls {
+            let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+            let certs = crate::TestCa::new("rabbitmq test CA").files(&["127.0.0.1", "localhost"]);
+            let conf = format!(
+                "listeners.ssl.1 = 127.0.0.1:{port}\nssl_options.cacertfile = {}\nssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+                certs.ca.display(),
+                certs.cert.display(),
+                certs.key.display()
+            );
+            std::fs::write(broker.dir.join("rabbitmq.conf"), conf).map_err(|e| e.to_string())?;
+            Some((port, certs))
+        } else {
+            None
+        };
         let mut rabbit = TestRabbit {
             broker,
             node,
             dist_port,
+            tls,
         };
         rabbit.run()?;
         Ok(rabbit)
+    }
+
+    /// `amqps://` on the TLS listener, when started with one.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|(port, _)| format!("amqps://guest:guest@127.0.0.1:{port}/%2f"))
+    }
+
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        self.tls.as_ref().map(|(_, c)| c.ca.clone())
     }
 
     fn run(&mut self) -> Result<(), String> {
