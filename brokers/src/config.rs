@@ -159,6 +159,17 @@ fn default_claim_idle_ms() -> u64 {
     30_000
 }
 
+/// Streams, subjects, queues and groups: non-empty, no spaces, at most 200 bytes.
+fn check_names(field: &str, names: &[(&str, &str)]) -> Result<(), ConfigError> {
+    match names
+        .iter()
+        .find(|(_, v)| v.is_empty() || v.len() > 200 || v.bytes().any(|b| b.is_ascii_whitespace()))
+    {
+        Some((key, _)) => Err(invalid(&format!("{field}.{key}"), "a non-empty name without spaces")),
+        None => Ok(()),
+    }
+}
+
 impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
@@ -214,11 +225,7 @@ impl SourceConfig {
         if !(1..=65_535).contains(&in_flight) {
             return Err(invalid(&format!("{field}.max_in_flight"), "1 to 65535"));
         }
-        for (key, value) in names {
-            if value.is_empty() || value.len() > 200 || value.bytes().any(|b| b.is_ascii_whitespace()) {
-                return Err(invalid(&format!("{field}.{key}"), "a non-empty name without spaces"));
-            }
-        }
+        check_names(field, &names)?;
         if let SourceConfig::Nats(c) = self {
             if c.stream.contains(['.', '*', '>']) {
                 return Err(invalid(&format!("{field}.stream"), "a JetStream name has no . * or >"));
@@ -241,11 +248,7 @@ impl SinkConfig {
             SinkConfig::Amqp(c) => vec![("queue", &c.queue)],
             SinkConfig::Redis(c) => vec![("stream", &c.stream)],
         };
-        for (key, value) in names {
-            if value.is_empty() || value.len() > 200 || value.bytes().any(|b| b.is_ascii_whitespace()) {
-                return Err(invalid(&format!("{field}.{key}"), "a non-empty name without spaces"));
-            }
-        }
+        check_names(field, &names)?;
         Ok(())
     }
 }

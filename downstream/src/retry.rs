@@ -97,15 +97,9 @@ impl Retrier {
     }
 }
 
-/// Exponential backoff from `min` to `max`, with full jitter: uniform in [0, cap].
-pub(crate) fn full_jitter(min: Duration, max: Duration, attempt: u32) -> Duration {
-    let cap = min.saturating_mul(1u32 << attempt.min(16)).min(max);
-    cap.mul_f64(rand::random::<f64>())
-}
-
 impl Inner {
     fn backoff(&self, attempt: u32) -> Duration {
-        full_jitter(self.min, self.max, attempt)
+        duplex_shared::rate::full_jitter(self.min, self.max, attempt)
     }
 
     async fn run(&self, client_id: String) {

@@ -25,10 +25,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::DownstreamConfig;
 use crate::error::ApiError;
 use crate::request::{parse_json, PushRequest, ValidPush};
-use crate::retry::full_jitter;
 use crate::Shared;
+use duplex_shared::rate::full_jitter;
 
 /// Lanes per source: pushes to different targets in flight at once.
 const LANES: usize = 32;
@@ -112,7 +113,7 @@ async fn pump(
             Ok(d) => d,
             Err(e) => break Some(e),
         };
-        let parsed = parse(shared, &delivery.body);
+        let parsed = parse(&shared.config, &delivery.body);
         let lane = match &parsed {
             Ok(p) => lane_of(p),
             Err(_) => 0,
@@ -146,9 +147,21 @@ fn lane_of(p: &ValidPush) -> usize {
 
 /// The push API's validation plus what a queue needs: a qos-1 push must carry
 /// an idempotency key (redelivery is routine), and nobody waits for acks.
-fn parse(shared: &Shared, body: &[u8]) -> Result<ValidPush, ApiError> {
+fn parse(config: &DownstreamConfig, body: &[u8]) -> Result<ValidPush, ApiError> {
+    // The HTTP API's body bound, before any parsing: a broker may carry far bigger messages.
+    if body.len() > config.max_body_bytes as usize {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "a message of {} bytes; at most {} (downstream.max_body_bytes)",
+                body.len(),
+                config.max_body_bytes
+            ),
+        ));
+    }
     let request: PushRequest = parse_json(body)?;
-    let valid = request.validate(&shared.config)?;
+    let valid = request.validate(config)?;
     if valid.qos == 1 && valid.idempotency_key.is_none() {
         return Err(ApiError::bad(
             "missing_idempotency_key",
@@ -165,12 +178,14 @@ fn parse(shared: &Shared, body: &[u8]) -> Result<ValidPush, ApiError> {
 }
 
 async fn lane(shared: Arc<Shared>, name: String, mut jobs: mpsc::Receiver<Job>) {
-    let count = |outcome: &str| {
-        shared.metrics.inc(
+    // Resolved once: they are counted per message.
+    let counter = |outcome: &str| {
+        shared.metrics.counter(
             "duplex_source_messages_total",
             &[("source", &name), ("outcome", outcome)],
         )
     };
+    let (pushed, dead_lettered, retried) = (counter("pushed"), counter("dead_lettered"), counter("retried"));
     let mut failures = 0u32;
     while let Some((delivery, parsed)) = jobs.recv().await {
         let refused = match parsed {
@@ -186,7 +201,7 @@ async fn lane(shared: Arc<Shared>, name: String, mut jobs: mpsc::Receiver<Job>) 
                     );
                     failures = failures.saturating_add(1);
                     tracing::warn!(source = %name, id = %delivery.id, code = e.code, "push failed; the broker hands it out again");
-                    count("retried");
+                    retried.inc();
                     settled(&name, delivery.retry_after(delay).await);
                     // The store or nodes are down: pulling more would only fail more.
                     tokio::time::sleep(delay).await;
@@ -197,12 +212,12 @@ async fn lane(shared: Arc<Shared>, name: String, mut jobs: mpsc::Receiver<Job>) 
         failures = 0;
         match refused {
             None => {
-                count("pushed");
+                pushed.inc();
                 settled(&name, delivery.ack().await);
             }
             Some(e) => {
                 tracing::info!(source = %name, id = %delivery.id, code = e.code, message = %e.message, "push from a queue refused; dead-lettered");
-                count("dead_lettered");
+                dead_lettered.inc();
                 let reason = DeadLetter {
                     code: e.code.to_owned(),
                     message: e.message,
@@ -230,5 +245,34 @@ fn settled(name: &str, result: Result<(), BrokerError>) {
     if let Err(e) = result {
         // Unsettled means redelivered: at least once, and the idempotency key makes it once.
         tracing::warn!(source = %name, error = %e, "could not settle a message with the broker; it will come again");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> DownstreamConfig {
+        let mut c = DownstreamConfig::default();
+        c.resolve(true, 64 * 1024).expect("valid");
+        c
+    }
+
+    #[test]
+    fn hostile_messages_are_refused_with_a_code_before_anything_is_stored() {
+        let c = config();
+        let huge = vec![b' '; c.max_body_bytes as usize + 1];
+        assert_eq!(parse(&c, &huge).expect_err("too big").code, "body_too_large");
+        assert_eq!(parse(&c, b"\xff\xfe").expect_err("not JSON").code, "bad_json");
+        let other = br#"{"client_ids": ["bad id"], "payload": 1, "idempotency_key": "k"}"#;
+        assert_eq!(parse(&c, other).expect_err("bad id").code, "bad_client_id");
+        let keyless = br#"{"client_ids": ["a"], "payload": 1}"#;
+        assert_eq!(parse(&c, keyless).expect_err("no key").code, "missing_idempotency_key");
+        let waiting = br#"{"client_ids": ["a"], "payload": 1, "idempotency_key": "k", "wait_ack_ms": 10}"#;
+        assert_eq!(parse(&c, waiting).expect_err("waits").code, "bad_wait_ack");
+        let fine = br#"{"client_ids": ["a"], "payload": 1, "idempotency_key": "k"}"#;
+        assert!(parse(&c, fine).is_ok());
+        let broadcast = br#"{"all": true, "qos": 0, "payload": 1}"#;
+        assert!(parse(&c, broadcast).is_ok(), "qos 0 needs no key");
     }
 }

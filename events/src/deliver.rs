@@ -105,11 +105,7 @@ impl Sender {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let cap = self
-            .retry_min
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.retry_max);
-        cap.mul_f64(rand::random::<f64>())
+        duplex_shared::rate::full_jitter(self.retry_min, self.retry_max, attempt)
     }
 
     async fn post_with_retries(&self, w: &WebhookConfig, body: &Bytes) -> Outcome {

@@ -1,5 +1,6 @@
 //! A token bucket on tokio's clock: a connection's frame rate, a source's
-//! connect rate, a backend service's retry budget.
+//! connect rate, a backend service's retry budget; and the backoff every
+//! retry loop uses.
 
 use tokio::time::Instant;
 
@@ -60,6 +61,13 @@ impl TokenBucket {
             false
         }
     }
+}
+
+/// Exponential backoff from `min` to `max` with full jitter: uniform in
+/// [0, min * 2^attempt capped at max].
+pub fn full_jitter(min: std::time::Duration, max: std::time::Duration, attempt: u32) -> std::time::Duration {
+    let cap = min.saturating_mul(1u32 << attempt.min(16)).min(max);
+    cap.mul_f64(rand::random::<f64>())
 }
 
 #[cfg(test)]
