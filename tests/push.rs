@@ -401,6 +401,7 @@ async fn a_delivery_that_never_came_is_pulled_at_the_next_lease_renewal(kind: St
             },
             idempotency_key: None,
             idempotency_ttl_ms: 0,
+            report_expiry: false,
         };
         node.store.enqueue("s1", &message, limits, now).await.expect("stored");
     }

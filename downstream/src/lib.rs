@@ -10,6 +10,7 @@
 //! - `reply`: replies to client requests, stored and delivered like pushes.
 //! - `sent`: batched, best-effort `sent` status marks.
 //! - `sources`: push commands consumed from message queues (`downstream.sources`).
+//! - `expiry`: `expired` events for messages that expired unacked.
 //! - `error`: failures as `{code, message}` JSON responses.
 //! - `openapi`: the OpenAPI 3.1 document served at `/openapi.json`.
 
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 use crate::config::DownstreamConfig;
 use duplex_shared::config::HttpConfig;
+use duplex_shared::events::{EventKind, EventSink};
 use duplex_shared::links::{NodeLink, ReplyLink};
 use duplex_shared::metrics::{Counter, Histogram, Metrics};
 use duplex_store::Store;
@@ -26,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 mod api;
 pub mod config;
 mod error;
+mod expiry;
 mod openapi;
 mod push;
 mod reply;
@@ -48,6 +51,8 @@ pub struct DownstreamContext {
     pub metrics: Arc<Metrics>,
     /// Bounds of the push API listener (its body limit is `config.max_body_bytes`).
     pub http: HttpConfig,
+    /// The node's lifecycle events; this tier reports `expired` ones.
+    pub events: Option<Arc<dyn EventSink>>,
 }
 
 /// The tier's listener, bound by the caller.
@@ -66,6 +71,9 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     /// Per-message counters, resolved once (they are counted on the push hot path).
     counts: Counts,
+    /// Where `expired` events go, if they are wanted: then every stored
+    /// message asks the store to report its expiry.
+    expiry_events: Option<Arc<dyn EventSink>>,
 }
 
 pub(crate) struct Counts {
@@ -138,6 +146,7 @@ impl Downstream {
                 delivery_seconds: ctx.metrics.histogram("duplex_push_delivery_seconds", &[]),
             },
             metrics: ctx.metrics,
+            expiry_events: ctx.events.filter(|e| e.wants(EventKind::Expired)),
         });
         Downstream {
             shared,
@@ -179,6 +188,15 @@ impl Downstream {
             shutdown.clone(),
             &mut consumers,
         );
+        if let Some(events) = &self.shared.expiry_events {
+            consumers.spawn(expiry::scan(
+                self.shared.store.clone(),
+                events.clone(),
+                self.shared.metrics.clone(),
+                self.shared.node_id.clone(),
+                shutdown.clone(),
+            ));
+        }
         duplex_http::serve(listeners.http, app, limits, shutdown.clone()).await;
         // Each consumer bounds its own drain (sources::DRAIN_LIMIT).
         while consumers.join_next().await.is_some() {}

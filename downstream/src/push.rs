@@ -174,6 +174,7 @@ impl Shared {
             },
             idempotency_key: p.idempotency_key.clone(),
             idempotency_ttl_ms: self.config.idempotency_ttl_s * 1000,
+            report_expiry: self.expiry_events.is_some(),
         };
         let limits = QueueLimits {
             max_messages: self.config.queue_max_messages,

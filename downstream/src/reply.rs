@@ -28,6 +28,7 @@ impl ReplyLink for Shared {
             // A request handled twice (a resend racing its original) answers once.
             idempotency_key: Some(format!("reply:{}", reply.id)),
             idempotency_ttl_ms: expires_ms.saturating_sub(now).max(1),
+            report_expiry: self.expiry_events.is_some(),
         };
         let limits = QueueLimits {
             max_messages: self.config.queue_max_messages,

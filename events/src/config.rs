@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EventsConfig {
-    /// Event types to report: `connected`, `disconnected`, `acked`, `gap`. Default all four.
+    /// Event types to report: `connected`, `disconnected`, `acked`, `gap`, `expired`. Default all five.
     pub kinds: Vec<String>,
     /// Events waiting to be sent, per node; a new event beyond it is dropped and counted. Default 10000.
     pub buffer: usize,
@@ -83,7 +83,7 @@ impl EventsConfig {
         if let Some(bad) = self.kinds.iter().find(|k| EventKind::parse(k).is_none()) {
             return Err(invalid(
                 "events.kinds",
-                format!("unknown event {bad:?}; use connected, disconnected, acked, gap"),
+                format!("unknown event {bad:?}; use connected, disconnected, acked, gap, expired"),
             ));
         }
         if self.buffer == 0 || self.buffer > 10_000_000 {

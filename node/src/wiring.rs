@@ -43,7 +43,7 @@ pub(crate) struct Tasks {
     registry: JoinHandle<()>,
     internal: (CancellationToken, JoinHandle<()>),
     admin: (CancellationToken, JoinHandle<()>),
-    /// Stopped after the access tier, so its last `disconnected` events go out.
+    /// Stopped after the tiers, so the access tier's last `disconnected` events go out.
     events: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
@@ -212,15 +212,28 @@ fn internal_tls(config: &Config) -> Result<Option<InternalTls>, StartError> {
     Ok(Some(InternalTls { certs, ca_pem }))
 }
 
+/// What the tiers are handed besides the config and the store.
+struct TierHooks<'a> {
+    wrap_node_link: Option<NodeLinkWrapper>,
+    /// The CA of node-to-node TLS.
+    ca_pem: Option<&'a [u8]>,
+    /// The node's lifecycle events (access reports most, downstream `expired`).
+    events: Option<Arc<dyn duplex_shared::events::EventSink>>,
+}
+
 fn build_tiers(
     config: &Config,
     tiers: Tiers,
     node_id: &str,
     store: &Arc<dyn Store>,
     metrics: &Arc<Metrics>,
-    wrap_node_link: Option<NodeLinkWrapper>,
-    ca_pem: Option<&[u8]>,
+    hooks: TierHooks<'_>,
 ) -> Result<Built, StartError> {
+    let TierHooks {
+        wrap_node_link,
+        ca_pem,
+        events,
+    } = hooks;
     let secret = config.registry.secret();
     let internal = |e: reqwest::Error| StartError::Internal(format!("cannot build the node-to-node client: {e}"));
     let hub = Arc::new(Hub::new(node_id.to_owned()));
@@ -238,6 +251,7 @@ fn build_tiers(
             nodes: nodes.clone(),
             metrics: metrics.clone(),
             http: config.http.clone(),
+            events,
         })
     });
     let replies: Arc<dyn ReplyLink> = match &downstream {
@@ -321,20 +335,20 @@ pub(crate) async fn start(config: Config, tiers: Tiers, wiring: Wiring) -> Resul
     let metrics = Arc::new(Metrics::new());
     let internal_tls = internal_tls(&config)?;
     let ca_pem = internal_tls.as_ref().map(|t| t.ca_pem.as_slice());
-    let built = build_tiers(
-        &config,
-        tiers,
-        &node_id,
-        &store,
-        &metrics,
-        wiring.wrap_node_link,
-        ca_pem,
-    )?;
     let events_stop = CancellationToken::new();
-    let events = match &built.upstream_link {
-        Some(_) => duplex_events::Events::start(&config.events, &metrics, events_stop.clone()),
-        None => None,
+    let events = if tiers.access || tiers.downstream {
+        duplex_events::Events::start(&config.events, &metrics, events_stop.clone())
+    } else {
+        None
     };
+    let hooks = TierHooks {
+        wrap_node_link: wiring.wrap_node_link,
+        ca_pem,
+        events: events
+            .as_ref()
+            .map(|(e, _)| e.clone() as Arc<dyn duplex_shared::events::EventSink>),
+    };
+    let built = build_tiers(&config, tiers, &node_id, &store, &metrics, hooks)?;
     let mut access_context = match &built.upstream_link {
         Some(link) => Some(access_context(
             &config,

@@ -16,14 +16,18 @@ pub enum EventKind {
     Acked,
     /// The client was told that messages expired before it fetched them.
     Gap,
+    /// A stored message expired before its client acked it (reported by
+    /// the downstream tier's expiry scan, one event per message).
+    Expired,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 5] = [
         EventKind::Connected,
         EventKind::Disconnected,
         EventKind::Acked,
         EventKind::Gap,
+        EventKind::Expired,
     ];
 
     pub fn label(self) -> &'static str {
@@ -32,6 +36,7 @@ impl EventKind {
             EventKind::Disconnected => "disconnected",
             EventKind::Acked => "acked",
             EventKind::Gap => "gap",
+            EventKind::Expired => "expired",
         }
     }
 
@@ -60,6 +65,12 @@ pub enum EventDetail {
         from_seq: u64,
         to_seq: u64,
         reason: &'static str,
+    },
+    Expired {
+        message_id: String,
+        seq: u64,
+        created_ms: u64,
+        expires_ms: u64,
     },
 }
 

@@ -97,7 +97,12 @@ const CATALOG: &[(&str, &str, &str)] = &[
     (
         "duplex_events_dropped_total",
         "counter",
-        "Lifecycle events given up, by reason (buffer_full, webhook_failed, webhook_refused, sink_failed, shutdown).",
+        "Lifecycle events given up, by reason (buffer_full, webhook_failed, webhook_refused, sink_failed, shutdown, expired_unreported).",
+    ),
+    (
+        "duplex_expiry_scan_errors_total",
+        "counter",
+        "Expiry scans (for `expired` events) the store failed; the next scan tries again.",
     ),
     (
         "duplex_events_delivered_total",

@@ -1,8 +1,10 @@
 -- ENQUEUE. Per caller, KEYS: h idem route; ARGV: record, status
 -- (`<nonce> <created> <expires>`), expiry and size (packed), and now,
--- max_msgs, max_bytes, idem_ttl_ms (packed). Answers a string (a table costs
--- more to turn into a reply than the concatenation):
+-- max_msgs, max_bytes, idem_ttl_ms, report (packed). Answers a string (a table
+-- costs more to turn into a reply than the concatenation):
 --   `stored <seq> [<route>]`    stored (with the route, read in the same step)
+--   `stored+<at> <seq> [<route>]`  the same, and the client's entry in the
+--                               expiry index must be `at` (EXPIRE_DUE)
 --   `duplicate <seq>~<nonce>`   the idempotency key names an earlier message
 --   `full <count> <bytes>`      a cap refused it
 
@@ -15,7 +17,7 @@ local routes = redis.call('MGET', unpack(route_keys))
 local function op(k, a, i)
   local h = KEYS[k + 1]
   local rec, status, ev = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local now, max_msgs, max_bytes, idem_ttl = struct.unpack('<dddd', ARGV[a + 4])
+  local now, max_msgs, max_bytes, idem_ttl, report = struct.unpack('<ddddd', ARGV[a + 4])
   local expires, size = struct.unpack(EXPIRY_SIZE, ev)
   local c = load_counters(C, redis.call('HGET', h, 'm'))
   local tidied = tidy(h, c, now)
@@ -31,7 +33,11 @@ local function op(k, a, i)
     return 'full ' .. c.pending .. ' ' .. c.bytes
   end
   c.seq, c.pending, c.bytes = c.seq + 1, c.pending + 1, c.bytes + size
+  -- The index entry must be no later than the earliest expiry: set when this
+  -- message lowers it, or when the client's expiries start being reported.
+  local index = report == 1 and expires < c.next_expiry
   if expires < c.next_expiry then c.next_expiry = expires end
+  if report == 1 and redis.call('HSETNX', h, 't', '1') == 1 then index = true end
   local until_ms = expires + RETENTION
   -- Lives are granted an hour beyond what is needed, so most calls extend none.
   local longer = until_ms > c.granted
@@ -52,7 +58,14 @@ local function op(k, a, i)
     if left >= 0 and now + left < c.granted then redis.call('PEXPIREAT', o, itoa(c.granted)) end
   end
   if idem_ttl > 0 then redis.call('SET', KEYS[k + 2], s .. '~' .. string.match(status, '^%d+'), 'PX', idem_ttl) end
+  local code = 'stored '
+  if index then
+    -- Expiries waiting to be reported are due now: the entry must not move later.
+    local at = c.next_expiry
+    if redis.call('HEXISTS', h, 'xn') == 1 then at = now end
+    code = 'stored+' .. itoa(at) .. ' '
+  end
   local route = routes[i + 1]
-  if route then return 'stored ' .. s .. ' ' .. route end
-  return 'stored ' .. s
+  if route then return code .. s .. ' ' .. route end
+  return code .. s
 end

@@ -7,6 +7,8 @@ local RETENTION = 86400000
 local PER_BUCKET = 10
 -- An `e<seq>` value: the message's expiry and size.
 local EXPIRY_SIZE = '<dd'
+-- EXPIRED_LOG_MAX in messages.rs: unreported expiries kept per client.
+local LOG_MAX = 10000
 local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
 local function save_counters(h, c)
   redis.call('HSET', h, 'm', pack_counters(c))
@@ -85,6 +87,27 @@ local function pending_in(h, lo, hi, n)
   end
   return seqs, hmget_all(h, fields)
 end
+-- Keeps the seqs of messages that just expired for the next EXPIRE_DUE scan
+-- (`x`, space-separated, `xn` of them), if the client's expiries are reported
+-- (`t`, set by an enqueue that asked). At most LOG_MAX wait; more are counted
+-- in `xd` and reported as lost.
+local function log_expired(h, seqs)
+  local got = redis.call('HMGET', h, 't', 'x', 'xn', 'xd')
+  if not got[1] then return end
+  local n = tonumber(got[3] or '0')
+  local take = math.min(#seqs, math.max(LOG_MAX - n, 0))
+  local fields = {}
+  if take > 0 then
+    local joined = table.concat(seqs, ' ', 1, take)
+    if got[2] and got[2] ~= '' then joined = got[2] .. ' ' .. joined end
+    fields = {'x', joined, 'xn', itoa(n + take)}
+  end
+  if take < #seqs then
+    fields[#fields + 1] = 'xd'
+    fields[#fields + 1] = itoa(tonumber(got[4] or '0') + #seqs - take)
+  end
+  redis.call('HSET', h, unpack(fields))
+end
 -- Expires the due messages of h (counters c) and counts them in c. Its
 -- `next_expiry` is never later than the earliest expiry of a pending
 -- message (acks can leave it earlier), so while it is in the future nothing
@@ -93,7 +116,7 @@ end
 local function tidy(h, c, now)
   if c.next_expiry > now then return false end
   local seqs, vals = pending_in(h, c.low, c.seq, c.pending)
-  local gone, freed, earliest, notes = {}, 0, NO_EXPIRY, {}
+  local gone, freed, earliest, notes, expired = {}, 0, NO_EXPIRY, {}, {}
   local sp = status_prefix(h)
   for i, s in ipairs(seqs) do
     local e, z = struct.unpack(EXPIRY_SIZE, vals[i])
@@ -101,6 +124,7 @@ local function tidy(h, c, now)
       gone[#gone + 1] = 'r' .. s
       gone[#gone + 1] = 'e' .. s
       freed = freed + z
+      expired[#expired + 1] = s
       note(notes, sp, s, 'x', itoa(now))
     elseif e < earliest then
       earliest = e
@@ -109,6 +133,7 @@ local function tidy(h, c, now)
   if #gone > 0 then
     each_chunk('HDEL', h, gone)
     write_notes(notes)
+    log_expired(h, expired)
   end
   c.pending, c.bytes, c.expired, c.next_expiry = c.pending - #gone / 2, c.bytes - freed, c.expired + #gone / 2, earliest
   return true

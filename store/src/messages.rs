@@ -121,7 +121,38 @@ pub struct NewMessage {
     /// returns the first message instead of storing another.
     pub idempotency_key: Option<String>,
     pub idempotency_ttl_ms: u64,
+    /// Report the message through [`crate::MessageQueue::take_expired`] if it
+    /// expires unacked (the `expired` event). Costs an index entry per client
+    /// whose earliest expiry it lowers, so it is asked for only when wanted.
+    pub report_expiry: bool,
 }
+
+/// A message that expired before its client acked it, reported once by
+/// [`crate::MessageQueue::take_expired`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredMessage {
+    pub client_id: String,
+    /// The user the client id belongs to, if the store still knows it.
+    pub user_id: Option<String>,
+    pub seq: u64,
+    pub msg_id: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+}
+
+/// What one [`crate::MessageQueue::take_expired`] call found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpiredScan {
+    pub messages: Vec<ExpiredMessage>,
+    /// Whether more clients may be due now (the call stopped at its bound).
+    pub more: bool,
+    /// Expired messages that could not be reported (a client's log of
+    /// unreported expiries was full, or the status was gone).
+    pub lost: u64,
+}
+
+/// Unreported expiries kept per client between scans; more are counted as lost.
+pub const EXPIRED_LOG_MAX: u64 = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {

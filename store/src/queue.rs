@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use crate::messages::{Enqueued, MessageStatus, NewMessage, Pending, QueueInfo, QueueLimits};
+use crate::messages::{Enqueued, ExpiredScan, MessageStatus, NewMessage, Pending, QueueInfo, QueueLimits};
 use crate::StoreError;
 
 /// The queue of messages waiting for each client (the downstream tier's and
@@ -60,4 +60,12 @@ pub trait MessageQueue: Send + Sync + 'static {
 
     /// Pending count and bytes, ack watermark and expiry count of one client.
     async fn queue_info(&self, client_id: &str, now_ms: u64) -> Result<QueueInfo, StoreError>;
+
+    /// Removes the due messages of up to `max_clients` clients that hold
+    /// messages stored with `report_expiry`, and returns every such message
+    /// that expired unacked since the last call, whichever call removed it
+    /// (a read, an enqueue or this one). Each expiry is returned once across
+    /// every caller, so several nodes may scan at once; one lost between the
+    /// store and the caller (a crash in between) is not returned again.
+    async fn take_expired(&self, now_ms: u64, max_clients: usize) -> Result<ExpiredScan, StoreError>;
 }

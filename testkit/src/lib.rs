@@ -40,6 +40,7 @@ pub fn message(payload: &[u8], created_ms: u64, expires_ms: u64) -> duplex_store
         },
         idempotency_key: None,
         idempotency_ttl_ms: 0,
+        report_expiry: false,
     }
 }
 

@@ -8,13 +8,14 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
+mod expiry;
 pub(crate) mod queue;
 mod sweep;
 pub(crate) mod upstream;
 
 use crate::{
-    Claim, ClaimError, Enqueued, LeaseCheck, MessageQueue, MessageStatus, NewMessage, Pending, QueueInfo, QueueLimits,
-    Renewal, Route, Routes, Store, StoreError, USER_CLIENTS_TTL,
+    Claim, ClaimError, Enqueued, ExpiredScan, LeaseCheck, MessageQueue, MessageStatus, NewMessage, Pending, QueueInfo,
+    QueueLimits, Renewal, Route, Routes, Store, StoreError, USER_CLIENTS_TTL,
 };
 use queue::ClientQueue;
 pub use sweep::MemoryHeld;
@@ -40,6 +41,9 @@ pub struct MemoryStore {
     /// The node registry: node id -> its entry (JSON, as in Redis).
     pub(crate) nodes: DashMap<String, String>,
     pub(crate) announcements: crate::registry::Announcements,
+    /// (earliest expiry, client) of every client whose expiries are reported
+    /// (`expiry.rs`); locked after a queue entry, never before.
+    pub(crate) expiry_index: std::sync::Mutex<std::collections::BTreeSet<(u64, String)>>,
 }
 
 impl MemoryStore {
@@ -190,7 +194,14 @@ impl MessageQueue for MemoryStore {
         now_ms: u64,
     ) -> Result<Enqueued, StoreError> {
         self.sweep_if_due(now_ms);
-        let mut outcome = self.queue(client_id).enqueue(client_id, msg, limits, now_ms);
+        let mut outcome = {
+            let mut queue = self.queue(client_id);
+            let outcome = queue.enqueue(client_id, msg, limits, now_ms);
+            if msg.report_expiry {
+                self.reindex(client_id, &mut queue);
+            }
+            outcome
+        };
         if let Enqueued::Stored { route, .. } = &mut outcome {
             *route = self.get_route(client_id).await?;
         }
@@ -247,5 +258,9 @@ impl MessageQueue for MemoryStore {
             .get_mut(client_id)
             .map(|mut q| q.info(now_ms))
             .unwrap_or_default())
+    }
+
+    async fn take_expired(&self, now_ms: u64, max_clients: usize) -> Result<ExpiredScan, StoreError> {
+        Ok(self.take_expired_now(now_ms, max_clients))
     }
 }

@@ -33,6 +33,14 @@ pub(crate) struct ClientQueue {
     message_expiry: BTreeSet<(u64, u64)>,
     status_expiry: BTreeSet<(u64, u64)>,
     key_expiry: BTreeSet<(u64, String)>,
+    /// Whether expiries are reported (a message was stored with `report_expiry`).
+    pub(super) reports_expiry: bool,
+    /// Expired messages not yet reported: (seq, nonce, created, expires).
+    pub(super) unreported: Vec<(u64, u32, u64, u64)>,
+    /// Expiries beyond `EXPIRED_LOG_MAX` unreported ones, not kept.
+    pub(super) lost: u64,
+    /// This client's entry in the store's expiry index.
+    pub(super) indexed_at: Option<u64>,
 }
 
 impl ClientQueue {
@@ -45,11 +53,27 @@ impl ClientQueue {
     /// are tidied: the queue may then be forgotten (as its Redis keys expire).
     pub fn is_forgettable(&mut self, now: u64) -> bool {
         self.tidy(now);
-        self.messages.is_empty() && self.statuses.is_empty() && self.idempotency.is_empty()
+        self.messages.is_empty()
+            && self.statuses.is_empty()
+            && self.idempotency.is_empty()
+            && self.unreported.is_empty()
+    }
+
+    /// The earliest expiry a scan must look at this client again, if any.
+    pub(super) fn next_expiry(&self) -> Option<u64> {
+        if !self.reports_expiry {
+            return None;
+        }
+        let first = self.message_expiry.first().map(|&(when, _)| when);
+        if self.unreported.is_empty() && self.lost == 0 {
+            first
+        } else {
+            Some(0)
+        }
     }
 
     /// Expires due messages and forgets statuses and keys past their retention.
-    fn tidy(&mut self, now: u64) {
+    pub(super) fn tidy(&mut self, now: u64) {
         while let Some(&(when, seq)) = self.message_expiry.first() {
             if when > now {
                 break;
@@ -58,6 +82,13 @@ impl ClientQueue {
             if let Some(m) = self.messages.remove(&seq) {
                 self.bytes = self.bytes.saturating_sub(m.size());
                 self.expired += 1;
+                if self.reports_expiry {
+                    if (self.unreported.len() as u64) < EXPIRED_LOG_MAX {
+                        self.unreported.push((seq, m.nonce, m.created_ms, m.expires_ms));
+                    } else {
+                        self.lost += 1;
+                    }
+                }
                 if let Some(st) = self.statuses.get_mut(&seq) {
                     st.state = MessageState::Expired;
                     st.expired = Some(now);
@@ -96,6 +127,7 @@ impl ClientQueue {
             };
         }
         self.last_seq += 1;
+        self.reports_expiry |= msg.report_expiry;
         let seq = self.last_seq;
         let r = &msg.record;
         self.statuses.insert(

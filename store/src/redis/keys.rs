@@ -45,4 +45,12 @@ impl Keys {
     pub fn user_clients(&self, user_id: &str) -> String {
         [self.prefix.as_str(), "{u:", user_id, "}:clients"].concat()
     }
+
+    /// Shard `n` of the index of clients whose expiries are reported
+    /// (see `scripts.rs`): its own slot, not a client's.
+    /// The keys of shard `n`: its sorted set, versions hash and version counter.
+    pub fn expiry_index(&self, shard: usize) -> [String; 3] {
+        let tag = [self.prefix.as_str(), "{x:", itoa::Buffer::new().format(shard), "}:"].concat();
+        [tag.clone() + "expiring", tag.clone() + "versions", tag + "version"]
+    }
 }

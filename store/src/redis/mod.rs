@@ -10,6 +10,7 @@ use redis::{RedisError, Value};
 pub(crate) mod batch;
 pub(crate) mod breaker;
 pub(crate) mod conn;
+mod expiry;
 pub mod keys;
 mod queue;
 mod routes;
@@ -20,7 +21,7 @@ use crate::{Store, StoreError};
 use batch::BatchedScript;
 use conn::{PubSubSource, RedisConn};
 use keys::Keys;
-use queue::{ACK, ENQUEUE, INFO, PENDING};
+use queue::{ACK, ENQUEUE, EXPIRE_DUE, INFO, PENDING};
 
 fn int(v: &Value) -> Result<u64, StoreError> {
     match v {
@@ -50,6 +51,7 @@ struct QueueScripts {
     pending: BatchedScript,
     ack: BatchedScript,
     info: BatchedScript,
+    expire_due: BatchedScript,
 }
 
 impl QueueScripts {
@@ -61,6 +63,7 @@ impl QueueScripts {
             // An ack is off every latency path: its caller has what it needs.
             ack: BatchedScript::start(conn.clone(), &ACK, 1, 3, ACK_LINGER),
             info: BatchedScript::start(conn.clone(), &INFO, 1, 1, Duration::ZERO),
+            expire_due: BatchedScript::start(conn.clone(), &EXPIRE_DUE, 2, 2, Duration::ZERO),
         }
     }
 }
@@ -101,7 +104,13 @@ impl RedisStore {
         let conn = RedisConn::connect(url, ca_pem).await.map_err(unavailable)?;
         // Loaded up front: otherwise every call in flight at the start meets
         // NOSCRIPT and loads the script itself. Best effort (calls load it too).
-        for script in [scripts::ENQUEUE, scripts::PENDING, scripts::ACK, scripts::INFO] {
+        for script in [
+            scripts::ENQUEUE,
+            scripts::PENDING,
+            scripts::ACK,
+            scripts::INFO,
+            scripts::EXPIRE_DUE,
+        ] {
             if let Err(e) = conn.load_everywhere(script).await {
                 tracing::debug!(error = %e, "could not preload a script");
             }

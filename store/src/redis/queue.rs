@@ -18,6 +18,7 @@ pub(super) static ENQUEUE: LazyLock<BatchScript> = LazyLock::new(|| BatchScript:
 pub(super) static PENDING: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(scripts::PENDING));
 pub(super) static ACK: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(scripts::ACK));
 pub(super) static INFO: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(scripts::INFO));
+pub(super) static EXPIRE_DUE: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(scripts::EXPIRE_DUE));
 
 /// The key of one client's queue hash (`h`, see `scripts.rs`); the
 /// scripts find the client's status buckets from it.
@@ -58,11 +59,21 @@ impl MessageQueue for RedisStore {
             .arg(r.encode())
             .arg(status_base(r))
             .arg(pack_numbers(&[r.expires_ms, r.size()]))
-            .arg(pack_numbers(&[now_ms, limits.max_messages, limits.max_bytes, idem_ttl]));
-        match self.scripts.enqueue.call(client_id, call).await? {
-            Value::BulkString(reply) => enqueued(client_id, r.nonce, &String::from_utf8_lossy(&reply)),
-            other => Err(StoreError::Corrupt(format!("enqueue reply {other:?}"))),
+            .arg(pack_numbers(&[
+                now_ms,
+                limits.max_messages,
+                limits.max_bytes,
+                idem_ttl,
+                u64::from(msg.report_expiry),
+            ]));
+        let (outcome, index_at) = match self.scripts.enqueue.call(client_id, call).await? {
+            Value::BulkString(reply) => enqueued(client_id, r.nonce, &String::from_utf8_lossy(&reply))?,
+            other => return Err(StoreError::Corrupt(format!("enqueue reply {other:?}"))),
+        };
+        if let Some(at) = index_at {
+            self.index_expiry(client_id, at).await;
         }
+        Ok(outcome)
     }
 
     async fn pending(&self, client_id: &str, after: u64, max: usize, now_ms: u64) -> Result<Pending, StoreError> {
@@ -212,39 +223,49 @@ impl MessageQueue for RedisStore {
             other => Err(StoreError::Corrupt(format!("info reply {other:?}"))),
         }
     }
+
+    async fn take_expired(&self, now_ms: u64, max_clients: usize) -> Result<crate::ExpiredScan, StoreError> {
+        self.take_expired_now(now_ms, max_clients).await
+    }
 }
 
-/// What enqueue.lua answered: `stored <seq> [<route>]`, `duplicate
-/// <seq>~<nonce>` or `full <count> <bytes>`.
-fn enqueued(client_id: &str, nonce: u32, reply: &str) -> Result<Enqueued, StoreError> {
+/// What enqueue.lua answered: `stored <seq> [<route>]` (or `stored+<at>`:
+/// the client's expiry index entry must be `at`, returned second),
+/// `duplicate <seq>~<nonce>` or `full <count> <bytes>`.
+fn enqueued(client_id: &str, nonce: u32, reply: &str) -> Result<(Enqueued, Option<u64>), StoreError> {
     let corrupt = || StoreError::Corrupt(format!("enqueue reply {reply:?}"));
     let mut parts = reply.splitn(3, ' ');
     let (code, first, rest) = (parts.next(), parts.next().ok_or_else(corrupt)?, parts.next());
-    match code {
+    let (code, index_at) = match code.and_then(|c| c.strip_prefix("stored+")) {
+        Some(at) => (Some("stored"), Some(at.parse().map_err(|_| corrupt())?)),
+        None => (code, None),
+    };
+    let outcome = match code {
         Some("stored") => {
             let seq = first.parse().map_err(|_| corrupt())?;
-            Ok(Enqueued::Stored {
+            Enqueued::Stored {
                 seq,
                 msg_id: message_id(client_id, seq, nonce),
                 route: rest.map(Route::decode).transpose()?,
-            })
+            }
         }
         Some("duplicate") => {
             let (seq, nonce) = first
                 .split_once('~')
                 .and_then(|(s, n)| Some((s.parse().ok()?, n.parse().ok()?)))
                 .ok_or_else(corrupt)?;
-            Ok(Enqueued::Duplicate {
+            Enqueued::Duplicate {
                 seq,
                 msg_id: message_id(client_id, seq, nonce),
-            })
+            }
         }
-        Some("full") => Ok(Enqueued::Full {
+        Some("full") => Enqueued::Full {
             messages: first.parse().map_err(|_| corrupt())?,
             bytes: rest.and_then(|b| b.parse().ok()).ok_or_else(corrupt)?,
-        }),
-        _ => Err(corrupt()),
-    }
+        },
+        _ => return Err(corrupt()),
+    };
+    Ok((outcome, index_at))
 }
 
 /// `<nonce> <created> <expires>`, the part of a status written at enqueue.
@@ -260,7 +281,7 @@ fn status_base(r: &MessageRecord) -> String {
 }
 
 /// Reads what `status_base` wrote.
-fn parse_status_base(base: &str) -> Option<(u32, u64, u64)> {
+pub(super) fn parse_status_base(base: &str) -> Option<(u32, u64, u64)> {
     let mut parts = base.split(' ');
     let parsed = (
         parts.next()?.parse().ok()?,

@@ -17,6 +17,18 @@
 //!   16, with full buckets; a key per 10 messages costs ~6 bytes each).
 //!   Sent marks are plain `HSETNX` writes (`RedisStore::mark_sent_many`).
 //! - `P i:<key>`: idempotency key -> `seq~nonce`
+//! - `t` in `h`: set once a message asked for its expiry to be reported;
+//!   then `x` holds the seqs of messages that expired since the last
+//!   `EXPIRE_DUE` scan (space-separated, `xn` of them, at most
+//!   [`crate::EXPIRED_LOG_MAX`]; `xd` counts those beyond)
+//! - `P{x:<n>}:expiring` (16 shards, not in the client's slot): sorted set of
+//!   clients whose expiries are reported, scored no later than their
+//!   earliest pending expiry (the time of an enqueue that left expiries
+//!   waiting to be reported), with `P{x:<n>}:versions` (client -> version of
+//!   its entry) and `P{x:<n>}:version` (the shard's counter). An enqueue
+//!   that lowers a client's earliest expiry sets its entry after its script;
+//!   a scan (`RedisStore::take_expired`) moves it only if its version is
+//!   still the one the scan read (`EXPIRY_INDEX`)
 //! - `P owner`: the user the client id belongs to (written by the route
 //!   claim); the enqueue extends its life with the queue's
 //!
@@ -142,6 +154,10 @@ pub const PENDING: &str = queue_script!("pending.lua");
 pub const ACK: &str = queue_script!("ack.lua");
 /// A queue's counts (`info.lua`).
 pub const INFO: &str = queue_script!("info.lua");
+/// Expires a client's due messages and takes its unreported expiries (`expire_due.lua`).
+pub const EXPIRE_DUE: &str = queue_script!("expire_due.lua");
+/// Reads and writes one shard of the expiry index (`expiry_index.lua`).
+pub const EXPIRY_INDEX: &str = script!("expiry_index.lua");
 /// Raises the written high-water mark (`note_written.lua`).
 pub const NOTE_WRITTEN: &str = script!("note_written.lua");
 /// Claims a client's route (`claim.lua`).
@@ -164,14 +180,14 @@ mod tests {
     #[test]
     fn the_scripts_retention_is_the_stores() {
         // The scripts spell STATUS_RETENTION_MS out: Rust cannot concat! a const.
-        for script in [ENQUEUE, PENDING, ACK, INFO] {
+        for script in [ENQUEUE, PENDING, ACK, INFO, EXPIRE_DUE] {
             assert!(script.contains(&format!("local RETENTION = {STATUS_RETENTION_MS}\n")));
         }
     }
 
     #[test]
     fn the_scripts_bucket_statuses_as_rust_does() {
-        for script in [ENQUEUE, PENDING, ACK, INFO] {
+        for script in [ENQUEUE, PENDING, ACK, INFO, EXPIRE_DUE] {
             assert!(script.contains(&format!("local PER_BUCKET = {STATUSES_PER_BUCKET}\n")));
         }
     }
@@ -218,7 +234,7 @@ mod tests {
     #[test]
     fn the_scripts_pack_the_counters_rust_unpacks() {
         let format = format!("local COUNTERS = '<{}'\n", "d".repeat(COUNTERS.len()));
-        for script in [ENQUEUE, PENDING, ACK, INFO] {
+        for script in [ENQUEUE, PENDING, ACK, INFO, EXPIRE_DUE] {
             assert!(script.contains(&format));
         }
         let packed = pack_numbers(&[7, 3, 300, 4, 4, 0, 9_007_199_254_740_991, 1, 2, (1 << 53) - 1]);

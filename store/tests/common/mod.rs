@@ -26,6 +26,7 @@ pub fn msg(payload: &str, ttl_ms: u64, key: Option<&str>) -> NewMessage {
         },
         idempotency_key: key.map(str::to_owned),
         idempotency_ttl_ms: 60_000,
+        report_expiry: false,
     }
 }
 
