@@ -1,7 +1,8 @@
 //! Lifecycle events through the binary: signed webhook batches (retried on
-//! 5xx with the same batch id) carrying connected, acked, disconnected and gap
-//! events; a dead webhook costs counted events, not client latency; events to
-//! a queue sink.
+//! 5xx with the same batch id) carrying connected, acked, disconnected, gap
+//! and expired events; expired events once each from two downstream nodes
+//! sharing Redis; a dead webhook costs counted events, not client latency;
+//! events to a queue sink.
 
 mod common;
 
@@ -71,6 +72,11 @@ async fn a_signed_webhook_gets_connected_acked_disconnected_and_gap_events() {
         .await
         .expect("push");
     assert_eq!(answer.status(), 202);
+    let lapsed: Value = answer.json().await.expect("json");
+    let lapsed_id = lapsed["messages"][0]["message_id"]
+        .as_str()
+        .expect("message id")
+        .to_owned();
     // The TTL is wall-clock time in the store; nothing else can make it pass.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // The gap shows once a later message is read past the expired one.
@@ -87,7 +93,8 @@ async fn a_signed_webhook_gets_connected_acked_disconnected_and_gap_events() {
         let all = ["connected", "acked", "disconnected"]
             .iter()
             .all(|k| find(&events, k, "phone-1").is_some())
-            && find(&events, "gap", "phone-2").is_some();
+            && find(&events, "gap", "phone-2").is_some()
+            && find(&events, "expired", "phone-2").is_some();
         async move { all }
     })
     .await;
@@ -109,6 +116,19 @@ async fn a_signed_webhook_gets_connected_acked_disconnected_and_gap_events() {
     assert_eq!(
         (gap["from_seq"].as_u64(), gap["to_seq"].as_u64(), gap["reason"].as_str()),
         (Some(1), Some(1), Some("expired"))
+    );
+    // The message that lapsed is named, though the client's read removed it before any scan.
+    let expired = find(&events, "expired", "phone-2").expect("expired");
+    assert_eq!(
+        (expired["message_id"].as_str(), expired["seq"].as_u64()),
+        (Some(lapsed_id.as_str()), Some(1))
+    );
+    assert_eq!(
+        expired["expires_ms"]
+            .as_u64()
+            .zip(expired["created_ms"].as_u64())
+            .map(|(e, c)| e - c),
+        Some(1_000)
     );
     // Refused at least once (the backend answered 503 until the test switched it), then taken.
     let copies = events
@@ -218,4 +238,64 @@ async fn events_go_to_a_queue_sink_too() {
         (Some("connected"), Some("phone-9"))
     );
     drop(run);
+}
+
+/// Split mode on Redis: two downstream nodes scan the same store, and every
+/// message that lapsed for an absent client is reported once, by one of them.
+#[tokio::test]
+async fn expired_events_come_once_from_downstream_nodes_sharing_redis() {
+    let redis = TestRedis::start().expect("redis-server");
+    let backend = Backend::start().await;
+    let config = config_file(&format!(
+        "[events]\nkinds = [\"expired\"]\nbatch_wait_ms = 20\n\n[events.webhook]\nurl = \"{}/duplex/events\"\nsecret = \"{SECRET}\"\n",
+        backend.url()
+    ));
+    let node = |id: &str| {
+        start_tier(
+            "downstream",
+            &["--redis", &redis.url(), "--node-id", id, "--config", &config.path],
+        )
+    };
+    let (one, two) = (node("down-1"), node("down-2"));
+    let http = reqwest::Client::new();
+    let mut lapsed = std::collections::HashSet::new();
+    for (i, node) in [&one, &two, &one, &two, &one, &two].iter().enumerate() {
+        let answer: Value = http
+            .post(format!("http://{}/v1/push", node.push.expect("push API")))
+            .bearer_auth("duplex-dev-api-key")
+            .json(&json!({"client_ids": [format!("away-{}", i % 3)], "payload": i, "ttl": 1}))
+            .send()
+            .await
+            .expect("push")
+            .json()
+            .await
+            .expect("json");
+        lapsed.insert(answer["messages"][0]["message_id"].as_str().expect("id").to_owned());
+    }
+    let kept: Value = http
+        .post(format!("http://{}/v1/push", one.push.expect("push API")))
+        .bearer_auth("duplex-dev-api-key")
+        .json(&json!({"client_ids": ["away-0"], "payload": "kept", "ttl": 600}))
+        .send()
+        .await
+        .expect("push")
+        .json()
+        .await
+        .expect("json");
+    eventually("every lapsed message was reported", || {
+        let reported = events_of(&backend.hits()).len();
+        async move { reported >= 6 }
+    })
+    .await;
+    // Two more scans of each node: nothing else comes.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let events = events_of(&backend.hits());
+    let ids: Vec<&str> = events.iter().filter_map(|e| e["message_id"].as_str()).collect();
+    assert_eq!(ids.len(), 6, "once each: {events:?}");
+    let ids: std::collections::HashSet<String> = ids.into_iter().map(str::to_owned).collect();
+    assert_eq!(ids, lapsed);
+    assert!(!ids.contains(kept["messages"][0]["message_id"].as_str().expect("id")));
+    assert!(events.iter().all(|e| e["type"] == "expired"));
+    let nodes: std::collections::HashSet<&str> = events.iter().filter_map(|e| e["node_id"].as_str()).collect();
+    assert!(nodes.iter().all(|n| ["down-1", "down-2"].contains(n)), "{nodes:?}");
 }
