@@ -35,6 +35,10 @@ pub struct StoreArgs {
     /// Redis URL on this machine (default: a private redis-server on a free port).
     #[arg(long)]
     pub redis: Option<String>,
+    /// Also run the Redis life cycle with every message asking for its
+    /// expiry to be reported (`expired` events), next to the run without.
+    #[arg(long)]
+    pub report_expiry: bool,
 }
 
 /// Server-side counters of one Redis, read with `INFO`.
@@ -110,6 +114,7 @@ async fn life_cycle(
     store: Arc<dyn Store>,
     args: &StoreArgs,
     mut redis: Option<redis::aio::MultiplexedConnection>,
+    report_expiry: bool,
 ) -> anyhow::Result<Vec<Phase>> {
     let (clients, messages) = (args.clients, args.messages);
     let payload: Arc<[u8]> = vec![b'x'; args.payload].into();
@@ -134,10 +139,9 @@ async fn life_cycle(
                 drive(messages, args.concurrency, move |i| {
                     let (s, payload) = (s.clone(), payload.clone());
                     async move {
-                        match s
-                            .enqueue(&client(i), &message(&payload, now, now + 3_600_000), limits, now)
-                            .await?
-                        {
+                        let mut msg = message(&payload, now, now + 3_600_000);
+                        msg.report_expiry = report_expiry;
+                        match s.enqueue(&client(i), &msg, limits, now).await? {
                             Enqueued::Stored { .. } => Ok(()),
                             other => anyhow::bail!("not stored: {other:?}"),
                         }
@@ -224,12 +228,22 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         "bench store: {} messages over {} clients, {} calls in flight, {}-byte payloads",
         args.messages, args.clients, args.concurrency, args.payload
     );
-    let memory = life_cycle(Arc::new(MemoryStore::new()), &args, None).await?;
-    let redis_store = RedisStore::connect(&url, &random_prefix()).await?;
-    let conn = redis::Client::open(url.as_str())?
-        .get_multiplexed_async_connection()
-        .await?;
-    let redis = life_cycle(Arc::new(redis_store), &args, Some(conn)).await?;
+    let memory = life_cycle(Arc::new(MemoryStore::new()), &args, None, false).await?;
+    let connect = || async {
+        let store = RedisStore::connect(&url, &random_prefix()).await?;
+        let conn = redis::Client::open(url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
+        anyhow::Ok((Arc::new(store), conn))
+    };
+    let (store, conn) = connect().await?;
+    let redis = life_cycle(store, &args, Some(conn), false).await?;
+    let reporting = if args.report_expiry {
+        let (store, conn) = connect().await?;
+        Some(life_cycle(store, &args, Some(conn), true).await?)
+    } else {
+        None
+    };
     println!("| phase | memory msgs/s | redis msgs/s | redis/memory | bench CPU per msg (memory / redis) | Redis CPU per msg | Redis commands per msg | script calls per msg |");
     println!("|---|---|---|---|---|---|---|---|");
     for (m, r) in memory.iter().zip(&redis) {
@@ -243,6 +257,22 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
             m.own_cpu_us,
             r.own_cpu_us
         );
+    }
+    if let Some(reporting) = reporting {
+        println!();
+        println!("With every message asking for its expiry to be reported (`expired` events), Redis:");
+        println!("| phase | msgs/s | vs without | Redis CPU per msg (without) | Redis commands per msg (without) |");
+        println!("|---|---|---|---|---|");
+        for (with, without) in reporting.iter().zip(&redis) {
+            let (cpu, cmds, _) = with.redis.unwrap_or_default();
+            let (cpu0, cmds0, _) = without.redis.unwrap_or_default();
+            println!(
+                "| {} | {:.0} | {:.2}x | {cpu:.1} us ({cpu0:.1}) | {cmds:.2} ({cmds0:.2}) |",
+                with.name,
+                with.rate,
+                with.rate / without.rate
+            );
+        }
     }
     Ok(())
 }

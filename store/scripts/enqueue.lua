@@ -19,7 +19,8 @@ local function op(k, a, i)
   local rec, status, ev = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local now, max_msgs, max_bytes, idem_ttl, report = struct.unpack('<ddddd', ARGV[a + 4])
   local expires, size = struct.unpack(EXPIRY_SIZE, ev)
-  local c = load_counters(C, redis.call('HGET', h, 'm'))
+  local m = redis.call('HGET', h, 'm')
+  local c = load_counters(C, m)
   local tidied = tidy(h, c, now)
   if idem_ttl > 0 then
     local v = redis.call('GET', KEYS[k + 2])
@@ -37,7 +38,6 @@ local function op(k, a, i)
   -- message lowers it, or when the client's expiries start being reported.
   local index = report == 1 and expires < c.next_expiry
   if expires < c.next_expiry then c.next_expiry = expires end
-  if report == 1 and redis.call('HSETNX', h, 't', '1') == 1 then index = true end
   local until_ms = expires + RETENTION
   -- Lives are granted an hour beyond what is needed, so most calls extend none.
   local longer = until_ms > c.granted
@@ -46,7 +46,14 @@ local function op(k, a, i)
   local b = math.floor(c.seq / PER_BUCKET)
   local renew_bucket = b ~= c.bucket or until_ms > c.bucket_until
   if renew_bucket then c.bucket, c.bucket_until = b, until_ms + EXTRA_LIFE end
-  redis.call('HSET', h, 'r' .. s, rec, 'e' .. s, ev, 'm', pack_counters(c))
+  if report == 1 then
+    -- `t` rides on the write every enqueue makes; the count of fields it
+    -- added (r, e, m if new, t if new) tells whether `t` is new.
+    local added = redis.call('HSET', h, 'r' .. s, rec, 'e' .. s, ev, 'm', pack_counters(c), 't', '1')
+    if added > (m and 2 or 3) then index = true end
+  else
+    redis.call('HSET', h, 'r' .. s, rec, 'e' .. s, ev, 'm', pack_counters(c))
+  end
   local bk = bucket(status_prefix(h), s)
   redis.call('HSET', bk, s, status)
   if renew_bucket then redis.call('PEXPIREAT', bk, itoa(c.bucket_until)) end

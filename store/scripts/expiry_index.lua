@@ -1,22 +1,15 @@
 -- EXPIRY_INDEX. KEYS: one shard of the expiry index: its sorted set (client
 -- -> the time its expiries are due), its versions hash (client -> version of
--- its entry) and its version counter, all in the shard's slot. ARGV[1] names
--- the operation:
---   `set <client> <at>`    after an enqueue lowered the client's earliest
---                          expiry: the entry is due at `at`, with a new version
+-- its entry) and its version counter, all in the shard's slot (entries are
+-- set by EXPIRY_SET). ARGV[1] names the operation:
 --   `due <now> <max>`      up to max entries due: {client1, version1, ...}
 --   `move <client> <version> <next>`  a scan's verdict (`next`, NO_EXPIRY to
---                          remove), applied only if no `set` came since the
+--                          remove), applied only if no EXPIRY_SET came since the
 --                          scan read `version`: an enqueue that raced the
 --                          scan wrote what must stay
 local NO_EXPIRY = 9007199254740991
 local op = ARGV[1]
-if op == 'set' then
-  local v = redis.call('INCR', KEYS[3])
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
-  redis.call('HSET', KEYS[2], ARGV[2], v)
-  return v
-elseif op == 'due' then
+if op == 'due' then
   local clients = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
   if #clients == 0 then return {} end
   local versions = redis.call('HMGET', KEYS[2], unpack(clients))

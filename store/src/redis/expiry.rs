@@ -4,7 +4,7 @@
 //! reads the due entries of every shard with their versions, runs
 //! `EXPIRE_DUE` per client (which hands each expiry to one scanner only) and
 //! moves each entry with `EXPIRY_INDEX`, which leaves it alone if an enqueue
-//! set it since (a new version).
+//! set it since (`EXPIRY_SET`, a new version).
 
 use std::sync::LazyLock;
 
@@ -22,6 +22,11 @@ pub const EXPIRY_SHARDS: usize = 16;
 
 /// Expiries taken from one client per scan step; the rest wait for the next.
 const TAKE_PER_CLIENT: u64 = 1_000;
+
+/// What groups the callers of one shard in a batch.
+fn shard_name(n: usize) -> String {
+    ["x:", itoa::Buffer::new().format(n)].concat()
+}
 
 /// The shard of `client_id`'s index entry (FNV-1a: stable across builds).
 fn shard(client_id: &str) -> usize {
@@ -53,8 +58,11 @@ impl RedisStore {
     /// earliest expiry. The message is stored whatever happens here, so a
     /// failure is logged, not returned: the caller must not store it again.
     pub(super) async fn index_expiry(&self, client_id: &str, at: u64) {
-        let set = args(&[&"set", &client_id, &at]);
-        if let Err(e) = self.on_index(shard(client_id), set).await {
+        let n = shard(client_id);
+        let mut call = CallArgs::with_keys(self.keys.expiry_index(n));
+        call.arg(client_id).arg(at);
+        // Grouped by shard: on a cluster one call touches one slot.
+        if let Err(e) = self.scripts.expiry_set.call(&shard_name(n), call).await {
             tracing::warn!(client_id, error = %e, "could not index a message's expiry; it may be reported late");
         }
     }

@@ -21,7 +21,7 @@ use crate::{Store, StoreError};
 use batch::BatchedScript;
 use conn::{PubSubSource, RedisConn};
 use keys::Keys;
-use queue::{ACK, ENQUEUE, EXPIRE_DUE, INFO, PENDING};
+use queue::{ACK, ENQUEUE, EXPIRE_DUE, EXPIRY_SET, INFO, PENDING};
 
 fn int(v: &Value) -> Result<u64, StoreError> {
     match v {
@@ -52,6 +52,7 @@ struct QueueScripts {
     ack: BatchedScript,
     info: BatchedScript,
     expire_due: BatchedScript,
+    expiry_set: BatchedScript,
 }
 
 impl QueueScripts {
@@ -64,6 +65,8 @@ impl QueueScripts {
             ack: BatchedScript::start(conn.clone(), &ACK, 1, 3, ACK_LINGER),
             info: BatchedScript::start(conn.clone(), &INFO, 1, 1, Duration::ZERO),
             expire_due: BatchedScript::start(conn.clone(), &EXPIRE_DUE, 2, 2, Duration::ZERO),
+            // Callers are grouped by shard (see `index_expiry`), not by client.
+            expiry_set: BatchedScript::start(conn.clone(), &EXPIRY_SET, 3, 2, Duration::ZERO),
         }
     }
 }

@@ -19,6 +19,7 @@ pub(super) static PENDING: LazyLock<BatchScript> = LazyLock::new(|| BatchScript:
 pub(super) static ACK: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(scripts::ACK));
 pub(super) static INFO: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(scripts::INFO));
 pub(super) static EXPIRE_DUE: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(scripts::EXPIRE_DUE));
+pub(super) static EXPIRY_SET: LazyLock<BatchScript> = LazyLock::new(|| BatchScript::new(scripts::EXPIRY_SET));
 
 /// The key of one client's queue hash (`h`, see `scripts.rs`); the
 /// scripts find the client's status buckets from it.

@@ -156,7 +156,9 @@ pub const ACK: &str = queue_script!("ack.lua");
 pub const INFO: &str = queue_script!("info.lua");
 /// Expires a client's due messages and takes its unreported expiries (`expire_due.lua`).
 pub const EXPIRE_DUE: &str = queue_script!("expire_due.lua");
-/// Reads and writes one shard of the expiry index (`expiry_index.lua`).
+/// Sets a client's entry in the expiry index after an enqueue (`expiry_set.lua`, batched).
+pub const EXPIRY_SET: &str = concat!(script!("expiry_set.lua"), script!("batch.lua"));
+/// Reads and moves entries of one shard of the expiry index (`expiry_index.lua`).
 pub const EXPIRY_INDEX: &str = script!("expiry_index.lua");
 /// Raises the written high-water mark (`note_written.lua`).
 pub const NOTE_WRITTEN: &str = script!("note_written.lua");
