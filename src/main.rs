@@ -8,7 +8,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use duplex_node::config::{Config, LogConfig};
+use duplex_node::config::{Config, LogConfig, OtelConfig};
 use duplex_node::{Node, Tiers, Wiring};
 use tracing::{info, warn};
 
@@ -22,6 +22,7 @@ mod cert;
 mod cli;
 mod client_cli;
 mod env_keys;
+mod otel;
 mod signal;
 mod token;
 
@@ -80,24 +81,53 @@ fn check_config(config: &mut Config, ignored_variables: &[String]) -> ExitCode {
     }
 }
 
-fn init_tracing(log: &LogConfig) {
+/// Log lines on stderr, and spans to an OTLP collector when `[otel]` says
+/// so (each with its own filter: the log filter does not limit the export).
+fn init_tracing(log: &LogConfig, otel: &OtelConfig) -> Result<Option<otel::Export>, String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.filter));
     // Colours only for a person at a terminal: not in files, journald or a log collector.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if log.format == "json" {
-        builder.json().init();
+    let lines = if log.format == "json" {
+        lines.json().with_filter(filter).boxed()
     } else {
-        builder.init();
+        lines.with_filter(filter).boxed()
+    };
+    let registry = tracing_subscriber::registry().with(lines);
+    match otel::layer(otel)? {
+        Some((export_layer, export)) => {
+            registry.with(export_layer).init();
+            Ok(Some(export))
+        }
+        None => {
+            registry.init();
+            Ok(None)
+        }
     }
 }
 
 /// Runs a node until SIGTERM or Ctrl-C, then drains it.
 fn run(config: Config, tiers: Tiers, ignored_variables: &[String]) -> ExitCode {
-    init_tracing(&config.log);
+    let export = match init_tracing(&config.log, &config.otel) {
+        Ok(export) => export,
+        Err(e) => {
+            eprintln!("duplex: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let code = run_node(config, tiers, ignored_variables);
+    if let Some(export) = export {
+        export.shutdown();
+    }
+    code
+}
+
+fn run_node(config: Config, tiers: Tiers, ignored_variables: &[String]) -> ExitCode {
     for variable in ignored_variables {
         warn!(%variable, "ignoring an environment variable that names no configuration key (a typo, or another program's)");
     }

@@ -40,9 +40,10 @@ impl Session {
         match self.shared.store.ack(&self.client.client_id, seq, now_ms()).await {
             Ok(removed) => {
                 self.acked = self.acked.max(seq);
-                if let Some((probe, written)) = self.ack_probe {
-                    if seq >= probe {
-                        self.shared.push_ack_seconds.observe(written.elapsed());
+                if let Some(probe) = &self.ack_probe {
+                    if seq >= probe.seq {
+                        self.shared.push_ack_seconds.observe(probe.written.elapsed());
+                        // Dropping it ends the probe's `ack` span, if it has one.
                         self.ack_probe = None;
                     }
                 }

@@ -51,11 +51,35 @@ pub(crate) struct Session {
     /// The first stored push written since the last sample of write-to-ack
     /// latency, and when: one push per ack round trip is timed, so the
     /// histogram costs a few bytes per connection, not one entry per push.
-    pub(crate) ack_probe: Option<(u64, Instant)>,
+    pub(crate) ack_probe: Option<AckProbe>,
     /// Frames on their way to this connection (registered in the hub by `run`).
     pub(crate) outbox: Arc<Outbox>,
     /// The connection's token: when it expires, and the grace after that.
     pub(crate) token: TokenLife,
+}
+
+/// A push whose ack is being waited for: its seq, when it was written, and
+/// (with trace export on) the `ack` span that ends when the ack comes.
+pub(crate) struct AckProbe {
+    pub seq: u64,
+    pub written: Instant,
+    /// Held, never read: dropping it ends the span.
+    pub _span: Option<Box<tracing::Span>>,
+}
+
+/// The `ack` span of an encoded push frame, continuing the push's trace
+/// (its `traceparent` header); `None` unless spans are exported.
+fn ack_span(body: &Bytes, shared: &Shared) -> Option<Box<tracing::Span>> {
+    let span = tracing::debug_span!("ack", seq = tracing::field::Empty);
+    if span.is_disabled() {
+        return None;
+    }
+    let Ok(Frame::Push(push)) = duplex_shared::protocol::decode_body(body, &shared.limits) else {
+        return None;
+    };
+    duplex_shared::trace::continue_from(&span, push.headers.get("traceparent").map(String::as_str));
+    span.record("seq", push.seq);
+    Some(Box::new(span))
 }
 
 /// Why the serving loop ended.
@@ -387,10 +411,16 @@ impl Session {
         if bodies.is_empty() {
             return Ok(());
         }
+        // The last frame is the probe's push if one starts here (kept for its span).
+        let last = self.ack_probe.is_none().then(|| bodies.last().cloned()).flatten();
         match timeout(self.shared.write_timeout(), self.io.write_owned(bodies)).await {
             Ok(Ok(())) => {
                 if self.ack_probe.is_none() && self.sequencer.cursor > self.acked {
-                    self.ack_probe = Some((self.sequencer.cursor, Instant::now()));
+                    self.ack_probe = Some(AckProbe {
+                        seq: self.sequencer.cursor,
+                        written: Instant::now(),
+                        _span: last.and_then(|body| ack_span(&body, &self.shared)),
+                    });
                 }
                 Ok(())
             }

@@ -49,6 +49,8 @@ async fn in_request_span(request: axum::extract::Request, next: axum::middleware
         path = %request.uri().path(),
         trace_id = trace_id.as_deref()
     );
+    let caller = request.headers().get("traceparent").and_then(|v| v.to_str().ok());
+    duplex_shared::trace::continue_from(&span, caller);
     next.run(request).instrument(span).await
 }
 
@@ -104,7 +106,7 @@ async fn push_inner(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Resul
     let request: PushRequest = parse_json(body)?;
     let mut valid = request.validate(&shared.config)?;
     let trace = traceparent(headers);
-    with_trace(&mut valid, trace.as_deref());
+    with_trace(&mut valid, outgoing_trace(trace.as_deref()).as_deref());
     let span = tracing::info_span!(
         "push",
         trace_id = trace.as_deref().and_then(duplex_shared::trace::trace_id)
@@ -158,13 +160,19 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Carries the backend's trace to the client in the push headers (unless the
-/// push sets its own), so an app can log against the same trace.
-fn with_trace(push: &mut ValidPush, trace: Option<&str>) {
-    if let Some(t) = trace {
-        push.headers
-            .entry("traceparent".into())
-            .or_insert_with(|| duplex_shared::trace::child_traceparent(Some(t)));
+/// push sets its own), so an app can log against the same trace; with trace
+/// export on, every push carries the `push_api` span's, so the access node's
+/// `ack` span joins the trace.
+fn with_trace(push: &mut ValidPush, traceparent: Option<&str>) {
+    if let Some(t) = traceparent {
+        push.headers.entry("traceparent".into()).or_insert_with(|| t.to_owned());
     }
+}
+
+/// The `traceparent` pushes of this call carry (see `with_trace`).
+fn outgoing_trace(caller: Option<&str>) -> Option<String> {
+    duplex_shared::trace::current_traceparent()
+        .or_else(|| caller.map(|t| duplex_shared::trace::child_traceparent(Some(t))))
 }
 
 /// One answer of a batch: the status, then the push's answer or its error,
@@ -215,7 +223,7 @@ async fn push_batch_inner(shared: &Shared, headers: &HeaderMap, body: Bytes) -> 
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let trace = traceparent(headers);
+    let trace = outgoing_trace(traceparent(headers).as_deref());
     let mut valid = valid;
     for p in &mut valid {
         with_trace(p, trace.as_deref());

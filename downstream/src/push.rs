@@ -15,6 +15,7 @@ use duplex_store::{
 };
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::request::ValidPush;
@@ -180,7 +181,12 @@ impl Shared {
             max_messages: self.config.queue_max_messages,
             max_bytes: self.config.queue_max_bytes,
         };
-        let (seq, msg_id, fresh_route) = match self.store.enqueue(client_id, &msg, limits, now).await? {
+        let stored = self
+            .store
+            .enqueue(client_id, &msg, limits, now)
+            .instrument(tracing::debug_span!("store", client_id))
+            .await?;
+        let (seq, msg_id, fresh_route) = match stored {
             Enqueued::Stored { seq, msg_id, route } => (seq, msg_id, Some(route)),
             Enqueued::Duplicate { seq, msg_id } => (seq, msg_id, None),
             Enqueued::Full { messages, bytes } => {
@@ -244,7 +250,9 @@ impl Shared {
         if let Frame::Push(push) = &mut frame {
             push.ack_now = ack_now;
         }
-        let delivery = deliver_via(&*self.nodes, client_id, route, frame).await;
+        let delivery = deliver_via(&*self.nodes, client_id, route, frame)
+            .instrument(tracing::debug_span!("deliver", client_id, seq))
+            .await;
         match delivery {
             // A reply's status is never asked for (its id is not handed out), so it gets no sent mark.
             Delivery::Delivered if is_push => {

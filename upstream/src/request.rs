@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use duplex_shared::links::{ClientContext, LinkError, ReplyLink};
 use duplex_shared::protocol::{Headers, Reply, Request};
-use duplex_shared::trace::child_traceparent;
+use duplex_shared::trace::{continue_from, outgoing_traceparent};
 use duplex_store::{now_ms, FrameClaim};
 use reqwest::Method;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::call::{idempotency_key, BackendResponse, Call, CallError, ReplyKind};
 use crate::{store_unavailable, Upstream};
@@ -97,9 +98,12 @@ impl Upstream {
         let replies = self.replies.clone();
         let from = from.clone();
         let (done, replied) = tokio::sync::oneshot::channel::<()>();
-        self.tasks.spawn(async move {
+        let span = tracing::debug_span!("request", client_id = %from.client_id, id = req.id, path = %req.path);
+        continue_from(&span, req.headers.get("traceparent").map(String::as_str));
+        let task = async move {
             let _permit = permit;
             let deadline = Instant::now() + Duration::from_millis(deadline_ms);
+            let backend = tracing::debug_span!("backend", method = %method);
             let call = Call {
                 retry_safe,
                 method,
@@ -109,10 +113,15 @@ impl Upstream {
                 client_id: &from.client_id,
                 user_id: &from.user_id,
                 idempotency_key: idempotency_key(&from.client_id, "r", req.id),
-                traceparent: child_traceparent(req.headers.get("traceparent").map(String::as_str)),
+                // The backend's parent is the `backend` span when spans are exported.
+                traceparent: backend
+                    .in_scope(|| outgoing_traceparent(req.headers.get("traceparent").map(String::as_str))),
                 deadline,
             };
-            let result = match tokio::time::timeout_at(deadline, service.call(&call)).await {
+            let result = match tokio::time::timeout_at(deadline, service.call(&call))
+                .instrument(backend)
+                .await
+            {
                 Ok(r) => r,
                 Err(_) => Err(CallError::Timeout),
             };
@@ -120,9 +129,12 @@ impl Upstream {
             service.count_reply(kind);
             // The claim stays until it expires (deadline + slack): a resend meanwhile
             // finds it and waits for this reply instead of calling the backend again.
-            deliver_reply(&*replies, &from.client_id, reply, deadline_ms).await;
+            deliver_reply(&*replies, &from.client_id, reply, deadline_ms)
+                .instrument(tracing::debug_span!("reply"))
+                .await;
             let _ = done.send(());
-        });
+        };
+        self.tasks.spawn(task.instrument(span));
         if how.wait_for_reply {
             let _ = replied.await;
         }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+mod otel;
 mod registry;
 mod secrets;
 
@@ -16,6 +17,7 @@ pub use duplex_events::{EventsConfig, WebhookConfig};
 pub use duplex_shared::config::{invalid, ConfigError, HttpConfig};
 pub use duplex_shared::secrets::redact_url;
 pub use duplex_upstream::config::{EndpointConfig, ServiceConfig, UpstreamConfig};
+pub use otel::OtelConfig;
 pub use registry::{InternalTls, RegistryConfig, DEV_INTERNAL_SECRET};
 
 /// Whole-node configuration.
@@ -42,6 +44,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Lifecycle events to backends (docs/EVENTS.md). Default: none sent.
     pub events: EventsConfig,
+    /// OpenTelemetry trace export. Default: off.
+    pub otel: OtelConfig,
 }
 
 impl Default for Config {
@@ -60,6 +64,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             events: EventsConfig::default(),
+            otel: OtelConfig::default(),
         }
     }
 }
@@ -115,6 +120,7 @@ impl Config {
         check(self.registry.validate());
         check(self.http.validate());
         check(self.events.validate());
+        check(self.otel.validate());
         match &self.admin.token {
             Some(t) if t.len() < 16 => check(Err(invalid("admin.token", "at least 16 bytes"))),
             None if !self.admin.listen.ip().is_loopback() => check(Err(invalid(
