@@ -1,6 +1,7 @@
 //! The web dashboard in a real headless browser (Debian's `chromium`, driven
 //! over the DevTools protocol): the page loads, shows a connected client, and
-//! an isolate click takes effect.
+//! an isolate click takes effect; in split mode an access node's page shows
+//! the whole deployment to a read-only token, without controls.
 
 mod common;
 
@@ -177,4 +178,85 @@ async fn the_dashboard_shows_a_connected_client_and_an_isolate_click_takes_effec
     .1;
     assert_eq!(pools["pools"]["orders"][0]["isolated"], true, "{pools}");
     assert_eq!(pools["pools"]["orders"][1]["isolated"], false, "{pools}");
+}
+
+const READ_TOKEN: &str = "read-only-token-for-the-dashboard";
+
+/// Split mode on Redis, the access node's dashboard opened with the read-only
+/// token: it shows upstream's pools and the deployment's push rate (both from
+/// other nodes), finds a user's clients, and offers no control.
+#[tokio::test]
+async fn an_access_nodes_dashboard_shows_the_deployment_to_a_read_only_token() {
+    let redis = duplex_testkit::TestRedis::start().expect("redis-server");
+    let backend = Backend::start().await;
+    let config = config_file(&format!(
+        "[admin]\ntoken = \"{ADMIN_TOKEN}\"\nread_token = \"{READ_TOKEN}\"\n\n[registry]\ninternal_secret = \"internal-secret-for-the-dashboard\"\n\n[upstream.services.orders]\nendpoints = [{{ url = \"{}\" }}]\n",
+        backend.url()
+    ));
+    let node = |tier: &str, id: &str| {
+        start_tier(
+            tier,
+            &["--redis", &redis.url(), "--node-id", id, "--config", &config.path],
+        )
+    };
+    let (access, _upstream, down) = (
+        node("access", "edge-1"),
+        node("upstream", "up-1"),
+        node("downstream", "down-1"),
+    );
+    let mut conn = Connection::tcp(access.tcp()).await.expect("tcp");
+    conn.handshake(&mint("alice"), "phone-1", 0).await.expect("handshake");
+    let push_api = down.push.expect("push API");
+    // Pushes keep flowing while the page watches (bounded: 60 s at most).
+    let pushing = tokio::spawn(async move {
+        for _ in 0..300 {
+            push_arrives_live(push_api, "phone-1", &mut conn).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+
+    let (_browser, port) = chromium().await;
+    let url = format!("http://{}/dashboard#token={READ_TOKEN}&user=alice", access.admin);
+    let mut page = Page::open(port, &url).await;
+    page.wait_for("document.body && document.body.dataset.ready === 'true'", json!(true))
+        .await;
+    page.wait_for("document.body.dataset.role", json!("read")).await;
+    page.wait_for(
+        "document.querySelector('[data-state=\"orders/0\"]') && document.querySelector('[data-state=\"orders/0\"]').textContent",
+        json!("up"),
+    )
+    .await;
+    // Controls are not shown to a reader.
+    assert_eq!(
+        page.eval("getComputedStyle(document.querySelector('button[data-endpoint=\"orders/0\"]')).display")
+            .await,
+        json!("none")
+    );
+    assert_eq!(
+        page.eval("getComputedStyle(document.getElementById('save-service')).display")
+            .await,
+        json!("none")
+    );
+    // The user's clients, from the store.
+    page.wait_for(
+        "document.querySelector('#user-table tbody tr td:nth-child(2)') && document.querySelector('#user-table tbody tr td:nth-child(2)').textContent",
+        json!("true"),
+    )
+    .await;
+    // Pushes delivered by the downstream node show on the access node's page.
+    page.wait_for(
+        "document.getElementById('rate-nodes') && document.getElementById('rate-nodes').textContent",
+        json!("3 of 3 nodes"),
+    )
+    .await;
+    page.wait_for(
+        "Number(document.getElementById('rate-pushes') && document.getElementById('rate-pushes').textContent) > 0",
+        json!(true),
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.querySelectorAll('#legend span').length").await,
+        json!(4)
+    );
+    pushing.abort();
 }

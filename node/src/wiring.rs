@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{Config, DEV_API_KEY, DEV_SECRET};
 use duplex_access::auth::TokenVerifier;
@@ -365,12 +366,41 @@ pub(crate) async fn start(config: Config, tiers: Tiers, wiring: Wiring) -> Resul
     }
     let secret = config.registry.secret();
     let limits = config.access.limits();
-    let internal_app = cluster::router(built.hub.clone(), secret, limits).merge(remote::router(
-        secret,
-        limits,
-        built.upstream.clone(),
-        built.downstream.as_ref().map(|d| d.replies()),
-    ));
+    let store_kind = if config.redis_url.is_some() { "redis" } else { "memory" };
+    let fresh = registry::Freshness::default();
+    let shutdown = CancellationToken::new();
+    let forwarder = admin::forward::Forwarder {
+        client: cluster::internal_http(Duration::from_secs(10), ca_pem)
+            .map_err(|e| StartError::Internal(format!("cannot build the node-to-node client: {e}")))?,
+        secret: secret.to_owned(),
+    };
+    let admin_state = Arc::new(admin::Admin {
+        node_id: node_id.clone(),
+        store_kind,
+        tiers: tiers.names(),
+        started: std::time::Instant::now(),
+        clients: built.downstream.as_ref().map(|d| d.clients()),
+        metrics: metrics.clone(),
+        store: store.clone(),
+        upstream: built.upstream.clone(),
+        token: config.admin.token.clone(),
+        read_token: config.admin.read_token.clone(),
+        forwarder: Some(forwarder),
+        registry: fresh.clone(),
+        lease_ms: config.registry.lease_ms,
+        draining: shutdown.clone(),
+    });
+    let internal_app = cluster::router(built.hub.clone(), secret, limits)
+        .merge(remote::router(
+            secret,
+            limits,
+            built.upstream.clone(),
+            built.downstream.as_ref().map(|d| d.replies()),
+        ))
+        .nest(
+            admin::forward::INTERNAL_PREFIX,
+            admin::forward::receiving(admin_state.clone()),
+        );
     let internal_app = cluster::require_secret(internal_app, secret);
     // A frame and its query/headers; nothing bigger is ever sent between nodes.
     let internal_body = config.access.max_frame_bytes as usize + 64 * 1024;
@@ -396,9 +426,7 @@ pub(crate) async fn start(config: Config, tiers: Tiers, wiring: Wiring) -> Resul
             ))
         }
     };
-    let store_kind = if config.redis_url.is_some() { "redis" } else { "memory" };
     // Registered before the node reports its addresses: a node is ready once it is listed.
-    let fresh = registry::Freshness::default();
     let mut entry = registry::entry(&config, &node_id, &tiers.names(), &addresses);
     if internal_tls.is_some() {
         entry.internal = entry.internal.replacen("http://", "https://", 1);
@@ -409,7 +437,6 @@ pub(crate) async fn start(config: Config, tiers: Tiers, wiring: Wiring) -> Resul
     if addresses.push_api.is_some() && config.downstream.api_keys.iter().any(|k| k == DEV_API_KEY) {
         warn!("using the built-in development API key; set downstream.api_keys before exposing this node");
     }
-    let shutdown = CancellationToken::new();
     let access = match (access_context, listeners.access) {
         (Some(ctx), Some(l)) => Some(tokio::spawn(duplex_access::run(ctx, l, shutdown.clone()))),
         _ => None,
@@ -424,20 +451,6 @@ pub(crate) async fn start(config: Config, tiers: Tiers, wiring: Wiring) -> Resul
         fresh.clone(),
         shutdown.clone(),
     ));
-    let admin_state = admin::Admin {
-        node_id: node_id.clone(),
-        store_kind,
-        tiers: tiers.names(),
-        started: std::time::Instant::now(),
-        clients: built.downstream.as_ref().map(|d| d.clients()),
-        metrics: metrics.clone(),
-        store: store.clone(),
-        upstream: built.upstream.clone(),
-        token: config.admin.token.clone(),
-        registry: fresh,
-        lease_ms: config.registry.lease_ms,
-        draining: shutdown.clone(),
-    };
     let upstream =
         (built.upstream.clone()).map(|u| tokio::spawn(u.serve(UpstreamListeners::default(), shutdown.clone())));
     let downstream = match (built.downstream, listeners.push) {

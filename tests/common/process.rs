@@ -115,6 +115,7 @@ pub struct TierNode {
     pub tcp: Option<SocketAddr>,
     pub push: Option<SocketAddr>,
     pub admin: SocketAddr,
+    pub internal: Option<SocketAddr>,
 }
 
 impl Drop for TierNode {
@@ -152,6 +153,7 @@ pub fn start_tier(tier: &str, extra: &[&str]) -> TierNode {
         tcp: printed.get("tcp").copied(),
         push: printed.get("push").copied(),
         admin: *printed.get("admin").expect("printed admin address"),
+        internal: printed.get("internal").copied(),
     }
 }
 

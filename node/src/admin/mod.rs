@@ -7,8 +7,10 @@
 //! lease is fresh, and the node is not draining. A load balancer or Kubernetes stops sending new clients to a node
 //! that is not ready.
 
+pub(crate) mod forward;
 mod guard;
 mod openapi;
+mod totals;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +41,10 @@ pub struct Admin {
     pub upstream: Option<Arc<Upstream>>,
     /// Required as `Authorization: Bearer` by changing calls, when set.
     pub token: Option<String>,
+    /// Lets its bearer read the admin API, change nothing (`admin.read_token`).
+    pub read_token: Option<String>,
+    /// Reaches the nodes running the tiers this one does not (`forward.rs`).
+    pub forwarder: Option<forward::Forwarder>,
     /// Cancelled when the node drains: readiness turns false at once.
     pub draining: CancellationToken,
     /// When this node last renewed its registry entry.
@@ -49,18 +55,17 @@ pub struct Admin {
 /// Admin request bodies (routing changes) stay far below this.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// Serves until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, admin: Admin, limits: duplex_http::HttpLimits, stop: CancellationToken) {
-    let token_set = admin.token.is_some();
-    let app = Router::new()
-        .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/", get(|| async { axum::response::Redirect::to("/dashboard") }))
-        .route("/dashboard", get(dashboard))
+/// The admin API's routes (`/admin/v1/...`, `/openapi.json`), each checking
+/// the caller's token: served on the admin listener, and behind the internal
+/// secret on the internal listener for calls other nodes forward (`forward.rs`).
+pub fn api_router(admin: Arc<Admin>) -> Router {
+    Router::new()
         .route("/openapi.json", get(openapi_document))
+        .route("/admin/v1/whoami", get(whoami))
         .route("/admin/v1/nodes", get(nodes))
+        .route("/admin/v1/totals", get(totals::totals))
         .route("/admin/v1/clients/{client_id}", get(client).delete(kick))
+        .route("/admin/v1/users/{user_id}/clients", get(user_clients))
         .route("/admin/v1/queues", get(queues))
         .route("/admin/v1/pools", get(pools))
         .route("/admin/v1/routing", get(routing))
@@ -70,7 +75,21 @@ pub async fn serve(listener: TcpListener, admin: Admin, limits: duplex_http::Htt
         )
         .route("/admin/v1/pools/{service}/endpoints/{endpoint}/isolate", post(isolate))
         .route("/admin/v1/pools/{service}/endpoints/{endpoint}/recover", post(recover))
-        .with_state(Arc::new(admin));
+        .with_state(admin)
+}
+
+/// Serves until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, limits: duplex_http::HttpLimits, stop: CancellationToken) {
+    let token_set = admin.token.is_some();
+    let api = api_router(admin.clone()).layer(axum::middleware::from_fn_with_state(admin.clone(), forward::middleware));
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/", get(|| async { axum::response::Redirect::to("/dashboard") }))
+        .route("/dashboard", get(dashboard))
+        .with_state(admin)
+        .merge(api);
     let app = match listener.local_addr() {
         Ok(bound) => app.layer(axum::middleware::from_fn_with_state(
             Arc::new(AdminGuard { bound, token_set }),
@@ -114,7 +133,7 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (
         status,
         Json(serde_json::json!({"code": code, "message": message.into()})),
@@ -122,21 +141,79 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
-/// `None` when the call may go on, else the 401 to send.
-fn refused(admin: &Admin, headers: &HeaderMap) -> Option<Response> {
-    let expected = admin.token.as_ref()?;
+/// What a caller's token lets it do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// `admin.read_token`: every read of the admin API, no change.
+    Read,
+    /// `admin.token` (or no token set, on loopback): everything.
+    Admin,
+}
+
+impl Role {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Role> {
+        match s {
+            "read" => Some(Role::Read),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// The caller's role if it may make a call that needs `need`, else the
+/// 401 (no or a wrong token) or 403 (the read-only token, for a change) to send.
+pub(crate) fn role(admin: &Admin, headers: &HeaderMap, need: Role) -> Result<Role, Box<Response>> {
+    let Some(expected) = admin.token.as_ref() else {
+        return Ok(Role::Admin);
+    };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    (!duplex_shared::secrets::constant_time_eq(given.as_bytes(), expected.as_bytes())).then(|| {
-        error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send the admin token as `Authorization: Bearer <token>`",
-        )
-    })
+    let matches = |token: &str| duplex_shared::secrets::constant_time_eq(given.as_bytes(), token.as_bytes());
+    if matches(expected) {
+        return Ok(Role::Admin);
+    }
+    if admin.read_token.as_deref().is_some_and(matches) {
+        return match need {
+            Role::Read => Ok(Role::Read),
+            Role::Admin => Err(Box::new(read_only_refusal())),
+        };
+    }
+    Err(Box::new(error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "send the admin token (or, to read, the read-only token) as `Authorization: Bearer <token>`",
+    )))
+}
+
+pub(crate) fn read_only_refusal() -> Response {
+    error(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "the read-only token cannot change anything; use the admin token",
+    )
+}
+
+/// `None` when the call may go on, else the 401 or 403 to send.
+fn refused(admin: &Admin, headers: &HeaderMap, need: Role) -> Option<Response> {
+    role(admin, headers, need).err().map(|refusal| *refusal)
+}
+
+/// `GET /admin/v1/whoami`: the caller's role, so the dashboard shows only what it may do.
+async fn whoami(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    match role(&admin, &headers, Role::Read) {
+        Ok(r) => Json(serde_json::json!({ "role": r.label(), "node_id": admin.node_id })).into_response(),
+        Err(refusal) => *refusal,
+    }
 }
 
 /// The web dashboard: one static page (no build step) driving the admin API
@@ -155,7 +232,7 @@ async fn dashboard() -> impl IntoResponse {
 /// Every node in the registry (live leases) with its load; this node adds
 /// its uptime, transports and drain state.
 async fn nodes(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&admin, &headers) {
+    if let Some(r) = refused(&admin, &headers, Role::Read) {
         return r;
     }
     let registered = match admin.store.nodes(duplex_store::now_ms()).await {
@@ -219,7 +296,7 @@ async fn queues(
     headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<QueuesQuery>,
 ) -> Response {
-    if let Some(r) = refused(&admin, &headers) {
+    if let Some(r) = refused(&admin, &headers, Role::Read) {
         return r;
     }
     let limit = q.limit.unwrap_or(20).clamp(1, 1_000);
@@ -238,7 +315,7 @@ async fn queues(
     Json(serde_json::json!({ "clients": overview, "spools": spools })).into_response()
 }
 
-fn tier_not_here(admin: &Admin, tier: &str) -> Response {
+pub(crate) fn tier_not_here(admin: &Admin, tier: &str) -> Response {
     error(
         StatusCode::NOT_FOUND,
         "tier_not_here",
@@ -265,7 +342,7 @@ fn api_error(e: ApiError) -> Response {
 }
 
 async fn client(State(admin): State<Arc<Admin>>, headers: HeaderMap, Path(client_id): Path<String>) -> Response {
-    if let Some(r) = refused(&admin, &headers) {
+    if let Some(r) = refused(&admin, &headers, Role::Read) {
         return r;
     }
     let clients = match clients_of(&admin) {
@@ -278,8 +355,43 @@ async fn client(State(admin): State<Arc<Admin>>, headers: HeaderMap, Path(client
     }
 }
 
+/// Clients listed per user at most.
+const USER_CLIENTS_MAX: usize = 1_000;
+
+/// `GET /admin/v1/users/{user_id}/clients`: the client ids the user
+/// connected in the last day, each with where it is connected now; read from
+/// the store, so any node answers.
+async fn user_clients(State(admin): State<Arc<Admin>>, headers: HeaderMap, Path(user_id): Path<String>) -> Response {
+    if let Some(r) = refused(&admin, &headers, Role::Read) {
+        return r;
+    }
+    let unavailable =
+        |e: duplex_store::StoreError| error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string());
+    let mut ids = match admin.store.user_clients(&user_id).await {
+        Ok(ids) => ids,
+        Err(e) => return unavailable(e),
+    };
+    ids.sort();
+    let truncated = ids.len() > USER_CLIENTS_MAX;
+    ids.truncate(USER_CLIENTS_MAX);
+    let routes = futures_util::future::join_all(ids.iter().map(|id| admin.store.get_route(id))).await;
+    let mut clients = Vec::with_capacity(ids.len());
+    for (id, route) in ids.into_iter().zip(routes) {
+        let route = match route {
+            Ok(r) => r,
+            Err(e) => return unavailable(e),
+        };
+        clients.push(serde_json::json!({
+            "client_id": id,
+            "online": route.is_some(),
+            "node_id": route.map(|r| r.node_id),
+        }));
+    }
+    Json(serde_json::json!({ "user_id": user_id, "clients": clients, "truncated": truncated })).into_response()
+}
+
 async fn kick(State(admin): State<Arc<Admin>>, headers: HeaderMap, Path(client_id): Path<String>) -> Response {
-    if let Some(r) = refused(&admin, &headers) {
+    if let Some(r) = refused(&admin, &headers, Role::Admin) {
         return r;
     }
     let clients = match clients_of(&admin) {
@@ -294,14 +406,14 @@ async fn kick(State(admin): State<Arc<Admin>>, headers: HeaderMap, Path(client_i
 
 /// The admin API's OpenAPI 3.1 document, behind the admin token like the API.
 async fn openapi_document(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&admin, &headers) {
+    if let Some(r) = refused(&admin, &headers, Role::Read) {
         return r;
     }
     ([(header::CONTENT_TYPE, "application/json")], openapi::DOCUMENT.as_str()).into_response()
 }
 
 async fn pools(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&admin, &headers) {
+    if let Some(r) = refused(&admin, &headers, Role::Read) {
         return r;
     }
     match upstream_of(&admin) {
@@ -325,7 +437,7 @@ async fn set_isolated(
     Path((service, endpoint)): Path<(String, String)>,
     isolated: bool,
 ) -> Response {
-    if let Some(r) = refused(&admin, &headers) {
+    if let Some(r) = refused(&admin, &headers, Role::Admin) {
         return r;
     }
     let upstream = match upstream_of(&admin) {
@@ -354,7 +466,7 @@ fn admin_error(e: AdminError) -> Response {
 }
 
 async fn routing(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&admin, &headers) {
+    if let Some(r) = refused(&admin, &headers, Role::Read) {
         return r;
     }
     match upstream_of(&admin) {
@@ -370,7 +482,7 @@ async fn put_service(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = refused(&admin, &headers) {
+    if let Some(r) = refused(&admin, &headers, Role::Admin) {
         return r;
     }
     let service = match serde_json::from_slice(&body) {
@@ -394,7 +506,7 @@ async fn put_service(
 }
 
 async fn delete_service(State(admin): State<Arc<Admin>>, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    if let Some(r) = refused(&admin, &headers) {
+    if let Some(r) = refused(&admin, &headers, Role::Admin) {
         return r;
     }
     let upstream = match upstream_of(&admin) {

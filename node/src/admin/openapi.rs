@@ -123,7 +123,30 @@ fn put_service() {}
 #[allow(dead_code)]
 fn delete_service() {}
 
-/// `admin.token` as a bearer token.
+#[utoipa::path(get, path = "/admin/v1/whoami", tag = "admin",
+    responses(
+        (status = 200, description = "`{\"role\": \"admin\" | \"read\", \"node_id\"}`: what the caller's token may do", body = serde_json::Value),
+        (status = 401, description = "No or a wrong token", body = ErrorAnswer),
+    ),
+    security(("admin_token" = [])))]
+#[allow(dead_code)]
+fn whoami() {}
+
+#[utoipa::path(get, path = "/admin/v1/totals", tag = "admin",
+    params(("scope" = Option<String>, Query, description = "`node`: this node only; default: every live node summed")),
+    responses((status = 200, description = "`{totals: {connections, pushes_delivered, frames_in, backend_calls}, nodes, answered}`", body = serde_json::Value)),
+    security(("admin_token" = [])))]
+#[allow(dead_code)]
+fn totals() {}
+
+#[utoipa::path(get, path = "/admin/v1/users/{user_id}/clients", tag = "admin",
+    params(("user_id" = String, Path)),
+    responses((status = 200, description = "`{user_id, clients: [{client_id, online, node_id}], truncated}`", body = serde_json::Value)),
+    security(("admin_token" = [])))]
+#[allow(dead_code)]
+fn user_clients() {}
+
+/// `admin.token` (or, for reads, `admin.read_token`) as a bearer token.
 struct AdminToken;
 
 impl Modify for AdminToken {
@@ -139,7 +162,7 @@ impl Modify for AdminToken {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Duplex admin API", description = "For operators: nodes, clients, queues, pools and the routing table (docs/OPERATIONS.md)."),
-    paths(metrics, healthz, readyz, nodes, client, kick, queues, pools, isolate, recover, routing, put_service, delete_service),
+    paths(metrics, healthz, readyz, whoami, nodes, totals, client, user_clients, kick, queues, pools, isolate, recover, routing, put_service, delete_service),
     components(schemas(ServiceConfig, EndpointConfig, ErrorAnswer)),
     modifiers(&AdminToken)
 )]

@@ -129,6 +129,12 @@ impl Config {
             ))),
             _ => {}
         }
+        match (&self.admin.read_token, &self.admin.token) {
+            (Some(r), _) if r.len() < 16 => check(Err(invalid("admin.read_token", "at least 16 bytes"))),
+            (Some(_), None) => check(Err(invalid("admin.read_token", "needs admin.token"))),
+            (Some(r), Some(t)) if r == t => check(Err(invalid("admin.read_token", "must differ from admin.token"))),
+            _ => {}
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             check(Err(invalid("log.format", "must be text or json")));
         }
@@ -161,6 +167,9 @@ pub struct AdminConfig {
     /// Bearer token the admin API's changing calls (isolate, recover) require, at least 16
     /// bytes. Required when `listen` is not a loopback address; unset on loopback: no token.
     pub token: Option<String>,
+    /// A second token, at least 16 bytes, that may read the admin API (and
+    /// the dashboard) but change nothing. Needs `token`. Default: none.
+    pub read_token: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -168,6 +177,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7090)),
             token: None,
+            read_token: None,
         }
     }
 }

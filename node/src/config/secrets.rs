@@ -22,6 +22,9 @@ pub(super) fn refuse_placeholders(cfg: &Config) -> Result<(), ConfigError> {
     if let Some(s) = &cfg.admin.token {
         secrets.push(("admin.token", s));
     }
+    if let Some(s) = &cfg.admin.read_token {
+        secrets.push(("admin.read_token", s));
+    }
     if let Some(s) = &cfg.registry.internal_secret {
         secrets.push(("registry.internal_secret", s));
     }
