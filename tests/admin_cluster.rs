@@ -145,6 +145,16 @@ async fn any_node_answers_for_the_whole_deployment_and_a_reader_changes_nothing(
     let (status, _) = call_json(&http, Method::DELETE, admin("/admin/v1/clients/phone-1"), Some(ADMIN)).await;
     assert_eq!(status, 200);
 
+    // A lookup lists what waits for the client's ack.
+    let pushed = push_hi(down.push.expect("push API"), "phone-2").await;
+    let (status, away) = call_json(&http, Method::GET, admin("/admin/v1/clients/phone-2"), Some(READER)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        away["waiting"][0]["message_id"], pushed["messages"][0]["message_id"],
+        "{away}"
+    );
+    assert_eq!(away["waiting"][0]["state"], "queued", "{away}");
+
     // The internal listener's forwarded admin calls need the internal secret.
     let internal = upstream
         .internal

@@ -91,16 +91,39 @@ pub async fn run(ctx: DownstreamContext, listeners: DownstreamListeners, shutdow
     Downstream::start(ctx).serve(listeners, shutdown).await;
 }
 
+/// Messages listed as waiting in an admin client lookup.
+pub const WAITING_SHOWN: usize = 10;
+
 /// Client lookup and kick, for the admin API (the push API has its own routes).
 #[derive(Clone)]
 pub struct Clients(Arc<Shared>);
 
 impl Clients {
-    /// Route, connection time, pending count and bytes, ack watermark, expiries.
+    /// Route, connection time, pending count and bytes, ack watermark,
+    /// expiries, and the oldest messages waiting for the client's ack
+    /// (`waiting`, at most [`WAITING_SHOWN`], each queued or sent).
     pub async fn info(&self, client_id: String) -> Result<serde_json::Value, ApiError> {
-        let info = self.0.client_info(client_id).await?;
-        serde_json::to_value(info)
-            .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+        let info = self.0.client_info(client_id.clone()).await?;
+        let now = now_ms();
+        let store = &self.0.store;
+        let pending = store.pending(&client_id, 0, WAITING_SHOWN, now).await?;
+        let mut waiting = Vec::with_capacity(pending.messages.len());
+        for m in &pending.messages {
+            let status = store.message_status(&client_id, m.seq, m.record.nonce, now).await?;
+            waiting.push(serde_json::json!({
+                "seq": m.seq,
+                "message_id": m.msg_id,
+                "state": status.as_ref().map_or("queued", |s| s.state.as_str()),
+                "created_at": m.record.created_ms,
+                "expires_at": m.record.expires_ms,
+                "sent_at": status.and_then(|s| s.sent_at),
+                "reply": m.record.reply_to.is_some(),
+            }));
+        }
+        let mut value = serde_json::to_value(info)
+            .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        value["waiting"] = waiting.into();
+        Ok(value)
     }
 
     pub async fn kick(&self, client_id: String) -> Result<serde_json::Value, ApiError> {
