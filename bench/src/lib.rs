@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod connect;
 mod http_load;
 mod internal;
+mod metrics;
 mod procfs;
 mod push;
 mod queues;
@@ -51,6 +52,8 @@ pub enum BenchCommand {
     /// The message queue's own cost per message (store, sent mark, ack) on the
     /// memory store and Redis side by side, without HTTP or clients.
     Store(store::StoreArgs),
+    /// What recording a metric costs: Duplex's registry next to prometheus-client.
+    Metrics(metrics::MetricsArgs),
     /// Internal: the trivial backend of `bench request`.
     #[command(hide = true)]
     Backend(request::BackendArgs),
@@ -106,6 +109,7 @@ pub fn run(cmd: BenchCommand) -> ExitCode {
         BenchCommand::Storm(args) => runtime.block_on(storm::run(args)),
         BenchCommand::Internal(args) => runtime.block_on(internal::run(args)),
         BenchCommand::Store(args) => runtime.block_on(store::run(args)),
+        BenchCommand::Metrics(args) => runtime.block_on(metrics::run(args)),
         BenchCommand::Queues(args) => runtime.block_on(queues::run(args)),
         BenchCommand::Backend(args) => runtime.block_on(request::backend(args)),
         BenchCommand::ConnectWorker(args) => runtime.block_on(worker::worker(args)),
