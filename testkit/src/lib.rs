@@ -19,7 +19,7 @@ pub use brokers::{TestNats, TestRabbit};
 pub use certs::{CertFiles, TestCa};
 pub use cluster::TestRedisCluster;
 pub use redis::TestRedis;
-pub use redis_tls::TestRedisTls;
+pub use redis_tls::{TestRedisTls, TestRedisTlsSentinel, TLS_SENTINEL_MASTER};
 pub use sentinel::TestRedisSentinel;
 pub use wait::{eventually, recv};
 

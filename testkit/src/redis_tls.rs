@@ -71,3 +71,81 @@ impl TestRedisTls {
         std::fs::read(&self.certs.ca).unwrap_or_default()
     }
 }
+
+/// A TLS-only master (`TestRedisTls`) and one TLS-only Sentinel watching it
+/// over TLS (`tls-replication yes`), the Sentinel's certificate from the
+/// same test CA.
+pub struct TestRedisTlsSentinel {
+    pub master: TestRedisTls,
+    sentinel: Child,
+    sentinel_port: u16,
+}
+
+impl Drop for TestRedisTlsSentinel {
+    fn drop(&mut self) {
+        let _ = self.sentinel.kill();
+        let _ = self.sentinel.wait();
+    }
+}
+
+/// The master name the Sentinel watches.
+pub const TLS_SENTINEL_MASTER: &str = "tlsmain";
+
+impl TestRedisTlsSentinel {
+    // Synchronous on purpose (usable from any test); the sleep paces readiness polling.
+    #[allow(clippy::disallowed_methods)]
+    pub fn start() -> Result<Self, String> {
+        let master = TestRedisTls::start()?;
+        // Sentinel rewrites its config: a file of its own, beside the test certificates.
+        let dir = master
+            .certs
+            .cert
+            .parent()
+            .ok_or("the certificates have no directory")?
+            .to_path_buf();
+        let sentinel_port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let path = |p: &std::path::Path| p.to_str().map(str::to_owned).ok_or("a UTF-8 path".to_owned());
+        let config = format!(
+            "bind 127.0.0.1\nport 0\ntls-port {sentinel_port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\nsentinel monitor {TLS_SENTINEL_MASTER} 127.0.0.1 {} 1\nsentinel down-after-milliseconds {TLS_SENTINEL_MASTER} 2000\n",
+            path(&master.certs.cert)?,
+            path(&master.certs.key)?,
+            path(&master.certs.ca)?,
+            master.port,
+        );
+        let file = dir.join("sentinel.conf");
+        std::fs::write(&file, config).map_err(|e| format!("sentinel.conf: {e}"))?;
+        let sentinel = Command::new("redis-server")
+            .arg(path(&file)?)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run redis-server --sentinel: {e}"))?;
+        let mut this = TestRedisTlsSentinel {
+            master,
+            sentinel,
+            sentinel_port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = this.sentinel.try_wait() {
+                return Err(format!("redis-server --sentinel with TLS exited ({status})"));
+            }
+            if TcpStream::connect(("127.0.0.1", sentinel_port)).is_ok() {
+                return Ok(this);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "sentinel on TLS port {sentinel_port} did not listen within 10 s"
+        ))
+    }
+
+    /// `rediss+sentinel://127.0.0.1:<port>/<master>`.
+    pub fn url(&self) -> String {
+        format!(
+            "rediss+sentinel://127.0.0.1:{}/{TLS_SENTINEL_MASTER}",
+            self.sentinel_port
+        )
+    }
+}

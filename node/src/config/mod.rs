@@ -101,11 +101,12 @@ impl Config {
                 "redis+cluster://",
                 "rediss+cluster://",
                 "redis+sentinel://",
+                "rediss+sentinel://",
             ];
             if !schemes.iter().any(|s| url.starts_with(s)) {
                 check(Err(invalid(
                     "redis_url",
-                    "must start with redis://, rediss://, redis+unix://, redis+cluster://, rediss+cluster:// or redis+sentinel://",
+                    "must start with redis://, rediss://, redis+unix://, redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://",
                 )));
             }
         }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::AsyncConnectionConfig;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
@@ -97,8 +97,11 @@ impl<'a> MultiHostUrl<'a> {
 
 /// A Sentinel URL's master name, the sentinels' URLs (with their own
 /// credentials, if any) and how to log in to the master.
+/// `rediss+sentinel://` speaks TLS to the sentinels and to the master.
 fn sentinel_parts(url: &str) -> Result<(String, Vec<String>, redis::RedisConnectionInfo), RedisError> {
-    let parsed = MultiHostUrl::parse(url, "redis+sentinel://")
+    let tls = url.starts_with("rediss+sentinel://");
+    let scheme = if tls { "rediss+sentinel://" } else { "redis+sentinel://" };
+    let parsed = MultiHostUrl::parse(url, scheme)
         .filter(|u| !u.path.is_empty() && !u.path.contains('/'))
         .ok_or_else(|| invalid("redis+sentinel:// needs [user:password@]host:port[,host:port...]/<master-name>"))?;
     let sentinel_auth = match (parsed.param("sentinel_username"), parsed.param("sentinel_password")) {
@@ -115,9 +118,56 @@ fn sentinel_parts(url: &str) -> Result<(String, Vec<String>, redis::RedisConnect
     let master = redis::IntoConnectionInfo::into_connection_info(master_url.as_str())?.redis;
     Ok((
         parsed.path.to_owned(),
-        parsed.node_urls(sentinel_auth.as_deref(), false),
+        parsed.node_urls(sentinel_auth.as_deref(), tls),
         master,
     ))
+}
+
+/// The Sentinel client of a `redis+sentinel://` or `rediss+sentinel://` URL;
+/// over TLS, the sentinels' and the master's certificates may also be signed
+/// by the CA in `ca_pem`.
+fn sentinel_client(url: &str, ca_pem: Option<&[u8]>) -> Result<SentinelClient, RedisError> {
+    let (master_name, sentinels, login) = sentinel_parts(url)?;
+    if !url.starts_with("rediss+sentinel://") {
+        let node = SentinelNodeConnectionInfo {
+            tls_mode: None,
+            redis_connection_info: Some(login),
+        };
+        return SentinelClient::build(sentinels, master_name, Some(node), SentinelServerType::Master);
+    }
+    let mut addrs = Vec::with_capacity(sentinels.len());
+    let mut sentinel_login = redis::RedisConnectionInfo::default();
+    for s in &sentinels {
+        let info = redis::IntoConnectionInfo::into_connection_info(s.as_str())?;
+        sentinel_login = info.redis;
+        addrs.push(info.addr);
+    }
+    let certs = || redis::TlsCertificates {
+        client_tls: None,
+        root_cert: ca_pem.map(<[u8]>::to_vec),
+    };
+    let mut builder = SentinelClientBuilder::new(addrs, master_name, SentinelServerType::Master)?
+        .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure)
+        .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+        .set_client_to_redis_db(login.db);
+    if ca_pem.is_some() {
+        builder = builder
+            .set_client_to_sentinel_certificates(certs())
+            .set_client_to_redis_certificates(certs());
+    }
+    if let Some(user) = login.username {
+        builder = builder.set_client_to_redis_username(user);
+    }
+    if let Some(password) = login.password {
+        builder = builder.set_client_to_redis_password(password);
+    }
+    if let Some(user) = sentinel_login.username {
+        builder = builder.set_client_to_sentinel_username(user);
+    }
+    if let Some(password) = sentinel_login.password {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    builder.build()
 }
 
 fn invalid(message: &str) -> RedisError {
@@ -167,13 +217,8 @@ impl RedisConn {
             let client = builder.build()?;
             return Ok(RedisConn::new(RedisLink::Cluster(client.get_async_connection().await?)));
         }
-        if url.starts_with("redis+sentinel://") {
-            let (master_name, sentinels, login) = sentinel_parts(url)?;
-            let node = SentinelNodeConnectionInfo {
-                tls_mode: None,
-                redis_connection_info: Some(login),
-            };
-            let client = SentinelClient::build(sentinels, master_name, Some(node), SentinelServerType::Master)?;
+        if url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://") {
+            let client = sentinel_client(url, ca_pem)?;
             let conn = SentinelConn {
                 sentinels: tokio::sync::Mutex::new(client),
                 master: Mutex::new((0, None)),
