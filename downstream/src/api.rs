@@ -28,6 +28,12 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/push/batch", post(push_batch))
         .route("/v1/messages/{id}", get(message_status))
         .route("/v1/clients/{client_id}", get(client_info).delete(kick_client))
+        .route(
+            "/v1/clients/{client_id}/push-tokens",
+            get(crate::push_tokens::list)
+                .put(crate::push_tokens::register)
+                .delete(crate::push_tokens::remove),
+        )
         .fallback(|| async { ApiError::not_found("no_route", "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(in_request_span))
@@ -291,7 +297,11 @@ fn check_client_id(id: &str) -> Result<(), ApiError> {
 }
 
 /// The common start of the client endpoints: key, client id, current route.
-async fn authorize_client_call(shared: &Shared, headers: &HeaderMap, client_id: &str) -> Result<(), ApiError> {
+pub(crate) async fn authorize_client_call(
+    shared: &Shared,
+    headers: &HeaderMap,
+    client_id: &str,
+) -> Result<(), ApiError> {
     authorize(shared, headers)?;
     check_client_id(client_id)
 }

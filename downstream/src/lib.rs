@@ -11,6 +11,7 @@
 //! - `sent`: batched, best-effort `sent` status marks.
 //! - `sources`: push commands consumed from message queues (`downstream.sources`).
 //! - `expiry`: `expired` events for messages that expired unacked.
+//! - `push_tokens`: clients' OS push tokens, registered by backends (for the push fallback).
 //! - `error`: failures as `{code, message}` JSON responses.
 //! - `openapi`: the OpenAPI 3.1 document served at `/openapi.json`.
 
@@ -31,6 +32,7 @@ mod error;
 mod expiry;
 mod openapi;
 mod push;
+mod push_tokens;
 mod reply;
 mod request;
 mod retry;

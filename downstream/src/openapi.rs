@@ -145,6 +145,40 @@ fn client_info() {}
 #[allow(dead_code)]
 fn kick_client() {}
 
+#[utoipa::path(put, path = "/v1/clients/{client_id}/push-tokens", tag = "clients",
+    params(("client_id" = String, Path)),
+    request_body = crate::push_tokens::TokenRequest,
+    responses(
+        (status = 200, description = "Registered (or renewed); at most 10 per client, the oldest go", body = crate::push_tokens::TokenAnswer),
+        (status = 400, description = "bad_push_token, bad_client_id", body = ErrorAnswer),
+        (status = 401, description = "Missing or wrong API key", body = ErrorAnswer),
+    ),
+    security(("api_key" = [])))]
+#[allow(dead_code)]
+fn register_push_token() {}
+
+#[utoipa::path(get, path = "/v1/clients/{client_id}/push-tokens", tag = "clients",
+    params(("client_id" = String, Path)),
+    responses(
+        (status = 200, description = "The client's live push tokens, newest first", body = crate::push_tokens::TokensAnswer),
+        (status = 401, description = "Missing or wrong API key", body = ErrorAnswer),
+    ),
+    security(("api_key" = [])))]
+#[allow(dead_code)]
+fn push_tokens() {}
+
+#[utoipa::path(delete, path = "/v1/clients/{client_id}/push-tokens", tag = "clients",
+    params(("client_id" = String, Path)),
+    request_body = crate::push_tokens::TokenRequest,
+    responses(
+        (status = 200, description = "`removed` says whether it was there", body = crate::push_tokens::TokenAnswer),
+        (status = 400, description = "bad_push_token", body = ErrorAnswer),
+        (status = 401, description = "Missing or wrong API key", body = ErrorAnswer),
+    ),
+    security(("api_key" = [])))]
+#[allow(dead_code)]
+fn remove_push_token() {}
+
 #[utoipa::path(get, path = "/v1/nodes", tag = "dispatch",
     responses((status = 200, description = "Access nodes to connect to; no key needed", body = NodesAnswer)))]
 #[allow(dead_code)]
@@ -166,9 +200,10 @@ impl Modify for ApiKey {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Duplex push API", description = "For backends: push to clients, look up messages and clients (docs/API.md)."),
-    paths(push, push_batch, message_status, client_info, kick_client, nodes),
+    paths(push, push_batch, message_status, client_info, kick_client, register_push_token, push_tokens, remove_push_token, nodes),
     components(schemas(PushRequest, BatchRequest, PushResponse, ItemResult, ItemError, ErrorAnswer, BatchAnswer, BatchResult,
-        MessageStatusAnswer, KickAnswer, NodesAnswer, DispatchNode)),
+        MessageStatusAnswer, KickAnswer, NodesAnswer, DispatchNode, crate::push_tokens::TokenRequest,
+        crate::push_tokens::TokenAnswer, crate::push_tokens::TokensAnswer, crate::push_tokens::TokenView)),
     modifiers(&ApiKey)
 )]
 struct PushApi;

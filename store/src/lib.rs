@@ -1,8 +1,8 @@
 //! The shared state of a deployment, split by role: [`Routes`] (where a
 //! client is connected, who owns a client id), [`MessageQueue`] (each
 //! client's messages), [`UpstreamState`] (frame claims, spools, leases,
-//! isolation), [`QueueOverview`] (totals for operators) and [`Registry`]
-//! (which nodes are up). [`Store`] is all of them; two backends implement
+//! isolation), [`QueueOverview`] (totals for operators), [`Registry`]
+//! (which nodes are up) and [`PushTokens`] (OS push tokens per client). [`Store`] is all of them; two backends implement
 //! it: [`MemoryStore`] (one node) and [`RedisStore`] (single, Sentinel or
 //! Cluster), and answer to one contract suite (`duplex-testkit`).
 
@@ -11,6 +11,7 @@ use async_trait::async_trait;
 mod memory;
 mod messages;
 mod overview;
+mod push_tokens;
 mod queue;
 mod redis;
 mod registry;
@@ -20,6 +21,7 @@ mod upstream_state;
 pub use memory::{MemoryHeld, MemoryStore};
 pub use messages::*;
 pub use overview::{Backlog, Overview, QueueOverview};
+pub use push_tokens::{PushProvider, PushToken, PushTokens, MAX_PUSH_TOKENS, PUSH_TOKEN_TTL_MS};
 pub use queue::MessageQueue;
 pub use redis::keys::Keys;
 pub use redis::RedisStore;
@@ -58,7 +60,7 @@ pub fn now_ms() -> u64 {
 
 /// Every role of the store in one object, as a node holds it.
 #[async_trait]
-pub trait Store: Routes + MessageQueue + UpstreamState + QueueOverview + Registry {
+pub trait Store: Routes + MessageQueue + UpstreamState + QueueOverview + Registry + PushTokens {
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

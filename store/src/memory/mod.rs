@@ -9,6 +9,7 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 mod expiry;
+mod push_tokens;
 pub(crate) mod queue;
 mod sweep;
 pub(crate) mod upstream;
@@ -44,6 +45,8 @@ pub struct MemoryStore {
     /// (earliest expiry, client) of every client whose expiries are reported
     /// (`expiry.rs`); locked after a queue entry, never before.
     pub(crate) expiry_index: std::sync::Mutex<std::collections::BTreeSet<(u64, String)>>,
+    /// Each client's OS push tokens (`push_tokens.rs`).
+    pub(crate) push_tokens: DashMap<String, Vec<crate::PushToken>>,
 }
 
 impl MemoryStore {

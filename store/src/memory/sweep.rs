@@ -68,6 +68,7 @@ impl MemoryStore {
     /// Forgets every client with nothing left to keep; returns how many.
     pub fn forget_idle_clients(&self, now_ms: u64) -> usize {
         let now = Instant::now();
+        self.forget_old_push_tokens(now_ms);
         self.routes.retain(|_, (_, expires)| *expires > now);
         self.users.retain(|_, (_, until)| *until > now);
         let route_lives = |client_id: &str| self.routes.get(client_id).is_some_and(|r| r.1 > now);

@@ -12,6 +12,7 @@ pub(crate) mod breaker;
 pub(crate) mod conn;
 mod expiry;
 pub mod keys;
+mod push_tokens;
 mod queue;
 mod routes;
 pub(crate) mod scripts;
