@@ -46,6 +46,8 @@ pub struct DownstreamConfig {
     /// Message queues backends push through, besides the HTTP API (docs/QUEUES.md).
     /// TOML only: `[[downstream.sources]]` with `kind = "nats" | "amqp" | "redis"`.
     pub sources: Vec<SourceConfig>,
+    /// OS push fallback for pushes that ask for it (docs/API.md). Default: no provider.
+    pub fallback: crate::fallback::FallbackConfig,
 }
 
 impl Default for DownstreamConfig {
@@ -66,6 +68,7 @@ impl Default for DownstreamConfig {
             retry_max_ms: 30_000,
             max_wait_ack_ms: 30_000,
             sources: Vec::new(),
+            fallback: Default::default(),
         }
     }
 }
@@ -125,6 +128,17 @@ impl DownstreamConfig {
                 &format!("{f}retry_max_ms"),
                 "need 0 < retry_min_ms <= retry_max_ms",
             ));
+        }
+        if self.fallback.queue == 0 || self.fallback.max_attempts == 0 {
+            return Err(invalid(
+                &format!("{f}fallback.queue"),
+                "queue and max_attempts must be positive",
+            ));
+        }
+        if let Some(fcm) = &self.fallback.fcm {
+            if !(fcm.endpoint.starts_with("https://") || fcm.endpoint.starts_with("http://")) {
+                return Err(invalid(&format!("{f}fallback.fcm.endpoint"), "must be an http(s) URL"));
+            }
         }
         for (i, source) in self.sources.iter().enumerate() {
             source.check(&format!("{f}sources[{i}]"))?;

@@ -30,6 +30,7 @@ mod api;
 pub mod config;
 mod error;
 mod expiry;
+pub mod fallback;
 mod openapi;
 mod push;
 mod push_tokens;
@@ -76,6 +77,8 @@ pub(crate) struct Shared {
     /// Where `expired` events go, if they are wanted: then every stored
     /// message asks the store to report its expiry.
     expiry_events: Option<Arc<dyn EventSink>>,
+    /// Waiting OS push fallbacks, when a provider is configured.
+    fallbacks: Option<fallback::Fallbacks>,
 }
 
 pub(crate) struct Counts {
@@ -90,7 +93,10 @@ pub(crate) use duplex_store::now_ms;
 /// Serves the push API until `shutdown` is cancelled, then finishes the
 /// requests in flight. Stored messages need no draining: they are in the store.
 pub async fn run(ctx: DownstreamContext, listeners: DownstreamListeners, shutdown: CancellationToken) {
-    Downstream::start(ctx).serve(listeners, shutdown).await;
+    match Downstream::start(ctx) {
+        Ok(tier) => tier.serve(listeners, shutdown).await,
+        Err(e) => tracing::error!(error = %e, "the downstream tier cannot start"),
+    }
 }
 
 /// Messages listed as waiting in an admin client lookup.
@@ -146,7 +152,8 @@ pub struct Downstream {
 }
 
 impl Downstream {
-    pub fn start(ctx: DownstreamContext) -> Self {
+    /// Fails only for a fallback provider that cannot be set up (its key file).
+    pub fn start(ctx: DownstreamContext) -> Result<Self, String> {
         let retrier = retry::Retrier::new(
             ctx.store.clone(),
             ctx.nodes.clone(),
@@ -157,6 +164,13 @@ impl Downstream {
         let http = ctx.http;
         let marks_stop = CancellationToken::new();
         let (sent_marks, marks_writer) = sent::SentMarks::start(ctx.store.clone(), marks_stop.clone());
+        let fallbacks = fallback::Fallbacks::start(
+            &ctx.config.fallback,
+            ctx.store.clone(),
+            ctx.metrics.clone(),
+            marks_stop.clone(),
+        )
+        .map_err(|e| format!("downstream.fallback: {e}"))?;
         let shared = Arc::new(Shared {
             config: ctx.config,
             node_id: ctx.node_id,
@@ -172,13 +186,14 @@ impl Downstream {
             },
             metrics: ctx.metrics,
             expiry_events: ctx.events.filter(|e| e.wants(EventKind::Expired)),
+            fallbacks,
         });
-        Downstream {
+        Ok(Downstream {
             shared,
             http,
             marks_stop,
             marks_writer,
-        }
+        })
     }
 
     /// Client lookup and kick for the node's admin API.

@@ -208,6 +208,9 @@ impl Shared {
         r.duplicate = fresh_route.is_none();
         if let Some(route) = fresh_route {
             self.counts.accepted_qos1.inc();
+            if let (Some(fallback), Some(fallbacks)) = (&p.fallback, &self.fallbacks) {
+                fallbacks.schedule(client_id, seq, nonce, &msg_id, fallback.clone());
+            }
             let stored = StoredMessage {
                 seq,
                 msg_id: msg_id.clone(),

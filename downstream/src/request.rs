@@ -38,6 +38,8 @@ pub struct PushRequest {
     pub idempotency_key: Option<String>,
     /// Wait up to this long for the client's ack before answering.
     pub wait_ack_ms: Option<u64>,
+    /// An OS notification if the client has not acked in time (qos 1; docs/API.md).
+    pub fallback: Option<crate::fallback::FallbackRequest>,
 }
 
 /// Body of `POST /v1/push/batch`.
@@ -59,6 +61,7 @@ pub struct ValidPush {
     pub ttl_ms: u64,
     pub idempotency_key: Option<String>,
     pub wait_ack_ms: u64,
+    pub fallback: Option<crate::fallback::Fallback>,
 }
 
 const MAX_HEADERS: usize = 32;
@@ -163,6 +166,22 @@ impl PushRequest {
                 format!("wait_ack_ms must be within 0..={} and needs qos 1", cfg.max_wait_ack_ms),
             ));
         }
+        let fallback = match self.fallback {
+            Some(_) if qos == 0 => {
+                return Err(ApiError::bad(
+                    "bad_fallback",
+                    "a fallback needs qos 1 (it waits for the ack)",
+                ))
+            }
+            Some(_) if !cfg.fallback.configured() => {
+                return Err(ApiError::bad(
+                    "fallback_unavailable",
+                    "no OS push provider is configured (downstream.fallback)",
+                ))
+            }
+            Some(f) => Some(f.check(&cfg.fallback, ttl_s * 1000)?),
+            None => None,
+        };
         let mut client_ids = self.client_ids;
         client_ids.sort();
         client_ids.dedup();
@@ -179,6 +198,7 @@ impl PushRequest {
             ttl_ms: ttl_s * 1000,
             idempotency_key: self.idempotency_key,
             wait_ack_ms,
+            fallback,
         })
     }
 }

@@ -244,17 +244,21 @@ fn build_tiers(
     if let Some(wrap) = wrap_node_link {
         nodes = wrap(nodes);
     }
-    let downstream = tiers.downstream.then(|| {
-        Downstream::start(DownstreamContext {
-            config: config.downstream.clone(),
-            node_id: node_id.to_owned(),
-            store: store.clone(),
-            nodes: nodes.clone(),
-            metrics: metrics.clone(),
-            http: config.http.clone(),
-            events,
+    let downstream = tiers
+        .downstream
+        .then(|| {
+            Downstream::start(DownstreamContext {
+                config: config.downstream.clone(),
+                node_id: node_id.to_owned(),
+                store: store.clone(),
+                nodes: nodes.clone(),
+                metrics: metrics.clone(),
+                http: config.http.clone(),
+                events,
+            })
         })
-    });
+        .transpose()
+        .map_err(StartError::Config)?;
     let replies: Arc<dyn ReplyLink> = match &downstream {
         Some(d) => d.replies(),
         None => Arc::new(remote::RemoteReplies::new(peers.clone(), secret, ca_pem).map_err(internal)?),

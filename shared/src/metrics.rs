@@ -100,6 +100,11 @@ const CATALOG: &[(&str, &str, &str)] = &[
         "Lifecycle events given up, by reason (buffer_full, webhook_failed, webhook_refused, sink_failed, shutdown, expired_unreported).",
     ),
     (
+        "duplex_fallback_total",
+        "counter",
+        "OS push fallbacks, by provider (fcm, apns, webpush; none before a provider is chosen) and outcome (sent, retried, failed, refused, dead_token, provider_not_configured, acked_in_time, message_gone, no_token, store_unavailable, queue_full).",
+    ),
+    (
         "duplex_expiry_scan_errors_total",
         "counter",
         "Expiry scans (for `expired` events) the store failed; the next scan tries again.",

@@ -1,0 +1,309 @@
+//! The OS push fallback (docs/API.md, "fallback"): a stored push that asks
+//! for it and is not acked within `after_ms` is sent as an OS notification
+//! to the client's push tokens. The message id travels in the notification's
+//! data (`duplex_message_id`) so the SDK can drop the copy the socket brings.
+//!
+//! Fallbacks wait on the node that stored the push, in a bounded queue
+//! (`downstream.fallback.queue`; overflow: the push is still stored and
+//! delivered, its fallback dropped and counted). A node that stops loses the
+//! fallbacks waiting on it (the messages themselves are in the store).
+//! Providers: FCM (HTTP v1); APNs and Web Push tokens are counted as
+//! `provider_not_configured` until their senders exist.
+
+mod fcm;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duplex_shared::metrics::Metrics;
+use duplex_store::{MessageState, PushProvider, Store};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+
+/// `downstream.fallback`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FallbackConfig {
+    /// `after_ms` of a push that asks for a fallback without one. Default 5000.
+    pub after_ms: u64,
+    /// Fallbacks waiting per node; beyond, a push's fallback is dropped and counted. Default 100000.
+    pub queue: usize,
+    /// Tries per token for provider errors worth retrying (5xx, 429, timeouts). Default 5.
+    pub max_attempts: u32,
+    /// FCM over its HTTP v1 API. Unset: FCM tokens get no fallback.
+    pub fcm: Option<FcmConfig>,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        FallbackConfig {
+            after_ms: 5_000,
+            queue: 100_000,
+            max_attempts: 5,
+            fcm: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmConfig {
+    /// The Firebase service account key (JSON: `client_email`, `private_key`, `token_uri`, `project_id`).
+    pub service_account_file: PathBuf,
+    /// Base URL of the send API. Default `https://fcm.googleapis.com`.
+    #[serde(default = "default_fcm_endpoint")]
+    pub endpoint: String,
+}
+
+fn default_fcm_endpoint() -> String {
+    "https://fcm.googleapis.com".into()
+}
+
+impl FallbackConfig {
+    pub fn configured(&self) -> bool {
+        self.fcm.is_some()
+    }
+}
+
+/// A push's `fallback` option, as the API takes it.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackRequest {
+    /// Send the notification if the client has not acked this long after the push (default `downstream.fallback.after_ms`).
+    pub after_ms: Option<u64>,
+    /// Notification title; without title and body the notification is a content-free wake-up (data only).
+    pub title: Option<String>,
+    pub body: Option<String>,
+    /// Extra data for the app (string values); `duplex_message_id` is added.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    /// Passed to the provider (FCM `collapse_key`).
+    pub collapse_key: Option<String>,
+}
+
+/// A checked fallback.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    pub after: Duration,
+    pub title: Option<String>,
+    pub body: Option<String>,
+    pub data: BTreeMap<String, String>,
+    pub collapse_key: Option<String>,
+}
+
+impl FallbackRequest {
+    pub fn check(self, config: &FallbackConfig, ttl_ms: u64) -> Result<Fallback, ApiError> {
+        let bad = |m: String| ApiError::bad("bad_fallback", m);
+        let after_ms = self.after_ms.unwrap_or(config.after_ms);
+        if after_ms > ttl_ms {
+            return Err(bad(format!("after_ms {after_ms} is past the message's ttl")));
+        }
+        for (name, text) in [("title", &self.title), ("body", &self.body)] {
+            if text.as_ref().is_some_and(|t| t.len() > 1024) {
+                return Err(bad(format!("{name} is at most 1024 bytes")));
+            }
+        }
+        let data_bytes: usize = self.data.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if self.data.len() > 32 || data_bytes > 2048 || self.data.contains_key("duplex_message_id") {
+            return Err(bad(
+                "data: at most 32 entries and 2048 bytes, without duplex_message_id".into(),
+            ));
+        }
+        if self.collapse_key.as_ref().is_some_and(|c| c.is_empty() || c.len() > 64) {
+            return Err(bad("collapse_key is 1..=64 bytes".into()));
+        }
+        Ok(Fallback {
+            after: Duration::from_millis(after_ms),
+            title: self.title,
+            body: self.body,
+            data: self.data,
+            collapse_key: self.collapse_key,
+        })
+    }
+}
+
+/// One waiting fallback.
+struct Due {
+    client_id: String,
+    seq: u64,
+    nonce: u32,
+    message_id: String,
+    fallback: Fallback,
+}
+
+/// The node's fallback queue; cheap to clone.
+#[derive(Clone)]
+pub struct Fallbacks {
+    queue: mpsc::Sender<(Instant, Due)>,
+    metrics: Arc<Metrics>,
+}
+
+/// Notifications being sent at once, at most.
+const SENDING: usize = 64;
+
+impl Fallbacks {
+    /// Starts the scheduler; `None` when no provider is configured.
+    pub fn start(
+        config: &FallbackConfig,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<Option<Fallbacks>, String> {
+        let Some(fcm_config) = &config.fcm else {
+            return Ok(None);
+        };
+        let fcm = Arc::new(fcm::Fcm::load(&fcm_config.service_account_file, &fcm_config.endpoint)?);
+        let (tx, rx) = mpsc::channel(config.queue);
+        let senders = Senders {
+            store,
+            fcm,
+            metrics: metrics.clone(),
+            max_attempts: config.max_attempts.max(1),
+        };
+        tokio::spawn(schedule(rx, Arc::new(senders), shutdown));
+        Ok(Some(Fallbacks { queue: tx, metrics }))
+    }
+
+    /// Waits `fallback.after`, then sends unless the message was acked.
+    pub fn schedule(&self, client_id: &str, seq: u64, nonce: u32, message_id: &str, fallback: Fallback) {
+        let due = Due {
+            client_id: client_id.to_owned(),
+            seq,
+            nonce,
+            message_id: message_id.to_owned(),
+            fallback,
+        };
+        let at = Instant::now() + due.fallback.after;
+        if self.queue.try_send((at, due)).is_err() {
+            count(&self.metrics, "none", "queue_full");
+        }
+    }
+}
+
+fn count(metrics: &Metrics, provider: &str, outcome: &str) {
+    metrics.inc("duplex_fallback_total", &[("provider", provider), ("outcome", outcome)]);
+}
+
+struct Senders {
+    store: Arc<dyn Store>,
+    fcm: Arc<fcm::Fcm>,
+    metrics: Arc<Metrics>,
+    max_attempts: u32,
+}
+
+/// Holds the waiting fallbacks in time order and sends each when due.
+async fn schedule(mut rx: mpsc::Receiver<(Instant, Due)>, senders: Arc<Senders>, shutdown: CancellationToken) {
+    let mut waiting: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+    let mut items: std::collections::HashMap<u64, Due> = std::collections::HashMap::new();
+    let mut next_id = 0u64;
+    let sending = Arc::new(tokio::sync::Semaphore::new(SENDING));
+    loop {
+        let next = waiting.peek().map(|Reverse((at, _))| *at);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = rx.recv() => match got {
+                Some((at, due)) => {
+                    next_id += 1;
+                    waiting.push(Reverse((at, next_id)));
+                    items.insert(next_id, due);
+                }
+                None => return,
+            },
+            _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+                while let Some(Reverse((at, id))) = waiting.peek().copied() {
+                    if at > Instant::now() {
+                        break;
+                    }
+                    waiting.pop();
+                    let Some(due) = items.remove(&id) else { continue };
+                    let Ok(permit) = sending.clone().acquire_owned().await else { return };
+                    let senders = senders.clone();
+                    tokio::spawn(async move {
+                        senders.fire(due).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Senders {
+    async fn fire(&self, due: Due) {
+        let now = crate::now_ms();
+        match self.store.message_status(&due.client_id, due.seq, due.nonce, now).await {
+            Ok(Some(s)) if s.state == MessageState::Acked => return count(&self.metrics, "none", "acked_in_time"),
+            Ok(Some(_)) => {}
+            Ok(None) => return count(&self.metrics, "none", "message_gone"),
+            Err(e) => {
+                tracing::warn!(error = %e, client_id = %due.client_id, "fallback: message status unavailable; sending anyway");
+            }
+        }
+        let tokens = match self.store.push_tokens(&due.client_id, now).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, client_id = %due.client_id, "fallback: push tokens unavailable");
+                return count(&self.metrics, "none", "store_unavailable");
+            }
+        };
+        if tokens.is_empty() {
+            return count(&self.metrics, "none", "no_token");
+        }
+        for token in tokens {
+            match token.provider {
+                PushProvider::Fcm => self.fcm(&due, &token.token).await,
+                other => count(&self.metrics, other.as_str(), "provider_not_configured"),
+            }
+        }
+    }
+
+    async fn fcm(&self, due: &Due, token: &str) {
+        let f = &due.fallback;
+        let mut data = f.data.clone();
+        data.insert("duplex_message_id".into(), due.message_id.clone());
+        let mut message = serde_json::json!({ "token": token, "data": data });
+        if f.title.is_some() || f.body.is_some() {
+            message["notification"] = serde_json::json!({ "title": f.title, "body": f.body });
+        }
+        if let Some(key) = &f.collapse_key {
+            message["android"] = serde_json::json!({ "collapse_key": key });
+        }
+        for attempt in 1..=self.max_attempts {
+            match self.fcm.send(message.clone()).await {
+                fcm::Sent::Accepted => return count(&self.metrics, "fcm", "sent"),
+                fcm::Sent::DeadToken => {
+                    if let Err(e) = self
+                        .store
+                        .remove_push_token(&due.client_id, PushProvider::Fcm, token)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "fallback: could not remove a dead FCM token");
+                    }
+                    return count(&self.metrics, "fcm", "dead_token");
+                }
+                fcm::Sent::Refused(why) => {
+                    tracing::warn!(client_id = %due.client_id, why, "fallback: FCM refused the notification");
+                    return count(&self.metrics, "fcm", "refused");
+                }
+                fcm::Sent::Retry(why) if attempt < self.max_attempts => {
+                    count(&self.metrics, "fcm", "retried");
+                    tracing::debug!(why, attempt, "fallback: FCM to be tried again");
+                    let delay =
+                        duplex_shared::rate::full_jitter(Duration::from_millis(200), Duration::from_secs(10), attempt);
+                    tokio::time::sleep(delay).await;
+                }
+                fcm::Sent::Retry(why) => {
+                    tracing::warn!(client_id = %due.client_id, why, "fallback: FCM failed after every try");
+                    return count(&self.metrics, "fcm", "failed");
+                }
+            }
+        }
+    }
+}
