@@ -97,7 +97,7 @@ async fn the_store_finds_and_uses_its_master_over_tls_through_a_tls_sentinel() {
         1
     );
     // The message is on the master the sentinel names (read there directly, over TLS).
-    let direct = RedisStore::connect_trusting(&set.master.url(), &store.keys().prefix().to_owned(), Some(&ca))
+    let direct = RedisStore::connect_trusting(&set.master.url(), store.keys().prefix(), Some(&ca))
         .await
         .expect("the master itself");
     assert_eq!(
