@@ -209,7 +209,7 @@ impl Shared {
         if let Some(route) = fresh_route {
             self.counts.accepted_qos1.inc();
             if let (Some(fallback), Some(fallbacks)) = (&p.fallback, &self.fallbacks) {
-                fallbacks.schedule(client_id, seq, nonce, &msg_id, fallback.clone());
+                fallbacks.schedule(client_id, seq, nonce, &msg_id, now + p.ttl_ms, fallback.clone());
             }
             let stored = StoredMessage {
                 seq,

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use super::{Notification, Sent};
+
 /// The fields of a service account key file this client uses.
 #[derive(Deserialize)]
 struct ServiceAccount {
@@ -24,18 +26,6 @@ pub struct Fcm {
     endpoint: String,
     http: reqwest::Client,
     token: tokio::sync::Mutex<Option<(String, Instant)>>,
-}
-
-/// What one send came to.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Sent {
-    Accepted,
-    /// The token is dead (uninstalled app, expired registration): remove it.
-    DeadToken,
-    /// Try again later (5xx, 429, no answer).
-    Retry(String),
-    /// Refused for good (a 4xx other than a dead token).
-    Refused(String),
 }
 
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -106,8 +96,17 @@ impl Fcm {
         Ok(granted.access_token)
     }
 
-    /// Sends `message` (the `message` object of the v1 API, `token` included).
-    pub async fn send(&self, message: serde_json::Value) -> Sent {
+    /// Sends `note` to one registration token.
+    pub async fn send(&self, note: &Notification, registration: &str) -> Sent {
+        let mut message = serde_json::json!({ "token": registration, "data": note.data });
+        if note.title.is_some() || note.body.is_some() {
+            message["notification"] = serde_json::json!({ "title": note.title, "body": note.body });
+        }
+        let mut android = serde_json::json!({ "ttl": format!("{}s", note.ttl_s) });
+        if let Some(key) = &note.collapse_key {
+            android["collapse_key"] = key.as_str().into();
+        }
+        message["android"] = android;
         let token = match self.access_token().await {
             Ok(t) => t,
             Err(e) => return Sent::Retry(e),

@@ -7,10 +7,13 @@
 //! (`downstream.fallback.queue`; overflow: the push is still stored and
 //! delivered, its fallback dropped and counted). A node that stops loses the
 //! fallbacks waiting on it (the messages themselves are in the store).
-//! Providers: FCM (HTTP v1); APNs and Web Push tokens are counted as
-//! `provider_not_configured` until their senders exist.
+//! Providers: FCM (HTTP v1, service account), APNs (HTTP/2, .p8 token
+//! auth), Web Push (RFC 8291 encryption, VAPID); a token of a provider that
+//! is not configured is counted as `provider_not_configured`.
 
+mod apns;
 mod fcm;
+mod webpush;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -39,6 +42,10 @@ pub struct FallbackConfig {
     pub max_attempts: u32,
     /// FCM over its HTTP v1 API. Unset: FCM tokens get no fallback.
     pub fcm: Option<FcmConfig>,
+    /// APNs over HTTP/2 with a .p8 signing key. Unset: APNs tokens get no fallback.
+    pub apns: Option<ApnsConfig>,
+    /// Web Push with a VAPID key. Unset: Web Push subscriptions get no fallback.
+    pub webpush: Option<WebPushConfig>,
 }
 
 impl Default for FallbackConfig {
@@ -48,6 +55,8 @@ impl Default for FallbackConfig {
             queue: 100_000,
             max_attempts: 5,
             fcm: None,
+            apns: None,
+            webpush: None,
         }
     }
 }
@@ -66,10 +75,64 @@ fn default_fcm_endpoint() -> String {
     "https://fcm.googleapis.com".into()
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsConfig {
+    /// The .p8 signing key from Apple (PKCS#8 P-256).
+    pub key_file: PathBuf,
+    /// The key's id (10 characters, from the developer account).
+    pub key_id: String,
+    /// The team id (the tokens' `iss`).
+    pub team_id: String,
+    /// `https://api.push.apple.com` (default) or `https://api.sandbox.push.apple.com`.
+    #[serde(default = "default_apns_endpoint")]
+    pub endpoint: String,
+    /// The bundle id (`apns-topic`) for tokens registered without an `app`.
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+fn default_apns_endpoint() -> String {
+    "https://api.push.apple.com".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebPushConfig {
+    /// The VAPID private key (PKCS#8 P-256 PEM); its public key is the
+    /// `applicationServerKey` the web app subscribes with.
+    pub vapid_key_file: PathBuf,
+    /// How push services reach the sender: `mailto:ops@example.com` or an https URL.
+    pub subject: String,
+}
+
 impl FallbackConfig {
     pub fn configured(&self) -> bool {
-        self.fcm.is_some()
+        self.fcm.is_some() || self.apns.is_some() || self.webpush.is_some()
     }
+}
+
+/// What one provider call came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    Accepted,
+    /// The token is dead (uninstalled app, expired subscription): remove it.
+    DeadToken,
+    /// Try again later (5xx, 429, no answer).
+    Retry(String),
+    /// Refused for good (a 4xx other than a dead token).
+    Refused(String),
+}
+
+/// What a notification says, whichever provider carries it.
+pub struct Notification {
+    pub title: Option<String>,
+    pub body: Option<String>,
+    /// The push's data with `duplex_message_id` added.
+    pub data: BTreeMap<String, String>,
+    pub collapse_key: Option<String>,
+    /// How long the provider may hold it: what is left of the message's TTL.
+    pub ttl_s: u64,
 }
 
 /// A push's `fallback` option, as the API takes it.
@@ -135,6 +198,7 @@ struct Due {
     seq: u64,
     nonce: u32,
     message_id: String,
+    expires_ms: u64,
     fallback: Fallback,
 }
 
@@ -156,14 +220,32 @@ impl Fallbacks {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Option<Fallbacks>, String> {
-        let Some(fcm_config) = &config.fcm else {
+        if !config.configured() {
             return Ok(None);
+        }
+        let fcm = match &config.fcm {
+            Some(c) => Some(fcm::Fcm::load(&c.service_account_file, &c.endpoint).map_err(|e| format!("fcm: {e}"))?),
+            None => None,
         };
-        let fcm = Arc::new(fcm::Fcm::load(&fcm_config.service_account_file, &fcm_config.endpoint)?);
+        let apns = match &config.apns {
+            Some(c) => Some(
+                apns::Apns::load(&c.key_file, &c.key_id, &c.team_id, &c.endpoint, c.topic.clone())
+                    .map_err(|e| format!("apns: {e}"))?,
+            ),
+            None => None,
+        };
+        let webpush = match &config.webpush {
+            Some(c) => {
+                Some(webpush::WebPush::load(&c.vapid_key_file, &c.subject).map_err(|e| format!("webpush: {e}"))?)
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(config.queue);
         let senders = Senders {
             store,
             fcm,
+            apns,
+            webpush,
             metrics: metrics.clone(),
             max_attempts: config.max_attempts.max(1),
         };
@@ -172,12 +254,21 @@ impl Fallbacks {
     }
 
     /// Waits `fallback.after`, then sends unless the message was acked.
-    pub fn schedule(&self, client_id: &str, seq: u64, nonce: u32, message_id: &str, fallback: Fallback) {
+    pub fn schedule(
+        &self,
+        client_id: &str,
+        seq: u64,
+        nonce: u32,
+        message_id: &str,
+        expires_ms: u64,
+        fallback: Fallback,
+    ) {
         let due = Due {
             client_id: client_id.to_owned(),
             seq,
             nonce,
             message_id: message_id.to_owned(),
+            expires_ms,
             fallback,
         };
         let at = Instant::now() + due.fallback.after;
@@ -193,7 +284,9 @@ fn count(metrics: &Metrics, provider: &str, outcome: &str) {
 
 struct Senders {
     store: Arc<dyn Store>,
-    fcm: Arc<fcm::Fcm>,
+    fcm: Option<fcm::Fcm>,
+    apns: Option<apns::Apns>,
+    webpush: Option<webpush::WebPush>,
     metrics: Arc<Metrics>,
     max_attempts: u32,
 }
@@ -256,52 +349,67 @@ impl Senders {
         if tokens.is_empty() {
             return count(&self.metrics, "none", "no_token");
         }
-        for token in tokens {
-            match token.provider {
-                PushProvider::Fcm => self.fcm(&due, &token.token).await,
-                other => count(&self.metrics, other.as_str(), "provider_not_configured"),
-            }
-        }
-    }
-
-    async fn fcm(&self, due: &Due, token: &str) {
         let f = &due.fallback;
         let mut data = f.data.clone();
         data.insert("duplex_message_id".into(), due.message_id.clone());
-        let mut message = serde_json::json!({ "token": token, "data": data });
-        if f.title.is_some() || f.body.is_some() {
-            message["notification"] = serde_json::json!({ "title": f.title, "body": f.body });
+        let note = Notification {
+            title: f.title.clone(),
+            body: f.body.clone(),
+            data,
+            collapse_key: f.collapse_key.clone(),
+            ttl_s: due.expires_ms.saturating_sub(now) / 1000,
+        };
+        for token in tokens {
+            self.deliver(&due.client_id, &note, &token).await;
         }
-        if let Some(key) = &f.collapse_key {
-            message["android"] = serde_json::json!({ "collapse_key": key });
-        }
+    }
+
+    /// One provider call, retried while the provider says so (bounded).
+    async fn call(&self, note: &Notification, token: &duplex_store::PushToken) -> Option<Sent> {
+        Some(match token.provider {
+            PushProvider::Fcm => self.fcm.as_ref()?.send(note, &token.token).await,
+            PushProvider::Apns => self.apns.as_ref()?.send(note, &token.token, token.app.as_deref()).await,
+            PushProvider::Webpush => self.webpush.as_ref()?.send(note, &token.token).await,
+        })
+    }
+
+    async fn deliver(&self, client_id: &str, note: &Notification, token: &duplex_store::PushToken) {
+        let provider = token.provider.as_str();
         for attempt in 1..=self.max_attempts {
-            match self.fcm.send(message.clone()).await {
-                fcm::Sent::Accepted => return count(&self.metrics, "fcm", "sent"),
-                fcm::Sent::DeadToken => {
+            let Some(sent) = self.call(note, token).await else {
+                return count(&self.metrics, provider, "provider_not_configured");
+            };
+            match sent {
+                Sent::Accepted => return count(&self.metrics, provider, "sent"),
+                Sent::DeadToken => {
                     if let Err(e) = self
                         .store
-                        .remove_push_token(&due.client_id, PushProvider::Fcm, token)
+                        .remove_push_token(client_id, token.provider, &token.token)
                         .await
                     {
-                        tracing::warn!(error = %e, "fallback: could not remove a dead FCM token");
+                        tracing::warn!(error = %e, provider, "fallback: could not remove a dead token");
                     }
-                    return count(&self.metrics, "fcm", "dead_token");
+                    return count(&self.metrics, provider, "dead_token");
                 }
-                fcm::Sent::Refused(why) => {
-                    tracing::warn!(client_id = %due.client_id, why, "fallback: FCM refused the notification");
-                    return count(&self.metrics, "fcm", "refused");
+                Sent::Refused(why) => {
+                    tracing::warn!(
+                        client_id,
+                        provider,
+                        why,
+                        "fallback: the provider refused the notification"
+                    );
+                    return count(&self.metrics, provider, "refused");
                 }
-                fcm::Sent::Retry(why) if attempt < self.max_attempts => {
-                    count(&self.metrics, "fcm", "retried");
-                    tracing::debug!(why, attempt, "fallback: FCM to be tried again");
+                Sent::Retry(why) if attempt < self.max_attempts => {
+                    count(&self.metrics, provider, "retried");
+                    tracing::debug!(why, attempt, provider, "fallback: to be tried again");
                     let delay =
                         duplex_shared::rate::full_jitter(Duration::from_millis(200), Duration::from_secs(10), attempt);
                     tokio::time::sleep(delay).await;
                 }
-                fcm::Sent::Retry(why) => {
-                    tracing::warn!(client_id = %due.client_id, why, "fallback: FCM failed after every try");
-                    return count(&self.metrics, "fcm", "failed");
+                Sent::Retry(why) => {
+                    tracing::warn!(client_id, provider, why, "fallback: failed after every try");
+                    return count(&self.metrics, provider, "failed");
                 }
             }
         }
