@@ -212,6 +212,23 @@ async fn unacked_pushes_fall_back_to_fcm_and_acked_ones_do_not() {
     );
     assert_eq!(sent["data"]["duplex_message_id"], id.as_str());
     assert_eq!(sent["android"]["collapse_key"], "chat");
+    // The message's status tells what the fallback came to.
+    eventually("the message status shows the fallback", || {
+        let url = format!("http://{}/v1/messages/{id}", run.push);
+        async move {
+            let status: Value = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .expect("status")
+                .json()
+                .await
+                .expect("json");
+            status["fallback"] == "fcm:sent" && status["fallback_at"].as_u64().is_some()
+        }
+    })
+    .await;
 
     // Online client that acks at once: no notification.
     register(run.push, "here", "fcm-token-here").await;

@@ -56,6 +56,10 @@ pub(crate) struct MessageStatusAnswer {
     sent_at: Option<u64>,
     acked_at: Option<u64>,
     expired_at: Option<u64>,
+    /// When the OS push fallback ran (absent if it did not).
+    fallback_at: Option<u64>,
+    /// Each token's outcome, `<provider>:<outcome>` joined by commas (`fcm:sent`), or `no_token`.
+    fallback: Option<String>,
 }
 
 #[derive(ToSchema)]
@@ -250,6 +254,8 @@ mod tests {
             sent_at: Some(1),
             acked_at: None,
             expired_at: None,
+            fallback_at: Some(3),
+            fallback: Some("fcm:sent".into()),
         };
         assert_eq!(
             keys(serde_json::to_value(status).expect("json")),

@@ -220,6 +220,12 @@ pub struct MessageStatus {
     pub sent_at: Option<u64>,
     pub acked_at: Option<u64>,
     pub expired_at: Option<u64>,
+    /// When the OS push fallback ran for it, and what each token's provider
+    /// answered (`fcm:sent,apns:dead_token`, or `no_token`); absent if it did not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 impl MessageStatus {

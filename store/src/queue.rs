@@ -41,6 +41,10 @@ pub trait MessageQueue: Send + Sync + 'static {
     /// Records that message `seq` was handed to the client's access node.
     async fn mark_sent(&self, client_id: &str, seq: u64, now_ms: u64) -> Result<(), StoreError>;
 
+    /// Records what the OS push fallback of message `seq` came to (shown by
+    /// `message_status`); a later note replaces an earlier one.
+    async fn note_fallback(&self, client_id: &str, seq: u64, outcome: &str, now_ms: u64) -> Result<(), StoreError>;
+
     /// `mark_sent` for many messages in one round trip where the store allows.
     async fn mark_sent_many(&self, items: &[(String, u64)], now_ms: u64) -> Result<(), StoreError> {
         for (client_id, seq) in items {

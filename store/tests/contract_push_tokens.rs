@@ -80,7 +80,41 @@ async fn the_oldest_tokens_go_beyond_the_bound(store: Arc<dyn Store>) {
     assert_eq!(kept[MAX_PUSH_TOKENS - 1].token, "t3", "t0, t1, t2 went");
 }
 
+async fn a_fallback_note_shows_in_the_message_status(store: Arc<dyn Store>) {
+    let c = "phone-noted";
+    let msg = duplex_testkit::message(b"hi", NOW, NOW + 60_000);
+    let limits = duplex_store::QueueLimits {
+        max_messages: 10,
+        max_bytes: 10_000,
+    };
+    let (seq, id) = match store.enqueue(c, &msg, limits, NOW).await.expect("enqueue") {
+        duplex_store::Enqueued::Stored { seq, msg_id, .. } => (seq, msg_id),
+        other => panic!("expected Stored, got {other:?}"),
+    };
+    let nonce = duplex_store::parse_message_id(&id).expect("ours").2;
+    let before = store
+        .message_status(c, seq, nonce, NOW)
+        .await
+        .expect("status")
+        .expect("known");
+    assert_eq!((before.fallback_at, before.fallback), (None, None));
+    store
+        .note_fallback(c, seq, "fcm:sent,apns:dead_token", NOW + 5)
+        .await
+        .expect("note");
+    let after = store
+        .message_status(c, seq, nonce, NOW + 6)
+        .await
+        .expect("status")
+        .expect("known");
+    assert_eq!(after.fallback_at, Some(NOW + 5));
+    assert_eq!(after.fallback.as_deref(), Some("fcm:sent,apns:dead_token"));
+    // Still queued: the note is beside the state, not instead of it.
+    assert_eq!(after.state, duplex_store::MessageState::Queued);
+}
+
 duplex_testkit::store_contract!(
+    a_fallback_note_shows_in_the_message_status,
     tokens_are_kept_renewed_bounded_and_removed,
     the_oldest_tokens_go_beyond_the_bound,
 );

@@ -347,7 +347,8 @@ impl Senders {
             }
         };
         if tokens.is_empty() {
-            return count(&self.metrics, "none", "no_token");
+            count(&self.metrics, "none", "no_token");
+            return self.note(&due, "no_token").await;
         }
         let f = &due.fallback;
         let mut data = f.data.clone();
@@ -359,8 +360,22 @@ impl Senders {
             collapse_key: f.collapse_key.clone(),
             ttl_s: due.expires_ms.saturating_sub(now) / 1000,
         };
+        let mut outcomes = Vec::with_capacity(tokens.len());
         for token in tokens {
-            self.deliver(&due.client_id, &note, &token).await;
+            let outcome = self.deliver(&due.client_id, &note, &token).await;
+            outcomes.push(format!("{}:{outcome}", token.provider.as_str()));
+        }
+        self.note(&due, &outcomes.join(",")).await;
+    }
+
+    /// What the fallback came to, for the message's status (best effort).
+    async fn note(&self, due: &Due, outcome: &str) {
+        if let Err(e) = self
+            .store
+            .note_fallback(&due.client_id, due.seq, outcome, crate::now_ms())
+            .await
+        {
+            tracing::debug!(error = %e, "fallback: outcome not recorded in the message status");
         }
     }
 
@@ -373,14 +388,22 @@ impl Senders {
         })
     }
 
-    async fn deliver(&self, client_id: &str, note: &Notification, token: &duplex_store::PushToken) {
+    /// Sends to one token, retrying as the provider allows; the outcome counted.
+    async fn deliver(&self, client_id: &str, note: &Notification, token: &duplex_store::PushToken) -> &'static str {
+        let provider = token.provider.as_str();
+        let outcome = self.try_deliver(client_id, note, token).await;
+        count(&self.metrics, provider, outcome);
+        outcome
+    }
+
+    async fn try_deliver(&self, client_id: &str, note: &Notification, token: &duplex_store::PushToken) -> &'static str {
         let provider = token.provider.as_str();
         for attempt in 1..=self.max_attempts {
             let Some(sent) = self.call(note, token).await else {
-                return count(&self.metrics, provider, "provider_not_configured");
+                return "provider_not_configured";
             };
             match sent {
-                Sent::Accepted => return count(&self.metrics, provider, "sent"),
+                Sent::Accepted => return "sent",
                 Sent::DeadToken => {
                     if let Err(e) = self
                         .store
@@ -389,7 +412,7 @@ impl Senders {
                     {
                         tracing::warn!(error = %e, provider, "fallback: could not remove a dead token");
                     }
-                    return count(&self.metrics, provider, "dead_token");
+                    return "dead_token";
                 }
                 Sent::Refused(why) => {
                     tracing::warn!(
@@ -398,7 +421,7 @@ impl Senders {
                         why,
                         "fallback: the provider refused the notification"
                     );
-                    return count(&self.metrics, provider, "refused");
+                    return "refused";
                 }
                 Sent::Retry(why) if attempt < self.max_attempts => {
                     count(&self.metrics, provider, "retried");
@@ -409,9 +432,10 @@ impl Senders {
                 }
                 Sent::Retry(why) => {
                     tracing::warn!(client_id, provider, why, "fallback: failed after every try");
-                    return count(&self.metrics, provider, "failed");
+                    return "failed";
                 }
             }
         }
+        "failed"
     }
 }

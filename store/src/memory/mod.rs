@@ -242,6 +242,13 @@ impl MessageQueue for MemoryStore {
         Ok(())
     }
 
+    async fn note_fallback(&self, client_id: &str, seq: u64, outcome: &str, now_ms: u64) -> Result<(), StoreError> {
+        if let Some(mut q) = self.queues.get_mut(client_id) {
+            q.note_fallback(seq, outcome, now_ms);
+        }
+        Ok(())
+    }
+
     async fn message_status(
         &self,
         client_id: &str,

@@ -14,6 +14,7 @@ struct Status {
     sent: Option<u64>,
     acked: Option<u64>,
     expired: Option<u64>,
+    fallback: Option<(u64, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -140,6 +141,7 @@ impl ClientQueue {
                 sent: None,
                 acked: None,
                 expired: None,
+                fallback: None,
             },
         );
         self.status_expiry.insert((r.expires_ms + STATUS_RETENTION_MS, seq));
@@ -225,6 +227,12 @@ impl ClientQueue {
         }
     }
 
+    pub fn note_fallback(&mut self, seq: u64, outcome: &str, now: u64) {
+        if let Some(st) = self.statuses.get_mut(&seq) {
+            st.fallback = Some((now, outcome.to_owned()));
+        }
+    }
+
     pub fn status(&mut self, client_id: &str, seq: u64, nonce: u32, now: u64) -> Option<MessageStatus> {
         self.tidy(now);
         let st = self.statuses.get(&seq).filter(|st| st.nonce == nonce)?;
@@ -239,6 +247,8 @@ impl ClientQueue {
                 sent_at: st.sent,
                 acked_at: st.acked,
                 expired_at: st.expired,
+                fallback_at: st.fallback.as_ref().map(|f| f.0),
+                fallback: st.fallback.as_ref().map(|f| f.1.clone()),
             }
             .as_of(now),
         )

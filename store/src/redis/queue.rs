@@ -152,6 +152,19 @@ impl MessageQueue for RedisStore {
         Ok(())
     }
 
+    /// A plain write into the message's status bucket, as a sent mark.
+    async fn note_fallback(&self, client_id: &str, seq: u64, outcome: &str, now_ms: u64) -> Result<(), StoreError> {
+        let bucket = status_bucket(&self.keys, client_id, seq);
+        let mut note = redis::cmd("HSET");
+        let mut field = itoa::Buffer::new().format(seq).to_owned();
+        field.push('f');
+        note.arg(&bucket).arg(field).arg(format!("{now_ms} {outcome}"));
+        let mut life = redis::cmd("PEXPIRE");
+        life.arg(&bucket).arg(STATUS_RETENTION_MS).arg("NX");
+        self.conn.run_all(vec![note, life]).await.map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn message_status(
         &self,
         client_id: &str,
@@ -167,11 +180,12 @@ impl MessageQueue for RedisStore {
             .arg(format!("{seq}s"))
             .arg(format!("{seq}a"))
             .arg(format!("{seq}x"))
+            .arg(format!("{seq}f"))
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let [Some(base), sent, acked, expired] =
-            <[Option<String>; 4]>::try_from(fields).map_err(|f| StoreError::Corrupt(format!("status reply {f:?}")))?
+        let [Some(base), sent, acked, expired, fallback] =
+            <[Option<String>; 5]>::try_from(fields).map_err(|f| StoreError::Corrupt(format!("status reply {f:?}")))?
         else {
             return Ok(None);
         };
@@ -205,6 +219,11 @@ impl MessageQueue for RedisStore {
                 sent_at,
                 acked_at,
                 expired_at,
+                fallback_at: fallback.as_deref().and_then(|f| f.split_once(' ')?.0.parse().ok()),
+                fallback: fallback
+                    .as_deref()
+                    .and_then(|f| f.split_once(' '))
+                    .map(|(_, o)| o.to_owned()),
             }
             .as_of(now_ms),
         ))
