@@ -154,6 +154,19 @@ async fn register(push_api: std::net::SocketAddr, client: &str, token: &str) {
     assert_eq!(status, 200);
 }
 
+/// A push API `GET` with the API key, as JSON.
+async fn get_json(url: String) -> Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json")
+}
+
 async fn push(push_api: std::net::SocketAddr, client: &str, fallback: Value) -> Value {
     let answer = reqwest::Client::new()
         .post(format!("http://{push_api}/v1/push"))
@@ -216,15 +229,7 @@ async fn unacked_pushes_fall_back_to_fcm_and_acked_ones_do_not() {
     eventually("the message status shows the fallback", || {
         let url = format!("http://{}/v1/messages/{id}", run.push);
         async move {
-            let status: Value = reqwest::Client::new()
-                .get(url)
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .expect("status")
-                .json()
-                .await
-                .expect("json");
+            let status = get_json(url).await;
             status["fallback"] == "fcm:sent" && status["fallback_at"].as_u64().is_some()
         }
     })
@@ -271,18 +276,7 @@ async fn unacked_pushes_fall_back_to_fcm_and_acked_ones_do_not() {
     .await;
     eventually("the dead token was removed", || {
         let url = format!("http://{}/v1/clients/gone/push-tokens", run.push);
-        async move {
-            let listed: Value = reqwest::Client::new()
-                .get(url)
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .expect("list")
-                .json()
-                .await
-                .expect("json");
-            listed["tokens"].as_array().is_some_and(Vec::is_empty)
-        }
+        async move { get_json(url).await["tokens"].as_array().is_some_and(Vec::is_empty) }
     })
     .await;
     // The acked push's fallback comes due and finds the ack: nothing goes out for it.
@@ -544,18 +538,7 @@ async fn apns_over_http2_and_encrypted_web_push_carry_the_fallback() {
     // The token APNs called dead is gone.
     eventually("the dead APNs token was removed", || {
         let url = format!("http://{}/v1/clients/old-iphone/push-tokens", run.push);
-        async move {
-            let listed: Value = reqwest::Client::new()
-                .get(url)
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .expect("list")
-                .json()
-                .await
-                .expect("json");
-            listed["tokens"].as_array().is_some_and(Vec::is_empty)
-        }
+        async move { get_json(url).await["tokens"].as_array().is_some_and(Vec::is_empty) }
     })
     .await;
 }

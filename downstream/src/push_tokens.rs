@@ -145,15 +145,24 @@ fn webpush(subscription: &serde_json::Value) -> Result<String, ApiError> {
     Ok(serde_json::json!({"endpoint": endpoint, "keys": {"p256dh": p256dh, "auth": auth}}).to_string())
 }
 
+/// The caller may act for the client, and the body names a well-formed token.
+async fn checked(
+    shared: &Shared,
+    headers: &HeaderMap,
+    client_id: &str,
+    body: &[u8],
+) -> Result<(PushProvider, String, Option<String>), ApiError> {
+    authorize_client_call(shared, headers, client_id).await?;
+    check(&parse_json::<TokenRequest>(body)?)
+}
+
 pub(crate) async fn register(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     Path(client_id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize_client_call(&shared, &headers, &client_id).await?;
-    let request: TokenRequest = parse_json(&body)?;
-    let (provider, token, app) = check(&request)?;
+    let (provider, token, app) = checked(&shared, &headers, &client_id, &body).await?;
     let token = PushToken {
         provider,
         token,
@@ -195,9 +204,7 @@ pub(crate) async fn remove(
     Path(client_id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize_client_call(&shared, &headers, &client_id).await?;
-    let request: TokenRequest = parse_json(&body)?;
-    let (provider, token, _) = check(&request)?;
+    let (provider, token, _) = checked(&shared, &headers, &client_id, &body).await?;
     let removed = shared.store.remove_push_token(&client_id, provider, &token).await?;
     Ok(Json(TokenAnswer {
         client_id,
