@@ -108,3 +108,70 @@ async fn tokens_are_registered_listed_and_removed_and_bad_ones_refused() {
     let (_, listed) = call(Method::GET, &url, Some(KEY), Value::Null).await;
     assert_eq!(listed["tokens"][0]["provider"], "webpush", "{listed}");
 }
+
+/// The app registers its own token over the channel (`register_push`), with
+/// the connection's client id; a malformed one gets `bad_push_token` and the
+/// connection stays; the Rust SDK's `register_push` waits for the answer.
+#[tokio::test]
+async fn an_app_registers_its_token_over_the_channel() {
+    use duplex_client::{Client, ClientOptions, Endpoint};
+    use duplex_shared::protocol::{Frame, RegisterPush};
+
+    let run = start(&[]);
+    let mut conn = duplex_client::Connection::tcp(run.tcp).await.expect("tcp");
+    conn.handshake(&mint("rita"), "rita-phone", 0).await.expect("handshake");
+    let register = |id: u64, provider: &str, token: &str| {
+        Frame::RegisterPush(RegisterPush {
+            id,
+            provider: provider.into(),
+            token: token.into(),
+            app: Some("com.example.app".into()),
+        })
+    };
+    conn.send(&register(5, "fcm", "rita-token-1")).await.expect("send");
+    match next_frame(&mut conn).await {
+        Some(Frame::PushRegistered(r)) => assert_eq!(r.id, 5),
+        other => panic!("expected push_registered, got {other:?}"),
+    }
+    conn.send(&register(6, "apns", "zz not hex")).await.expect("send");
+    match next_frame(&mut conn).await {
+        Some(Frame::Error(e)) => {
+            assert_eq!(
+                (e.id, e.code.as_str(), e.retry, e.close),
+                (Some(6), "bad_push_token", false, false)
+            )
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    ping_pong(&mut conn).await;
+    let url = format!("http://{}/v1/clients/rita-phone/push-tokens", run.push);
+    let (_, listed) = call(Method::GET, &url, Some(KEY), Value::Null).await;
+    assert_eq!(listed["tokens"][0]["token"], "rita-token-1", "{listed}");
+    assert_eq!(listed["tokens"].as_array().map(Vec::len), Some(1));
+    drop(conn);
+
+    // Through the SDK.
+    let token = mint("rita");
+    let options = ClientOptions::new(
+        vec![Endpoint::Tcp(run.tcp)],
+        "rita-tablet",
+        std::sync::Arc::new(move || token.clone()),
+    );
+    let client = Client::start(options);
+    client
+        .register_push("fcm", "rita-token-2", None)
+        .await
+        .expect("registered through the SDK");
+    let url = format!("http://{}/v1/clients/rita-tablet/push-tokens", run.push);
+    assert_eq!(
+        call(Method::GET, &url, Some(KEY), Value::Null).await.1["tokens"][0]["token"],
+        "rita-token-2"
+    );
+    match client.register_push("webpush", "{}", None).await {
+        Err(duplex_client::CallError::Refused { code, retry, .. }) => {
+            assert_eq!((code.as_str(), retry), ("bad_push_token", false))
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    client.close().await;
+}

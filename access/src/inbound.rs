@@ -1,12 +1,16 @@
 //! What a client sends once its session runs: acks (held, coalesced and
 //! stored), token refreshes, uploads and requests handed to the upstream
-//! tier (bounded in flight per connection), pings.
+//! tier (bounded in flight per connection), OS push tokens, pings.
 
 use std::sync::Arc;
 
 use duplex_shared::events::{EventDetail, EventKind};
 use duplex_shared::links::LinkError;
-use duplex_shared::protocol::{Ack, ErrorCode, Frame, Pong, Refresh, Refreshed, UploadAck};
+use duplex_shared::protocol::{
+    Ack, ErrorCode, Frame, Pong, PushRegistered, Refresh, Refreshed, RegisterPush, UploadAck,
+};
+use duplex_shared::push_tokens::check_push_token;
+use duplex_store::PushToken;
 use tracing::warn;
 
 use crate::outbox::Outbox;
@@ -149,6 +153,7 @@ impl Session {
                 });
                 None
             }
+            Frame::RegisterPush(register) => self.register_push(register, outbox),
             Frame::Connect(c) => Some(ErrorCode::UnexpectedFrame.frame(Some(c.id), "already connected", false)),
             other => Some(ErrorCode::UnexpectedFrame.frame(
                 None,
@@ -156,6 +161,41 @@ impl Session {
                 false,
             )),
         }
+    }
+}
+
+impl Session {
+    /// Stores one of this install's OS push tokens with the connection's
+    /// client id (checked as the push API checks them); the answer comes
+    /// through the outbox once the store has it. Counts as a call in flight.
+    fn register_push(&self, register: RegisterPush, outbox: &Arc<Outbox>) -> Option<Frame> {
+        let id = register.id;
+        let (provider, token, app) =
+            match check_push_token(&register.provider, &register.token, register.app.as_deref()) {
+                Ok(checked) => checked,
+                Err(why) => return Some(ErrorCode::BadPushToken.frame(Some(id), why, false)),
+            };
+        if !outbox.start_call(MAX_IN_FLIGHT) {
+            return Some(too_many_in_flight(id));
+        }
+        let (store, client_id, outbox) = (self.shared.store.clone(), self.client.client_id.clone(), outbox.clone());
+        let frames_out = self.shared.frames_out.clone();
+        tokio::spawn(async move {
+            let token = PushToken {
+                provider,
+                token,
+                app,
+                registered_ms: now_ms(),
+            };
+            let answer = match store.register_push_token(&client_id, &token).await {
+                Ok(()) => Frame::PushRegistered(PushRegistered { id }),
+                Err(e) => ErrorCode::StoreUnavailable.frame(Some(id), e.to_string(), false),
+            };
+            frames_out.frame(&answer);
+            outbox.push_answer(body(&answer));
+            outbox.end_call();
+        });
+        None
     }
 }
 

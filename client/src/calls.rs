@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use duplex_protocol::{ErrorFrame, Frame, Reply, UploadAck};
+
 use tokio::sync::oneshot;
 
 /// A call that ended without the answer it asked for.
@@ -29,6 +30,7 @@ pub enum CallError {
 pub(crate) enum Answer {
     Upload(UploadAck),
     Reply(Reply),
+    PushRegistered,
 }
 
 /// A call on its way from the application to the connection task.
@@ -41,6 +43,7 @@ fn id_of(frame: &Frame) -> u64 {
     match frame {
         Frame::Upload(u) => u.id,
         Frame::Request(r) => r.id,
+        Frame::RegisterPush(r) => r.id,
         _ => 0,
     }
 }
@@ -65,6 +68,12 @@ impl InFlight {
     pub fn upload_acked(&mut self, ack: UploadAck) {
         if let Some(c) = self.calls.remove(&ack.id) {
             let _ = c.answer.send(Ok(Answer::Upload(ack)));
+        }
+    }
+
+    pub fn push_registered(&mut self, id: u64) {
+        if let Some(c) = self.calls.remove(&id) {
+            let _ = c.answer.send(Ok(Answer::PushRegistered));
         }
     }
 

@@ -183,6 +183,10 @@ impl Link<'_> {
                 self.in_flight.upload_acked(a);
                 None
             }
+            Frame::PushRegistered(r) => {
+                self.in_flight.push_registered(r.id);
+                None
+            }
             Frame::Gap(g) => {
                 let to = g.to;
                 if self.events.send(Event::Gap(g)).await.is_err() {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use duplex_protocol::{Frame, Reply, Request, Upload, UploadAck};
+use duplex_protocol::{Frame, RegisterPush, Reply, Request, Upload, UploadAck};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{sleep, Instant};
 
@@ -93,7 +93,7 @@ impl Client {
         upload.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         match self.call(Frame::Upload(upload)).await? {
             Answer::Upload(ack) => Ok(ack),
-            Answer::Reply(_) => Err(CallError::Stopped),
+            _ => Err(CallError::Stopped),
         }
     }
 
@@ -103,7 +103,24 @@ impl Client {
         request.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         match self.call(Frame::Request(request)).await? {
             Answer::Reply(reply) => Ok(reply),
-            Answer::Upload(_) => Err(CallError::Stopped),
+            _ => Err(CallError::Stopped),
+        }
+    }
+
+    /// Registers this install's OS push token (`provider`: `apns`, `fcm` or
+    /// `webpush`; a Web Push subscription as its JSON text) for the push
+    /// fallback; apps call it at every start, which renews the token. Sent
+    /// again after a reconnect until the server confirms it.
+    pub async fn register_push(&self, provider: &str, token: &str, app: Option<&str>) -> Result<(), CallError> {
+        let frame = Frame::RegisterPush(RegisterPush {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            provider: provider.to_owned(),
+            token: token.to_owned(),
+            app: app.map(str::to_owned),
+        });
+        match self.call(frame).await? {
+            Answer::PushRegistered => Ok(()),
+            _ => Err(CallError::Stopped),
         }
     }
 

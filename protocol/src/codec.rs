@@ -200,6 +200,8 @@ fn decode_typed(frame_type: &str, body: &[u8]) -> Result<Frame, DecodeError> {
         "go_away" => Frame::GoAway(parse(body)?),
         "refresh" => Frame::Refresh(parse(body)?),
         "refreshed" => Frame::Refreshed(parse(body)?),
+        "register_push" => Frame::RegisterPush(parse(body)?),
+        "push_registered" => Frame::PushRegistered(parse(body)?),
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(DecodeError::UnknownType(shown));

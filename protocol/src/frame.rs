@@ -19,7 +19,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_LAST_SEQ: u64 = 1 << 52;
 
 /// The wire name of every frame type.
-pub const FRAME_TYPES: [&str; 16] = [
+pub const FRAME_TYPES: [&str; 18] = [
     "connect",
     "connected",
     "error",
@@ -36,6 +36,8 @@ pub const FRAME_TYPES: [&str; 16] = [
     "go_away",
     "refresh",
     "refreshed",
+    "register_push",
+    "push_registered",
 ];
 
 /// Header map carried by uploads, requests, replies and pushes.
@@ -61,6 +63,8 @@ pub enum Frame {
     GoAway(GoAway),
     Refresh(Refresh),
     Refreshed(Refreshed),
+    RegisterPush(RegisterPush),
+    PushRegistered(PushRegistered),
 }
 
 impl Frame {
@@ -83,6 +87,8 @@ impl Frame {
             Frame::GoAway(_) => "go_away",
             Frame::Refresh(_) => "refresh",
             Frame::Refreshed(_) => "refreshed",
+            Frame::RegisterPush(_) => "register_push",
+            Frame::PushRegistered(_) => "push_registered",
         }
     }
 }
@@ -131,6 +137,27 @@ pub struct Connected {
 pub struct Refresh {
     pub id: u64,
     pub token: String,
+}
+
+/// One of this app install's OS push tokens, for the push fallback (client
+/// -> server); answered by `PushRegistered` or an `Error` with the same `id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterPush {
+    pub id: u64,
+    /// `apns`, `fcm` or `webpush`.
+    pub provider: String,
+    /// APNs device token (hex), FCM registration token, or the Web Push subscription as JSON text.
+    pub token: String,
+    /// APNs topic (bundle id), FCM app or Web Push site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+}
+
+/// The token is stored with the connection's client id (server -> client).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushRegistered {
+    /// Echo of `RegisterPush.id`.
+    pub id: u64,
 }
 
 /// The connection now runs on the refreshed token (server -> client).
@@ -294,6 +321,8 @@ pub enum ErrorCode {
     TokenBadIssuer,
     ServerFull,
     RateLimited,
+    /// A push token that is not of its provider's shape.
+    BadPushToken,
     StoreUnavailable,
     UpstreamUnavailable,
     /// The backend side refused the frame; repeating it will not help.
@@ -322,6 +351,7 @@ impl ErrorCode {
             ErrorCode::TokenBadIssuer => "token_bad_issuer",
             ErrorCode::ServerFull => "server_full",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BadPushToken => "bad_push_token",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::Rejected => "rejected",

@@ -240,6 +240,15 @@ fn any_frame() -> impl Strategy<Value = Frame> {
         (any::<u64>(), text()).prop_map(|(id, token)| Frame::Refresh(Refresh { id, token })),
         (any::<u64>(), any::<u64>())
             .prop_map(|(id, token_expires_at)| Frame::Refreshed(Refreshed { id, token_expires_at })),
+        (any::<u64>(), text(), text(), proptest::option::of(text())).prop_map(|(id, provider, token, app)| {
+            Frame::RegisterPush(RegisterPush {
+                id,
+                provider,
+                token,
+                app,
+            })
+        }),
+        any::<u64>().prop_map(|id| Frame::PushRegistered(PushRegistered { id })),
     ]
 }
 

@@ -17,6 +17,7 @@ pub mod links;
 pub mod metrics;
 pub mod net;
 pub mod process_metrics;
+pub mod push_tokens;
 pub mod rate;
 pub mod secrets;
 /// The wire protocol lives in its own crate (the SDK's only Duplex dependency).

@@ -10,11 +10,13 @@
 import { DuplexError } from "./errors.js";
 import type { ClientFrame, Reply, UploadAck } from "./frames.js";
 
-type CallFrame = Extract<ClientFrame, { type: "upload" | "request" }>;
+type CallFrame = Extract<ClientFrame, { type: "upload" | "request" | "register_push" }>;
+/** What a call resolves with; `undefined` for a registered push token. */
+type CallAnswer = UploadAck | Reply | undefined;
 
 interface Pending {
   frame: CallFrame;
-  resolve(answer: UploadAck | Reply): void;
+  resolve(answer: CallAnswer): void;
   reject(error: DuplexError): void;
   timer: ReturnType<typeof setTimeout>;
 }
@@ -35,7 +37,7 @@ export class Calls {
   }
 
   /** Registers a call and gives it its id; `send` puts it on the wire if a connection is open. */
-  start<A extends UploadAck | Reply>(make: (id: number) => CallFrame, send: (frame: CallFrame) => void): Promise<A> {
+  start<A extends CallAnswer>(make: (id: number) => CallFrame, send: (frame: CallFrame) => void): Promise<A> {
     if (this.pending.size >= this.limit) {
       return Promise.reject(
         new DuplexError("too_many_calls", `${this.limit} calls are waiting for answers already`, true),
@@ -48,7 +50,7 @@ export class Calls {
         this.pending.delete(id);
         reject(new DuplexError("call_timeout", `no answer within ${this.timeoutMs} ms`, true));
       }, this.timeoutMs);
-      this.pending.set(id, { frame, resolve: resolve as (a: UploadAck | Reply) => void, reject, timer });
+      this.pending.set(id, { frame, resolve: resolve as (a: CallAnswer) => void, reject, timer });
       send(frame);
     });
   }
@@ -60,6 +62,10 @@ export class Calls {
 
   uploadAcked(ack: UploadAck): void {
     this.settle(ack.id, (p) => (p.frame.type === "upload" ? p.resolve(ack) : p.reject(mismatch("upload_ack"))));
+  }
+
+  pushRegistered(id: number): void {
+    this.settle(id, (p) => (p.frame.type === "register_push" ? p.resolve(undefined) : p.reject(mismatch("push_registered"))));
   }
 
   replied(reply: Reply): void {

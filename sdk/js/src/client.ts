@@ -12,7 +12,7 @@ import { backoffDelay } from "./backoff.js";
 import { Calls } from "./calls.js";
 import { Chooser, type Endpoint, fetchNodes, parseEndpoint } from "./endpoints.js";
 import { DuplexError } from "./errors.js";
-import type { Gap, Push, Reply, Request, Upload, UploadAck } from "./frames.js";
+import type { Gap, Push, PushTokenRegistration, Reply, Request, Upload, UploadAck } from "./frames.js";
 import { type Ended, Link } from "./link.js";
 import { type Connector, webSocketConnector } from "./transport.js";
 
@@ -170,6 +170,18 @@ export class Client {
   request(request: Request): Promise<Reply> {
     if (this.stopped) return this.stoppedCall();
     return this.calls.start((id) => ({ ...request, type: "request", id }), (frame) => this.sendIfOpen(frame));
+  }
+
+  /**
+   * Registers this install's OS push token for the push fallback (apps call it
+   * at every start, which renews it); resolves once the server stored it, across reconnects.
+   */
+  registerPush(registration: PushTokenRegistration): Promise<void> {
+    if (this.stopped) return this.stoppedCall();
+    return this.calls.start<undefined>(
+      (id) => ({ ...registration, type: "register_push", id }),
+      (frame) => this.sendIfOpen(frame),
+    );
   }
 
   /** With `autoAck: false`: the application processed every push up to `seq`. */

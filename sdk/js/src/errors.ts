@@ -24,6 +24,7 @@ export type ServerErrorCode =
   | "token_bad_issuer"
   | "server_full"
   | "rate_limited"
+  | "bad_push_token"
   | "store_unavailable"
   | "upstream_unavailable"
   | "rejected"
@@ -60,6 +61,7 @@ export const SERVER_ERROR_RETRY: Readonly<Record<ServerErrorCode, boolean>> = {
   token_bad_issuer: false,
   server_full: true,
   rate_limited: true,
+  bad_push_token: false,
   store_unavailable: true,
   upstream_unavailable: true,
   rejected: false,

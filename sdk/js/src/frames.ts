@@ -77,6 +77,7 @@ export type ServerFrame =
   | { type: "pong"; id: number }
   | ({ type: "error" } & ErrorFrame)
   | { type: "refreshed"; id: number; tokenExpiresAt: number }
+  | { type: "push_registered"; id: number }
   | ({ type: "upload_ack" } & UploadAck)
   | ({ type: "reply" } & Reply)
   | ({ type: "push" } & Push)
@@ -106,7 +107,18 @@ export type ClientFrame =
   | { type: "ack"; id: number; seq: number }
   | { type: "refresh"; id: number; token: string }
   | ({ type: "upload"; id: number } & Upload)
-  | ({ type: "request"; id: number } & Request);
+  | ({ type: "request"; id: number } & Request)
+  | ({ type: "register_push"; id: number } & PushTokenRegistration);
+
+/** One of this install's OS push tokens, for the push fallback (`Client.registerPush`). */
+export interface PushTokenRegistration {
+  /** "apns", "fcm" or "webpush". */
+  provider: string;
+  /** APNs device token (hex), FCM registration token, or the Web Push subscription as JSON text. */
+  token: string;
+  /** APNs topic (bundle id), FCM app or Web Push site. */
+  app?: string;
+}
 
 /** A server frame that breaks the protocol. */
 export class ProtocolError extends Error {
@@ -136,6 +148,14 @@ export function encodeFrame(frame: ClientFrame): Uint8Array {
     case "ack":
     case "refresh":
       return encoder.encode(frame);
+    case "register_push":
+      return encoder.encode({
+        type: "register_push",
+        id: frame.id,
+        provider: frame.provider,
+        token: frame.token,
+        ...(frame.app === undefined ? {} : { app: frame.app }),
+      });
     case "upload":
       return encoder.encode({
         type: "upload",
@@ -263,6 +283,8 @@ export function decodeFrame(body: Uint8Array): ServerFrame | undefined {
     }
     case "refreshed":
       return { type, id: uint(o, type, "id"), tokenExpiresAt: uint(o, type, "token_expires_at") };
+    case "push_registered":
+      return { type, id: uint(o, type, "id") };
     case "upload_ack":
       return { type, id: uint(o, type, "id"), status: uint(o, type, "status"), spooled: bool(o, type, "spooled") };
     case "reply":

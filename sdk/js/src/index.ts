@@ -15,6 +15,6 @@ export type { Endpoint, Scheme } from "./endpoints.js";
 export { DuplexError, SERVER_ERROR_RETRY } from "./errors.js";
 export type { ClientErrorCode, ErrorCode, ServerErrorCode } from "./errors.js";
 export { decodeFrame, encodeFrame, LengthPrefixDecoder, PROTOCOL_VERSION, ProtocolError } from "./frames.js";
-export type { ClientFrame, Connected, ErrorFrame, Gap, Headers, Push, Reply, Request, ServerFrame, Upload, UploadAck } from "./frames.js";
+export type { ClientFrame, Connected, ErrorFrame, Gap, Headers, Push, PushTokenRegistration, Reply, Request, ServerFrame, Upload, UploadAck } from "./frames.js";
 export { webSocketConnector } from "./transport.js";
 export type { Connector, Transport, TransportSink, WebSocketConstructor, WebSocketLike } from "./transport.js";

@@ -244,6 +244,9 @@ export class Link implements TransportSink {
         calls.uploadAcked(ack);
         return undefined;
       }
+      case "push_registered":
+        calls.pushRegistered(frame.id);
+        return undefined;
       case "gap": {
         const { type: _, ...gap } = frame;
         const processing = this.host.deliverGap(gap);

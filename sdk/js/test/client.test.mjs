@@ -238,3 +238,30 @@ test("the dispatcher's list gives each connector the transport it opens", async 
   t.after(() => client.close());
   assert.equal((await events.next("connected")).endpoint, node.tcp, "Node: the private TCP protocol first");
 });
+
+test("registerPush stores the install's push token; a malformed one is refused with its code", async (t) => {
+  const servers = new Servers();
+  t.after(() => servers.cleanup());
+  const node = await servers.duplex();
+  const { client, events } = startClient(node.tcp, "pam-phone");
+  t.after(() => client.close());
+  await events.next("connected");
+  await client.registerPush({ provider: "fcm", token: "dGVzdA:APA91bH-token_123", app: "com.example.app" });
+  const response = await fetch(`${node.pushBase}/v1/clients/pam-phone/push-tokens`, {
+    headers: { authorization: "Bearer duplex-dev-api-key" },
+  });
+  const listed = await response.json();
+  assert.deepEqual(
+    listed.tokens.map((t) => [t.provider, t.token, t.app]),
+    [["fcm", "dGVzdA:APA91bH-token_123", "com.example.app"]],
+  );
+  await assert.rejects(client.registerPush({ provider: "apns", token: "not hex" }), (e) => {
+    assert.ok(e instanceof DuplexError);
+    assert.equal(e.code, "bad_push_token");
+    assert.equal(e.retry, false);
+    return true;
+  });
+  // The connection stays: a push still arrives.
+  await push(node, "pam-phone", { n: 1 });
+  assert.equal((await events.next("push")).seq, 1);
+});
