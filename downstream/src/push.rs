@@ -209,7 +209,11 @@ impl Shared {
         if let Some(route) = fresh_route {
             self.counts.accepted_qos1.inc();
             if let (Some(fallback), Some(fallbacks)) = (&p.fallback, &self.fallbacks) {
-                fallbacks.schedule(client_id, seq, nonce, &msg_id, now + p.ttl_ms, fallback.clone());
+                let mut fallback = fallback.clone();
+                if route.is_none() && fallback.at_once_if_offline {
+                    fallback.after = std::time::Duration::ZERO;
+                }
+                fallbacks.schedule(client_id, seq, nonce, &msg_id, now + p.ttl_ms, fallback);
             }
             let stored = StoredMessage {
                 seq,

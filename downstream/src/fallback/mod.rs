@@ -139,7 +139,8 @@ pub struct Notification {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FallbackRequest {
-    /// Send the notification if the client has not acked this long after the push (default `downstream.fallback.after_ms`).
+    /// Send the notification if the client has not acked this long after the push. Unset: at
+    /// once when the client is offline, else after `downstream.fallback.after_ms`.
     pub after_ms: Option<u64>,
     /// Notification title; without title and body the notification is a content-free wake-up (data only).
     pub title: Option<String>,
@@ -155,6 +156,9 @@ pub struct FallbackRequest {
 #[derive(Debug, Clone)]
 pub struct Fallback {
     pub after: Duration,
+    /// The push set no `after_ms`: a client that is offline when the push is
+    /// stored gets its notification at once (nothing can ack it sooner).
+    pub at_once_if_offline: bool,
     pub title: Option<String>,
     pub body: Option<String>,
     pub data: BTreeMap<String, String>,
@@ -184,6 +188,7 @@ impl FallbackRequest {
         }
         Ok(Fallback {
             after: Duration::from_millis(after_ms),
+            at_once_if_offline: self.after_ms.is_none(),
             title: self.title,
             body: self.body,
             data: self.data,
