@@ -104,6 +104,29 @@ async fn any_node_answers_for_the_whole_deployment_and_a_reader_changes_nothing(
     let (_, pools) = call_json(&http, Method::GET, admin("/admin/v1/pools"), Some(READER)).await;
     assert_eq!(pools["pools"]["orders"][0]["isolated"], true);
 
+    // A routing change far over the admin body bound (256 KiB) is refused on the node it
+    // reached (413, or the connection cut while the body is still being sent), never forwarded.
+    let before = call_json(&http, Method::GET, admin("/admin/v1/routing"), Some(ADMIN))
+        .await
+        .1;
+    let huge = http
+        .put(admin("/admin/v1/routing/services/orders"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 1024 * 1024])
+        .send()
+        .await;
+    if let Ok(answer) = huge {
+        assert_eq!(answer.status().as_u16(), 413);
+        assert!(answer.headers().get("x-duplex-answered-by").is_none());
+    }
+    assert_eq!(
+        call_json(&http, Method::GET, admin("/admin/v1/routing"), Some(ADMIN))
+            .await
+            .1,
+        before
+    );
+
     // Clients: lookup (downstream) and a user's clients (the store), from the access node.
     let mut conn = Connection::tcp(access.tcp()).await.expect("tcp");
     conn.handshake(&mint("alice"), "phone-1", 0).await.expect("handshake");

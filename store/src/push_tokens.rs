@@ -50,6 +50,13 @@ pub struct PushToken {
     pub registered_ms: u64,
 }
 
+impl PushToken {
+    /// Whether the token is still within its life at `now_ms`.
+    pub fn live(&self, now_ms: u64) -> bool {
+        self.registered_ms + PUSH_TOKEN_TTL_MS > now_ms
+    }
+}
+
 /// Tokens kept per client. Overflow policy: registering one more drops the
 /// one registered longest ago (a phone that reinstalled its app many times
 /// leaves only its newest tokens).
@@ -75,7 +82,7 @@ pub trait PushTokens: Send + Sync + 'static {
 /// Keeps at most [`MAX_PUSH_TOKENS`] live tokens, newest first, `token` among them.
 pub(crate) fn merge_token(tokens: &mut Vec<PushToken>, token: &PushToken, now_ms: u64) {
     tokens.retain(|t| !(t.provider == token.provider && t.token == token.token));
-    tokens.retain(|t| t.registered_ms + PUSH_TOKEN_TTL_MS > now_ms);
+    tokens.retain(|t| t.live(now_ms));
     tokens.push(token.clone());
     tokens.sort_by_key(|t| std::cmp::Reverse(t.registered_ms));
     tokens.truncate(MAX_PUSH_TOKENS);

@@ -34,6 +34,27 @@ pub struct Forwarder {
     pub secret: String,
 }
 
+impl Forwarder {
+    /// A call to `path` of the admin API on the peer whose internal listener
+    /// is `internal`, as `role`, marked as forwarded.
+    fn call(
+        &self,
+        method: axum::http::Method,
+        internal: &str,
+        path: &str,
+        role: Role,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
+        let url = format!("{}{INTERNAL_PREFIX}{path}", internal.trim_end_matches('/'));
+        self.client
+            .request(method, url)
+            .bearer_auth(&self.secret)
+            .header(ROLE_HEADER, role.label())
+            .header(FORWARDED_HEADER, "1")
+            .timeout(timeout)
+    }
+}
+
 /// The tier an admin API path is about, if it is about one.
 pub fn tier_of(path: &str) -> Option<&'static str> {
     if path.starts_with("/admin/v1/pools") || path.starts_with("/admin/v1/routing") {
@@ -96,14 +117,8 @@ async fn forward(admin: &Admin, tier: &str, role: Role, request: Request) -> Res
         }
     };
     let path = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
-    let url = format!("{}{INTERNAL_PREFIX}{path}", peer.internal.trim_end_matches('/'));
     let mut call = forwarder
-        .client
-        .request(parts.method.clone(), url)
-        .bearer_auth(&forwarder.secret)
-        .header(ROLE_HEADER, role.label())
-        .header(FORWARDED_HEADER, "1")
-        .timeout(TIMEOUT)
+        .call(parts.method.clone(), &peer.internal, path, role, TIMEOUT)
         .body(body);
     if let Some(kind) = parts.headers.get(header::CONTENT_TYPE) {
         call = call.header(header::CONTENT_TYPE, kind.clone());
@@ -193,14 +208,8 @@ pub async fn get_json(
     role: Role,
     timeout: Duration,
 ) -> Option<serde_json::Value> {
-    let url = format!("{}{INTERNAL_PREFIX}{path}", internal.trim_end_matches('/'));
     let answer = forwarder
-        .client
-        .get(url)
-        .bearer_auth(&forwarder.secret)
-        .header(ROLE_HEADER, role.label())
-        .header(FORWARDED_HEADER, "1")
-        .timeout(timeout)
+        .call(axum::http::Method::GET, internal, path, role, timeout)
         .send()
         .await
         .ok()?;

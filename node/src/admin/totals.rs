@@ -48,7 +48,7 @@ fn local(admin: &Admin) -> Totals {
     let text = admin.metrics.render();
     let sum = |name: &str| -> f64 {
         text.lines()
-            .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+            .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::MemoryStore;
-use crate::push_tokens::{merge_token, PushProvider, PushToken, PushTokens, PUSH_TOKEN_TTL_MS};
+use crate::push_tokens::{merge_token, PushProvider, PushToken, PushTokens};
 use crate::StoreError;
 
 #[async_trait]
@@ -18,12 +18,7 @@ impl PushTokens for MemoryStore {
         Ok(self
             .push_tokens
             .get(client_id)
-            .map(|t| {
-                t.iter()
-                    .filter(|t| t.registered_ms + PUSH_TOKEN_TTL_MS > now_ms)
-                    .cloned()
-                    .collect()
-            })
+            .map(|t| t.iter().filter(|t| t.live(now_ms)).cloned().collect())
             .unwrap_or_default())
     }
 
@@ -46,7 +41,7 @@ impl MemoryStore {
     /// Forgets tokens past their life (from the sweep).
     pub(super) fn forget_old_push_tokens(&self, now_ms: u64) {
         self.push_tokens.retain(|_, tokens| {
-            tokens.retain(|t| t.registered_ms + PUSH_TOKEN_TTL_MS > now_ms);
+            tokens.retain(|t| t.live(now_ms));
             !tokens.is_empty()
         });
     }

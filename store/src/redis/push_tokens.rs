@@ -68,15 +68,14 @@ impl PushTokens for RedisStore {
             let registered_ms: u64 = time
                 .parse()
                 .map_err(|_| StoreError::Corrupt(format!("push token value {v:?}")))?;
-            if registered_ms + PUSH_TOKEN_TTL_MS > now_ms {
-                tokens.push(PushToken {
-                    provider,
-                    token: token.to_owned(),
-                    app: app.map(str::to_owned),
-                    registered_ms,
-                });
-            }
+            tokens.push(PushToken {
+                provider,
+                token: token.to_owned(),
+                app: app.map(str::to_owned),
+                registered_ms,
+            });
         }
+        tokens.retain(|t| t.live(now_ms));
         tokens.sort_by_key(|t| std::cmp::Reverse(t.registered_ms));
         Ok(tokens)
     }
