@@ -109,7 +109,8 @@ async fn any_node_answers_for_the_whole_deployment_and_a_reader_changes_nothing(
     let before = call_json(&http, Method::GET, admin("/admin/v1/routing"), Some(ADMIN))
         .await
         .1;
-    let huge = http
+    // Its own client: the node cuts that connection, which must not be reused for the next calls.
+    let huge = reqwest::Client::new()
         .put(admin("/admin/v1/routing/services/orders"))
         .bearer_auth(ADMIN)
         .header("content-type", "application/json")
