@@ -2,12 +2,14 @@
 //! client is connected, who owns a client id), [`MessageQueue`] (each
 //! client's messages), [`UpstreamState`] (frame claims, spools, leases,
 //! isolation), [`QueueOverview`] (totals for operators), [`Registry`]
-//! (which nodes are up) and [`PushTokens`] (OS push tokens per client). [`Store`] is all of them; two backends implement
+//! (which nodes are up), [`PushTokens`] (OS push tokens per client) and
+//! [`FallbackSchedule`] (OS notifications waiting for their time). [`Store`] is all of them; two backends implement
 //! it: [`MemoryStore`] (one node) and [`RedisStore`] (single, Sentinel or
 //! Cluster), and answer to one contract suite (`duplex-testkit`).
 
 use async_trait::async_trait;
 
+mod fallbacks;
 mod memory;
 mod messages;
 mod overview;
@@ -18,6 +20,7 @@ mod registry;
 mod routes;
 mod upstream_state;
 
+pub use fallbacks::{DueFallback, DueFallbacks, FallbackSchedule, Scheduled};
 pub use memory::{MemoryHeld, MemoryStore};
 pub use messages::*;
 pub use overview::{Backlog, Overview, QueueOverview};
@@ -60,7 +63,9 @@ pub fn now_ms() -> u64 {
 
 /// Every role of the store in one object, as a node holds it.
 #[async_trait]
-pub trait Store: Routes + MessageQueue + UpstreamState + QueueOverview + Registry + PushTokens {
+pub trait Store:
+    Routes + MessageQueue + UpstreamState + QueueOverview + Registry + PushTokens + FallbackSchedule
+{
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

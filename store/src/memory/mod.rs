@@ -9,6 +9,7 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 mod expiry;
+mod fallbacks;
 mod push_tokens;
 pub(crate) mod queue;
 mod sweep;
@@ -47,6 +48,8 @@ pub struct MemoryStore {
     pub(crate) expiry_index: std::sync::Mutex<std::collections::BTreeSet<(u64, String)>>,
     /// Each client's OS push tokens (`push_tokens.rs`).
     pub(crate) push_tokens: DashMap<String, Vec<crate::PushToken>>,
+    /// The push fallback's schedule (`fallbacks.rs`).
+    pub(crate) fallbacks: std::sync::Mutex<fallbacks::MemoryFallbacks>,
 }
 
 impl MemoryStore {

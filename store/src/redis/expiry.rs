@@ -28,12 +28,17 @@ fn shard_name(n: usize) -> String {
     ["x:", itoa::Buffer::new().format(n)].concat()
 }
 
-/// The shard of `client_id`'s index entry (FNV-1a: stable across builds).
+/// The shard of `client_id`'s index entry.
 fn shard(client_id: &str) -> usize {
+    shard_of(client_id, EXPIRY_SHARDS)
+}
+
+/// Which of `shards` holds `client_id`'s entry (FNV-1a: stable across builds).
+pub(super) fn shard_of(client_id: &str, shards: usize) -> usize {
     let hash = client_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    (hash % EXPIRY_SHARDS as u64) as usize
+    (hash % shards as u64) as usize
 }
 
 static INDEX: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::EXPIRY_INDEX));

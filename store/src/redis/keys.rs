@@ -53,4 +53,10 @@ impl Keys {
         let tag = [self.prefix.as_str(), "{x:", itoa::Buffer::new().format(shard), "}:"].concat();
         [tag.clone() + "expiring", tag.clone() + "versions", tag + "version"]
     }
+
+    /// Shard `n` of the push fallback's schedule: its due set and values hash.
+    pub fn fallbacks(&self, shard: usize) -> [String; 2] {
+        let tag = [self.prefix.as_str(), "{f:", itoa::Buffer::new().format(shard), "}:"].concat();
+        [tag.clone() + "fallbacks-due", tag + "fallbacks"]
+    }
 }

@@ -11,6 +11,7 @@ pub(crate) mod batch;
 pub(crate) mod breaker;
 pub(crate) mod conn;
 mod expiry;
+mod fallbacks;
 pub mod keys;
 mod push_tokens;
 mod queue;
