@@ -213,7 +213,9 @@ impl Shared {
                 if route.is_none() && fallback.at_once_if_offline {
                     fallback.after = std::time::Duration::ZERO;
                 }
-                fallbacks.schedule(client_id, seq, nonce, &msg_id, now + p.ttl_ms, fallback);
+                fallbacks
+                    .schedule(client_id, seq, nonce, &msg_id, now + p.ttl_ms, fallback)
+                    .await;
             }
             let stored = StoredMessage {
                 seq,

@@ -102,7 +102,7 @@ const CATALOG: &[(&str, &str, &str)] = &[
     (
         "duplex_fallback_total",
         "counter",
-        "OS push fallbacks, by provider (fcm, apns, webpush; none before a provider is chosen) and outcome (sent, retried, failed, refused, dead_token, provider_not_configured, acked_in_time, message_gone, no_token, store_unavailable, queue_full).",
+        "OS push fallbacks, by provider (fcm, apns, webpush; none before a provider is chosen) and outcome (sent, retried, failed, refused, dead_token, provider_not_configured, acked_in_time, message_gone, no_token, store_unavailable, queue_full, expired, timed_out, internal).",
     ),
     (
         "duplex_expiry_scan_errors_total",

@@ -42,13 +42,19 @@ async fn fallbacks_come_due_once_per_lease_until_finished(store: Arc<dyn Store>)
     let during = store.take_due_fallbacks(NOW + 2_000, LEASE, 10).await.expect("take");
     assert!(during.due.is_empty(), "{during:?}");
     // The lease ran out unfinished (its taker died): due again, once.
-    let again = store.take_due_fallbacks(NOW + 1_000 + LEASE, LEASE, 10).await.expect("take");
+    let again = store
+        .take_due_fallbacks(NOW + 1_000 + LEASE, LEASE, 10)
+        .await
+        .expect("take");
     let ids: Vec<(&str, u64)> = again.due.iter().map(|d| (d.client_id.as_str(), d.seq)).collect();
     assert_eq!(ids, vec![("phone-1", 7)], "phone-2's message expired meanwhile");
     assert_eq!(again.expired, 1, "phone-2's fallback dropped and counted");
     store.finish_fallback("phone-1", 7).await.expect("finish");
     store.finish_fallback("phone-1", 7).await.expect("finish twice");
-    let after = store.take_due_fallbacks(NOW + 10 * LEASE, LEASE, 10).await.expect("take");
+    let after = store
+        .take_due_fallbacks(NOW + 10 * LEASE, LEASE, 10)
+        .await
+        .expect("take");
     assert!(after.due.is_empty() && after.expired == 0, "{after:?}");
 
     // A finished fallback can be scheduled anew (another delivery of its message id).

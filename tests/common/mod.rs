@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod fake_fcm;
 pub mod process;
 pub mod scenarios;
 pub mod upstream;

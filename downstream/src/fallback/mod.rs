@@ -3,114 +3,33 @@
 //! to the client's push tokens. The message id travels in the notification's
 //! data (`duplex_message_id`) so the SDK can drop the copy the socket brings.
 //!
-//! Fallbacks wait on the node that stored the push, in a bounded queue
-//! (`downstream.fallback.queue`; overflow: the push is still stored and
-//! delivered, its fallback dropped and counted). A node that stops loses the
-//! fallbacks waiting on it (the messages themselves are in the store).
+//! Fallbacks wait in the store (`FallbackSchedule`), put there before the
+//! push is answered; every node with a provider takes those come due, each
+//! under a lease, so a node that dies loses none: another sends them after
+//! the lease (a notification may then go twice; the SDK drops copies by
+//! message id). The schedule is bounded (`downstream.fallback.queue`;
+//! overflow: the push is still stored and delivered, its fallback dropped
+//! and counted).
 //! Providers: FCM (HTTP v1, service account), APNs (HTTP/2, .p8 token
 //! auth), Web Push (RFC 8291 encryption, VAPID); a token of a provider that
 //! is not configured is counted as `provider_not_configured`.
 
 mod apns;
+mod config;
 mod fcm;
 mod webpush;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
-use std::path::PathBuf;
+pub use config::{ApnsConfig, Fallback, FallbackConfig, FallbackRequest, FcmConfig, WebPushConfig};
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use duplex_shared::metrics::Metrics;
-use duplex_store::{MessageState, PushProvider, Store};
+use duplex_store::{MessageState, PushProvider, Scheduled, Store};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
-
-use crate::error::ApiError;
-
-/// `downstream.fallback`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FallbackConfig {
-    /// `after_ms` of a push that asks for a fallback without one. Default 5000.
-    pub after_ms: u64,
-    /// Fallbacks waiting per node; beyond, a push's fallback is dropped and counted. Default 100000.
-    pub queue: usize,
-    /// Tries per token for provider errors worth retrying (5xx, 429, timeouts). Default 5.
-    pub max_attempts: u32,
-    /// FCM over its HTTP v1 API. Unset: FCM tokens get no fallback.
-    pub fcm: Option<FcmConfig>,
-    /// APNs over HTTP/2 with a .p8 signing key. Unset: APNs tokens get no fallback.
-    pub apns: Option<ApnsConfig>,
-    /// Web Push with a VAPID key. Unset: Web Push subscriptions get no fallback.
-    pub webpush: Option<WebPushConfig>,
-}
-
-impl Default for FallbackConfig {
-    fn default() -> Self {
-        FallbackConfig {
-            after_ms: 5_000,
-            queue: 100_000,
-            max_attempts: 5,
-            fcm: None,
-            apns: None,
-            webpush: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FcmConfig {
-    /// The Firebase service account key (JSON: `client_email`, `private_key`, `token_uri`, `project_id`).
-    pub service_account_file: PathBuf,
-    /// Base URL of the send API. Default `https://fcm.googleapis.com`.
-    #[serde(default = "default_fcm_endpoint")]
-    pub endpoint: String,
-}
-
-fn default_fcm_endpoint() -> String {
-    "https://fcm.googleapis.com".into()
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApnsConfig {
-    /// The .p8 signing key from Apple (PKCS#8 P-256).
-    pub key_file: PathBuf,
-    /// The key's id (10 characters, from the developer account).
-    pub key_id: String,
-    /// The team id (the tokens' `iss`).
-    pub team_id: String,
-    /// `https://api.push.apple.com` (default) or `https://api.sandbox.push.apple.com`.
-    #[serde(default = "default_apns_endpoint")]
-    pub endpoint: String,
-    /// The bundle id (`apns-topic`) for tokens registered without an `app`.
-    #[serde(default)]
-    pub topic: Option<String>,
-}
-
-fn default_apns_endpoint() -> String {
-    "https://api.push.apple.com".into()
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebPushConfig {
-    /// The VAPID private key (PKCS#8 P-256 PEM); its public key is the
-    /// `applicationServerKey` the web app subscribes with.
-    pub vapid_key_file: PathBuf,
-    /// How push services reach the sender: `mailto:ops@example.com` or an https URL.
-    pub subject: String,
-}
-
-impl FallbackConfig {
-    pub fn configured(&self) -> bool {
-        self.fcm.is_some() || self.apns.is_some() || self.webpush.is_some()
-    }
-}
 
 /// What one provider call came to.
 #[derive(Debug, PartialEq, Eq)]
@@ -135,90 +54,56 @@ pub struct Notification {
     pub ttl_s: u64,
 }
 
-/// A push's `fallback` option, as the API takes it.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FallbackRequest {
-    /// Send the notification if the client has not acked this long after the push. Unset: at
-    /// once when the client is offline, else after `downstream.fallback.after_ms`.
-    pub after_ms: Option<u64>,
-    /// Notification title; without title and body the notification is a content-free wake-up (data only).
-    pub title: Option<String>,
-    pub body: Option<String>,
-    /// Extra data for the app (string values); `duplex_message_id` is added.
-    #[serde(default)]
-    pub data: BTreeMap<String, String>,
-    /// Passed to the provider (FCM `collapse_key`).
-    pub collapse_key: Option<String>,
+/// What the store keeps of a waiting fallback (JSON, opaque to the store).
+#[derive(Serialize, Deserialize)]
+struct Spec {
+    message_id: String,
+    nonce: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    data: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    collapse_key: Option<String>,
 }
 
-/// A checked fallback.
-#[derive(Debug, Clone)]
-pub struct Fallback {
-    pub after: Duration,
-    /// The push set no `after_ms`: a client that is offline when the push is
-    /// stored gets its notification at once (nothing can ack it sooner).
-    pub at_once_if_offline: bool,
-    pub title: Option<String>,
-    pub body: Option<String>,
-    pub data: BTreeMap<String, String>,
-    pub collapse_key: Option<String>,
-}
-
-impl FallbackRequest {
-    pub fn check(self, config: &FallbackConfig, ttl_ms: u64) -> Result<Fallback, ApiError> {
-        let bad = |m: String| ApiError::bad("bad_fallback", m);
-        let after_ms = self.after_ms.unwrap_or(config.after_ms);
-        if after_ms > ttl_ms {
-            return Err(bad(format!("after_ms {after_ms} is past the message's ttl")));
-        }
-        for (name, text) in [("title", &self.title), ("body", &self.body)] {
-            if text.as_ref().is_some_and(|t| t.len() > 1024) {
-                return Err(bad(format!("{name} is at most 1024 bytes")));
-            }
-        }
-        let data_bytes: usize = self.data.iter().map(|(k, v)| k.len() + v.len()).sum();
-        if self.data.len() > 32 || data_bytes > 2048 || self.data.contains_key("duplex_message_id") {
-            return Err(bad(
-                "data: at most 32 entries and 2048 bytes, without duplex_message_id".into(),
-            ));
-        }
-        if self.collapse_key.as_ref().is_some_and(|c| c.is_empty() || c.len() > 64) {
-            return Err(bad("collapse_key is 1..=64 bytes".into()));
-        }
-        Ok(Fallback {
-            after: Duration::from_millis(after_ms),
-            at_once_if_offline: self.after_ms.is_none(),
-            title: self.title,
-            body: self.body,
-            data: self.data,
-            collapse_key: self.collapse_key,
-        })
-    }
-}
-
-/// One waiting fallback.
+/// One fallback come due.
 struct Due {
     client_id: String,
     seq: u64,
-    nonce: u32,
-    message_id: String,
     expires_ms: u64,
-    fallback: Fallback,
+    spec: Spec,
 }
 
-/// The node's fallback queue; cheap to clone.
+/// Schedules fallbacks in the store; cheap to clone.
 #[derive(Clone)]
 pub struct Fallbacks {
-    queue: mpsc::Sender<(Instant, Due)>,
+    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    max_waiting: usize,
+    /// Wakes this node's taker for a fallback due at once.
+    wake: Arc<Notify>,
 }
 
-/// Notifications being sent at once, at most.
+/// Notifications being sent at once by a node, at most.
 const SENDING: usize = 64;
+/// How often a node looks for due fallbacks: a notification goes this much
+/// after its time at most (at once for one this node scheduled due now).
+const TAKE_INTERVAL: Duration = Duration::from_millis(250);
+/// Takes per look at most; the rest waits for the next.
+const TAKES_PER_LOOK: usize = 16;
+/// How long a taken fallback is this node's. A node that dies while waiting
+/// or sending leaves its fallbacks to other nodes after this.
+const LEASE: Duration = Duration::from_secs(60);
+/// Sending one fallback (every token, with retries) ends within this, well
+/// inside the lease; one cut off is left to come due again after its lease
+/// (its message's expiry bounds how often).
+const SEND_BOUND: Duration = Duration::from_secs(45);
 
 impl Fallbacks {
-    /// Starts the scheduler; `None` when no provider is configured.
+    /// Starts this node's taker; `None` when no provider is configured.
     pub fn start(
         config: &FallbackConfig,
         store: Arc<dyn Store>,
@@ -245,21 +130,28 @@ impl Fallbacks {
             }
             None => None,
         };
-        let (tx, rx) = mpsc::channel(config.queue);
         let senders = Senders {
-            store,
+            store: store.clone(),
             fcm,
             apns,
             webpush,
             metrics: metrics.clone(),
             max_attempts: config.max_attempts.max(1),
         };
-        tokio::spawn(schedule(rx, Arc::new(senders), shutdown));
-        Ok(Some(Fallbacks { queue: tx, metrics }))
+        let wake = Arc::new(Notify::new());
+        tokio::spawn(take(Arc::new(senders), wake.clone(), shutdown));
+        Ok(Some(Fallbacks {
+            store,
+            metrics,
+            max_waiting: config.queue,
+            wake,
+        }))
     }
 
-    /// Waits `fallback.after`, then sends unless the message was acked.
-    pub fn schedule(
+    /// Puts the fallback in the store, due `fallback.after` from now; it is
+    /// sent then unless the message was acked. Awaited before the push is
+    /// answered, so a push answered has its fallback kept (or counted as not).
+    pub async fn schedule(
         &self,
         client_id: &str,
         seq: u64,
@@ -268,17 +160,35 @@ impl Fallbacks {
         expires_ms: u64,
         fallback: Fallback,
     ) {
-        let due = Due {
-            client_id: client_id.to_owned(),
-            seq,
-            nonce,
+        let due_ms = crate::now_ms() + u64::try_from(fallback.after.as_millis()).unwrap_or(u64::MAX);
+        let at_once = fallback.after.is_zero();
+        let spec = Spec {
             message_id: message_id.to_owned(),
-            expires_ms,
-            fallback,
+            nonce,
+            title: fallback.title,
+            body: fallback.body,
+            data: fallback.data,
+            collapse_key: fallback.collapse_key,
         };
-        let at = Instant::now() + due.fallback.after;
-        if self.queue.try_send((at, due)).is_err() {
-            count(&self.metrics, "none", "queue_full");
+        let spec = match serde_json::to_vec(&spec) {
+            Ok(spec) => spec,
+            Err(e) => {
+                tracing::error!(error = %e, "fallback: could not encode");
+                return count(&self.metrics, "none", "internal");
+            }
+        };
+        let kept = self
+            .store
+            .schedule_fallback(client_id, seq, due_ms, expires_ms, &spec, self.max_waiting)
+            .await;
+        match kept {
+            Ok(Scheduled::Waiting) if at_once => self.wake.notify_one(),
+            Ok(Scheduled::Waiting) => {}
+            Ok(Scheduled::Full) => count(&self.metrics, "none", "queue_full"),
+            Err(e) => {
+                tracing::warn!(error = %e, client_id, "fallback: not scheduled, the store is unavailable");
+                count(&self.metrics, "none", "store_unavailable");
+            }
         }
     }
 }
@@ -296,47 +206,88 @@ struct Senders {
     max_attempts: u32,
 }
 
-/// Holds the waiting fallbacks in time order and sends each when due.
-async fn schedule(mut rx: mpsc::Receiver<(Instant, Due)>, senders: Arc<Senders>, shutdown: CancellationToken) {
-    let mut waiting: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
-    let mut items: std::collections::HashMap<u64, Due> = std::collections::HashMap::new();
-    let mut next_id = 0u64;
-    let sending = Arc::new(tokio::sync::Semaphore::new(SENDING));
+/// Takes due fallbacks from the store and sends each, until `shutdown`
+/// (fallbacks taken and not yet sent then come due again after their lease).
+async fn take(senders: Arc<Senders>, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let sending = Arc::new(Semaphore::new(SENDING));
+    let lease_ms = u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX);
+    let mut tick = tokio::time::interval(TAKE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let next = waiting.peek().map(|Reverse((at, _))| *at);
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            got = rx.recv() => match got {
-                Some((at, due)) => {
-                    next_id += 1;
-                    waiting.push(Reverse((at, next_id)));
-                    items.insert(next_id, due);
+            _ = tick.tick() => {}
+            _ = wake.notified() => {}
+        }
+        for _ in 0..TAKES_PER_LOOK {
+            let room = sending.available_permits();
+            if room == 0 {
+                break;
+            }
+            let taken = match senders.store.take_due_fallbacks(crate::now_ms(), lease_ms, room).await {
+                Ok(taken) => taken,
+                Err(e) => {
+                    tracing::warn!(error = %e, "fallback: could not look for due fallbacks; trying again");
+                    break;
                 }
-                None => return,
-            },
-            _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
-                while let Some(Reverse((at, id))) = waiting.peek().copied() {
-                    if at > Instant::now() {
-                        break;
-                    }
-                    waiting.pop();
-                    let Some(due) = items.remove(&id) else { continue };
-                    let Ok(permit) = sending.clone().acquire_owned().await else { return };
-                    let senders = senders.clone();
-                    tokio::spawn(async move {
-                        senders.fire(due).await;
-                        drop(permit);
-                    });
-                }
+            };
+            for _ in 0..taken.expired {
+                count(&senders.metrics, "none", "expired");
+            }
+            for due in taken.due {
+                let Ok(permit) = sending.clone().acquire_owned().await else {
+                    return;
+                };
+                let senders = senders.clone();
+                tokio::spawn(async move {
+                    senders.run(due).await;
+                    drop(permit);
+                });
+            }
+            if !taken.more {
+                break;
             }
         }
     }
 }
 
 impl Senders {
-    async fn fire(&self, due: Due) {
+    /// Sends one taken fallback within [`SEND_BOUND`], then removes it from the schedule.
+    async fn run(&self, taken: duplex_store::DueFallback) {
+        let spec = match serde_json::from_slice::<Spec>(&taken.spec) {
+            Ok(spec) => spec,
+            Err(e) => {
+                tracing::error!(error = %e, client_id = %taken.client_id, "fallback: unreadable in the store; dropped");
+                count(&self.metrics, "none", "internal");
+                return self.finish(&taken.client_id, taken.seq).await;
+            }
+        };
+        let due = Due {
+            client_id: taken.client_id,
+            seq: taken.seq,
+            expires_ms: taken.expires_ms,
+            spec,
+        };
+        if tokio::time::timeout(SEND_BOUND, self.fire(&due)).await.is_err() {
+            tracing::warn!(client_id = %due.client_id, "fallback: not sent in time; it comes due again after its lease");
+            return count(&self.metrics, "none", "timed_out");
+        }
+        self.finish(&due.client_id, due.seq).await;
+    }
+
+    async fn finish(&self, client_id: &str, seq: u64) {
+        if let Err(e) = self.store.finish_fallback(client_id, seq).await {
+            tracing::warn!(error = %e, client_id, "fallback: sent, but still scheduled; it may go again after its lease");
+        }
+    }
+
+    async fn fire(&self, due: &Due) {
         let now = crate::now_ms();
-        match self.store.message_status(&due.client_id, due.seq, due.nonce, now).await {
+        match self
+            .store
+            .message_status(&due.client_id, due.seq, due.spec.nonce, now)
+            .await
+        {
             Ok(Some(s)) if s.state == MessageState::Acked => return count(&self.metrics, "none", "acked_in_time"),
             Ok(Some(_)) => {}
             Ok(None) => return count(&self.metrics, "none", "message_gone"),
@@ -353,11 +304,11 @@ impl Senders {
         };
         if tokens.is_empty() {
             count(&self.metrics, "none", "no_token");
-            return self.note(&due, "no_token").await;
+            return self.note(due, "no_token").await;
         }
-        let f = &due.fallback;
+        let f = &due.spec;
         let mut data = f.data.clone();
-        data.insert("duplex_message_id".into(), due.message_id.clone());
+        data.insert("duplex_message_id".into(), f.message_id.clone());
         let note = Notification {
             title: f.title.clone(),
             body: f.body.clone(),
@@ -370,7 +321,7 @@ impl Senders {
             let outcome = self.deliver(&due.client_id, &note, &token).await;
             outcomes.push(format!("{}:{outcome}", token.provider.as_str()));
         }
-        self.note(&due, &outcomes.join(",")).await;
+        self.note(due, &outcomes.join(",")).await;
     }
 
     /// What the fallback came to, for the message's status (best effort).

@@ -20,16 +20,17 @@ pub const FALLBACK_SHARDS: usize = 8;
 
 static SCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../scripts/fallback_schedule.lua")));
 static TAKE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../scripts/fallback_take.lua")));
-static FINISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new("redis.call('ZREM', KEYS[1], ARGV[1]) redis.call('HDEL', KEYS[2], ARGV[1]) return 1")
-});
+static FINISH: LazyLock<Script> =
+    LazyLock::new(|| Script::new("redis.call('ZREM', KEYS[1], ARGV[1]) redis.call('HDEL', KEYS[2], ARGV[1]) return 1"));
 
 fn entry(client_id: &str, seq: u64) -> String {
     [itoa::Buffer::new().format(seq), "|", client_id].concat()
 }
 
 fn shard_keys(store: &RedisStore, client_id: &str) -> [String; 2] {
-    store.keys.fallbacks(super::expiry::shard_of(client_id, FALLBACK_SHARDS))
+    store
+        .keys
+        .fallbacks(super::expiry::shard_of(client_id, FALLBACK_SHARDS))
 }
 
 fn bytes(v: &Value) -> Result<&[u8], StoreError> {
@@ -79,7 +80,11 @@ impl FallbackSchedule for RedisStore {
             .arg(value)
             .arg(max_waiting.div_ceil(FALLBACK_SHARDS).max(1));
         let kept: Value = call.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
-        Ok(if int(&kept)? == 1 { Scheduled::Waiting } else { Scheduled::Full })
+        Ok(if int(&kept)? == 1 {
+            Scheduled::Waiting
+        } else {
+            Scheduled::Full
+        })
     }
 
     async fn take_due_fallbacks(&self, now_ms: u64, lease_ms: u64, limit: usize) -> Result<DueFallbacks, StoreError> {

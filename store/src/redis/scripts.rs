@@ -29,6 +29,9 @@
 //!   that lowers a client's earliest expiry sets its entry after its script;
 //!   a scan (`RedisStore::take_expired`) moves it only if its version is
 //!   still the one the scan read (`EXPIRY_INDEX`)
+//! - `P{f:<n>}:fallbacks-due` / `P{f:<n>}:fallbacks` (8 shards, not in the
+//!   client's slot): the push fallback's schedule (`fallbacks.rs`), entry
+//!   `<seq>|<client>` -> due time / `<expires>\n<spec>`
 //! - `P owner`: the user the client id belongs to (written by the route
 //!   claim); the enqueue extends its life with the queue's
 //!
