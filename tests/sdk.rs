@@ -339,3 +339,79 @@ async fn an_upload_made_during_an_outage_is_delivered_once_after_reconnect_and_c
         assert_eq!(client.request(request).await, Err(CallError::Timeout));
     }
 }
+
+/// A TCP forwarder to `to` that refuses connections (accepts and closes)
+/// while `open` is false: holds a client off a node for as long as a test needs.
+async fn gate(to: std::net::SocketAddr, open: Arc<std::sync::atomic::AtomicBool>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            if !open.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A message that reached the app as an OS notification while the socket was
+/// down is acked but not handed over when the socket brings it; a
+/// notification for a message the socket handed over already is not new.
+#[tokio::test]
+async fn a_message_the_app_was_notified_of_is_not_handed_over_again() {
+    for kind in [StoreKind::Memory, StoreKind::Redis] {
+        let node = start(kind, |_| {}).await;
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let through = gate(node.tcp, open.clone()).await;
+        let token = Arc::new(|| mint_hs256(SECRET, &dev_claims("noa", 3600)).expect("mint"));
+        let mut options = ClientOptions::new(vec![Endpoint::Tcp(through)], "noa-phone", token);
+        options.backoff_min = Duration::from_millis(10);
+        options.backoff_max = Duration::from_millis(50);
+        let mut client = Client::start(options);
+        assert!(matches!(next_event(&mut client).await, Event::Connected { .. }));
+        let first = node.push_to("noa-phone", json!(1)).await;
+        let first_id = first["message_id"].as_str().expect("id").to_owned();
+        let got = loop {
+            match next_event(&mut client).await {
+                Event::Push(p) => break p,
+                _ => continue,
+            }
+        };
+        assert_eq!(got.msg_id, first_id);
+        assert!(!client.notified(&first_id), "the socket brought it first");
+
+        // The socket is down (and kept down) while a push is made and its
+        // notification reaches the app.
+        open.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(node.delete("/v1/clients/noa-phone").await.0, 200);
+        assert!(matches!(next_event(&mut client).await, Event::Disconnected { .. }));
+        let second = node.push_to("noa-phone", json!(2)).await;
+        let second_id = second["message_id"].as_str().expect("id").to_owned();
+        assert!(client.notified(&second_id), "new to the app");
+        assert!(!client.notified(&second_id), "a second notification is not");
+        open.store(true, std::sync::atomic::Ordering::SeqCst);
+        loop {
+            match next_event(&mut client).await {
+                Event::Connected { .. } => break,
+                Event::Disconnected { .. } => continue,
+                other => panic!("{other:?}"),
+            }
+        }
+        node.push_to("noa-phone", json!(3)).await;
+        assert_eq!(
+            next_push_seq(&mut client).await,
+            3,
+            "the notified message (seq 2) was not handed over ({kind:?})"
+        );
+        eventually("the notified message acked", || async {
+            node.get("/v1/clients/noa-phone").await.1["last_acked_seq"] == 3
+        })
+        .await;
+    }
+}

@@ -18,6 +18,7 @@ mod calls;
 pub mod dispatch;
 mod endpoints;
 mod link;
+mod notified;
 mod options;
 pub mod reconnecting;
 mod tls;

@@ -50,6 +50,8 @@ pub(crate) struct Link<'a> {
     pub(crate) closing: &'a mut watch::Receiver<bool>,
     /// Asked for a new token when the connection's token expires.
     pub(crate) token: &'a TokenProvider,
+    /// Messages the app got as OS notifications (`notified.rs`).
+    pub(crate) seen: &'a std::sync::Mutex<crate::notified::Seen>,
 }
 
 /// The id of the SDK's own `refresh` frames, apart from the application's calls.
@@ -148,13 +150,18 @@ impl Link<'_> {
         }
     }
 
+    /// Whether a stored push the socket brought is new to the app (not notified already).
+    fn seen_by_socket(&self, msg_id: &str) -> bool {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).by_socket(msg_id)
+    }
+
     /// Acts on one server frame; `Some` when the connection is over.
     async fn handle(&mut self, frame: Frame) -> Option<Ended> {
         match frame {
             Frame::Push(p) => {
                 // seq 0: qos 0, never stored, nothing to dedupe or ack.
                 let (seq, p_ack_now) = (p.seq, p.ack_now);
-                if self.acks.is_duplicate(seq) {
+                if self.acks.is_duplicate(seq) || (seq != 0 && !self.seen_by_socket(&p.msg_id)) {
                     hold(&mut self.held_ack, self.acks.passed(seq));
                     return None;
                 }

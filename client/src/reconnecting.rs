@@ -22,6 +22,7 @@ use crate::backoff::{backoff_delay, rand_unit};
 use crate::calls::{Answer, CallError, Command, InFlight, Outgoing};
 use crate::endpoints::Chooser;
 use crate::link::{Ended, Link};
+use crate::notified::Seen;
 use crate::options::{ClientOptions, Endpoint, Event};
 use crate::{ClientError, Connection, TlsClient};
 
@@ -34,6 +35,7 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     next_id: AtomicU64,
     call_timeout: Duration,
+    seen: Arc<std::sync::Mutex<Seen>>,
 }
 
 /// Longest `Client::close` waits to send the held ack.
@@ -49,7 +51,8 @@ impl Client {
         let wake = Arc::new(Notify::new());
         let (closing, closing_rx) = watch::channel(false);
         let call_timeout = options.call_timeout;
-        let task = tokio::spawn(drive(options, tx, commands_rx, wake.clone(), closing_rx));
+        let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+        let task = tokio::spawn(drive(options, tx, commands_rx, wake.clone(), closing_rx, seen.clone()));
         // Ids stay unique across app restarts (the server deduplicates by client and id).
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -63,6 +66,7 @@ impl Client {
             commands,
             next_id: AtomicU64::new(first_id),
             call_timeout,
+            seen,
         }
     }
 
@@ -124,6 +128,15 @@ impl Client {
         }
     }
 
+    /// The app got an OS notification (the push fallback) for `message_id`,
+    /// the `duplex_message_id` of its data. Returns whether the message is
+    /// new to the app: false when the socket handed it over already (drop
+    /// the notification). The socket's copy of a message reported here is
+    /// acked and not handed over. The last 1,024 message ids are remembered.
+    pub fn notified(&self, message_id: &str) -> bool {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).by_notification(message_id)
+    }
+
     /// Ends a reconnect backoff that is under way now (for apps that know the
     /// network just came back). Does nothing while connected.
     pub fn reconnect_now(&self) {
@@ -180,6 +193,7 @@ async fn drive(
     mut commands: mpsc::Receiver<Command>,
     wake: Arc<Notify>,
     mut closing: watch::Receiver<bool>,
+    seen: Arc<std::sync::Mutex<Seen>>,
 ) {
     let mut in_flight = InFlight::default();
     let mut acks = Acks::new(options.last_seq, options.auto_ack);
@@ -273,6 +287,7 @@ async fn drive(
                         ack_urgent: false,
                         closing: &mut closing,
                         token: &options.token,
+                        seen: &seen,
                     };
                     // A server that advertises no deadline gets the heartbeat as one.
                     let pong_deadline = match hello.pong_deadline_ms {

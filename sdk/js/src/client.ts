@@ -14,6 +14,7 @@ import { Chooser, type Endpoint, fetchNodes, parseEndpoint } from "./endpoints.j
 import { DuplexError } from "./errors.js";
 import type { Gap, Push, PushTokenRegistration, Reply, Request, Upload, UploadAck } from "./frames.js";
 import { type Ended, Link } from "./link.js";
+import { Seen } from "./notified.js";
 import { type Connector, webSocketConnector } from "./transport.js";
 
 export interface ClientOptions {
@@ -103,6 +104,7 @@ export class Client {
   private readonly listeners = new Map<keyof ClientEvents, Set<Listener<never>>>();
   private readonly acks: Acks;
   private readonly calls: Calls;
+  private readonly seen = new Seen();
   private link: Link | undefined;
   private currentState: ClientState = "idle";
   private stopped = false;
@@ -182,6 +184,17 @@ export class Client {
       (id) => ({ ...registration, type: "register_push", id }),
       (frame) => this.sendIfOpen(frame),
     );
+  }
+
+  /**
+   * The app got an OS notification (the push fallback) for `messageId`, the
+   * `duplex_message_id` of its data. Returns whether the message is new to the
+   * app: false when the socket handed it over already (drop the notification).
+   * The socket's copy of a message reported here is acked and not handed over.
+   * The last 1,024 message ids are remembered.
+   */
+  notified(messageId: string): boolean {
+    return this.seen.byNotification(messageId);
   }
 
   /** With `autoAck: false`: the application processed every push up to `seq`. */
@@ -364,6 +377,7 @@ export class Client {
       acks: this.acks,
       calls: this.calls,
       ackDelayMs: o.ackDelayMs,
+      seen: this.seen,
       token: async () => o.token(),
       deliverPush: (push) => this.emit("push", push),
       deliverGap: (gap) => this.emit("gap", gap),

@@ -8,6 +8,7 @@
 
 import type { Acks } from "./acks.js";
 import type { Calls } from "./calls.js";
+import type { Seen } from "./notified.js";
 import { DuplexError } from "./errors.js";
 import {
   type ClientFrame,
@@ -39,6 +40,8 @@ export interface LinkHost {
   readonly acks: Acks;
   readonly calls: Calls;
   readonly ackDelayMs: number;
+  /** Messages the app got as OS notifications (`notified.ts`). */
+  readonly seen: Seen;
   token(): Promise<string>;
   /** A promise when the application is still processing it. */
   deliverPush(push: Push): Promise<void> | undefined;
@@ -221,7 +224,7 @@ export class Link implements TransportSink {
     switch (frame.type) {
       case "push": {
         const { type: _, ...push } = frame;
-        if (acks.isDuplicate(push.seq)) {
+        if (acks.isDuplicate(push.seq) || (push.seq !== 0 && !this.host.seen.bySocket(push.msgId))) {
           this.hold(acks.passed(push.seq));
           return undefined;
         }

@@ -265,3 +265,37 @@ test("registerPush stores the install's push token; a malformed one is refused w
   await push(node, "pam-phone", { n: 1 });
   assert.equal((await events.next("push")).seq, 1);
 });
+
+test("notified: a message the app got as an OS notification is acked, not handed over, when the socket brings it", async (t) => {
+  const servers = new Servers();
+  t.after(() => servers.cleanup());
+  const node = await servers.duplex();
+  // A connector that refuses while closed: holds the client off the node as long as the test needs.
+  const inner = nodeConnector();
+  let open = true;
+  const connector = {
+    schemes: inner.schemes,
+    async open(endpoint, sink, signal) {
+      if (!open) throw new Error("gate closed");
+      return inner.open(endpoint, sink, signal);
+    },
+  };
+  const { client, events } = startClient(node.tcp, "noa-phone", { connector });
+  t.after(() => client.close());
+  await events.next("connected");
+  const first = (await push(node, "noa-phone", { n: 1 })).messages[0].message_id;
+  assert.equal((await events.next("push")).msgId, first);
+  assert.equal(client.notified(first), false, "the socket brought it first");
+
+  open = false;
+  await clientInfo(node, "noa-phone", "DELETE");
+  await events.next("disconnected");
+  const second = (await push(node, "noa-phone", { n: 2 })).messages[0].message_id;
+  assert.equal(client.notified(second), true, "new to the app");
+  assert.equal(client.notified(second), false, "a second notification is not");
+  open = true;
+  await events.next("connected");
+  await push(node, "noa-phone", { n: 3 });
+  assert.equal((await events.next("push")).seq, 3, "the notified message (seq 2) was not handed over");
+  await eventually("the notified message acked", async () => (await clientInfo(node, "noa-phone"))[1].last_acked_seq === 3);
+});

@@ -8,6 +8,7 @@ import { decode as decodeMsgpack, encode } from "@msgpack/msgpack";
 import { backoffDelay, decodeFrame, encodeFrame, LengthPrefixDecoder, parseEndpoint, ProtocolError } from "../dist/index.js";
 import { Acks } from "../dist/acks.js";
 import { Chooser } from "../dist/endpoints.js";
+import { REMEMBERED, Seen } from "../dist/notified.js";
 
 test("a ping encodes as PROTOCOL.md's example bytes", () => {
   const body = encodeFrame({ type: "ping", id: 7 });
@@ -160,4 +161,18 @@ test("a call's own type and id win over keys the caller's object carries", async
   assert.equal(ack.id, upload.id);
   assert.equal(sent.filter((f) => f.type === "ack").length, 0);
   await client.close();
+});
+
+test("notified: whichever copy of a message comes first is the app's; only the latest ids are remembered", () => {
+  const seen = new Seen();
+  assert.equal(seen.bySocket("a"), true, "first by socket: handed over");
+  assert.equal(seen.byNotification("a"), false, "then its notification is not new");
+  assert.equal(seen.byNotification("b"), true, "first by notification: new");
+  assert.equal(seen.bySocket("b"), false, "then the socket's copy is dropped");
+  assert.equal(seen.byNotification("b"), false);
+  const bounded = new Seen();
+  bounded.byNotification("old");
+  for (let i = 0; i < REMEMBERED; i++) bounded.bySocket(String(i));
+  assert.equal(bounded.size, REMEMBERED);
+  assert.equal(bounded.bySocket("old"), true, "forgotten: handed over");
 });
