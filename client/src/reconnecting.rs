@@ -134,7 +134,10 @@ impl Client {
     /// the notification). The socket's copy of a message reported here is
     /// acked and not handed over. The last 1,024 message ids are remembered.
     pub fn notified(&self, message_id: &str) -> bool {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).by_notification(message_id)
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_notification(message_id)
     }
 
     /// Ends a reconnect backoff that is under way now (for apps that know the
