@@ -343,7 +343,7 @@ async fn an_upload_made_during_an_outage_is_delivered_once_after_reconnect_and_c
 /// A TCP forwarder to `to` that refuses connections (accepts and closes)
 /// while `open` is false: holds a client off a node for as long as a test needs.
 async fn gate(to: std::net::SocketAddr, open: Arc<std::sync::atomic::AtomicBool>) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = duplex_shared::net::bind_listener("127.0.0.1:0".parse().expect("addr"), 128, false).expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((mut inbound, _)) = listener.accept().await {
