@@ -1,15 +1,26 @@
-//! Process metrics in the Prometheus text format, without a metrics crate:
-//! named series of atomic counters and gauges. Label values come from small
-//! fixed sets (transport, frame type, error code, reason): never client ids,
-//! so the number of series stays bounded.
+//! Process metrics in the Prometheus text format on prometheus-client's
+//! registry (`duplex bench metrics` measured it next to the hand-written
+//! registry it replaced: no measurable cost per message, docs/BENCHMARKS.md).
+//! This module keeps the node's view of it small: every metric is declared
+//! once in [`CATALOG`] (name, type, help) and registered when [`Metrics`] is
+//! built; series are named by label pairs. Label values come from small fixed
+//! sets (transport, frame type, error code, reason, service): never client
+//! ids, so the number of series stays bounded.
 //!
 //! Hot paths resolve a series once and keep the `Counter` handle.
 
+use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
 
 use dashmap::DashMap;
+use prometheus_client::metrics::counter::Counter as PromCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge as PromGauge;
+use prometheus_client::metrics::histogram::Histogram as PromHistogram;
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of [`Metrics::render`]'s text (Prometheus 0.0.4).
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Every metric this build exports: name, type, help.
 const CATALOG: &[(&str, &str, &str)] = &[
@@ -246,60 +257,63 @@ const BUCKETS: [f64; 15] = [
     0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// One latency histogram series (Prometheus cumulative buckets); cheap to clone.
-#[derive(Debug, Clone, Default)]
-pub struct Histogram(Arc<HistogramCells>);
+/// A series' labels, in the order the caller gave them (and they are exported in).
+type Labels = Vec<(String, String)>;
 
-#[derive(Debug, Default)]
-struct HistogramCells {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_ns: AtomicU64,
+fn new_histogram() -> PromHistogram {
+    PromHistogram::new(BUCKETS)
+}
+
+/// One latency histogram series (Prometheus cumulative buckets); cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Histogram(PromHistogram);
+
+impl Default for Histogram {
+    /// A histogram no registry exports.
+    fn default() -> Self {
+        Histogram(new_histogram())
+    }
 }
 
 impl Histogram {
     pub fn observe(&self, d: std::time::Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
-            self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.0.count.fetch_add(1, Ordering::Relaxed);
-        self.0
-            .sum_ns
-            .fetch_add(d.as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += self.0.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.0.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let sum = self.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {count}");
+        self.0.observe(d.as_secs_f64());
     }
 }
 
-/// One series; cheap to clone and to increment.
-#[derive(Debug, Clone, Default)]
-pub struct Counter(Arc<AtomicI64>);
+/// One counter or gauge series; cheap to clone and to increment.
+#[derive(Debug, Clone)]
+pub struct Counter(Cell);
+
+#[derive(Debug, Clone)]
+enum Cell {
+    Counter(PromCounter),
+    Gauge(PromGauge),
+}
+
+impl Default for Counter {
+    /// A series no registry exports.
+    fn default() -> Self {
+        Counter(Cell::Gauge(PromGauge::default()))
+    }
+}
 
 impl Counter {
     pub fn inc(&self) {
         self.add(1);
     }
 
+    /// Adds `n`; a counter only ever goes up (a negative `n` is a bug, ignored).
     pub fn add(&self, n: i64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        match &self.0 {
+            Cell::Counter(c) => {
+                debug_assert!(n >= 0, "a counter went down by {n}");
+                c.inc_by(u64::try_from(n).unwrap_or(0));
+            }
+            Cell::Gauge(g) => {
+                g.inc_by(n);
+            }
+        }
     }
 
     pub fn dec(&self) {
@@ -307,18 +321,21 @@ impl Counter {
     }
 
     pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
+        match &self.0 {
+            Cell::Counter(c) => i64::try_from(c.get()).unwrap_or(i64::MAX),
+            Cell::Gauge(g) => g.get(),
+        }
     }
 }
 
 /// One counter per frame type of a metric (`duplex_frames_in_total`,
 /// `duplex_frames_out_total`), resolved once: frames are counted on hot paths.
 #[derive(Debug, Clone, Default)]
-pub struct FrameCounts(Arc<Vec<(&'static str, Counter)>>);
+pub struct FrameCounts(std::sync::Arc<Vec<(&'static str, Counter)>>);
 
 impl FrameCounts {
     pub fn new(metrics: &Metrics, name: &'static str) -> Self {
-        FrameCounts(Arc::new(
+        FrameCounts(std::sync::Arc::new(
             crate::protocol::FRAME_TYPES
                 .iter()
                 .map(|t| (*t, metrics.counter(name, &[("type", t)])))
@@ -332,7 +349,7 @@ impl FrameCounts {
 
     pub fn add(&self, type_name: &str, n: u64) {
         if let Some((_, c)) = self.0.iter().find(|(t, _)| *t == type_name) {
-            c.add(n as i64);
+            c.add(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
@@ -341,46 +358,67 @@ impl FrameCounts {
     }
 }
 
-#[derive(Debug, Default)]
+/// One registered metric.
+#[derive(Debug)]
+enum MetricFamily {
+    Counter(Family<Labels, PromCounter>),
+    Gauge(Family<Labels, PromGauge>),
+    Histogram(Family<Labels, PromHistogram, fn() -> PromHistogram>),
+}
+
+#[derive(Debug)]
 pub struct Metrics {
-    series: DashMap<(&'static str, String), Counter>,
-    histograms: DashMap<(&'static str, String), Histogram>,
+    registry: Registry,
+    families: HashMap<&'static str, MetricFamily>,
+    /// Label sets handed out per metric: a family cannot list its series,
+    /// and `forget` has to find them.
+    in_use: DashMap<(&'static str, Labels), ()>,
 }
 
-/// The `k="v"` parts of a label key (a `,` inside a quoted value does not split).
-fn split_labels(key: &str) -> Vec<&str> {
-    let (mut parts, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
-    for (i, c) in key.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' => escaped = true,
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                parts.push(&key[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
     }
-    if start < key.len() {
-        parts.push(&key[start..]);
-    }
-    parts
 }
 
-fn label_key(labels: &[(&str, &str)]) -> String {
-    let mut key = String::new();
-    for (i, (k, v)) in labels.iter().enumerate() {
-        let sep = if i == 0 { "" } else { "," };
-        let v = v.replace('\\', "\\\\").replace('"', "\\\"");
-        let _ = write!(key, "{sep}{k}=\"{v}\"");
-    }
-    key
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 impl Metrics {
+    /// A registry with every metric of [`CATALOG`] registered (and no series yet).
     pub fn new() -> Self {
-        Self::default()
+        let mut registry = Registry::default();
+        let mut families = HashMap::new();
+        for (name, kind, help) in CATALOG {
+            let family = match *kind {
+                "counter" => {
+                    let family = Family::<Labels, PromCounter>::default();
+                    // The registry adds the `_total` every counter's name here has.
+                    let base = name.strip_suffix("_total").unwrap_or(name);
+                    registry.register(base, *help, family.clone());
+                    MetricFamily::Counter(family)
+                }
+                "histogram" => {
+                    let family = Family::<Labels, PromHistogram, fn() -> PromHistogram>::new_with_constructor(
+                        new_histogram as fn() -> PromHistogram,
+                    );
+                    registry.register(*name, *help, family.clone());
+                    MetricFamily::Histogram(family)
+                }
+                _ => {
+                    let family = Family::<Labels, PromGauge>::default();
+                    registry.register(*name, *help, family.clone());
+                    MetricFamily::Gauge(family)
+                }
+            };
+            families.insert(*name, family);
+        }
+        Metrics {
+            registry,
+            families,
+            in_use: DashMap::new(),
+        }
     }
 
     /// Drops every series (and histogram) whose labels include all of
@@ -388,66 +426,77 @@ impl Metrics {
     /// which would otherwise be exported (as up, say) until the restart.
     /// Handles still held elsewhere keep counting, unexported.
     pub fn forget(&self, labels: &[(&str, &str)]) {
-        let pairs: Vec<String> = labels.iter().map(|l| label_key(std::slice::from_ref(l))).collect();
-        let matches = |key: &str| {
-            let parts: Vec<&str> = split_labels(key);
-            pairs.iter().all(|p| parts.contains(&p.as_str()))
+        let matches = |set: &Labels| {
+            labels
+                .iter()
+                .all(|(k, v)| set.iter().any(|(sk, sv)| sk == k && sv == v))
         };
-        self.series.retain(|(_, key), _| !matches(key));
-        self.histograms.retain(|(_, key), _| !matches(key));
+        let gone: Vec<(&'static str, Labels)> = self
+            .in_use
+            .iter()
+            .filter(|e| matches(&e.key().1))
+            .map(|e| e.key().clone())
+            .collect();
+        for (name, set) in gone {
+            match self.families.get(name) {
+                Some(MetricFamily::Counter(f)) => f.remove(&set),
+                Some(MetricFamily::Gauge(f)) => f.remove(&set),
+                Some(MetricFamily::Histogram(f)) => f.remove(&set),
+                None => false,
+            };
+            self.in_use.remove(&(name, set));
+        }
+    }
+
+    fn note_in_use(&self, name: &'static str, set: Labels) {
+        let key = (name, set);
+        if !self.in_use.contains_key(&key) {
+            self.in_use.insert(key, ());
+        }
     }
 
     /// The series `name{labels}`; created at zero on first use.
-    pub fn counter(&self, name: &'static str, labels: &[(&str, &str)]) -> Counter {
-        debug_assert!(CATALOG.iter().any(|(n, _, _)| *n == name), "unknown metric {name}");
-        self.series.entry((name, label_key(labels))).or_default().clone()
+    pub fn counter(&self, name: &'static str, pairs: &[(&str, &str)]) -> Counter {
+        let set = labels(pairs);
+        let cell = match self.families.get(name) {
+            Some(MetricFamily::Counter(f)) => Cell::Counter(f.get_or_create_owned(&set)),
+            Some(MetricFamily::Gauge(f)) => Cell::Gauge(f.get_or_create_owned(&set)),
+            _ => {
+                debug_assert!(false, "unknown counter or gauge {name}");
+                return Counter::default();
+            }
+        };
+        self.note_in_use(name, set);
+        Counter(cell)
     }
 
     /// The histogram series `name{labels}`; created empty on first use.
-    pub fn histogram(&self, name: &'static str, labels: &[(&str, &str)]) -> Histogram {
-        debug_assert!(
-            CATALOG.iter().any(|(n, k, _)| *n == name && *k == "histogram"),
-            "unknown histogram {name}"
-        );
-        self.histograms.entry((name, label_key(labels))).or_default().clone()
+    pub fn histogram(&self, name: &'static str, pairs: &[(&str, &str)]) -> Histogram {
+        let set = labels(pairs);
+        let Some(MetricFamily::Histogram(f)) = self.families.get(name) else {
+            debug_assert!(false, "unknown histogram {name}");
+            return Histogram::default();
+        };
+        let histogram = Histogram(f.get_or_create_owned(&set));
+        self.note_in_use(name, set);
+        histogram
     }
 
     pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
         self.counter(name, labels).inc();
     }
 
-    /// All series in the Prometheus text exposition format.
+    /// All series in the Prometheus text exposition format (0.0.4), then
+    /// the process's own. A gauge without any series shows as 0, so a
+    /// dashboard tells "none" from "not exported".
     pub fn render(&self) -> String {
-        let mut rows: Vec<((&'static str, String), i64)> =
-            self.series.iter().map(|e| (e.key().clone(), e.value().get())).collect();
-        rows.sort();
         let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "metrics could not be encoded");
+        }
         for (name, kind, help) in CATALOG {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            if *kind == "histogram" {
-                let mut hs: Vec<(String, Histogram)> = self
-                    .histograms
-                    .iter()
-                    .filter(|e| e.key().0 == *name)
-                    .map(|e| (e.key().1.clone(), e.value().clone()))
-                    .collect();
-                hs.sort_by(|a, b| a.0.cmp(&b.0));
-                for (labels, h) in hs {
-                    h.render(&mut out, name, &labels);
-                }
-                continue;
-            }
-            let mut any = false;
-            for ((n, labels), v) in rows.iter().filter(|((n, _), _)| n == name) {
-                any = true;
-                if labels.is_empty() {
-                    let _ = writeln!(out, "{n} {v}");
-                } else {
-                    let _ = writeln!(out, "{n}{{{labels}}} {v}");
-                }
-            }
-            if !any && !name.contains("_total") && *kind == "gauge" {
-                let _ = writeln!(out, "{name} 0");
+            if *kind == "gauge" && !self.in_use.iter().any(|e| e.key().0 == *name) {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} 0");
             }
         }
         crate::process_metrics::render(&mut out);

@@ -105,7 +105,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, limits: duplex_http
 
 async fn metrics_text(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, duplex_shared::metrics::CONTENT_TYPE)],
         admin.metrics.render(),
     )
 }
