@@ -14,6 +14,7 @@ mod internal;
 mod metrics;
 mod procfs;
 mod push;
+mod push_peer;
 mod queues;
 mod request;
 mod servers;

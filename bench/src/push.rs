@@ -7,7 +7,9 @@
 //! latency is measured at receipt. Two rates: delivered (until the last
 //! receipt) and acked (until the server has removed every message on the
 //! clients' acks, read from its metrics): the second includes the ack work. Loads are bounded by `--messages`, and
-//! open-loop when `--rate` is given.
+//! open-loop when `--rate` is given. `--qos 0` pushes unstored messages
+//! (nothing to ack); `--peer mosquitto` runs the same load against Mosquitto
+//! too (`push_peer.rs`), alternating for `--rounds`, and prints the ratios.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,12 +56,37 @@ pub struct PushArgs {
     /// `ack_delay`; default the SDK's default, 0 acks every burst at once).
     #[arg(long, default_value_t = duplex_client::DEFAULT_ACK_DELAY.as_millis() as u64)]
     pub ack_delay_ms: u64,
+    /// 1: stored pushes, acked by the clients; 0: unstored, delivered to connected clients only.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    /// Also run the same clients and messages against this peer: `mosquitto`
+    /// (qos-0 MQTT subscribers, one topic per client; Debian package `mosquitto`).
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Runs of each (alternating which goes first); medians are compared.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+}
+
+/// What one run came to, for comparing runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunFigures {
+    pub delivered_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub cpu_us_per_msg: f64,
+    pub rss_kib: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// The send time every bench payload carries (`{"t": <us since the epoch>}`).
 #[derive(serde::Deserialize)]
-struct Stamp {
-    t: u64,
+pub(crate) struct Stamp {
+    pub t: u64,
 }
 
 pub(crate) fn wall_us() -> u64 {
@@ -74,6 +101,59 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
     if args.clients == 0 || args.clients > 15_000 || args.batch == 0 || args.batch > 100 || args.messages == 0 {
         bail!("--clients within 1..=15000, --batch within 1..=100, --messages positive");
     }
+    if args.rounds == 0 {
+        bail!("--rounds must be positive");
+    }
+    let Some(peer) = args.peer.clone() else {
+        for _ in 0..args.rounds {
+            run_duplex(&args).await?;
+        }
+        return Ok(());
+    };
+    if peer != "mosquitto" {
+        bail!("--peer supports `mosquitto`");
+    }
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        println!("== round {}", round + 1);
+        // Alternating, so neither always gets the warmer machine.
+        if round % 2 == 0 {
+            ours.push(run_duplex(&args).await?);
+            theirs.push(super::push_peer::run_mosquitto(&args).await?);
+        } else {
+            theirs.push(super::push_peer::run_mosquitto(&args).await?);
+            ours.push(run_duplex(&args).await?);
+        }
+    }
+    let med = |v: &[RunFigures], f: fn(&RunFigures) -> f64| median(v.iter().map(f).collect());
+    let rate = |r: &RunFigures| r.delivered_per_s;
+    let cpu = |r: &RunFigures| r.cpu_us_per_msg;
+    let p99 = |r: &RunFigures| r.p99_ms;
+    let rss = |r: &RunFigures| r.rss_kib as f64;
+    println!(
+        "medians of {} rounds: duplex qos {} {:.0} msgs/s ({:.1} us server CPU per message, p99 {:.2} ms), \
+         mosquitto qos 0 {:.0} msgs/s ({:.1} us, p99 {:.2} ms)",
+        args.rounds,
+        args.qos,
+        med(&ours, rate),
+        med(&ours, cpu),
+        med(&ours, p99),
+        med(&theirs, rate),
+        med(&theirs, cpu),
+        med(&theirs, p99),
+    );
+    println!(
+        "ratio duplex/mosquitto: delivered rate {:.2}x, server CPU per message {:.2}x, server RSS {:.2}x",
+        med(&ours, rate) / med(&theirs, rate),
+        med(&ours, cpu) / med(&theirs, cpu),
+        med(&ours, rss) / med(&theirs, rss)
+    );
+    Ok(())
+}
+
+/// One run against a fresh duplex server.
+#[allow(clippy::print_stdout)]
+async fn run_duplex(args: &PushArgs) -> anyhow::Result<RunFigures> {
     let exe = duplex_exe()?;
     let (private, redis_url) = redis_for(args.private_redis, &args.redis)?;
     let ports = free_ports()?;
@@ -81,8 +161,9 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
     let pid = servers[0].child.id();
     println!("{}", machine_line());
     println!(
-        "bench push: {} qos-1 messages to {} clients, {} per call, {}, {} store, clients hold acks {} ms",
+        "bench push: {} qos-{} messages to {} clients, {} per call, {}, {} store, clients hold acks {} ms",
         args.messages,
+        args.qos,
         args.clients,
         args.batch,
         args.rate
@@ -127,16 +208,16 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         } else {
             let permit = sem.clone().acquire_owned().await?;
             let (load, errors) = (load.clone(), errors.clone());
-            let (batch, clients, messages) = (args.batch, args.clients, args.messages);
+            let (batch, clients, messages, qos) = (args.batch, args.clients, args.messages, args.qos);
             tasks.spawn(async move {
-                send(&load, c, batch, clients, messages, &errors).await;
+                send(&load, c, batch, clients, messages, qos, &errors).await;
                 drop(permit);
             });
             continue;
         }
         let (load, errors) = (load.clone(), errors.clone());
-        let (batch, clients, messages) = (args.batch, args.clients, args.messages);
-        tasks.spawn(async move { send(&load, c, batch, clients, messages, &errors).await });
+        let (batch, clients, messages, qos) = (args.batch, args.clients, args.messages, args.qos);
+        tasks.spawn(async move { send(&load, c, batch, clients, messages, qos, &errors).await });
     }
     while tasks.join_next().await.is_some() {}
     let accepted_secs = started.elapsed().as_secs_f64();
@@ -149,7 +230,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
     // Receipt is not the end of the work: the clients' acks may still be
     // queued. Wait until the server has removed every delivered message.
     let mut acked_secs = None;
-    if let Some(url) = &servers[0].metrics_url {
+    if let Some(url) = servers[0].metrics_url.as_ref().filter(|_| args.qos == 1) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if acked_count(&http, url).await.is_some_and(|n| n >= got) {
@@ -177,6 +258,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         errors.load(Ordering::Relaxed)
     );
     match acked_secs {
+        _ if args.qos == 0 => {}
         Some(secs) => println!(
             "acked: all {got} removed from the store on the clients' acks in {secs:.2} s = {:.0} msgs/s",
             got as f64 / secs
@@ -189,11 +271,19 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         h.value_at_quantile(0.99) as f64 / 1000.0,
         h.max() as f64 / 1000.0
     );
+    let rss = rss_kib(pid).unwrap_or(0);
     println!(
-        "server: CPU {cpu:.2} s until acked ({:.1} us per message), RSS {} KiB",
+        "server: CPU {cpu:.2} s until {} ({:.1} us per message), RSS {rss} KiB",
+        if args.qos == 1 { "acked" } else { "delivered" },
         cpu * 1e6 / got.max(1) as f64,
-        rss_kib(pid).unwrap_or(0)
     );
+    let figures = RunFigures {
+        delivered_per_s: got as f64 / total_secs,
+        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        cpu_us_per_msg: cpu * 1e6 / got.max(1) as f64,
+        rss_kib: rss,
+    };
     if let Some(url) = &servers[0].metrics_url {
         // Reads the connections made to fill holes: deliveries that overtook
         // the ones under them cost a store read each.
@@ -227,14 +317,22 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
             args.messages
         );
     }
-    Ok(())
+    Ok(figures)
 }
 
 /// Sends call number `c`: one push, or a batch of `batch` pushes to consecutive clients.
-async fn send(load: &LoadClient, c: usize, batch: usize, clients: usize, messages: usize, errors: &AtomicU64) {
+async fn send(
+    load: &LoadClient,
+    c: usize,
+    batch: usize,
+    clients: usize,
+    messages: usize,
+    qos: u8,
+    errors: &AtomicU64,
+) {
     let first = c * batch;
     let items: Vec<_> = (first..(first + batch).min(messages))
-        .map(|k| json!({"client_ids": [format!("bp-{}", k % clients)], "payload": {"t": wall_us()}}))
+        .map(|k| json!({"client_ids": [format!("bp-{}", k % clients)], "payload": {"t": wall_us()}, "qos": qos}))
         .collect();
     let (url, body) = if batch == 1 {
         ("/v1/push", items[0].clone())

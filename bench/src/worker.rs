@@ -135,7 +135,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 /// MQTT 3.1.1 CONNECT (clean session, keep-alive 600 s) and its CONNACK.
-async fn mqtt_connect(mut stream: TcpStream, client_id: &str) -> Option<TcpStream> {
+pub(crate) async fn mqtt_connect(mut stream: TcpStream, client_id: &str) -> Option<TcpStream> {
     let id = client_id.as_bytes();
     let mut packet = vec![0x10, (10 + 2 + id.len()) as u8];
     packet.extend_from_slice(&[0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x02, 0x58]);
