@@ -29,7 +29,7 @@ use super::procfs::{cpu_seconds, machine_line, rss_kib};
 use super::servers::{duplex_exe, free_ports, redis_for, start_duplex};
 use super::store::{loopback_url, redis_counters};
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct PushArgs {
     /// Connected clients (pushes go round-robin to distinct clients).
     #[arg(long, default_value_t = 1_000)]
@@ -60,7 +60,9 @@ pub struct PushArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub qos: u8,
     /// Also run the same clients and messages against this peer: `mosquitto`
-    /// (qos-0 MQTT subscribers, one topic per client; Debian package `mosquitto`).
+    /// (qos-0 MQTT subscribers, one topic per client; Debian package `mosquitto`)
+    /// or `nchan` (WebSocket subscribers, one channel per client, one HTTP publish
+    /// per message; Debian packages `nginx`, `libnginx-mod-nchan`).
     #[arg(long)]
     pub peer: Option<String>,
     /// Runs of each (alternating which goes first); medians are compared.
@@ -110,8 +112,17 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     };
-    if peer != "mosquitto" {
-        bail!("--peer supports `mosquitto`");
+    let run_peer = |args: &PushArgs| {
+        let args = args.clone();
+        async move {
+            match args.peer.as_deref() {
+                Some("nchan") => super::push_peer::run_nchan(&args).await,
+                _ => super::push_peer::run_mosquitto(&args).await,
+            }
+        }
+    };
+    if !["mosquitto", "nchan"].contains(&peer.as_str()) {
+        bail!("--peer supports `mosquitto` and `nchan`");
     }
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
@@ -119,9 +130,9 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         // Alternating, so neither always gets the warmer machine.
         if round % 2 == 0 {
             ours.push(run_duplex(&args).await?);
-            theirs.push(super::push_peer::run_mosquitto(&args).await?);
+            theirs.push(run_peer(&args).await?);
         } else {
-            theirs.push(super::push_peer::run_mosquitto(&args).await?);
+            theirs.push(run_peer(&args).await?);
             ours.push(run_duplex(&args).await?);
         }
     }
@@ -132,7 +143,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
     let rss = |r: &RunFigures| r.rss_kib as f64;
     println!(
         "medians of {} rounds: duplex qos {} {:.0} msgs/s ({:.1} us server CPU per message, p99 {:.2} ms), \
-         mosquitto qos 0 {:.0} msgs/s ({:.1} us, p99 {:.2} ms)",
+         {peer} {:.0} msgs/s ({:.1} us, p99 {:.2} ms)",
         args.rounds,
         args.qos,
         med(&ours, rate),
@@ -143,7 +154,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         med(&theirs, p99),
     );
     println!(
-        "ratio duplex/mosquitto: delivered rate {:.2}x, server CPU per message {:.2}x, server RSS {:.2}x",
+        "ratio duplex/{peer}: delivered rate {:.2}x, server CPU per message {:.2}x, server RSS {:.2}x",
         med(&ours, rate) / med(&theirs, rate),
         med(&ours, cpu) / med(&theirs, cpu),
         med(&ours, rss) / med(&theirs, rss)

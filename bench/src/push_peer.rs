@@ -1,5 +1,5 @@
-//! `duplex bench push --peer mosquitto`: the same clients and payloads
-//! against Mosquitto in the same invocation. Each client is an MQTT 3.1.1
+//! `duplex bench push --peer mosquitto|nchan`: the same clients and
+//! payloads against a peer in the same invocation. Mosquitto: each client is an MQTT 3.1.1
 //! subscriber of its own topic (`bp/<i>`, qos 0, clean session: Mosquitto
 //! stores nothing), like a Duplex client connected for unicast pushes; the
 //! messages go round-robin to the clients from publisher connections that
@@ -170,6 +170,123 @@ pub async fn run_mosquitto(args: &PushArgs) -> anyhow::Result<RunFigures> {
     );
     if got < args.messages as u64 {
         bail!("mosquitto delivered {got} of {} within 60 s", args.messages);
+    }
+    Ok(figures)
+}
+
+/// The pids of `pid`'s children (nginx's workers under its master).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// CPU seconds and RSS (KiB) of `pid` and its children.
+fn tree_usage(pid: u32) -> (f64, u64) {
+    let pids: Vec<u32> = std::iter::once(pid).chain(children(pid)).collect();
+    (
+        pids.iter().filter_map(|p| cpu_seconds(*p)).sum(),
+        pids.iter().filter_map(|p| rss_kib(*p)).sum(),
+    )
+}
+
+/// One run against a fresh nginx with Nchan: each client a WebSocket
+/// subscriber of its own channel (`/sub/bp<i>`), each message one HTTP POST
+/// to its channel (`/pub/bp<i>`; Nchan has no batch publish), `--concurrency`
+/// POSTs in flight on keep-alive connections.
+#[allow(clippy::print_stdout)]
+pub async fn run_nchan(args: &PushArgs) -> anyhow::Result<RunFigures> {
+    use futures_util::StreamExt;
+
+    let dir = std::env::temp_dir().join(format!("duplex-bench-nchan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let port = free_ports()?.0;
+    let server = super::servers::start_nchan(port, &dir).await?;
+    let pid = server.child.id();
+    let received = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?));
+    let mut readers = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/sub/bp{i}"))
+            .await
+            .context("connecting a WebSocket subscriber to Nchan")?;
+        let (received, hist) = (received.clone(), hist.clone());
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(message)) = ws.next().await {
+                let payload = match &message {
+                    tokio_tungstenite::tungstenite::Message::Text(t) => t.as_bytes(),
+                    tokio_tungstenite::tungstenite::Message::Binary(b) => b.as_ref(),
+                    _ => continue,
+                };
+                let now = wall_us();
+                let sent = serde_json::from_slice::<super::push::Stamp>(payload).map_or(now, |s| s.t);
+                if let Ok(mut h) = hist.lock() {
+                    let _ = h.record(now.saturating_sub(sent).max(1));
+                }
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let _progress = super::Progress::start("delivered", received.clone(), args.messages as u64);
+    let (base_cpu, _) = tree_usage(pid);
+    let load = Arc::new(super::http_load::LoadClient::new(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        "unused",
+    ));
+    let errors = Arc::new(AtomicU64::new(0));
+    let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for k in 0..args.messages {
+        let permit = sem.clone().acquire_owned().await?;
+        let (load, errors, clients) = (load.clone(), errors.clone(), args.clients);
+        calls.spawn(async move {
+            let body = format!("{{\"t\":{}}}", wall_us());
+            match load.post_json(&format!("/pub/bp{}", k % clients), body.as_bytes()).await {
+                Ok(status) if (200..300).contains(&status) => {}
+                _ => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            drop(permit);
+        });
+    }
+    while calls.join_next().await.is_some() {}
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received.load(Ordering::Relaxed) < args.messages as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let got = received.load(Ordering::Relaxed);
+    let (cpu_now, rss) = tree_usage(pid);
+    let cpu = cpu_now - base_cpu;
+    for r in &readers {
+        r.abort();
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?.clone();
+    let figures = RunFigures {
+        delivered_per_s: got as f64 / secs,
+        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        cpu_us_per_msg: cpu * 1e6 / got.max(1) as f64,
+        rss_kib: rss,
+    };
+    println!(
+        "nchan: delivered {got} of {} in {secs:.2} s = {:.0} msgs/s ({} publish errors); latency p50 {:.2} ms, \
+         p99 {:.2} ms; nginx CPU {cpu:.2} s ({:.1} us per message), RSS {rss} KiB",
+        args.messages,
+        figures.delivered_per_s,
+        errors.load(Ordering::Relaxed),
+        figures.p50_ms,
+        figures.p99_ms,
+        figures.cpu_us_per_msg
+    );
+    if got < args.messages as u64 {
+        bail!("nchan delivered {got} of {} within 60 s", args.messages);
     }
     Ok(figures)
 }

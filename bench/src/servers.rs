@@ -180,3 +180,50 @@ pub async fn start_mosquitto(port: u16, dir: &Path) -> anyhow::Result<Server> {
     }
     bail!("mosquitto did not listen on {port}")
 }
+
+/// Starts nginx with the Nchan module (Debian packages `nginx`,
+/// `libnginx-mod-nchan`) on `port`, one worker, under `dir`: WebSocket
+/// subscribers at `/sub/<channel>`, HTTP publishers at `/pub/<channel>`.
+pub async fn start_nchan(port: u16, dir: &Path) -> anyhow::Result<Server> {
+    for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "load_module /usr/lib/nginx/modules/ngx_nchan_module.so;\n\
+             worker_processes 1;\nworker_rlimit_nofile 20000;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\ndaemon off;\n\
+             events {{ worker_connections 19500; use epoll; multi_accept on; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             keepalive_requests 10000000;\n keepalive_timeout 300s;\n nchan_shared_memory_size 256m;\n\
+             server {{\n  listen 127.0.0.1:{port} backlog=4096;\n\
+             location ~ ^/sub/(\\w+)$ {{ nchan_subscriber websocket; nchan_channel_id $1; }}\n\
+             location ~ ^/pub/(\\w+)$ {{ nchan_publisher; nchan_channel_id $1; \
+             nchan_message_buffer_length 1; nchan_message_timeout 30s; }}\n }}\n}}\n"
+        ),
+    )?;
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting nginx (apt-get install nginx libnginx-mod-nchan)")?;
+    let server = Server {
+        child,
+        metrics_url: None,
+    };
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(server);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("nginx did not listen on {port}")
+}
