@@ -332,15 +332,7 @@ async fn run_duplex(args: &PushArgs) -> anyhow::Result<RunFigures> {
 }
 
 /// Sends call number `c`: one push, or a batch of `batch` pushes to consecutive clients.
-async fn send(
-    load: &LoadClient,
-    c: usize,
-    batch: usize,
-    clients: usize,
-    messages: usize,
-    qos: u8,
-    errors: &AtomicU64,
-) {
+async fn send(load: &LoadClient, c: usize, batch: usize, clients: usize, messages: usize, qos: u8, errors: &AtomicU64) {
     let first = c * batch;
     let items: Vec<_> = (first..(first + batch).min(messages))
         .map(|k| json!({"client_ids": [format!("bp-{}", k % clients)], "payload": {"t": wall_us()}, "qos": qos}))

@@ -107,7 +107,9 @@ pub async fn run_mosquitto(args: &PushArgs) -> anyhow::Result<RunFigures> {
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?));
     let mut readers = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.context("connecting a subscriber")?;
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .context("connecting a subscriber")?;
         let mut stream = super::worker::mqtt_connect(stream, &format!("bp-{i}"))
             .await
             .context("MQTT CONNECT refused")?;
@@ -155,7 +157,10 @@ pub async fn run_mosquitto(args: &PushArgs) -> anyhow::Result<RunFigures> {
     }
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
-    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?.clone();
+    let h = hist
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
+        .clone();
     let figures = RunFigures {
         delivered_per_s: got as f64 / secs,
         p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
@@ -244,7 +249,10 @@ pub async fn run_nchan(args: &PushArgs) -> anyhow::Result<RunFigures> {
         let (load, errors, clients) = (load.clone(), errors.clone(), args.clients);
         calls.spawn(async move {
             let body = format!("{{\"t\":{}}}", wall_us());
-            match load.post_json(&format!("/pub/bp{}", k % clients), body.as_bytes()).await {
+            match load
+                .post_json(&format!("/pub/bp{}", k % clients), body.as_bytes())
+                .await
+            {
                 Ok(status) if (200..300).contains(&status) => {}
                 _ => {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -267,7 +275,10 @@ pub async fn run_nchan(args: &PushArgs) -> anyhow::Result<RunFigures> {
     }
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
-    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?.clone();
+    let h = hist
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
+        .clone();
     let figures = RunFigures {
         delivered_per_s: got as f64 / secs,
         p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
