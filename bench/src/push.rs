@@ -80,6 +80,19 @@ pub(crate) struct RunFigures {
     pub rss_kib: u64,
 }
 
+impl RunFigures {
+    /// From a run's count, wall time, server CPU seconds, RSS and latencies.
+    pub(crate) fn of_run(got: u64, secs: f64, cpu_s: f64, rss_kib: u64, latency: &Histogram<u64>) -> Self {
+        RunFigures {
+            delivered_per_s: got as f64 / secs,
+            p50_ms: latency.value_at_quantile(0.5) as f64 / 1000.0,
+            p99_ms: latency.value_at_quantile(0.99) as f64 / 1000.0,
+            cpu_us_per_msg: cpu_s * 1e6 / got.max(1) as f64,
+            rss_kib,
+        }
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -288,13 +301,7 @@ async fn run_duplex(args: &PushArgs) -> anyhow::Result<RunFigures> {
         if args.qos == 1 { "acked" } else { "delivered" },
         cpu * 1e6 / got.max(1) as f64,
     );
-    let figures = RunFigures {
-        delivered_per_s: got as f64 / total_secs,
-        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
-        cpu_us_per_msg: cpu * 1e6 / got.max(1) as f64,
-        rss_kib: rss,
-    };
+    let figures = RunFigures::of_run(got, total_secs, cpu, rss, &h);
     if let Some(url) = &servers[0].metrics_url {
         // Reads the connections made to fill holes: deliveries that overtook
         // the ones under them cost a store read each.

@@ -157,17 +157,9 @@ pub async fn run_mosquitto(args: &PushArgs) -> anyhow::Result<RunFigures> {
     }
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
-    let h = hist
-        .lock()
-        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
-        .clone();
-    let figures = RunFigures {
-        delivered_per_s: got as f64 / secs,
-        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
-        cpu_us_per_msg: cpu * 1e6 / got.max(1) as f64,
-        rss_kib: rss,
-    };
+    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+    let figures = RunFigures::of_run(got, secs, cpu, rss, &h);
+    drop(h);
     println!(
         "mosquitto: delivered {got} of {} in {secs:.2} s = {:.0} msgs/s; latency p50 {:.2} ms, p99 {:.2} ms; \
          server CPU {cpu:.2} s ({:.1} us per message), RSS {rss} KiB",
@@ -275,17 +267,9 @@ pub async fn run_nchan(args: &PushArgs) -> anyhow::Result<RunFigures> {
     }
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
-    let h = hist
-        .lock()
-        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
-        .clone();
-    let figures = RunFigures {
-        delivered_per_s: got as f64 / secs,
-        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
-        cpu_us_per_msg: cpu * 1e6 / got.max(1) as f64,
-        rss_kib: rss,
-    };
+    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+    let figures = RunFigures::of_run(got, secs, cpu, rss, &h);
+    drop(h);
     println!(
         "nchan: delivered {got} of {} in {secs:.2} s = {:.0} msgs/s ({} publish errors); latency p50 {:.2} ms, \
          p99 {:.2} ms; nginx CPU {cpu:.2} s ({:.1} us per message), RSS {rss} KiB",

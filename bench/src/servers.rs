@@ -168,17 +168,7 @@ pub async fn start_mosquitto(port: u16, dir: &Path) -> anyhow::Result<Server> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting mosquitto (apt-get install mosquitto)")?;
-    let server = Server {
-        child,
-        metrics_url: None,
-    };
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Ok(server);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    bail!("mosquitto did not listen on {port}")
+    listening(child, port, "mosquitto").await
 }
 
 /// Starts nginx with the Nchan module (Debian packages `nginx`,
@@ -215,6 +205,11 @@ pub async fn start_nchan(port: u16, dir: &Path) -> anyhow::Result<Server> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting nginx (apt-get install nginx libnginx-mod-nchan)")?;
+    listening(child, port, "nginx").await
+}
+
+/// A peer server once it accepts connections on `port` (5 s at most).
+async fn listening(child: Child, port: u16, what: &str) -> anyhow::Result<Server> {
     let server = Server {
         child,
         metrics_url: None,
@@ -225,5 +220,5 @@ pub async fn start_nchan(port: u16, dir: &Path) -> anyhow::Result<Server> {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    bail!("nginx did not listen on {port}")
+    bail!("{what} did not listen on {port}")
 }
