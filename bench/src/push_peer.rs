@@ -22,6 +22,49 @@ use super::servers::{free_ports, start_mosquitto};
 /// Publisher connections.
 const PUBLISHERS: usize = 4;
 
+/// What the subscribers of one run received; cheap to clone.
+#[derive(Clone)]
+struct Receipts {
+    count: Arc<AtomicU64>,
+    latency: Arc<Mutex<Histogram<u64>>>,
+}
+
+impl Receipts {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Receipts {
+            count: Arc::new(AtomicU64::new(0)),
+            latency: Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?)),
+        })
+    }
+
+    /// One message received: its latency from the send time in its payload.
+    fn record(&self, payload: &[u8]) {
+        let now = wall_us();
+        let sent = serde_json::from_slice::<super::push::Stamp>(payload).map_or(now, |s| s.t);
+        if let Ok(mut h) = self.latency.lock() {
+            let _ = h.record(now.saturating_sub(sent).max(1));
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Waits until `n` arrived (60 s at most); how many did.
+    async fn wait_for(&self, n: usize) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.count.load(Ordering::Relaxed) < n as u64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn figures(&self, got: u64, secs: f64, cpu_s: f64, rss_kib: u64) -> anyhow::Result<RunFigures> {
+        let h = self
+            .latency
+            .lock()
+            .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+        Ok(RunFigures::of_run(got, secs, cpu_s, rss_kib, &h))
+    }
+}
+
 /// MQTT's variable-length "remaining length".
 fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
     loop {
@@ -64,7 +107,7 @@ async fn subscribe(stream: &mut TcpStream, topic: &str) -> anyhow::Result<()> {
 
 /// Reads PUBLISH packets until the connection ends: counts them and records
 /// their latency from the stamp in the payload.
-async fn read_publishes(stream: TcpStream, received: Arc<AtomicU64>, hist: Arc<Mutex<Histogram<u64>>>) {
+async fn read_publishes(stream: TcpStream, receipts: Receipts) {
     let mut reader = BufReader::with_capacity(16 * 1024, stream);
     let mut body = Vec::new();
     loop {
@@ -85,13 +128,7 @@ async fn read_publishes(stream: TcpStream, received: Arc<AtomicU64>, hist: Arc<M
             continue;
         }
         let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
-        let payload = body.get(2 + topic_len..).unwrap_or_default();
-        let now = wall_us();
-        let sent = serde_json::from_slice::<super::push::Stamp>(payload).map_or(now, |s| s.t);
-        if let Ok(mut h) = hist.lock() {
-            let _ = h.record(now.saturating_sub(sent).max(1));
-        }
-        received.fetch_add(1, Ordering::Relaxed);
+        receipts.record(body.get(2 + topic_len..).unwrap_or_default());
     }
 }
 
@@ -103,8 +140,7 @@ pub async fn run_mosquitto(args: &PushArgs) -> anyhow::Result<RunFigures> {
     let port = free_ports()?.0;
     let server = start_mosquitto(port, &dir).await?;
     let pid = server.child.id();
-    let received = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?));
+    let receipts = Receipts::new()?;
     let mut readers = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
         let stream = TcpStream::connect(("127.0.0.1", port))
@@ -114,9 +150,9 @@ pub async fn run_mosquitto(args: &PushArgs) -> anyhow::Result<RunFigures> {
             .await
             .context("MQTT CONNECT refused")?;
         subscribe(&mut stream, &format!("bp/{i}")).await?;
-        readers.push(tokio::spawn(read_publishes(stream, received.clone(), hist.clone())));
+        readers.push(tokio::spawn(read_publishes(stream, receipts.clone())));
     }
-    let _progress = super::Progress::start("delivered", received.clone(), args.messages as u64);
+    let _progress = super::Progress::start("delivered", receipts.count.clone(), args.messages as u64);
     let base_cpu = cpu_seconds(pid).unwrap_or(0.0);
     let started = Instant::now();
     let mut publishers = tokio::task::JoinSet::new();
@@ -143,12 +179,8 @@ pub async fn run_mosquitto(args: &PushArgs) -> anyhow::Result<RunFigures> {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         });
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while received.load(Ordering::Relaxed) < args.messages as u64 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let got = receipts.wait_for(args.messages).await;
     let secs = started.elapsed().as_secs_f64();
-    let got = received.load(Ordering::Relaxed);
     let cpu = cpu_seconds(pid).unwrap_or(0.0) - base_cpu;
     let rss = rss_kib(pid).unwrap_or(0);
     publishers.abort_all();
@@ -157,9 +189,7 @@ pub async fn run_mosquitto(args: &PushArgs) -> anyhow::Result<RunFigures> {
     }
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
-    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
-    let figures = RunFigures::of_run(got, secs, cpu, rss, &h);
-    drop(h);
+    let figures = receipts.figures(got, secs, cpu, rss)?;
     println!(
         "mosquitto: delivered {got} of {} in {secs:.2} s = {:.0} msgs/s; latency p50 {:.2} ms, p99 {:.2} ms; \
          server CPU {cpu:.2} s ({:.1} us per message), RSS {rss} KiB",
@@ -202,14 +232,13 @@ pub async fn run_nchan(args: &PushArgs) -> anyhow::Result<RunFigures> {
     let port = free_ports()?.0;
     let server = super::servers::start_nchan(port, &dir).await?;
     let pid = server.child.id();
-    let received = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?));
+    let receipts = Receipts::new()?;
     let mut readers = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/sub/bp{i}"))
             .await
             .context("connecting a WebSocket subscriber to Nchan")?;
-        let (received, hist) = (received.clone(), hist.clone());
+        let receipts = receipts.clone();
         readers.push(tokio::spawn(async move {
             while let Some(Ok(message)) = ws.next().await {
                 let payload = match &message {
@@ -217,16 +246,11 @@ pub async fn run_nchan(args: &PushArgs) -> anyhow::Result<RunFigures> {
                     tokio_tungstenite::tungstenite::Message::Binary(b) => b.as_ref(),
                     _ => continue,
                 };
-                let now = wall_us();
-                let sent = serde_json::from_slice::<super::push::Stamp>(payload).map_or(now, |s| s.t);
-                if let Ok(mut h) = hist.lock() {
-                    let _ = h.record(now.saturating_sub(sent).max(1));
-                }
-                received.fetch_add(1, Ordering::Relaxed);
+                receipts.record(payload);
             }
         }));
     }
-    let _progress = super::Progress::start("delivered", received.clone(), args.messages as u64);
+    let _progress = super::Progress::start("delivered", receipts.count.clone(), args.messages as u64);
     let (base_cpu, _) = tree_usage(pid);
     let load = Arc::new(super::http_load::LoadClient::new(
         std::net::SocketAddr::from(([127, 0, 0, 1], port)),
@@ -254,12 +278,8 @@ pub async fn run_nchan(args: &PushArgs) -> anyhow::Result<RunFigures> {
         });
     }
     while calls.join_next().await.is_some() {}
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while received.load(Ordering::Relaxed) < args.messages as u64 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let got = receipts.wait_for(args.messages).await;
     let secs = started.elapsed().as_secs_f64();
-    let got = received.load(Ordering::Relaxed);
     let (cpu_now, rss) = tree_usage(pid);
     let cpu = cpu_now - base_cpu;
     for r in &readers {
@@ -267,9 +287,7 @@ pub async fn run_nchan(args: &PushArgs) -> anyhow::Result<RunFigures> {
     }
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
-    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
-    let figures = RunFigures::of_run(got, secs, cpu, rss, &h);
-    drop(h);
+    let figures = receipts.figures(got, secs, cpu, rss)?;
     println!(
         "nchan: delivered {got} of {} in {secs:.2} s = {:.0} msgs/s ({} publish errors); latency p50 {:.2} ms, \
          p99 {:.2} ms; nginx CPU {cpu:.2} s ({:.1} us per message), RSS {rss} KiB",
