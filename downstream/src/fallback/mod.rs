@@ -231,8 +231,11 @@ async fn take(senders: Arc<Senders>, wake: Arc<Notify>, shutdown: CancellationTo
                     break;
                 }
             };
-            for _ in 0..taken.expired {
-                count(&senders.metrics, "none", "expired");
+            if taken.expired > 0 {
+                senders
+                    .metrics
+                    .counter("duplex_fallback_total", &[("provider", "none"), ("outcome", "expired")])
+                    .add(i64::try_from(taken.expired).unwrap_or(i64::MAX));
             }
             for due in taken.due {
                 let Ok(permit) = sending.clone().acquire_owned().await else {
