@@ -141,7 +141,8 @@ pub async fn run_mosquitto(args: &PushArgs) -> anyhow::Result<RunFigures> {
     let server = start_mosquitto(port, &dir).await?;
     let pid = server.child.id();
     let receipts = Receipts::new()?;
-    let mut readers = Vec::with_capacity(args.clients);
+    // Dropped at the end of the run, which stops every reader.
+    let mut readers = tokio::task::JoinSet::new();
     for i in 0..args.clients {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .await
@@ -150,10 +151,10 @@ pub async fn run_mosquitto(args: &PushArgs) -> anyhow::Result<RunFigures> {
             .await
             .context("MQTT CONNECT refused")?;
         subscribe(&mut stream, &format!("bp/{i}")).await?;
-        readers.push(tokio::spawn(read_publishes(stream, receipts.clone())));
+        readers.spawn(read_publishes(stream, receipts.clone()));
     }
     let _progress = super::Progress::start("delivered", receipts.count.clone(), args.messages as u64);
-    let base_cpu = cpu_seconds(pid).unwrap_or(0.0);
+    let (base_cpu, _) = tree_usage(pid);
     let started = Instant::now();
     let mut publishers = tokio::task::JoinSet::new();
     for p in 0..PUBLISHERS {
@@ -181,13 +182,9 @@ pub async fn run_mosquitto(args: &PushArgs) -> anyhow::Result<RunFigures> {
     }
     let got = receipts.wait_for(args.messages).await;
     let secs = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid).unwrap_or(0.0) - base_cpu;
-    let rss = rss_kib(pid).unwrap_or(0);
-    publishers.abort_all();
-    for r in &readers {
-        r.abort();
-    }
-    drop(server);
+    let (cpu_now, rss) = tree_usage(pid);
+    let cpu = cpu_now - base_cpu;
+    drop((publishers, readers, server));
     let _ = std::fs::remove_dir_all(&dir);
     let figures = receipts.figures(got, secs, cpu, rss)?;
     println!(
@@ -210,7 +207,7 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// CPU seconds and RSS (KiB) of `pid` and its children.
+/// CPU seconds and RSS (KiB) of `pid` and its children (nginx's workers; Mosquitto has none).
 fn tree_usage(pid: u32) -> (f64, u64) {
     let pids: Vec<u32> = std::iter::once(pid).chain(children(pid)).collect();
     (
@@ -233,13 +230,14 @@ pub async fn run_nchan(args: &PushArgs) -> anyhow::Result<RunFigures> {
     let server = super::servers::start_nchan(port, &dir).await?;
     let pid = server.child.id();
     let receipts = Receipts::new()?;
-    let mut readers = Vec::with_capacity(args.clients);
+    // Dropped at the end of the run, which stops every reader.
+    let mut readers = tokio::task::JoinSet::new();
     for i in 0..args.clients {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/sub/bp{i}"))
             .await
             .context("connecting a WebSocket subscriber to Nchan")?;
         let receipts = receipts.clone();
-        readers.push(tokio::spawn(async move {
+        readers.spawn(async move {
             while let Some(Ok(message)) = ws.next().await {
                 let payload = match &message {
                     tokio_tungstenite::tungstenite::Message::Text(t) => t.as_bytes(),
@@ -248,7 +246,7 @@ pub async fn run_nchan(args: &PushArgs) -> anyhow::Result<RunFigures> {
                 };
                 receipts.record(payload);
             }
-        }));
+        });
     }
     let _progress = super::Progress::start("delivered", receipts.count.clone(), args.messages as u64);
     let (base_cpu, _) = tree_usage(pid);
@@ -282,10 +280,7 @@ pub async fn run_nchan(args: &PushArgs) -> anyhow::Result<RunFigures> {
     let secs = started.elapsed().as_secs_f64();
     let (cpu_now, rss) = tree_usage(pid);
     let cpu = cpu_now - base_cpu;
-    for r in &readers {
-        r.abort();
-    }
-    drop(server);
+    drop((readers, server));
     let _ = std::fs::remove_dir_all(&dir);
     let figures = receipts.figures(got, secs, cpu, rss)?;
     println!(
