@@ -101,6 +101,13 @@ impl Hub {
         Ok(())
     }
 
+    /// The sweeper's pass: see [`Outbox::sweep`].
+    pub(crate) fn sweep(&self, now_ms: u64, draining: bool) {
+        for session in self.sessions.iter() {
+            session.outbox.sweep(now_ms, draining);
+        }
+    }
+
     /// Removes the session only if it is still connection `conn_epoch`.
     pub fn unregister(&self, client_id: &str, conn_epoch: u64) {
         self.sessions.remove_if(client_id, |_, h| h.conn_epoch == conn_epoch);

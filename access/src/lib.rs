@@ -6,7 +6,8 @@
 //! - `listen`: accept loops, the connection limit and refusals.
 //! - `preauth`: caps on unauthenticated sockets, node-wide and per source address.
 //! - `conn`: the task that owns one connection: authentication and route claim.
-//! - `session`: the authenticated connection: serving loop, acks, goodbye, cleanup.
+//! - `session`: the authenticated connection: start, goodbye, cleanup; `serve`: its serving loop.
+//! - `sweeper`: one timer for all connections: raises a connection's alarm when its deadline comes.
 //! - `sequencer`: stored messages in seq order: replay, hole filling, gap frames.
 //! - `transport`: TCP and WebSocket, plain or over TLS, behind one read/write interface.
 //! - [`tls`]: the TLS listeners' certificate: loading, resumption, reload on SIGHUP or file change.
@@ -45,7 +46,9 @@ mod outbox;
 mod preauth;
 mod send;
 mod sequencer;
+mod serve;
 mod session;
+mod sweeper;
 pub mod tls;
 mod token_life;
 mod transport;
@@ -122,6 +125,8 @@ pub(crate) struct Shared {
     events: Option<Arc<dyn EventSink>>,
     /// `duplex_push_ack_seconds`, resolved once (observed on acks).
     push_ack_seconds: duplex_shared::metrics::Histogram,
+    /// What connections state their deadlines on (see `sweeper`).
+    clock: sweeper::Clock,
 }
 
 impl Shared {
@@ -175,6 +180,7 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
         metrics: ctx.metrics,
         tls: ctx.tls,
         events: ctx.events,
+        clock: sweeper::Clock::new(),
     });
     shared.hub.count_into(
         shared.frames_out.clone(),
@@ -199,6 +205,7 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
         tls_loops.push(tokio::spawn(tls::watch(certs.clone(), hangup, shutdown.clone())));
     }
     let renew = tokio::spawn(leases::renew_forever(shared.clone()));
+    let sweeper = tokio::spawn(sweeper::sweep_forever(shared.clone()));
     shutdown.cancelled().await;
     let _ = tokio::join!(tcp, ws, renew);
     for task in tls_loops {
@@ -213,4 +220,5 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
             "shutdown grace period ended with connections open"
         );
     }
+    sweeper.abort();
 }

@@ -1,41 +1,36 @@
 //! A connection after authentication: registered in the hub, serving frames
 //! in both directions until it ends, then saying why and cleaning up.
 //!
-//! The task owns the socket. It `select!`s over socket reads, its outbox
-//! (deliveries, answers of finished backend calls, and the close signal),
-//! the silence deadline and node shutdown; every write is bounded by the
-//! write timeout. Stored messages go through the `Sequencer`, which keeps
-//! them in seq order and replays what the client missed.
+//! The task owns the socket; `serve.rs` is its serving loop. Every write is
+//! bounded by the write timeout. Stored messages go through the
+//! `Sequencer`, which keeps them in seq order and replays what the client
+//! missed.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use duplex_shared::events::{EventDetail, EventKind};
 use duplex_shared::links::ClientContext;
-use duplex_shared::protocol::{Ack, Connected, ErrorCode, Frame, Kicked};
+use duplex_shared::protocol::{Connected, Frame, Kicked};
 use duplex_store::Route;
 use futures_util::FutureExt;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
-use crate::drain::{self, Drain};
 use crate::hub::SessionHandle;
-use crate::outbox::{CloseReason, Next, Outbox, Outgoing};
+use crate::outbox::{CloseReason, Outbox, Outgoing};
 use crate::send::send_now;
 use crate::sequencer::{now_ms, Sequencer};
-use crate::token_life::{Expiry, TokenLife};
+use crate::token_life::TokenLife;
 use crate::transport::{ReadEvent, Transport};
 use crate::Shared;
-use duplex_shared::rate::TokenBucket;
 
 /// Frames already received that one pass of the session loop handles before
 /// it looks at its outbox again (keeps a flood of small frames from starving
 /// deliveries).
-const FRAMES_PER_PASS: usize = 256;
+pub(crate) const FRAMES_PER_PASS: usize = 256;
 /// Backend calls (uploads, requests) one connection may have in flight.
 pub(crate) const MAX_IN_FLIGHT: usize = 32;
-/// Frames written per batch when the outbound queue has several waiting.
-const WRITE_BATCH: usize = 64;
 
 pub(crate) struct Session {
     pub(crate) shared: Arc<Shared>,
@@ -213,140 +208,6 @@ impl Session {
         });
     }
 
-    async fn serve(&mut self, outbox: &Arc<Outbox>) -> End {
-        let shared = self.shared.clone();
-        let silence_limit = 3 * shared.config.heartbeat();
-        let silence = sleep_until(Instant::now() + silence_limit);
-        tokio::pin!(silence);
-        let mut bucket = TokenBucket::new(shared.config.frame_rate_per_s, shared.config.frame_burst);
-        let expiry = sleep_until(self.token.due());
-        tokio::pin!(expiry);
-        let mut drain: Option<Drain> = None;
-        let drain_due = sleep_until(Instant::now() + silence_limit);
-        tokio::pin!(drain_due);
-        let mut batch: Vec<Outgoing> = Vec::new();
-        loop {
-            tokio::select! {
-                biased;
-                _ = shared.shutdown.cancelled(), if drain.is_none() => {
-                    let started = Drain::start(&shared);
-                    drain_due.as_mut().reset(started.next_deadline());
-                    drain = Some(started);
-                }
-                _ = &mut drain_due, if drain.is_some() => {
-                    let Some(draining) = drain.as_mut() else { return End::Shutdown };
-                    if draining.goaway_at.take().is_none() {
-                        // The grace ended before the client left.
-                        return End::Shutdown;
-                    }
-                    let goaway = drain::goaway_frame(&shared, self.io.kind()).await;
-                    if send_now(&shared, &mut self.io, &goaway).await.is_err() {
-                        return End::Shutdown;
-                    }
-                    drain_due.as_mut().reset(draining.next_deadline());
-                }
-                _ = &mut expiry => match self.token.on_due() {
-                    Expiry::Warn(warning) => {
-                        if send_now(&shared, &mut self.io, &warning).await.is_err() {
-                            return End::Failed;
-                        }
-                        expiry.as_mut().reset(self.token.due());
-                    }
-                    Expiry::Close(refusal) => {
-                        let _ = send_now(&shared, &mut self.io, &refusal).await;
-                        return End::TokenExpired;
-                    }
-                },
-                next = outbox.next(&mut batch, WRITE_BATCH) => {
-                    if let Next::Close(reason) = next {
-                        return End::Closed(reason);
-                    }
-                    if let Err(end) = Box::pin(self.deliver(std::mem::take(&mut batch))).await {
-                        return end;
-                    }
-                    outbox.note_sent(self.sequencer.cursor);
-                }
-                event = self.io.read(&shared.limits) => {
-                    // Frames already received are handled in one pass (bounded):
-                    // acks are cumulative, so a burst of them costs one store
-                    // call, for the highest, made before any other frame is handled.
-                    let mut next = Some(event);
-                    let mut ack: Option<Ack> = None;
-                    for pass in 1..=FRAMES_PER_PASS {
-                        let Some(event) = next.take() else { break };
-                        silence.as_mut().reset(Instant::now() + silence_limit);
-                        // Whatever costs a read counts: frames, malformed
-                        // ones and WebSocket control messages alike. Except
-                        // an ack of something new that was written to this
-                        // connection: a client acking each push of a long
-                        // replay is doing as told, and such acks are bounded
-                        // by the pushes written.
-                        let ack_floor = self.acked.max(ack.as_ref().map_or(0, |held| held.seq));
-                        let news = |a: &Ack| a.seq > ack_floor && a.seq <= self.sequencer.cursor;
-                        let counted = match &event {
-                            ReadEvent::Frame(Frame::Ack(a)) => !news(a),
-                            ReadEvent::Frame(_) | ReadEvent::Invalid(_) | ReadEvent::Control => true,
-                            ReadEvent::Closed | ReadEvent::Failed(_) => false,
-                        };
-                        if counted && !bucket.take(Instant::now()) {
-                            let f = ErrorCode::RateLimited.frame(None, "frame rate limit exceeded", true);
-                            let _ = send_now(&shared, &mut self.io, &f).await;
-                            return self.flush_ack(ack, End::Protocol).await;
-                        }
-                        let frame = match event {
-                            ReadEvent::Control => {
-                                next = self.read_buffered(pass);
-                                continue;
-                            }
-                            ReadEvent::Frame(f) => f,
-                            ReadEvent::Closed => return self.flush_ack(ack, End::ClientLeft).await,
-                            ReadEvent::Failed(e) => {
-                                debug!(error = %e, "read failed");
-                                return self.flush_ack(ack, End::Failed).await;
-                            }
-                            ReadEvent::Invalid(e) => {
-                                debug!(error = %e, "invalid frame");
-                                let close_after = e.must_close();
-                                let f = e.code().frame(e.id(), e.to_string(), close_after);
-                                if send_now(&shared, &mut self.io, &f).await.is_err() || close_after {
-                                    return self.flush_ack(ack, End::Protocol).await;
-                                }
-                                next = self.read_buffered(pass);
-                                continue;
-                            }
-                        };
-                        shared.count_frame_in(frame.type_name());
-                        if let Frame::Refresh(refresh) = frame {
-                            let answer = self.refresh(refresh);
-                            expiry.as_mut().reset(self.token.due());
-                            if send_now(&shared, &mut self.io, &answer).await.is_err() {
-                                return End::Failed;
-                            }
-                        } else if let Frame::Ack(later) = frame {
-                            if ack.as_ref().is_none_or(|held| later.seq >= held.seq) {
-                                ack = Some(later);
-                            }
-                        } else {
-                            if let Err(end) = self.store_held_ack(ack.take()).await {
-                                return end;
-                            }
-                            if let Some(reply) = self.handle(frame, outbox) {
-                                if send_now(&shared, &mut self.io, &reply).await.is_err() {
-                                    return End::Failed;
-                                }
-                            }
-                        }
-                        next = self.read_buffered(pass);
-                    }
-                    if let Err(end) = self.store_held_ack(ack).await {
-                        return end;
-                    }
-                }
-                _ = &mut silence => return End::Silent,
-            }
-        }
-    }
-
     /// Treats everything up to `last_seq` as acked, then replays what is
     /// stored after it, in order, before any new delivery is written.
     async fn resume(&mut self) -> Result<(), End> {
@@ -382,7 +243,7 @@ impl Session {
     }
 
     /// Writes a batch from the outbox, stored messages in seq order.
-    async fn deliver(&mut self, items: Vec<Outgoing>) -> Result<(), End> {
+    pub(crate) async fn deliver(&mut self, items: Vec<Outgoing>) -> Result<(), End> {
         let store = self.shared.store.clone();
         let mut bodies = Vec::with_capacity(items.len());
         if let Err(e) = self
@@ -431,7 +292,7 @@ impl Session {
 
     /// The next frame if it has already arrived (no waiting; the read is
     /// cancel-safe), unless this pass already handled its share of frames.
-    fn read_buffered(&mut self, handled: usize) -> Option<ReadEvent> {
+    pub(crate) fn read_buffered(&mut self, handled: usize) -> Option<ReadEvent> {
         if handled >= FRAMES_PER_PASS {
             return None;
         }

@@ -2,16 +2,17 @@
 //! protocol and WebSocket binary messages, each plain or over TLS. All carry
 //! the same frame bodies.
 //!
-//! Reads are cancel-safe (used inside `select!`): the TCP side waits for
+//! Reads are polls (`poll_read`), so cancel-safe: the TCP side waits for
 //! readability and then reads without awaiting, into a stack buffer, so an
 //! idle connection holds no read buffer at all.
 
 use std::io;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use duplex_shared::protocol::{decode_body, DecodeError, Frame, Limits, TcpDecoder, LENGTH_PREFIX};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -140,15 +141,23 @@ impl Transport {
 
     /// Waits for the next frame. Cancel-safe.
     pub async fn read(&mut self, limits: &Limits) -> ReadEvent {
+        std::future::poll_fn(|cx| self.poll_read(cx, limits)).await
+    }
+
+    /// The next frame if one can be had now; otherwise the task is woken
+    /// when the socket has more. Being a poll, it keeps nothing between
+    /// calls: an idle connection waiting on it holds no read future and no
+    /// read buffer (TCP and TLS read into a stack chunk).
+    pub fn poll_read(&mut self, cx: &mut Context<'_>, limits: &Limits) -> Poll<ReadEvent> {
         match self {
             Transport::Tcp { stream, decoder } => loop {
                 match decoder.next_frame(limits) {
-                    Ok(Some(frame)) => return ReadEvent::Frame(frame),
+                    Ok(Some(frame)) => return Poll::Ready(ReadEvent::Frame(frame)),
                     Ok(None) => {}
-                    Err(e) => return ReadEvent::Invalid(e),
+                    Err(e) => return Poll::Ready(ReadEvent::Invalid(e)),
                 }
-                if let Err(e) = stream.readable().await {
-                    return ReadEvent::Failed(e.to_string());
+                if let Err(e) = ready!(stream.poll_read_ready(cx)) {
+                    return Poll::Ready(ReadEvent::Failed(e.to_string()));
                 }
                 let mut chunk = [0u8; 4096];
                 let mut got = 0;
@@ -166,15 +175,15 @@ impl Transport {
                     Ok(got)
                 });
                 match read {
-                    Ok(0) => return ReadEvent::Closed,
+                    Ok(0) => return Poll::Ready(ReadEvent::Closed),
                     Ok(n) => decoder.feed(&chunk[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => decoder.feed(&chunk[..got]),
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return ReadEvent::Closed,
-                    Err(e) => return ReadEvent::Failed(e.to_string()),
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Poll::Ready(ReadEvent::Closed),
+                    Err(e) => return Poll::Ready(ReadEvent::Failed(e.to_string())),
                 }
             },
-            Transport::Tls { stream, decoder } => read_tls(stream, decoder, limits).await,
-            Transport::Ws(ws) => match ws.next().await {
+            Transport::Tls { stream, decoder } => poll_read_tls(cx, stream, decoder, limits),
+            Transport::Ws(ws) => Poll::Ready(match ready!(ws.poll_next_unpin(cx)) {
                 None => ReadEvent::Closed,
                 Some(Ok(Message::Binary(body))) => match decode_body(&body, limits) {
                     Ok(f) => ReadEvent::Frame(f),
@@ -201,7 +210,7 @@ impl Transport {
                     ReadEvent::Closed
                 }
                 Some(Err(e)) => ReadEvent::Failed(e.to_string()),
-            },
+            }),
         }
     }
 
@@ -266,43 +275,30 @@ impl Transport {
     }
 }
 
-/// The next frame of the private protocol over TLS. Like the plain TCP
-/// read it waits for the socket's readiness holding no buffer (an idle
-/// connection's read future stays small), then takes what rustls has
-/// without waiting: a read that would wait means rustls holds no more
-/// plaintext and the socket is drained, so waiting for readiness again is
-/// right. Cancel-safe: bytes read are fed to the decoder before any await.
-async fn read_tls(stream: &mut TlsStream<TcpStream>, decoder: &mut TcpDecoder, limits: &Limits) -> ReadEvent {
-    use futures_util::FutureExt;
+/// The next frame of the private protocol over TLS: rustls's own read
+/// into a stack chunk (rustls keeps its buffers; nothing more is held), fed
+/// to the decoder before anything can wait.
+fn poll_read_tls(
+    cx: &mut Context<'_>,
+    stream: &mut TlsStream<TcpStream>,
+    decoder: &mut TcpDecoder,
+    limits: &Limits,
+) -> Poll<ReadEvent> {
     loop {
         match decoder.next_frame(limits) {
-            Ok(Some(frame)) => return ReadEvent::Frame(frame),
+            Ok(Some(frame)) => return Poll::Ready(ReadEvent::Frame(frame)),
             Ok(None) => {}
-            Err(e) => return ReadEvent::Invalid(e),
+            Err(e) => return Poll::Ready(ReadEvent::Invalid(e)),
         }
-        // In its own block, so that the chunk is not kept across the await below.
-        let read = {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).now_or_never() {
-                Some(Ok(n)) if n > 0 => {
-                    decoder.feed(&chunk[..n]);
-                    None
-                }
-                other => Some(other),
-            }
-        };
-        match read {
-            // Fed the decoder: look for a frame, then read on.
-            None => continue,
-            Some(Some(Ok(_))) => return ReadEvent::Closed,
-            Some(Some(Err(e))) if e.kind() == io::ErrorKind::ConnectionReset => return ReadEvent::Closed,
+        let mut chunk = [0u8; 4096];
+        let mut buf = ReadBuf::new(&mut chunk);
+        match ready!(std::pin::Pin::new(&mut *stream).poll_read(cx, &mut buf)) {
+            Ok(()) if buf.filled().is_empty() => return Poll::Ready(ReadEvent::Closed),
+            Ok(()) => decoder.feed(buf.filled()),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Poll::Ready(ReadEvent::Closed),
             // A peer that closes without close_notify: a close as far as frames go.
-            Some(Some(Err(e))) if e.kind() == io::ErrorKind::UnexpectedEof => return ReadEvent::Closed,
-            Some(Some(Err(e))) => return ReadEvent::Failed(e.to_string()),
-            Some(None) => {}
-        }
-        if let Err(e) = stream.get_ref().0.readable().await {
-            return ReadEvent::Failed(e.to_string());
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(ReadEvent::Closed),
+            Err(e) => return Poll::Ready(ReadEvent::Failed(e.to_string())),
         }
     }
 }

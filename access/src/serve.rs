@@ -1,0 +1,243 @@
+//! The serving loop of an authenticated connection.
+//!
+//! While idle, a connection waits in one small poll over its drain timer
+//! (only while the node drains), its outbox (close, deliveries, answers of
+//! finished backend calls, the sweeper's alarm) and its socket, in that
+//! order. It keeps no timer of its own: the silence and token deadlines are
+//! stated to the node's sweeper, which raises the outbox's alarm when one
+//! comes. Whatever a wake leads to runs in a boxed future that is freed when
+//! it is done, so an idle connection carries only the wait's state (measured
+//! with `-Zprint-type-sizes`: the old `select!` over three timers, node
+//! shutdown, the outbox and the socket was 2,288 bytes per connection).
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use duplex_shared::protocol::{Ack, ErrorCode, Frame};
+use duplex_shared::rate::TokenBucket;
+use std::future::Future;
+use tokio::time::{sleep_until, Instant, Sleep};
+use tracing::debug;
+
+use crate::drain::{self, Drain};
+use crate::outbox::{Next, Outbox, Outgoing};
+use crate::send::send_now;
+use crate::session::{End, Session, FRAMES_PER_PASS};
+use crate::token_life::Expiry;
+use crate::transport::ReadEvent;
+
+/// Frames written per batch when the outbound queue has several waiting.
+const WRITE_BATCH: usize = 64;
+
+/// What the serving loop keeps between wakes.
+pub(crate) struct Serving {
+    bucket: TokenBucket,
+    /// When the client was last heard from (any read counts).
+    last_read: Instant,
+    silence_limit: Duration,
+    drain: Option<Drain>,
+    /// The drain's next step; a timer of the connection's own only while
+    /// the node drains (its moments are spread per connection).
+    drain_timer: Option<Pin<Box<Sleep>>>,
+    batch: Vec<Outgoing>,
+}
+
+/// What woke the connection.
+enum Wake {
+    DrainDue,
+    Outbox(Next),
+    Read(ReadEvent),
+}
+
+type Step = Result<(), End>;
+
+impl Session {
+    pub(crate) async fn serve(&mut self, outbox: &Arc<Outbox>) -> End {
+        let shared = self.shared.clone();
+        let mut serving = Serving {
+            bucket: TokenBucket::new(shared.config.frame_rate_per_s, shared.config.frame_burst),
+            last_read: Instant::now(),
+            silence_limit: 3 * shared.config.heartbeat(),
+            drain: None,
+            drain_timer: None,
+            batch: Vec::new(),
+        };
+        // Registered in the hub before this check: a drain that began
+        // earlier is seen here, a later one is announced by the sweeper.
+        if shared.shutdown.is_cancelled() {
+            start_drain(&shared, &mut serving);
+        }
+        self.arm(outbox, &serving);
+        loop {
+            let wake = {
+                let (io, limits) = (&mut self.io, &shared.limits);
+                let (batch, drain_timer) = (&mut serving.batch, &mut serving.drain_timer);
+                poll_fn(|cx| {
+                    if let Some(timer) = drain_timer.as_mut() {
+                        if timer.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Wake::DrainDue);
+                        }
+                    }
+                    if let Poll::Ready(next) = outbox.poll_next(cx, batch, WRITE_BATCH) {
+                        return Poll::Ready(Wake::Outbox(next));
+                    }
+                    io.poll_read(cx, limits).map(Wake::Read)
+                })
+                .await
+            };
+            let step = match wake {
+                Wake::DrainDue => Box::pin(self.on_drain_due(&mut serving)).await,
+                Wake::Outbox(Next::Close(reason)) => Err(End::Closed(reason)),
+                Wake::Outbox(Next::Write) => Box::pin(self.on_write(outbox, &mut serving)).await,
+                Wake::Outbox(Next::Alarm) => Box::pin(self.on_alarm(outbox, &mut serving)).await,
+                Wake::Read(event) => Box::pin(self.on_read(event, outbox, &mut serving)).await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// States the connection's next deadline (silence or token) to the sweeper.
+    fn arm(&self, outbox: &Outbox, serving: &Serving) {
+        let due = (serving.last_read + serving.silence_limit).min(self.token.due());
+        outbox.set_due(self.shared.clock.ms_at(due));
+    }
+
+    async fn on_write(&mut self, outbox: &Outbox, serving: &mut Serving) -> Step {
+        self.deliver(std::mem::take(&mut serving.batch)).await?;
+        outbox.note_sent(self.sequencer.cursor);
+        Ok(())
+    }
+
+    /// The sweeper's alarm: the node drains, or a deadline came.
+    async fn on_alarm(&mut self, outbox: &Arc<Outbox>, serving: &mut Serving) -> Step {
+        let shared = self.shared.clone();
+        if shared.shutdown.is_cancelled() && serving.drain.is_none() {
+            start_drain(&shared, serving);
+        }
+        let now = Instant::now();
+        if now >= self.token.due() {
+            match self.token.on_due() {
+                Expiry::Warn(warning) => {
+                    if send_now(&shared, &mut self.io, &warning).await.is_err() {
+                        return Err(End::Failed);
+                    }
+                }
+                Expiry::Close(refusal) => {
+                    let _ = send_now(&shared, &mut self.io, &refusal).await;
+                    return Err(End::TokenExpired);
+                }
+            }
+        }
+        if now >= serving.last_read + serving.silence_limit {
+            // A frame that came with the alarm is heard before the verdict.
+            let Some(event) = self.read_buffered(0) else {
+                return Err(End::Silent);
+            };
+            Box::pin(self.on_read(event, outbox, serving)).await?;
+        }
+        self.arm(outbox, serving);
+        Ok(())
+    }
+
+    async fn on_drain_due(&mut self, serving: &mut Serving) -> Step {
+        let shared = self.shared.clone();
+        let (Some(draining), Some(timer)) = (serving.drain.as_mut(), serving.drain_timer.as_mut()) else {
+            return Err(End::Shutdown);
+        };
+        if draining.goaway_at.take().is_none() {
+            // The grace ended before the client left.
+            return Err(End::Shutdown);
+        }
+        timer.as_mut().reset(draining.next_deadline());
+        let goaway = drain::goaway_frame(&shared, self.io.kind()).await;
+        if send_now(&shared, &mut self.io, &goaway).await.is_err() {
+            return Err(End::Shutdown);
+        }
+        Ok(())
+    }
+
+    /// Handles frames already received, in one pass (bounded): acks are
+    /// cumulative, so a burst of them costs one store call, for the
+    /// highest, made before any other frame is handled.
+    async fn on_read(&mut self, event: ReadEvent, outbox: &Arc<Outbox>, serving: &mut Serving) -> Step {
+        let shared = self.shared.clone();
+        serving.last_read = Instant::now();
+        let mut next = Some(event);
+        let mut ack: Option<Ack> = None;
+        for pass in 1..=FRAMES_PER_PASS {
+            let Some(event) = next.take() else { break };
+            // Whatever costs a read counts: frames, malformed ones and
+            // WebSocket control messages alike. Except an ack of something
+            // new that was written to this connection: a client acking each
+            // push of a long replay is doing as told, and such acks are
+            // bounded by the pushes written.
+            let ack_floor = self.acked.max(ack.as_ref().map_or(0, |held| held.seq));
+            let news = |a: &Ack| a.seq > ack_floor && a.seq <= self.sequencer.cursor;
+            let counted = match &event {
+                ReadEvent::Frame(Frame::Ack(a)) => !news(a),
+                ReadEvent::Frame(_) | ReadEvent::Invalid(_) | ReadEvent::Control => true,
+                ReadEvent::Closed | ReadEvent::Failed(_) => false,
+            };
+            if counted && !serving.bucket.take(Instant::now()) {
+                let f = ErrorCode::RateLimited.frame(None, "frame rate limit exceeded", true);
+                let _ = send_now(&shared, &mut self.io, &f).await;
+                return Err(self.flush_ack(ack, End::Protocol).await);
+            }
+            let frame = match event {
+                ReadEvent::Control => {
+                    next = self.read_buffered(pass);
+                    continue;
+                }
+                ReadEvent::Frame(f) => f,
+                ReadEvent::Closed => return Err(self.flush_ack(ack, End::ClientLeft).await),
+                ReadEvent::Failed(e) => {
+                    debug!(error = %e, "read failed");
+                    return Err(self.flush_ack(ack, End::Failed).await);
+                }
+                ReadEvent::Invalid(e) => {
+                    debug!(error = %e, "invalid frame");
+                    let close_after = e.must_close();
+                    let f = e.code().frame(e.id(), e.to_string(), close_after);
+                    if send_now(&shared, &mut self.io, &f).await.is_err() || close_after {
+                        return Err(self.flush_ack(ack, End::Protocol).await);
+                    }
+                    next = self.read_buffered(pass);
+                    continue;
+                }
+            };
+            shared.count_frame_in(frame.type_name());
+            if let Frame::Refresh(refresh) = frame {
+                let answer = self.refresh(refresh);
+                // The new token may expire sooner than the old one.
+                self.arm(outbox, serving);
+                if send_now(&shared, &mut self.io, &answer).await.is_err() {
+                    return Err(End::Failed);
+                }
+            } else if let Frame::Ack(later) = frame {
+                if ack.as_ref().is_none_or(|held| later.seq >= held.seq) {
+                    ack = Some(later);
+                }
+            } else {
+                self.store_held_ack(ack.take()).await?;
+                if let Some(reply) = self.handle(frame, outbox) {
+                    if send_now(&shared, &mut self.io, &reply).await.is_err() {
+                        return Err(End::Failed);
+                    }
+                }
+            }
+            next = self.read_buffered(pass);
+        }
+        self.store_held_ack(ack).await
+    }
+}
+
+fn start_drain(shared: &crate::Shared, serving: &mut Serving) {
+    let drain = Drain::start(shared);
+    serving.drain_timer = Some(Box::pin(sleep_until(drain.next_deadline())));
+    serving.drain = Some(drain);
+}
