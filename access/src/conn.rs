@@ -7,9 +7,8 @@ use std::time::Duration;
 use duplex_shared::links::ClientContext;
 use duplex_shared::protocol::{valid_client_id, Connect, ErrorCode, Frame, MAX_LAST_SEQ, PROTOCOL_VERSION};
 use duplex_store::ClaimError;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 
 use crate::outbox::Outbox;
 use crate::preauth::PreAuthGuard;
@@ -20,19 +19,23 @@ use crate::token_life::TokenLife;
 use crate::transport::{ReadEvent, Transport};
 use crate::Shared;
 
-/// Serves one accepted connection; `permit` is its slot under the
-/// connection limit, `preauth` its slot until it authenticates.
-pub(crate) async fn serve(
+/// Authenticates an accepted connection and claims its route: the session
+/// to run (in the span to run it in), or `None` when the client was refused
+/// (and told why). `preauth` is its slot until it authenticates.
+///
+/// The caller awaits this boxed and runs the session in the connection's
+/// task itself: the task then carries only the session's state, not also
+/// that of this phase.
+pub(crate) async fn start(
     shared: Arc<Shared>,
     mut io: Transport,
     auth_deadline: Instant,
     conn_id: u64,
-    _permit: OwnedSemaphorePermit,
     preauth: PreAuthGuard,
-) {
+) -> Option<(Box<Session>, tracing::Span)> {
     let Some((connect, claims)) = Box::pin(authenticate(&shared, &mut io, auth_deadline)).await else {
         io.shutdown().await;
-        return;
+        return None;
     };
     // Authenticated: no longer counted against the unauthenticated caps.
     drop(preauth);
@@ -59,7 +62,7 @@ pub(crate) async fn serve(
             )
             .await;
             io.shutdown().await;
-            return;
+            return None;
         }
         Err(ClaimError::Store(e)) => {
             warn!(conn_id, error = %e, "route write failed, refusing connection");
@@ -71,12 +74,10 @@ pub(crate) async fn serve(
             )
             .await;
             io.shutdown().await;
-            return;
+            return None;
         }
     };
     let span = tracing::info_span!("session", conn_id, epoch = claim.route.conn_epoch);
-    // Boxed so the serving phase's state is one allocation that does not
-    // also carry the (dead) authentication phase's locals.
     let (metrics, frames_out) = (shared.metrics.clone(), shared.frames_out.clone());
     let shared_grace = shared.verifier.expiry_grace();
     let outbound_queue = shared.config.outbound_queue;
@@ -97,7 +98,7 @@ pub(crate) async fn serve(
         outbox: Arc::new(Outbox::new(outbound_queue)),
         token: TokenLife::new(claims.exp, shared_grace),
     });
-    Box::pin(session.run().instrument(span)).await;
+    Some((session, span))
 }
 
 /// WebSocket control messages tolerated before `connect`.

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::either::Either;
 use tracing::{debug, warn, Instrument};
 
-use crate::conn::serve;
+use crate::conn::start;
 use crate::preauth::Refusal;
 use crate::send::body;
 use crate::transport::{ws_config, Transport, TransportKind};
@@ -62,12 +62,20 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind
         let task_shared = shared.clone();
         shared.tracker.spawn(
             async move {
-                // The TLS and WebSocket handshakes count inside the auth
-                // timeout, holding the socket's pre-auth slot.
-                let Some(io) = open(&task_shared, stream, kind, auth_deadline).await else {
+                // Held for the connection's life: its slot under the limit.
+                let _permit = permit;
+                // Boxed: the setup's state is freed before the session runs,
+                // so the task holds only the session's.
+                let started = Box::pin(async move {
+                    // The TLS and WebSocket handshakes count inside the auth
+                    // timeout, holding the socket's pre-auth slot.
+                    let io = open(&task_shared, stream, kind, auth_deadline).await?;
+                    start(task_shared, io, auth_deadline, conn_id, preauth).await
+                });
+                let Some((session, span)) = started.await else {
                     return;
                 };
-                serve(task_shared, io, auth_deadline, conn_id, permit, preauth).await;
+                session.run().instrument(span).await;
             }
             .instrument(span),
         );

@@ -24,7 +24,7 @@ use tracing::debug;
 
 use crate::drain::{self, Drain};
 use crate::outbox::{Next, Outbox, Outgoing};
-use crate::send::send_now;
+use crate::send::{send_now, BoxFuture};
 use crate::session::{End, Session, FRAMES_PER_PASS};
 use crate::token_life::Expiry;
 use crate::transport::ReadEvent;
@@ -32,17 +32,21 @@ use crate::transport::ReadEvent;
 /// Frames written per batch when the outbound queue has several waiting.
 const WRITE_BATCH: usize = 64;
 
-/// What the serving loop keeps between wakes.
+/// What the serving loop keeps between wakes (88 bytes).
 pub(crate) struct Serving {
     bucket: TokenBucket,
     /// When the client was last heard from (any read counts).
     last_read: Instant,
-    silence_limit: Duration,
-    drain: Option<Drain>,
-    /// The drain's next step; a timer of the connection's own only while
-    /// the node drains (its moments are spread per connection).
-    drain_timer: Option<Pin<Box<Sleep>>>,
+    /// Only while the node drains.
+    draining: Option<Box<Draining>>,
     batch: Vec<Outgoing>,
+}
+
+/// A connection's drain, with a timer of its own for its next step: the
+/// moments are spread per connection, and the drain is short.
+struct Draining {
+    drain: Drain,
+    timer: Pin<Box<Sleep>>,
 }
 
 /// What woke the connection.
@@ -60,9 +64,7 @@ impl Session {
         let mut serving = Serving {
             bucket: TokenBucket::new(shared.config.frame_rate_per_s, shared.config.frame_burst),
             last_read: Instant::now(),
-            silence_limit: 3 * shared.config.heartbeat(),
-            drain: None,
-            drain_timer: None,
+            draining: None,
             batch: Vec::new(),
         };
         // Registered in the hub before this check: a drain that began
@@ -74,10 +76,10 @@ impl Session {
         loop {
             let wake = {
                 let (io, limits) = (&mut self.io, &shared.limits);
-                let (batch, drain_timer) = (&mut serving.batch, &mut serving.drain_timer);
+                let (batch, draining) = (&mut serving.batch, &mut serving.draining);
                 poll_fn(|cx| {
-                    if let Some(timer) = drain_timer.as_mut() {
-                        if timer.as_mut().poll(cx).is_ready() {
+                    if let Some(draining) = draining.as_mut() {
+                        if draining.timer.as_mut().poll(cx).is_ready() {
                             return Poll::Ready(Wake::DrainDue);
                         }
                     }
@@ -88,22 +90,27 @@ impl Session {
                 })
                 .await
             };
-            let step = match wake {
-                Wake::DrainDue => Box::pin(self.on_drain_due(&mut serving)).await,
-                Wake::Outbox(Next::Close(reason)) => Err(End::Closed(reason)),
-                Wake::Outbox(Next::Write) => Box::pin(self.on_write(outbox, &mut serving)).await,
-                Wake::Outbox(Next::Alarm) => Box::pin(self.on_alarm(outbox, &mut serving)).await,
-                Wake::Read(event) => Box::pin(self.on_read(event, outbox, &mut serving)).await,
-            };
-            if let Err(end) = step {
+            if let Err(end) = self.on_wake(wake, outbox, &mut serving).await {
                 return end;
             }
         }
     }
 
+    /// What a wake leads to, boxed: the wake (a frame, maybe) moves into
+    /// the box, which is freed when it is done.
+    fn on_wake<'a>(&'a mut self, wake: Wake, outbox: &'a Arc<Outbox>, serving: &'a mut Serving) -> BoxFuture<'a, Step> {
+        match wake {
+            Wake::DrainDue => Box::pin(self.on_drain_due(serving)),
+            Wake::Outbox(Next::Close(reason)) => Box::pin(std::future::ready(Err(End::Closed(reason)))),
+            Wake::Outbox(Next::Write) => Box::pin(self.on_write(outbox, serving)),
+            Wake::Outbox(Next::Alarm) => Box::pin(self.on_alarm(outbox, serving)),
+            Wake::Read(event) => Box::pin(self.on_read(event, outbox, serving)),
+        }
+    }
+
     /// States the connection's next deadline (silence or token) to the sweeper.
     fn arm(&self, outbox: &Outbox, serving: &Serving) {
-        let due = (serving.last_read + serving.silence_limit).min(self.token.due());
+        let due = (serving.last_read + self.silence_limit()).min(self.token.due());
         outbox.set_due(self.shared.clock.ms_at(due));
     }
 
@@ -116,7 +123,7 @@ impl Session {
     /// The sweeper's alarm: the node drains, or a deadline came.
     async fn on_alarm(&mut self, outbox: &Arc<Outbox>, serving: &mut Serving) -> Step {
         let shared = self.shared.clone();
-        if shared.shutdown.is_cancelled() && serving.drain.is_none() {
+        if shared.shutdown.is_cancelled() && serving.draining.is_none() {
             start_drain(&shared, serving);
         }
         let now = Instant::now();
@@ -133,7 +140,7 @@ impl Session {
                 }
             }
         }
-        if now >= serving.last_read + serving.silence_limit {
+        if now >= serving.last_read + self.silence_limit() {
             // A frame that came with the alarm is heard before the verdict.
             let Some(event) = self.read_buffered(0) else {
                 return Err(End::Silent);
@@ -146,14 +153,15 @@ impl Session {
 
     async fn on_drain_due(&mut self, serving: &mut Serving) -> Step {
         let shared = self.shared.clone();
-        let (Some(draining), Some(timer)) = (serving.drain.as_mut(), serving.drain_timer.as_mut()) else {
+        let Some(draining) = serving.draining.as_mut() else {
             return Err(End::Shutdown);
         };
-        if draining.goaway_at.take().is_none() {
+        if draining.drain.goaway_at.take().is_none() {
             // The grace ended before the client left.
             return Err(End::Shutdown);
         }
-        timer.as_mut().reset(draining.next_deadline());
+        let next = draining.drain.next_deadline();
+        draining.timer.as_mut().reset(next);
         let goaway = drain::goaway_frame(&shared, self.io.kind()).await;
         if send_now(&shared, &mut self.io, &goaway).await.is_err() {
             return Err(End::Shutdown);
@@ -238,6 +246,13 @@ impl Session {
 
 fn start_drain(shared: &crate::Shared, serving: &mut Serving) {
     let drain = Drain::start(shared);
-    serving.drain_timer = Some(Box::pin(sleep_until(drain.next_deadline())));
-    serving.drain = Some(drain);
+    let timer = Box::pin(sleep_until(drain.next_deadline()));
+    serving.draining = Some(Box::new(Draining { drain, timer }));
+}
+
+impl Session {
+    /// Silence for this long closes the connection: three heartbeat intervals.
+    fn silence_limit(&self) -> Duration {
+        3 * self.shared.config.heartbeat()
+    }
 }

@@ -77,6 +77,14 @@ fn ack_span(body: &Bytes, shared: &Shared) -> Option<Box<tracing::Span>> {
     Some(Box::new(span))
 }
 
+/// What a session keeps from its start to its end.
+struct Opened {
+    /// `duplex_connections{transport}`, decremented at the end.
+    open: duplex_shared::metrics::Counter,
+    connected_at_ms: u64,
+    transport: &'static str,
+}
+
 /// Why the serving loop ended.
 pub(crate) enum End {
     ClientLeft,
@@ -111,9 +119,25 @@ impl End {
 }
 
 impl Session {
+    /// Runs the session to its end. Only the serving loop is awaited in
+    /// place: its start and its end are boxed, so the connection's task
+    /// carries no more than the loop's state while the connection lives.
     pub(crate) async fn run(mut self: Box<Self>) {
-        let shared = self.shared.clone();
         let outbox = self.outbox.clone();
+        let Some((opened, started)) = Box::pin(self.open(&outbox)).await else {
+            return;
+        };
+        let end = match started {
+            Ok(()) => self.serve(&outbox).await,
+            Err(end) => end,
+        };
+        Box::pin(self.close(end, opened)).await;
+    }
+
+    /// Registers the session, says `connected` and replays what the client
+    /// missed; `None` when a newer connection of the client already won.
+    async fn open(&mut self, outbox: &Arc<Outbox>) -> Option<(Opened, Result<(), End>)> {
+        let shared = self.shared.clone();
         let handle = SessionHandle {
             conn_epoch: self.client.route.conn_epoch,
             user_id: Arc::from(self.client.user_id.as_str()),
@@ -124,15 +148,18 @@ impl Session {
             debug!("a newer connection of this client already won");
             let _ = self.send_kicked("replaced").await;
             self.finish().await;
-            return;
+            return None;
         }
         self.kick_previous();
-        let connected_at_ms = crate::sequencer::now_ms();
         let transport = self.io.kind().label();
-        let open = shared
-            .metrics
-            .counter("duplex_connections", &[("transport", transport)]);
-        open.inc();
+        let opened = Opened {
+            open: shared
+                .metrics
+                .counter("duplex_connections", &[("transport", transport)]),
+            connected_at_ms: crate::sequencer::now_ms(),
+            transport,
+        };
+        opened.open.inc();
         shared.metrics.inc("duplex_connects_total", &[("transport", transport)]);
         let connected = &Frame::Connected(Connected {
             id: self.connect_id,
@@ -145,31 +172,33 @@ impl Session {
             token_expires_at: self.token.expires_at(),
             pong_deadline_ms: shared.config.pong_deadline_ms,
         });
-        let sent = send_now(&shared, &mut self.io, connected);
-        let end = if sent.await.is_err() {
-            End::Failed
-        } else {
-            info!(
-                client_id = %self.client.client_id,
-                user_id = %self.client.user_id,
-                transport,
-                "client connected"
-            );
-            shared.event(EventKind::Connected, &self.client, || EventDetail::Connected {
-                transport,
-            });
-            match Box::pin(self.resume()).await {
-                Ok(()) => {
-                    outbox.note_sent(self.sequencer.cursor);
-                    self.serve(&outbox).await
-                }
-                Err(end) => end,
-            }
-        };
+        if send_now(&shared, &mut self.io, connected).await.is_err() {
+            return Some((opened, Err(End::Failed)));
+        }
+        info!(
+            client_id = %self.client.client_id,
+            user_id = %self.client.user_id,
+            transport,
+            "client connected"
+        );
+        shared.event(EventKind::Connected, &self.client, || EventDetail::Connected {
+            transport,
+        });
+        let started = Box::pin(self.resume()).await;
+        if started.is_ok() {
+            outbox.note_sent(self.sequencer.cursor);
+        }
+        Some((opened, started))
+    }
+
+    /// Counts and reports the end, says goodbye, cleans up.
+    async fn close(&mut self, end: End, opened: Opened) {
+        let shared = self.shared.clone();
+        let transport = opened.transport;
         shared
             .metrics
             .inc("duplex_disconnects_total", &[("reason", end.label())]);
-        let duration_ms = crate::sequencer::now_ms().saturating_sub(connected_at_ms);
+        let duration_ms = crate::sequencer::now_ms().saturating_sub(opened.connected_at_ms);
         info!(
             client_id = %self.client.client_id,
             user_id = %self.client.user_id,
@@ -185,7 +214,7 @@ impl Session {
         });
         Box::pin(self.say_goodbye(end)).await;
         Box::pin(self.finish()).await;
-        open.dec();
+        opened.open.dec();
     }
 
     /// Closes the connection this one replaced, wherever it is.
