@@ -7,6 +7,7 @@ use std::time::Duration;
 use duplex_shared::links::ClientContext;
 use duplex_shared::protocol::{valid_client_id, Connect, ErrorCode, Frame, MAX_LAST_SEQ, PROTOCOL_VERSION};
 use duplex_store::ClaimError;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -32,6 +33,7 @@ pub(crate) async fn start(
     auth_deadline: Instant,
     conn_id: u64,
     preauth: PreAuthGuard,
+    permit: OwnedSemaphorePermit,
 ) -> Option<(Box<Session>, tracing::Span)> {
     let Some((connect, claims)) = Box::pin(authenticate(&shared, &mut io, auth_deadline)).await else {
         io.shutdown().await;
@@ -90,13 +92,14 @@ pub(crate) async fn start(
             route: claim.route,
         },
         connect_id: connect.id,
-        previous: claim.previous,
+        previous: claim.previous.map(Box::new),
         sequencer: Sequencer::new(connect.last_seq, metrics, frames_out),
         resumed_from: 0,
         acked: 0,
         ack_probe: None,
         outbox: Arc::new(Outbox::new(outbound_queue)),
         token: TokenLife::new(claims.exp, shared_grace),
+        _permit: permit,
     });
     Some((session, span))
 }

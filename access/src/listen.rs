@@ -58,27 +58,65 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind
         };
         let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let auth_deadline = Instant::now() + Duration::from_millis(shared.config.auth_timeout_ms);
+        // The setup's inputs in one box: what a task's future captures stays
+        // in it for the task's life, so it captures only this pointer.
+        let setup = Box::new(Setup {
+            shared: shared.clone(),
+            stream,
+            kind,
+            auth_deadline,
+            conn_id,
+            peer,
+            preauth,
+            permit,
+        });
+        shared.tracker.spawn(async move {
+            // Boxed: the setup's state is freed before the session runs, so
+            // the task holds only the session's.
+            let Some((session, span)) = Box::pin(setup.start()).await else {
+                return;
+            };
+            session.run().instrument(span).await;
+        });
+    }
+}
+
+/// An accepted socket, before its connection is set up.
+struct Setup {
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    kind: TransportKind,
+    auth_deadline: Instant,
+    conn_id: u64,
+    peer: std::net::SocketAddr,
+    preauth: crate::preauth::PreAuthGuard,
+    /// The connection's slot under the limit, held by its session.
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Setup {
+    /// The TLS and WebSocket handshakes (inside the auth timeout, holding the
+    /// socket's pre-auth slot), then authentication and the route claim.
+    /// Runs in the connection's `conn` span; the session's span is its
+    /// child, so the session's logs still name the peer.
+    async fn start(self: Box<Self>) -> Option<(Box<crate::session::Session>, tracing::Span)> {
+        let Setup {
+            shared,
+            stream,
+            kind,
+            auth_deadline,
+            conn_id,
+            peer,
+            preauth,
+            permit,
+        } = *self;
         let span = tracing::debug_span!("conn", conn_id, %peer, transport = ?kind);
-        let task_shared = shared.clone();
-        shared.tracker.spawn(
-            async move {
-                // Held for the connection's life: its slot under the limit.
-                let _permit = permit;
-                // Boxed: the setup's state is freed before the session runs,
-                // so the task holds only the session's.
-                let started = Box::pin(async move {
-                    // The TLS and WebSocket handshakes count inside the auth
-                    // timeout, holding the socket's pre-auth slot.
-                    let io = open(&task_shared, stream, kind, auth_deadline).await?;
-                    start(task_shared, io, auth_deadline, conn_id, preauth).await
-                });
-                let Some((session, span)) = started.await else {
-                    return;
-                };
-                session.run().instrument(span).await;
-            }
-            .instrument(span),
-        );
+        async move {
+            let io = open(&shared, stream, kind, auth_deadline).await?;
+            start(shared, io, auth_deadline, conn_id, preauth, permit).await
+        }
+        .instrument(span)
+        .await
     }
 }
 

@@ -32,14 +32,13 @@ use crate::transport::ReadEvent;
 /// Frames written per batch when the outbound queue has several waiting.
 const WRITE_BATCH: usize = 64;
 
-/// What the serving loop keeps between wakes (88 bytes).
+/// What the serving loop keeps between wakes (64 bytes).
 pub(crate) struct Serving {
     bucket: TokenBucket,
     /// When the client was last heard from (any read counts).
     last_read: Instant,
     /// Only while the node drains.
     draining: Option<Box<Draining>>,
-    batch: Vec<Outgoing>,
 }
 
 /// A connection's drain, with a timer of its own for its next step: the
@@ -52,7 +51,8 @@ struct Draining {
 /// What woke the connection.
 enum Wake {
     DrainDue,
-    Outbox(Next),
+    /// What the outbox had; with [`Next::Write`], the frames it gave.
+    Outbox(Next, Vec<Outgoing>),
     Read(ReadEvent),
 }
 
@@ -60,31 +60,31 @@ type Step = Result<(), End>;
 
 impl Session {
     pub(crate) async fn serve(&mut self, outbox: &Arc<Outbox>) -> End {
-        let shared = self.shared.clone();
+        let config = &self.shared.config;
         let mut serving = Serving {
-            bucket: TokenBucket::new(shared.config.frame_rate_per_s, shared.config.frame_burst),
+            bucket: TokenBucket::new(config.frame_rate_per_s, config.frame_burst),
             last_read: Instant::now(),
             draining: None,
-            batch: Vec::new(),
         };
         // Registered in the hub before this check: a drain that began
         // earlier is seen here, a later one is announced by the sweeper.
-        if shared.shutdown.is_cancelled() {
-            start_drain(&shared, &mut serving);
+        if self.shared.shutdown.is_cancelled() {
+            start_drain(&self.shared, &mut serving);
         }
         self.arm(outbox, &serving);
         loop {
             let wake = {
-                let (io, limits) = (&mut self.io, &shared.limits);
-                let (batch, draining) = (&mut serving.batch, &mut serving.draining);
+                let (io, limits) = (&mut self.io, &self.shared.limits);
+                let draining = &mut serving.draining;
                 poll_fn(|cx| {
                     if let Some(draining) = draining.as_mut() {
                         if draining.timer.as_mut().poll(cx).is_ready() {
                             return Poll::Ready(Wake::DrainDue);
                         }
                     }
-                    if let Poll::Ready(next) = outbox.poll_next(cx, batch, WRITE_BATCH) {
-                        return Poll::Ready(Wake::Outbox(next));
+                    let mut batch = Vec::new();
+                    if let Poll::Ready(next) = outbox.poll_next(cx, &mut batch, WRITE_BATCH) {
+                        return Poll::Ready(Wake::Outbox(next, batch));
                     }
                     io.poll_read(cx, limits).map(Wake::Read)
                 })
@@ -101,9 +101,9 @@ impl Session {
     fn on_wake<'a>(&'a mut self, wake: Wake, outbox: &'a Arc<Outbox>, serving: &'a mut Serving) -> BoxFuture<'a, Step> {
         match wake {
             Wake::DrainDue => Box::pin(self.on_drain_due(serving)),
-            Wake::Outbox(Next::Close(reason)) => Box::pin(std::future::ready(Err(End::Closed(reason)))),
-            Wake::Outbox(Next::Write) => Box::pin(self.on_write(outbox, serving)),
-            Wake::Outbox(Next::Alarm) => Box::pin(self.on_alarm(outbox, serving)),
+            Wake::Outbox(Next::Close(reason), _) => Box::pin(std::future::ready(Err(End::Closed(reason)))),
+            Wake::Outbox(Next::Write, batch) => Box::pin(self.on_write(batch, outbox)),
+            Wake::Outbox(Next::Alarm, _) => Box::pin(self.on_alarm(outbox, serving)),
             Wake::Read(event) => Box::pin(self.on_read(event, outbox, serving)),
         }
     }
@@ -114,8 +114,8 @@ impl Session {
         outbox.set_due(self.shared.clock.ms_at(due));
     }
 
-    async fn on_write(&mut self, outbox: &Outbox, serving: &mut Serving) -> Step {
-        self.deliver(std::mem::take(&mut serving.batch)).await?;
+    async fn on_write(&mut self, batch: Vec<Outgoing>, outbox: &Outbox) -> Step {
+        self.deliver(batch).await?;
         outbox.note_sent(self.sequencer.cursor);
         Ok(())
     }

@@ -37,7 +37,8 @@ pub(crate) struct Session {
     pub(crate) io: Transport,
     pub(crate) client: ClientContext,
     pub(crate) connect_id: u64,
-    pub(crate) previous: Option<Route>,
+    /// The connection this one replaces (boxed: most connects replace none).
+    pub(crate) previous: Option<Box<Route>>,
     pub(crate) sequencer: Sequencer,
     /// Where this connection's replay started, and the highest ack it
     /// stored: what was written beyond both is recorded when it ends.
@@ -46,11 +47,13 @@ pub(crate) struct Session {
     /// The first stored push written since the last sample of write-to-ack
     /// latency, and when: one push per ack round trip is timed, so the
     /// histogram costs a few bytes per connection, not one entry per push.
-    pub(crate) ack_probe: Option<AckProbe>,
+    pub(crate) ack_probe: Option<Box<AckProbe>>,
     /// Frames on their way to this connection (registered in the hub by `run`).
     pub(crate) outbox: Arc<Outbox>,
     /// The connection's token: when it expires, and the grace after that.
     pub(crate) token: TokenLife,
+    /// The connection's slot under the node's connection limit.
+    pub(crate) _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// A push whose ack is being waited for: its seq, when it was written, and
@@ -75,14 +78,6 @@ fn ack_span(body: &Bytes, shared: &Shared) -> Option<Box<tracing::Span>> {
     duplex_shared::trace::continue_from(&span, push.headers.get("traceparent").map(String::as_str));
     span.record("seq", push.seq);
     Some(Box::new(span))
-}
-
-/// What a session keeps from its start to its end.
-struct Opened {
-    /// `duplex_connections{transport}`, decremented at the end.
-    open: duplex_shared::metrics::Counter,
-    connected_at_ms: u64,
-    transport: &'static str,
 }
 
 /// Why the serving loop ended.
@@ -124,19 +119,18 @@ impl Session {
     /// carries no more than the loop's state while the connection lives.
     pub(crate) async fn run(mut self: Box<Self>) {
         let outbox = self.outbox.clone();
-        let Some((opened, started)) = Box::pin(self.open(&outbox)).await else {
-            return;
+        let (connected_at_ms, end) = match Box::pin(self.open(&outbox)).await {
+            None => return,
+            Some((at, Err(end))) => (at, end),
+            Some((at, Ok(()))) => (at, self.serve(&outbox).await),
         };
-        let end = match started {
-            Ok(()) => self.serve(&outbox).await,
-            Err(end) => end,
-        };
-        Box::pin(self.close(end, opened)).await;
+        Box::pin(self.close(end, connected_at_ms)).await;
     }
 
     /// Registers the session, says `connected` and replays what the client
     /// missed; `None` when a newer connection of the client already won.
-    async fn open(&mut self, outbox: &Arc<Outbox>) -> Option<(Opened, Result<(), End>)> {
+    /// Returns when it connected (ms since the Unix epoch).
+    async fn open(&mut self, outbox: &Arc<Outbox>) -> Option<(u64, Result<(), End>)> {
         let shared = self.shared.clone();
         let handle = SessionHandle {
             conn_epoch: self.client.route.conn_epoch,
@@ -152,14 +146,11 @@ impl Session {
         }
         self.kick_previous();
         let transport = self.io.kind().label();
-        let opened = Opened {
-            open: shared
-                .metrics
-                .counter("duplex_connections", &[("transport", transport)]),
-            connected_at_ms: crate::sequencer::now_ms(),
-            transport,
-        };
-        opened.open.inc();
+        let connected_at_ms = crate::sequencer::now_ms();
+        shared
+            .metrics
+            .counter("duplex_connections", &[("transport", transport)])
+            .inc();
         shared.metrics.inc("duplex_connects_total", &[("transport", transport)]);
         let connected = &Frame::Connected(Connected {
             id: self.connect_id,
@@ -173,7 +164,7 @@ impl Session {
             pong_deadline_ms: shared.config.pong_deadline_ms,
         });
         if send_now(&shared, &mut self.io, connected).await.is_err() {
-            return Some((opened, Err(End::Failed)));
+            return Some((connected_at_ms, Err(End::Failed)));
         }
         info!(
             client_id = %self.client.client_id,
@@ -188,17 +179,17 @@ impl Session {
         if started.is_ok() {
             outbox.note_sent(self.sequencer.cursor);
         }
-        Some((opened, started))
+        Some((connected_at_ms, started))
     }
 
     /// Counts and reports the end, says goodbye, cleans up.
-    async fn close(&mut self, end: End, opened: Opened) {
+    async fn close(&mut self, end: End, connected_at_ms: u64) {
         let shared = self.shared.clone();
-        let transport = opened.transport;
+        let transport = self.io.kind().label();
         shared
             .metrics
             .inc("duplex_disconnects_total", &[("reason", end.label())]);
-        let duration_ms = crate::sequencer::now_ms().saturating_sub(opened.connected_at_ms);
+        let duration_ms = crate::sequencer::now_ms().saturating_sub(connected_at_ms);
         info!(
             client_id = %self.client.client_id,
             user_id = %self.client.user_id,
@@ -214,12 +205,17 @@ impl Session {
         });
         Box::pin(self.say_goodbye(end)).await;
         Box::pin(self.finish()).await;
-        opened.open.dec();
+        shared
+            .metrics
+            .counter("duplex_connections", &[("transport", transport)])
+            .dec();
     }
 
     /// Closes the connection this one replaced, wherever it is.
-    fn kick_previous(&self) {
-        let Some(prev) = self.previous.clone() else { return };
+    fn kick_previous(&mut self) {
+        let Some(prev) = self.previous.take().map(|p| *p) else {
+            return;
+        };
         if prev.node_id == self.shared.node_id {
             self.shared
                 .hub
@@ -306,11 +302,11 @@ impl Session {
         match timeout(self.shared.write_timeout(), self.io.write_owned(bodies)).await {
             Ok(Ok(())) => {
                 if self.ack_probe.is_none() && self.sequencer.cursor > self.acked {
-                    self.ack_probe = Some(AckProbe {
+                    self.ack_probe = Some(Box::new(AckProbe {
                         seq: self.sequencer.cursor,
                         written: Instant::now(),
                         _span: last.and_then(|body| ack_span(&body, &self.shared)),
-                    });
+                    }));
                 }
                 Ok(())
             }
