@@ -21,7 +21,7 @@ use crate::transport::{ReadEvent, Transport};
 use crate::Shared;
 
 /// Authenticates an accepted connection and claims its route: the session
-/// to run (in the span to run it in), or `None` when the client was refused
+/// to run, or `None` when the client was refused
 /// (and told why). `preauth` is its slot until it authenticates.
 ///
 /// The caller awaits this boxed and runs the session in the connection's
@@ -34,7 +34,7 @@ pub(crate) async fn start(
     conn_id: u64,
     preauth: PreAuthGuard,
     permit: OwnedSemaphorePermit,
-) -> Option<(Box<Session>, tracing::Span)> {
+) -> Option<Box<Session>> {
     let Some((connect, claims)) = Box::pin(authenticate(&shared, &mut io, auth_deadline)).await else {
         io.shutdown().await;
         return None;
@@ -81,8 +81,8 @@ pub(crate) async fn start(
     };
     let span = tracing::info_span!("session", conn_id, epoch = claim.route.conn_epoch);
     let (metrics, frames_out) = (shared.metrics.clone(), shared.frames_out.clone());
-    let shared_grace = shared.verifier.expiry_grace();
     let outbound_queue = shared.config.outbound_queue;
+    let serving = crate::serve::Serving::new(&shared.config);
     let session = Box::new(Session {
         shared,
         io,
@@ -98,10 +98,13 @@ pub(crate) async fn start(
         acked: 0,
         ack_probe: None,
         outbox: Arc::new(Outbox::new(outbound_queue)),
-        token: TokenLife::new(claims.exp, shared_grace),
+        token: TokenLife::new(claims.exp),
         _permit: permit,
+        serving,
+        span,
+        connected_at_ms: 0,
     });
-    Some((session, span))
+    Some(session)
 }
 
 /// WebSocket control messages tolerated before `connect`.

@@ -25,7 +25,6 @@ use tokio::time::Instant;
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     pub conn_epoch: u64,
-    pub user_id: Arc<str>,
     /// Encoded frames for the connection task to write, and its close signal.
     pub outbox: Arc<Outbox>,
     /// Wall-clock connect time, ms since the Unix epoch.

@@ -73,10 +73,10 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind
         shared.tracker.spawn(async move {
             // Boxed: the setup's state is freed before the session runs, so
             // the task holds only the session's.
-            let Some((session, span)) = Box::pin(setup.start()).await else {
+            let Some(session) = Box::pin(setup.start()).await else {
                 return;
             };
-            session.run().instrument(span).await;
+            session.run().await;
         });
     }
 }
@@ -99,7 +99,7 @@ impl Setup {
     /// socket's pre-auth slot), then authentication and the route claim.
     /// Runs in the connection's `conn` span; the session's span is its
     /// child, so the session's logs still name the peer.
-    async fn start(self: Box<Self>) -> Option<(Box<crate::session::Session>, tracing::Span)> {
+    async fn start(self: Box<Self>) -> Option<Box<crate::session::Session>> {
         let Setup {
             shared,
             stream,

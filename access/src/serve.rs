@@ -20,7 +20,7 @@ use duplex_shared::protocol::{Ack, ErrorCode, Frame};
 use duplex_shared::rate::TokenBucket;
 use std::future::Future;
 use tokio::time::{sleep_until, Instant, Sleep};
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use crate::drain::{self, Drain};
 use crate::outbox::{Next, Outbox, Outgoing};
@@ -32,7 +32,9 @@ use crate::transport::ReadEvent;
 /// Frames written per batch when the outbound queue has several waiting.
 const WRITE_BATCH: usize = 64;
 
-/// What the serving loop keeps between wakes (64 bytes).
+/// What the serving loop keeps between wakes. Part of the session (not a
+/// local of the loop): the task's future then fits a smaller size class
+/// (tokio rounds a task up to 128 bytes).
 pub(crate) struct Serving {
     bucket: TokenBucket,
     /// When the client was last heard from (any read counts).
@@ -60,22 +62,17 @@ type Step = Result<(), End>;
 
 impl Session {
     pub(crate) async fn serve(&mut self, outbox: &Arc<Outbox>) -> End {
-        let config = &self.shared.config;
-        let mut serving = Serving {
-            bucket: TokenBucket::new(config.frame_rate_per_s, config.frame_burst),
-            last_read: Instant::now(),
-            draining: None,
-        };
+        self.serving.last_read = Instant::now();
         // Registered in the hub before this check: a drain that began
         // earlier is seen here, a later one is announced by the sweeper.
         if self.shared.shutdown.is_cancelled() {
-            start_drain(&self.shared, &mut serving);
+            start_drain(&self.shared, &mut self.serving);
         }
-        self.arm(outbox, &serving);
+        self.arm(outbox);
         loop {
             let wake = {
                 let (io, limits) = (&mut self.io, &self.shared.limits);
-                let draining = &mut serving.draining;
+                let draining = &mut self.serving.draining;
                 poll_fn(|cx| {
                     if let Some(draining) = draining.as_mut() {
                         if draining.timer.as_mut().poll(cx).is_ready() {
@@ -90,7 +87,7 @@ impl Session {
                 })
                 .await
             };
-            if let Err(end) = self.on_wake(wake, outbox, &mut serving).await {
+            if let Err(end) = self.on_wake(wake, outbox).await {
                 return end;
             }
         }
@@ -98,19 +95,21 @@ impl Session {
 
     /// What a wake leads to, boxed: the wake (a frame, maybe) moves into
     /// the box, which is freed when it is done.
-    fn on_wake<'a>(&'a mut self, wake: Wake, outbox: &'a Arc<Outbox>, serving: &'a mut Serving) -> BoxFuture<'a, Step> {
+    /// Runs in the session's span (a clone per wake: two atomic counts).
+    fn on_wake<'a>(&'a mut self, wake: Wake, outbox: &'a Arc<Outbox>) -> BoxFuture<'a, Step> {
+        let span = self.span.clone();
         match wake {
-            Wake::DrainDue => Box::pin(self.on_drain_due(serving)),
+            Wake::DrainDue => Box::pin(self.on_drain_due().instrument(span)),
             Wake::Outbox(Next::Close(reason), _) => Box::pin(std::future::ready(Err(End::Closed(reason)))),
-            Wake::Outbox(Next::Write, batch) => Box::pin(self.on_write(batch, outbox)),
-            Wake::Outbox(Next::Alarm, _) => Box::pin(self.on_alarm(outbox, serving)),
-            Wake::Read(event) => Box::pin(self.on_read(event, outbox, serving)),
+            Wake::Outbox(Next::Write, batch) => Box::pin(self.on_write(batch, outbox).instrument(span)),
+            Wake::Outbox(Next::Alarm, _) => Box::pin(self.on_alarm(outbox).instrument(span)),
+            Wake::Read(event) => Box::pin(self.on_read(event, outbox).instrument(span)),
         }
     }
 
     /// States the connection's next deadline (silence or token) to the sweeper.
-    fn arm(&self, outbox: &Outbox, serving: &Serving) {
-        let due = (serving.last_read + self.silence_limit()).min(self.token.due());
+    fn arm(&self, outbox: &Outbox) {
+        let due = (self.serving.last_read + self.silence_limit()).min(self.token.due());
         outbox.set_due(self.shared.clock.ms_at(due));
     }
 
@@ -121,14 +120,14 @@ impl Session {
     }
 
     /// The sweeper's alarm: the node drains, or a deadline came.
-    async fn on_alarm(&mut self, outbox: &Arc<Outbox>, serving: &mut Serving) -> Step {
+    async fn on_alarm(&mut self, outbox: &Arc<Outbox>) -> Step {
         let shared = self.shared.clone();
-        if shared.shutdown.is_cancelled() && serving.draining.is_none() {
-            start_drain(&shared, serving);
+        if shared.shutdown.is_cancelled() && self.serving.draining.is_none() {
+            start_drain(&shared, &mut self.serving);
         }
         let now = Instant::now();
         if now >= self.token.due() {
-            match self.token.on_due() {
+            match self.token.on_due(shared.verifier.expiry_grace()) {
                 Expiry::Warn(warning) => {
                     if send_now(&shared, &mut self.io, &warning).await.is_err() {
                         return Err(End::Failed);
@@ -140,20 +139,20 @@ impl Session {
                 }
             }
         }
-        if now >= serving.last_read + self.silence_limit() {
+        if now >= self.serving.last_read + self.silence_limit() {
             // A frame that came with the alarm is heard before the verdict.
             let Some(event) = self.read_buffered(0) else {
                 return Err(End::Silent);
             };
-            Box::pin(self.on_read(event, outbox, serving)).await?;
+            Box::pin(self.on_read(event, outbox)).await?;
         }
-        self.arm(outbox, serving);
+        self.arm(outbox);
         Ok(())
     }
 
-    async fn on_drain_due(&mut self, serving: &mut Serving) -> Step {
+    async fn on_drain_due(&mut self) -> Step {
         let shared = self.shared.clone();
-        let Some(draining) = serving.draining.as_mut() else {
+        let Some(draining) = self.serving.draining.as_mut() else {
             return Err(End::Shutdown);
         };
         if draining.drain.goaway_at.take().is_none() {
@@ -172,9 +171,9 @@ impl Session {
     /// Handles frames already received, in one pass (bounded): acks are
     /// cumulative, so a burst of them costs one store call, for the
     /// highest, made before any other frame is handled.
-    async fn on_read(&mut self, event: ReadEvent, outbox: &Arc<Outbox>, serving: &mut Serving) -> Step {
+    async fn on_read(&mut self, event: ReadEvent, outbox: &Arc<Outbox>) -> Step {
         let shared = self.shared.clone();
-        serving.last_read = Instant::now();
+        self.serving.last_read = Instant::now();
         let mut next = Some(event);
         let mut ack: Option<Ack> = None;
         for pass in 1..=FRAMES_PER_PASS {
@@ -191,7 +190,7 @@ impl Session {
                 ReadEvent::Frame(_) | ReadEvent::Invalid(_) | ReadEvent::Control => true,
                 ReadEvent::Closed | ReadEvent::Failed(_) => false,
             };
-            if counted && !serving.bucket.take(Instant::now()) {
+            if counted && !self.serving.bucket.take(Instant::now()) {
                 let f = ErrorCode::RateLimited.frame(None, "frame rate limit exceeded", true);
                 let _ = send_now(&shared, &mut self.io, &f).await;
                 return Err(self.flush_ack(ack, End::Protocol).await);
@@ -222,7 +221,7 @@ impl Session {
             if let Frame::Refresh(refresh) = frame {
                 let answer = self.refresh(refresh);
                 // The new token may expire sooner than the old one.
-                self.arm(outbox, serving);
+                self.arm(outbox);
                 if send_now(&shared, &mut self.io, &answer).await.is_err() {
                     return Err(End::Failed);
                 }
@@ -241,6 +240,16 @@ impl Session {
             next = self.read_buffered(pass);
         }
         self.store_held_ack(ack).await
+    }
+}
+
+impl Serving {
+    pub(crate) fn new(config: &crate::config::AccessConfig) -> Self {
+        Serving {
+            bucket: TokenBucket::new(config.frame_rate_per_s, config.frame_burst),
+            last_read: Instant::now(),
+            draining: None,
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use duplex_shared::protocol::{Connected, Frame, Kicked};
 use duplex_store::Route;
 use futures_util::FutureExt;
 use tokio::time::{timeout, Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::hub::SessionHandle;
 use crate::outbox::{CloseReason, Outbox, Outgoing};
@@ -54,6 +54,14 @@ pub(crate) struct Session {
     pub(crate) token: TokenLife,
     /// The connection's slot under the node's connection limit.
     pub(crate) _permit: tokio::sync::OwnedSemaphorePermit,
+    /// The serving loop's state (frame rate, silence, drain).
+    pub(crate) serving: crate::serve::Serving,
+    /// The `session` span (conn id, epoch). Kept here, not around the task's
+    /// future: each step the session takes runs in it (see `serve.rs`), and
+    /// the task stays in a smaller size class.
+    pub(crate) span: tracing::Span,
+    /// When `connected` went out, ms since the Unix epoch (0 until then).
+    pub(crate) connected_at_ms: u64,
 }
 
 /// A push whose ack is being waited for: its seq, when it was written, and
@@ -118,23 +126,33 @@ impl Session {
     /// place: its start and its end are boxed, so the connection's task
     /// carries no more than the loop's state while the connection lives.
     pub(crate) async fn run(mut self: Box<Self>) {
-        let outbox = self.outbox.clone();
-        let (connected_at_ms, end) = match Box::pin(self.open(&outbox)).await {
-            None => return,
-            Some((at, Err(end))) => (at, end),
-            Some((at, Ok(()))) => (at, self.serve(&outbox).await),
+        let Some(end) = self.open_and_serve().await else {
+            return;
         };
-        Box::pin(self.close(end, connected_at_ms)).await;
+        let span = self.span.clone();
+        Box::pin(self.close(end).instrument(span)).await;
+    }
+
+    /// Why the session ended; `None` if it never registered. Its own fn,
+    /// and matched in place, so that nothing of the start is kept while the
+    /// loop runs.
+    async fn open_and_serve(&mut self) -> Option<End> {
+        let outbox = self.outbox.clone();
+        let span = self.span.clone();
+        match Box::pin(self.open(&outbox).instrument(span)).await {
+            None => return None,
+            Some(Err(end)) => return Some(end),
+            Some(Ok(())) => {}
+        }
+        Some(self.serve(&outbox).await)
     }
 
     /// Registers the session, says `connected` and replays what the client
     /// missed; `None` when a newer connection of the client already won.
-    /// Returns when it connected (ms since the Unix epoch).
-    async fn open(&mut self, outbox: &Arc<Outbox>) -> Option<(u64, Result<(), End>)> {
+    async fn open(&mut self, outbox: &Arc<Outbox>) -> Option<Result<(), End>> {
         let shared = self.shared.clone();
         let handle = SessionHandle {
             conn_epoch: self.client.route.conn_epoch,
-            user_id: Arc::from(self.client.user_id.as_str()),
             outbox: outbox.clone(),
             connected_at_ms: crate::auth::unix_now() * 1000,
         };
@@ -146,7 +164,7 @@ impl Session {
         }
         self.kick_previous();
         let transport = self.io.kind().label();
-        let connected_at_ms = crate::sequencer::now_ms();
+        self.connected_at_ms = crate::sequencer::now_ms();
         shared
             .metrics
             .counter("duplex_connections", &[("transport", transport)])
@@ -164,7 +182,7 @@ impl Session {
             pong_deadline_ms: shared.config.pong_deadline_ms,
         });
         if send_now(&shared, &mut self.io, connected).await.is_err() {
-            return Some((connected_at_ms, Err(End::Failed)));
+            return Some(Err(End::Failed));
         }
         info!(
             client_id = %self.client.client_id,
@@ -179,17 +197,17 @@ impl Session {
         if started.is_ok() {
             outbox.note_sent(self.sequencer.cursor);
         }
-        Some((connected_at_ms, started))
+        Some(started)
     }
 
     /// Counts and reports the end, says goodbye, cleans up.
-    async fn close(&mut self, end: End, connected_at_ms: u64) {
+    async fn close(&mut self, end: End) {
         let shared = self.shared.clone();
         let transport = self.io.kind().label();
         shared
             .metrics
             .inc("duplex_disconnects_total", &[("reason", end.label())]);
-        let duration_ms = crate::sequencer::now_ms().saturating_sub(connected_at_ms);
+        let duration_ms = crate::sequencer::now_ms().saturating_sub(self.connected_at_ms);
         info!(
             client_id = %self.client.client_id,
             user_id = %self.client.user_id,

@@ -21,7 +21,6 @@ pub(crate) struct TokenLife {
     /// When the current deadline falls: the expiry, or the end of the grace.
     due: Instant,
     warned: bool,
-    grace: Duration,
 }
 
 /// What an expired token leads to.
@@ -37,12 +36,11 @@ fn due_at(expires_at: u64) -> Instant {
 }
 
 impl TokenLife {
-    pub fn new(expires_at: u64, grace: Duration) -> Self {
+    pub fn new(expires_at: u64) -> Self {
         TokenLife {
             expires_at,
             due: due_at(expires_at),
             warned: false,
-            grace,
         }
     }
 
@@ -55,7 +53,8 @@ impl TokenLife {
         self.due
     }
 
-    pub fn on_due(&mut self) -> Expiry {
+    /// `grace`: how long a warned client has to refresh (the node's setting).
+    pub fn on_due(&mut self, grace: Duration) -> Expiry {
         if self.warned {
             return Expiry::Close(ErrorCode::TokenExpired.frame(
                 None,
@@ -64,12 +63,12 @@ impl TokenLife {
             ));
         }
         self.warned = true;
-        self.due = Instant::now() + self.grace;
+        self.due = Instant::now() + grace;
         Expiry::Warn(ErrorCode::TokenExpired.frame(
             None,
             format!(
                 "the token expired: send `refresh` with a new one within {} s or the connection closes",
-                self.grace.as_secs()
+                grace.as_secs()
             ),
             false,
         ))
