@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use duplex_shared::links::ClientContext;
 use duplex_shared::protocol::{valid_client_id, Connect, ErrorCode, Frame, MAX_LAST_SEQ, PROTOCOL_VERSION};
 use duplex_store::ClaimError;
 use tokio::sync::OwnedSemaphorePermit;
@@ -15,7 +14,7 @@ use crate::outbox::Outbox;
 use crate::preauth::PreAuthGuard;
 use crate::send::send_now;
 use crate::sequencer::Sequencer;
-use crate::session::Session;
+use crate::session::{Client, Session};
 use crate::token_life::TokenLife;
 use crate::transport::{ReadEvent, Transport};
 use crate::Shared;
@@ -86,10 +85,10 @@ pub(crate) async fn start(
     let session = Box::new(Session {
         shared,
         io,
-        client: ClientContext {
-            client_id,
-            user_id: claims.sub,
-            route: claim.route,
+        client: Client {
+            client_id: client_id.into_boxed_str(),
+            user_id: claims.sub.into_boxed_str(),
+            conn_epoch: claim.route.conn_epoch,
         },
         connect_id: connect.id,
         previous: claim.previous.map(Box::new),

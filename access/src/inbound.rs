@@ -90,7 +90,7 @@ impl Session {
     /// names one). A refused refresh leaves the current token in force.
     pub(crate) fn refresh(&mut self, refresh: Refresh) -> Frame {
         match self.shared.verifier.verify_for(&refresh.token, &self.client.client_id) {
-            Ok(claims) if claims.sub == self.client.user_id => {
+            Ok(claims) if *claims.sub == *self.client.user_id => {
                 self.token.refreshed(claims.exp);
                 Frame::Refreshed(Refreshed {
                     id: refresh.id,
@@ -121,7 +121,7 @@ impl Session {
                 if !outbox.start_call(MAX_IN_FLIGHT) {
                     return Some(too_many_in_flight(id));
                 }
-                let (upstream, from, outbox) = (self.shared.upstream.clone(), self.client.clone(), outbox.clone());
+                let (upstream, from, outbox) = (self.shared.upstream.clone(), self.context(), outbox.clone());
                 let frames_out = self.shared.frames_out.clone();
                 // The call outlives a disconnect on purpose: the backend still gets
                 // the upload, and the client's resend carries the same idempotency key.
@@ -141,7 +141,7 @@ impl Session {
                 if !outbox.start_call(MAX_IN_FLIGHT) {
                     return Some(too_many_in_flight(id));
                 }
-                let (upstream, from, outbox) = (self.shared.upstream.clone(), self.client.clone(), outbox.clone());
+                let (upstream, from, outbox) = (self.shared.upstream.clone(), self.context(), outbox.clone());
                 let frames_out = self.shared.frames_out.clone();
                 tokio::spawn(async move {
                     if let Err(e) = contained(upstream.request(&from, request)).await {
@@ -178,7 +178,11 @@ impl Session {
         if !outbox.start_call(MAX_IN_FLIGHT) {
             return Some(too_many_in_flight(id));
         }
-        let (store, client_id, outbox) = (self.shared.store.clone(), self.client.client_id.clone(), outbox.clone());
+        let (store, client_id, outbox) = (
+            self.shared.store.clone(),
+            self.client.client_id.to_string(),
+            outbox.clone(),
+        );
         let frames_out = self.shared.frames_out.clone();
         tokio::spawn(async move {
             let token = PushToken {

@@ -131,19 +131,14 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Emits a lifecycle event about `client` when that kind is configured.
-    pub(crate) fn event(
-        &self,
-        kind: EventKind,
-        client: &duplex_shared::links::ClientContext,
-        detail: impl FnOnce() -> EventDetail,
-    ) {
+    pub(crate) fn event(&self, kind: EventKind, client: &session::Client, detail: impl FnOnce() -> EventDetail) {
         if let Some(events) = self.events.as_ref().filter(|e| e.wants(kind)) {
             events.emit(ClientEvent {
                 kind,
                 time_ms: duplex_store::now_ms(),
                 node_id: self.node_id.clone(),
-                client_id: client.client_id.clone(),
-                user_id: client.user_id.clone(),
+                client_id: client.client_id.to_string(),
+                user_id: client.user_id.to_string(),
                 detail: detail(),
             });
         }

@@ -35,7 +35,7 @@ pub(crate) const MAX_IN_FLIGHT: usize = 32;
 pub(crate) struct Session {
     pub(crate) shared: Arc<Shared>,
     pub(crate) io: Transport,
-    pub(crate) client: ClientContext,
+    pub(crate) client: Client,
     pub(crate) connect_id: u64,
     /// The connection this one replaces (boxed: most connects replace none).
     pub(crate) previous: Option<Box<Route>>,
@@ -62,6 +62,34 @@ pub(crate) struct Session {
     pub(crate) span: tracing::Span,
     /// When `connected` went out, ms since the Unix epoch (0 until then).
     pub(crate) connected_at_ms: u64,
+}
+
+/// Who the connection is. Leaner than the links' `ClientContext`, which is
+/// built when a call needs one: the route's node is this node, so it is not
+/// kept per connection.
+pub(crate) struct Client {
+    pub client_id: Box<str>,
+    pub user_id: Box<str>,
+    pub conn_epoch: u64,
+}
+
+impl Session {
+    /// This connection's route.
+    pub(crate) fn route(&self) -> Route {
+        Route {
+            node_id: self.shared.node_id.clone(),
+            conn_epoch: self.client.conn_epoch,
+        }
+    }
+
+    /// Who the connection is, as the links take it.
+    pub(crate) fn context(&self) -> ClientContext {
+        ClientContext {
+            client_id: self.client.client_id.to_string(),
+            user_id: self.client.user_id.to_string(),
+            route: self.route(),
+        }
+    }
 }
 
 /// A push whose ack is being waited for: its seq, when it was written, and
@@ -152,7 +180,7 @@ impl Session {
     async fn open(&mut self, outbox: &Arc<Outbox>) -> Option<Result<(), End>> {
         let shared = self.shared.clone();
         let handle = SessionHandle {
-            conn_epoch: self.client.route.conn_epoch,
+            conn_epoch: self.client.conn_epoch,
             outbox: outbox.clone(),
             connected_at_ms: crate::auth::unix_now() * 1000,
         };
@@ -172,7 +200,7 @@ impl Session {
         shared.metrics.inc("duplex_connects_total", &[("transport", transport)]);
         let connected = &Frame::Connected(Connected {
             id: self.connect_id,
-            session_id: self.client.route.encode(),
+            session_id: self.route().encode(),
             node_id: shared.node_id.clone(),
             heartbeat_ms: shared.config.heartbeat_ms,
             reconnect_min_ms: shared.config.reconnect_min_ms,
@@ -241,7 +269,7 @@ impl Session {
             return;
         }
         let nodes = self.shared.nodes.clone();
-        let client_id = self.client.client_id.clone();
+        let client_id = self.client.client_id.to_string();
         tokio::spawn(async move {
             if let Err(e) = nodes.kick(&client_id, &prev, "replaced").await {
                 // The old node is gone or unreachable; its connection (if any)
@@ -255,7 +283,7 @@ impl Session {
     /// stored after it, in order, before any new delivery is written.
     async fn resume(&mut self) -> Result<(), End> {
         let store = self.shared.store.clone();
-        let client_id = self.client.client_id.clone();
+        let client_id = self.client.client_id.to_string();
         let last_seq = self.sequencer.cursor;
         if last_seq > 0 {
             match store.resume(&client_id, last_seq, now_ms()).await {
@@ -374,7 +402,7 @@ impl Session {
     /// Leaves the session table, releases the route if it is still ours, closes.
     async fn finish(&mut self) {
         let client_id = &self.client.client_id;
-        self.shared.hub.unregister(client_id, self.client.route.conn_epoch);
+        self.shared.hub.unregister(client_id, self.client.conn_epoch);
         // A later connect's last_seq may ack only what was written here; a
         // client that acked all of it needs no record. If this write is lost
         // (store down, node killed), the next connect replays duplicates,
@@ -385,7 +413,7 @@ impl Session {
                 warn!(error = %e, "could not record what this connection was written");
             }
         }
-        match self.shared.store.release_route(client_id, &self.client.route).await {
+        match self.shared.store.release_route(client_id, &self.route()).await {
             Ok(_) => {}
             // The lease expires on its own; nothing else depends on this delete.
             Err(e) => warn!(error = %e, "route release failed"),

@@ -59,7 +59,7 @@ impl MemoryStore {
             if taken.is_empty() {
                 continue;
             }
-            let user_id = self.identities.get(&client_id).map(|i| i.owner.clone());
+            let user_id = self.identities.get(client_id.as_str()).map(|i| i.owner.clone());
             scan.messages.extend(
                 taken
                     .into_iter()

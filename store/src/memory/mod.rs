@@ -2,6 +2,7 @@
 //! `dashmap`s. Lease expiry uses `tokio::time`, so tests can pause the clock.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,12 +32,42 @@ pub(crate) struct ClientIdentity {
     pub(crate) owner_until: Instant,
 }
 
+/// A route as held here: the node's id is shared by all of its routes.
+#[derive(Debug)]
+pub(crate) struct HeldRoute {
+    node_id: Arc<str>,
+    conn_epoch: u64,
+    pub(crate) expires: Instant,
+}
+
+impl HeldRoute {
+    fn route(&self) -> Route {
+        Route {
+            node_id: self.node_id.to_string(),
+            conn_epoch: self.conn_epoch,
+        }
+    }
+
+    fn is(&self, route: &Route) -> bool {
+        self.conn_epoch == route.conn_epoch && *self.node_id == *route.node_id
+    }
+}
+
+/// Node ids interned for routes; past this many distinct ids (never in a
+/// real deployment) routes get their own copy instead.
+const MAX_INTERNED_NODES: usize = 4096;
+
+/// Every connected client costs an entry in `routes`, `identities` and its
+/// user's set: the three share one allocation of its id (`Arc<str>` keys),
+/// and routes share their node's id, so the store's part of an idle
+/// connection stays small (docs/BENCHMARKS.md).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    pub(crate) routes: DashMap<String, (Route, Instant)>,
-    pub(crate) identities: DashMap<String, ClientIdentity>,
+    pub(crate) routes: DashMap<Arc<str>, HeldRoute>,
+    pub(crate) identities: DashMap<Arc<str>, ClientIdentity>,
     pub(crate) queues: DashMap<String, ClientQueue>,
-    pub(crate) users: DashMap<String, (HashSet<String>, Instant)>,
+    pub(crate) users: DashMap<String, (HashSet<Arc<str>>, Instant)>,
+    node_ids: std::sync::RwLock<HashSet<Arc<str>>>,
     /// When idle clients were last looked for (see `sweep`).
     pub(crate) last_sweep: std::sync::Mutex<Option<Instant>>,
     pub(crate) upstream: upstream::MemoryUpstream,
@@ -60,6 +91,24 @@ impl MemoryStore {
     fn queue(&self, client_id: &str) -> dashmap::mapref::one::RefMut<'_, String, ClientQueue> {
         self.queues.entry(client_id.to_owned()).or_default()
     }
+
+    fn node_id(&self, node_id: &str) -> Arc<str> {
+        let read = self.node_ids.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = read.get(node_id) {
+            return id.clone();
+        }
+        let full = read.len() >= MAX_INTERNED_NODES;
+        drop(read);
+        let id: Arc<str> = Arc::from(node_id);
+        if !full {
+            let mut write = self.node_ids.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(id) = write.get(node_id) {
+                return id.clone();
+            }
+            write.insert(id.clone());
+        }
+        id
+    }
 }
 
 #[async_trait]
@@ -78,7 +127,7 @@ impl Routes for MemoryStore {
         // and route write one step.
         let mut identity = self
             .identities
-            .entry(client_id.to_owned())
+            .entry(Arc::from(client_id))
             .or_insert_with(|| ClientIdentity {
                 epoch: 0,
                 owner: user_id.to_owned(),
@@ -102,8 +151,14 @@ impl Routes for MemoryStore {
             node_id: node_id.to_owned(),
             conn_epoch: identity.epoch,
         };
-        let previous = match self.routes.insert(client_id.to_owned(), (route.clone(), now + ttl)) {
-            Some((old, expires)) if expires > now => Some(old),
+        let key = identity.key().clone();
+        let held = HeldRoute {
+            node_id: self.node_id(node_id),
+            conn_epoch: identity.epoch,
+            expires: now + ttl,
+        };
+        let previous = match self.routes.insert(key.clone(), held) {
+            Some(old) if old.expires > now => Some(old.route()),
             _ => None,
         };
         drop(identity);
@@ -114,7 +169,7 @@ impl Routes for MemoryStore {
         if user.1 <= now {
             user.0.clear();
         }
-        user.0.insert(client_id.to_owned());
+        user.0.insert(key);
         user.1 = now + USER_CLIENTS_TTL;
         Ok(Claim { route, previous })
     }
@@ -129,29 +184,40 @@ impl Routes for MemoryStore {
 
     async fn get_route(&self, client_id: &str) -> Result<Option<Route>, StoreError> {
         let now = Instant::now();
-        Ok(self.routes.get(client_id).filter(|e| e.1 > now).map(|e| e.0.clone()))
+        Ok(self
+            .routes
+            .get(client_id)
+            .filter(|e| e.expires > now)
+            .map(|e| e.route()))
     }
 
     async fn release_route(&self, client_id: &str, route: &Route) -> Result<bool, StoreError> {
         Ok(self
             .routes
-            .remove_if(client_id, |_, (current, _)| current == route)
+            .remove_if(client_id, |_, current| current.is(route))
             .is_some())
     }
 
     async fn refresh_routes(&self, routes: &[(String, Route)], ttl: Duration) -> Result<Vec<LeaseCheck>, StoreError> {
         let now = Instant::now();
         // Expired leases are dropped first, so the map does not keep dead clients.
-        self.routes.retain(|_, (_, expires)| *expires > now);
+        self.routes.retain(|_, held| held.expires > now);
         let mut out = Vec::with_capacity(routes.len());
         for (client_id, route) in routes {
-            let mut slot = self
-                .routes
-                .entry(client_id.clone())
-                .or_insert_with(|| (route.clone(), now));
-            let renewal = if slot.0 == *route {
-                let restored = slot.1 <= now;
-                slot.1 = now + ttl;
+            let mut slot = match self.routes.get_mut(client_id.as_str()) {
+                Some(slot) => slot,
+                None => self
+                    .routes
+                    .entry(Arc::from(client_id.as_str()))
+                    .or_insert_with(|| HeldRoute {
+                        node_id: self.node_id(&route.node_id),
+                        conn_epoch: route.conn_epoch,
+                        expires: now,
+                    }),
+            };
+            let renewal = if slot.is(route) {
+                let restored = slot.expires <= now;
+                slot.expires = now + ttl;
                 if restored {
                     Renewal::Restored
                 } else {
@@ -162,7 +228,7 @@ impl Routes for MemoryStore {
             };
             drop(slot);
             if renewal != Renewal::Replaced {
-                if let Some(mut identity) = self.identities.get_mut(client_id) {
+                if let Some(mut identity) = self.identities.get_mut(client_id.as_str()) {
                     identity.owner_until = identity.owner_until.max(now + USER_CLIENTS_TTL);
                 }
             }
@@ -178,7 +244,7 @@ impl Routes for MemoryStore {
             .users
             .get(user_id)
             .filter(|e| e.1 > now)
-            .map(|e| e.0.iter().cloned().collect())
+            .map(|e| e.0.iter().map(|c| c.to_string()).collect())
             .unwrap_or_default())
     }
 }

@@ -69,11 +69,11 @@ impl MemoryStore {
     pub fn forget_idle_clients(&self, now_ms: u64) -> usize {
         let now = Instant::now();
         self.forget_old_push_tokens(now_ms);
-        self.routes.retain(|_, (_, expires)| *expires > now);
+        self.routes.retain(|_, held| held.expires > now);
         self.users.retain(|_, (_, until)| *until > now);
-        let route_lives = |client_id: &str| self.routes.get(client_id).is_some_and(|r| r.1 > now);
+        let route_lives = |client_id: &str| self.routes.get(client_id).is_some_and(|r| r.expires > now);
         // Collected first, so no shard lock is held while another map is touched.
-        let owners_due: Vec<String> = self
+        let owners_due: Vec<std::sync::Arc<str>> = self
             .identities
             .iter()
             .filter(|i| i.owner_until <= now)
@@ -81,12 +81,15 @@ impl MemoryStore {
             .collect();
         let mut forgotten = 0;
         for client_id in owners_due {
-            let gone = self.identities.remove_if(&client_id, |id, identity| {
+            let gone = self.identities.remove_if(&*client_id, |id, identity| {
                 if identity.owner_until > now || route_lives(id) {
                     return false;
                 }
-                let queue_kept = self.queues.get(id).is_some();
-                let queue_gone = self.queues.remove_if_mut(id, |_, q| q.is_forgettable(now_ms)).is_some();
+                let queue_kept = self.queues.get(&**id).is_some();
+                let queue_gone = self
+                    .queues
+                    .remove_if_mut(&**id, |_, q| q.is_forgettable(now_ms))
+                    .is_some();
                 !queue_kept || queue_gone
             });
             forgotten += usize::from(gone.is_some());
@@ -95,7 +98,7 @@ impl MemoryStore {
         // identity went above.
         let queues: Vec<String> = self.queues.iter().map(|q| q.key().clone()).collect();
         for client_id in queues {
-            if self.identities.contains_key(&client_id) || route_lives(&client_id) {
+            if self.identities.contains_key(client_id.as_str()) || route_lives(&client_id) {
                 continue;
             }
             let gone = self.queues.remove_if_mut(&client_id, |_, q| q.is_forgettable(now_ms));
