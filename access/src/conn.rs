@@ -79,9 +79,9 @@ pub(crate) async fn start(
         }
     };
     let span = tracing::info_span!("session", conn_id, epoch = claim.route.conn_epoch);
-    let (metrics, frames_out) = (shared.metrics.clone(), shared.frames_out.clone());
     let outbound_queue = shared.config.outbound_queue;
-    let serving = crate::serve::Serving::new(&shared.config);
+    let sequencer_counts = shared.sequencer_counts.clone();
+    let serving = crate::serve::Serving::new();
     let session = Box::new(Session {
         shared,
         io,
@@ -92,7 +92,7 @@ pub(crate) async fn start(
         },
         connect_id: connect.id,
         previous: claim.previous.map(Box::new),
-        sequencer: Sequencer::new(connect.last_seq, metrics, frames_out),
+        sequencer: Sequencer::new(connect.last_seq, sequencer_counts),
         resumed_from: 0,
         acked: 0,
         ack_probe: None,

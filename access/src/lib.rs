@@ -127,6 +127,7 @@ pub(crate) struct Shared {
     push_ack_seconds: duplex_shared::metrics::Histogram,
     /// What connections state their deadlines on (see `sweeper`).
     clock: sweeper::Clock,
+    sequencer_counts: Arc<sequencer::Counts>,
 }
 
 impl Shared {
@@ -153,6 +154,11 @@ impl Shared {
 /// go away (with a jittered reconnect delay), releases routes, and returns
 /// once connections are closed or the shutdown grace period ends.
 pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: CancellationToken) {
+    let frames_out = FrameCounts::new(&ctx.metrics, "duplex_frames_out_total");
+    let sequencer_counts = Arc::new(sequencer::Counts {
+        metrics: ctx.metrics.clone(),
+        frames_out: frames_out.clone(),
+    });
     let shared = Arc::new(Shared {
         limits: ctx.config.limits(),
         permits: Arc::new(Semaphore::new(ctx.config.max_connections)),
@@ -169,13 +175,14 @@ pub async fn run(ctx: AccessContext, listeners: AccessListeners, shutdown: Cance
         next_conn_id: AtomicU64::new(1),
         tracker: TaskTracker::new(),
         frames_in: FrameCounts::new(&ctx.metrics, "duplex_frames_in_total"),
-        frames_out: FrameCounts::new(&ctx.metrics, "duplex_frames_out_total"),
+        frames_out,
         push_ack_seconds: ctx.metrics.histogram("duplex_push_ack_seconds", &[]),
         drain_targets: tokio::sync::OnceCell::new(),
         metrics: ctx.metrics,
         tls: ctx.tls,
         events: ctx.events,
         clock: sweeper::Clock::new(),
+        sequencer_counts,
     });
     shared.hub.count_into(
         shared.frames_out.clone(),

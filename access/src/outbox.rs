@@ -27,7 +27,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 
@@ -75,10 +75,13 @@ impl Outgoing {
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<Outgoing>,
-    close: Option<CloseReason>,
+    /// Boxed: kept per connection, and almost never set.
+    close: Option<Box<CloseReason>>,
     /// The sweeper found a deadline due (or the node draining): the
     /// connection looks at its clocks.
     alarm: bool,
+    /// The sweeper already told this connection that the node drains.
+    told_drain: bool,
     /// The connection task waiting for any of the above.
     waker: Option<Waker>,
 }
@@ -108,12 +111,10 @@ pub enum Next {
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
-    capacity: usize,
+    capacity: u32,
     /// The connection's next deadline, ms on the node's clock ([`NO_DEADLINE`]: none).
     due_ms: AtomicU64,
-    /// The sweeper already told this connection that the node drains.
-    told_drain: AtomicBool,
-    calls_in_flight: AtomicUsize,
+    calls_in_flight: AtomicU32,
     /// The highest stored seq written to the client (or that it had).
     sent_through: AtomicU64,
     /// The highest seq a catch-up was already asked for.
@@ -124,10 +125,9 @@ impl Outbox {
     pub fn new(capacity: usize) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
-            capacity,
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
             due_ms: AtomicU64::new(NO_DEADLINE),
-            told_drain: AtomicBool::new(false),
-            calls_in_flight: AtomicUsize::new(0),
+            calls_in_flight: AtomicU32::new(0),
             sent_through: AtomicU64::new(0),
             caught_up_to: AtomicU64::new(0),
         }
@@ -146,7 +146,7 @@ impl Outbox {
         if state.close.is_some() {
             return Err(LinkError::NotHere);
         }
-        let queued = if state.frames.len() < self.capacity {
+        let queued = if state.frames.len() < self.capacity as usize {
             state.frames.push_back(frame);
             Queued::Frame
         } else {
@@ -210,7 +210,7 @@ impl Outbox {
     pub fn close(&self, reason: CloseReason) {
         let mut state = self.state();
         if state.close.is_none() {
-            state.close = Some(reason);
+            state.close = Some(Box::new(reason));
         }
         // A close sent before the task waits is not lost: it is in the state.
         let waker = state.wake();
@@ -226,7 +226,8 @@ impl Outbox {
 
     /// The sweeper's look at this connection: raises the alarm once when its
     /// deadline has come (the connection states the next one), and once when
-    /// the node starts to drain. Costs two atomic loads otherwise.
+    /// the node starts to drain. Costs an atomic load otherwise (and a lock
+    /// while the node drains).
     pub fn sweep(&self, now_ms: u64, draining: bool) {
         let due = self.due_ms.load(Ordering::Acquire);
         let due_now = due <= now_ms
@@ -234,10 +235,12 @@ impl Outbox {
                 .due_ms
                 .compare_exchange(due, NO_DEADLINE, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok();
-        let drain_now =
-            draining && !self.told_drain.load(Ordering::Acquire) && !self.told_drain.swap(true, Ordering::AcqRel);
+        if !due_now && !draining {
+            return;
+        }
+        let mut state = self.state();
+        let drain_now = draining && !std::mem::replace(&mut state.told_drain, true);
         if due_now || drain_now {
-            let mut state = self.state();
             state.alarm = true;
             let waker = state.wake();
             drop(state);
@@ -261,7 +264,7 @@ impl Outbox {
     pub fn poll_next(&self, cx: &mut Context<'_>, batch: &mut Vec<Outgoing>, max: usize) -> Poll<Next> {
         let mut state = self.state();
         if let Some(reason) = &state.close {
-            return Poll::Ready(Next::Close(reason.clone()));
+            return Poll::Ready(Next::Close((**reason).clone()));
         }
         if !state.frames.is_empty() {
             let n = state.frames.len().min(max);
@@ -284,7 +287,9 @@ impl Outbox {
     /// Reserves a slot for a backend call; `false` when `limit` are in flight.
     pub fn start_call(&self, limit: usize) -> bool {
         self.calls_in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (usize::try_from(n).is_ok_and(|n| n < limit)).then_some(n + 1)
+            })
             .is_ok()
     }
 

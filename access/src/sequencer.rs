@@ -28,39 +28,50 @@ pub(crate) struct Sequencer {
     /// so missing seqs there are no gap to report (the replay may start
     /// below it, from what the store knows was written).
     no_gap_through: u64,
-    metrics: Arc<Metrics>,
-    frames_out: FrameCounts,
-    /// Gaps sent since the session last took them (for lifecycle events); empty, it allocates nothing.
-    gaps: Vec<(u64, u64)>,
+    counts: Arc<Counts>,
+    /// Gaps sent since the session last took them (for lifecycle events);
+    /// boxed: most connections never see one, and this is kept per connection.
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes per connection instead of 24; gaps are rare"
+    )]
+    gaps: Option<Box<Vec<(u64, u64)>>>,
 }
 
 pub(crate) use duplex_store::now_ms;
 
+/// What sequencers count into: one per node, shared (8 bytes per connection).
+#[derive(Debug)]
+pub(crate) struct Counts {
+    pub metrics: Arc<Metrics>,
+    pub frames_out: FrameCounts,
+}
+
 impl Sequencer {
-    pub fn new(last_seq: u64, metrics: Arc<Metrics>, frames_out: FrameCounts) -> Self {
+    pub fn new(last_seq: u64, counts: Arc<Counts>) -> Self {
         Sequencer {
             cursor: last_seq,
             no_gap_through: last_seq,
-            metrics,
-            frames_out,
-            gaps: Vec::new(),
+            counts,
+            gaps: None,
         }
     }
 
     /// The gaps (`from..=to`) sent since the last call.
     pub fn take_gaps(&mut self) -> Vec<(u64, u64)> {
-        std::mem::take(&mut self.gaps)
+        self.gaps.take().map(|g| *g).unwrap_or_default()
     }
 
     fn gap_to(&mut self, seq: u64, out: &mut Vec<Bytes>) {
         let from = self.cursor.max(self.no_gap_through) + 1;
         if seq > from {
-            self.metrics.inc("duplex_gaps_total", &[]);
-            self.metrics
+            self.counts.metrics.inc("duplex_gaps_total", &[]);
+            self.counts
+                .metrics
                 .counter("duplex_gap_messages_total", &[])
                 .add((seq - from) as i64);
-            self.frames_out.count("gap");
-            self.gaps.push((from, seq - 1));
+            self.counts.frames_out.count("gap");
+            self.gaps.get_or_insert_default().push((from, seq - 1));
             out.push(body(&Frame::Gap(Gap {
                 from,
                 to: seq - 1,
@@ -82,7 +93,8 @@ impl Sequencer {
         reason: &'static str,
         out: &mut Vec<Bytes>,
     ) -> Result<bool, StoreError> {
-        self.metrics
+        self.counts
+            .metrics
             .inc("duplex_sequencer_fetches_total", &[("reason", reason)]);
         let pending = store.pending(client_id, self.cursor, FETCH_BATCH, now_ms()).await?;
         // Seqs at or below the ack watermark were processed; they are no gap.
@@ -97,7 +109,7 @@ impl Sequencer {
             }
             self.gap_to(m.seq, out);
             let frame = m.frame();
-            self.frames_out.frame(&frame);
+            self.counts.frames_out.frame(&frame);
             out.push(body(&frame));
             self.cursor = m.seq;
         }
@@ -201,8 +213,10 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let mut sequencer = Sequencer::new(
             0,
-            metrics.clone(),
-            FrameCounts::new(&metrics, "duplex_frames_out_total"),
+            Arc::new(Counts {
+                metrics: metrics.clone(),
+                frames_out: FrameCounts::new(&metrics, "duplex_frames_out_total"),
+            }),
         );
         let mut out = Vec::new();
         sequencer.prepare(&store, "c", items, &mut out).await.expect("prepare");
@@ -218,8 +232,10 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let mut sequencer = Sequencer::new(
             0,
-            metrics.clone(),
-            FrameCounts::new(&metrics, "duplex_frames_out_total"),
+            Arc::new(Counts {
+                metrics: metrics.clone(),
+                frames_out: FrameCounts::new(&metrics, "duplex_frames_out_total"),
+            }),
         );
         let mut out = Vec::new();
         let second = items.into_iter().nth(1).expect("seq 2");

@@ -14,10 +14,9 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
 
 use duplex_shared::protocol::{Ack, ErrorCode, Frame};
-use duplex_shared::rate::TokenBucket;
+use duplex_shared::rate::SmallBucket;
 use std::future::Future;
 use tokio::time::{sleep_until, Instant, Sleep};
 use tracing::{debug, Instrument};
@@ -36,9 +35,11 @@ const WRITE_BATCH: usize = 64;
 /// local of the loop): the task's future then fits a smaller size class
 /// (tokio rounds a task up to 128 bytes).
 pub(crate) struct Serving {
-    bucket: TokenBucket,
-    /// When the client was last heard from (any read counts).
-    last_read: Instant,
+    /// The frame rate (its rate and burst are the node's setting).
+    bucket: SmallBucket,
+    /// When the client was last heard from (any read counts), ms on the
+    /// node's clock (8 bytes where an `Instant` takes 16).
+    last_read_ms: u64,
     /// Only while the node drains.
     draining: Option<Box<Draining>>,
 }
@@ -62,7 +63,7 @@ type Step = Result<(), End>;
 
 impl Session {
     pub(crate) async fn serve(&mut self, outbox: &Arc<Outbox>) -> End {
-        self.serving.last_read = Instant::now();
+        self.serving.last_read_ms = self.shared.clock.now_ms();
         // Registered in the hub before this check: a drain that began
         // earlier is seen here, a later one is announced by the sweeper.
         if self.shared.shutdown.is_cancelled() {
@@ -109,8 +110,7 @@ impl Session {
 
     /// States the connection's next deadline (silence or token) to the sweeper.
     fn arm(&self, outbox: &Outbox) {
-        let due = (self.serving.last_read + self.silence_limit()).min(self.token.due());
-        outbox.set_due(self.shared.clock.ms_at(due));
+        outbox.set_due(self.silent_at_ms().min(self.shared.clock.ms_at(self.token.due())));
     }
 
     async fn on_write(&mut self, batch: Vec<Outgoing>, outbox: &Outbox) -> Step {
@@ -139,7 +139,7 @@ impl Session {
                 }
             }
         }
-        if now >= self.serving.last_read + self.silence_limit() {
+        if self.shared.clock.now_ms() >= self.silent_at_ms() {
             // A frame that came with the alarm is heard before the verdict.
             let Some(event) = self.read_buffered(0) else {
                 return Err(End::Silent);
@@ -173,7 +173,7 @@ impl Session {
     /// highest, made before any other frame is handled.
     async fn on_read(&mut self, event: ReadEvent, outbox: &Arc<Outbox>) -> Step {
         let shared = self.shared.clone();
-        self.serving.last_read = Instant::now();
+        self.serving.last_read_ms = self.shared.clock.now_ms();
         let mut next = Some(event);
         let mut ack: Option<Ack> = None;
         for pass in 1..=FRAMES_PER_PASS {
@@ -190,7 +190,14 @@ impl Session {
                 ReadEvent::Frame(_) | ReadEvent::Invalid(_) | ReadEvent::Control => true,
                 ReadEvent::Closed | ReadEvent::Failed(_) => false,
             };
-            if counted && !self.serving.bucket.take(Instant::now()) {
+            let config = &shared.config;
+            let now_ms = shared.clock.now_ms();
+            if counted
+                && !self
+                    .serving
+                    .bucket
+                    .take(now_ms, config.frame_rate_per_s, config.frame_burst)
+            {
                 let f = ErrorCode::RateLimited.frame(None, "frame rate limit exceeded", true);
                 let _ = send_now(&shared, &mut self.io, &f).await;
                 return Err(self.flush_ack(ack, End::Protocol).await);
@@ -244,10 +251,10 @@ impl Session {
 }
 
 impl Serving {
-    pub(crate) fn new(config: &crate::config::AccessConfig) -> Self {
+    pub(crate) fn new() -> Self {
         Serving {
-            bucket: TokenBucket::new(config.frame_rate_per_s, config.frame_burst),
-            last_read: Instant::now(),
+            bucket: SmallBucket::new(0),
+            last_read_ms: 0,
             draining: None,
         }
     }
@@ -260,8 +267,10 @@ fn start_drain(shared: &crate::Shared, serving: &mut Serving) {
 }
 
 impl Session {
-    /// Silence for this long closes the connection: three heartbeat intervals.
-    fn silence_limit(&self) -> Duration {
-        3 * self.shared.config.heartbeat()
+    /// When the connection counts as silent (ms on the node's clock): three
+    /// heartbeat intervals after the client was last heard from.
+    fn silent_at_ms(&self) -> u64 {
+        let limit = 3 * self.shared.config.heartbeat();
+        self.serving.last_read_ms + limit.as_millis() as u64
     }
 }

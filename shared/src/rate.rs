@@ -63,6 +63,38 @@ impl TokenBucket {
     }
 }
 
+/// A token bucket of 16 bytes for what is kept per connection: the rate and
+/// burst are the caller's (one setting for all), and time is milliseconds on
+/// the caller's monotonic clock. Starts full.
+#[derive(Debug, Clone, Copy)]
+pub struct SmallBucket {
+    /// Tokens taken beyond a full bucket's `burst`, as of `last_ms`: 0 is full.
+    spent: f64,
+    last_ms: u64,
+}
+
+impl SmallBucket {
+    pub fn new(now_ms: u64) -> Self {
+        SmallBucket {
+            spent: 0.0,
+            last_ms: now_ms,
+        }
+    }
+
+    /// Takes one token if one is left of `burst`, refilled at `rate_per_s`.
+    pub fn take(&mut self, now_ms: u64, rate_per_s: u32, burst: u32) -> bool {
+        let elapsed_s = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
+        self.last_ms = self.last_ms.max(now_ms);
+        self.spent = (self.spent - elapsed_s * f64::from(rate_per_s)).max(0.0);
+        if self.spent + 1.0 <= f64::from(burst) {
+            self.spent += 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Exponential backoff from `min` to `max` with full jitter: uniform in
 /// [0, min * 2^attempt capped at max].
 pub fn full_jitter(min: std::time::Duration, max: std::time::Duration, attempt: u32) -> std::time::Duration {
@@ -83,5 +115,19 @@ mod tests {
         assert_eq!((0..8).filter(|_| b.take(now)).count(), 5);
         let later = now + Duration::from_millis(300);
         assert_eq!((0..8).filter(|_| b.take(later)).count(), 3);
+    }
+
+    #[test]
+    fn the_small_bucket_allows_the_same_burst_then_rate() {
+        let mut b = SmallBucket::new(1_000);
+        assert_eq!((0..8).filter(|_| b.take(1_000, 10, 5)).count(), 5);
+        assert_eq!((0..8).filter(|_| b.take(1_300, 10, 5)).count(), 3);
+        // A clock read earlier than the last one refills nothing and spends as usual.
+        assert!(!b.take(1_200, 10, 5));
+        assert_eq!(
+            (0..8).filter(|_| b.take(60_000, 10, 5)).count(),
+            5,
+            "full again, never more"
+        );
     }
 }
