@@ -56,6 +56,11 @@ pub struct ConnectArgs {
     /// so at most 19,000 connections).
     #[arg(long)]
     pub peer: Option<String>,
+    /// While holding, each connection sends a heartbeat this often (Duplex
+    /// `ping`, MQTT PINGREQ) and reads the answer; the server CPU of the hold
+    /// is reported per connection per second. 0: silent connections.
+    #[arg(long, default_value_t = 0)]
+    pub ping_every_ms: u64,
 }
 
 /// Figures of one target under load.
@@ -67,6 +72,13 @@ struct Outcome {
     up_rss: u64,
     end_rss: u64,
     cpu: f64,
+    /// Server CPU seconds between "all up" and the end of the hold, and how long that was.
+    hold_cpu: f64,
+    hold_secs: f64,
+    /// Server RSS per connection at points along the way: (connected, KiB).
+    along: Vec<(usize, f64)>,
+    /// Heartbeats answered and not, over all generators.
+    pings: (u64, u64),
 }
 
 impl Outcome {
@@ -243,6 +255,21 @@ fn report(name: &str, o: &Outcome, hold: u64) {
         o.cpu,
         o.cpu * 1e6 / o.ok.max(1) as f64
     );
+    let along: Vec<String> = o.along.iter().map(|(n, kib)| format!("{n}: {kib:.2}")).collect();
+    if !along.is_empty() {
+        println!(
+            "  RSS per connection along the way (connected: KiB): {}",
+            along.join(", ")
+        );
+    }
+    println!(
+        "  server CPU while holding: {:.2} s over {:.1} s = {:.3} us per connection per second; heartbeats {} answered, {} not",
+        o.hold_cpu,
+        o.hold_secs,
+        o.hold_cpu * 1e6 / (o.ok.max(1) as f64 * o.hold_secs.max(1e-9)),
+        o.pings.0,
+        o.pings.1
+    );
 }
 
 /// Opens the connections against running `servers` on `port` and measures them.
@@ -278,6 +305,7 @@ async fn measure(
                 "--concurrency",
                 &args.concurrency.to_string(),
             ])
+            .args(["--ping-every-ms", &args.ping_every_ms.to_string()])
             .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -298,6 +326,18 @@ async fn measure(
     drop(tx);
     let mut progress = vec![0usize; workers_n];
     let mut done = vec![None::<(usize, usize)>; workers_n];
+    // RSS is sampled when the count passes these: is it flat from the first 5k to the top?
+    let mut marks: Vec<usize> = [
+        5_000,
+        args.connections / 4,
+        args.connections / 2,
+        args.connections * 3 / 4,
+    ]
+    .into_iter()
+    .filter(|&m| m >= 5_000 && m < args.connections)
+    .collect();
+    marks.dedup();
+    let mut along = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(300);
     while done.iter().any(Option::is_none) {
         if Instant::now() > deadline {
@@ -316,18 +356,24 @@ async fn measure(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => bail!("a generator exited early"),
         }
-        eprint!(
-            "\r  connected {:>7} / {}",
-            progress.iter().sum::<usize>(),
-            args.connections
-        );
+        let connected = progress.iter().sum::<usize>();
+        if marks.first().is_some_and(|&m| connected >= m) {
+            marks.remove(0);
+            let rss: u64 = pids.iter().filter_map(|&p| rss_kib(p)).sum();
+            along.push((connected, rss.saturating_sub(base_rss) as f64 / connected as f64));
+        }
+        eprint!("\r  connected {connected:>7} / {}", args.connections);
     }
     let connect_secs = started.elapsed().as_secs_f64();
     eprintln!();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let up_rss: u64 = pids.iter().filter_map(|&p| rss_kib(p)).sum();
+    let up_cpu: f64 = pids.iter().filter_map(|&p| cpu_seconds(p)).sum();
+    let held_from = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
     let end_rss: u64 = pids.iter().filter_map(|&p| rss_kib(p)).sum();
+    let end_cpu: f64 = pids.iter().filter_map(|&p| cpu_seconds(p)).sum();
+    let hold_secs = held_from.elapsed().as_secs_f64();
     let cpu = pids.iter().filter_map(|&p| cpu_seconds(p)).sum::<f64>() - base_cpu;
     let gen_rss: u64 = workers.iter().filter_map(|w| rss_kib(w.id())).sum();
     let gen_cpu: f64 = workers.iter().filter_map(|w| cpu_seconds(w.id())).sum();
@@ -335,6 +381,15 @@ async fn measure(
     for mut w in workers {
         drop(w.stdin.take());
         let _ = w.wait();
+    }
+    // Each generator's last line: how its heartbeats went (bounded wait for the readers).
+    let mut pings = (0u64, 0u64);
+    let until = Instant::now() + Duration::from_secs(10);
+    while let Ok((_, line)) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+        if let ["pinged", ok, failed] = line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            pings.0 += ok.parse::<u64>().unwrap_or(0);
+            pings.1 += failed.parse::<u64>().unwrap_or(0);
+        }
     }
     Ok(Outcome {
         ok: done.iter().flatten().map(|d| d.0).sum(),
@@ -344,5 +399,9 @@ async fn measure(
         up_rss,
         end_rss,
         cpu,
+        hold_cpu: end_cpu - up_cpu,
+        hold_secs,
+        along,
+        pings,
     })
 }

@@ -34,6 +34,11 @@ pub struct WorkerArgs {
     /// For `tls` and `wss`: a full handshake for every connection.
     #[arg(long)]
     pub no_resumption: bool,
+    /// Once all are up, each connection sends a heartbeat this often (spread
+    /// evenly over the connections) and reads its answer: Duplex `ping` /
+    /// `pong`, MQTT PINGREQ / PINGRESP. 0: silent.
+    #[arg(long, default_value_t = 0)]
+    pub ping_every_ms: u64,
 }
 
 /// A held connection; only kept alive, never read.
@@ -127,11 +132,66 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         }
     }
     println!("ready {} {failed}", held.len());
-    // Hold until the coordinator closes our stdin.
-    let mut sink = Vec::new();
-    let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+    // Hold until the coordinator closes our stdin, with heartbeats if asked.
+    let stop = async {
+        let mut sink = Vec::new();
+        let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+    };
+    let (mut pinged, mut ping_failed) = (0u64, 0u64);
+    if args.ping_every_ms > 0 && !held.is_empty() {
+        let gap = Duration::from_millis(args.ping_every_ms) / u32::try_from(held.len()).unwrap_or(u32::MAX);
+        let pinging = async {
+            let mut tick = tokio::time::interval(gap.max(Duration::from_micros(20)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                for h in held.iter_mut() {
+                    tick.tick().await;
+                    match tokio::time::timeout(Duration::from_secs(5), h.ping()).await {
+                        Ok(true) => pinged += 1,
+                        _ => ping_failed += 1,
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = stop => {}
+            _ = pinging => {}
+        }
+    } else {
+        stop.await;
+    }
+    println!("pinged {pinged} {ping_failed}");
     drop(held);
     Ok(())
+}
+
+impl Held {
+    /// One heartbeat and its answer; `false` if the answer was not one.
+    async fn ping(&mut self) -> bool {
+        match self {
+            Held::Duplex { _conn: conn } => {
+                let ping = duplex_shared::protocol::Frame::Ping(duplex_shared::protocol::Ping { id: 1 });
+                if conn.send(&ping).await.is_err() {
+                    return false;
+                }
+                // A push may come first (none are sent in this bench): bounded.
+                for _ in 0..4 {
+                    match conn.recv().await {
+                        Ok(Some(duplex_shared::protocol::Frame::Pong(_))) => return true,
+                        Ok(Some(_)) => continue,
+                        _ => return false,
+                    }
+                }
+                false
+            }
+            Held::Raw { _stream: stream } => {
+                let mut answer = [0u8; 2];
+                stream.write_all(&[0xC0, 0x00]).await.is_ok()
+                    && stream.read_exact(&mut answer).await.is_ok()
+                    && answer == [0xD0, 0x00]
+            }
+        }
+    }
 }
 
 /// MQTT 3.1.1 CONNECT (clean session, keep-alive 600 s) and its CONNACK.
