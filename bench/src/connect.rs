@@ -255,8 +255,20 @@ fn report(name: &str, o: &Outcome, hold: u64) {
         o.cpu,
         o.cpu * 1e6 / o.ok.max(1) as f64
     );
-    let along: Vec<String> = o.along.iter().map(|(n, kib)| format!("{n}: {kib:.2}")).collect();
-    if !along.is_empty() {
+    // Each point: the average so far, and what the connections since the
+    // point before added each (the processes' fixed growth weighs on the first).
+    let mut points = o.along.clone();
+    points.push((o.ok, o.per_conn_kib(o.end_rss)));
+    let mut before = (0usize, 0.0f64);
+    let along: Vec<String> = points
+        .iter()
+        .map(|&(n, kib)| {
+            let added = (kib * n as f64 - before.1) / n.saturating_sub(before.0).max(1) as f64;
+            before = (n, kib * n as f64);
+            format!("{n}: {kib:.2} ({added:.2} each since)")
+        })
+        .collect();
+    if points.len() > 1 {
         println!(
             "  RSS per connection along the way (connected: KiB): {}",
             along.join(", ")
