@@ -100,20 +100,12 @@ impl Setup {
     /// Runs in the connection's `conn` span; the session's span is its
     /// child, so the session's logs still name the peer.
     async fn start(self: Box<Self>) -> Option<Box<crate::session::Session>> {
-        let Setup {
-            shared,
-            stream,
-            kind,
-            auth_deadline,
-            conn_id,
-            peer,
-            preauth,
-            permit,
-        } = *self;
-        let span = tracing::debug_span!("conn", conn_id, %peer, transport = ?kind);
+        let span = tracing::debug_span!("conn", conn_id = self.conn_id, peer = %self.peer, transport = ?self.kind);
         async move {
-            let io = open(&shared, stream, kind, auth_deadline).await?;
-            start(shared, io, auth_deadline, conn_id, preauth, permit).await
+            let setup = *self;
+            let (shared, deadline) = (setup.shared, setup.auth_deadline);
+            let io = open(&shared, setup.stream, setup.kind, deadline).await?;
+            start(shared, io, deadline, setup.conn_id, setup.preauth, setup.permit).await
         }
         .instrument(span)
         .await
