@@ -4,6 +4,9 @@
 //! shares A's Redis. Prints progress every second (clients back, latency of
 //! the move so far from HdrHistogram) and the final distribution: how long
 //! clients were away, and how evenly the window spread the reconnects.
+//! With `--kill`, node A is SIGKILLed instead: no `go_away`, the clients see
+//! their sockets close and come back on their own, spread only by the
+//! reconnect backoff the server advised in `connected`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,9 @@ pub struct StormArgs {
     /// The go-away window node A spreads reconnects over, ms.
     #[arg(long, default_value_t = 5_000)]
     pub window_ms: u64,
+    /// SIGKILL node A instead of draining it.
+    #[arg(long)]
+    pub kill: bool,
 }
 
 type Shared = Arc<Mutex<Histogram<u64>>>;
@@ -46,9 +52,14 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
     let a = start_duplex_with(&exe, 1, ports_a, Some(&redis.url()), Some(&config), "storm-a")?;
     let b = start_duplex_with(&exe, 1, ports_b, Some(&redis.url()), Some(&config), "storm-b")?;
     println!("{}", machine_line());
+    let how = if args.kill {
+        "SIGKILLed (clients back off as the server advised)".to_owned()
+    } else {
+        format!("drained with a {} ms go-away window", args.window_ms)
+    };
     println!(
-        "bench storm: {} SDK clients on node A, drained with a {} ms go-away window, move to node B (private Redis)",
-        args.clients, args.window_ms
+        "bench storm: {} SDK clients on node A, {how}, move to node B (private Redis)",
+        args.clients
     );
 
     let token = mint_hs256(DEV_SECRET, &dev_claims("storm", 3600))?;
@@ -110,10 +121,11 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("{} clients connected to node A; draining it", args.clients);
+    let signal = if args.kill { "-KILL" } else { "-TERM" };
+    println!("{} clients connected to node A; kill {signal} it", args.clients);
     let pid = a[0].child.id().to_string();
     *drained_at.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(Instant::now());
-    std::process::Command::new("kill").args(["-TERM", &pid]).status()?;
+    std::process::Command::new("kill").args([signal, &pid]).status()?;
     let started = Instant::now();
     let limit = Duration::from_millis(args.window_ms) + Duration::from_secs(60);
     let (mut before, mut peak) = (0u64, 0u64);
@@ -124,7 +136,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
         before = n;
         let h = back_at.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
         println!(
-            "t={:>4.1}s  back on node B {n:>6}/{}  since drain: p50 {:.2} s  p99 {:.2} s  max {:.2} s",
+            "t={:>4.1}s  back on node B {n:>6}/{}  since the signal: p50 {:.2} s  p99 {:.2} s  max {:.2} s",
             started.elapsed().as_secs_f64(),
             args.clients,
             h.value_at_quantile(0.5) as f64 / 1e6,
@@ -138,7 +150,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
     let n = moved.load(Ordering::Relaxed);
     let away = away.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     println!(
-        "moved {n}/{} clients; peak reconnect rate {peak}/s; time away (go_away -> connected to B): p50 {:.3} s, p99 {:.3} s, max {:.3} s",
+        "moved {n}/{} clients; peak reconnect rate {peak}/s; time away (disconnected -> connected to B): p50 {:.3} s, p99 {:.3} s, max {:.3} s",
         args.clients,
         away.value_at_quantile(0.5) as f64 / 1e6,
         away.value_at_quantile(0.99) as f64 / 1e6,
