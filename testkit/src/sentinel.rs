@@ -18,12 +18,41 @@ pub struct TestRedisSentinel {
     sentinel_password: String,
 }
 
+/// Why one attempt at starting the set failed.
+enum SetError {
+    /// A server exited at start: most likely its port was taken meanwhile.
+    PortTaken(String),
+    Other(String),
+}
+
+impl From<String> for SetError {
+    fn from(e: String) -> Self {
+        SetError::Other(e)
+    }
+}
+
 impl TestRedisSentinel {
     pub const MASTER_NAME: &'static str = "duplexmaster";
 
+    /// Starts master, replica and Sentinel on free ports and waits until
+    /// Sentinel names the master. A port picked free can be taken by another
+    /// test before its server binds it: the set is then started again on new
+    /// ports (at most 5 times), as `TestRedis::start` does.
+    pub fn start() -> Result<Self, String> {
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            match Self::start_once() {
+                Ok(set) => return Ok(set),
+                Err(SetError::PortTaken(e)) => last_err = e,
+                Err(SetError::Other(e)) => return Err(e),
+            }
+        }
+        Err(last_err)
+    }
+
     // Synchronous on purpose (usable from any test); the sleep paces readiness polling.
     #[allow(clippy::disallowed_methods)]
-    pub fn start() -> Result<Self, String> {
+    fn start_once() -> Result<Self, SetError> {
         let id = rand::random::<u32>();
         let mut set = TestRedisSentinel {
             servers: ServerGroup::new("sentinel")?,
@@ -74,10 +103,14 @@ impl TestRedisSentinel {
             && set.sentinel_says_master() == Some(master))
         {
             if set.servers.any_exited() {
-                return Err("a server of the Sentinel set exited (port taken?)".into());
+                return Err(SetError::PortTaken(
+                    "a server of the Sentinel set exited (port taken?)".into(),
+                ));
             }
             if Instant::now() > deadline {
-                return Err("master, replica and Sentinel did not answer within 10 s".into());
+                return Err("master, replica and Sentinel did not answer within 10 s"
+                    .to_owned()
+                    .into());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
