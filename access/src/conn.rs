@@ -20,8 +20,8 @@ use crate::transport::{ReadEvent, Transport};
 use crate::Shared;
 
 /// Authenticates an accepted connection and claims its route: the session
-/// to run, or `None` when the client was refused
-/// (and told why). `preauth` is its slot until it authenticates.
+/// to run, or `None` when the client was refused (and told why). `preauth`
+/// is its slot until it authenticates.
 ///
 /// The caller awaits this boxed and runs the session in the connection's
 /// task itself: the task then carries only the session's state, not also

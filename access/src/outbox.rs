@@ -26,7 +26,6 @@
 //! connection's serving state from 2,288 bytes to a few hundred.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
@@ -253,9 +252,11 @@ impl Outbox {
     }
 
     /// Waits until there is something to do; moves up to `max` frames into `batch`.
-    /// Cancel-safe: frames are only taken in the poll that returns.
+    /// Cancel-safe: frames are only taken in the poll that returns. The
+    /// connection polls [`Self::poll_next`] itself; this is the tests' way in.
+    #[cfg(test)]
     pub async fn next(&self, batch: &mut Vec<Outgoing>, max: usize) -> Next {
-        poll_fn(|cx| self.poll_next(cx, batch, max)).await
+        std::future::poll_fn(|cx| self.poll_next(cx, batch, max)).await
     }
 
     /// [`Self::next`] as a poll: the connection's wait polls it beside its

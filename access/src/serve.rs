@@ -10,14 +10,13 @@
 //! with `-Zprint-type-sizes`: the old `select!` over three timers, node
 //! shutdown, the outbox and the socket was 2,288 bytes per connection).
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
 use duplex_shared::protocol::{Ack, ErrorCode, Frame};
 use duplex_shared::rate::SmallBucket;
-use std::future::Future;
 use tokio::time::{sleep_until, Instant, Sleep};
 use tracing::{debug, Instrument};
 
