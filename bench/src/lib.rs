@@ -17,6 +17,7 @@ mod push;
 mod push_peer;
 mod queues;
 mod request;
+mod request_peer;
 mod servers;
 mod store;
 mod storm;

@@ -19,7 +19,7 @@ use duplex_node::config::DEV_SECRET;
 use duplex_shared::protocol::{Ack, Frame, Request};
 use hdrhistogram::Histogram;
 
-use super::procfs::{cpu_seconds, machine_line};
+use super::procfs::{cpu_seconds, machine_line, rss_kib};
 use super::servers::{duplex_exe, free_ports, redis_for, start_duplex_with, Server};
 
 #[derive(Debug, Args)]
@@ -36,6 +36,16 @@ pub struct RequestArgs {
     /// Start a private `redis-server` on a free loopback port, and stop it after.
     #[arg(long)]
     pub private_redis: bool,
+    /// Also send requests through this peer, same clients, in the same run:
+    /// `pushpin` (WebSocket-over-HTTP; Debian package `pushpin`).
+    #[arg(long, value_parser = ["pushpin"])]
+    pub peer: Option<String>,
+    /// Requests per peer phase (Pushpin is far slower: fewer keep the run short).
+    #[arg(long, default_value_t = 20_000)]
+    pub peer_requests: usize,
+    /// Duplex and peer phases, alternating; medians and the median ratio are printed.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 #[derive(Debug, Args)]
@@ -44,25 +54,65 @@ pub struct BackendArgs {
     pub port: u16,
 }
 
-/// The trivial backend: 200 with a small JSON body for every request.
+/// The trivial backend: 200 with a small JSON body for every request, and
+/// for Pushpin's WebSocket-over-HTTP calls the same body as each reply message.
 pub async fn backend(args: BackendArgs) -> anyhow::Result<()> {
+    use axum::http::{header::CONTENT_TYPE, HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+
+    const EVENTS: &str = "application/websocket-events";
     let listener = duplex_shared::net::bind_listener(([127, 0, 0, 1], args.port).into(), 4096, false)?;
-    let app = axum::Router::new().fallback(|| async { ([("content-type", "application/json")], "{\"ok\":true}") });
+    let app = axum::Router::new().fallback(|headers: HeaderMap, body: bytes::Bytes| async move {
+        if headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(EVENTS.as_bytes()))
+        {
+            return match super::request_peer::websocket_events(&body) {
+                Ok(events) => ([(CONTENT_TYPE, EVENTS)], events).into_response(),
+                Err(why) => (StatusCode::BAD_REQUEST, why).into_response(),
+            };
+        }
+        ([(CONTENT_TYPE, "application/json")], super::request_peer::REPLY_BODY).into_response()
+    });
     axum::serve(listener, app).await?;
     Ok(())
 }
 
-struct Phase {
-    rps: f64,
-    hist: Histogram<u64>,
-    errors: u64,
-    cpu: f64,
+pub(crate) struct Phase {
+    pub rps: f64,
+    pub hist: Histogram<u64>,
+    pub errors: u64,
+    pub cpu: f64,
+}
+
+impl Phase {
+    fn line(&self, name: &str, requests: usize, rss_kib: Option<u64>) -> String {
+        format!(
+            "{name}: {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  max {:.2} ms  errors {}  CPU {:.2} s ({:.1} us per request){}",
+            self.rps,
+            self.hist.value_at_quantile(0.5) as f64 / 1000.0,
+            self.hist.value_at_quantile(0.99) as f64 / 1000.0,
+            self.hist.max() as f64 / 1000.0,
+            self.errors,
+            self.cpu,
+            self.cpu * 1e6 / requests as f64,
+            rss_kib.map(|k| format!("  RSS {k} KiB")).unwrap_or_default()
+        )
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 #[allow(clippy::print_stdout)]
 pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
     if args.clients == 0 || args.clients > 10_000 || args.requests < args.clients {
         bail!("--clients within 1..=10000 and --requests at least --clients");
+    }
+    if args.rounds == 0 || (args.peer.is_some() && args.peer_requests < args.clients) {
+        bail!("--rounds must be positive and --peer-requests at least --clients");
     }
     let exe = duplex_exe()?;
     let generator = std::env::current_exe().context("locating the duplex-bench binary")?;
@@ -89,6 +139,10 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
     let servers = start_duplex_with(&exe, 1, ports, redis_url.as_deref(), Some(&config), "bench")?;
     let duplex_pid = servers[0].child.id();
     wait_for_port(backend_port).await?;
+    let pushpin = match args.peer {
+        Some(_) => Some(super::request_peer::start_pushpin(backend_port, &dir.join("pushpin")).await?),
+        None => None,
+    };
     println!("{}", machine_line());
     println!(
         "bench request: {} requests per phase, {} clients with one in flight each, {} store",
@@ -98,41 +152,54 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
     );
 
     // Warm both paths (connections, allocator), then measure them one after the other.
-    direct(&args, backend_port, args.clients * 20, backend_pid).await?;
+    direct(&args, backend_port, args.clients.min(1000) * 20, backend_pid).await?;
     let d = direct(&args, backend_port, args.requests, backend_pid).await?;
-    let redis_cpu0 = private.as_ref().and_then(|r| cpu_seconds(r.pid())).unwrap_or(0.0);
-    let x = through_duplex(&args, ports.0, args.requests, (duplex_pid, backend_pid)).await?;
-    let redis_cpu = private.as_ref().and_then(|r| cpu_seconds(r.pid())).unwrap_or(0.0) - redis_cpu0;
-    for (name, p) in [("direct  ", &d), ("duplex  ", &x)] {
+    println!("{}", d.line("direct  ", args.requests, None));
+    let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        let redis_cpu0 = private.as_ref().and_then(|r| cpu_seconds(r.pid())).unwrap_or(0.0);
+        let x = through_duplex(&args, ports.0, args.requests, (duplex_pid, backend_pid)).await?;
+        let redis_cpu = private.as_ref().and_then(|r| cpu_seconds(r.pid())).unwrap_or(0.0) - redis_cpu0;
+        println!("{}", x.line("duplex  ", args.requests, rss_kib(duplex_pid)));
+        if private.is_some() {
+            println!(
+                "private redis-server CPU during the duplex phase: {redis_cpu:.2} s ({:.1} us per request)",
+                redis_cpu * 1e6 / args.requests as f64
+            );
+        }
+        if round == 0 {
+            println!(
+                "duplex adds: p50 +{:.3} ms, p99 +{:.3} ms; throughput ratio duplex/direct {:.2}",
+                (x.hist.value_at_quantile(0.5) as f64 - d.hist.value_at_quantile(0.5) as f64) / 1000.0,
+                (x.hist.value_at_quantile(0.99) as f64 - d.hist.value_at_quantile(0.99) as f64) / 1000.0,
+                x.rps / d.rps
+            );
+            println!(
+                "CPU per request: backend direct {:.1} us; duplex + backend {:.1} us",
+                d.cpu * 1e6 / args.requests as f64,
+                x.cpu * 1e6 / args.requests as f64
+            );
+        }
+        if let Some(pushpin) = &pushpin {
+            let p =
+                super::request_peer::through_pushpin(pushpin, args.clients, args.peer_requests, backend_pid).await?;
+            println!("{}", p.line("pushpin ", args.peer_requests, Some(pushpin.usage().1)));
+            ratios.push(x.rps / p.rps.max(f64::MIN_POSITIVE));
+            theirs.push(p.rps);
+        }
+        ours.push(x.rps);
+    }
+    if pushpin.is_some() {
         println!(
-            "{name}: {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  max {:.2} ms  errors {}  CPU {:.2} s",
-            p.rps,
-            p.hist.value_at_quantile(0.5) as f64 / 1000.0,
-            p.hist.value_at_quantile(0.99) as f64 / 1000.0,
-            p.hist.max() as f64 / 1000.0,
-            p.errors,
-            p.cpu
+            "medians of {} rounds at {} clients: duplex {:.0} req/s, pushpin {:.0} req/s; ratio duplex/pushpin {:.2}x",
+            args.rounds,
+            args.clients,
+            median(ours),
+            median(theirs),
+            median(ratios)
         );
     }
-    println!(
-        "duplex adds: p50 +{:.3} ms, p99 +{:.3} ms; throughput ratio duplex/direct {:.2}",
-        (x.hist.value_at_quantile(0.5) as f64 - d.hist.value_at_quantile(0.5) as f64) / 1000.0,
-        (x.hist.value_at_quantile(0.99) as f64 - d.hist.value_at_quantile(0.99) as f64) / 1000.0,
-        x.rps / d.rps
-    );
-    if private.is_some() {
-        println!(
-            "private redis-server CPU during the duplex phase: {redis_cpu:.2} s ({:.1} us per request)",
-            redis_cpu * 1e6 / args.requests as f64
-        );
-    }
-    println!(
-        "CPU per request: backend direct {:.1} us; duplex + backend {:.1} us",
-        d.cpu * 1e6 / args.requests as f64,
-        x.cpu * 1e6 / args.requests as f64
-    );
-    drop(servers);
-    drop(backend);
+    drop((pushpin, servers, backend));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -147,11 +214,11 @@ async fn wait_for_port(port: u16) -> anyhow::Result<()> {
     bail!("nothing listens on 127.0.0.1:{port}")
 }
 
-fn new_hist() -> anyhow::Result<Arc<Mutex<Histogram<u64>>>> {
+pub(crate) fn new_hist() -> anyhow::Result<Arc<Mutex<Histogram<u64>>>> {
     Ok(Arc::new(Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?)))
 }
 
-fn take(hist: &Mutex<Histogram<u64>>) -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn take(hist: &Mutex<Histogram<u64>>) -> anyhow::Result<Histogram<u64>> {
     Ok(hist
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
@@ -192,7 +259,7 @@ async fn direct(args: &RequestArgs, port: u16, requests: usize, backend_pid: u32
     })
 }
 
-fn record(hist: &Mutex<Histogram<u64>>, started: Instant, ok: bool, errors: &AtomicU64) {
+pub(crate) fn record(hist: &Mutex<Histogram<u64>>, started: Instant, ok: bool, errors: &AtomicU64) {
     if !ok {
         errors.fetch_add(1, Ordering::Relaxed);
         return;
