@@ -1,6 +1,7 @@
 //! `duplex bench request`: N clients send requests through Duplex to a
 //! trivial local backend and wait for each reply (closed loop, one request in
-//! flight per client); the same number of HTTP clients call the same backend
+//! flight per client, or `--in-flight` requests spread over all the clients
+//! in turn); as many HTTP clients as requests in flight call the same backend
 //! directly, in the same run. Reports requests/s and latency of both, and
 //! what Duplex adds.
 //!
@@ -27,6 +28,11 @@ pub struct RequestArgs {
     /// Clients, each with one request in flight.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
+    /// Requests in flight at once, each from the next client in turn (default:
+    /// one per client). Fewer than `--clients` holds many connections open while
+    /// the load stays what a backend pool takes; every client still sends.
+    #[arg(long)]
+    pub in_flight: Option<usize>,
     /// Requests per phase.
     #[arg(long, default_value_t = 100_000)]
     pub requests: usize,
@@ -111,8 +117,12 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
     if args.clients == 0 || args.clients > 10_000 || args.requests < args.clients {
         bail!("--clients within 1..=10000 and --requests at least --clients");
     }
-    if args.rounds == 0 || (args.peer.is_some() && args.peer_requests < args.clients) {
-        bail!("--rounds must be positive and --peer-requests at least --clients");
+    let in_flight = args.in_flight.unwrap_or(args.clients);
+    if in_flight == 0 || in_flight > args.clients {
+        bail!("--in-flight within 1..=--clients");
+    }
+    if args.rounds == 0 || (args.peer.is_some() && args.peer_requests < in_flight) {
+        bail!("--rounds must be positive and --peer-requests at least --in-flight");
     }
     let exe = duplex_exe()?;
     let generator = std::env::current_exe().context("locating the duplex-bench binary")?;
@@ -145,20 +155,20 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
     };
     println!("{}", machine_line());
     println!(
-        "bench request: {} requests per phase, {} clients with one in flight each, {} store",
+        "bench request: {} requests per phase, {} clients, {in_flight} requests in flight, {} store",
         args.requests,
         args.clients,
         if redis_url.is_some() { "redis" } else { "memory" }
     );
 
     // Warm both paths (connections, allocator), then measure them one after the other.
-    direct(&args, backend_port, args.clients.min(1000) * 20, backend_pid).await?;
-    let d = direct(&args, backend_port, args.requests, backend_pid).await?;
+    direct(in_flight, backend_port, in_flight.min(1000) * 20, backend_pid).await?;
+    let d = direct(in_flight, backend_port, args.requests, backend_pid).await?;
     println!("{}", d.line("direct  ", args.requests, None));
     let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..args.rounds {
         let redis_cpu0 = private.as_ref().and_then(|r| cpu_seconds(r.pid())).unwrap_or(0.0);
-        let x = through_duplex(&args, ports.0, args.requests, (duplex_pid, backend_pid)).await?;
+        let x = through_duplex((args.clients, in_flight), ports.0, args.requests, (duplex_pid, backend_pid)).await?;
         let redis_cpu = private.as_ref().and_then(|r| cpu_seconds(r.pid())).unwrap_or(0.0) - redis_cpu0;
         println!("{}", x.line("duplex  ", args.requests, rss_kib(duplex_pid)));
         if private.is_some() {
@@ -182,7 +192,7 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
         }
         if let Some(pushpin) = &pushpin {
             let p =
-                super::request_peer::through_pushpin(pushpin, args.clients, args.peer_requests, backend_pid).await?;
+                super::request_peer::through_pushpin(pushpin, (args.clients, in_flight), args.peer_requests, backend_pid).await?;
             println!("{}", p.line("pushpin ", args.peer_requests, Some(pushpin.usage().1)));
             ratios.push(x.rps / p.rps.max(f64::MIN_POSITIVE));
             theirs.push(p.rps);
@@ -191,7 +201,7 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
     }
     if pushpin.is_some() {
         println!(
-            "medians of {} rounds at {} clients: duplex {:.0} req/s, pushpin {:.0} req/s; ratio duplex/pushpin {:.2}x",
+            "medians of {} rounds at {} clients, {in_flight} in flight: duplex {:.0} req/s, pushpin {:.0} req/s; ratio duplex/pushpin {:.2}x",
             args.rounds,
             args.clients,
             median(ours),
@@ -226,9 +236,9 @@ pub(crate) fn take(hist: &Mutex<Histogram<u64>>) -> anyhow::Result<Histogram<u64
 }
 
 /// `clients` HTTP clients calling the backend themselves.
-async fn direct(args: &RequestArgs, port: u16, requests: usize, backend_pid: u32) -> anyhow::Result<Phase> {
+async fn direct(clients: usize, port: u16, requests: usize, backend_pid: u32) -> anyhow::Result<Phase> {
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
+        .pool_max_idle_per_host(clients)
         .tcp_nodelay(true)
         .build()?;
     let url = format!("http://127.0.0.1:{port}/bench");
@@ -237,7 +247,7 @@ async fn direct(args: &RequestArgs, port: u16, requests: usize, backend_pid: u32
     let _progress = super::Progress::start("direct calls", next.clone(), requests as u64);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.clients {
+    for _ in 0..clients {
         let (http, url, hist, errors, next) = (http.clone(), url.clone(), hist.clone(), errors.clone(), next.clone());
         tasks.spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < requests as u64 {
@@ -269,31 +279,39 @@ pub(crate) fn record(hist: &Mutex<Histogram<u64>>, started: Instant, ok: bool, e
     }
 }
 
-/// `clients` Duplex clients sending request frames and acking the replies.
-async fn through_duplex(args: &RequestArgs, tcp_port: u16, requests: usize, pids: (u32, u32)) -> anyhow::Result<Phase> {
+/// `clients` Duplex clients sending request frames and acking the replies,
+/// `in_flight` at a time (each worker sends from its share of the clients in turn).
+async fn through_duplex(
+    (clients, in_flight): (usize, usize),
+    tcp_port: u16,
+    requests: usize,
+    pids: (u32, u32),
+) -> anyhow::Result<Phase> {
     let token = mint_hs256(DEV_SECRET, &dev_claims("bench", 3600))?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], tcp_port));
-    let mut conns = Vec::new();
-    for i in 0..args.clients {
+    let mut groups: Vec<Vec<Connection>> = (0..in_flight).map(|_| Vec::new()).collect();
+    for i in 0..clients {
         let mut conn = Connection::tcp(addr).await.context("connecting a client")?;
         conn.handshake(&token, &format!("br-{i}"), 0)
             .await
             .context("handshake")?;
-        conns.push(conn);
+        groups[i % in_flight].push(conn);
     }
     let (hist, errors, next) = (new_hist()?, Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let cpu0 = cpu_seconds(pids.0).unwrap_or(0.0) + cpu_seconds(pids.1).unwrap_or(0.0);
     let _progress = super::Progress::start("requests through duplex", next.clone(), requests as u64);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for mut conn in conns {
+    for mut group in groups {
         let (hist, errors, next) = (hist.clone(), errors.clone(), next.clone());
         tasks.spawn(async move {
             let mut id = 0u64;
             while next.fetch_add(1, Ordering::Relaxed) < requests as u64 {
+                let size = group.len();
+                let conn = &mut group[id as usize % size];
                 id += 1;
                 let t = Instant::now();
-                let ok = round_trip(&mut conn, id).await;
+                let ok = round_trip(conn, id).await;
                 record(&hist, t, ok, &errors);
             }
         });
@@ -305,9 +323,10 @@ async fn through_duplex(args: &RequestArgs, tcp_port: u16, requests: usize, pids
     if bounded.is_err() {
         bail!("the duplex phase did not finish within 300 s");
     }
+    let hist = take(&hist)?;
     Ok(Phase {
-        rps: requests as f64 / started.elapsed().as_secs_f64(),
-        hist: take(&hist)?,
+        rps: hist.len() as f64 / started.elapsed().as_secs_f64(),
+        hist,
         errors: errors.load(Ordering::Relaxed),
         cpu: cpu_seconds(pids.0).unwrap_or(0.0) + cpu_seconds(pids.1).unwrap_or(0.0) - cpu0,
     })

@@ -202,22 +202,25 @@ pub async fn start_pushpin(backend_port: u16, dir: &Path) -> anyhow::Result<Push
 }
 
 /// `clients` WebSocket clients sending `requests` messages through Pushpin and
-/// waiting for each reply. CPU is Pushpin's (all its processes) plus the backend's.
+/// waiting for each reply, `in_flight` at a time as in the Duplex phase. CPU is
+/// Pushpin's (all its processes) plus the backend's.
 #[allow(clippy::print_stdout)]
 pub async fn through_pushpin(
     pushpin: &Pushpin,
-    clients: usize,
+    (clients, in_flight): (usize, usize),
     requests: usize,
     backend_pid: u32,
 ) -> anyhow::Result<Phase> {
     let url = format!("ws://127.0.0.1:{}/bench", pushpin.port);
     // Connected 64 at a time: each open is a backend call through zurl.
-    let mut conns = Vec::with_capacity(clients);
+    let mut groups: Vec<Vec<PeerSocket>> = (0..in_flight).map(|_| Vec::new()).collect();
     let mut opening = futures_util::stream::iter(0..clients)
         .map(|_| tokio_tungstenite::connect_async(url.clone()))
         .buffer_unordered(64);
+    let mut opened_count = 0;
     while let Some(opened) = opening.next().await {
-        conns.push(opened.context("connecting a WebSocket client to Pushpin")?.0);
+        groups[opened_count % in_flight].push(opened.context("connecting a WebSocket client to Pushpin")?.0);
+        opened_count += 1;
     }
     drop(opening);
     let (hist, errors, next) = (new_hist()?, Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -226,7 +229,7 @@ pub async fn through_pushpin(
     let _progress = super::Progress::start("requests through pushpin", next.clone(), requests as u64);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for mut ws in conns {
+    for mut group in groups {
         let (hist, errors, next, reconnects, url) = (
             hist.clone(),
             errors.clone(),
@@ -236,9 +239,13 @@ pub async fn through_pushpin(
         );
         tasks.spawn(async move {
             let mut left = MAX_RECONNECTS;
+            let mut turn = 0usize;
             while next.fetch_add(1, Ordering::Relaxed) < requests as u64 {
+                let size = group.len();
+                let ws = &mut group[turn % size];
+                turn += 1;
                 let t = Instant::now();
-                let ok = ws.send(Message::text(REQUEST_BODY)).await.is_ok() && reply(&mut ws).await;
+                let ok = ws.send(Message::text(REQUEST_BODY)).await.is_ok() && reply(ws).await;
                 record(&hist, t, ok, &errors);
                 if ok {
                     continue;
@@ -248,12 +255,14 @@ pub async fn through_pushpin(
                 match reconnect(&url, &mut left).await {
                     Some(fresh) => {
                         reconnects.fetch_add(1, Ordering::Relaxed);
-                        ws = fresh;
+                        *ws = fresh;
                     }
                     None => return,
                 }
             }
-            let _ = ws.close(None).await;
+            for ws in &mut group {
+                let _ = ws.close(None).await;
+            }
         });
     }
     let bounded = tokio::time::timeout(Duration::from_secs(600), async {
