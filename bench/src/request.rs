@@ -36,6 +36,13 @@ pub struct RequestArgs {
     /// Requests per phase.
     #[arg(long, default_value_t = 100_000)]
     pub requests: usize,
+    /// How the Duplex clients connect: `tcp` (length-prefixed frames) or `ws`.
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "ws"])]
+    pub transport: String,
+    /// Body of each request (an upload: POST with this many bytes; 0: a GET);
+    /// at most 60 KiB, under the access tier's default frame limit.
+    #[arg(long, default_value_t = 0)]
+    pub body_bytes: usize,
     /// Redis URL for the server (default: its in-memory store).
     #[arg(long, conflicts_with = "private_redis")]
     pub redis: Option<String>,
@@ -117,6 +124,9 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
     if args.clients == 0 || args.clients > 10_000 || args.requests < args.clients {
         bail!("--clients within 1..=10000 and --requests at least --clients");
     }
+    if args.body_bytes > 60 * 1024 {
+        bail!("--body-bytes at most 61440 (the default max_frame_bytes is 64 KiB)");
+    }
     let in_flight = args.in_flight.unwrap_or(args.clients);
     if in_flight == 0 || in_flight > args.clients {
         bail!("--in-flight within 1..=--clients");
@@ -155,20 +165,30 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
     };
     println!("{}", machine_line());
     println!(
-        "bench request: {} requests per phase, {} clients, {in_flight} requests in flight, {} store",
+        "bench request: {} requests per phase, {} {} clients, {in_flight} requests in flight, {} body bytes, {} store",
         args.requests,
         args.clients,
+        args.transport,
+        args.body_bytes,
         if redis_url.is_some() { "redis" } else { "memory" }
     );
 
     // Warm both paths (connections, allocator), then measure them one after the other.
-    direct(in_flight, backend_port, in_flight.min(1000) * 20, backend_pid).await?;
-    let d = direct(in_flight, backend_port, args.requests, backend_pid).await?;
+    direct(
+        in_flight,
+        args.body_bytes,
+        backend_port,
+        in_flight.min(1000) * 20,
+        backend_pid,
+    )
+    .await?;
+    let d = direct(in_flight, args.body_bytes, backend_port, args.requests, backend_pid).await?;
     println!("{}", d.line("direct  ", args.requests, None));
     let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..args.rounds {
+        settle(&pushpin, &[duplex_pid, backend_pid]).await;
         let redis_cpu0 = private.as_ref().and_then(|r| cpu_seconds(r.pid())).unwrap_or(0.0);
-        let x = through_duplex((args.clients, in_flight), ports.0, args.requests, (duplex_pid, backend_pid)).await?;
+        let x = through_duplex(&args, in_flight, ports, args.requests, (duplex_pid, backend_pid)).await?;
         let redis_cpu = private.as_ref().and_then(|r| cpu_seconds(r.pid())).unwrap_or(0.0) - redis_cpu0;
         println!("{}", x.line("duplex  ", args.requests, rss_kib(duplex_pid)));
         if private.is_some() {
@@ -191,8 +211,14 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
             );
         }
         if let Some(pushpin) = &pushpin {
-            let p =
-                super::request_peer::through_pushpin(pushpin, (args.clients, in_flight), args.peer_requests, backend_pid).await?;
+            settle(&Some(pushpin), &[duplex_pid, backend_pid]).await;
+            let p = super::request_peer::through_pushpin(
+                pushpin,
+                (args.clients, in_flight),
+                args.peer_requests,
+                backend_pid,
+            )
+            .await?;
             println!("{}", p.line("pushpin ", args.peer_requests, Some(pushpin.usage().1)));
             ratios.push(x.rps / p.rps.max(f64::MIN_POSITIVE));
             theirs.push(p.rps);
@@ -212,6 +238,26 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
     drop((pushpin, servers, backend));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Waits (60 s at most) until the servers are idle: the last phase's clients
+/// closed 10,000 connections, and Pushpin calls the backend for each close;
+/// a phase started before that would share the cores with it.
+async fn settle<P: std::borrow::Borrow<super::request_peer::Pushpin>>(pushpin: &Option<P>, pids: &[u32]) {
+    let busy = || {
+        pids.iter().filter_map(|p| cpu_seconds(*p)).sum::<f64>()
+            + pushpin.as_ref().map_or(0.0, |p| p.borrow().usage().0)
+    };
+    let mut last = busy();
+    for _ in 0..120 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = busy();
+        // Under 5% of one core over the last half second.
+        if now - last < 0.025 {
+            return;
+        }
+        last = now;
+    }
 }
 
 async fn wait_for_port(port: u16) -> anyhow::Result<()> {
@@ -236,7 +282,14 @@ pub(crate) fn take(hist: &Mutex<Histogram<u64>>) -> anyhow::Result<Histogram<u64
 }
 
 /// `clients` HTTP clients calling the backend themselves.
-async fn direct(clients: usize, port: u16, requests: usize, backend_pid: u32) -> anyhow::Result<Phase> {
+async fn direct(
+    clients: usize,
+    body_bytes: usize,
+    port: u16,
+    requests: usize,
+    backend_pid: u32,
+) -> anyhow::Result<Phase> {
+    let body = bytes::Bytes::from(vec![b'x'; body_bytes]);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .tcp_nodelay(true)
@@ -248,11 +301,22 @@ async fn direct(clients: usize, port: u16, requests: usize, backend_pid: u32) ->
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..clients {
-        let (http, url, hist, errors, next) = (http.clone(), url.clone(), hist.clone(), errors.clone(), next.clone());
+        let (http, url, hist, errors, next, body) = (
+            http.clone(),
+            url.clone(),
+            hist.clone(),
+            errors.clone(),
+            next.clone(),
+            body.clone(),
+        );
         tasks.spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < requests as u64 {
                 let t = Instant::now();
-                let ok = match http.get(&url).send().await {
+                let call = match body.is_empty() {
+                    true => http.get(&url),
+                    false => http.post(&url).body(body.clone()),
+                };
+                let ok = match call.send().await {
                     Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
                     Err(_) => false,
                 };
@@ -282,16 +346,23 @@ pub(crate) fn record(hist: &Mutex<Histogram<u64>>, started: Instant, ok: bool, e
 /// `clients` Duplex clients sending request frames and acking the replies,
 /// `in_flight` at a time (each worker sends from its share of the clients in turn).
 async fn through_duplex(
-    (clients, in_flight): (usize, usize),
-    tcp_port: u16,
+    args: &RequestArgs,
+    in_flight: usize,
+    (tcp_port, ws_port, _): (u16, u16, u16),
     requests: usize,
     pids: (u32, u32),
 ) -> anyhow::Result<Phase> {
+    let (clients, body) = (args.clients, bytes::Bytes::from(vec![b'x'; args.body_bytes]));
     let token = mint_hs256(DEV_SECRET, &dev_claims("bench", 3600))?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], tcp_port));
+    let ws_url = format!("ws://127.0.0.1:{ws_port}/");
     let mut groups: Vec<Vec<Connection>> = (0..in_flight).map(|_| Vec::new()).collect();
     for i in 0..clients {
-        let mut conn = Connection::tcp(addr).await.context("connecting a client")?;
+        let mut conn = match args.transport.as_str() {
+            "ws" => Connection::ws(&ws_url).await,
+            _ => Connection::tcp(addr).await,
+        }
+        .context("connecting a client")?;
         conn.handshake(&token, &format!("br-{i}"), 0)
             .await
             .context("handshake")?;
@@ -303,7 +374,7 @@ async fn through_duplex(
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for mut group in groups {
-        let (hist, errors, next) = (hist.clone(), errors.clone(), next.clone());
+        let (hist, errors, next, body) = (hist.clone(), errors.clone(), next.clone(), body.clone());
         tasks.spawn(async move {
             let mut id = 0u64;
             while next.fetch_add(1, Ordering::Relaxed) < requests as u64 {
@@ -311,7 +382,7 @@ async fn through_duplex(
                 let conn = &mut group[id as usize % size];
                 id += 1;
                 let t = Instant::now();
-                let ok = round_trip(conn, id).await;
+                let ok = round_trip(conn, id, &body).await;
                 record(&hist, t, ok, &errors);
             }
         });
@@ -333,14 +404,14 @@ async fn through_duplex(
 }
 
 /// One request and its reply (acked); false on an error frame or a non-2xx reply.
-async fn round_trip(conn: &mut Connection, id: u64) -> bool {
+async fn round_trip(conn: &mut Connection, id: u64, body: &bytes::Bytes) -> bool {
     let frame = Frame::Request(Request {
         id,
         service: "bench".into(),
-        method: "GET".into(),
+        method: if body.is_empty() { "GET" } else { "POST" }.into(),
         path: "/bench".into(),
         headers: Default::default(),
-        body: Default::default(),
+        body: body.clone(),
         timeout_ms: 0,
     });
     if conn.send(&frame).await.is_err() {

@@ -30,6 +30,9 @@ const REQUEST_BODY: &str = "{\"get\":\"/bench\"}";
 /// Largest events body the backend answers (the bench's own messages are tiny).
 const MAX_EVENTS: usize = 64 * 1024;
 
+/// Attempts to open one Pushpin client before the phase fails.
+const OPEN_TRIES: u32 = 20;
+
 /// Connection attempts one Pushpin client may spend on reconnecting after resets.
 const MAX_RECONNECTS: u32 = 1000;
 
@@ -212,15 +215,20 @@ pub async fn through_pushpin(
     backend_pid: u32,
 ) -> anyhow::Result<Phase> {
     let url = format!("ws://127.0.0.1:{}/bench", pushpin.port);
-    // Connected 64 at a time: each open is a backend call through zurl.
+    // Connected 64 at a time: each open is a backend call through zurl, which
+    // Pushpin answers with 502 now and then under load; a client tries again.
     let mut groups: Vec<Vec<PeerSocket>> = (0..in_flight).map(|_| Vec::new()).collect();
     let mut opening = futures_util::stream::iter(0..clients)
-        .map(|_| tokio_tungstenite::connect_async(url.clone()))
+        .map(|_| async {
+            let mut tries = OPEN_TRIES;
+            reconnect(&url, &mut tries).await
+        })
         .buffer_unordered(64);
-    let mut opened_count = 0;
-    while let Some(opened) = opening.next().await {
-        groups[opened_count % in_flight].push(opened.context("connecting a WebSocket client to Pushpin")?.0);
-        opened_count += 1;
+    let mut opened = 0;
+    while let Some(ws) = opening.next().await {
+        let ws = ws.with_context(|| format!("Pushpin refused a WebSocket {OPEN_TRIES} times"))?;
+        groups[opened % in_flight].push(ws);
+        opened += 1;
     }
     drop(opening);
     let (hist, errors, next) = (new_hist()?, Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
