@@ -37,6 +37,10 @@ pub struct AccessConfig {
     pub max_frame_bytes: u32,
     /// Deepest MessagePack nesting accepted (the frame map counts 1). Default 16.
     pub max_nesting: usize,
+    /// Most bytes one read of a WebSocket connection takes; its read buffer
+    /// starts this large and is kept for the connection's life. Default 512
+    /// (idle connections are the common case; larger speeds up big uploads).
+    pub ws_read_buffer_bytes: usize,
     /// Time allowed for the transport handshake plus `Connect`, ms. Default 10000.
     pub auth_timeout_ms: u64,
     /// Heartbeat interval advised to clients, ms; silence for 3 intervals closes. Default 30000.
@@ -101,6 +105,7 @@ impl Default for AccessConfig {
             max_connections: 100_000,
             max_frame_bytes: 64 * 1024,
             max_nesting: 16,
+            ws_read_buffer_bytes: 512,
             auth_timeout_ms: 10_000,
             heartbeat_ms: 30_000,
             pong_deadline_ms: 5_000,
@@ -152,6 +157,12 @@ impl AccessConfig {
         })?;
         if self.max_frame_bytes > 16 * 1024 * 1024 {
             return Err(invalid(&format!("{f}max_frame_bytes"), "must be at most 16 MiB"));
+        }
+        if !(64..=1024 * 1024).contains(&self.ws_read_buffer_bytes) {
+            return Err(invalid(
+                &format!("{f}ws_read_buffer_bytes"),
+                "must be within 64..=1048576",
+            ));
         }
         if self.max_nesting > MAX_NESTING_LIMIT {
             return Err(invalid(

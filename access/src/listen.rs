@@ -148,7 +148,10 @@ async fn open(shared: &Shared, stream: TcpStream, kind: TransportKind, deadline:
             }
         }
     };
-    let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(&shared.limits)));
+    let handshake = tokio_tungstenite::accept_async_with_config(
+        stream,
+        Some(ws_config(&shared.limits, shared.config.ws_read_buffer_bytes)),
+    );
     match Box::pin(tokio::time::timeout_at(deadline, handshake)).await {
         Ok(Ok(ws)) => Some(Transport::Ws(Box::new(ws))),
         Ok(Err(e)) => {

@@ -85,13 +85,16 @@ pub enum Transport {
 
 /// WebSocket limits: tungstenite's defaults (64 MiB messages, 128 KiB read
 /// buffer, unbounded write buffer) would let one client cost megabytes.
-/// The read buffer is kept for the connection's life, so it starts small: it
-/// grows to a large frame's size when one arrives (the header announces it).
-/// Measured: 4 KiB gave 8.4 KiB of RSS per idle connection, 1 KiB 5.4 KiB.
-pub fn ws_config(limits: &Limits) -> WebSocketConfig {
+/// The read buffer is kept for the connection's life, so it starts small
+/// (`read_buffer`, `access.ws_read_buffer_bytes`): it grows to a large frame's
+/// size when one arrives, but each read takes at most `read_buffer` bytes.
+/// Measured per idle connection: 4 KiB gave 8.4 KiB of RSS, 1 KiB 3.27 KiB,
+/// 512 B 2.8 KiB; 512 B costs 32 KiB uploads ~10% more CPU than 1 KiB
+/// (docs/BENCHMARKS.md, "WebSocket read buffer").
+pub fn ws_config(limits: &Limits, read_buffer: usize) -> WebSocketConfig {
     let max = limits.max_frame_bytes as usize;
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(read_buffer)
         .write_buffer_size(0)
         .max_write_buffer_size(4 * max + 64 * 1024)
         .max_message_size(Some(max))

@@ -23,6 +23,14 @@ fn each_bad_value_names_its_own_key() {
         field_of(config.validate().expect_err("refused")),
         "downstream.queue_max_messages"
     );
+    for bad in [0, 63, 1024 * 1024 + 1] {
+        let mut config = Config::default();
+        config.access.ws_read_buffer_bytes = bad;
+        assert_eq!(
+            field_of(config.validate().expect_err("refused")),
+            "access.ws_read_buffer_bytes"
+        );
+    }
     for (key, tweak) in [
         (
             "upstream.spool_max_bytes",
