@@ -14,7 +14,7 @@ use crate::outbox::Outbox;
 use crate::preauth::PreAuthGuard;
 use crate::send::send_now;
 use crate::sequencer::Sequencer;
-use crate::session::{Client, Session};
+use crate::session::{Client, Opening, Session};
 use crate::token_life::TokenLife;
 use crate::transport::{ReadEvent, Transport};
 use crate::Shared;
@@ -33,7 +33,7 @@ pub(crate) async fn start(
     conn_id: u64,
     preauth: PreAuthGuard,
     permit: OwnedSemaphorePermit,
-) -> Option<Box<Session>> {
+) -> Option<(Box<Session>, Box<Opening>)> {
     let Some((connect, claims)) = Box::pin(authenticate(&shared, &mut io, auth_deadline)).await else {
         io.shutdown().await;
         return None;
@@ -80,8 +80,15 @@ pub(crate) async fn start(
     };
     let span = tracing::info_span!("session", conn_id, epoch = claim.route.conn_epoch);
     let outbound_queue = shared.config.outbound_queue;
-    let sequencer_counts = shared.sequencer_counts.clone();
     let serving = crate::serve::Serving::new();
+    let token = TokenLife::new(claims.exp, &shared.clock);
+    // The slot is the session's now; it gives it back when dropped.
+    permit.forget();
+    let opening = Box::new(Opening {
+        connect_id: connect.id,
+        previous: claim.previous,
+        token_expires_at: claims.exp,
+    });
     let session = Box::new(Session {
         shared,
         io,
@@ -90,20 +97,17 @@ pub(crate) async fn start(
             user_id: claims.sub.into_boxed_str(),
             conn_epoch: claim.route.conn_epoch,
         },
-        connect_id: connect.id,
-        previous: claim.previous.map(Box::new),
-        sequencer: Sequencer::new(connect.last_seq, sequencer_counts),
+        sequencer: Sequencer::new(connect.last_seq),
         resumed_from: 0,
         acked: 0,
         ack_probe: None,
         outbox: Arc::new(Outbox::new(outbound_queue)),
-        token: TokenLife::new(claims.exp),
-        _permit: permit,
+        token,
         serving,
         span,
         connected_at_ms: 0,
     });
-    Some(session)
+    Some((session, opening))
 }
 
 /// WebSocket control messages tolerated before `connect`.

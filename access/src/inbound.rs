@@ -91,7 +91,7 @@ impl Session {
     pub(crate) fn refresh(&mut self, refresh: Refresh) -> Frame {
         match self.shared.verifier.verify_for(&refresh.token, &self.client.client_id) {
             Ok(claims) if *claims.sub == *self.client.user_id => {
-                self.token.refreshed(claims.exp);
+                self.token.refreshed(claims.exp, &self.shared.clock);
                 Frame::Refreshed(Refreshed {
                     id: refresh.id,
                     token_expires_at: claims.exp,

@@ -73,10 +73,12 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind
         shared.tracker.spawn(async move {
             // Boxed: the setup's state is freed before the session runs, so
             // the task holds only the session's.
-            let Some(session) = Box::pin(setup.start()).await else {
+            let Some((mut session, opening)) = Box::pin(setup.start()).await else {
                 return;
             };
-            session.run().await;
+            if session.open(opening).await {
+                session.run().await;
+            }
         });
     }
 }
@@ -99,7 +101,7 @@ impl Setup {
     /// socket's pre-auth slot), then authentication and the route claim.
     /// Runs in the connection's `conn` span; the session's span is its
     /// child, so the session's logs still name the peer.
-    async fn start(self: Box<Self>) -> Option<Box<crate::session::Session>> {
+    async fn start(self: Box<Self>) -> Option<(Box<crate::session::Session>, Box<crate::session::Opening>)> {
         let span = tracing::debug_span!("conn", conn_id = self.conn_id, peer = %self.peer, transport = ?self.kind);
         async move {
             let setup = *self;

@@ -28,7 +28,6 @@ pub(crate) struct Sequencer {
     /// so missing seqs there are no gap to report (the replay may start
     /// below it, from what the store knows was written).
     no_gap_through: u64,
-    counts: Arc<Counts>,
     /// Gaps sent since the session last took them (for lifecycle events);
     /// boxed: most connections never see one, and this is kept per connection.
     #[expect(
@@ -40,7 +39,7 @@ pub(crate) struct Sequencer {
 
 pub(crate) use duplex_store::now_ms;
 
-/// What sequencers count into: one per node, shared (8 bytes per connection).
+/// What sequencers count into: one per node, passed in (not kept per connection).
 #[derive(Debug)]
 pub(crate) struct Counts {
     pub metrics: Arc<Metrics>,
@@ -48,11 +47,10 @@ pub(crate) struct Counts {
 }
 
 impl Sequencer {
-    pub fn new(last_seq: u64, counts: Arc<Counts>) -> Self {
+    pub fn new(last_seq: u64) -> Self {
         Sequencer {
             cursor: last_seq,
             no_gap_through: last_seq,
-            counts,
             gaps: None,
         }
     }
@@ -62,15 +60,15 @@ impl Sequencer {
         self.gaps.take().map(|g| *g).unwrap_or_default()
     }
 
-    fn gap_to(&mut self, seq: u64, out: &mut Vec<Bytes>) {
+    fn gap_to(&mut self, counts: &Counts, seq: u64, out: &mut Vec<Bytes>) {
         let from = self.cursor.max(self.no_gap_through) + 1;
         if seq > from {
-            self.counts.metrics.inc("duplex_gaps_total", &[]);
-            self.counts
+            counts.metrics.inc("duplex_gaps_total", &[]);
+            counts
                 .metrics
                 .counter("duplex_gap_messages_total", &[])
                 .add((seq - from) as i64);
-            self.counts.frames_out.count("gap");
+            counts.frames_out.count("gap");
             self.gaps.get_or_insert_default().push((from, seq - 1));
             out.push(body(&Frame::Gap(Gap {
                 from,
@@ -87,13 +85,13 @@ impl Sequencer {
     /// under it).
     pub async fn catch_up(
         &mut self,
-        store: &dyn Store,
+        (store, counts): (&dyn Store, &Counts),
         client_id: &str,
         until: Option<u64>,
         reason: &'static str,
         out: &mut Vec<Bytes>,
     ) -> Result<bool, StoreError> {
-        self.counts
+        counts
             .metrics
             .inc("duplex_sequencer_fetches_total", &[("reason", reason)]);
         let pending = store.pending(client_id, self.cursor, FETCH_BATCH, now_ms()).await?;
@@ -107,9 +105,9 @@ impl Sequencer {
             if m.seq <= self.cursor {
                 continue;
             }
-            self.gap_to(m.seq, out);
+            self.gap_to(counts, m.seq, out);
             let frame = m.frame();
-            self.counts.frames_out.frame(&frame);
+            counts.frames_out.frame(&frame);
             out.push(body(&frame));
             self.cursor = m.seq;
         }
@@ -119,7 +117,7 @@ impl Sequencer {
     /// Orders a batch of queued deliveries into bodies to write.
     pub async fn prepare(
         &mut self,
-        store: &dyn Store,
+        (store, counts): (&dyn Store, &Counts),
         client_id: &str,
         mut items: Vec<Outgoing>,
         out: &mut Vec<Bytes>,
@@ -135,7 +133,7 @@ impl Sequencer {
                     // Bounded: every round either advances the cursor by a full batch or ends.
                     for _ in 0..1_000 {
                         if self.cursor >= seq
-                            || !self.catch_up(store, client_id, Some(seq + 1), "catch_up", out).await?
+                            || !self.catch_up((store, counts), client_id, Some(seq + 1), "catch_up", out).await?
                         {
                             break;
                         }
@@ -153,14 +151,14 @@ impl Sequencer {
             }
             // Bounded: every round either advances the cursor by a full batch or ends.
             for _ in 0..1_000 {
-                if seq == self.cursor + 1 || !self.catch_up(store, client_id, Some(seq), "hole", out).await? {
+                if seq == self.cursor + 1 || !self.catch_up((store, counts), client_id, Some(seq), "hole", out).await? {
                     break;
                 }
             }
             if seq <= self.cursor {
                 continue;
             }
-            self.gap_to(seq, out);
+            self.gap_to(counts, seq, out);
             out.push(body);
             self.cursor = seq;
         }
@@ -211,15 +209,13 @@ mod tests {
         let mut items = stored(&store, 3).await;
         items.reverse();
         let metrics = Arc::new(Metrics::new());
-        let mut sequencer = Sequencer::new(
-            0,
-            Arc::new(Counts {
-                metrics: metrics.clone(),
-                frames_out: FrameCounts::new(&metrics, "duplex_frames_out_total"),
-            }),
-        );
+        let counts = Counts {
+            metrics: metrics.clone(),
+            frames_out: FrameCounts::new(&metrics, "duplex_frames_out_total"),
+        };
+        let mut sequencer = Sequencer::new(0);
         let mut out = Vec::new();
-        sequencer.prepare(&store, "c", items, &mut out).await.expect("prepare");
+        sequencer.prepare((&store, &counts), "c", items, &mut out).await.expect("prepare");
         assert_eq!(out.len(), 3, "three pushes, no gap");
         assert_eq!(sequencer.cursor, 3);
         assert_eq!(hole_reads(&metrics), 0);
@@ -230,17 +226,15 @@ mod tests {
         let store = MemoryStore::new();
         let items = stored(&store, 2).await;
         let metrics = Arc::new(Metrics::new());
-        let mut sequencer = Sequencer::new(
-            0,
-            Arc::new(Counts {
-                metrics: metrics.clone(),
-                frames_out: FrameCounts::new(&metrics, "duplex_frames_out_total"),
-            }),
-        );
+        let counts = Counts {
+            metrics: metrics.clone(),
+            frames_out: FrameCounts::new(&metrics, "duplex_frames_out_total"),
+        };
+        let mut sequencer = Sequencer::new(0);
         let mut out = Vec::new();
         let second = items.into_iter().nth(1).expect("seq 2");
         sequencer
-            .prepare(&store, "c", vec![second], &mut out)
+            .prepare((&store, &counts), "c", vec![second], &mut out)
             .await
             .expect("prepare");
         assert_eq!(out.len(), 2, "seq 1 from the store, then seq 2");

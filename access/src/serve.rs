@@ -17,7 +17,7 @@ use std::task::Poll;
 
 use duplex_shared::protocol::{Ack, ErrorCode, Frame};
 use duplex_shared::rate::SmallBucket;
-use tokio::time::{sleep_until, Instant, Sleep};
+use tokio::time::{sleep_until, Sleep};
 use tracing::{debug, Instrument};
 
 use crate::drain::{self, Drain};
@@ -109,7 +109,7 @@ impl Session {
 
     /// States the connection's next deadline (silence or token) to the sweeper.
     fn arm(&self, outbox: &Outbox) {
-        outbox.set_due(self.silent_at_ms().min(self.shared.clock.ms_at(self.token.due())));
+        outbox.set_due(self.silent_at_ms().min(self.token.due_ms()));
     }
 
     async fn on_write(&mut self, batch: Vec<Outgoing>, outbox: &Outbox) -> Step {
@@ -124,9 +124,8 @@ impl Session {
         if shared.shutdown.is_cancelled() && self.serving.draining.is_none() {
             start_drain(&shared, &mut self.serving);
         }
-        let now = Instant::now();
-        if now >= self.token.due() {
-            match self.token.on_due(shared.verifier.expiry_grace()) {
+        if shared.clock.now_ms() >= self.token.due_ms() {
+            match self.token.on_due(shared.verifier.expiry_grace(), &shared.clock) {
                 Expiry::Warn(warning) => {
                     if send_now(&shared, &mut self.io, &warning).await.is_err() {
                         return Err(End::Failed);

@@ -6,6 +6,8 @@
 //! `Sequencer`, which keeps them in seq order and replays what the client
 //! missed.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -36,9 +38,6 @@ pub(crate) struct Session {
     pub(crate) shared: Arc<Shared>,
     pub(crate) io: Transport,
     pub(crate) client: Client,
-    pub(crate) connect_id: u64,
-    /// The connection this one replaces (boxed: most connects replace none).
-    pub(crate) previous: Option<Box<Route>>,
     pub(crate) sequencer: Sequencer,
     /// Where this connection's replay started, and the highest ack it
     /// stored: what was written beyond both is recorded when it ends.
@@ -52,8 +51,6 @@ pub(crate) struct Session {
     pub(crate) outbox: Arc<Outbox>,
     /// The connection's token: when it expires, and the grace after that.
     pub(crate) token: TokenLife,
-    /// The connection's slot under the node's connection limit.
-    pub(crate) _permit: tokio::sync::OwnedSemaphorePermit,
     /// The serving loop's state (frame rate, silence, drain).
     pub(crate) serving: crate::serve::Serving,
     /// The `session` span (conn id, epoch). Kept here, not around the task's
@@ -62,6 +59,31 @@ pub(crate) struct Session {
     pub(crate) span: tracing::Span,
     /// When `connected` went out, ms since the Unix epoch (0 until then).
     pub(crate) connected_at_ms: u64,
+}
+
+/// What only the start of a session needs (`connected`, the kick of the
+/// connection it replaces): boxed and freed once the session opened, not kept
+/// for the session's life.
+pub(crate) struct Opening {
+    /// The `connect` frame's id, echoed by `connected`.
+    pub connect_id: u64,
+    /// The connection this one replaces.
+    pub previous: Option<Route>,
+    /// The token's expiry (Unix seconds), reported by `connected`.
+    pub token_expires_at: u64,
+}
+
+/// How the start went: `None` when a newer connection of the client already
+/// won (the session never registered), else whether it may serve.
+type Opened = Option<Result<(), End>>;
+
+/// The session holds a slot of the node's connection limit (`Shared::permits`)
+/// without keeping the permit (16 bytes per connection): `conn::start` forgets
+/// the permit, and the slot comes back here.
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.permits.add_permits(1);
+    }
 }
 
 /// Who the connection is. Leaner than the links' `ClientContext`, which is
@@ -150,34 +172,48 @@ impl End {
 }
 
 impl Session {
-    /// Runs the session to its end. Only the serving loop is awaited in
-    /// place: its start and its end are boxed, so the connection's task
-    /// carries no more than the loop's state while the connection lives.
+    /// Registers the session, says `connected` and replays what the client
+    /// missed (see `open_inner`); true when it is to be served ([`Self::run`]),
+    /// false when it ended already (closed here if it had registered).
+    /// Boxed, and called by the connection's task itself: `opening` then
+    /// lives only in this box, not in the task for the connection's life.
+    pub(crate) fn open(&mut self, opening: Box<Opening>) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        let span = self.span.clone();
+        Box::pin(
+            async move {
+                let outbox = self.outbox.clone();
+                match self.open_inner(&outbox, opening).await {
+                    None => false,
+                    Some(Err(end)) => {
+                        self.close(end).await;
+                        false
+                    }
+                    Some(Ok(())) => true,
+                }
+            }
+            .instrument(span),
+        )
+    }
+
+    /// Serves the opened session to its end, then closes it. Only the
+    /// serving loop is awaited in place: the start and the end are boxed, so
+    /// the connection's task carries no more than the loop's state while the
+    /// connection lives.
     pub(crate) async fn run(mut self: Box<Self>) {
-        let Some(end) = self.open_and_serve().await else {
-            return;
-        };
+        let outbox = self.outbox.clone();
+        let end = self.serve(&outbox).await;
+        drop(outbox);
         let span = self.span.clone();
         Box::pin(self.close(end).instrument(span)).await;
     }
 
-    /// Why the session ended; `None` if it never registered. Its own fn,
-    /// and matched in place, so that nothing of the start is kept while the
-    /// loop runs.
-    async fn open_and_serve(&mut self) -> Option<End> {
-        let outbox = self.outbox.clone();
-        let span = self.span.clone();
-        match Box::pin(self.open(&outbox).instrument(span)).await {
-            None => return None,
-            Some(Err(end)) => return Some(end),
-            Some(Ok(())) => {}
-        }
-        Some(self.serve(&outbox).await)
-    }
-
-    /// Registers the session, says `connected` and replays what the client
-    /// missed; `None` when a newer connection of the client already won.
-    async fn open(&mut self, outbox: &Arc<Outbox>) -> Option<Result<(), End>> {
+    /// `None` when a newer connection of the client already won.
+    async fn open_inner(&mut self, outbox: &Arc<Outbox>, opening: Box<Opening>) -> Opened {
+        let Opening {
+            connect_id,
+            previous,
+            token_expires_at,
+        } = *opening;
         let shared = self.shared.clone();
         let handle = SessionHandle {
             conn_epoch: self.client.conn_epoch,
@@ -190,7 +226,7 @@ impl Session {
             self.finish().await;
             return None;
         }
-        self.kick_previous();
+        self.kick_previous(previous);
         let transport = self.io.kind().label();
         self.connected_at_ms = crate::sequencer::now_ms();
         shared
@@ -199,14 +235,14 @@ impl Session {
             .inc();
         shared.metrics.inc("duplex_connects_total", &[("transport", transport)]);
         let connected = &Frame::Connected(Connected {
-            id: self.connect_id,
+            id: connect_id,
             session_id: self.route().encode(),
             node_id: shared.node_id.clone(),
             heartbeat_ms: shared.config.heartbeat_ms,
             reconnect_min_ms: shared.config.reconnect_min_ms,
             reconnect_max_ms: shared.config.reconnect_max_ms,
             max_frame_bytes: shared.limits.max_frame_bytes,
-            token_expires_at: self.token.expires_at(),
+            token_expires_at,
             pong_deadline_ms: shared.config.pong_deadline_ms,
         });
         if send_now(&shared, &mut self.io, connected).await.is_err() {
@@ -258,8 +294,8 @@ impl Session {
     }
 
     /// Closes the connection this one replaced, wherever it is.
-    fn kick_previous(&mut self) {
-        let Some(prev) = self.previous.take().map(|p| *p) else {
+    fn kick_previous(&mut self, previous: Option<Route>) {
+        let Some(prev) = previous else {
             return;
         };
         if prev.node_id == self.shared.node_id {
@@ -282,7 +318,7 @@ impl Session {
     /// Treats everything up to `last_seq` as acked, then replays what is
     /// stored after it, in order, before any new delivery is written.
     async fn resume(&mut self) -> Result<(), End> {
-        let store = self.shared.store.clone();
+        let (store, counts) = (self.shared.store.clone(), self.shared.sequencer_counts.clone());
         let client_id = self.client.client_id.to_string();
         let last_seq = self.sequencer.cursor;
         if last_seq > 0 {
@@ -298,7 +334,7 @@ impl Session {
             let mut bodies = Vec::new();
             let more = match self
                 .sequencer
-                .catch_up(&*store, &client_id, None, "replay", &mut bodies)
+                .catch_up((&*store, &counts), &client_id, None, "replay", &mut bodies)
                 .await
             {
                 Ok(more) => more,
@@ -315,11 +351,11 @@ impl Session {
 
     /// Writes a batch from the outbox, stored messages in seq order.
     pub(crate) async fn deliver(&mut self, items: Vec<Outgoing>) -> Result<(), End> {
-        let store = self.shared.store.clone();
+        let (store, counts) = (self.shared.store.clone(), self.shared.sequencer_counts.clone());
         let mut bodies = Vec::with_capacity(items.len());
         if let Err(e) = self
             .sequencer
-            .prepare(&*store, &self.client.client_id, items, &mut bodies)
+            .prepare((&*store, &counts), &self.client.client_id, items, &mut bodies)
             .await
         {
             return Err(self.store_failed(None, &e).await);

@@ -34,12 +34,6 @@ impl Clock {
     pub fn now_ms(&self) -> u64 {
         self.base.elapsed().as_millis() as u64
     }
-
-    /// `at` in ms on this clock, rounded up (an alarm is never early).
-    pub fn ms_at(&self, at: Instant) -> u64 {
-        let since = at.saturating_duration_since(self.base);
-        since.as_millis() as u64 + u64::from(since.subsec_nanos() % 1_000_000 != 0)
-    }
 }
 
 /// How often the sweeper looks: an eighth of the silence limit, within 10 ms..=1 s.
@@ -69,10 +63,9 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn the_clock_rounds_deadlines_up() {
+    async fn the_clock_follows_tokio_time() {
         let clock = Clock::new();
-        assert_eq!(clock.ms_at(clock.base + Duration::from_micros(1)), 1);
-        assert_eq!(clock.ms_at(clock.base + Duration::from_millis(5)), 5);
+        assert_eq!(clock.now_ms(), 0);
         tokio::time::advance(Duration::from_millis(7)).await;
         assert_eq!(clock.now_ms(), 7);
     }

@@ -12,14 +12,16 @@
 use std::time::Duration;
 
 use crate::auth::unix_now;
+use crate::sweeper::Clock;
 use duplex_shared::protocol::{ErrorCode, Frame};
-use tokio::time::Instant;
 
+/// 16 bytes: it is kept per connection. The expiry itself is not kept (only
+/// `connected` reports it, at the start); the deadline is in ms on the node's
+/// clock, like the connection's other deadlines.
 #[derive(Debug)]
 pub(crate) struct TokenLife {
-    expires_at: u64,
     /// When the current deadline falls: the expiry, or the end of the grace.
-    due: Instant,
+    due_ms: u64,
     warned: bool,
 }
 
@@ -31,30 +33,28 @@ pub(crate) enum Expiry {
     Close(Frame),
 }
 
-fn due_at(expires_at: u64) -> Instant {
-    Instant::now() + Duration::from_secs(expires_at.saturating_sub(unix_now()))
+/// `expires_at` (Unix seconds) on `clock`; saturates, so a token that
+/// expires in the far future never overflows the clock.
+fn due_at(expires_at: u64, clock: &Clock) -> u64 {
+    let left_ms = expires_at.saturating_sub(unix_now()).saturating_mul(1000);
+    clock.now_ms().saturating_add(left_ms)
 }
 
 impl TokenLife {
-    pub fn new(expires_at: u64) -> Self {
+    pub fn new(expires_at: u64, clock: &Clock) -> Self {
         TokenLife {
-            expires_at,
-            due: due_at(expires_at),
+            due_ms: due_at(expires_at, clock),
             warned: false,
         }
     }
 
-    pub fn expires_at(&self) -> u64 {
-        self.expires_at
-    }
-
-    /// When [`Self::on_due`] must next be called.
-    pub fn due(&self) -> Instant {
-        self.due
+    /// When [`Self::on_due`] must next be called, in ms on the node's clock.
+    pub fn due_ms(&self) -> u64 {
+        self.due_ms
     }
 
     /// `grace`: how long a warned client has to refresh (the node's setting).
-    pub fn on_due(&mut self, grace: Duration) -> Expiry {
+    pub fn on_due(&mut self, grace: Duration, clock: &Clock) -> Expiry {
         if self.warned {
             return Expiry::Close(ErrorCode::TokenExpired.frame(
                 None,
@@ -63,7 +63,7 @@ impl TokenLife {
             ));
         }
         self.warned = true;
-        self.due = Instant::now() + grace;
+        self.due_ms = clock.now_ms().saturating_add(grace.as_millis() as u64);
         Expiry::Warn(ErrorCode::TokenExpired.frame(
             None,
             format!(
@@ -75,9 +75,36 @@ impl TokenLife {
     }
 
     /// The connection now runs on a token expiring at `expires_at`.
-    pub fn refreshed(&mut self, expires_at: u64) {
-        self.expires_at = expires_at;
-        self.due = due_at(expires_at);
+    pub fn refreshed(&mut self, expires_at: u64, clock: &Clock) {
+        self.due_ms = due_at(expires_at, clock);
         self.warned = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_warns_then_closes_after_the_grace() {
+        let clock = Clock::new();
+        let mut life = TokenLife::new(unix_now() + 10, &clock);
+        // Whole seconds: the wall clock may tick between the two reads.
+        assert!((9_000..=10_000).contains(&life.due_ms()), "{}", life.due_ms());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(matches!(life.on_due(Duration::from_secs(30), &clock), Expiry::Warn(_)));
+        assert_eq!(life.due_ms(), clock.now_ms() + 30_000);
+        assert!(matches!(life.on_due(Duration::from_secs(30), &clock), Expiry::Close(_)));
+        life.refreshed(unix_now() + 60, &clock);
+        assert!(life.due_ms() >= clock.now_ms() + 59_000);
+        assert!(matches!(life.on_due(Duration::from_secs(30), &clock), Expiry::Warn(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_far_or_past_expiry_neither_overflows_nor_waits() {
+        let clock = Clock::new();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert_eq!(TokenLife::new(u64::MAX, &clock).due_ms(), u64::MAX);
+        assert_eq!(TokenLife::new(0, &clock).due_ms(), 5);
     }
 }
