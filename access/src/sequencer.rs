@@ -133,7 +133,9 @@ impl Sequencer {
                     // Bounded: every round either advances the cursor by a full batch or ends.
                     for _ in 0..1_000 {
                         if self.cursor >= seq
-                            || !self.catch_up((store, counts), client_id, Some(seq + 1), "catch_up", out).await?
+                            || !self
+                                .catch_up((store, counts), client_id, Some(seq + 1), "catch_up", out)
+                                .await?
                         {
                             break;
                         }
@@ -151,7 +153,11 @@ impl Sequencer {
             }
             // Bounded: every round either advances the cursor by a full batch or ends.
             for _ in 0..1_000 {
-                if seq == self.cursor + 1 || !self.catch_up((store, counts), client_id, Some(seq), "hole", out).await? {
+                if seq == self.cursor + 1
+                    || !self
+                        .catch_up((store, counts), client_id, Some(seq), "hole", out)
+                        .await?
+                {
                     break;
                 }
             }
@@ -215,7 +221,10 @@ mod tests {
         };
         let mut sequencer = Sequencer::new(0);
         let mut out = Vec::new();
-        sequencer.prepare((&store, &counts), "c", items, &mut out).await.expect("prepare");
+        sequencer
+            .prepare((&store, &counts), "c", items, &mut out)
+            .await
+            .expect("prepare");
         assert_eq!(out.len(), 3, "three pushes, no gap");
         assert_eq!(sequencer.cursor, 3);
         assert_eq!(hole_reads(&metrics), 0);
