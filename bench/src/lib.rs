@@ -12,6 +12,7 @@ mod connect;
 mod http_load;
 mod internal;
 mod metrics;
+mod overload;
 mod procfs;
 mod push;
 mod push_peer;
@@ -54,6 +55,9 @@ pub enum BenchCommand {
     /// The message queue's own cost per message (store, sent mark, ack) on the
     /// memory store and Redis side by side, without HTTP or clients.
     Store(store::StoreArgs),
+    /// Pushes at twice the sustained rate for a minute, then at half: server
+    /// RSS, refusals counted, and how soon latency is back to normal.
+    Overload(overload::OverloadArgs),
     /// What recording a metric costs: Duplex's registry next to prometheus-client.
     Metrics(metrics::MetricsArgs),
     /// Internal: the trivial backend of `bench request`.
@@ -112,6 +116,7 @@ pub fn run(cmd: BenchCommand) -> ExitCode {
         BenchCommand::Internal(args) => runtime.block_on(internal::run(args)),
         BenchCommand::Store(args) => runtime.block_on(store::run(args)),
         BenchCommand::Metrics(args) => runtime.block_on(metrics::run(args)),
+        BenchCommand::Overload(args) => runtime.block_on(overload::run(args)),
         BenchCommand::Queues(args) => runtime.block_on(queues::run(args)),
         BenchCommand::Backend(args) => runtime.block_on(request::backend(args)),
         BenchCommand::ConnectWorker(args) => runtime.block_on(worker::worker(args)),
