@@ -152,16 +152,20 @@ async fn the_connection_limit_refuses_extra_connections_cleanly() {
         })
         .await;
         // The freed slot is usable again (the permit goes with the task, which may lag the hub a little).
-        let mut ok = false;
+        let mut reused = None;
         for _ in 0..100 {
             let mut d = node.open(via).await;
             if d.handshake(&token("u"), "c-d", 0).await.is_ok() {
-                ok = true;
+                reused = Some(d);
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(ok, "{via:?}: a slot frees up after a disconnect");
+        assert!(reused.is_some(), "{via:?}: a slot frees up after a disconnect");
+        // The slot came back once, not more: the limit holds again.
+        let mut e2 = node.open(via).await;
+        let e = expect_error(&mut e2).await;
+        assert_eq!(e.code.as_str(), "server_full", "{via:?}: still two at most");
     }
 }
 
