@@ -68,6 +68,12 @@ pub enum BenchCommand {
     ConnectWorker(worker::WorkerArgs),
 }
 
+/// The middle of `v` (the upper one of an even count; 0 when empty).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// Prints `label done / total` on stderr every second until dropped.
 pub(crate) struct Progress(tokio::task::JoinHandle<()>);
 

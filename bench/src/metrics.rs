@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+
+use super::median;
 use duplex_shared::metrics::Metrics;
 use prometheus_client::metrics::counter::Counter as PcCounter;
 use prometheus_client::metrics::histogram::Histogram as PcHistogram;
@@ -48,11 +50,6 @@ fn per_op(threads: usize, ops: u64, op: Arc<dyn Fn(u64) + Send + Sync>) -> f64 {
         let _ = w.join();
     }
     started.elapsed().as_nanos() as f64 / ops as f64
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 // The report is the command's output.

@@ -21,6 +21,7 @@ use duplex_node::config::DEV_API_KEY;
 use serde_json::json;
 
 use super::http_load::LoadClient;
+use super::median;
 use super::procfs::{cpu_seconds, machine_line, rss_kib};
 use super::push::{wall_us, ReceivingClients};
 use super::servers::{duplex_exe, free_ports, redis_for, start_duplex};
@@ -213,11 +214,6 @@ async fn push(load: &LoadClient, outcomes: &Outcomes, next: &AtomicU64, clients:
     let body = json!({"client_ids": [format!("bp-{k}")], "payload": {"t": wall_us()}, "qos": 1});
     let body = serde_json::to_vec(&body).unwrap_or_default();
     outcomes.record(load.post_json("/v1/push", &body).await);
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 #[allow(clippy::print_stdout)]

@@ -19,6 +19,24 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// The pids of `pid`'s children (nginx's workers under its master, Pushpin's services under its runner).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// CPU seconds and RSS (KiB) of `pid` and its children.
+pub fn tree_usage(pid: u32) -> (f64, u64) {
+    let pids: Vec<u32> = std::iter::once(pid).chain(children(pid)).collect();
+    (
+        pids.iter().filter_map(|p| cpu_seconds(*p)).sum(),
+        pids.iter().filter_map(|p| rss_kib(*p)).sum(),
+    )
+}
+
 /// CPU time the whole machine spent busy and in all, seconds (all cores, from /proc/stat):
 /// the busy share of a phase says whether the cores, not a process, set its rate.
 pub fn machine_cpu_seconds() -> Option<(f64, f64)> {

@@ -25,6 +25,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use super::http_load::LoadClient;
+use super::median;
 use super::procfs::{cpu_seconds, machine_line, rss_kib};
 use super::servers::{duplex_exe, free_ports, redis_for, start_duplex};
 use super::store::{loopback_url, redis_counters};
@@ -91,11 +92,6 @@ impl RunFigures {
             rss_kib,
         }
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The send time every bench payload carries (`{"t": <us since the epoch>}`).

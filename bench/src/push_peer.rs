@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::procfs::{cpu_seconds, rss_kib};
+use super::procfs::tree_usage;
 use super::push::{wall_us, PushArgs, RunFigures};
 use super::servers::{free_ports, start_mosquitto};
 
@@ -196,24 +196,6 @@ pub async fn run_mosquitto(args: &PushArgs) -> anyhow::Result<RunFigures> {
         bail!("mosquitto delivered {got} of {} within 60 s", args.messages);
     }
     Ok(figures)
-}
-
-/// The pids of `pid`'s children (nginx's workers under its master).
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-/// CPU seconds and RSS (KiB) of `pid` and its children (nginx's workers; Mosquitto has none).
-fn tree_usage(pid: u32) -> (f64, u64) {
-    let pids: Vec<u32> = std::iter::once(pid).chain(children(pid)).collect();
-    (
-        pids.iter().filter_map(|p| cpu_seconds(*p)).sum(),
-        pids.iter().filter_map(|p| rss_kib(*p)).sum(),
-    )
 }
 
 /// One run against a fresh nginx with Nchan: each client a WebSocket

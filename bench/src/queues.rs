@@ -24,6 +24,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use super::http_load::LoadClient;
+use super::median;
 use super::procfs::{cpu_seconds, machine_cpu_seconds, machine_line};
 use super::push::{wall_us, ReceivingClients};
 use super::servers::{duplex_exe, free_ports, start_duplex_with};
@@ -57,11 +58,6 @@ struct Phase {
     server_us: f64,
     /// Share of all cores busy during the phase (every process: duplex, Redis, the broker, the bench).
     machine_busy: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 #[allow(clippy::print_stdout)]

@@ -20,6 +20,7 @@ use duplex_node::config::DEV_SECRET;
 use duplex_shared::protocol::{Ack, Frame, Request};
 use hdrhistogram::Histogram;
 
+use super::median;
 use super::procfs::{cpu_seconds, machine_line, rss_kib};
 use super::servers::{duplex_exe, free_ports, redis_for, start_duplex_with, Server};
 
@@ -112,11 +113,6 @@ impl Phase {
             rss_kib.map(|k| format!("  RSS {k} KiB")).unwrap_or_default()
         )
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 #[allow(clippy::print_stdout)]
@@ -325,9 +321,10 @@ async fn direct(
         });
     }
     while tasks.join_next().await.is_some() {}
+    let hist = take(&hist)?;
     Ok(Phase {
-        rps: requests as f64 / started.elapsed().as_secs_f64(),
-        hist: take(&hist)?,
+        rps: hist.len() as f64 / started.elapsed().as_secs_f64(),
+        hist,
         errors: errors.load(Ordering::Relaxed),
         cpu: cpu_seconds(backend_pid).unwrap_or(0.0) - cpu0,
     })

@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::procfs::{cpu_seconds, rss_kib};
+use super::procfs::{cpu_seconds, tree_usage};
 use super::request::{new_hist, record, take, Phase};
 use super::servers::{free_ports, Server};
 
@@ -101,19 +101,6 @@ impl Pushpin {
         let (a, b) = (tree_usage(self.runner.child.id()), tree_usage(self.zurl.child.id()));
         (a.0 + b.0, a.1 + b.1)
     }
-}
-
-fn tree_usage(pid: u32) -> (f64, u64) {
-    let children: Vec<u32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    let pids: Vec<u32> = std::iter::once(pid).chain(children).collect();
-    (
-        pids.iter().filter_map(|p| cpu_seconds(*p)).sum(),
-        pids.iter().filter_map(|p| rss_kib(*p)).sum(),
-    )
 }
 
 /// Starts zurl and Pushpin under `dir`, routing every path to the backend
